@@ -1,0 +1,163 @@
+/* mk_backend.h - the compute backend interface (DESIGN section 5).
+ *
+ * The model (mk_model.c) is written once, against this table of operations; a backend
+ * implements them for its memory and its hardware. The CPU backend (mk_backend_cpu.c,
+ * fp32, BLAS, OpenMP) is the reference; the CUDA backend implements the same table.
+ *
+ * Conventions every implementation keeps:
+ * - Pointers passed to ops are backend memory from ops->alloc (device memory on a GPU).
+ *   Arguments named *_host are ordinary host memory.
+ * - Matrices are row-major; weights are [in, out] (y = x @ W).
+ * - N tokens of a micro-batch are B sequences of T positions, token n at position n % T.
+ * - Activation gradients are written (=) unless the op says it accumulates; parameter
+ *   gradients always accumulate (+=) so gradient accumulation over micro-steps is free.
+ * - Every op is deterministic: the same inputs give the same bits on every call (no atomics,
+ *   fixed reduction orders), so runs repeat exactly.
+ * - Every op returns MK_OK or an MK_ERR_* code (mk_error.h).
+ */
+#ifndef MK_BACKEND_H
+#define MK_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mk_real.h"
+
+typedef struct mk_backend mk_backend;
+
+typedef struct mk_backend_ops {
+    const char *name;
+
+    /* --- memory ------------------------------------------------------------------- */
+    int (*alloc)(mk_backend *be, size_t bytes, void **out);      /* zero-filled */
+    void (*free)(mk_backend *be, void *p);                       /* NULL is fine */
+    int (*zero)(mk_backend *be, void *p, size_t bytes);
+    int (*copy)(mk_backend *be, void *dst, const void *src, size_t bytes);
+    int (*to_host)(mk_backend *be, void *dst_host, const void *src, size_t bytes);
+    int (*from_host)(mk_backend *be, void *dst, const void *src_host, size_t bytes);
+
+    /* --- dense algebra ------------------------------------------------------------ */
+    /* C[M,N] = alpha * op(A) @ op(B) + beta * C. op(A) is [M,K]: A is [M,K], or [K,M]
+     * when trans_a. op(B) is [K,N]: B is [K,N], or [N,K] when trans_b. */
+    int (*matmul)(mk_backend *be, mk_real *C, const mk_real *A, const mk_real *B,
+                  int M, int N, int K, int trans_a, int trans_b, mk_real alpha, mk_real beta);
+
+    /* Per-expert GEMMs over rows grouped by expert: rows offs[e]..offs[e+1]-1 of A use
+     * W[e]. W is [E, K, N] (C_e = A_e @ W[e]), or [E, N, K] when trans_w (C_e = A_e @ W[e]^T).
+     * A is [R, K], C is [R, N], R = offs_host[E]. C = result + beta * C. */
+    int (*grouped_matmul)(mk_backend *be, mk_real *C, const mk_real *A, const mk_real *W,
+                          const int *offs_host, int E, int K, int N, int trans_w, mk_real beta);
+    /* dW[e] += A_e^T @ dC_e for every expert; dW is [E, K, N], A [R, K], dC [R, N]. */
+    int (*grouped_matmul_wgrad)(mk_backend *be, mk_real *dW, const mk_real *A, const mk_real *dC,
+                                const int *offs_host, int E, int K, int N);
+
+    /* y[i] = a[i] + b[i]; y may alias a or b. */
+    int (*add)(mk_backend *be, mk_real *y, const mk_real *a, const mk_real *b, size_t n);
+    /* x[i] *= s. */
+    int (*scale)(mk_backend *be, mk_real *x, size_t n, mk_real s);
+    /* *out_host = sum_i x[i]^2, accumulated in double. */
+    int (*sumsq)(mk_backend *be, const mk_real *x, size_t n, double *out_host);
+    /* *out_host = 1 if any x[i] is NaN or Inf, else 0. */
+    int (*nonfinite)(mk_backend *be, const mk_real *x, size_t n, int *out_host);
+
+    /* --- embedding ---------------------------------------------------------------- */
+    /* out[n, :] = wte[tokens[n], :]; tokens is int32 backend memory. */
+    int (*embedding_forward)(mk_backend *be, mk_real *out, const int32_t *tokens,
+                             const mk_real *wte, int N, int D);
+    /* dwte[tokens[n], :] += dout[n, :] (deterministic: fixed order per vocabulary row). */
+    int (*embedding_backward)(mk_backend *be, mk_real *dwte, const int32_t *tokens,
+                              const mk_real *dout, int N, int D, int V);
+
+    /* --- RMSNorm: out = x / sqrt(mean(x^2) + 1e-5) * g ------------------------------- */
+    int (*rmsnorm_forward)(mk_backend *be, mk_real *out, mk_real *rstd, const mk_real *x,
+                           const mk_real *g, int N, int D);
+    /* dx += (accumulates: the residual stream's gradient is already there), dg += . */
+    int (*rmsnorm_backward)(mk_backend *be, mk_real *dx, mk_real *dg, const mk_real *dout,
+                            const mk_real *x, const mk_real *g, const mk_real *rstd, int N, int D);
+
+    /* --- attention ---------------------------------------------------------------- */
+    /* In place on the q and k columns of qkv [N, 3D] (q: 0..D-1, k: D..2D-1, head h at
+     * h*hd within each): rotate pair (2i, 2i+1) of each head by pos * theta^(-2i/hd),
+     * pos = n % T. rope_backward applies the inverse rotation to dqkv. */
+    int (*rope_forward)(mk_backend *be, mk_real *qkv, int B, int T, int D, int H, double theta);
+    int (*rope_backward)(mk_backend *be, mk_real *dqkv, int B, int T, int D, int H, double theta);
+    /* Causal softmax attention with scale 1/sqrt(hd). out [N, D] (head h at cols h*hd),
+     * att [B, H, T, T] keeps the probabilities for the backward (zero above the diagonal). */
+    int (*attention_forward)(mk_backend *be, mk_real *out, mk_real *att, const mk_real *qkv,
+                             int B, int T, int D, int H);
+    /* dqkv = (written, all 3D columns), datt is scratch of the size of att. */
+    int (*attention_backward)(mk_backend *be, mk_real *dqkv, mk_real *datt, const mk_real *dout,
+                              const mk_real *qkv, const mk_real *att, int B, int T, int D, int H);
+
+    /* --- router ------------------------------------------------------------------- */
+    /* From logits z [N, E] (always fp32 or wider): probs = softmax(z) [N, E], lse [N] the
+     * log-sum-exp of each row, topk [N, K] int32 the K experts with the largest probs in
+     * descending order (ties to the lower index), gates [N, K] = their probs (renormalised
+     * to sum 1 when norm_topk), counts [E] int32 = tokens that chose each expert among their
+     * top-K, psum [E] = sum over tokens of probs (in token order). */
+    int (*router_forward)(mk_backend *be, mk_real *probs, mk_real *lse, int32_t *topk,
+                          mk_real *gates, int32_t *counts, mk_real *psum, const mk_real *z,
+                          int N, int E, int K, int norm_topk);
+    /* dz [N, E] (written) from: dgates [N, K] (dL/dgate), the LBL term lbl_ds [E] added to
+     * dL/dprobs of every token (may be NULL), and the z-loss term zloss_scale * lse^2
+     * (dz += zloss_scale * 2 * lse * probs). */
+    int (*router_backward)(mk_backend *be, mk_real *dz, const mk_real *dgates,
+                           const mk_real *lbl_ds, mk_real zloss_scale, const mk_real *probs,
+                           const mk_real *lse, const int32_t *topk, const mk_real *gates,
+                           int N, int E, int K, int norm_topk);
+
+    /* --- token dispatch (permute) and combine --------------------------------------- */
+    /* Counting sort of the N*K routing choices by expert. Choice s = n*K + j (token n, its
+     * j-th expert). Rows are ordered by expert, then by s; an expert keeps at most
+     * capacity rows (0 = no limit), later choices are dropped. Outputs: offs [E+1] int32
+     * (rows of expert e are offs[e]..offs[e+1]-1; offs[E] = R kept rows), row_slot [N*K]
+     * (the choice s of each row; entries past R unused), slot_row [N*K] (the row of choice
+     * s, or -1 when dropped). */
+    int (*route_plan)(mk_backend *be, int32_t *offs, int32_t *row_slot, int32_t *slot_row,
+                      const int32_t *topk, int N, int E, int K, int capacity);
+    /* dst[r, :] = w * src[row_slot[r] / K, :] for r < R, with w = weights[row_slot[r]] or 1
+     * when weights is NULL. (Forward: gather tokens to expert rows. Backward of combine.) */
+    int (*permute_rows)(mk_backend *be, mk_real *dst, const mk_real *src, const int32_t *row_slot,
+                        const mk_real *weights, int R, int K, int D);
+    /* dst[n, :] += sum_j w * src[slot_row[n*K+j], :] over kept choices j = 0..K-1 in order,
+     * w = weights[n*K+j] or 1 when NULL. (Forward: combine. Backward of permute.) */
+    int (*unpermute_add)(mk_backend *be, mk_real *dst, const mk_real *src, const int32_t *slot_row,
+                         const mk_real *weights, int N, int K, int D);
+    /* dgates[n*K+j] = dot(dout[n, :], y[slot_row[n*K+j], :]), 0 for dropped choices. */
+    int (*combine_backward_gates)(mk_backend *be, mk_real *dgates, const mk_real *dout,
+                                  const mk_real *y, const int32_t *slot_row, int N, int K, int D);
+
+    /* --- SwiGLU: h = silu(a) * b ---------------------------------------------------- */
+    int (*swiglu_forward)(mk_backend *be, mk_real *h, const mk_real *a, const mk_real *b, size_t n);
+    /* da, db written. */
+    int (*swiglu_backward)(mk_backend *be, mk_real *da, mk_real *db, const mk_real *dh,
+                           const mk_real *a, const mk_real *b, size_t n);
+
+    /* --- loss ---------------------------------------------------------------------- */
+    /* losses[n] = logsumexp(logits[n]) - logits[n, targets[n]], 0 where targets[n] < 0
+     * (ignored). When dlogits is not NULL it gets dscale * (softmax(logits[n]) - onehot)
+     * (0 rows for ignored targets); dlogits may alias logits. */
+    int (*cross_entropy)(mk_backend *be, mk_real *losses, mk_real *dlogits, const mk_real *logits,
+                         const int32_t *targets, int N, int V, mk_real dscale);
+
+    /* --- optimizer ----------------------------------------------------------------- */
+    /* AdamW step t (1-based, for bias correction) on n elements:
+     * m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; p -= lr * (mhat / (sqrt(vhat) + eps) + wd * p). */
+    int (*adamw)(mk_backend *be, mk_real *p, const mk_real *g, mk_real *m, mk_real *v, size_t n,
+                 double lr, double beta1, double beta2, double eps, double wd, long t);
+
+    void (*destroy)(mk_backend *be);
+} mk_backend_ops;
+
+struct mk_backend {
+    const mk_backend_ops *ops;
+    void *impl;     /* the backend's own state */
+};
+
+/* The CPU reference backend. threads <= 0 means OpenMP's default. */
+int mk_backend_cpu_create(int threads, mk_backend **out);
+
+/* Destroy a backend made by any *_create; *be becomes NULL. NULL is fine. */
+void mk_backend_destroy(mk_backend **be);
+
+#endif
