@@ -1,0 +1,819 @@
+/* mk_backend_cpu.c - the CPU reference backend (DESIGN section 5).
+ *
+ * Every op of mk_backend.h on host memory: GEMMs through CBLAS, everything else in plain
+ * loops parallelised with OpenMP. It is the reference the CUDA backend is checked against
+ * and the backend of the gradient-check tests (built with mk_real = double there), so it
+ * favours clarity and exact repeatability over speed. Determinism rule used throughout:
+ * every output element is computed by one thread in a fixed order, and reductions over
+ * tokens run in token order, so the bits never depend on the thread count.
+ */
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cblas.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "mk_backend.h"
+#include "mk_error.h"
+
+#ifdef MK_REAL_DOUBLE
+#define MK_GEMM cblas_dgemm
+#else
+#define MK_GEMM cblas_sgemm
+#endif
+
+/* Pragmas through a macro so a build without OpenMP compiles silently under -Wall. */
+#ifdef _OPENMP
+#define MK_PRAGMA_(x) _Pragma(#x)
+#define MK_PARALLEL_FOR(nt) MK_PRAGMA_(omp parallel for schedule(static) num_threads(nt))
+/* OR is order-independent, so this reduction is deterministic. */
+#define MK_PARALLEL_FOR_OR(nt, flag) \
+    MK_PRAGMA_(omp parallel for schedule(static) num_threads(nt) reduction(| : flag))
+#else
+#define MK_PARALLEL_FOR(nt) (void)(nt);
+#define MK_PARALLEL_FOR_OR(nt, flag) (void)(nt);
+#endif
+
+#define MK_ALIGN 64
+#define MK_RMS_EPS 1e-5
+/* Columns per task where a reduction over tokens is split over the output dimension:
+ * wide enough to read rows in contiguous runs, narrow enough to give every thread work. */
+#define MK_COL_BLOCK 64
+
+typedef struct {
+    int threads; /* <= 0: OpenMP's default at call time */
+} cpu_impl;
+
+static int cpu_threads(const mk_backend *be)
+{
+    const cpu_impl *im = be->impl;
+    if (im->threads > 0) return im->threads;
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+/* ------------------------------------------------------------------ memory */
+
+static int cpu_alloc(mk_backend *be, size_t bytes, void **out)
+{
+    (void)be;
+    void *p = NULL;
+    /* posix_memalign(0) may return NULL on success; a real pointer keeps free() uniform. */
+    size_t n = bytes ? bytes : 1;
+    *out = NULL;
+    if (posix_memalign(&p, MK_ALIGN, n) != 0 || !p)
+        return MK_FAIL(MK_ERR_NOMEM, "cpu backend: cannot allocate %zu bytes", bytes);
+    memset(p, 0, n);
+    *out = p;
+    return MK_OK;
+}
+
+static void cpu_free(mk_backend *be, void *p)
+{
+    (void)be;
+    free(p);
+}
+
+static int cpu_zero(mk_backend *be, void *p, size_t bytes)
+{
+    (void)be;
+    if (bytes) memset(p, 0, bytes);
+    return MK_OK;
+}
+
+static int cpu_copy(mk_backend *be, void *dst, const void *src, size_t bytes)
+{
+    (void)be;
+    if (bytes && dst != src) memmove(dst, src, bytes);
+    return MK_OK;
+}
+
+/* ------------------------------------------------------------------ dense algebra */
+
+static int cpu_matmul(mk_backend *be, mk_real *C, const mk_real *A, const mk_real *B, int M,
+                      int N, int K, int trans_a, int trans_b, mk_real alpha, mk_real beta)
+{
+    if (M < 0 || N < 0 || K < 0)
+        return MK_FAIL(MK_ERR_INTERNAL, "matmul: negative shape %d x %d x %d", M, N, K);
+    if (M == 0 || N == 0) return MK_OK;
+    if (K == 0) {
+        /* BLAS rejects a leading dimension of 0; the product is empty, only beta remains. */
+        size_t n = (size_t)M * N;
+        int nt = cpu_threads(be);
+        MK_PARALLEL_FOR(nt)
+        for (size_t i = 0; i < n; i++) C[i] = beta == 0 ? 0 : beta * C[i];
+        return MK_OK;
+    }
+    int lda = trans_a ? M : K;
+    int ldb = trans_b ? K : N;
+    MK_GEMM(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
+            M, N, K, alpha, A, lda, B, ldb, beta, C, N);
+    return MK_OK;
+}
+
+static int check_offs(const char *op, const int *offs, int E)
+{
+    if (E < 0) return MK_FAIL(MK_ERR_INTERNAL, "%s: negative expert count %d", op, E);
+    if (E > 0 && offs[0] < 0) return MK_FAIL(MK_ERR_INTERNAL, "%s: offs[0] = %d", op, offs[0]);
+    for (int e = 0; e < E; e++)
+        if (offs[e + 1] < offs[e])
+            return MK_FAIL(MK_ERR_INTERNAL, "%s: offs not sorted at expert %d (%d > %d)", op, e,
+                           offs[e], offs[e + 1]);
+    return MK_OK;
+}
+
+static int cpu_grouped_matmul(mk_backend *be, mk_real *C, const mk_real *A, const mk_real *W,
+                              const int *offs_host, int E, int K, int N, int trans_w, mk_real beta)
+{
+    MK_CHECK(check_offs("grouped_matmul", offs_host, E));
+    for (int e = 0; e < E; e++) {
+        int rows = offs_host[e + 1] - offs_host[e];
+        if (rows == 0) continue;
+        /* One BLAS call per expert: BLAS parallelises inside, which beats splitting
+         * experts over threads when expert sizes are uneven. */
+        MK_CHECK(cpu_matmul(be, C + (size_t)offs_host[e] * N, A + (size_t)offs_host[e] * K,
+                            W + (size_t)e * K * N, rows, N, K, 0, trans_w, 1, beta));
+    }
+    return MK_OK;
+}
+
+static int cpu_grouped_matmul_wgrad(mk_backend *be, mk_real *dW, const mk_real *A,
+                                    const mk_real *dC, const int *offs_host, int E, int K, int N)
+{
+    MK_CHECK(check_offs("grouped_matmul_wgrad", offs_host, E));
+    for (int e = 0; e < E; e++) {
+        int rows = offs_host[e + 1] - offs_host[e];
+        if (rows == 0) continue;
+        MK_CHECK(cpu_matmul(be, dW + (size_t)e * K * N, A + (size_t)offs_host[e] * K,
+                            dC + (size_t)offs_host[e] * N, K, N, rows, 1, 0, 1, 1));
+    }
+    return MK_OK;
+}
+
+static int cpu_add(mk_backend *be, mk_real *y, const mk_real *a, const mk_real *b, size_t n)
+{
+    int nt = cpu_threads(be);
+    MK_PARALLEL_FOR(nt)
+    for (size_t i = 0; i < n; i++) y[i] = a[i] + b[i];
+    return MK_OK;
+}
+
+static int cpu_scale(mk_backend *be, mk_real *x, size_t n, mk_real s)
+{
+    int nt = cpu_threads(be);
+    MK_PARALLEL_FOR(nt)
+    for (size_t i = 0; i < n; i++) x[i] *= s;
+    return MK_OK;
+}
+
+/* Partial sums over fixed chunks whose size depends on n only, added in chunk order: the
+ * result is the same for any thread count. */
+#define MK_SUMSQ_CHUNKS 256
+#define MK_SUMSQ_MIN_CHUNK 16384
+
+static int cpu_sumsq(mk_backend *be, const mk_real *x, size_t n, double *out_host)
+{
+    double part[MK_SUMSQ_CHUNKS];
+    size_t chunk = (n + MK_SUMSQ_CHUNKS - 1) / MK_SUMSQ_CHUNKS;
+    if (chunk < MK_SUMSQ_MIN_CHUNK) chunk = MK_SUMSQ_MIN_CHUNK;
+    int nchunks = (int)((n + chunk - 1) / chunk);
+    int nt = cpu_threads(be);
+    MK_PARALLEL_FOR(nt)
+    for (int c = 0; c < nchunks; c++) {
+        size_t lo = (size_t)c * chunk, hi = lo + chunk < n ? lo + chunk : n;
+        double s = 0;
+        for (size_t i = lo; i < hi; i++) s += (double)x[i] * (double)x[i];
+        part[c] = s;
+    }
+    double s = 0;
+    for (int c = 0; c < nchunks; c++) s += part[c];
+    *out_host = s;
+    return MK_OK;
+}
+
+static int cpu_nonfinite(mk_backend *be, const mk_real *x, size_t n, int *out_host)
+{
+    int bad = 0;
+    int nt = cpu_threads(be);
+    MK_PARALLEL_FOR_OR(nt, bad)
+    for (size_t i = 0; i < n; i++) bad |= !isfinite(x[i]);
+    *out_host = bad != 0;
+    return MK_OK;
+}
+
+/* ------------------------------------------------------------------ embedding */
+
+static int cpu_embedding_forward(mk_backend *be, mk_real *out, const int32_t *tokens,
+                                 const mk_real *wte, int N, int D)
+{
+    int nt = cpu_threads(be);
+    MK_PARALLEL_FOR(nt)
+    for (int n = 0; n < N; n++)
+        memcpy(out + (size_t)n * D, wte + (size_t)tokens[n] * D, (size_t)D * sizeof(mk_real));
+    return MK_OK;
+}
+
+static int cpu_embedding_backward(mk_backend *be, mk_real *dwte, const int32_t *tokens,
+                                  const mk_real *dout, int N, int D, int V)
+{
+    for (int n = 0; n < N; n++)
+        if (tokens[n] < 0 || tokens[n] >= V)
+            return MK_FAIL(MK_ERR_INPUT, "embedding: token %d at position %d outside vocabulary %d",
+                           (int)tokens[n], n, V);
+    /* Repeated tokens hit the same row, so split the columns, not the tokens: every
+     * element still adds its tokens in token order. */
+    int nblk = (D + MK_COL_BLOCK - 1) / MK_COL_BLOCK;
+    int nt = cpu_threads(be);
+    MK_PARALLEL_FOR(nt)
+    for (int bk = 0; bk < nblk; bk++) {
+        int c0 = bk * MK_COL_BLOCK, c1 = c0 + MK_COL_BLOCK < D ? c0 + MK_COL_BLOCK : D;
+        for (int n = 0; n < N; n++) {
+            mk_real *dst = dwte + (size_t)tokens[n] * D;
+            const mk_real *src = dout + (size_t)n * D;
+            for (int c = c0; c < c1; c++) dst[c] += src[c];
+        }
+    }
+    return MK_OK;
+}
+
+/* ------------------------------------------------------------------ RMSNorm */
+
+static int cpu_rmsnorm_forward(mk_backend *be, mk_real *out, mk_real *rstd, const mk_real *x,
+                               const mk_real *g, int N, int D)
+{
+    int nt = cpu_threads(be);
+    MK_PARALLEL_FOR(nt)
+    for (int n = 0; n < N; n++) {
+        const mk_real *xr = x + (size_t)n * D;
+        mk_real *o = out + (size_t)n * D;
+        double ss = 0;
+        for (int i = 0; i < D; i++) ss += (double)xr[i] * xr[i];
+        mk_real r = (mk_real)(1.0 / sqrt(ss / D + MK_RMS_EPS));
+        rstd[n] = r;
+        for (int i = 0; i < D; i++) o[i] = xr[i] * r * g[i];
+    }
+    return MK_OK;
+}
+
+static int cpu_rmsnorm_backward(mk_backend *be, mk_real *dx, mk_real *dg, const mk_real *dout,
+                                const mk_real *x, const mk_real *g, const mk_real *rstd, int N,
+                                int D)
+{
+    int nt = cpu_threads(be);
+    /* dx_j = r g_j dy_j - (r^3 / D) x_j sum_i g_i dy_i x_i, from d r / d x_j = -r^3 x_j / D. */
+    MK_PARALLEL_FOR(nt)
+    for (int n = 0; n < N; n++) {
+        const mk_real *xr = x + (size_t)n * D, *dy = dout + (size_t)n * D;
+        mk_real *dxr = dx + (size_t)n * D;
+        double r = rstd[n], dot = 0;
+        for (int i = 0; i < D; i++) dot += (double)g[i] * dy[i] * xr[i];
+        double c = r * r * r * dot / D;
+        for (int i = 0; i < D; i++) dxr[i] += (mk_real)(r * g[i] * dy[i] - c * xr[i]);
+    }
+    /* dg sums over tokens: split the columns so each sum runs in token order. */
+    int nblk = (D + MK_COL_BLOCK - 1) / MK_COL_BLOCK;
+    MK_PARALLEL_FOR(nt)
+    for (int bk = 0; bk < nblk; bk++) {
+        int c0 = bk * MK_COL_BLOCK, c1 = c0 + MK_COL_BLOCK < D ? c0 + MK_COL_BLOCK : D;
+        double acc[MK_COL_BLOCK] = {0};
+        for (int n = 0; n < N; n++) {
+            const mk_real *xr = x + (size_t)n * D, *dy = dout + (size_t)n * D;
+            double r = rstd[n];
+            for (int c = c0; c < c1; c++) acc[c - c0] += (double)dy[c] * xr[c] * r;
+        }
+        for (int c = c0; c < c1; c++) dg[c] += (mk_real)acc[c - c0];
+    }
+    return MK_OK;
+}
+
+/* ------------------------------------------------------------------ attention */
+
+static int check_heads(const char *op, int D, int H)
+{
+    if (H <= 0 || D <= 0 || D % H != 0)
+        return MK_FAIL(MK_ERR_INTERNAL, "%s: width %d not divisible into %d heads", op, D, H);
+    return MK_OK;
+}
+
+/* Shared by forward and backward: sign = +1 rotates by +angle, -1 by -angle (the
+ * inverse, which is also the transpose, so it is the backward). */
+static int rope_apply(mk_backend *be, const char *op, mk_real *qkv, int B, int T, int D, int H,
+                      double theta, double sign)
+{
+    MK_CHECK(check_heads(op, D, H));
+    int hd = D / H;
+    if (hd % 2 != 0) return MK_FAIL(MK_ERR_INTERNAL, "%s: head size %d is odd", op, hd);
+    if (T <= 0) return MK_FAIL(MK_ERR_INTERNAL, "%s: sequence length %d", op, T);
+    int N = B * T, half = hd / 2;
+    int nt = cpu_threads(be);
+    MK_PARALLEL_FOR(nt)
+    for (int n = 0; n < N; n++) {
+        int pos = n % T;
+        mk_real *row = qkv + (size_t)n * 3 * D;
+        for (int i = 0; i < half; i++) {
+            /* Angles in double: pos * freq reaches thousands of radians at long T. */
+            double ang = pos * pow(theta, -2.0 * i / hd);
+            double c = cos(ang), s = sign * sin(ang);
+            /* Only q (0..D-1) and k (D..2D-1); v passes through. */
+            for (int col = 2 * i; col < 2 * D; col += hd) {
+                double x0 = row[col], x1 = row[col + 1];
+                row[col] = (mk_real)(x0 * c - x1 * s);
+                row[col + 1] = (mk_real)(x0 * s + x1 * c);
+            }
+        }
+    }
+    return MK_OK;
+}
+
+static int cpu_rope_forward(mk_backend *be, mk_real *qkv, int B, int T, int D, int H, double theta)
+{
+    return rope_apply(be, "rope_forward", qkv, B, T, D, H, theta, 1.0);
+}
+
+static int cpu_rope_backward(mk_backend *be, mk_real *dqkv, int B, int T, int D, int H,
+                             double theta)
+{
+    return rope_apply(be, "rope_backward", dqkv, B, T, D, H, theta, -1.0);
+}
+
+static int cpu_attention_forward(mk_backend *be, mk_real *out, mk_real *att, const mk_real *qkv,
+                                 int B, int T, int D, int H)
+{
+    MK_CHECK(check_heads("attention_forward", D, H));
+    int hd = D / H;
+    size_t ld = (size_t)3 * D;
+    double scale = 1.0 / sqrt((double)hd);
+    int nt = cpu_threads(be);
+    /* One (sequence, head) pair per task: its out columns h*hd.. are its own. */
+    MK_PARALLEL_FOR(nt)
+    for (int bh = 0; bh < B * H; bh++) {
+        int b = bh / H, h = bh % H;
+        const mk_real *base = qkv + (size_t)b * T * ld;
+        mk_real *a = att + (size_t)bh * T * T;
+        for (int t = 0; t < T; t++) {
+            const mk_real *q = base + t * ld + (size_t)h * hd;
+            mk_real *arow = a + (size_t)t * T;
+            double mx = -INFINITY;
+            for (int t2 = 0; t2 <= t; t2++) {
+                const mk_real *k = base + t2 * ld + D + (size_t)h * hd;
+                double s = 0;
+                for (int i = 0; i < hd; i++) s += (double)q[i] * k[i];
+                s *= scale;
+                arow[t2] = (mk_real)s;
+                if (s > mx) mx = s;
+            }
+            double sum = 0;
+            for (int t2 = 0; t2 <= t; t2++) {
+                double e = exp((double)arow[t2] - mx);
+                arow[t2] = (mk_real)e;
+                sum += e;
+            }
+            for (int t2 = 0; t2 <= t; t2++) arow[t2] = (mk_real)(arow[t2] / sum);
+            for (int t2 = t + 1; t2 < T; t2++) arow[t2] = 0;
+            mk_real *o = out + ((size_t)b * T + t) * D + (size_t)h * hd;
+            for (int i = 0; i < hd; i++) o[i] = 0;
+            for (int t2 = 0; t2 <= t; t2++) {
+                const mk_real *v = base + t2 * ld + 2 * (size_t)D + (size_t)h * hd;
+                mk_real p = arow[t2];
+                for (int i = 0; i < hd; i++) o[i] += p * v[i];
+            }
+        }
+    }
+    return MK_OK;
+}
+
+static int cpu_attention_backward(mk_backend *be, mk_real *dqkv, mk_real *datt,
+                                  const mk_real *dout, const mk_real *qkv, const mk_real *att,
+                                  int B, int T, int D, int H)
+{
+    MK_CHECK(check_heads("attention_backward", D, H));
+    int hd = D / H;
+    size_t ld = (size_t)3 * D;
+    mk_real scale = (mk_real)(1.0 / sqrt((double)hd));
+    int nt = cpu_threads(be);
+    /* Per (sequence, head): the dq, dk, dv columns of head h in the rows of sequence b
+     * belong to this task alone, so accumulating into them needs no synchronisation. */
+    MK_PARALLEL_FOR(nt)
+    for (int bh = 0; bh < B * H; bh++) {
+        int b = bh / H, h = bh % H;
+        const mk_real *base = qkv + (size_t)b * T * ld;
+        mk_real *dbase = dqkv + (size_t)b * T * ld;
+        const mk_real *a = att + (size_t)bh * T * T;
+        mk_real *da = datt + (size_t)bh * T * T;
+        for (int t = 0; t < T; t++)
+            for (int part = 0; part < 3; part++)
+                memset(dbase + t * ld + (size_t)part * D + (size_t)h * hd, 0,
+                       (size_t)hd * sizeof(mk_real));
+        for (int t = 0; t < T; t++) {
+            const mk_real *q = base + t * ld + (size_t)h * hd;
+            const mk_real *dy = dout + ((size_t)b * T + t) * D + (size_t)h * hd;
+            mk_real *dq = dbase + t * ld + (size_t)h * hd;
+            const mk_real *arow = a + (size_t)t * T;
+            mk_real *darow = da + (size_t)t * T;
+            /* dP = dO V^T, then the softmax backward dS = P (dP - sum P dP). */
+            double dot = 0;
+            for (int t2 = 0; t2 <= t; t2++) {
+                const mk_real *v = base + t2 * ld + 2 * (size_t)D + (size_t)h * hd;
+                double s = 0;
+                for (int i = 0; i < hd; i++) s += (double)dy[i] * v[i];
+                darow[t2] = (mk_real)s;
+                dot += s * arow[t2];
+            }
+            for (int t2 = t + 1; t2 < T; t2++) darow[t2] = 0;
+            for (int t2 = 0; t2 <= t; t2++) {
+                mk_real p = arow[t2];
+                mk_real ds = (mk_real)(p * ((double)darow[t2] - dot)) * scale;
+                darow[t2] = ds;
+                const mk_real *k = base + t2 * ld + D + (size_t)h * hd;
+                mk_real *dk = dbase + t2 * ld + D + (size_t)h * hd;
+                mk_real *dv = dbase + t2 * ld + 2 * (size_t)D + (size_t)h * hd;
+                for (int i = 0; i < hd; i++) {
+                    dq[i] += ds * k[i];
+                    dk[i] += ds * q[i];
+                    dv[i] += p * dy[i];
+                }
+            }
+        }
+    }
+    return MK_OK;
+}
+
+/* ------------------------------------------------------------------ router */
+
+static int cpu_router_forward(mk_backend *be, mk_real *probs, mk_real *lse, int32_t *topk,
+                              mk_real *gates, int32_t *counts, mk_real *psum, const mk_real *z,
+                              int N, int E, int K, int norm_topk)
+{
+    if (E <= 0 || K <= 0 || K > E)
+        return MK_FAIL(MK_ERR_INTERNAL, "router_forward: top-%d of %d experts", K, E);
+    int nt = cpu_threads(be), bad = 0;
+    MK_PARALLEL_FOR_OR(nt, bad)
+    for (int n = 0; n < N; n++) {
+        const mk_real *zr = z + (size_t)n * E;
+        mk_real *p = probs + (size_t)n * E;
+        int32_t *tk = topk + (size_t)n * K;
+        mk_real *gt = gates + (size_t)n * K;
+        /* Softmax and lse in double whatever mk_real is: the router is fp32-or-wider. */
+        double mx = zr[0];
+        for (int e = 1; e < E; e++)
+            if (zr[e] > mx) mx = zr[e];
+        double sum = 0;
+        for (int e = 0; e < E; e++) sum += exp((double)zr[e] - mx);
+        for (int e = 0; e < E; e++) p[e] = (mk_real)(exp((double)zr[e] - mx) / sum);
+        lse[n] = (mk_real)(mx + log(sum));
+        /* Selection in the total order (prob descending, index ascending): the j-th pick is
+         * the largest element below the (j-1)-th, so no "already taken" set is needed. */
+        for (int j = 0; j < K; j++) {
+            int best = -1;
+            for (int e = 0; e < E; e++) {
+                if (j > 0) {
+                    int prev = tk[j - 1];
+                    int below = p[e] < p[prev] || (p[e] == p[prev] && e > prev);
+                    if (!below) continue;
+                }
+                if (best < 0 || p[e] > p[best]) best = e;
+            }
+            /* NaN probabilities leave nothing "below": keep the index valid, report it. */
+            if (best < 0) {
+                best = 0;
+                bad = 1;
+            }
+            tk[j] = best;
+        }
+        if (!isfinite(sum)) bad = 1;
+        double gs = 0;
+        for (int j = 0; j < K; j++) gs += p[tk[j]];
+        for (int j = 0; j < K; j++)
+            gt[j] = norm_topk ? (mk_real)(p[tk[j]] / gs) : p[tk[j]];
+    }
+    if (bad) return MK_FAIL(MK_ERR_NUMERIC, "router_forward: non-finite router logits");
+    /* Token-order sums: O(N E), cheap next to the router GEMM, and serial keeps the order. */
+    for (int e = 0; e < E; e++) counts[e] = 0;
+    for (size_t s = 0; s < (size_t)N * K; s++) counts[topk[s]]++;
+    MK_PARALLEL_FOR(nt)
+    for (int e = 0; e < E; e++) {
+        double acc = 0;
+        for (int n = 0; n < N; n++) acc += probs[(size_t)n * E + e];
+        psum[e] = (mk_real)acc;
+    }
+    return MK_OK;
+}
+
+static int cpu_router_backward(mk_backend *be, mk_real *dz, const mk_real *dgates,
+                               const mk_real *lbl_ds, mk_real zloss_scale, const mk_real *probs,
+                               const mk_real *lse, const int32_t *topk, const mk_real *gates,
+                               int N, int E, int K, int norm_topk)
+{
+    if (E <= 0 || K <= 0 || K > E)
+        return MK_FAIL(MK_ERR_INTERNAL, "router_backward: top-%d of %d experts", K, E);
+    int nt = cpu_threads(be);
+    MK_PARALLEL_FOR(nt)
+    for (int n = 0; n < N; n++) {
+        const mk_real *p = probs + (size_t)n * E;
+        const mk_real *dg = dgates + (size_t)n * K, *gt = gates + (size_t)n * K;
+        const int32_t *tk = topk + (size_t)n * K;
+        mk_real *d = dz + (size_t)n * E;
+        /* The dz row holds dL/dprobs first, then becomes dL/dz in place. */
+        for (int e = 0; e < E; e++) d[e] = lbl_ds ? lbl_ds[e] : 0;
+        if (norm_topk) {
+            /* g_j = s_j / S over the chosen: dL/ds_j = (dg_j - sum_k dg_k g_k) / S. */
+            double S = 0, c = 0;
+            for (int j = 0; j < K; j++) {
+                S += p[tk[j]];
+                c += (double)dg[j] * gt[j];
+            }
+            for (int j = 0; j < K; j++) d[tk[j]] += (mk_real)(((double)dg[j] - c) / S);
+        } else {
+            for (int j = 0; j < K; j++) d[tk[j]] += dg[j];
+        }
+        double dot = 0;
+        for (int e = 0; e < E; e++) dot += (double)p[e] * d[e];
+        double zl = 2.0 * (double)zloss_scale * lse[n];
+        for (int e = 0; e < E; e++) d[e] = (mk_real)(p[e] * ((double)d[e] - dot + zl));
+    }
+    return MK_OK;
+}
+
+/* ------------------------------------------------------------------ dispatch and combine */
+
+static int cpu_route_plan(mk_backend *be, int32_t *offs, int32_t *row_slot, int32_t *slot_row,
+                          const int32_t *topk, int N, int E, int K, int capacity)
+{
+    (void)be;
+    if (E <= 0 || K <= 0 || N < 0 || capacity < 0)
+        return MK_FAIL(MK_ERR_INTERNAL, "route_plan: N %d, E %d, K %d, capacity %d", N, E, K,
+                       capacity);
+    size_t S = (size_t)N * K;
+    for (size_t s = 0; s < S; s++)
+        if (topk[s] < 0 || topk[s] >= E)
+            return MK_FAIL(MK_ERR_INTERNAL, "route_plan: expert %d of choice %zu outside 0..%d",
+                           (int)topk[s], s, E - 1);
+    int32_t *fill = calloc((size_t)E, sizeof *fill);
+    if (!fill) return MK_FAIL(MK_ERR_NOMEM, "route_plan: cannot allocate %d counters", E);
+    /* Counting sort: the kept rows per expert, their prefix sums, then one pass in choice
+     * order that places each choice or drops it once its expert is full. */
+    for (size_t s = 0; s < S; s++) fill[topk[s]]++;
+    offs[0] = 0;
+    for (int e = 0; e < E; e++) {
+        int kept = capacity > 0 && fill[e] > capacity ? capacity : fill[e];
+        offs[e + 1] = offs[e] + kept;
+        fill[e] = 0;
+    }
+    for (size_t s = 0; s < S; s++) {
+        int e = topk[s];
+        if (capacity > 0 && fill[e] >= capacity) {
+            slot_row[s] = -1;
+            continue;
+        }
+        int32_t r = offs[e] + fill[e]++;
+        row_slot[r] = (int32_t)s;
+        slot_row[s] = r;
+    }
+    /* Rows past R are unused; fill them so the outputs are fully defined. */
+    for (size_t r = (size_t)offs[E]; r < S; r++) row_slot[r] = -1;
+    free(fill);
+    return MK_OK;
+}
+
+static int cpu_permute_rows(mk_backend *be, mk_real *dst, const mk_real *src,
+                            const int32_t *row_slot, const mk_real *weights, int R, int K, int D)
+{
+    int nt = cpu_threads(be);
+    MK_PARALLEL_FOR(nt)
+    for (int r = 0; r < R; r++) {
+        int32_t s = row_slot[r];
+        const mk_real *x = src + (size_t)(s / K) * D;
+        mk_real *y = dst + (size_t)r * D;
+        if (weights) {
+            mk_real w = weights[s];
+            for (int i = 0; i < D; i++) y[i] = w * x[i];
+        } else {
+            memcpy(y, x, (size_t)D * sizeof(mk_real));
+        }
+    }
+    return MK_OK;
+}
+
+static int cpu_unpermute_add(mk_backend *be, mk_real *dst, const mk_real *src,
+                             const int32_t *slot_row, const mk_real *weights, int N, int K, int D)
+{
+    int nt = cpu_threads(be);
+    /* Gather per token (not scatter per row), so each dst row has one writer and its
+     * choices are added in j order. */
+    MK_PARALLEL_FOR(nt)
+    for (int n = 0; n < N; n++) {
+        mk_real *y = dst + (size_t)n * D;
+        for (int j = 0; j < K; j++) {
+            size_t s = (size_t)n * K + j;
+            int32_t r = slot_row[s];
+            if (r < 0) continue;
+            const mk_real *x = src + (size_t)r * D;
+            mk_real w = weights ? weights[s] : 1;
+            for (int i = 0; i < D; i++) y[i] += w * x[i];
+        }
+    }
+    return MK_OK;
+}
+
+static int cpu_combine_backward_gates(mk_backend *be, mk_real *dgates, const mk_real *dout,
+                                      const mk_real *y, const int32_t *slot_row, int N, int K,
+                                      int D)
+{
+    int nt = cpu_threads(be);
+    MK_PARALLEL_FOR(nt)
+    for (int n = 0; n < N; n++) {
+        const mk_real *dy = dout + (size_t)n * D;
+        for (int j = 0; j < K; j++) {
+            size_t s = (size_t)n * K + j;
+            int32_t r = slot_row[s];
+            double acc = 0;
+            if (r >= 0) {
+                const mk_real *x = y + (size_t)r * D;
+                for (int i = 0; i < D; i++) acc += (double)dy[i] * x[i];
+            }
+            dgates[s] = (mk_real)acc;
+        }
+    }
+    return MK_OK;
+}
+
+/* ------------------------------------------------------------------ SwiGLU */
+
+static double sigmoid(double a)
+{
+    /* exp(-a) overflows to inf for very negative a, which correctly gives 0. */
+    return 1.0 / (1.0 + exp(-a));
+}
+
+static int cpu_swiglu_forward(mk_backend *be, mk_real *h, const mk_real *a, const mk_real *b,
+                              size_t n)
+{
+    int nt = cpu_threads(be);
+    MK_PARALLEL_FOR(nt)
+    for (size_t i = 0; i < n; i++) h[i] = (mk_real)(a[i] * sigmoid(a[i]) * b[i]);
+    return MK_OK;
+}
+
+static int cpu_swiglu_backward(mk_backend *be, mk_real *da, mk_real *db, const mk_real *dh,
+                               const mk_real *a, const mk_real *b, size_t n)
+{
+    int nt = cpu_threads(be);
+    MK_PARALLEL_FOR(nt)
+    for (size_t i = 0; i < n; i++) {
+        double x = a[i], sg = sigmoid(x), g = dh[i], bi = b[i];
+        /* silu'(x) = s + x s (1 - s). Read everything first: da or db may alias an input. */
+        da[i] = (mk_real)(g * bi * (sg + x * sg * (1.0 - sg)));
+        db[i] = (mk_real)(g * x * sg);
+    }
+    return MK_OK;
+}
+
+/* ------------------------------------------------------------------ loss */
+
+static int cpu_cross_entropy(mk_backend *be, mk_real *losses, mk_real *dlogits,
+                             const mk_real *logits, const int32_t *targets, int N, int V,
+                             mk_real dscale)
+{
+    if (V <= 0) return MK_FAIL(MK_ERR_INTERNAL, "cross_entropy: vocabulary size %d", V);
+    for (int n = 0; n < N; n++)
+        if (targets[n] >= V)
+            return MK_FAIL(MK_ERR_INPUT, "cross_entropy: target %d at position %d outside "
+                           "vocabulary %d", (int)targets[n], n, V);
+    int nt = cpu_threads(be);
+    MK_PARALLEL_FOR(nt)
+    for (int n = 0; n < N; n++) {
+        const mk_real *l = logits + (size_t)n * V;
+        int tgt = targets[n];
+        if (tgt < 0) {
+            losses[n] = 0;
+            if (dlogits) memset(dlogits + (size_t)n * V, 0, (size_t)V * sizeof(mk_real));
+            continue;
+        }
+        double mx = l[0];
+        for (int i = 1; i < V; i++)
+            if (l[i] > mx) mx = l[i];
+        double sum = 0;
+        for (int i = 0; i < V; i++) sum += exp((double)l[i] - mx);
+        double lse = mx + log(sum);
+        /* The loss is read before dlogits (which may alias logits) is written. */
+        losses[n] = (mk_real)(lse - l[tgt]);
+        if (dlogits) {
+            mk_real *d = dlogits + (size_t)n * V;
+            for (int i = 0; i < V; i++) {
+                double p = exp((double)l[i] - lse);
+                d[i] = (mk_real)(dscale * (p - (i == tgt)));
+            }
+        }
+    }
+    return MK_OK;
+}
+
+/* ------------------------------------------------------------------ optimizer */
+
+static int cpu_adamw(mk_backend *be, mk_real *p, const mk_real *g, mk_real *m, mk_real *v,
+                     size_t n, double lr, double beta1, double beta2, double eps, double wd, long t)
+{
+    if (t < 1) return MK_FAIL(MK_ERR_INTERNAL, "adamw: step %ld, steps start at 1", t);
+    double bc1 = 1.0 - pow(beta1, (double)t), bc2 = 1.0 - pow(beta2, (double)t);
+    int nt = cpu_threads(be);
+    MK_PARALLEL_FOR(nt)
+    for (size_t i = 0; i < n; i++) {
+        double gi = g[i];
+        double mi = beta1 * m[i] + (1.0 - beta1) * gi;
+        double vi = beta2 * v[i] + (1.0 - beta2) * gi * gi;
+        m[i] = (mk_real)mi;
+        v[i] = (mk_real)vi;
+        double pi = p[i];
+        /* Decoupled weight decay on the old p, in the same update. */
+        p[i] = (mk_real)(pi - lr * ((mi / bc1) / (sqrt(vi / bc2) + eps) + wd * pi));
+    }
+    return MK_OK;
+}
+
+/* ------------------------------------------------------------------ lifetime */
+
+static void cpu_destroy(mk_backend *be)
+{
+    if (!be) return;
+    free(be->impl);
+    free(be);
+}
+
+static const mk_backend_ops cpu_ops = {
+    .name = "cpu",
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .zero = cpu_zero,
+    .copy = cpu_copy,
+    .to_host = cpu_copy,
+    .from_host = cpu_copy,
+    .matmul = cpu_matmul,
+    .grouped_matmul = cpu_grouped_matmul,
+    .grouped_matmul_wgrad = cpu_grouped_matmul_wgrad,
+    .add = cpu_add,
+    .scale = cpu_scale,
+    .sumsq = cpu_sumsq,
+    .nonfinite = cpu_nonfinite,
+    .embedding_forward = cpu_embedding_forward,
+    .embedding_backward = cpu_embedding_backward,
+    .rmsnorm_forward = cpu_rmsnorm_forward,
+    .rmsnorm_backward = cpu_rmsnorm_backward,
+    .rope_forward = cpu_rope_forward,
+    .rope_backward = cpu_rope_backward,
+    .attention_forward = cpu_attention_forward,
+    .attention_backward = cpu_attention_backward,
+    .router_forward = cpu_router_forward,
+    .router_backward = cpu_router_backward,
+    .route_plan = cpu_route_plan,
+    .permute_rows = cpu_permute_rows,
+    .unpermute_add = cpu_unpermute_add,
+    .combine_backward_gates = cpu_combine_backward_gates,
+    .swiglu_forward = cpu_swiglu_forward,
+    .swiglu_backward = cpu_swiglu_backward,
+    .cross_entropy = cpu_cross_entropy,
+    .adamw = cpu_adamw,
+    .destroy = cpu_destroy,
+};
+
+int mk_backend_cpu_create(int threads, mk_backend **out)
+{
+    *out = NULL;
+    mk_backend *be = calloc(1, sizeof *be);
+    cpu_impl *im = calloc(1, sizeof *im);
+    if (!be || !im) {
+        free(be);
+        free(im);
+        return MK_FAIL(MK_ERR_NOMEM, "cpu backend: cannot allocate its state");
+    }
+    im->threads = threads;
+    if (threads > 0) {
+#ifdef _OPENMP
+        omp_set_num_threads(threads);
+#endif
+#ifdef HAVE_OPENBLAS_SET_NUM_THREADS
+        openblas_set_num_threads(threads);
+#endif
+    }
+    be->ops = &cpu_ops;
+    be->impl = im;
+    *out = be;
+    return MK_OK;
+}
+
+void mk_backend_destroy(mk_backend **be)
+{
+    if (!be || !*be) return;
+    (*be)->ops->destroy(*be);
+    *be = NULL;
+}

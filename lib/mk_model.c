@@ -1,0 +1,638 @@
+/* mk_model.c - the MoE transformer of DESIGN section 2, forward and backward, over the
+ * backend interface (mk_backend.h). The same code drives every backend.
+ *
+ * Memory: parameters, gradients and the two AdamW moments are four blocks with one layout,
+ * given by the tensor table. Activations of one micro-batch live in one arena carved into
+ * named buffers. Nothing here indexes tensors by number: the table is walked by role.
+ *
+ * Backward reads the activations the last forward kept and follows it in reverse, one
+ * mk_*_backward step per forward step; see mk_model.h for the loss it differentiates.
+ */
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
+#include "mk_model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mk_error.h"
+#include "mk_rng.h"
+
+#define MK_ROPE_THETA 10000.0
+#define MK_INIT_STD 0.02
+
+typedef enum {
+    R_WTE, R_ATTN_NORM, R_QKV, R_ATTN_OUT, R_MLP_NORM, R_ROUTER, R_W1, R_W3, R_W2,
+    R_SHARED_W1, R_SHARED_W3, R_SHARED_W2, R_FINAL_NORM, R_LM_HEAD
+} tensor_role;
+
+typedef struct layer_params {
+    mk_real *attn_norm, *qkv, *attn_out, *mlp_norm, *router, *w1, *w3, *w2;
+    mk_real *shared_w1, *shared_w3, *shared_w2;
+} layer_params;
+
+/* Named pointers into one block (parameters or gradients). */
+typedef struct params_view {
+    mk_real *wte, *final_norm, *lm_head;
+    layer_params *layers;   /* [L] */
+} params_view;
+
+typedef struct layer_acts {
+    mk_real *x_in;                      /* [N, D] residual stream into the layer */
+    mk_real *ln1, *rstd1, *qkv, *att, *atty, *h, *ln2, *rstd2;
+    mk_real *z, *probs, *lse, *gates, *psum;
+    int32_t *topk, *counts, *offs, *row_slot, *slot_row;
+    mk_real *xp, *a1, *a3, *hact, *y;   /* [N*K, D|F] rows grouped by expert */
+    mk_real *sa1, *sa3, *sh;            /* shared expert [N, Fs] */
+    int *offs_host;                     /* [E+1] host copy, sizes of the expert GEMMs */
+    double *f, *f_micro;                /* [E] host: LBL f of the scope, and of the micro-batch */
+} layer_acts;
+
+typedef struct scratch {
+    int32_t *tokens, *targets;          /* [N] */
+    mk_real *x_final, *lnf, *rstdf, *logits, *losses;
+    mk_real *dresid, *dln, *dqkv, *datt, *datty, *dz, *dgates, *dxp, *dy, *dhact, *da1, *da3;
+    mk_real *dsh, *dsa1, *dsa3, *lbl_ds;
+} scratch;
+
+struct mk_model {
+    mk_config cfg;
+    mk_backend *be;
+    int V, D, L, H, E, K, F, Fs, T, Bmax;
+    size_t ntensors;
+    mk_tensor *tensors;
+    tensor_role *roles;
+    size_t nparams;
+    mk_real *params, *grads, *adam_m, *adam_v;
+    params_view pv, gv;
+    layer_acts *acts;                   /* [L] */
+    scratch s;
+    void *arena;                        /* backend memory holding every activation buffer */
+    /* host side */
+    double *lbl_host;                   /* [L] */
+    int32_t *counts_host;               /* [L, E] */
+    mk_real *psum_host;                 /* [E] */
+    mk_real *host_n;                    /* [N] lse or losses */
+    mk_real *lbl_ds_host;               /* [E] */
+    int32_t *targets_host;              /* [N] last forward's targets */
+    int last_B;                         /* sequences in the last forward, 0 = none */
+    int last_train;
+};
+
+/* ------------------------------------------------------------------ tensor table */
+
+static int add_tensor(mk_model *m, size_t *cap, tensor_role role, int layer, const char *name,
+                      int ndim, int d0, int d1, int d2)
+{
+    if (m->ntensors == *cap) {
+        size_t ncap = *cap ? 2 * *cap : 32;
+        mk_tensor *t = realloc(m->tensors, ncap * sizeof *t);
+        if (!t) return MK_FAIL(MK_ERR_NOMEM, "model: out of memory for the tensor table");
+        m->tensors = t;
+        tensor_role *r = realloc(m->roles, ncap * sizeof *r);
+        if (!r) return MK_FAIL(MK_ERR_NOMEM, "model: out of memory for the tensor table");
+        m->roles = r;
+        *cap = ncap;
+    }
+    mk_tensor *t = &m->tensors[m->ntensors];
+    memset(t, 0, sizeof *t);
+    if (layer >= 0)
+        snprintf(t->name, sizeof t->name, "layers.%d.%s", layer, name);
+    else
+        snprintf(t->name, sizeof t->name, "%s", name);
+    t->ndim = ndim;
+    t->shape[0] = d0;
+    t->shape[1] = ndim > 1 ? d1 : 1;
+    t->shape[2] = ndim > 2 ? d2 : 1;
+    t->numel = (size_t)t->shape[0] * t->shape[1] * t->shape[2];
+    t->offset = m->nparams;
+    t->layer = layer;
+    t->decay = !(role == R_ATTN_NORM || role == R_MLP_NORM || role == R_FINAL_NORM);
+    t->expert = role == R_W1 || role == R_W3 || role == R_W2;
+    m->roles[m->ntensors] = role;
+    m->nparams += t->numel;
+    m->ntensors++;
+    return MK_OK;
+}
+
+static int build_tensor_table(mk_model *m)
+{
+    size_t cap = 0;
+    const int V = m->V, D = m->D, E = m->E, F = m->F, Fs = m->Fs;
+    MK_CHECK(add_tensor(m, &cap, R_WTE, -1, "wte", 2, V, D, 0));
+    for (int l = 0; l < m->L; l++) {
+        MK_CHECK(add_tensor(m, &cap, R_ATTN_NORM, l, "attn_norm", 1, D, 0, 0));
+        MK_CHECK(add_tensor(m, &cap, R_QKV, l, "qkv", 2, D, 3 * D, 0));
+        MK_CHECK(add_tensor(m, &cap, R_ATTN_OUT, l, "attn_out", 2, D, D, 0));
+        MK_CHECK(add_tensor(m, &cap, R_MLP_NORM, l, "mlp_norm", 1, D, 0, 0));
+        MK_CHECK(add_tensor(m, &cap, R_ROUTER, l, "router", 2, D, E, 0));
+        MK_CHECK(add_tensor(m, &cap, R_W1, l, "w1", 3, E, D, F));
+        MK_CHECK(add_tensor(m, &cap, R_W3, l, "w3", 3, E, D, F));
+        MK_CHECK(add_tensor(m, &cap, R_W2, l, "w2", 3, E, F, D));
+        if (Fs > 0) {
+            MK_CHECK(add_tensor(m, &cap, R_SHARED_W1, l, "shared_w1", 2, D, Fs, 0));
+            MK_CHECK(add_tensor(m, &cap, R_SHARED_W3, l, "shared_w3", 2, D, Fs, 0));
+            MK_CHECK(add_tensor(m, &cap, R_SHARED_W2, l, "shared_w2", 2, Fs, D, 0));
+        }
+    }
+    MK_CHECK(add_tensor(m, &cap, R_FINAL_NORM, -1, "final_norm", 1, D, 0, 0));
+    if (!m->cfg.model.tie_embeddings) MK_CHECK(add_tensor(m, &cap, R_LM_HEAD, -1, "lm_head", 2, D, V, 0));
+    return MK_OK;
+}
+
+static void point_view(const mk_model *m, params_view *v, mk_real *base)
+{
+    for (size_t i = 0; i < m->ntensors; i++) {
+        mk_real *p = base + m->tensors[i].offset;
+        layer_params *lp = m->tensors[i].layer >= 0 ? &v->layers[m->tensors[i].layer] : NULL;
+        switch (m->roles[i]) {
+        case R_WTE: v->wte = p; break;
+        case R_FINAL_NORM: v->final_norm = p; break;
+        case R_LM_HEAD: v->lm_head = p; break;
+        case R_ATTN_NORM: lp->attn_norm = p; break;
+        case R_QKV: lp->qkv = p; break;
+        case R_ATTN_OUT: lp->attn_out = p; break;
+        case R_MLP_NORM: lp->mlp_norm = p; break;
+        case R_ROUTER: lp->router = p; break;
+        case R_W1: lp->w1 = p; break;
+        case R_W3: lp->w3 = p; break;
+        case R_W2: lp->w2 = p; break;
+        case R_SHARED_W1: lp->shared_w1 = p; break;
+        case R_SHARED_W3: lp->shared_w3 = p; break;
+        case R_SHARED_W2: lp->shared_w2 = p; break;
+        }
+    }
+    if (m->cfg.model.tie_embeddings) v->lm_head = NULL;
+}
+
+/* ------------------------------------------------------------------ activation arena */
+
+/* Carving runs twice: once with base NULL to size the arena, once to hand out pointers. */
+typedef struct carver { char *base; size_t used; } carver;
+
+static void *carve(carver *c, size_t bytes)
+{
+    size_t at = (c->used + 63) & ~(size_t)63;
+    c->used = at + bytes;
+    return c->base ? c->base + at : NULL;
+}
+
+#define CARVE_R(c, n) ((mk_real *)carve((c), (size_t)(n) * sizeof(mk_real)))
+#define CARVE_I(c, n) ((int32_t *)carve((c), (size_t)(n) * sizeof(int32_t)))
+
+static void carve_acts(mk_model *m, carver *c)
+{
+    const size_t N = (size_t)m->Bmax * m->T, D = m->D, E = m->E, K = m->K, F = m->F,
+                 Fs = m->Fs, R = N * K, A = (size_t)m->Bmax * m->H * m->T * m->T;
+    for (int l = 0; l < m->L; l++) {
+        layer_acts *a = &m->acts[l];
+        a->x_in = CARVE_R(c, N * D);
+        a->ln1 = CARVE_R(c, N * D);
+        a->rstd1 = CARVE_R(c, N);
+        a->qkv = CARVE_R(c, N * 3 * D);
+        a->att = CARVE_R(c, A);
+        a->atty = CARVE_R(c, N * D);
+        a->h = CARVE_R(c, N * D);
+        a->ln2 = CARVE_R(c, N * D);
+        a->rstd2 = CARVE_R(c, N);
+        a->z = CARVE_R(c, N * E);
+        a->probs = CARVE_R(c, N * E);
+        a->lse = CARVE_R(c, N);
+        a->gates = CARVE_R(c, N * K);
+        a->psum = CARVE_R(c, E);
+        a->topk = CARVE_I(c, N * K);
+        a->counts = CARVE_I(c, E);
+        a->offs = CARVE_I(c, E + 1);
+        a->row_slot = CARVE_I(c, R);
+        a->slot_row = CARVE_I(c, R);
+        a->xp = CARVE_R(c, R * D);
+        a->a1 = CARVE_R(c, R * F);
+        a->a3 = CARVE_R(c, R * F);
+        a->hact = CARVE_R(c, R * F);
+        a->y = CARVE_R(c, R * D);
+        if (Fs) {
+            a->sa1 = CARVE_R(c, N * Fs);
+            a->sa3 = CARVE_R(c, N * Fs);
+            a->sh = CARVE_R(c, N * Fs);
+        }
+    }
+    scratch *s = &m->s;
+    s->tokens = CARVE_I(c, N);
+    s->targets = CARVE_I(c, N);
+    s->x_final = CARVE_R(c, N * D);
+    s->lnf = CARVE_R(c, N * D);
+    s->rstdf = CARVE_R(c, N);
+    s->logits = CARVE_R(c, N * m->V);
+    s->losses = CARVE_R(c, N);
+    s->dresid = CARVE_R(c, N * D);
+    s->dln = CARVE_R(c, N * D);
+    s->dqkv = CARVE_R(c, N * 3 * D);
+    s->datt = CARVE_R(c, A);
+    s->datty = CARVE_R(c, N * D);
+    s->dz = CARVE_R(c, N * E);
+    s->dgates = CARVE_R(c, N * K);
+    s->dxp = CARVE_R(c, R * D);
+    s->dy = CARVE_R(c, R * D);
+    s->dhact = CARVE_R(c, R * F);
+    s->da1 = CARVE_R(c, R * F);
+    s->da3 = CARVE_R(c, R * F);
+    if (Fs) {
+        s->dsh = CARVE_R(c, N * Fs);
+        s->dsa1 = CARVE_R(c, N * Fs);
+        s->dsa3 = CARVE_R(c, N * Fs);
+    }
+    s->lbl_ds = CARVE_R(c, E);
+}
+
+/* ------------------------------------------------------------------ create / destroy */
+
+int mk_model_create(const mk_config *cfg, mk_backend *be, mk_model **out)
+{
+    int rc = MK_OK;
+    *out = NULL;
+    MK_CHECK(mk_config_validate(cfg));
+    mk_model *m = calloc(1, sizeof *m);
+    if (!m) return MK_FAIL(MK_ERR_NOMEM, "model: out of memory");
+    m->cfg = *cfg;
+    m->be = be;
+    m->V = cfg->model.vocab;
+    m->D = cfg->model.d_model;
+    m->L = cfg->model.layers;
+    m->H = cfg->model.heads;
+    m->E = cfg->model.experts;
+    m->K = cfg->model.topk;
+    m->F = cfg->model.ffn;
+    m->Fs = cfg->model.shared_ffn;
+    m->T = cfg->model.seq_len;
+    m->Bmax = cfg->train.micro_batch;
+    const mk_backend_ops *ops = be->ops;
+
+    MK_CHECK_GOTO(rc, build_tensor_table(m), fail);
+    size_t bytes = m->nparams * sizeof(mk_real);
+    MK_CHECK_GOTO(rc, ops->alloc(be, bytes, (void **)&m->params), fail);
+    MK_CHECK_GOTO(rc, ops->alloc(be, bytes, (void **)&m->grads), fail);
+    MK_CHECK_GOTO(rc, ops->alloc(be, bytes, (void **)&m->adam_m), fail);
+    MK_CHECK_GOTO(rc, ops->alloc(be, bytes, (void **)&m->adam_v), fail);
+    m->pv.layers = calloc((size_t)m->L, sizeof *m->pv.layers);
+    m->gv.layers = calloc((size_t)m->L, sizeof *m->gv.layers);
+    m->acts = calloc((size_t)m->L, sizeof *m->acts);
+    if (!m->pv.layers || !m->gv.layers || !m->acts) goto nomem;
+    point_view(m, &m->pv, m->params);
+    point_view(m, &m->gv, m->grads);
+
+    carver c = { NULL, 0 };
+    carve_acts(m, &c);
+    MK_CHECK_GOTO(rc, ops->alloc(be, c.used, &m->arena), fail);
+    c.base = m->arena;
+    c.used = 0;
+    carve_acts(m, &c);
+
+    const size_t N = (size_t)m->Bmax * m->T;
+    for (int l = 0; l < m->L; l++) {
+        layer_acts *a = &m->acts[l];
+        a->offs_host = calloc((size_t)m->E + 1, sizeof *a->offs_host);
+        a->f = calloc((size_t)m->E, sizeof *a->f);
+        a->f_micro = calloc((size_t)m->E, sizeof *a->f_micro);
+        if (!a->offs_host || !a->f || !a->f_micro) goto nomem;
+    }
+    m->lbl_host = calloc((size_t)m->L, sizeof *m->lbl_host);
+    m->counts_host = calloc((size_t)m->L * m->E, sizeof *m->counts_host);
+    m->psum_host = calloc((size_t)m->E, sizeof *m->psum_host);
+    m->host_n = calloc(N, sizeof *m->host_n);
+    m->lbl_ds_host = calloc((size_t)m->E, sizeof *m->lbl_ds_host);
+    m->targets_host = calloc(N, sizeof *m->targets_host);
+    if (!m->lbl_host || !m->counts_host || !m->psum_host || !m->host_n || !m->lbl_ds_host ||
+        !m->targets_host)
+        goto nomem;
+    *out = m;
+    return MK_OK;
+nomem:
+    rc = MK_FAIL(MK_ERR_NOMEM, "model: out of memory");
+fail:
+    mk_model_destroy(&m);
+    return rc;
+}
+
+void mk_model_destroy(mk_model **mp)
+{
+    if (!mp || !*mp) return;
+    mk_model *m = *mp;
+    const mk_backend_ops *ops = m->be->ops;
+    ops->free(m->be, m->params);
+    ops->free(m->be, m->grads);
+    ops->free(m->be, m->adam_m);
+    ops->free(m->be, m->adam_v);
+    ops->free(m->be, m->arena);
+    if (m->acts)
+        for (int l = 0; l < m->L; l++) {
+            free(m->acts[l].offs_host);
+            free(m->acts[l].f);
+            free(m->acts[l].f_micro);
+        }
+    free(m->acts);
+    free(m->pv.layers);
+    free(m->gv.layers);
+    free(m->tensors);
+    free(m->roles);
+    free(m->lbl_host);
+    free(m->counts_host);
+    free(m->psum_host);
+    free(m->host_n);
+    free(m->lbl_ds_host);
+    free(m->targets_host);
+    free(m);
+    *mp = NULL;
+}
+
+/* ------------------------------------------------------------------ parameters */
+
+int mk_model_init(mk_model *m, unsigned long seed)
+{
+    size_t maxn = 0;
+    for (size_t i = 0; i < m->ntensors; i++)
+        if (m->tensors[i].numel > maxn) maxn = m->tensors[i].numel;
+    mk_real *host = malloc(maxn * sizeof *host);
+    if (!host) return MK_FAIL(MK_ERR_NOMEM, "model init: out of memory");
+    const double out_scale = 1.0 / sqrt(2.0 * m->L);
+    int rc = MK_OK;
+    for (size_t i = 0; i < m->ntensors && rc == MK_OK; i++) {
+        const mk_tensor *t = &m->tensors[i];
+        tensor_role r = m->roles[i];
+        if (r == R_ATTN_NORM || r == R_MLP_NORM || r == R_FINAL_NORM) {
+            for (size_t j = 0; j < t->numel; j++) host[j] = 1;
+        } else {
+            /* One stream per tensor: a tensor's values do not depend on which others exist. */
+            mk_rng g = mk_rng_make(seed, i);
+            double std = MK_INIT_STD * ((r == R_ATTN_OUT || r == R_W2) ? out_scale : 1.0);
+            for (size_t j = 0; j < t->numel; j++) host[j] = (mk_real)(std * mk_rng_normal(&g));
+        }
+        rc = m->be->ops->from_host(m->be, m->params + t->offset, host, t->numel * sizeof *host);
+    }
+    free(host);
+    return rc;
+}
+
+size_t mk_model_tensor_count(const mk_model *m) { return m->ntensors; }
+const mk_tensor *mk_model_tensor(const mk_model *m, size_t i)
+{
+    return i < m->ntensors ? &m->tensors[i] : NULL;
+}
+
+int mk_model_find(const mk_model *m, const char *name, size_t *idx)
+{
+    for (size_t i = 0; i < m->ntensors; i++)
+        if (strcmp(m->tensors[i].name, name) == 0) {
+            *idx = i;
+            return MK_OK;
+        }
+    return MK_FAIL(MK_ERR_USAGE, "model has no tensor '%s'", name);
+}
+
+size_t mk_model_param_count(const mk_model *m) { return m->nparams; }
+
+size_t mk_model_active_param_count(const mk_model *m)
+{
+    size_t expert = 0;
+    for (size_t i = 0; i < m->ntensors; i++)
+        if (m->tensors[i].expert) expert += m->tensors[i].numel;
+    return m->nparams - expert + expert / (size_t)m->E * (size_t)m->K;
+}
+
+mk_real *mk_model_params(mk_model *m) { return m->params; }
+mk_real *mk_model_grads(mk_model *m) { return m->grads; }
+mk_real *mk_model_adam_m(mk_model *m) { return m->adam_m; }
+mk_real *mk_model_adam_v(mk_model *m) { return m->adam_v; }
+const mk_config *mk_model_config(const mk_model *m) { return &m->cfg; }
+mk_backend *mk_model_backend(mk_model *m) { return m->be; }
+
+int mk_model_zero_grad(mk_model *m)
+{
+    return m->be->ops->zero(m->be, m->grads, m->nparams * sizeof(mk_real));
+}
+
+/* ------------------------------------------------------------------ forward */
+
+static int attention_block_forward(mk_model *m, const layer_params *p, layer_acts *a, int B)
+{
+    mk_backend *be = m->be;
+    const mk_backend_ops *o = be->ops;
+    const int N = B * m->T, D = m->D;
+    MK_CHECK(o->rmsnorm_forward(be, a->ln1, a->rstd1, a->x_in, p->attn_norm, N, D));
+    MK_CHECK(o->matmul(be, a->qkv, a->ln1, p->qkv, N, 3 * D, D, 0, 0, 1, 0));
+    MK_CHECK(o->rope_forward(be, a->qkv, B, m->T, D, m->H, MK_ROPE_THETA));
+    MK_CHECK(o->attention_forward(be, a->atty, a->att, a->qkv, B, m->T, D, m->H));
+    MK_CHECK(o->matmul(be, a->h, a->atty, p->attn_out, N, D, D, 0, 0, 1, 0));
+    MK_CHECK(o->add(be, a->h, a->h, a->x_in, (size_t)N * D));
+    return MK_OK;
+}
+
+/* Router, dispatch, experts, combine, shared expert; out = h + MoE(RMSNorm(h)). */
+static int moe_block_forward(mk_model *m, int l, const layer_params *p, layer_acts *a, int B,
+                             mk_lbl *lbl, mk_real *out, mk_forward_stats *st)
+{
+    mk_backend *be = m->be;
+    const mk_backend_ops *o = be->ops;
+    const int N = B * m->T, D = m->D, E = m->E, K = m->K, F = m->F, Fs = m->Fs;
+
+    MK_CHECK(o->rmsnorm_forward(be, a->ln2, a->rstd2, a->h, p->mlp_norm, N, D));
+    MK_CHECK(o->matmul(be, a->z, a->ln2, p->router, N, E, D, 0, 0, 1, 0));
+    MK_CHECK(o->router_forward(be, a->probs, a->lse, a->topk, a->gates, a->counts, a->psum, a->z,
+                               N, E, K, m->cfg.router.norm_topk));
+
+    int capacity = 0;
+    if (m->cfg.router.capacity_factor > 0)
+        capacity = (int)ceil(m->cfg.router.capacity_factor * (double)N * K / E);
+    MK_CHECK(o->route_plan(be, a->offs, a->row_slot, a->slot_row, a->topk, N, E, K, capacity));
+    MK_CHECK(o->to_host(be, a->offs_host, a->offs, (size_t)(E + 1) * sizeof(int32_t)));
+    const int R = a->offs_host[E];
+    st->dropped += (long)N * K - R;
+
+    MK_CHECK(o->permute_rows(be, a->xp, a->ln2, a->row_slot, NULL, R, K, D));
+    MK_CHECK(o->grouped_matmul(be, a->a1, a->xp, p->w1, a->offs_host, E, D, F, 0, 0));
+    MK_CHECK(o->grouped_matmul(be, a->a3, a->xp, p->w3, a->offs_host, E, D, F, 0, 0));
+    MK_CHECK(o->swiglu_forward(be, a->hact, a->a1, a->a3, (size_t)R * F));
+    MK_CHECK(o->grouped_matmul(be, a->y, a->hact, p->w2, a->offs_host, E, F, D, 0, 0));
+    MK_CHECK(o->copy(be, out, a->h, (size_t)N * D * sizeof(mk_real)));
+    MK_CHECK(o->unpermute_add(be, out, a->y, a->slot_row, a->gates, N, K, D));
+    if (Fs > 0) {
+        MK_CHECK(o->matmul(be, a->sa1, a->ln2, p->shared_w1, N, Fs, D, 0, 0, 1, 0));
+        MK_CHECK(o->matmul(be, a->sa3, a->ln2, p->shared_w3, N, Fs, D, 0, 0, 1, 0));
+        MK_CHECK(o->swiglu_forward(be, a->sh, a->sa1, a->sa3, (size_t)N * Fs));
+        MK_CHECK(o->matmul(be, out, a->sh, p->shared_w2, N, D, Fs, 0, 0, 1, 1));
+    }
+
+    /* Statistics: counts and mean router probabilities make the LBL of the scope. */
+    int32_t *counts = m->counts_host + (size_t)l * E;
+    MK_CHECK(o->to_host(be, counts, a->counts, (size_t)E * sizeof(int32_t)));
+    MK_CHECK(o->to_host(be, m->psum_host, a->psum, (size_t)E * sizeof(mk_real)));
+    double psum[E];
+    for (int i = 0; i < E; i++) psum[i] = m->psum_host[i];
+    if (lbl)
+        MK_CHECK(mk_lbl_scope(lbl, l, counts, N, a->f, a->f_micro));
+    else
+        for (int i = 0; i < E; i++) a->f[i] = a->f_micro[i] = (double)counts[i] / ((double)K * N);
+    m->lbl_host[l] = mk_lbl_value(a->f, psum, N, E);
+
+    if (m->cfg.router.zloss_coeff > 0) {
+        MK_CHECK(o->to_host(be, m->host_n, a->lse, (size_t)N * sizeof(mk_real)));
+        double z2 = 0;
+        for (int n = 0; n < N; n++) z2 += (double)m->host_n[n] * m->host_n[n];
+        st->zloss += z2 / N;
+    }
+    return MK_OK;
+}
+
+int mk_model_forward(mk_model *m, const int32_t *tokens_host, const int32_t *targets_host, int B,
+                     mk_lbl *lbl, int train, mk_forward_stats *st)
+{
+    mk_backend *be = m->be;
+    const mk_backend_ops *o = be->ops;
+    if (B < 1 || B > m->Bmax)
+        return MK_FAIL(MK_ERR_INTERNAL, "model forward: %d sequences, room for 1..%d", B, m->Bmax);
+    const int N = B * m->T, D = m->D, V = m->V;
+    for (int n = 0; n < N; n++)
+        if (tokens_host[n] < 0 || tokens_host[n] >= V || targets_host[n] >= V)
+            return MK_FAIL(MK_ERR_INPUT, "token %d at position %d is outside the vocabulary (model.vocab = %d)",
+                           tokens_host[n] < 0 || tokens_host[n] >= V ? tokens_host[n] : targets_host[n], n, V);
+    memset(st, 0, sizeof *st);
+    m->last_B = 0;
+    MK_CHECK(o->from_host(be, m->s.tokens, tokens_host, (size_t)N * sizeof(int32_t)));
+    MK_CHECK(o->from_host(be, m->s.targets, targets_host, (size_t)N * sizeof(int32_t)));
+    memcpy(m->targets_host, targets_host, (size_t)N * sizeof(int32_t));
+
+    MK_CHECK(o->embedding_forward(be, m->acts[0].x_in, m->s.tokens, m->pv.wte, N, D));
+    for (int l = 0; l < m->L; l++) {
+        mk_real *out = l + 1 < m->L ? m->acts[l + 1].x_in : m->s.x_final;
+        MK_CHECK(attention_block_forward(m, &m->pv.layers[l], &m->acts[l], B));
+        MK_CHECK(moe_block_forward(m, l, &m->pv.layers[l], &m->acts[l], B, lbl, out, st));
+    }
+    MK_CHECK(o->rmsnorm_forward(be, m->s.lnf, m->s.rstdf, m->s.x_final, m->pv.final_norm, N, D));
+    if (m->pv.lm_head)
+        MK_CHECK(o->matmul(be, m->s.logits, m->s.lnf, m->pv.lm_head, N, V, D, 0, 0, 1, 0));
+    else
+        MK_CHECK(o->matmul(be, m->s.logits, m->s.lnf, m->pv.wte, N, V, D, 0, 1, 1, 0));
+    MK_CHECK(o->cross_entropy(be, m->s.losses, NULL, m->s.logits, m->s.targets, N, V, 0));
+    MK_CHECK(o->to_host(be, m->host_n, m->s.losses, (size_t)N * sizeof(mk_real)));
+    for (int n = 0; n < N; n++)
+        if (targets_host[n] >= 0) {
+            st->ce_sum += m->host_n[n];
+            st->targets++;
+        }
+    st->lbl = m->lbl_host;
+    st->counts = m->counts_host;
+    m->last_B = B;
+    m->last_train = train;
+    return MK_OK;
+}
+
+/* ------------------------------------------------------------------ backward */
+
+/* On entry s->dresid is dL/d(layer output); on exit dL/dh (the attention residual). */
+static int moe_block_backward(mk_model *m, const layer_params *p, layer_params *g, layer_acts *a,
+                              int B, double aux_scale)
+{
+    mk_backend *be = m->be;
+    const mk_backend_ops *o = be->ops;
+    scratch *s = &m->s;
+    const int N = B * m->T, D = m->D, E = m->E, K = m->K, F = m->F, Fs = m->Fs;
+    const int *offs = a->offs_host;
+    const int R = offs[E];
+
+    if (Fs > 0) {
+        MK_CHECK(o->matmul(be, s->dsh, s->dresid, p->shared_w2, N, Fs, D, 0, 1, 1, 0));
+        MK_CHECK(o->matmul(be, g->shared_w2, a->sh, s->dresid, Fs, D, N, 1, 0, 1, 1));
+        MK_CHECK(o->swiglu_backward(be, s->dsa1, s->dsa3, s->dsh, a->sa1, a->sa3, (size_t)N * Fs));
+        MK_CHECK(o->matmul(be, s->dln, s->dsa1, p->shared_w1, N, D, Fs, 0, 1, 1, 0));
+        MK_CHECK(o->matmul(be, s->dln, s->dsa3, p->shared_w3, N, D, Fs, 0, 1, 1, 1));
+        MK_CHECK(o->matmul(be, g->shared_w1, a->ln2, s->dsa1, D, Fs, N, 1, 0, 1, 1));
+        MK_CHECK(o->matmul(be, g->shared_w3, a->ln2, s->dsa3, D, Fs, N, 1, 0, 1, 1));
+    } else {
+        MK_CHECK(o->zero(be, s->dln, (size_t)N * D * sizeof(mk_real)));
+    }
+
+    MK_CHECK(o->combine_backward_gates(be, s->dgates, s->dresid, a->y, a->slot_row, N, K, D));
+    MK_CHECK(o->permute_rows(be, s->dy, s->dresid, a->row_slot, a->gates, R, K, D));
+    MK_CHECK(o->grouped_matmul(be, s->dhact, s->dy, p->w2, offs, E, D, F, 1, 0));
+    MK_CHECK(o->grouped_matmul_wgrad(be, g->w2, a->hact, s->dy, offs, E, F, D));
+    MK_CHECK(o->swiglu_backward(be, s->da1, s->da3, s->dhact, a->a1, a->a3, (size_t)R * F));
+    MK_CHECK(o->grouped_matmul(be, s->dxp, s->da1, p->w1, offs, E, F, D, 1, 0));
+    MK_CHECK(o->grouped_matmul(be, s->dxp, s->da3, p->w3, offs, E, F, D, 1, 1));
+    MK_CHECK(o->grouped_matmul_wgrad(be, g->w1, a->xp, s->da1, offs, E, D, F));
+    MK_CHECK(o->grouped_matmul_wgrad(be, g->w3, a->xp, s->da3, offs, E, D, F));
+    MK_CHECK(o->unpermute_add(be, s->dln, s->dxp, a->slot_row, NULL, N, K, D));
+
+    /* dLBL/dprobs_{n,i} = E f_i / N for every token; f is a constant of the scope. */
+    const double lbl_coeff = m->cfg.lbl.mode == MK_LBL_NONE ? 0.0 : m->cfg.lbl.coeff;
+    const double c = aux_scale * (double)E / N;
+    for (int i = 0; i < E; i++)
+        m->lbl_ds_host[i] = (mk_real)(c * (lbl_coeff * a->f[i] + m->cfg.lbl.micro_coeff * a->f_micro[i]));
+    MK_CHECK(o->from_host(be, s->lbl_ds, m->lbl_ds_host, (size_t)E * sizeof(mk_real)));
+    const mk_real zscale = (mk_real)(m->cfg.router.zloss_coeff * aux_scale / N);
+    MK_CHECK(o->router_backward(be, s->dz, s->dgates, s->lbl_ds, zscale, a->probs, a->lse, a->topk,
+                                a->gates, N, E, K, m->cfg.router.norm_topk));
+    MK_CHECK(o->matmul(be, g->router, a->ln2, s->dz, D, E, N, 1, 0, 1, 1));
+    MK_CHECK(o->matmul(be, s->dln, s->dz, p->router, N, D, E, 0, 1, 1, 1));
+    MK_CHECK(o->rmsnorm_backward(be, s->dresid, g->mlp_norm, s->dln, a->h, p->mlp_norm, a->rstd2, N, D));
+    return MK_OK;
+}
+
+/* On entry s->dresid is dL/dh; on exit dL/d(layer input). */
+static int attention_block_backward(mk_model *m, const layer_params *p, layer_params *g,
+                                    layer_acts *a, int B)
+{
+    mk_backend *be = m->be;
+    const mk_backend_ops *o = be->ops;
+    scratch *s = &m->s;
+    const int N = B * m->T, D = m->D;
+    MK_CHECK(o->matmul(be, s->datty, s->dresid, p->attn_out, N, D, D, 0, 1, 1, 0));
+    MK_CHECK(o->matmul(be, g->attn_out, a->atty, s->dresid, D, D, N, 1, 0, 1, 1));
+    MK_CHECK(o->attention_backward(be, s->dqkv, s->datt, s->datty, a->qkv, a->att, B, m->T, D, m->H));
+    MK_CHECK(o->rope_backward(be, s->dqkv, B, m->T, D, m->H, MK_ROPE_THETA));
+    MK_CHECK(o->matmul(be, g->qkv, a->ln1, s->dqkv, D, 3 * D, N, 1, 0, 1, 1));
+    MK_CHECK(o->matmul(be, s->dln, s->dqkv, p->qkv, N, D, 3 * D, 0, 1, 1, 0));
+    MK_CHECK(o->rmsnorm_backward(be, s->dresid, g->attn_norm, s->dln, a->x_in, p->attn_norm, a->rstd1, N, D));
+    return MK_OK;
+}
+
+int mk_model_backward(mk_model *m, double ce_scale, double aux_scale)
+{
+    mk_backend *be = m->be;
+    const mk_backend_ops *o = be->ops;
+    scratch *s = &m->s;
+    const int B = m->last_B;
+    if (B == 0 || !m->last_train)
+        return MK_FAIL(MK_ERR_INTERNAL, "model backward without a training forward");
+    const int N = B * m->T, D = m->D, V = m->V;
+
+    /* Recompute softmax into the logits buffer: forward did not know ce_scale. */
+    MK_CHECK(o->cross_entropy(be, s->losses, s->logits, s->logits, s->targets, N, V, (mk_real)ce_scale));
+    if (m->pv.lm_head) {
+        MK_CHECK(o->matmul(be, s->dln, s->logits, m->pv.lm_head, N, D, V, 0, 1, 1, 0));
+        MK_CHECK(o->matmul(be, m->gv.lm_head, s->lnf, s->logits, D, V, N, 1, 0, 1, 1));
+    } else {
+        MK_CHECK(o->matmul(be, s->dln, s->logits, m->pv.wte, N, D, V, 0, 0, 1, 0));
+        MK_CHECK(o->matmul(be, m->gv.wte, s->logits, s->lnf, V, D, N, 1, 0, 1, 1));
+    }
+    MK_CHECK(o->zero(be, s->dresid, (size_t)N * D * sizeof(mk_real)));
+    MK_CHECK(o->rmsnorm_backward(be, s->dresid, m->gv.final_norm, s->dln, s->x_final,
+                                 m->pv.final_norm, s->rstdf, N, D));
+    for (int l = m->L - 1; l >= 0; l--) {
+        MK_CHECK(moe_block_backward(m, &m->pv.layers[l], &m->gv.layers[l], &m->acts[l], B, aux_scale));
+        MK_CHECK(attention_block_backward(m, &m->pv.layers[l], &m->gv.layers[l], &m->acts[l], B));
+    }
+    MK_CHECK(o->embedding_backward(be, m->gv.wte, s->tokens, s->dresid, N, D, V));
+    /* The logits buffer now holds gradients: a second backward would be wrong. */
+    m->last_train = 0;
+    return MK_OK;
+}
+
+int mk_model_topk_host(mk_model *m, int layer, int32_t *out_host)
+{
+    if (layer < 0 || layer >= m->L || m->last_B == 0)
+        return MK_FAIL(MK_ERR_INTERNAL, "topk of layer %d: no such layer or no forward yet", layer);
+    const size_t n = (size_t)m->last_B * m->T * m->K;
+    return m->be->ops->to_host(m->be, out_host, m->acts[layer].topk, n * sizeof(int32_t));
+}

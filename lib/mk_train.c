@@ -1,0 +1,233 @@
+/* mk_train.c - the single-process training loop (see mk_train.h).
+ *
+ * One optimizer step = grad_accum micro-steps of micro_batch sequences. The CE gradient is
+ * scaled by 1 / (target tokens of the whole step) and the auxiliary losses by
+ * 1 / grad_accum, so accumulating micro-steps gives the gradient of the step's mean loss.
+ */
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
+#include "mk_train.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "mk_backend.h"
+#include "mk_error.h"
+#include "mk_lbl.h"
+#include "mk_model.h"
+#include "mk_optim.h"
+#include "mk_text_data.h"
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int make_dir(const char *path)
+{
+    char buf[MK_PATH_MAX];
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
+        return MK_FAIL(MK_ERR_USAGE, "run.dir: path too long");
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(buf, 0777) != 0 && errno != EEXIST)
+            return MK_FAIL(MK_ERR_IO, "run.dir: cannot create %s: %s", buf, strerror(errno));
+        *p = '/';
+    }
+    if (mkdir(buf, 0777) != 0 && errno != EEXIST)
+        return MK_FAIL(MK_ERR_IO, "run.dir: cannot create %s: %s", buf, strerror(errno));
+    return MK_OK;
+}
+
+/* Per-run state of the loop, so the step function needs no globals. */
+typedef struct trainer {
+    const mk_config *cfg;
+    mk_backend *be;
+    mk_model *model;
+    mk_lbl *lbl;
+    mk_text_data *data;
+    int32_t *tokens, *targets;      /* [grad_accum, micro_batch, T] host */
+    int64_t *counts;                /* [L, E] summed over the step's micro-steps */
+    double *lbl_sum;                /* [L] */
+    FILE *log;
+} trainer;
+
+typedef struct step_stats { double loss, lbl, maxvio, gnorm, lr; long targets; } step_stats;
+
+/* global-exact: count the whole step's routing first, so every micro-step uses final f. */
+static int counting_pass(trainer *tr, int G, int B, size_t per_micro)
+{
+    const mk_config *cfg = tr->cfg;
+    const int L = cfg->model.layers, E = cfg->model.experts;
+    int64_t *exact = calloc((size_t)L * E, sizeof *exact);
+    if (!exact) return MK_FAIL(MK_ERR_NOMEM, "global-exact counting pass: out of memory");
+    int rc = MK_OK;
+    long ntok = 0;
+    for (int g = 0; g < G && rc == MK_OK; g++) {
+        mk_forward_stats st;
+        rc = mk_model_forward(tr->model, tr->tokens + g * per_micro, tr->targets + g * per_micro, B,
+                              NULL, 0, &st);
+        for (int i = 0; rc == MK_OK && i < L * E; i++) exact[i] += st.counts[i];
+        ntok += (long)B * cfg->model.seq_len;
+    }
+    if (rc == MK_OK) rc = mk_lbl_set_exact(tr->lbl, exact, ntok);
+    free(exact);
+    return rc;
+}
+
+static int train_step(trainer *tr, long step, step_stats *out)
+{
+    const mk_config *cfg = tr->cfg;
+    const int G = cfg->train.grad_accum, B = cfg->train.micro_batch, T = cfg->model.seq_len;
+    const int L = cfg->model.layers, E = cfg->model.experts;
+    const size_t per_micro = (size_t)B * T;
+
+    MK_CHECK(mk_text_data_batch(tr->data, cfg->train.seed, (uint64_t)step * G * B, G * B,
+                                tr->tokens, tr->targets));
+    long targets = 0;
+    for (size_t i = 0; i < per_micro * G; i++) targets += tr->targets[i] >= 0;
+    if (targets == 0) return MK_FAIL(MK_ERR_INPUT, "step %ld: no target tokens", step + 1);
+
+    MK_CHECK(mk_model_zero_grad(tr->model));
+    mk_lbl_reset(tr->lbl);
+    if (cfg->lbl.mode == MK_LBL_GLOBAL_EXACT) MK_CHECK(counting_pass(tr, G, B, per_micro));
+    memset(tr->counts, 0, (size_t)L * E * sizeof *tr->counts);
+    memset(tr->lbl_sum, 0, (size_t)L * sizeof *tr->lbl_sum);
+
+    double ce = 0;
+    for (int g = 0; g < G; g++) {
+        mk_forward_stats st;
+        MK_CHECK(mk_model_forward(tr->model, tr->tokens + g * per_micro, tr->targets + g * per_micro,
+                                  B, tr->lbl, 1, &st));
+        MK_CHECK(mk_model_backward(tr->model, 1.0 / (double)targets, 1.0 / G));
+        ce += st.ce_sum;
+        for (int i = 0; i < L * E; i++) tr->counts[i] += st.counts[i];
+        for (int l = 0; l < L; l++) tr->lbl_sum[l] += st.lbl[l] / G;
+    }
+    out->loss = ce / (double)targets;
+    if (!isfinite(out->loss))
+        return MK_FAIL(MK_ERR_NUMERIC, "step %ld: loss is %g", step + 1, out->loss);
+    out->lbl = out->maxvio = 0;
+    for (int l = 0; l < L; l++) {
+        out->lbl += tr->lbl_sum[l] / L;
+        out->maxvio += mk_lbl_maxvio(tr->counts + (size_t)l * E, E) / L;
+    }
+    out->lr = mk_lr_at(cfg, step);
+    out->targets = targets;
+    MK_CHECK(mk_grad_norm(tr->model, &out->gnorm));
+    MK_CHECK(mk_optim_step(tr->model, step + 1, out->lr, out->gnorm));
+    return MK_OK;
+}
+
+static void format_eta(double s, char *buf, size_t n)
+{
+    long t = (long)(s + 0.5);
+    if (t >= 3600) snprintf(buf, n, "%ldh%02ldm", t / 3600, (t / 60) % 60);
+    else snprintf(buf, n, "%ldm%02lds", t / 60, t % 60);
+}
+
+static void trainer_free(trainer *tr)
+{
+    mk_text_data_close(&tr->data);
+    mk_lbl_destroy(&tr->lbl);
+    mk_model_destroy(&tr->model);
+    mk_backend_destroy(&tr->be);
+    free(tr->tokens);
+    free(tr->targets);
+    free(tr->counts);
+    free(tr->lbl_sum);
+    if (tr->log) fclose(tr->log);
+}
+
+int mk_train_run(const mk_config *cfg, const mk_train_opts *opts, mk_train_result *res)
+{
+    int rc = MK_OK;
+    trainer tr = { .cfg = cfg };
+    memset(res, 0, sizeof *res);
+    MK_CHECK(mk_config_validate(cfg));
+    const char *path = opts->data_path ? opts->data_path : cfg->data.path;
+    if (!path || !*path)
+        return MK_FAIL(MK_ERR_USAGE, "no training data: set data.path or pass --data FILE");
+    if (cfg->model.vocab < 256)
+        return MK_FAIL(MK_ERR_USAGE, "model.vocab = %d: the byte-level tokenizer needs at least 256",
+                       cfg->model.vocab);
+
+    const int G = cfg->train.grad_accum, B = cfg->train.micro_batch, T = cfg->model.seq_len;
+    const int L = cfg->model.layers, E = cfg->model.experts;
+    MK_CHECK_GOTO(rc, mk_text_data_open(path, T, &tr.data), done);
+    MK_CHECK_GOTO(rc, mk_backend_cpu_create(cfg->train.threads, &tr.be), done);
+    MK_CHECK_GOTO(rc, mk_model_create(cfg, tr.be, &tr.model), done);
+    MK_CHECK_GOTO(rc, mk_model_init(tr.model, cfg->train.seed), done);
+    MK_CHECK_GOTO(rc, mk_lbl_create(cfg->lbl.mode, L, E, cfg->model.topk, &tr.lbl), done);
+    tr.tokens = malloc((size_t)G * B * T * sizeof *tr.tokens);
+    tr.targets = malloc((size_t)G * B * T * sizeof *tr.targets);
+    tr.counts = malloc((size_t)L * E * sizeof *tr.counts);
+    tr.lbl_sum = malloc((size_t)L * sizeof *tr.lbl_sum);
+    if (!tr.tokens || !tr.targets || !tr.counts || !tr.lbl_sum) {
+        rc = MK_FAIL(MK_ERR_NOMEM, "trainer: out of memory");
+        goto done;
+    }
+    MK_CHECK_GOTO(rc, make_dir(cfg->run.dir), done);
+    char logpath[MK_PATH_MAX + 16];
+    snprintf(logpath, sizeof logpath, "%s/log.tsv", cfg->run.dir);
+    tr.log = fopen(logpath, "w");
+    if (!tr.log) {
+        rc = MK_FAIL(MK_ERR_IO, "%s: cannot create: %s", logpath, strerror(errno));
+        goto done;
+    }
+    fprintf(tr.log, "step\tloss\tlbl\tmaxvio\tgnorm\tlr\n");
+
+    if (opts->out)
+        fprintf(opts->out,
+                "moe-train: %zu parameters (%zu active per token), %d layers, %d experts top-%d, "
+                "lbl %s, global batch %d x %d tokens, data %s (%zu bytes)\n",
+                mk_model_param_count(tr.model), mk_model_active_param_count(tr.model), L, E,
+                cfg->model.topk, mk_lbl_mode_name(cfg->lbl.mode), G * B, T, path,
+                mk_text_data_size(tr.data));
+
+    const double t0 = now_s();
+    long tokens_done = 0;
+    for (long step = 0; step < cfg->train.steps; step++) {
+        step_stats st;
+        MK_CHECK_GOTO(rc, train_step(&tr, step, &st), done);
+        tokens_done += (long)G * B * T;
+        if (step == 0) res->first_loss = st.loss;
+        res->final_loss = st.loss;
+        res->steps = step + 1;
+        fprintf(tr.log, "%ld\t%.9g\t%.9g\t%.9g\t%.9g\t%.9g\n", step + 1, st.loss, st.lbl, st.maxvio,
+                st.gnorm, st.lr);
+        const int every = cfg->log.every > 0 ? cfg->log.every : 1;
+        if (opts->out && (step == 0 || (step + 1) % every == 0 || step + 1 == cfg->train.steps)) {
+            double el = now_s() - t0;
+            char eta[32];
+            format_eta(el / (step + 1) * (cfg->train.steps - step - 1), eta, sizeof eta);
+            fprintf(opts->out,
+                    "step %6ld/%ld | loss %.4f | lbl %.4f | maxvio %.3f | gnorm %.3f | lr %.2e | "
+                    "%.0f tok/s | eta %s\n",
+                    step + 1, (long)cfg->train.steps, st.loss, st.lbl, st.maxvio, st.gnorm, st.lr,
+                    tokens_done / (el > 0 ? el : 1e-9), eta);
+            fflush(opts->out);
+        }
+    }
+    res->seconds = now_s() - t0;
+    res->tokens_per_s = tokens_done / (res->seconds > 0 ? res->seconds : 1e-9);
+    if (fflush(tr.log) != 0 || ferror(tr.log)) {
+        rc = MK_FAIL(MK_ERR_IO, "%s: write failed: %s", logpath, strerror(errno));
+        goto done;
+    }
+    if (opts->out)
+        fprintf(opts->out, "done: %ld steps in %.1f s, %.0f tok/s, loss %.4f -> %.4f (%.1f%% lower)\n",
+                res->steps, res->seconds, res->tokens_per_s, res->first_loss, res->final_loss,
+                100.0 * (1.0 - res->final_loss / res->first_loss));
+done:
+    trainer_free(&tr);
+    return rc;
+}
