@@ -314,7 +314,8 @@ static int rope_apply(mk_backend *be, const char *op, mk_real *qkv, int B, int T
     MK_CHECK(check_heads(op, D, H));
     int hd = D / H;
     if (hd % 2 != 0) return MK_FAIL(MK_ERR_INTERNAL, "%s: head size %d is odd", op, hd);
-    if (T <= 0) return MK_FAIL(MK_ERR_INTERNAL, "%s: sequence length %d", op, T);
+    if (T <= 0 || !(theta > 0))
+        return MK_FAIL(MK_ERR_INTERNAL, "%s: sequence length %d, theta %g", op, T, theta);
     int N = B * T, half = hd / 2;
     int nt = cpu_threads(be);
     MK_PARALLEL_FOR(nt)

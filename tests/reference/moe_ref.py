@@ -565,7 +565,13 @@ def compare_dump(path, tol=TOL):
     else:
         check(False, "dump has out.lbl [%d]" % cfg.L)
     if "out.zloss" in t:
-        value("zloss", t["out.zloss"].ravel()[0], p32["zloss"], p64["zloss"])
+        cz = float(t["out.zloss"].ravel()[0])
+        if cfg.zloss_coeff == 0 and cz == 0:
+            # The C model computes the z-loss statistic only when it is part of the loss.
+            results.append((True, "zloss # SKIP router.zloss_coeff = 0: C reports 0, reference %.6g"
+                            % p32["zloss"], []))
+        else:
+            value("zloss", cz, p32["zloss"], p64["zloss"])
     else:
         check(False, "dump has out.zloss")
     if "out.counts" in t:
@@ -726,13 +732,15 @@ def selftest(verbose=True):
         for name in params:
             for _ in range(2):
                 v = gen.normal(size=params[name].shape)
-                eps = 1e-6
-                pp = dict(params)
-                pp[name] = params[name] + eps * v
-                lp = reference(pp, cfg, tokens, targets, torch.float64, forced_topk=parts["topk"], grads=False)[0]["loss"]
-                pp[name] = params[name] - eps * v
-                lm = reference(pp, cfg, tokens, targets, torch.float64, forced_topk=parts["topk"], grads=False)[0]["loss"]
-                fd = (lp - lm) / (2 * eps)
+                def dd(eps):
+                    pp = dict(params)
+                    pp[name] = params[name] + eps * v
+                    lp = reference(pp, cfg, tokens, targets, torch.float64, forced_topk=parts["topk"], grads=False)[0]["loss"]
+                    pp[name] = params[name] - eps * v
+                    lm = reference(pp, cfg, tokens, targets, torch.float64, forced_topk=parts["topk"], grads=False)[0]["loss"]
+                    return (lp - lm) / (2 * eps)
+                # Richardson extrapolation of central differences: O(eps^4).
+                fd = (4 * dd(5e-6) - dd(1e-5)) / 3
                 an = float((grads[name] * v).sum())
                 err = abs(fd - an) / max(abs(fd), abs(an), 1e-3 * np.linalg.norm(grads[name]) * np.linalg.norm(v), 1e-8)
                 if err > worst:
