@@ -1,5 +1,7 @@
 /* mk_error.c - reporting for the error convention of mk_error.h. */
+#ifdef HAVE_CONFIG_H
 #include "config.h"
+#endif
 #include "mk_error.h"
 
 #include <stdarg.h>
