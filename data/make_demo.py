@@ -212,15 +212,15 @@ OCCUPATIONS = ["farmers", "weavers", "millers", "fishermen", "potters", "carpent
                "beekeepers", "rope makers", "tanners", "glassblowers"]
 PRODUCTS = ["wool", "apples", "slate", "cheese", "timber", "salt", "linen", "barley",
             "honey", "pottery", "rope", "paper", "cider", "iron nails", "dried fish"]
-LANDMARKS = ["stone bridge", "clock tower", "covered market", "old granary",
-             "watermill", "chapel", "town hall", "old forge", "toll house",
-             "iron footbridge", "bell tower", "library", "ferry landing", "windmill"]
+LANDMARKS = ["clock tower", "covered market", "old granary", "watermill", "chapel",
+             "town hall", "old forge", "toll house", "bell tower", "library", "windmill",
+             "corn exchange", "guild hall"]
 LANDMARK_FEATURES = [
     "its walls are still marked with the height of old floods",
     "a carved date above the door has almost worn away",
     "children are told that it was built in a single summer",
     "its roof was replaced twice after storms",
-    "the bell can be heard from the farms on the far hills",
+    "on clear evenings it can be seen from the farms on the far hills",
     "the timber inside came from trees that once grew on the common",
     "it leans a little to the west, though no one is sure why",
     "it is now used as a meeting room and a store for the festival lanterns",
@@ -293,8 +293,8 @@ def prose_town(rng):
     s.append(rng.choice([
         "For most of its history the %s lived on the %s trade, and carts carried the "
         "goods to %s to be sold." % (kind, prod[0], t2),
-        "Its wealth once came from %s and %s, and the old warehouses along the water "
-        "still smell faintly of both." % (prod[0], prod[1]),
+        "Its wealth once came from %s and %s, and the names of the old merchants can "
+        "still be read above the warehouse doors along the water." % (prod[0], prod[1]),
         "Trade in %s made a few families rich, but the %s never grew beyond a "
         "day's walk from end to end." % (prod[0], kind),
     ]))
@@ -419,38 +419,78 @@ def prose_story(rng):
     return wrap(" ".join(s))
 
 
-BIRDS = ["wrens", "swallows", "rooks", "a pair of herons", "goldfinches", "starlings",
-         "a kestrel", "geese flying south", "blackbirds", "an owl"]
-PLANTS = ["the first snowdrops", "primroses under the hedge", "the elder in flower",
-          "blackberries ripening", "the ash trees losing their leaves", "wild garlic in the wood",
-          "the hawthorn in blossom", "mushrooms in the long grass", "the barley turning gold"]
+# Diary material: what is common all year, and what belongs to one season.
+BIRDS = ["wrens", "rooks", "a pair of herons", "goldfinches", "starlings", "a kestrel",
+         "blackbirds", "an owl", "a robin", "magpies"]
 SKIES = ["Clear and still all day.", "Low cloud and drizzle until evening.",
-         "A hard frost overnight; bright later.", "Strong wind from the west.",
-         "Warm, with thunder in the afternoon.", "Fog in the valley until ten.",
-         "Heavy rain in the night; the stream is high.", "Dry and mild."]
-CHORES = ["Mended the fence by the lower gate.", "Cut back the brambles along the path.",
-          "Moved the hives to the orchard.", "Cleaned out the gutters.",
-          "Picked the last of the beans.", "Split wood for the stove.",
-          "Sowed lettuce and radishes.", "Took the cart to be repaired."]
+         "Strong wind from the west.", "Fog in the valley until ten.",
+         "Heavy rain in the night; the stream is high.", "Grey, with a few bright spells."]
+CHORES = ["Mended the fence by the lower gate.", "Cleaned out the gutters.",
+          "Split wood for the stove.", "Took the cart to be repaired.",
+          "Oiled the hinges on the barn door.", "Sharpened the scythe and the shears."]
+SEASONAL = {
+    "winter": {
+        "birds": ["fieldfares", "a flock of geese on the flooded meadow"],
+        "plants": ["the first snowdrops", "catkins on the hazel", "moss thick on the north wall",
+                   "holly berries by the gate"],
+        "skies": ["A hard frost overnight; bright later.", "Snow showers until noon.",
+                  "Bitterly cold, with ice on the water butt."],
+        "chores": ["Pruned the apple trees.", "Cleared snow from the path.",
+                   "Checked the stored potatoes for rot."],
+        "temps": (-6, 8),
+    },
+    "spring": {
+        "birds": ["the first swallows", "a cuckoo calling"],
+        "plants": ["primroses under the hedge", "wild garlic in the wood",
+                   "the hawthorn in blossom", "bluebells along the lane",
+                   "new leaves on the beech"],
+        "skies": ["Sunshine and showers.", "Mild and bright, with a cool wind."],
+        "chores": ["Sowed lettuce and radishes.", "Planted out the early potatoes.",
+                   "Cut back the brambles along the path."],
+        "temps": (3, 18),
+    },
+    "summer": {
+        "birds": ["swallows", "swifts screaming over the roofs"],
+        "plants": ["the elder in flower", "the barley turning gold",
+                   "poppies at the field edge", "the first ripe plums"],
+        "skies": ["Warm, with thunder in the afternoon.", "Hot and dry all day.",
+                  "Dry and mild."],
+        "chores": ["Moved the hives to the orchard.", "Watered the beans twice.",
+                   "Turned the hay in the top field."],
+        "temps": (12, 29),
+    },
+    "autumn": {
+        "birds": ["geese flying south", "swallows gathering on the wires"],
+        "plants": ["blackberries ripening", "the ash trees losing their leaves",
+                   "mushrooms in the long grass", "rose hips in the hedge"],
+        "skies": ["A light frost at dawn; clear later.", "Dry and mild.",
+                  "Gales overnight; two branches down."],
+        "chores": ["Picked the last of the beans.", "Raked leaves off the lawn.",
+                   "Pressed apples for cider."],
+        "temps": (2, 17),
+    },
+}
 
 
 def prose_diary(rng):
     m = rng.below(12)
+    sea = SEASONAL[SEASON_OF_MONTH[m]]
     d = rng.int(1, 22)
     lines = []
     n = rng.int(3, 5)
     for _ in range(n):
-        parts = ["%s %d." % (MONTHS[m], d), rng.choice(SKIES)]
+        parts = ["%s %d." % (MONTHS[m], d), rng.choice(SKIES + sea["skies"])]
         if rng.chance(70):
-            parts.append("Saw %s near the %s." % (rng.choice(BIRDS), rng.choice(
+            parts.append("Saw %s near the %s." % (rng.choice(BIRDS + sea["birds"]), rng.choice(
                 ["house", "river", "barn", "old wall", "pond", "orchard"])))
         if rng.chance(60):
-            parts.append("Noticed %s." % rng.choice(PLANTS))
+            parts.append("Noticed %s." % rng.choice(sea["plants"]))
         if rng.chance(60):
-            parts.append(rng.choice(CHORES))
+            parts.append(rng.choice(CHORES + sea["chores"]))
         if rng.chance(25):
+            lo, hi = sea["temps"]
             parts.append("The thermometer by the door read %d degrees at %s." % (
-                rng.int(-4, 28), rng.choice(["seven", "noon", "six in the evening"])))
+                rng.int(lo, hi), rng.choice(["seven", "noon", "six in the evening"])))
         lines.append(" ".join(parts))
         d += rng.int(1, 3)
     return "\n".join(wrap(x) for x in lines)
@@ -631,7 +671,7 @@ TRADES = [  # (trade, place of work, tools, product, hard part)
     ("bookbinder", "a narrow room above the bakery", "a press, bone folders and linen thread",
      "notebooks and repaired ledgers", "matching the colour of old leather"),
     ("clockmaker", "a workshop full of ticking", "tiny screwdrivers, tweezers and a loupe",
-     "repairs to long-case clocks and pocket watches", "finding parts for clocks a century old"),
+     "small wall clocks and mantel clocks", "finding parts for clocks a century old"),
     ("basket maker", "the porch of a cottage by the river", "a knife, a bodkin and bundles of willow",
      "log baskets, egg baskets and fish traps", "cutting the willow at the right time of year"),
     ("baker", "a bakery on the main street", "a brick oven and wooden proving trays",
@@ -1413,6 +1453,8 @@ def math_system(rng):
 def math_quadratic(rng):
     r1 = rng.int(-9, 9)
     r2 = rng.int(-9, 9)
+    while r1 == 0 and r2 == 0:
+        r2 = rng.int(-9, 9)
     s = r1 + r2
     pr = r1 * r2
     eq = poly([(1, "x^2"), (-s, "x"), (pr, "")])
@@ -1689,6 +1731,8 @@ def _eval_arith(s):
             return ev(n.body)
         if isinstance(n, ast.Constant) and isinstance(n.value, int):
             return Fraction(n.value)
+        if type(n).__name__ == "Num":              # Python < 3.8
+            return Fraction(n.n)
         if isinstance(n, ast.UnaryOp) and isinstance(n.op, ast.USub):
             return -ev(n.operand)
         if isinstance(n, ast.BinOp):

@@ -204,8 +204,10 @@ int mk_train_run(const mk_config *cfg, const mk_train_opts *opts, mk_train_resul
         res->steps = step + 1;
         fprintf(tr.log, "%ld\t%.9g\t%.9g\t%.9g\t%.9g\t%.9g\n", step + 1, st.loss, st.lbl, st.maxvio,
                 st.gnorm, st.lr);
-        const int every = cfg->log.every > 0 ? cfg->log.every : 1;
-        if (opts->out && (step == 0 || (step + 1) % every == 0 || step + 1 == cfg->train.steps)) {
+        /* log.every = 0 turns step lines off; the summary line still comes. */
+        const int every = cfg->log.every;
+        if (opts->out && every > 0 &&
+            (step == 0 || (step + 1) % every == 0 || step + 1 == cfg->train.steps)) {
             double el = now_s() - t0;
             char eta[32];
             format_eta(el / (step + 1) * (cfg->train.steps - step - 1), eta, sizeof eta);
