@@ -200,17 +200,34 @@ static size_t edit_distance(const char *a, const char *b)
     return row[nb];
 }
 
-/* A distance small enough that word is probably a misspelling, not another word. */
-static int close_enough(size_t d, const char *word)
-{
-    size_t n = strlen(word);
-    return d <= (n < 10 ? 2 : n / 5);
-}
-
 static const char *name_part(const char *key)
 {
     const char *dot = strrchr(key, '.');
     return dot ? dot + 1 : key;
+}
+
+/* A distance small enough that word is probably a misspelling, not another word. Judged on
+ * the part after the section, so "model.nope" is not taken for "model.topk". */
+static int close_enough(size_t d, const char *word)
+{
+    size_t n = strlen(name_part(word));
+    return d <= (n <= 4 ? 1 : n <= 8 ? 2 : 3);
+}
+
+/* text made fit for a one-line message: control characters escaped, long text cut. */
+static const char *shown(const char *text, char *buf, size_t n)
+{
+    size_t w = 0;
+    const char *p = text;
+    for (; *p && w + 8 <= n; p++) { /* room for one escape (4), "..." and the NUL */
+        unsigned char c = (unsigned char)*p;
+        if (c >= 0x20 && c != 0x7f) buf[w++] = (char)c;
+        else if (c == '\n') w += (size_t)snprintf(buf + w, n - w, "\\n");
+        else if (c == '\t') w += (size_t)snprintf(buf + w, n - w, "\\t");
+        else w += (size_t)snprintf(buf + w, n - w, "\\x%02x", c);
+    }
+    strcpy(buf + w, *p ? "..." : "");
+    return buf;
 }
 
 /* The key the user probably meant, or NULL. In order: a known key after a stray prefix
@@ -236,19 +253,23 @@ static const char *suggest_key(const char *key)
     size_t best_d = (size_t)-1;
     for (size_t i = 0; i < N_SETTINGS; i++) {
         size_t d = edit_distance(key, table[i].info.key);
-        if (d < best_d) best_d = d, best = table[i].info.key;
+        if (d < best_d) {
+            best_d = d;
+            best = table[i].info.key;
+        }
     }
     return best && close_enough(best_d, key) ? best : NULL;
 }
 
 static int fail_unknown_key(const char *key, const char *origin)
 {
+    char k[100];
     const char *hint = suggest_key(key);
     if (hint)
-        return MK_FAIL(MK_ERR_USAGE, "%s: unknown key '%s' (did you mean '%s'?)", origin, key,
-                       hint);
+        return MK_FAIL(MK_ERR_USAGE, "%s: unknown key '%s' (did you mean '%s'?)", origin,
+                       shown(key, k, sizeof k), hint);
     return MK_FAIL(MK_ERR_USAGE, "%s: unknown key '%s' (docs/settings.md lists them all)",
-                   origin, key);
+                   origin, shown(key, k, sizeof k));
 }
 
 /* ------------------------------------------------------------------ text -> value */
@@ -284,9 +305,10 @@ static void format_double(double v, char *buf, size_t n)
 static int fail_range(const setting *s, const char *text, const char *origin, double bound,
                       const char *what)
 {
-    char b[40];
+    char b[40], t[100];
     format_double(bound, b, sizeof b);
-    return MK_FAIL(MK_ERR_USAGE, "%s: %s: %s %s %s", origin, s->info.key, text, what, b);
+    return MK_FAIL(MK_ERR_USAGE, "%s: %s: %s %s %s", origin, s->info.key,
+                   shown(text, t, sizeof t), what, b);
 }
 
 static int check_range(const setting *s, double v, const char *text, const char *origin)
@@ -302,7 +324,9 @@ static int check_range(const setting *s, double v, const char *text, const char 
 
 static int fail_value(const setting *s, const char *text, const char *origin, const char *what)
 {
-    return MK_FAIL(MK_ERR_USAGE, "%s: %s: '%s' %s", origin, s->info.key, text, what);
+    char t[100];
+    return MK_FAIL(MK_ERR_USAGE, "%s: %s: '%s' %s", origin, s->info.key,
+                   shown(text, t, sizeof t), what);
 }
 
 /* Whole text or nothing: strtol alone would read "12abc" as 12 and "1e3" as 1. */
@@ -349,7 +373,7 @@ static int parse_double(const setting *s, const char *text, const char *origin, 
 
 static int same_word(const char *a, const char *b)
 {
-    while (*a && lower(*a) == lower(*b)) a++, b++;
+    for (; *a && lower(*a) == lower(*b); a++) b++;
     return *a == 0 && *b == 0;
 }
 
@@ -358,8 +382,10 @@ static int parse_bool(const setting *s, const char *text, const char *origin, in
     static const char *const yes[] = { "true", "yes", "on", "1" };
     static const char *const no[] = { "false", "no", "off", "0" };
     for (size_t i = 0; i < 4; i++) {
-        if (same_word(text, yes[i])) return *out = 1, MK_OK;
-        if (same_word(text, no[i])) return *out = 0, MK_OK;
+        if (same_word(text, yes[i]) || same_word(text, no[i])) {
+            *out = same_word(text, yes[i]);
+            return MK_OK;
+        }
     }
     return fail_value(s, text, origin, "is not a boolean (true or false)");
 }
@@ -368,19 +394,25 @@ static int parse_enum(const setting *s, const char *text, const char *origin, in
 {
     size_t n = n_names(s), best = 0, best_d = (size_t)-1;
     for (size_t i = 0; i < n; i++) {
-        if (strcmp(text, s->names[i]) == 0) return *out = (int)i, MK_OK;
+        if (strcmp(text, s->names[i]) == 0) {
+            *out = (int)i;
+            return MK_OK;
+        }
         size_t d = edit_distance(text, s->names[i]);
-        if (d < best_d) best_d = d, best = i;
+        if (d < best_d) {
+            best_d = d;
+            best = i;
+        }
     }
-    char list[128] = "", hint[64] = "";
+    char list[128] = "", hint[64] = "", t[100];
     for (size_t i = 0; i < n; i++) {
         size_t used = strlen(list);
         snprintf(list + used, sizeof list - used, "%s%s", i ? ", " : "", s->names[i]);
     }
     if (close_enough(best_d, text))
         snprintf(hint, sizeof hint, " (did you mean '%s'?)", s->names[best]);
-    return MK_FAIL(MK_ERR_USAGE, "%s: %s: '%s' is not one of %s%s", origin, s->info.key, text,
-                   list, hint);
+    return MK_FAIL(MK_ERR_USAGE, "%s: %s: '%s' is not one of %s%s", origin, s->info.key,
+                   shown(text, t, sizeof t), list, hint);
 }
 
 /* A string must fit its buffer and survive a trip through an INI file: inih strips
@@ -520,9 +552,10 @@ int mk_config_set(mk_config *cfg, const char *assignment, const char *origin)
     if (eq) *eq = '\0';
     /* Whitespace around the key and the value is dropped, as in an INI file. */
     const char *key = trim(copy);
+    char t[100];
     if (!eq || !*key)
         rc = MK_FAIL(MK_ERR_USAGE, "%s: '%s' is not of the form section.key=value", origin,
-                     assignment);
+                     shown(assignment, t, sizeof t));
     else
         rc = mk_config_set_kv(cfg, key, trim(eq + 1), origin);
     free(copy);
@@ -565,7 +598,7 @@ static char *ini_read_line(char *str, int num, void *stream)
         MK_FAIL(MK_ERR_USAGE, "%s:%d: line longer than %d characters, the most libinih reads"
                 " (set long values with --set)", st->path, st->lineno, num - 2);
         st->errors++;
-        str[0] = '\n', str[1] = '\0';
+        strcpy(str, "\n"); /* a blank line to inih */
         return str;
     }
     const char *p = str;
