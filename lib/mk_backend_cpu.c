@@ -115,10 +115,33 @@ static int cpu_matmul(mk_backend *be, mk_real *C, const mk_real *A, const mk_rea
         for (size_t i = 0; i < n; i++) C[i] = beta == 0 ? 0 : beta * C[i];
         return MK_OK;
     }
-    int lda = trans_a ? M : K;
-    int ldb = trans_b ? K : N;
-    MK_GEMM(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
-            M, N, K, alpha, A, lda, B, ldb, beta, C, N);
+    const int lda = trans_a ? M : K, ldb = trans_b ? K : N;
+    const CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans, tb = trans_b ? CblasTrans : CblasNoTrans;
+    /* One thread pool: BLAS runs single-threaded (see mk_backend_cpu_create) and the output
+     * is split into blocks of rows (or columns, when it is wide) over the OpenMP threads.
+     * Two spinning pools on the same cores slowed training by up to 6x. */
+    int nt = cpu_threads(be);
+    const double flops = 2.0 * M * N * K;
+    if (nt <= 1 || flops < 2e5) {
+        MK_GEMM(CblasRowMajor, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, N);
+        return MK_OK;
+    }
+    const int by_rows = M >= N;
+    const int extent = by_rows ? M : N;
+    if (nt > extent) nt = extent;
+    MK_PARALLEL_FOR(nt)
+    for (int part = 0; part < nt; part++) {
+        const int lo = (int)((long)extent * part / nt), hi = (int)((long)extent * (part + 1) / nt);
+        if (hi <= lo) continue;
+        if (by_rows) {
+            const mk_real *Ap = trans_a ? A + lo : A + (size_t)lo * K;
+            MK_GEMM(CblasRowMajor, ta, tb, hi - lo, N, K, alpha, Ap, lda, B, ldb, beta,
+                    C + (size_t)lo * N, N);
+        } else {
+            const mk_real *Bp = trans_b ? B + (size_t)lo * K : B + lo;
+            MK_GEMM(CblasRowMajor, ta, tb, M, hi - lo, K, alpha, A, lda, Bp, ldb, beta, C + lo, N);
+        }
+    }
     return MK_OK;
 }
 
@@ -140,8 +163,8 @@ static int cpu_grouped_matmul(mk_backend *be, mk_real *C, const mk_real *A, cons
     for (int e = 0; e < E; e++) {
         int rows = offs_host[e + 1] - offs_host[e];
         if (rows == 0) continue;
-        /* One BLAS call per expert: BLAS parallelises inside, which beats splitting
-         * experts over threads when expert sizes are uneven. */
+        /* One GEMM per expert, split over threads inside: that beats splitting experts
+         * over threads when expert sizes are uneven. */
         MK_CHECK(cpu_matmul(be, C + (size_t)offs_host[e] * N, A + (size_t)offs_host[e] * K,
                             W + (size_t)e * K * N, rows, N, K, 0, trans_w, 1, beta));
     }
@@ -802,10 +825,11 @@ int mk_backend_cpu_create(int threads, mk_backend **out)
 #ifdef _OPENMP
         omp_set_num_threads(threads);
 #endif
-#ifdef HAVE_OPENBLAS_SET_NUM_THREADS
-        openblas_set_num_threads(threads);
-#endif
     }
+#ifdef HAVE_OPENBLAS_SET_NUM_THREADS
+    /* GEMMs are split over OpenMP threads in cpu_matmul; BLAS's own pool would compete. */
+    openblas_set_num_threads(1);
+#endif
     be->ops = &cpu_ops;
     be->impl = im;
     *out = be;

@@ -476,12 +476,11 @@ static int moe_block_forward(mk_model *m, int l, const layer_params *p, layer_ac
         for (int i = 0; i < E; i++) a->f[i] = a->f_micro[i] = (double)counts[i] / ((double)K * N);
     m->lbl_host[l] = mk_lbl_value(a->f, psum, N, E);
 
-    if (m->cfg.router.zloss_coeff > 0) {
-        MK_CHECK(o->to_host(be, m->host_n, a->lse, (size_t)N * sizeof(mk_real)));
-        double z2 = 0;
-        for (int n = 0; n < N; n++) z2 += (double)m->host_n[n] * m->host_n[n];
-        st->zloss += z2 / N;
-    }
+    /* Reported even when its coefficient is 0: large router logits show up here first. */
+    MK_CHECK(o->to_host(be, m->host_n, a->lse, (size_t)N * sizeof(mk_real)));
+    double z2 = 0;
+    for (int n = 0; n < N; n++) z2 += (double)m->host_n[n] * m->host_n[n];
+    st->zloss += z2 / N;
     return MK_OK;
 }
 

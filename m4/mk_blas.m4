@@ -12,8 +12,8 @@ AC_DEFUN([MK_CHECK_BLAS], [
        [AC_MSG_FAILURE([--with-blas=$with_blas has no cblas_sgemm])])])
   mk_blas_libs=${ac_cv_search_cblas_sgemm}
   AS_IF([test "x$mk_blas_libs" = "xnone required"], [mk_blas_libs=""])
+  AC_CHECK_FUNCS([openblas_set_num_threads])
   LIBS=$mk_save_LIBS
   BLAS_LIBS=$mk_blas_libs
-  AC_CHECK_FUNCS([openblas_set_num_threads], [], [], [])
   AC_SUBST([BLAS_LIBS])
 ])

@@ -85,8 +85,8 @@ run_case c --set router.capacity_factor=1.0 --set model.topk=2 --set model.exper
 run_case d --set model.seq_len=128 --set train.micro_batch=2 --set model.heads=2 \
     --set model.layers=3
 # (e) lbl.mode global on one rank and one micro-step: f is the micro-batch f (DESIGN 3);
-#     with the micro+global mix and a capacity factor that drops a few choices.
-run_case e --set lbl.mode=global --set lbl.micro_coeff=0.05 --set router.capacity_factor=1.25 \
+#     with the micro+global mix and a capacity factor that drops choices.
+run_case e --set lbl.mode=global --set lbl.micro_coeff=0.05 --set router.capacity_factor=0.9 \
     --set router.zloss_coeff=0.01
 # (f) lbl.mode global-exact: a counting pass over the (one micro-batch) global batch first.
 run_case f --set lbl.mode=global-exact --set model.topk=1 --set router.norm_topk=true
