@@ -26,8 +26,10 @@
 
 #ifdef MK_REAL_DOUBLE
 #define MK_GEMM cblas_dgemm
+#define MK_EXP exp
 #else
 #define MK_GEMM cblas_sgemm
+#define MK_EXP expf
 #endif
 
 /* Pragmas through a macro so a build without OpenMP compiles silently under -Wall. */
@@ -339,16 +341,24 @@ static int rope_apply(mk_backend *be, const char *op, mk_real *qkv, int B, int T
     if (hd % 2 != 0) return MK_FAIL(MK_ERR_INTERNAL, "%s: head size %d is odd", op, hd);
     if (T <= 0 || !(theta > 0))
         return MK_FAIL(MK_ERR_INTERNAL, "%s: sequence length %d, theta %g", op, T, theta);
-    int N = B * T, half = hd / 2;
+    const int N = B * T, half = hd / 2;
+    /* cos/sin of every (position, pair) once per call instead of once per token and head.
+     * Angles in double: pos * freq reaches thousands of radians at long T. */
+    double *cs = malloc((size_t)T * half * 2 * sizeof *cs);
+    if (!cs) return MK_FAIL(MK_ERR_NOMEM, "%s: out of memory for the angle table", op);
+    for (int pos = 0; pos < T; pos++)
+        for (int i = 0; i < half; i++) {
+            double ang = pos * pow(theta, -2.0 * i / hd);
+            cs[((size_t)pos * half + i) * 2] = cos(ang);
+            cs[((size_t)pos * half + i) * 2 + 1] = sign * sin(ang);
+        }
     int nt = cpu_threads(be);
     MK_PARALLEL_FOR(nt)
     for (int n = 0; n < N; n++) {
-        int pos = n % T;
+        const double *cp = cs + (size_t)(n % T) * half * 2;
         mk_real *row = qkv + (size_t)n * 3 * D;
         for (int i = 0; i < half; i++) {
-            /* Angles in double: pos * freq reaches thousands of radians at long T. */
-            double ang = pos * pow(theta, -2.0 * i / hd);
-            double c = cos(ang), s = sign * sin(ang);
+            const double c = cp[2 * i], s = cp[2 * i + 1];
             /* Only q (0..D-1) and k (D..2D-1); v passes through. */
             for (int col = 2 * i; col < 2 * D; col += hd) {
                 double x0 = row[col], x1 = row[col + 1];
@@ -357,6 +367,7 @@ static int rope_apply(mk_backend *be, const char *op, mk_real *qkv, int B, int T
             }
         }
     }
+    free(cs);
     return MK_OK;
 }
 
@@ -371,48 +382,40 @@ static int cpu_rope_backward(mk_backend *be, mk_real *dqkv, int B, int T, int D,
     return rope_apply(be, "rope_backward", dqkv, B, T, D, H, theta, -1.0);
 }
 
+/* Attention runs per (sequence, head) pair as small GEMMs over strided views of qkv: the
+ * pair's rows of q, k, v are T rows of hd columns with leading dimension 3D. Each pair is one
+ * task and writes only its own columns, so tasks need no synchronisation and the result does
+ * not depend on the thread count. The full T x T score block is computed and its upper
+ * triangle masked: at the T of CPU runs that beats skipping it in scalar loops. */
 static int cpu_attention_forward(mk_backend *be, mk_real *out, mk_real *att, const mk_real *qkv,
                                  int B, int T, int D, int H)
 {
     MK_CHECK(check_heads("attention_forward", D, H));
-    int hd = D / H;
-    size_t ld = (size_t)3 * D;
-    double scale = 1.0 / sqrt((double)hd);
+    const int hd = D / H, ld = 3 * D;
+    const mk_real scale = (mk_real)(1.0 / sqrt((double)hd));
     int nt = cpu_threads(be);
-    /* One (sequence, head) pair per task: its out columns h*hd.. are its own. */
     MK_PARALLEL_FOR(nt)
     for (int bh = 0; bh < B * H; bh++) {
-        int b = bh / H, h = bh % H;
-        const mk_real *base = qkv + (size_t)b * T * ld;
+        const int b = bh / H, h = bh % H;
+        const mk_real *q = qkv + (size_t)b * T * ld + (size_t)h * hd;
+        const mk_real *k = q + D, *v = q + 2 * D;
         mk_real *a = att + (size_t)bh * T * T;
+        MK_GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, scale, q, ld, k, ld, 0, a, T);
         for (int t = 0; t < T; t++) {
-            const mk_real *q = base + t * ld + (size_t)h * hd;
-            mk_real *arow = a + (size_t)t * T;
-            double mx = -INFINITY;
-            for (int t2 = 0; t2 <= t; t2++) {
-                const mk_real *k = base + t2 * ld + D + (size_t)h * hd;
-                double s = 0;
-                for (int i = 0; i < hd; i++) s += (double)q[i] * k[i];
-                s *= scale;
-                arow[t2] = (mk_real)s;
-                if (s > mx) mx = s;
-            }
+            mk_real *row = a + (size_t)t * T;
+            mk_real mx = row[0];
+            for (int t2 = 1; t2 <= t; t2++) mx = row[t2] > mx ? row[t2] : mx;
             double sum = 0;
             for (int t2 = 0; t2 <= t; t2++) {
-                double e = exp((double)arow[t2] - mx);
-                arow[t2] = (mk_real)e;
-                sum += e;
+                row[t2] = MK_EXP(row[t2] - mx);
+                sum += row[t2];
             }
-            for (int t2 = 0; t2 <= t; t2++) arow[t2] = (mk_real)(arow[t2] / sum);
-            for (int t2 = t + 1; t2 < T; t2++) arow[t2] = 0;
-            mk_real *o = out + ((size_t)b * T + t) * D + (size_t)h * hd;
-            for (int i = 0; i < hd; i++) o[i] = 0;
-            for (int t2 = 0; t2 <= t; t2++) {
-                const mk_real *v = base + t2 * ld + 2 * (size_t)D + (size_t)h * hd;
-                mk_real p = arow[t2];
-                for (int i = 0; i < hd; i++) o[i] += p * v[i];
-            }
+            const mk_real inv = (mk_real)(1.0 / sum);
+            for (int t2 = 0; t2 <= t; t2++) row[t2] *= inv;
+            for (int t2 = t + 1; t2 < T; t2++) row[t2] = 0;
         }
+        MK_GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1, a, T, v, ld, 0,
+                out + (size_t)b * T * D + (size_t)h * hd, D);
     }
     return MK_OK;
 }
@@ -422,53 +425,31 @@ static int cpu_attention_backward(mk_backend *be, mk_real *dqkv, mk_real *datt,
                                   int B, int T, int D, int H)
 {
     MK_CHECK(check_heads("attention_backward", D, H));
-    int hd = D / H;
-    size_t ld = (size_t)3 * D;
-    mk_real scale = (mk_real)(1.0 / sqrt((double)hd));
+    const int hd = D / H, ld = 3 * D;
+    const mk_real scale = (mk_real)(1.0 / sqrt((double)hd));
     int nt = cpu_threads(be);
-    /* Per (sequence, head): the dq, dk, dv columns of head h in the rows of sequence b
-     * belong to this task alone, so accumulating into them needs no synchronisation. */
     MK_PARALLEL_FOR(nt)
     for (int bh = 0; bh < B * H; bh++) {
-        int b = bh / H, h = bh % H;
-        const mk_real *base = qkv + (size_t)b * T * ld;
-        mk_real *dbase = dqkv + (size_t)b * T * ld;
+        const int b = bh / H, h = bh % H;
+        const size_t off = (size_t)b * T * ld + (size_t)h * hd;
+        const mk_real *q = qkv + off, *k = q + D, *v = q + 2 * D;
+        mk_real *dq = dqkv + off, *dk = dq + D, *dv = dq + 2 * D;
+        const mk_real *dy = dout + (size_t)b * T * D + (size_t)h * hd;
         const mk_real *a = att + (size_t)bh * T * T;
         mk_real *da = datt + (size_t)bh * T * T;
-        for (int t = 0; t < T; t++)
-            for (int part = 0; part < 3; part++)
-                memset(dbase + t * ld + (size_t)part * D + (size_t)h * hd, 0,
-                       (size_t)hd * sizeof(mk_real));
+        /* dP = dO V^T; dS = P (dP - rowsum(P dP)) * scale; then dQ, dK, dV. */
+        MK_GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, 1, dy, D, v, ld, 0, da, T);
         for (int t = 0; t < T; t++) {
-            const mk_real *q = base + t * ld + (size_t)h * hd;
-            const mk_real *dy = dout + ((size_t)b * T + t) * D + (size_t)h * hd;
-            mk_real *dq = dbase + t * ld + (size_t)h * hd;
-            const mk_real *arow = a + (size_t)t * T;
-            mk_real *darow = da + (size_t)t * T;
-            /* dP = dO V^T, then the softmax backward dS = P (dP - sum P dP). */
+            const mk_real *p = a + (size_t)t * T;
+            mk_real *d = da + (size_t)t * T;
             double dot = 0;
-            for (int t2 = 0; t2 <= t; t2++) {
-                const mk_real *v = base + t2 * ld + 2 * (size_t)D + (size_t)h * hd;
-                double s = 0;
-                for (int i = 0; i < hd; i++) s += (double)dy[i] * v[i];
-                darow[t2] = (mk_real)s;
-                dot += s * arow[t2];
-            }
-            for (int t2 = t + 1; t2 < T; t2++) darow[t2] = 0;
-            for (int t2 = 0; t2 <= t; t2++) {
-                mk_real p = arow[t2];
-                mk_real ds = (mk_real)(p * ((double)darow[t2] - dot)) * scale;
-                darow[t2] = ds;
-                const mk_real *k = base + t2 * ld + D + (size_t)h * hd;
-                mk_real *dk = dbase + t2 * ld + D + (size_t)h * hd;
-                mk_real *dv = dbase + t2 * ld + 2 * (size_t)D + (size_t)h * hd;
-                for (int i = 0; i < hd; i++) {
-                    dq[i] += ds * k[i];
-                    dk[i] += ds * q[i];
-                    dv[i] += p * dy[i];
-                }
-            }
+            for (int t2 = 0; t2 <= t; t2++) dot += (double)p[t2] * d[t2];
+            for (int t2 = 0; t2 <= t; t2++) d[t2] = p[t2] * (d[t2] - (mk_real)dot) * scale;
+            for (int t2 = t + 1; t2 < T; t2++) d[t2] = 0;
         }
+        MK_GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1, da, T, k, ld, 0, dq, ld);
+        MK_GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, 1, da, T, q, ld, 0, dk, ld);
+        MK_GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, 1, a, T, dy, D, 0, dv, ld);
     }
     return MK_OK;
 }
