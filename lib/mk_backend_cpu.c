@@ -655,10 +655,10 @@ static int cpu_combine_backward_gates(mk_backend *be, mk_real *dgates, const mk_
 
 /* ------------------------------------------------------------------ SwiGLU */
 
-static double sigmoid(double a)
+static mk_real sigmoid(mk_real a)
 {
     /* exp(-a) overflows to inf for very negative a, which correctly gives 0. */
-    return 1.0 / (1.0 + exp(-a));
+    return 1 / (1 + MK_EXP(-a));
 }
 
 static int cpu_swiglu_forward(mk_backend *be, mk_real *h, const mk_real *a, const mk_real *b,
@@ -676,10 +676,10 @@ static int cpu_swiglu_backward(mk_backend *be, mk_real *da, mk_real *db, const m
     int nt = cpu_threads(be);
     MK_PARALLEL_FOR(nt)
     for (size_t i = 0; i < n; i++) {
-        double x = a[i], sg = sigmoid(x), g = dh[i], bi = b[i];
+        const mk_real x = a[i], sg = sigmoid(x), g = dh[i], bi = b[i];
         /* silu'(x) = s + x s (1 - s). Read everything first: da or db may alias an input. */
-        da[i] = (mk_real)(g * bi * (sg + x * sg * (1.0 - sg)));
-        db[i] = (mk_real)(g * x * sg);
+        da[i] = g * bi * (sg + x * sg * (1 - sg));
+        db[i] = g * x * sg;
     }
     return MK_OK;
 }
@@ -705,19 +705,21 @@ static int cpu_cross_entropy(mk_backend *be, mk_real *losses, mk_real *dlogits,
             if (dlogits) memset(dlogits + (size_t)n * V, 0, (size_t)V * sizeof(mk_real));
             continue;
         }
-        double mx = l[0];
+        mk_real mx = l[0];
         for (int i = 1; i < V; i++)
             if (l[i] > mx) mx = l[i];
+        /* exp in the working precision, the sum in double: V terms of similar size. */
         double sum = 0;
-        for (int i = 0; i < V; i++) sum += exp((double)l[i] - mx);
-        double lse = mx + log(sum);
+        for (int i = 0; i < V; i++) sum += MK_EXP(l[i] - mx);
+        const double lse = mx + log(sum);
         /* The loss is read before dlogits (which may alias logits) is written. */
         losses[n] = (mk_real)(lse - l[tgt]);
         if (dlogits) {
             mk_real *d = dlogits + (size_t)n * V;
+            const mk_real lse_r = (mk_real)lse;
             for (int i = 0; i < V; i++) {
-                double p = exp((double)l[i] - lse);
-                d[i] = (mk_real)(dscale * (p - (i == tgt)));
+                mk_real p = MK_EXP(l[i] - lse_r);
+                d[i] = dscale * (p - (mk_real)(i == tgt));
             }
         }
     }
