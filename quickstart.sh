@@ -3,7 +3,8 @@
 #
 # 1. installs the build dependencies with apt-get when run as root and they are missing,
 # 2. builds moekit (./autogen.sh, ./configure, make),
-# 3. trains schedules/tiny.ini on the embedded demo corpus (data/demo/all.txt).
+# 3. shards the embedded five-domain demo corpus (data/demo) into runs/demo/dataset,
+# 4. trains schedules/tiny.ini on it.
 #
 # The pipeline grows with the project: sharding, multi-rank global LBL, checkpoint/resume
 # and the report join this script as they land (see README.md, "Status").
@@ -15,6 +16,8 @@ command -v mpicc >/dev/null 2>&1 || need_pkgs="$need_pkgs libopenmpi-dev openmpi
 command -v autoreconf >/dev/null 2>&1 || need_pkgs="$need_pkgs autoconf automake libtool pkg-config"
 [ -e /usr/include/cblas.h ] || [ -e /usr/include/x86_64-linux-gnu/cblas.h ] || need_pkgs="$need_pkgs libopenblas-dev"
 [ -e /usr/include/ini.h ] || need_pkgs="$need_pkgs libinih-dev"
+[ -e /usr/include/pcre2.h ] || need_pkgs="$need_pkgs libpcre2-dev"
+[ -e /usr/include/jansson.h ] || need_pkgs="$need_pkgs libjansson-dev"
 pkg-config --exists hdf5-openmpi 2>/dev/null || pkg-config --exists hdf5 2>/dev/null || need_pkgs="$need_pkgs libhdf5-openmpi-dev"
 if [ -n "$need_pkgs" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -31,6 +34,13 @@ fi
 [ -f Makefile ] || ./configure
 make -j"$(nproc)"
 
-echo "quickstart: training schedules/tiny.ini on data/demo/all.txt"
+if [ ! -d runs/demo/dataset ]; then
+  echo "quickstart: sharding the demo corpus into runs/demo/dataset"
+  mkdir -p runs/demo
+  set --
+  for f in data/demo/*.txt; do set -- "$@" --domain "$(basename "$f" .txt)=$f"; done
+  ./bin/moe-shard "$@" -o runs/demo/dataset
+fi
+echo "quickstart: training schedules/tiny.ini on runs/demo/dataset"
 ./bin/moe-train --schedule schedules/tiny.ini
-echo "quickstart: done; per-step log in runs/tiny/log.tsv"
+echo "quickstart: done; per-step log in runs/demo/tiny/log.tsv"

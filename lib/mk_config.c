@@ -114,8 +114,10 @@ static const setting table[] = {
 
     INT(parallel.ep, "1", 1, "expert-parallel group size; divides model.experts and the world"),
 
-    STRING(data.path, "", "dataset directory made by moe-shard"),
-    STRING(data.mixture, "natural", "domain mixture; natural = in proportion to their tokens"),
+    STRING(data.path, "", "dataset directory made by moe-shard, NAME=PREFIX Megatron datasets, or a text file; comma-separated"),
+    STRING(data.mixture, "natural", "domain mixture: natural, uniform, temperature:T or NAME:W,NAME:W,..."),
+    INT(data.repeat_cap, "4", 0, "most epochs any domain's train split may be repeated; 0 = no cap"),
+    STRING(data.tokenizer, "", "tokenizer the run expects: empty = the dataset's, byte, bpe:SHA256 or a ranks file"),
 
     STRING(run.dir, "run", "run directory: ckpt/, routing.h5 and the log go here"),
 

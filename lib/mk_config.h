@@ -49,6 +49,8 @@ typedef struct mk_config {
     struct {
         char path[MK_PATH_MAX];
         char mixture[256];
+        int repeat_cap;                     /* most epochs of any domain, 0 = no cap */
+        char tokenizer[MK_PATH_MAX];        /* "" = the dataset's; byte, bpe:SHA256 or a ranks file */
     } data;
     struct {
         char dir[MK_PATH_MAX];

@@ -17,6 +17,7 @@
 #include <time.h>
 
 #include "mk_backend.h"
+#include "mk_dataset.h"
 #include "mk_error.h"
 #include "mk_lbl.h"
 #include "mk_model.h"
@@ -53,8 +54,10 @@ typedef struct trainer {
     mk_backend *be;
     mk_model *model;
     mk_lbl *lbl;
-    mk_text_data *data;
+    mk_text_data *text;             /* data.path is a plain text file, or */
+    mk_dataset *ds;                 /* a blend of indexed datasets */
     int32_t *tokens, *targets;      /* [grad_accum, micro_batch, T] host */
+    int32_t *sample_domain;         /* [grad_accum, micro_batch] */
     int64_t *counts;                /* [L, E] summed over the step's micro-steps */
     double *lbl_sum;                /* [L] */
     FILE *log;
@@ -90,8 +93,14 @@ static int train_step(trainer *tr, long step, step_stats *out)
     const int L = cfg->model.layers, E = cfg->model.experts;
     const size_t per_micro = (size_t)B * T;
 
-    MK_CHECK(mk_text_data_batch(tr->data, cfg->train.seed, (uint64_t)step * G * B, G * B,
-                                tr->tokens, tr->targets));
+    const uint64_t first = mk_sample_index((uint64_t)step, 0, 0, 1, B, G, 0);
+    if (tr->ds)
+        for (int g = 0; g < G; g++)
+            MK_CHECK(mk_dataset_samples(tr->ds, mk_sample_index((uint64_t)step, g, 0, 1, B, G, 0), B,
+                                        tr->tokens + g * per_micro, tr->targets + g * per_micro,
+                                        tr->sample_domain + g * B));
+    else
+        MK_CHECK(mk_text_data_batch(tr->text, cfg->train.seed, first, G * B, tr->tokens, tr->targets));
     long targets = 0;
     for (size_t i = 0; i < per_micro * G; i++) targets += tr->targets[i] >= 0;
     if (targets == 0) return MK_FAIL(MK_ERR_INPUT, "step %ld: no target tokens", step + 1);
@@ -136,7 +145,9 @@ static void format_eta(double s, char *buf, size_t n)
 
 static void trainer_free(trainer *tr)
 {
-    mk_text_data_close(&tr->data);
+    mk_text_data_close(&tr->text);
+    mk_dataset_close(&tr->ds);
+    free(tr->sample_domain);
     mk_lbl_destroy(&tr->lbl);
     mk_model_destroy(&tr->model);
     mk_backend_destroy(&tr->be);
@@ -156,22 +167,32 @@ int mk_train_run(const mk_config *cfg, const mk_train_opts *opts, mk_train_resul
     const char *path = opts->data_path ? opts->data_path : cfg->data.path;
     if (!path || !*path)
         return MK_FAIL(MK_ERR_USAGE, "no training data: set data.path or pass --data FILE");
-    if (cfg->model.vocab < 256)
-        return MK_FAIL(MK_ERR_USAGE, "model.vocab = %d: the byte-level tokenizer needs at least 256",
-                       cfg->model.vocab);
-
     const int G = cfg->train.grad_accum, B = cfg->train.micro_batch, T = cfg->model.seq_len;
     const int L = cfg->model.layers, E = cfg->model.experts;
-    MK_CHECK_GOTO(rc, mk_text_data_open(path, T, &tr.data), done);
+    struct stat st;
+    const int text_file = !strchr(path, ',') && !strchr(path, '=') && stat(path, &st) == 0 && S_ISREG(st.st_mode);
+    if (text_file) {
+        if (cfg->model.vocab < 256)
+            return MK_FAIL(MK_ERR_USAGE, "model.vocab = %d: the byte-level tokenizer needs at least 256",
+                           cfg->model.vocab);
+        MK_CHECK_GOTO(rc, mk_text_data_open(path, T, &tr.text), done);
+    } else {
+        mk_dataset_opts dopts = { .path = path, .mixture = cfg->data.mixture,
+                                  .repeat_cap = cfg->data.repeat_cap, .seq_len = T,
+                                  .seed = cfg->train.seed, .tokenizer = cfg->data.tokenizer,
+                                  .model_vocab = cfg->model.vocab };
+        MK_CHECK_GOTO(rc, mk_dataset_open(&dopts, &tr.ds), done);
+    }
     MK_CHECK_GOTO(rc, mk_backend_cpu_create(cfg->train.threads, &tr.be), done);
     MK_CHECK_GOTO(rc, mk_model_create(cfg, tr.be, &tr.model), done);
     MK_CHECK_GOTO(rc, mk_model_init(tr.model, cfg->train.seed), done);
     MK_CHECK_GOTO(rc, mk_lbl_create(cfg->lbl.mode, L, E, cfg->model.topk, &tr.lbl), done);
     tr.tokens = malloc((size_t)G * B * T * sizeof *tr.tokens);
     tr.targets = malloc((size_t)G * B * T * sizeof *tr.targets);
+    tr.sample_domain = calloc((size_t)G * B, sizeof *tr.sample_domain);
     tr.counts = malloc((size_t)L * E * sizeof *tr.counts);
     tr.lbl_sum = malloc((size_t)L * sizeof *tr.lbl_sum);
-    if (!tr.tokens || !tr.targets || !tr.counts || !tr.lbl_sum) {
+    if (!tr.tokens || !tr.targets || !tr.sample_domain || !tr.counts || !tr.lbl_sum) {
         rc = MK_FAIL(MK_ERR_NOMEM, "trainer: out of memory");
         goto done;
     }
@@ -185,13 +206,21 @@ int mk_train_run(const mk_config *cfg, const mk_train_opts *opts, mk_train_resul
     }
     fprintf(tr.log, "step\tloss\tlbl\tmaxvio\tgnorm\tlr\n");
 
-    if (opts->out)
+    if (opts->out) {
         fprintf(opts->out,
                 "moe-train: %zu parameters (%zu active per token), %d layers, %d experts top-%d, "
-                "lbl %s, global batch %d x %d tokens, data %s (%zu bytes)\n",
+                "lbl %s, global batch %d x %d tokens\n",
                 mk_model_param_count(tr.model), mk_model_active_param_count(tr.model), L, E,
-                cfg->model.topk, mk_lbl_mode_name(cfg->lbl.mode), G * B, T, path,
-                mk_text_data_size(tr.data));
+                cfg->model.topk, mk_lbl_mode_name(cfg->lbl.mode), G * B, T);
+        if (tr.text)
+            fprintf(opts->out, "moe-train: data %s: %zu bytes of text, byte-level tokens\n", path,
+                    mk_text_data_size(tr.text));
+        for (int i = 0; tr.ds && i < mk_dataset_domains(tr.ds); i++)
+            fprintf(opts->out, "moe-train: domain %-12s weight %.3f, %llu train / %llu val tokens (%s)\n",
+                    mk_dataset_domain_name(tr.ds, i), mk_dataset_domain_weight(tr.ds, i),
+                    (unsigned long long)mk_dataset_domain_tokens(tr.ds, i, 0),
+                    (unsigned long long)mk_dataset_domain_tokens(tr.ds, i, 1), mk_dataset_tokenizer(tr.ds));
+    }
 
     const double t0 = now_s();
     long tokens_done = 0;

@@ -8,7 +8,7 @@ tmp=$(mktemp -d) || exit 1
 trap 'rm -rf "$tmp"' EXIT
 echo "bench: schedules/tiny.ini, $steps steps, $threads threads, $(date -u +%Y-%m-%d) on $(uname -m), $(nproc) cores"
 OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=1 "$bin" --schedule "$src/schedules/tiny.ini" \
-  --data "$src/data/demo/all.txt" --set train.steps="$steps" --set train.warmup=1 \
+  --data "$src/data/demo/english.txt" --set train.steps="$steps" --set train.warmup=1 \
   --set train.grad_accum=1 --set run.dir="$tmp/run" \
   --set log.every=1000000 --threads "$threads" >"$tmp/moekit.out" || { cat "$tmp/moekit.out"; exit 1; }
 mk=$(sed -n 's/^done: .* \([0-9][0-9]*\) tok\/s.*/\1/p' "$tmp/moekit.out")

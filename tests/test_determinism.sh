@@ -4,7 +4,7 @@
 bin=$top_builddir/bin/moe-train
 tmp=$(mktemp -d) || exit 99
 trap 'rm -rf "$tmp"' EXIT
-common="--schedule $srcdir/schedules/tiny.ini --data $srcdir/data/demo/all.txt --set train.steps=12 --set train.warmup=2 --set log.every=1000 --threads 2 --quiet"
+common="--schedule $srcdir/schedules/tiny.ini --data $srcdir/data/demo/english.txt --set train.steps=12 --set train.warmup=2 --set log.every=1000 --threads 2 --quiet"
 fails=0
 "$bin" $common --set run.dir="$tmp/a" && "$bin" $common --set run.dir="$tmp/b" &&
   "$bin" $common --set run.dir="$tmp/c" --set train.seed=99

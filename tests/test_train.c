@@ -31,7 +31,7 @@ int main(void)
 {
     const char *srcdir = getenv("srcdir") ? getenv("srcdir") : ".";
     char data[MK_PATH_MAX], tmpl[] = "/tmp/mk_test_train_XXXXXX";
-    snprintf(data, sizeof data, "%s/data/demo/all.txt", srcdir);
+    snprintf(data, sizeof data, "%s/data/demo/english.txt", srcdir);
     char *dir = mkdtemp(tmpl);
     if (!dir) return 99;
 
