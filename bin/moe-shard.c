@@ -40,7 +40,8 @@ static void usage(FILE *f)
             "  -V, --version             print the version\n"
             "\n"
             "Writes DIR/manifest.json and DIR/<domain>/{train,val}_NNNNN.{bin,idx} (Megatron-LM\n"
-            "indexed datasets). Exit status: 0 ok, 2 usage, 3 bad input, 4 I/O, 5 out of memory.\n");
+            "indexed datasets). Exit status: 0 ok, 2 usage, 3 bad input, 4 I/O, 5 out of memory,\n"
+            "7 internal error, 8 another rank or a collective failed.\n");
 }
 
 static int parse_size(const char *s, uint64_t *out)

@@ -320,13 +320,14 @@ static int shard_domain(shard_run *r, const mk_shard_domain *dom, json_t *domain
                 rc = MK_FAIL(MK_ERR_NOMEM, "manifest: out of memory");
         }
         rc = agree(r->comm, rc);
+        const uint64_t file_base = r->done_bytes;
         size_t lo = 0;
         while (rc == MK_OK && lo < f.ndocs) {
             size_t hi = lo, bytes = 0;
             while (hi < f.ndocs && hi - lo < BATCH_DOCS && bytes < BATCH_BYTES) bytes += f.docs[hi++].len;
             rc = shard_round(r, dom->name, f.docs, lo, hi, &train, &val);
-            r->done_bytes += (uint64_t)((const char *)f.docs[hi - 1].text + f.docs[hi - 1].len -
-                                        (lo ? (const char *)f.docs[lo - 1].text + f.docs[lo - 1].len : (const char *)f.map));
+            /* Progress by share of documents: JSONL texts live outside the mapped file. */
+            r->done_bytes = file_base + (uint64_t)((double)f.size * (double)hi / (double)f.ndocs);
             lo = hi;
             progress(r, 0);
         }

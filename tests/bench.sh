@@ -15,12 +15,41 @@ mk=$(sed -n 's/^done: .* \([0-9][0-9]*\) tok\/s.*/\1/p' "$tmp/moekit.out")
 echo "moekit: tokens/s=$mk steps=$steps threads=$threads"
 if [ -z "$py" ]; then
   echo "torch: not installed (configure found no python with torch); skipped"
-  exit 0
+else
+  # Torch is measured in its best setting here: with OpenBLAS's own pool on top of torch's
+  # OpenMP pool, 2 threads ran 3x slower than 1 (measured 2026-11-28).
+  OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=1 "$py" "$src/tests/reference/bench_torch.py" --schedule "$src/schedules/tiny.ini" \
+    --threads "$threads" --steps "$steps" >"$tmp/torch.out" || { cat "$tmp/torch.out"; exit 1; }
+  cat "$tmp/torch.out"
+  tt=$(sed -n 's/^torch: tokens\/s=\([0-9.]*\).*/\1/p' "$tmp/torch.out")
+  awk -v a="$mk" -v b="$tt" 'BEGIN { if (b > 0) printf "ratio: moekit / torch = %.2f\n", a / b }'
 fi
-# Torch is measured in its best setting here: with OpenBLAS's own pool on top of torch's
-# OpenMP pool, 2 threads ran 3x slower than 1 (measured 2026-11-28).
-OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=1 "$py" "$src/tests/reference/bench_torch.py" --schedule "$src/schedules/tiny.ini" \
-  --threads "$threads" --steps "$steps" >"$tmp/torch.out" || { cat "$tmp/torch.out"; exit 1; }
-cat "$tmp/torch.out"
-tt=$(sed -n 's/^torch: tokens\/s=\([0-9.]*\).*/\1/p' "$tmp/torch.out")
-awk -v a="$mk" -v b="$tt" 'BEGIN { if (b > 0) printf "ratio: moekit / torch = %.2f\n", a / b }'
+
+# ---- moe-shard throughput (MB/s of input) against tiktoken on the same ranks file and text
+shard=${top_builddir:-.}/bin/moe-shard
+set --
+for f in "$src"/data/demo/*.txt; do set -- "$@" --domain "$(basename "$f" .txt)=$f"; done
+mbs() { sed -n 's/^moe-shard: .*(\([0-9.]*\) MB\/s.*/\1/p' "$1"; }
+for th in 1 "$threads"; do
+  rm -rf "$tmp/byte"
+  OMP_NUM_THREADS=$th "$shard" "$@" -o "$tmp/byte" 2>"$tmp/shard.err" || { cat "$tmp/shard.err"; exit 1; }
+  echo "moe-shard byte-level: MB/s=$(mbs "$tmp/shard.err") threads=$th"
+done
+rm -rf "$tmp/vocab"
+"$shard" "$@" -o "$tmp/vocab" --bpe-train 4096 2>"$tmp/shard.err" || { cat "$tmp/shard.err"; exit 1; }
+echo "moe-shard BPE training (4096 ranks) + encoding: $(sed -n 's/^moe-shard: .* in \([0-9.]*\) s .*/\1/p' "$tmp/shard.err") s"
+for th in 1 "$threads"; do
+  rm -rf "$tmp/bpe"
+  OMP_NUM_THREADS=$th "$shard" "$@" -o "$tmp/bpe" --tokenizer "$tmp/vocab/tokenizer.ranks" 2>"$tmp/shard.err" ||
+    { cat "$tmp/shard.err"; exit 1; }
+  echo "moe-shard BPE encoding (4096 ranks): MB/s=$(mbs "$tmp/shard.err") threads=$th"
+done
+tkpy=""
+for p in python3 /usr/bin/python3; do
+  if "$p" -c 'import tiktoken' 2>/dev/null; then tkpy=$p; break; fi
+done
+if [ -n "$tkpy" ]; then
+  "$tkpy" "$src/tests/bench_tokenize.py" "$tmp/vocab/tokenizer.ranks" "$src"/data/demo/*.txt
+else
+  echo "tiktoken: not installed (pip install tiktoken); skipped"
+fi
