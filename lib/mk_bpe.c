@@ -6,7 +6,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -110,7 +109,8 @@ static uint64_t mix64(uint64_t x)
     return x ^ (x >> 31);
 }
 
-/* Eight bytes at a time; the value only has to be stable within one process. */
+/* Eight bytes at a time (the tail byte by byte: most tokens are short, and a
+ * variable-length memcpy is a call); the value only has to be stable within one process. */
 static uint32_t hash_bytes(const unsigned char *p, size_t n)
 {
     uint64_t h = 0x9e3779b97f4a7c15ull ^ n;
@@ -122,7 +122,7 @@ static uint32_t hash_bytes(const unsigned char *p, size_t n)
         n -= 8;
     }
     uint64_t v = 0;
-    memcpy(&v, p, n);
+    for (size_t i = 0; i < n; i++) v |= (uint64_t)p[i] << (8 * i);
     h = mix64(h ^ v ^ 0xff);
     return (uint32_t)(h ^ h >> 32);
 }
@@ -171,8 +171,9 @@ static int grow(void **p, size_t *cap, size_t need, size_t elem, const char *wha
 {
     if (need <= *cap && *p) return MK_OK;
     size_t c = *cap ? *cap : 64;
-    while (c < need) c *= 2;
-    if (c > SIZE_MAX / elem) return MK_FAIL(MK_ERR_NOMEM, "%s: %zu elements overflow", what, c);
+    while (c < need && c <= SIZE_MAX / 2) c *= 2;
+    if (c < need || c > SIZE_MAX / elem)
+        return MK_FAIL(MK_ERR_NOMEM, "%s: %zu elements overflow", what, need);
     void *q = realloc(*p, c * elem);
     if (!q) return MK_FAIL(MK_ERR_NOMEM, "out of memory for %zu %s", c, what);
     *p = q;
@@ -186,9 +187,7 @@ static int strtab_add(strtab *t, const unsigned char *p, size_t n, uint32_t h, i
     if (t->n >= MAX_RANKS) return MK_FAIL(MK_ERR_INPUT, "more than %d distinct strings", MAX_RANKS);
     if ((size_t)(t->n + 1) * 2 > t->nslots)
         MK_CHECK(strtab_rehash(t, t->nslots ? t->nslots * 2 : 1024));
-    size_t offcap = t->cap;
-    MK_CHECK(grow((void **)&t->off, &offcap, (size_t)t->n + 2, sizeof *t->off, "string offsets"));
-    t->cap = offcap;
+    MK_CHECK(grow((void **)&t->off, &t->cap, (size_t)t->n + 2, sizeof *t->off, "string offsets"));
     MK_CHECK(grow((void **)&t->bytes, &t->capbytes, t->nbytes + n, 1, "string bytes"));
     if (t->n == 0) t->off[0] = 0;
     memcpy(t->bytes + t->nbytes, p, n);
@@ -210,8 +209,10 @@ static void strtab_free(strtab *t)
 /* --------------------------------------------------------------------- the BPE object */
 
 struct mk_bpe {
-    strtab tok;      /* index = rank */
-    pcre2_code *re;  /* GPT-2 pattern; read-only once compiled, so shared by threads */
+    strtab tok;              /* index = rank */
+    uint32_t byte_rank[256]; /* the single bytes' ranks, NO_RANK where missing */
+    uint32_t *pair_rank;     /* [256 * 256]: ranks of the two-byte strings, or NO_RANK */
+    pcre2_code *re;          /* GPT-2 pattern; read-only once compiled, so shared by threads */
     char sha_hex[65];
 };
 
@@ -242,6 +243,7 @@ void mk_bpe_free(mk_bpe **b)
 {
     if (!b || !*b) return;
     strtab_free(&(*b)->tok);
+    free((*b)->pair_rank);
     pcre2_code_free((*b)->re);
     free(*b);
     *b = NULL;
@@ -260,6 +262,29 @@ static uint32_t rank_of(const strtab *t, const unsigned char *p, size_t n)
 {
     int32_t r = strtab_find(t, p, n, hash_bytes(p, n));
     return r < 0 ? NO_RANK : (uint32_t)r;
+}
+
+/* Fill byte_rank and pair_rank once the ranks are complete: merging starts from single
+ * bytes and their adjacent pairs, and tables save a hash lookup for each (most of the
+ * lookups of encoding). */
+static int index_short(mk_bpe *b)
+{
+    b->pair_rank = malloc(256 * 256 * sizeof *b->pair_rank);
+    if (!b->pair_rank) return MK_FAIL(MK_ERR_NOMEM, "out of memory for the pair table");
+    for (int c = 0; c < 256; c++) {
+        unsigned char byte = (unsigned char)c;
+        b->byte_rank[c] = rank_of(&b->tok, &byte, 1);
+    }
+    for (int c = 0; c < 256 * 256; c++) {
+        unsigned char two[2] = {(unsigned char)(c >> 8), (unsigned char)c};
+        b->pair_rank[c] = rank_of(&b->tok, two, 2);
+    }
+    return MK_OK;
+}
+
+static uint32_t pair_rank_at(const mk_bpe *b, const unsigned char *p)
+{
+    return b->pair_rank[p[0] << 8 | p[1]];
 }
 
 /* The ranks file's bytes: "base64 rank\n" per rank, in rank order. */
@@ -400,15 +425,16 @@ typedef struct {
 } enc_ctx;
 
 /* Returns the number of final parts, written to out as ranks. */
-static size_t merge_linear(const strtab *t, const unsigned char *p, size_t n, int32_t *out)
+static size_t merge_linear(const mk_bpe *b, const unsigned char *p, size_t n, int32_t *out)
 {
+    const strtab *t = &b->tok;
     size_t start[MERGE_LINEAR_MAX + 1];
     uint32_t pr[MERGE_LINEAR_MAX], tk[MERGE_LINEAR_MAX];
     size_t m = n;
     for (size_t i = 0; i < n; i++) {
         start[i] = i;
-        tk[i] = rank_of(t, p + i, 1);
-        pr[i] = i + 1 < n ? rank_of(t, p + i, 2) : NO_RANK;
+        tk[i] = b->byte_rank[p[i]];
+        pr[i] = i + 1 < n ? pair_rank_at(b, p + i) : NO_RANK;
     }
     start[n] = n;
     for (;;) {
@@ -489,14 +515,15 @@ static int enc_scratch(enc_ctx *c, size_t n)
  * part's rank changes only when its span grows, and a longer string has another rank. */
 static size_t merge_heap(enc_ctx *c, const unsigned char *p, size_t n, int32_t *out)
 {
-    const strtab *t = &c->b->tok;
+    const mk_bpe *b = c->b;
+    const strtab *t = &b->tok;
     size_t *nxt = c->nxt, *prv = c->prv, nh = 0;
     uint32_t *pr = c->pr, *tk = c->tk;
     for (size_t i = 0; i < n; i++) {
         nxt[i] = i + 1;
         prv[i] = i - 1; /* SIZE_MAX for the first part */
-        tk[i] = rank_of(t, p + i, 1);
-        pr[i] = i + 1 < n ? rank_of(t, p + i, 2) : NO_RANK;
+        tk[i] = b->byte_rank[p[i]];
+        pr[i] = i + 1 < n ? pair_rank_at(b, p + i) : NO_RANK;
         if (pr[i] != NO_RANK) ent_push(c->heap, &nh, (struct merge_ent){pr[i], i});
     }
     while (nh) {
@@ -533,7 +560,7 @@ static int encode_piece(void *vctx, const unsigned char *p, size_t n)
         return MK_OK;
     }
     if (n <= MERGE_LINEAR_MAX) {
-        c->n += merge_linear(&c->b->tok, p, n, c->ids + c->n);
+        c->n += merge_linear(c->b, p, n, c->ids + c->n);
         return MK_OK;
     }
     MK_CHECK(enc_scratch(c, n));
@@ -660,9 +687,9 @@ static int load_lines(mk_bpe *b, const char *path, const unsigned char *buf, siz
     }
     free(tmp);
     MK_CHECK(rc);
+    MK_CHECK(index_short(b));
     for (int c = 0; c < 256; c++) {
-        unsigned char byte = (unsigned char)c;
-        if (rank_of(&b->tok, &byte, 1) == NO_RANK)
+        if (b->byte_rank[c] == NO_RANK)
             return MK_FAIL(MK_ERR_INPUT, "%s:%ld: no token for the single byte 0x%02x "
                            "(every byte needs a rank)", path, line - 1, c);
     }
@@ -1083,6 +1110,7 @@ int mk_bpe_train(const char *const *docs, const size_t *lens, size_t ndocs, int 
     char *buf = NULL;
     size_t len = 0;
     int rc = train_into(b, docs, lens, ndocs, vocab_size);
+    if (rc == MK_OK) rc = index_short(b);
     /* The id is the hash of the file mk_bpe_save writes, so a saved and reloaded vocabulary
      * keeps it. */
     if (rc == MK_OK) rc = bpe_serialize(b, &buf, &len);

@@ -9,7 +9,11 @@
  * bytes; the pattern runs on each valid run by itself (a run's end is the end of the
  * subject for the pattern's lookahead), and every invalid byte is a pre-token of its own,
  * which encodes to its single-byte token. So decode(encode(x)) == x for every byte string,
- * and for valid UTF-8 the ids equal tiktoken's.
+ * and for valid UTF-8 the ids equal tiktoken's, except where PCRE2's Unicode tables differ
+ * from those of tiktoken's Rust regex engine: U+180E (PCRE2's \s includes it as a
+ * horizontal space, Unicode's White_Space no longer does) and characters assigned after the
+ * Unicode version of the installed PCRE2 (14.0 in PCRE2 10.42; tiktoken 0.14 knows 16.0).
+ * Over every code point assigned in Unicode 14.0, U+180E is the only difference.
  */
 #ifndef MK_BPE_H
 #define MK_BPE_H
