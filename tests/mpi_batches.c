@@ -1,4 +1,5 @@
-/* mpi_batches.c DATASET STEPS GLOBAL_BATCH GRAD_ACCUM - every rank loads its slices of the
+/* mpi_batches.c DATASET dump N - print the loader's first N samples (domain, T+1 tokens).
+ * mpi_batches.c DATASET STEPS GLOBAL_BATCH GRAD_ACCUM - every rank loads its slices of the
  * first STEPS global batches the way the trainer does (mk_sample_index), rank 0 gathers
  * them in global order and prints one SHA-256 over tokens, targets and domains. The same
  * hash for 1, 2 and 4 ranks shows the batches do not depend on the rank count.
@@ -6,6 +7,7 @@
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "mk_dataset.h"
 #include "mk_error.h"
@@ -17,12 +19,29 @@ int main(int argc, char **argv)
     int rank, world;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &world);
+    const int T = 32;
+    if (argc == 4 && strcmp(argv[2], "dump") == 0) { /* dump N: print samples 0..N-1, one line each */
+        mk_dataset_opts o = { .path = argv[1], .mixture = "natural", .seq_len = T, .seed = 7,
+                              .tokenizer = "", .model_vocab = 1 << 20 };
+        mk_dataset *d;
+        int n = atoi(argv[3]), rc = mk_dataset_open(&o, &d);
+        int32_t tok[T], tgt[T], dom;
+        for (int i = 0; rc == MK_OK && i < n; i++) {
+            rc = mk_dataset_samples(d, (uint64_t)i, 1, tok, tgt, &dom);
+            printf("%d", dom);
+            for (int t = 0; t < T; t++) printf(" %d", tok[t]);
+            printf(" %d\n", tgt[T - 1]);
+        }
+        mk_dataset_close(&d);
+        MPI_Finalize();
+        return rc;
+    }
     if (argc != 5) {
         if (!rank) fprintf(stderr, "usage: mpi_batches DATASET STEPS GLOBAL_BATCH GRAD_ACCUM\n");
         MPI_Finalize();
         return MK_ERR_USAGE;
     }
-    const int steps = atoi(argv[2]), GB = atoi(argv[3]), G = atoi(argv[4]), T = 32;
+    const int steps = atoi(argv[2]), GB = atoi(argv[3]), G = atoi(argv[4]);
     const int B = GB / (G * world);
     if (B * G * world != GB) {
         if (!rank) fprintf(stderr, "global batch %d is not divisible by %d ranks x %d micro-steps\n", GB, world, G);

@@ -61,6 +61,21 @@ if [ -n "$MPIEXEC" ]; then
   [ -n "$h1" ] && [ "$h1" = "$h2" ] && [ "$h1" = "$h4" ]; ok $? "first 100 global batches identical for 1, 2, 4 ranks (sha256 ${h1%????????????????????????????????????????????????????????})"
 fi
 
+# the loader reads a fixture written by the independent writer (tests/megatron_ref.py):
+# 12 documents holding the counter 0..1199, so every sample must be 33 consecutive numbers
+# starting at a multiple of T = 32
+mkdir "$tmp/fx"
+$py -c "
+for d in range(12): print(' '.join(str(100 * d + i) for i in range(100)))" | $py "$srcdir/tests/megatron_ref.py" write "$tmp/fx/seq" uint16 &&
+  "$top_builddir/tests/mpi_batches" "fx=$tmp/fx/seq" dump 200 >"$tmp/fx/samples" &&
+  $py -c "
+import sys
+rows = [list(map(int, l.split())) for l in open('$tmp/fx/samples')]
+good = len(rows) == 200 and all(r[0] == 0 and r[1] % 32 == 0 and r[1:] == list(range(r[1], r[1] + 33)) for r in rows)
+starts = sorted(set(r[1] for r in rows))
+sys.exit(0 if good and starts == list(range(0, 1199 - 32, 32)) else 1)"
+ok $? "the loader reads a fixture from the independent writer: 200 samples, all 37 windows used, tokens exact"
+
 # bad inputs: status, a message naming the culprit, and no output left behind
 first=$(ls "$srcdir"/data/demo/*.txt | head -1)
 : >"$tmp/empty.txt"; printf '\n\n\n' >"$tmp/blank.txt"; printf '{"text": "a"}\nnot json\n' >"$tmp/bad.jsonl"
