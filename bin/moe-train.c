@@ -8,10 +8,12 @@
 #endif
 
 #include <getopt.h>
+#include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "mk_comm.h"
 #include "mk_config.h"
 #include "mk_error.h"
 #include "mk_train.h"
@@ -50,7 +52,30 @@ static void help_settings(void)
     }
 }
 
+static int run(int argc, char **argv, int rank);
+
+/* Under mpirun or srun every rank runs this; a rank that fails ends the whole job at once
+ * (MPI_Abort) after its one error line, so no rank waits forever in a collective. */
 int main(int argc, char **argv)
+{
+    if (MPI_Init(&argc, &argv) != MPI_SUCCESS) {
+        fprintf(stderr, "moe-train: MPI_Init failed\n");
+        return MK_ERR_COMM;
+    }
+    int rank = 0, size = 1;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    int rc = run(argc, argv, rank);
+    if (rc != MK_OK && size > 1) {
+        fprintf(stderr, "moe-train: rank %d stops the job (status %d: %s)\n", rank, rc, mk_status_name(rc));
+        fflush(stderr);
+        MPI_Abort(MPI_COMM_WORLD, rc);
+    }
+    MPI_Finalize();
+    return rc;
+}
+
+static int run(int argc, char **argv, int rank)
 {
     enum { OPT_PRINT_CONFIG = 256, OPT_HELP_SETTINGS };
     static const struct option longopts[] = {
@@ -75,9 +100,9 @@ int main(int argc, char **argv)
     opterr = 0;
     while ((c = getopt_long(argc, argv, "s:S:d:j:qhV", longopts, NULL)) != -1) {
         if (c == 's') schedule = optarg;
-        else if (c == 'h') { usage(stdout); return 0; }
-        else if (c == 'V') { printf("moe-train (moekit) %s\n", PACKAGE_VERSION); return 0; }
-        else if (c == OPT_HELP_SETTINGS) { help_settings(); return 0; }
+        else if (c == 'h') { if (!rank) usage(stdout); return 0; }
+        else if (c == 'V') { if (!rank) printf("moe-train (moekit) %s\n", PACKAGE_VERSION); return 0; }
+        else if (c == OPT_HELP_SETTINGS) { if (!rank) help_settings(); return 0; }
         else if (c == '?') {
             if (optopt)
                 fprintf(stderr, "moe-train: option -%c needs an argument or is unknown\n", optopt);
@@ -114,10 +139,13 @@ int main(int argc, char **argv)
         }
     }
     if ((rc = mk_config_validate(&cfg)) != MK_OK) return rc;
-    if (print_config) return mk_config_write_ini(&cfg, stdout);
+    if (print_config) return rank ? MK_OK : mk_config_write_ini(&cfg, stdout);
 
-    mk_train_opts opts = { .data_path = NULL, .out = quiet ? NULL : stdout };
+    mk_comm *world = NULL;
+    if ((rc = mk_comm_world(&world)) != MK_OK) return rc;
+    mk_train_opts opts = { .data_path = NULL, .out = quiet || rank != 0 ? NULL : stdout, .world = world };
     mk_train_result res;
     rc = mk_train_run(&cfg, &opts, &res);
+    mk_comm_free(&world);
     return rc;
 }

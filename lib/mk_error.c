@@ -6,6 +6,29 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
+
+/* The rank as the launcher exported it (mpirun, srun with PMIx or PMI), so every error line
+ * of a multi-rank job names its rank without the reporter holding any state. */
+static int launcher_rank(void)
+{
+    static const char *const vars[] = { "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID" };
+    for (size_t i = 0; i < sizeof vars / sizeof *vars; i++) {
+        const char *v = getenv(vars[i]);
+        if (v && *v) return atoi(v);
+    }
+    return -1;
+}
+
+static int launcher_size(void)
+{
+    static const char *const vars[] = { "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS" };
+    for (size_t i = 0; i < sizeof vars / sizeof *vars; i++) {
+        const char *v = getenv(vars[i]);
+        if (v && *v) return atoi(v);
+    }
+    return 1;
+}
 
 int mk_error(int code, const char *file, int line, const char *func, const char *fmt, ...)
 {
@@ -14,12 +37,15 @@ int mk_error(int code, const char *file, int line, const char *func, const char 
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    char who[32] = "";
+    int rank = launcher_rank();
+    if (rank >= 0 && launcher_size() > 1) snprintf(who, sizeof who, "rank %d: ", rank);
     /* One write so lines from several ranks do not interleave mid-line. */
 #ifdef MK_DEBUG
-    fprintf(stderr, "moekit: error: %s [%s at %s:%d]\n", msg, func, file, line);
+    fprintf(stderr, "moekit: error: %s%s [%s at %s:%d]\n", who, msg, func, file, line);
 #else
     (void)file; (void)line; (void)func;
-    fprintf(stderr, "moekit: error: %s\n", msg);
+    fprintf(stderr, "moekit: error: %s%s\n", who, msg);
 #endif
     return code;
 }

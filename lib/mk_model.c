@@ -19,68 +19,11 @@
 #include <string.h>
 
 #include "mk_error.h"
+#include "mk_model_impl.h"
 #include "mk_rng.h"
 
 #define MK_ROPE_THETA 10000.0
 #define MK_INIT_STD 0.02
-
-typedef enum {
-    R_WTE, R_ATTN_NORM, R_QKV, R_ATTN_OUT, R_MLP_NORM, R_ROUTER, R_W1, R_W3, R_W2,
-    R_SHARED_W1, R_SHARED_W3, R_SHARED_W2, R_FINAL_NORM, R_LM_HEAD
-} tensor_role;
-
-typedef struct layer_params {
-    mk_real *attn_norm, *qkv, *attn_out, *mlp_norm, *router, *w1, *w3, *w2;
-    mk_real *shared_w1, *shared_w3, *shared_w2;
-} layer_params;
-
-/* Named pointers into one block (parameters or gradients). */
-typedef struct params_view {
-    mk_real *wte, *final_norm, *lm_head;
-    layer_params *layers;   /* [L] */
-} params_view;
-
-typedef struct layer_acts {
-    mk_real *x_in;                      /* [N, D] residual stream into the layer */
-    mk_real *ln1, *rstd1, *qkv, *att, *atty, *h, *ln2, *rstd2;
-    mk_real *z, *probs, *lse, *gates, *psum;
-    int32_t *topk, *counts, *offs, *row_slot, *slot_row;
-    mk_real *xp, *a1, *a3, *hact, *y;   /* [N*K, D|F] rows grouped by expert */
-    mk_real *sa1, *sa3, *sh;            /* shared expert [N, Fs] */
-    int *offs_host;                     /* [E+1] host copy, sizes of the expert GEMMs */
-    double *f, *f_micro;                /* [E] host: LBL f of the scope, and of the micro-batch */
-} layer_acts;
-
-typedef struct scratch {
-    int32_t *tokens, *targets;          /* [N] */
-    mk_real *x_final, *lnf, *rstdf, *logits, *losses;
-    mk_real *dresid, *dln, *dqkv, *datt, *datty, *dz, *dgates, *dxp, *dy, *dhact, *da1, *da3;
-    mk_real *dsh, *dsa1, *dsa3, *lbl_ds;
-} scratch;
-
-struct mk_model {
-    mk_config cfg;
-    mk_backend *be;
-    int V, D, L, H, E, K, F, Fs, T, Bmax;
-    size_t ntensors;
-    mk_tensor *tensors;
-    tensor_role *roles;
-    size_t nparams;
-    mk_real *params, *grads, *adam_m, *adam_v;
-    params_view pv, gv;
-    layer_acts *acts;                   /* [L] */
-    scratch s;
-    void *arena;                        /* backend memory holding every activation buffer */
-    /* host side */
-    double *lbl_host;                   /* [L] */
-    int32_t *counts_host;               /* [L, E] */
-    mk_real *psum_host;                 /* [E] */
-    mk_real *host_n;                    /* [N] lse or losses */
-    mk_real *lbl_ds_host;               /* [E] */
-    int32_t *targets_host;              /* [N] last forward's targets */
-    int last_B;                         /* sequences in the last forward, 0 = none */
-    int last_train;
-};
 
 /* ------------------------------------------------------------------ tensor table */
 
@@ -112,6 +55,8 @@ static int add_tensor(mk_model *m, size_t *cap, tensor_role role, int layer, con
     t->layer = layer;
     t->decay = !(role == R_ATTN_NORM || role == R_MLP_NORM || role == R_FINAL_NORM);
     t->expert = role == R_W1 || role == R_W3 || role == R_W2;
+    t->dim0_offset = t->expert ? m->ep_rank * m->El : 0;
+    t->dim0_global = t->expert ? m->E : t->shape[0];
     m->roles[m->ntensors] = role;
     m->nparams += t->numel;
     m->ntensors++;
@@ -122,6 +67,7 @@ static int build_tensor_table(mk_model *m)
 {
     size_t cap = 0;
     const int V = m->V, D = m->D, E = m->E, F = m->F, Fs = m->Fs;
+    (void)E;
     MK_CHECK(add_tensor(m, &cap, R_WTE, -1, "wte", 2, V, D, 0));
     for (int l = 0; l < m->L; l++) {
         MK_CHECK(add_tensor(m, &cap, R_ATTN_NORM, l, "attn_norm", 1, D, 0, 0));
@@ -129,9 +75,9 @@ static int build_tensor_table(mk_model *m)
         MK_CHECK(add_tensor(m, &cap, R_ATTN_OUT, l, "attn_out", 2, D, D, 0));
         MK_CHECK(add_tensor(m, &cap, R_MLP_NORM, l, "mlp_norm", 1, D, 0, 0));
         MK_CHECK(add_tensor(m, &cap, R_ROUTER, l, "router", 2, D, E, 0));
-        MK_CHECK(add_tensor(m, &cap, R_W1, l, "w1", 3, E, D, F));
-        MK_CHECK(add_tensor(m, &cap, R_W3, l, "w3", 3, E, D, F));
-        MK_CHECK(add_tensor(m, &cap, R_W2, l, "w2", 3, E, F, D));
+        MK_CHECK(add_tensor(m, &cap, R_W1, l, "w1", 3, m->El, D, F));
+        MK_CHECK(add_tensor(m, &cap, R_W3, l, "w3", 3, m->El, D, F));
+        MK_CHECK(add_tensor(m, &cap, R_W2, l, "w2", 3, m->El, F, D));
         if (Fs > 0) {
             MK_CHECK(add_tensor(m, &cap, R_SHARED_W1, l, "shared_w1", 2, D, Fs, 0));
             MK_CHECK(add_tensor(m, &cap, R_SHARED_W3, l, "shared_w3", 2, D, Fs, 0));
@@ -251,9 +197,18 @@ static void carve_acts(mk_model *m, carver *c)
 
 int mk_model_create(const mk_config *cfg, mk_backend *be, mk_model **out)
 {
+    return mk_model_create_ep(cfg, be, NULL, out);
+}
+
+int mk_model_create_ep(const mk_config *cfg, mk_backend *be, const mk_comm *ep, mk_model **out)
+{
     int rc = MK_OK;
     *out = NULL;
     MK_CHECK(mk_config_validate(cfg));
+    const int ep_size = ep ? mk_comm_size(ep) : 1;
+    if (ep_size != cfg->parallel.ep)
+        return MK_FAIL(MK_ERR_USAGE, "parallel.ep = %d but the expert-parallel group has %d ranks",
+                       cfg->parallel.ep, ep_size);
     mk_model *m = calloc(1, sizeof *m);
     if (!m) return MK_FAIL(MK_ERR_NOMEM, "model: out of memory");
     m->cfg = *cfg;
@@ -268,6 +223,10 @@ int mk_model_create(const mk_config *cfg, mk_backend *be, mk_model **out)
     m->Fs = cfg->model.shared_ffn;
     m->T = cfg->model.seq_len;
     m->Bmax = cfg->train.micro_batch;
+    m->ep = ep_size;
+    m->ep_rank = ep ? mk_comm_rank(ep) : 0;
+    m->ep_comm = ep;
+    m->El = m->E / m->ep;
     const mk_backend_ops *ops = be->ops;
 
     MK_CHECK_GOTO(rc, build_tensor_table(m), fail);
@@ -304,6 +263,12 @@ int mk_model_create(const mk_config *cfg, mk_backend *be, mk_model **out)
     m->host_n = calloc(N, sizeof *m->host_n);
     m->lbl_ds_host = calloc((size_t)m->E, sizeof *m->lbl_ds_host);
     m->targets_host = calloc(N, sizeof *m->targets_host);
+    m->topk_h = calloc(N * m->K, sizeof *m->topk_h);
+    m->slot_h = calloc(N * m->K, sizeof *m->slot_h);
+    m->gates_h = calloc(N * m->K, sizeof *m->gates_h);
+    m->dgates_h = calloc(N * m->K, sizeof *m->dgates_h);
+    if (m->ep > 1 && !(m->epl = calloc((size_t)m->L, sizeof *m->epl))) goto nomem;
+    if (!m->topk_h || !m->slot_h || !m->gates_h || !m->dgates_h) goto nomem;
     if (!m->lbl_host || !m->counts_host || !m->psum_host || !m->host_n || !m->lbl_ds_host ||
         !m->targets_host)
         goto nomem;
@@ -343,6 +308,12 @@ void mk_model_destroy(mk_model **mp)
     free(m->host_n);
     free(m->lbl_ds_host);
     free(m->targets_host);
+    free(m->topk_h);
+    free(m->slot_h);
+    free(m->gates_h);
+    free(m->dgates_h);
+    for (int l = 0; m->epl && l < m->L; l++) mk_moe_ep_free(m, &m->epl[l]);
+    free(m->epl);
     free(m);
     *mp = NULL;
 }
@@ -367,6 +338,10 @@ int mk_model_init(mk_model *m, unsigned long seed)
             /* One stream per tensor: a tensor's values do not depend on which others exist. */
             mk_rng g = mk_rng_make(seed, i);
             double std = MK_INIT_STD * ((r == R_ATTN_OUT || r == R_W2) ? out_scale : 1.0);
+            /* A shard of experts takes its slice of the full tensor's sequence, so the
+             * model is the same for every parallel.ep. */
+            const size_t skip = (size_t)t->dim0_offset * (t->numel / (size_t)t->shape[0]);
+            for (size_t j = 0; j < skip; j++) mk_rng_normal(&g);
             for (size_t j = 0; j < t->numel; j++) host[j] = (mk_real)(std * mk_rng_normal(&g));
         }
         rc = m->be->ops->from_host(m->be, m->params + t->offset, host, t->numel * sizeof *host);
@@ -398,7 +373,7 @@ size_t mk_model_active_param_count(const mk_model *m)
     size_t expert = 0;
     for (size_t i = 0; i < m->ntensors; i++)
         if (m->tensors[i].expert) expert += m->tensors[i].numel;
-    return m->nparams - expert + expert / (size_t)m->E * (size_t)m->K;
+    return m->nparams - expert + expert / (size_t)m->El * (size_t)m->K;
 }
 
 mk_real *mk_model_params(mk_model *m) { return m->params; }
@@ -411,6 +386,39 @@ mk_backend *mk_model_backend(mk_model *m) { return m->be; }
 int mk_model_zero_grad(mk_model *m)
 {
     return m->be->ops->zero(m->be, m->grads, m->nparams * sizeof(mk_real));
+}
+
+/* ------------------------------------------------------------------ experts */
+
+int mk_expert_ffn_forward(mk_model *m, const layer_params *p, const int *offs, int nexp, int rows,
+                          const mk_real *xp, mk_real *a1, mk_real *a3, mk_real *hact, mk_real *y)
+{
+    mk_backend *be = m->be;
+    const mk_backend_ops *o = be->ops;
+    const int D = m->D, F = m->F;
+    MK_CHECK(o->grouped_matmul(be, a1, xp, p->w1, offs, nexp, D, F, 0, 0));
+    MK_CHECK(o->grouped_matmul(be, a3, xp, p->w3, offs, nexp, D, F, 0, 0));
+    MK_CHECK(o->swiglu_forward(be, hact, a1, a3, (size_t)rows * F));
+    MK_CHECK(o->grouped_matmul(be, y, hact, p->w2, offs, nexp, F, D, 0, 0));
+    return MK_OK;
+}
+
+int mk_expert_ffn_backward(mk_model *m, const layer_params *p, layer_params *g, const int *offs,
+                           int nexp, int rows, const mk_real *xp, const mk_real *a1, const mk_real *a3,
+                           const mk_real *hact, const mk_real *dy, mk_real *dhact, mk_real *da1,
+                           mk_real *da3, mk_real *dxp)
+{
+    mk_backend *be = m->be;
+    const mk_backend_ops *o = be->ops;
+    const int D = m->D, F = m->F;
+    MK_CHECK(o->grouped_matmul(be, dhact, dy, p->w2, offs, nexp, D, F, 1, 0));
+    MK_CHECK(o->grouped_matmul_wgrad(be, g->w2, hact, dy, offs, nexp, F, D));
+    MK_CHECK(o->swiglu_backward(be, da1, da3, dhact, a1, a3, (size_t)rows * F));
+    MK_CHECK(o->grouped_matmul(be, dxp, da1, p->w1, offs, nexp, F, D, 1, 0));
+    MK_CHECK(o->grouped_matmul(be, dxp, da3, p->w3, offs, nexp, F, D, 1, 1));
+    MK_CHECK(o->grouped_matmul_wgrad(be, g->w1, xp, da1, offs, nexp, D, F));
+    MK_CHECK(o->grouped_matmul_wgrad(be, g->w3, xp, da3, offs, nexp, D, F));
+    return MK_OK;
 }
 
 /* ------------------------------------------------------------------ forward */
@@ -435,7 +443,7 @@ static int moe_block_forward(mk_model *m, int l, const layer_params *p, layer_ac
 {
     mk_backend *be = m->be;
     const mk_backend_ops *o = be->ops;
-    const int N = B * m->T, D = m->D, E = m->E, K = m->K, F = m->F, Fs = m->Fs;
+    const int N = B * m->T, D = m->D, E = m->E, K = m->K, Fs = m->Fs;
 
     MK_CHECK(o->rmsnorm_forward(be, a->ln2, a->rstd2, a->h, p->mlp_norm, N, D));
     MK_CHECK(o->matmul(be, a->z, a->ln2, p->router, N, E, D, 0, 0, 1, 0));
@@ -450,13 +458,14 @@ static int moe_block_forward(mk_model *m, int l, const layer_params *p, layer_ac
     const int R = a->offs_host[E];
     st->dropped += (long)N * K - R;
 
-    MK_CHECK(o->permute_rows(be, a->xp, a->ln2, a->row_slot, NULL, R, K, D));
-    MK_CHECK(o->grouped_matmul(be, a->a1, a->xp, p->w1, a->offs_host, E, D, F, 0, 0));
-    MK_CHECK(o->grouped_matmul(be, a->a3, a->xp, p->w3, a->offs_host, E, D, F, 0, 0));
-    MK_CHECK(o->swiglu_forward(be, a->hact, a->a1, a->a3, (size_t)R * F));
-    MK_CHECK(o->grouped_matmul(be, a->y, a->hact, p->w2, a->offs_host, E, F, D, 0, 0));
     MK_CHECK(o->copy(be, out, a->h, (size_t)N * D * sizeof(mk_real)));
-    MK_CHECK(o->unpermute_add(be, out, a->y, a->slot_row, a->gates, N, K, D));
+    if (m->ep > 1) {
+        MK_CHECK(mk_moe_ep_forward(m, l, p, a, N, out));
+    } else {
+        MK_CHECK(o->permute_rows(be, a->xp, a->ln2, a->row_slot, NULL, R, K, D));
+        MK_CHECK(mk_expert_ffn_forward(m, p, a->offs_host, E, R, a->xp, a->a1, a->a3, a->hact, a->y));
+        MK_CHECK(o->unpermute_add(be, out, a->y, a->slot_row, a->gates, N, K, D));
+    }
     if (Fs > 0) {
         MK_CHECK(o->matmul(be, a->sa1, a->ln2, p->shared_w1, N, Fs, D, 0, 0, 1, 0));
         MK_CHECK(o->matmul(be, a->sa3, a->ln2, p->shared_w3, N, Fs, D, 0, 0, 1, 0));
@@ -530,13 +539,13 @@ int mk_model_forward(mk_model *m, const int32_t *tokens_host, const int32_t *tar
 /* ------------------------------------------------------------------ backward */
 
 /* On entry s->dresid is dL/d(layer output); on exit dL/dh (the attention residual). */
-static int moe_block_backward(mk_model *m, const layer_params *p, layer_params *g, layer_acts *a,
-                              int B, double aux_scale)
+static int moe_block_backward(mk_model *m, int l, const layer_params *p, layer_params *g,
+                              layer_acts *a, int B, double aux_scale)
 {
     mk_backend *be = m->be;
     const mk_backend_ops *o = be->ops;
     scratch *s = &m->s;
-    const int N = B * m->T, D = m->D, E = m->E, K = m->K, F = m->F, Fs = m->Fs;
+    const int N = B * m->T, D = m->D, E = m->E, K = m->K, Fs = m->Fs;
     const int *offs = a->offs_host;
     const int R = offs[E];
 
@@ -552,16 +561,15 @@ static int moe_block_backward(mk_model *m, const layer_params *p, layer_params *
         MK_CHECK(o->zero(be, s->dln, (size_t)N * D * sizeof(mk_real)));
     }
 
-    MK_CHECK(o->combine_backward_gates(be, s->dgates, s->dresid, a->y, a->slot_row, N, K, D));
-    MK_CHECK(o->permute_rows(be, s->dy, s->dresid, a->row_slot, a->gates, R, K, D));
-    MK_CHECK(o->grouped_matmul(be, s->dhact, s->dy, p->w2, offs, E, D, F, 1, 0));
-    MK_CHECK(o->grouped_matmul_wgrad(be, g->w2, a->hact, s->dy, offs, E, F, D));
-    MK_CHECK(o->swiglu_backward(be, s->da1, s->da3, s->dhact, a->a1, a->a3, (size_t)R * F));
-    MK_CHECK(o->grouped_matmul(be, s->dxp, s->da1, p->w1, offs, E, F, D, 1, 0));
-    MK_CHECK(o->grouped_matmul(be, s->dxp, s->da3, p->w3, offs, E, F, D, 1, 1));
-    MK_CHECK(o->grouped_matmul_wgrad(be, g->w1, a->xp, s->da1, offs, E, D, F));
-    MK_CHECK(o->grouped_matmul_wgrad(be, g->w3, a->xp, s->da3, offs, E, D, F));
-    MK_CHECK(o->unpermute_add(be, s->dln, s->dxp, a->slot_row, NULL, N, K, D));
+    if (m->ep > 1) {
+        MK_CHECK(mk_moe_ep_backward(m, l, p, g, a, N));
+    } else {
+        MK_CHECK(o->combine_backward_gates(be, s->dgates, s->dresid, a->y, a->slot_row, N, K, D));
+        MK_CHECK(o->permute_rows(be, s->dy, s->dresid, a->row_slot, a->gates, R, K, D));
+        MK_CHECK(mk_expert_ffn_backward(m, p, g, offs, E, R, a->xp, a->a1, a->a3, a->hact, s->dy,
+                                        s->dhact, s->da1, s->da3, s->dxp));
+        MK_CHECK(o->unpermute_add(be, s->dln, s->dxp, a->slot_row, NULL, N, K, D));
+    }
 
     /* dLBL/dprobs_{n,i} = E f_i / N for every token; f is a constant of the scope. */
     const double lbl_coeff = m->cfg.lbl.mode == MK_LBL_NONE ? 0.0 : m->cfg.lbl.coeff;
@@ -619,7 +627,7 @@ int mk_model_backward(mk_model *m, double ce_scale, double aux_scale)
     MK_CHECK(o->rmsnorm_backward(be, s->dresid, m->gv.final_norm, s->dln, s->x_final,
                                  m->pv.final_norm, s->rstdf, N, D));
     for (int l = m->L - 1; l >= 0; l--) {
-        MK_CHECK(moe_block_backward(m, &m->pv.layers[l], &m->gv.layers[l], &m->acts[l], B, aux_scale));
+        MK_CHECK(moe_block_backward(m, l, &m->pv.layers[l], &m->gv.layers[l], &m->acts[l], B, aux_scale));
         MK_CHECK(attention_block_backward(m, &m->pv.layers[l], &m->gv.layers[l], &m->acts[l], B));
     }
     MK_CHECK(o->embedding_backward(be, m->gv.wte, s->tokens, s->dresid, N, D, V));

@@ -20,6 +20,7 @@
 #include <stdint.h>
 
 #include "mk_backend.h"
+#include "mk_comm.h"
 #include "mk_config.h"
 #include "mk_lbl.h"
 
@@ -35,6 +36,8 @@ typedef struct mk_tensor {
     int decay;          /* AdamW weight decay applies (not to norms) */
     int layer;          /* layer index, -1 for wte, final_norm, lm_head */
     int expert;         /* 1 when dim 0 is the expert dimension (w1, w3, w2) */
+    int dim0_offset;    /* expert tensors under expert parallelism hold global experts */
+    int dim0_global;    /*   dim0_offset .. dim0_offset + shape[0] - 1 of dim0_global */
 } mk_tensor;
 
 /* What one forward pass reports (host memory, owned by the model). */
@@ -52,6 +55,11 @@ typedef struct mk_model mk_model;
 /* Build a model of cfg's shape on be, with activations for cfg->train.micro_batch
  * sequences. Parameters start at zero: call mk_model_init or load a checkpoint. */
 int mk_model_create(const mk_config *cfg, mk_backend *be, mk_model **out);
+/* The same with expert parallelism: ep is the expert-parallel group (size parallel.ep);
+ * this rank holds experts [r E/ep, (r+1) E/ep) of every layer, r = its rank in ep, and
+ * tokens travel to their experts and back by all-to-all (each token once per destination
+ * rank). ep may be NULL when parallel.ep = 1. */
+int mk_model_create_ep(const mk_config *cfg, mk_backend *be, const mk_comm *ep, mk_model **out);
 void mk_model_destroy(mk_model **m);
 
 /* DESIGN initialisation: normal(0, 0.02), attn_out and w2 scaled by 1/sqrt(2L), norms 1.

@@ -17,6 +17,7 @@
 #include <time.h>
 
 #include "mk_backend.h"
+#include "mk_comm.h"
 #include "mk_dataset.h"
 #include "mk_error.h"
 #include "mk_lbl.h"
@@ -61,7 +62,48 @@ typedef struct trainer {
     int64_t *counts;                /* [L, E] summed over the step's micro-steps */
     double *lbl_sum;                /* [L] */
     FILE *log;
+    const mk_comm *world;           /* every data-parallel rank */
+    mk_comm *own_world;             /* the self communicator when the caller gave none */
+    mk_comm *ep, *edp;              /* expert-parallel and expert-data-parallel groups */
+    int rank, nranks;
 } trainer;
+
+static int lbl_allreduce(void *ctx, int64_t *counts, int n)
+{
+    return mk_comm_allreduce_i64(ctx, counts, (size_t)n);
+}
+
+/* Sum gradients over the ranks that share each parameter: expert tensors over the ranks
+ * holding the same experts (expert-data-parallel group), everything else over the world. */
+static int allreduce_grads(trainer *tr)
+{
+    if (tr->nranks == 1) return MK_OK;
+    mk_real *g = mk_model_grads(tr->model);
+    for (size_t i = 0; i < mk_model_tensor_count(tr->model); i++) {
+        const mk_tensor *t = mk_model_tensor(tr->model, i);
+        const mk_comm *c = t->expert && tr->edp ? tr->edp : tr->world;
+        MK_CHECK(mk_comm_allreduce_real(c, g + t->offset, t->numel));
+    }
+    return MK_OK;
+}
+
+/* The global gradient norm: replicated tensors count once, expert shards are summed over
+ * the expert-parallel group. Every rank gets the same value. */
+static int global_grad_norm(trainer *tr, double *norm)
+{
+    mk_backend *be = mk_model_backend(tr->model);
+    const mk_real *g = mk_model_grads(tr->model);
+    double ss[2] = { 0, 0 };
+    for (size_t i = 0; i < mk_model_tensor_count(tr->model); i++) {
+        const mk_tensor *t = mk_model_tensor(tr->model, i);
+        double v;
+        MK_CHECK(be->ops->sumsq(be, g + t->offset, t->numel, &v));
+        ss[t->expert && tr->ep] += v;
+    }
+    if (tr->ep) MK_CHECK(mk_comm_allreduce_f64(tr->ep, &ss[1], 1));
+    *norm = sqrt(ss[0] + ss[1]);
+    return MK_OK;
+}
 
 typedef struct step_stats { double loss, lbl, maxvio, gnorm, lr; long targets; } step_stats;
 
@@ -81,7 +123,10 @@ static int counting_pass(trainer *tr, int G, int B, size_t per_micro)
         for (int i = 0; rc == MK_OK && i < L * E; i++) exact[i] += st.counts[i];
         ntok += (long)B * cfg->model.seq_len;
     }
-    if (rc == MK_OK) rc = mk_lbl_set_exact(tr->lbl, exact, ntok);
+    int64_t nt = ntok;
+    if (rc == MK_OK) rc = mk_comm_allreduce_i64(tr->world, exact, (size_t)L * E);
+    if (rc == MK_OK) rc = mk_comm_allreduce_i64(tr->world, &nt, 1);
+    if (rc == MK_OK) rc = mk_lbl_set_exact(tr->lbl, exact, (long)nt);
     free(exact);
     return rc;
 }
@@ -93,16 +138,20 @@ static int train_step(trainer *tr, long step, step_stats *out)
     const int L = cfg->model.layers, E = cfg->model.experts;
     const size_t per_micro = (size_t)B * T;
 
-    const uint64_t first = mk_sample_index((uint64_t)step, 0, 0, 1, B, G, 0);
-    if (tr->ds)
-        for (int g = 0; g < G; g++)
-            MK_CHECK(mk_dataset_samples(tr->ds, mk_sample_index((uint64_t)step, g, 0, 1, B, G, 0), B,
-                                        tr->tokens + g * per_micro, tr->targets + g * per_micro,
-                                        tr->sample_domain + g * B));
-    else
-        MK_CHECK(mk_text_data_batch(tr->text, cfg->train.seed, first, G * B, tr->tokens, tr->targets));
-    long targets = 0;
+    /* This rank's slice of every micro-step of the global batch. */
+    for (int g = 0; g < G; g++) {
+        const uint64_t first = mk_sample_index((uint64_t)step, g, tr->rank, tr->nranks, B, G, 0);
+        if (tr->ds)
+            MK_CHECK(mk_dataset_samples(tr->ds, first, B, tr->tokens + g * per_micro,
+                                        tr->targets + g * per_micro, tr->sample_domain + g * B));
+        else
+            MK_CHECK(mk_text_data_batch(tr->text, cfg->train.seed, first, B, tr->tokens + g * per_micro,
+                                        tr->targets + g * per_micro));
+    }
+    /* The CE gradient is the mean over the target tokens of the whole global batch. */
+    int64_t targets = 0;
     for (size_t i = 0; i < per_micro * G; i++) targets += tr->targets[i] >= 0;
+    MK_CHECK(mk_comm_allreduce_i64(tr->world, &targets, 1));
     if (targets == 0) return MK_FAIL(MK_ERR_INPUT, "step %ld: no target tokens", step + 1);
 
     MK_CHECK(mk_model_zero_grad(tr->model));
@@ -111,17 +160,24 @@ static int train_step(trainer *tr, long step, step_stats *out)
     memset(tr->counts, 0, (size_t)L * E * sizeof *tr->counts);
     memset(tr->lbl_sum, 0, (size_t)L * sizeof *tr->lbl_sum);
 
-    double ce = 0;
+    /* Auxiliary losses are means over micro-steps and ranks: each rank's share is
+     * 1 / (G * ranks), and the gradient sum over ranks makes the mean (not 1/ranks of it). */
+    const double aux_scale = 1.0 / ((double)G * tr->nranks);
+    double sums[1] = { 0 };
     for (int g = 0; g < G; g++) {
         mk_forward_stats st;
         MK_CHECK(mk_model_forward(tr->model, tr->tokens + g * per_micro, tr->targets + g * per_micro,
                                   B, tr->lbl, 1, &st));
-        MK_CHECK(mk_model_backward(tr->model, 1.0 / (double)targets, 1.0 / G));
-        ce += st.ce_sum;
+        MK_CHECK(mk_model_backward(tr->model, 1.0 / (double)targets, aux_scale));
+        sums[0] += st.ce_sum;
         for (int i = 0; i < L * E; i++) tr->counts[i] += st.counts[i];
-        for (int l = 0; l < L; l++) tr->lbl_sum[l] += st.lbl[l] / G;
+        for (int l = 0; l < L; l++) tr->lbl_sum[l] += st.lbl[l] * aux_scale;
     }
-    out->loss = ce / (double)targets;
+    MK_CHECK(allreduce_grads(tr));
+    MK_CHECK(mk_comm_allreduce_f64(tr->world, sums, 1));
+    MK_CHECK(mk_comm_allreduce_f64(tr->world, tr->lbl_sum, (size_t)L));
+    MK_CHECK(mk_comm_allreduce_i64(tr->world, tr->counts, (size_t)L * E));
+    out->loss = sums[0] / (double)targets;
     if (!isfinite(out->loss))
         return MK_FAIL(MK_ERR_NUMERIC, "step %ld: loss is %g", step + 1, out->loss);
     out->lbl = out->maxvio = 0;
@@ -130,8 +186,8 @@ static int train_step(trainer *tr, long step, step_stats *out)
         out->maxvio += mk_lbl_maxvio(tr->counts + (size_t)l * E, E) / L;
     }
     out->lr = mk_lr_at(cfg, step);
-    out->targets = targets;
-    MK_CHECK(mk_grad_norm(tr->model, &out->gnorm));
+    out->targets = (long)targets;
+    MK_CHECK(global_grad_norm(tr, &out->gnorm));
     MK_CHECK(mk_optim_step(tr->model, step + 1, out->lr, out->gnorm));
     return MK_OK;
 }
@@ -151,6 +207,9 @@ static void trainer_free(trainer *tr)
     mk_lbl_destroy(&tr->lbl);
     mk_model_destroy(&tr->model);
     mk_backend_destroy(&tr->be);
+    mk_comm_free(&tr->ep);
+    mk_comm_free(&tr->edp);
+    mk_comm_free(&tr->own_world);
     free(tr->tokens);
     free(tr->targets);
     free(tr->counts);
@@ -164,6 +223,25 @@ int mk_train_run(const mk_config *cfg, const mk_train_opts *opts, mk_train_resul
     trainer tr = { .cfg = cfg };
     memset(res, 0, sizeof *res);
     MK_CHECK(mk_config_validate(cfg));
+    if (opts->world) {
+        tr.world = opts->world;
+    } else {
+        MK_CHECK(mk_comm_self(&tr.own_world));
+        tr.world = tr.own_world;
+    }
+    tr.rank = mk_comm_rank(tr.world);
+    tr.nranks = mk_comm_size(tr.world);
+    const int ep = cfg->parallel.ep;
+    if (tr.nranks % ep != 0) {
+        rc = MK_FAIL(MK_ERR_USAGE, "parallel.ep = %d does not divide the %d ranks", ep, tr.nranks);
+        goto done;
+    }
+    if (ep > 1) {
+        /* Consecutive ranks form an expert-parallel group (they share a node first); ranks
+         * with the same position in their group hold the same experts. */
+        MK_CHECK_GOTO(rc, mk_comm_split(tr.world, tr.rank / ep, tr.rank, &tr.ep), done);
+        MK_CHECK_GOTO(rc, mk_comm_split(tr.world, tr.rank % ep, tr.rank, &tr.edp), done);
+    }
     const char *path = opts->data_path ? opts->data_path : cfg->data.path;
     if (!path || !*path)
         return MK_FAIL(MK_ERR_USAGE, "no training data: set data.path or pass --data FILE");
@@ -184,9 +262,11 @@ int mk_train_run(const mk_config *cfg, const mk_train_opts *opts, mk_train_resul
         MK_CHECK_GOTO(rc, mk_dataset_open(&dopts, &tr.ds), done);
     }
     MK_CHECK_GOTO(rc, mk_backend_cpu_create(cfg->train.threads, &tr.be), done);
-    MK_CHECK_GOTO(rc, mk_model_create(cfg, tr.be, &tr.model), done);
+    MK_CHECK_GOTO(rc, mk_model_create_ep(cfg, tr.be, tr.ep, &tr.model), done);
     MK_CHECK_GOTO(rc, mk_model_init(tr.model, cfg->train.seed), done);
     MK_CHECK_GOTO(rc, mk_lbl_create(cfg->lbl.mode, L, E, cfg->model.topk, &tr.lbl), done);
+    /* The global scope spans every data-parallel rank: the whole world. */
+    mk_lbl_set_allreduce(tr.lbl, lbl_allreduce, (void *)tr.world);
     tr.tokens = malloc((size_t)G * B * T * sizeof *tr.tokens);
     tr.targets = malloc((size_t)G * B * T * sizeof *tr.targets);
     tr.sample_domain = calloc((size_t)G * B, sizeof *tr.sample_domain);
@@ -196,22 +276,25 @@ int mk_train_run(const mk_config *cfg, const mk_train_opts *opts, mk_train_resul
         rc = MK_FAIL(MK_ERR_NOMEM, "trainer: out of memory");
         goto done;
     }
-    MK_CHECK_GOTO(rc, make_dir(cfg->run.dir), done);
     char logpath[MK_PATH_MAX + 16];
     snprintf(logpath, sizeof logpath, "%s/log.tsv", cfg->run.dir);
-    tr.log = fopen(logpath, "w");
-    if (!tr.log) {
-        rc = MK_FAIL(MK_ERR_IO, "%s: cannot create: %s", logpath, strerror(errno));
-        goto done;
+    if (tr.rank == 0) { /* one writer for the run directory */
+        MK_CHECK_GOTO(rc, make_dir(cfg->run.dir), done);
+        tr.log = fopen(logpath, "w");
+        if (!tr.log) {
+            rc = MK_FAIL(MK_ERR_IO, "%s: cannot create: %s", logpath, strerror(errno));
+            goto done;
+        }
+        fprintf(tr.log, "step\tloss\tlbl\tmaxvio\tgnorm\tlr\n");
     }
-    fprintf(tr.log, "step\tloss\tlbl\tmaxvio\tgnorm\tlr\n");
 
     if (opts->out) {
         fprintf(opts->out,
                 "moe-train: %zu parameters (%zu active per token), %d layers, %d experts top-%d, "
-                "lbl %s, global batch %d x %d tokens\n",
+                "lbl %s, global batch %d x %d tokens, %d rank%s (ep %d)\n",
                 mk_model_param_count(tr.model), mk_model_active_param_count(tr.model), L, E,
-                cfg->model.topk, mk_lbl_mode_name(cfg->lbl.mode), G * B, T);
+                cfg->model.topk, mk_lbl_mode_name(cfg->lbl.mode), G * B * tr.nranks, T, tr.nranks,
+                tr.nranks > 1 ? "s" : "", ep);
         if (tr.text)
             fprintf(opts->out, "moe-train: data %s: %zu bytes of text, byte-level tokens\n", path,
                     mk_text_data_size(tr.text));
@@ -225,13 +308,14 @@ int mk_train_run(const mk_config *cfg, const mk_train_opts *opts, mk_train_resul
     const double t0 = now_s();
     long tokens_done = 0;
     for (long step = 0; step < cfg->train.steps; step++) {
-        step_stats st;
+        step_stats st = { 0 };
         MK_CHECK_GOTO(rc, train_step(&tr, step, &st), done);
-        tokens_done += (long)G * B * T;
+        tokens_done += (long)G * B * T * tr.nranks;
         if (step == 0) res->first_loss = st.loss;
         res->final_loss = st.loss;
         res->steps = step + 1;
-        fprintf(tr.log, "%ld\t%.9g\t%.9g\t%.9g\t%.9g\t%.9g\n", step + 1, st.loss, st.lbl, st.maxvio,
+        if (tr.log)
+            fprintf(tr.log, "%ld\t%.9g\t%.9g\t%.9g\t%.9g\t%.9g\n", step + 1, st.loss, st.lbl, st.maxvio,
                 st.gnorm, st.lr);
         /* log.every = 0 turns step lines off; the summary line still comes. */
         const int every = cfg->log.every;
@@ -250,7 +334,7 @@ int mk_train_run(const mk_config *cfg, const mk_train_opts *opts, mk_train_resul
     }
     res->seconds = now_s() - t0;
     res->tokens_per_s = tokens_done / (res->seconds > 0 ? res->seconds : 1e-9);
-    if (fflush(tr.log) != 0 || ferror(tr.log)) {
+    if (tr.log && (fflush(tr.log) != 0 || ferror(tr.log))) {
         rc = MK_FAIL(MK_ERR_IO, "%s: write failed: %s", logpath, strerror(errno));
         goto done;
     }

@@ -10,7 +10,8 @@
 
 typedef struct mk_train_opts {
     const char *data_path;  /* text file; NULL = cfg->data.path */
-    FILE *out;              /* progress lines; NULL = silent */
+    FILE *out;              /* progress lines; NULL = silent (only rank 0 should pass one) */
+    const struct mk_comm *world; /* the data-parallel ranks; NULL = this process alone */
 } mk_train_opts;
 
 typedef struct mk_train_result {

@@ -1,0 +1,119 @@
+/* mk_model_impl.h - the model's private layout, shared by mk_model.c and mk_moe_ep.c.
+ * Not installed; nothing outside the model uses it.
+ */
+#ifndef MK_MODEL_IMPL_H
+#define MK_MODEL_IMPL_H
+
+#include "mk_model.h"
+
+/* Local experts per rank a layer can hold under expert parallelism. */
+#define MK_EP_MAX_LOCAL 4096
+
+typedef enum {
+    R_WTE, R_ATTN_NORM, R_QKV, R_ATTN_OUT, R_MLP_NORM, R_ROUTER, R_W1, R_W3, R_W2,
+    R_SHARED_W1, R_SHARED_W3, R_SHARED_W2, R_FINAL_NORM, R_LM_HEAD
+} tensor_role;
+
+typedef struct layer_params {
+    mk_real *attn_norm, *qkv, *attn_out, *mlp_norm, *router, *w1, *w3, *w2;
+    mk_real *shared_w1, *shared_w3, *shared_w2;
+} layer_params;
+
+/* Named pointers into one block (parameters or gradients). */
+typedef struct params_view {
+    mk_real *wte, *final_norm, *lm_head;
+    layer_params *layers;   /* [L] */
+} params_view;
+
+typedef struct layer_acts {
+    mk_real *x_in;                      /* [N, D] residual stream into the layer */
+    mk_real *ln1, *rstd1, *qkv, *att, *atty, *h, *ln2, *rstd2;
+    mk_real *z, *probs, *lse, *gates, *psum;
+    int32_t *topk, *counts, *offs, *row_slot, *slot_row;
+    mk_real *xp, *a1, *a3, *hact, *y;   /* [N*K, D|F] rows grouped by expert */
+    mk_real *sa1, *sa3, *sh;            /* shared expert [N, Fs] */
+    int *offs_host;                     /* [E+1] host copy, sizes of the expert GEMMs */
+    double *f, *f_micro;                /* [E] host: LBL f of the scope, and of the micro-batch */
+} layer_acts;
+
+typedef struct scratch {
+    int32_t *tokens, *targets;          /* [N] */
+    mk_real *x_final, *lnf, *rstdf, *logits, *losses;
+    mk_real *dresid, *dln, *dqkv, *datt, *datty, *dz, *dgates, *dxp, *dy, *dhact, *da1, *da3;
+    mk_real *dsh, *dsa1, *dsa3, *lbl_ds;
+} scratch;
+
+/* Expert parallelism, per layer: who gets which token, and the buffers the all-to-alls
+ * fill, kept from forward for backward. "send" rows are this rank's tokens going to a
+ * destination rank (each token once per destination), "recv" rows are tokens that arrived
+ * for this rank's experts. */
+typedef struct ep_layer {
+    size_t cap_send, cap_recv, cap_rows;   /* rows the buffers below hold */
+    mk_real *xp, *a1, *a3, *hact, *y;       /* [rows, D|F] expert rows, kept for backward */
+    mk_real *dy, *dhact, *da1, *da3, *dxp;  /* backward scratch of the same sizes */
+    mk_real *dg_recv;                       /* [R_recv, K] gate gradients (backend) */
+    int offs[MK_EP_MAX_LOCAL + 1];          /* rows of each local expert */
+    int32_t *send_slot_h;       /* [R_send] token * K of each send row (host) */
+    int32_t *send_slot;         /* the same in backend memory */
+    int32_t *send_row_of;       /* [N * ep] send row of (token, destination) or -1 (backend) */
+    int32_t *send_row_of_h;
+    size_t *send_n, *recv_n;    /* rows per destination / source */
+    size_t R_send, R_recv;
+    int32_t *send_ids_h, *recv_ids_h;   /* [R, K] local expert at the destination or -1 */
+    mk_real *send_g_h, *recv_g_h;       /* [R, K] gate of each choice */
+    mk_real *recv_g;                    /* recv gates in backend memory */
+    int32_t *row_slot, *slot_row;       /* recv expert rows <-> recv choices u * K + j */
+    int32_t *row_slot_h, *slot_row_h;
+    mk_real *send_x, *recv_x, *partial, *back;  /* [R, D] */
+    mk_real *dg_recv_h, *dg_back_h;     /* [R, K] */
+} ep_layer;
+
+struct mk_model {
+    mk_config cfg;
+    mk_backend *be;
+    int V, D, L, H, E, K, F, Fs, T, Bmax;
+    int El, ep, ep_rank;        /* local experts, expert-parallel size and rank */
+    const mk_comm *ep_comm;
+    ep_layer *epl;              /* [L] when ep > 1 */
+    int32_t *topk_h, *slot_h;   /* [N K] host scratch for EP routing */
+    mk_real *gates_h, *dgates_h;
+    size_t ntensors;
+    mk_tensor *tensors;
+    tensor_role *roles;
+    size_t nparams;
+    mk_real *params, *grads, *adam_m, *adam_v;
+    params_view pv, gv;
+    layer_acts *acts;                   /* [L] */
+    scratch s;
+    void *arena;                        /* backend memory holding every activation buffer */
+    /* host side */
+    double *lbl_host;                   /* [L] */
+    int32_t *counts_host;               /* [L, E] */
+    mk_real *psum_host;                 /* [E] */
+    mk_real *host_n;                    /* [N] lse or losses */
+    mk_real *lbl_ds_host;               /* [E] */
+    int32_t *targets_host;              /* [N] last forward's targets */
+    int last_B;                         /* sequences in the last forward, 0 = none */
+    int last_train;
+};
+
+
+/* Expert FFN over rows grouped by (local) expert: y = (silu(x w1) * (x w3)) w2. */
+int mk_expert_ffn_forward(mk_model *m, const layer_params *p, const int *offs, int nexp, int rows,
+                          const mk_real *xp, mk_real *a1, mk_real *a3, mk_real *hact, mk_real *y);
+/* Its backward from dy: weight gradients accumulate into g, dxp is written. */
+int mk_expert_ffn_backward(mk_model *m, const layer_params *p, layer_params *g, const int *offs,
+                           int nexp, int rows, const mk_real *xp, const mk_real *a1, const mk_real *a3,
+                           const mk_real *hact, const mk_real *dy, mk_real *dhact, mk_real *da1,
+                           mk_real *da3, mk_real *dxp);
+
+/* Expert parallelism (mk_moe_ep.c). Forward: from the layer's routing (topk, gates,
+ * slot_row of route_plan over all E experts), send tokens to the ranks of their experts,
+ * run the local experts, bring the weighted outputs back and add them to out.
+ * Backward: dresid in, gate gradients into m->s.dgates and input gradients added to
+ * m->s.dln. */
+int mk_moe_ep_forward(mk_model *m, int l, const layer_params *p, layer_acts *a, int N, mk_real *out);
+int mk_moe_ep_backward(mk_model *m, int l, const layer_params *p, layer_params *g, layer_acts *a, int N);
+void mk_moe_ep_free(mk_model *m, ep_layer *e);
+
+#endif

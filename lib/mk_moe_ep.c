@@ -1,0 +1,258 @@
+/* mk_moe_ep.c - expert parallelism: tokens travel to the ranks holding their experts.
+ *
+ * Rank q of an expert-parallel group of size ep holds global experts q*El .. q*El+El-1.
+ * Forward, per layer:
+ *   1. From the routing over all E experts (capacity already applied at the source, so the
+ *      result is the same as with ep = 1), every token that chose at least one expert of
+ *      rank q becomes one send row for q — once, however many of its K experts live there —
+ *      with a record of K (local expert or -1, gate).
+ *   2. All-to-all: row counts, then rows and records.
+ *   3. The receiver groups the arrived (row, choice) pairs by local expert, runs the
+ *      experts, and combines each arrived row's expert outputs weighted by their gates.
+ *   4. All-to-all back: one combined row per send row; the sender adds them to the output.
+ * Backward retraces it: dout rows go out once per (token, rank), the receiver computes the
+ * gate gradients and the expert backward, and dx rows and gate gradients come back.
+ * Every sum has a fixed order, so results do not depend on timing.
+ */
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "mk_comm.h"
+#include "mk_error.h"
+#include "mk_model_impl.h"
+
+static int grow_dev(mk_backend *be, void **p, size_t bytes)
+{
+    be->ops->free(be, *p);
+    *p = NULL;
+    return be->ops->alloc(be, bytes ? bytes : 1, p);
+}
+
+static int grow_host(void **p, size_t bytes)
+{
+    void *q = realloc(*p, bytes ? bytes : 1);
+    if (!q) return MK_FAIL(MK_ERR_NOMEM, "expert parallelism: out of memory");
+    *p = q;
+    return MK_OK;
+}
+
+/* Make room for R_send send rows, R_recv received rows and `rows` expert rows. */
+static int ep_reserve(mk_model *m, ep_layer *e, size_t R_send, size_t R_recv, size_t rows)
+{
+    mk_backend *be = m->be;
+    const size_t D = (size_t)m->D, F = (size_t)m->F, K = (size_t)m->K, R = sizeof(mk_real);
+    if (!e->send_n) {
+        e->send_n = calloc((size_t)m->ep, sizeof *e->send_n);
+        e->recv_n = calloc((size_t)m->ep, sizeof *e->recv_n);
+        const size_t N = (size_t)m->Bmax * m->T;
+        if (!e->send_n || !e->recv_n) return MK_FAIL(MK_ERR_NOMEM, "expert parallelism: out of memory");
+        MK_CHECK(grow_dev(be, (void **)&e->send_row_of, N * m->ep * sizeof(int32_t)));
+        MK_CHECK(grow_host((void **)&e->send_row_of_h, N * m->ep * sizeof(int32_t)));
+    }
+    if (R_send > e->cap_send) {
+        size_t c = R_send + R_send / 2;
+        MK_CHECK(grow_host((void **)&e->send_slot_h, c * sizeof(int32_t)));
+        MK_CHECK(grow_dev(be, (void **)&e->send_slot, c * sizeof(int32_t)));
+        MK_CHECK(grow_host((void **)&e->send_ids_h, c * K * sizeof(int32_t)));
+        MK_CHECK(grow_host((void **)&e->send_g_h, c * K * R));
+        MK_CHECK(grow_host((void **)&e->dg_back_h, c * K * R));
+        MK_CHECK(grow_dev(be, (void **)&e->send_x, c * D * R));
+        MK_CHECK(grow_dev(be, (void **)&e->back, c * D * R));
+        e->cap_send = c;
+    }
+    if (R_recv > e->cap_recv) {
+        size_t c = R_recv + R_recv / 2;
+        MK_CHECK(grow_host((void **)&e->recv_ids_h, c * K * sizeof(int32_t)));
+        MK_CHECK(grow_host((void **)&e->recv_g_h, c * K * R));
+        MK_CHECK(grow_host((void **)&e->dg_recv_h, c * K * R));
+        MK_CHECK(grow_host((void **)&e->slot_row_h, c * K * sizeof(int32_t)));
+        MK_CHECK(grow_dev(be, (void **)&e->slot_row, c * K * sizeof(int32_t)));
+        MK_CHECK(grow_dev(be, (void **)&e->recv_g, c * K * R));
+        MK_CHECK(grow_dev(be, (void **)&e->dg_recv, c * K * R));
+        MK_CHECK(grow_dev(be, (void **)&e->recv_x, c * D * R));
+        MK_CHECK(grow_dev(be, (void **)&e->partial, c * D * R));
+        e->cap_recv = c;
+    }
+    if (rows > e->cap_rows) {
+        size_t c = rows + rows / 2;
+        MK_CHECK(grow_host((void **)&e->row_slot_h, c * sizeof(int32_t)));
+        MK_CHECK(grow_dev(be, (void **)&e->row_slot, c * sizeof(int32_t)));
+        mk_real **dbufs[] = { &e->xp, &e->y, &e->dy, &e->dxp };
+        for (size_t i = 0; i < sizeof dbufs / sizeof *dbufs; i++)
+            MK_CHECK(grow_dev(be, (void **)dbufs[i], c * D * R));
+        mk_real **fbufs[] = { &e->a1, &e->a3, &e->hact, &e->dhact, &e->da1, &e->da3 };
+        for (size_t i = 0; i < sizeof fbufs / sizeof *fbufs; i++)
+            MK_CHECK(grow_dev(be, (void **)fbufs[i], c * F * R));
+        e->cap_rows = c;
+    }
+    return MK_OK;
+}
+
+void mk_moe_ep_free(mk_model *m, ep_layer *e)
+{
+    mk_backend *be = m->be;
+    void *dev[] = { e->send_slot, e->send_row_of, e->recv_g, e->row_slot, e->slot_row, e->send_x,
+                    e->recv_x, e->partial, e->back, e->xp, e->a1, e->a3, e->hact, e->y, e->dy,
+                    e->dhact, e->da1, e->da3, e->dxp, e->dg_recv };
+    for (size_t i = 0; i < sizeof dev / sizeof *dev; i++) be->ops->free(be, dev[i]);
+    void *host[] = { e->send_slot_h, e->send_row_of_h, e->send_n, e->recv_n, e->send_ids_h,
+                     e->recv_ids_h, e->send_g_h, e->recv_g_h, e->row_slot_h, e->slot_row_h,
+                     e->dg_recv_h, e->dg_back_h };
+    for (size_t i = 0; i < sizeof host / sizeof *host; i++) free(host[i]);
+    memset(e, 0, sizeof *e);
+}
+
+/* Row counts -> byte counts and displacements for mk_comm_alltoallv. */
+static void layout(const size_t *rows, int n, size_t row_bytes, size_t *counts, size_t *displs)
+{
+    size_t at = 0;
+    for (int q = 0; q < n; q++) {
+        counts[q] = rows[q] * row_bytes;
+        displs[q] = at;
+        at += counts[q];
+    }
+}
+
+/* Send rows out (from send buffers sized by send_n) and receive by recv_n, or the reverse. */
+static int exchange(const mk_model *m, const ep_layer *e, int back, const void *src, void *dst, size_t row_bytes)
+{
+    const int P = m->ep;
+    size_t sc[P], sd[P], rc[P], rd[P];
+    layout(back ? e->recv_n : e->send_n, P, row_bytes, sc, sd);
+    layout(back ? e->send_n : e->recv_n, P, row_bytes, rc, rd);
+    return mk_comm_alltoallv(m->ep_comm, src, sc, sd, dst, rc, rd);
+}
+
+int mk_moe_ep_forward(mk_model *m, int l, const layer_params *p, layer_acts *a, int N, mk_real *out)
+{
+    mk_backend *be = m->be;
+    const mk_backend_ops *o = be->ops;
+    ep_layer *e = &m->epl[l];
+    const int K = m->K, El = m->El, P = m->ep, D = m->D;
+    if (El > MK_EP_MAX_LOCAL)
+        return MK_FAIL(MK_ERR_USAGE, "%d experts per rank; at most %d with expert parallelism", El, MK_EP_MAX_LOCAL);
+    MK_CHECK(ep_reserve(m, e, 0, 0, 0));
+    const size_t NK = (size_t)N * K;
+    MK_CHECK(o->to_host(be, m->topk_h, a->topk, NK * sizeof(int32_t)));
+    MK_CHECK(o->to_host(be, m->slot_h, a->slot_row, NK * sizeof(int32_t)));
+    MK_CHECK(o->to_host(be, m->gates_h, a->gates, NK * sizeof(mk_real)));
+
+    /* 1. Send rows, grouped by destination, tokens in order within each. */
+    size_t R_send = 0;
+    for (int q = 0; q < P; q++) {
+        e->send_n[q] = 0;
+        for (int t = 0; t < N; t++) {
+            int has = 0;
+            for (int j = 0; j < K; j++)
+                has |= m->slot_h[t * K + j] >= 0 && m->topk_h[t * K + j] / El == q;
+            e->send_n[q] += (size_t)has;
+        }
+        R_send += e->send_n[q];
+    }
+    MK_CHECK(ep_reserve(m, e, R_send, 0, 0));
+    size_t r = 0;
+    for (int q = 0; q < P; q++)
+        for (int t = 0; t < N; t++) {
+            int has = 0;
+            for (int j = 0; j < K; j++) {
+                const int32_t ex = m->topk_h[t * K + j];
+                const int mine = m->slot_h[t * K + j] >= 0 && ex / El == q;
+                has |= mine;
+                e->send_ids_h[r * K + j] = mine ? ex % El : -1;
+                e->send_g_h[r * K + j] = mine ? m->gates_h[t * K + j] : 0;
+            }
+            e->send_row_of_h[(size_t)t * P + q] = has ? (int32_t)r : -1;
+            if (has) e->send_slot_h[r++] = t * K;
+        }
+    e->R_send = R_send;
+
+    /* 2. Counts, then rows and records. */
+    int64_t sn[P], rn[P];
+    for (int q = 0; q < P; q++) sn[q] = (int64_t)e->send_n[q];
+    MK_CHECK(mk_comm_alltoall_int(m->ep_comm, sn, rn));
+    size_t R_recv = 0;
+    for (int q = 0; q < P; q++) R_recv += e->recv_n[q] = (size_t)rn[q];
+    MK_CHECK(ep_reserve(m, e, R_send, R_recv, 0));
+    e->R_recv = R_recv;
+    MK_CHECK(o->from_host(be, e->send_slot, e->send_slot_h, R_send * sizeof(int32_t)));
+    MK_CHECK(o->from_host(be, e->send_row_of, e->send_row_of_h, (size_t)N * P * sizeof(int32_t)));
+    MK_CHECK(o->permute_rows(be, e->send_x, a->ln2, e->send_slot, NULL, (int)R_send, K, D));
+    MK_CHECK(exchange(m, e, 0, e->send_x, e->recv_x, (size_t)D * sizeof(mk_real)));
+    MK_CHECK(exchange(m, e, 0, e->send_ids_h, e->recv_ids_h, (size_t)K * sizeof(int32_t)));
+    MK_CHECK(exchange(m, e, 0, e->send_g_h, e->recv_g_h, (size_t)K * sizeof(mk_real)));
+
+    /* 3. Arrived choices grouped by local expert (then by arrival order), the experts, and
+     *    each arrived row's outputs combined by gate. */
+    size_t rows = 0;
+    for (size_t i = 0; i < R_recv * K; i++) rows += e->recv_ids_h[i] >= 0;
+    MK_CHECK(ep_reserve(m, e, R_send, R_recv, rows));
+    e->offs[0] = 0;
+    size_t row = 0;
+    for (int x = 0; x < El; x++) {
+        for (size_t s = 0; s < R_recv * K; s++)
+            if (e->recv_ids_h[s] == x) {
+                e->row_slot_h[row] = (int32_t)s;
+                e->slot_row_h[s] = (int32_t)row++;
+            }
+        e->offs[x + 1] = (int)row;
+    }
+    for (size_t s = 0; s < R_recv * K; s++)
+        if (e->recv_ids_h[s] < 0) e->slot_row_h[s] = -1;
+    MK_CHECK(o->from_host(be, e->row_slot, e->row_slot_h, rows * sizeof(int32_t)));
+    MK_CHECK(o->from_host(be, e->slot_row, e->slot_row_h, R_recv * K * sizeof(int32_t)));
+    MK_CHECK(o->from_host(be, e->recv_g, e->recv_g_h, R_recv * K * sizeof(mk_real)));
+    MK_CHECK(o->permute_rows(be, e->xp, e->recv_x, e->row_slot, NULL, (int)rows, K, D));
+    MK_CHECK(mk_expert_ffn_forward(m, p, e->offs, El, (int)rows, e->xp, e->a1, e->a3, e->hact, e->y));
+    MK_CHECK(o->zero(be, e->partial, R_recv * D * sizeof(mk_real)));
+    MK_CHECK(o->unpermute_add(be, e->partial, e->y, e->slot_row, e->recv_g, (int)R_recv, K, D));
+
+    /* 4. Back to the senders; each token adds its destinations' rows in rank order. */
+    MK_CHECK(exchange(m, e, 1, e->partial, e->back, (size_t)D * sizeof(mk_real)));
+    MK_CHECK(o->unpermute_add(be, out, e->back, e->send_row_of, NULL, N, P, D));
+    return MK_OK;
+}
+
+int mk_moe_ep_backward(mk_model *m, int l, const layer_params *p, layer_params *g, layer_acts *a, int N)
+{
+    mk_backend *be = m->be;
+    const mk_backend_ops *o = be->ops;
+    ep_layer *e = &m->epl[l];
+    scratch *s = &m->s;
+    const int K = m->K, El = m->El, P = m->ep, D = m->D;
+    const size_t R_send = e->R_send, R_recv = e->R_recv;
+    const int rows = e->offs[El];
+    /* The host routing scratch holds the last forward's layer: reload this layer's. */
+    MK_CHECK(o->to_host(be, m->topk_h, a->topk, (size_t)N * K * sizeof(int32_t)));
+    MK_CHECK(o->to_host(be, m->slot_h, a->slot_row, (size_t)N * K * sizeof(int32_t)));
+
+    /* dout of each send row goes to its destination (recv_x is free again: the experts'
+     * inputs are kept in xp). */
+    MK_CHECK(o->permute_rows(be, e->send_x, s->dresid, e->send_slot, NULL, (int)R_send, K, D));
+    MK_CHECK(exchange(m, e, 0, e->send_x, e->recv_x, (size_t)D * sizeof(mk_real)));
+    MK_CHECK(o->combine_backward_gates(be, e->dg_recv, e->recv_x, e->y, e->slot_row, (int)R_recv, K, D));
+    MK_CHECK(o->permute_rows(be, e->dy, e->recv_x, e->row_slot, e->recv_g, rows, K, D));
+    MK_CHECK(mk_expert_ffn_backward(m, p, g, e->offs, El, rows, e->xp, e->a1, e->a3, e->hact, e->dy,
+                                    e->dhact, e->da1, e->da3, e->dxp));
+    MK_CHECK(o->zero(be, e->partial, R_recv * D * sizeof(mk_real)));
+    MK_CHECK(o->unpermute_add(be, e->partial, e->dxp, e->slot_row, NULL, (int)R_recv, K, D));
+
+    /* dx rows and gate gradients back to the senders. */
+    MK_CHECK(exchange(m, e, 1, e->partial, e->back, (size_t)D * sizeof(mk_real)));
+    MK_CHECK(o->to_host(be, e->dg_recv_h, e->dg_recv, R_recv * K * sizeof(mk_real)));
+    MK_CHECK(exchange(m, e, 1, e->dg_recv_h, e->dg_back_h, (size_t)K * sizeof(mk_real)));
+    MK_CHECK(o->unpermute_add(be, s->dln, e->back, e->send_row_of, NULL, N, P, D));
+    for (int t = 0; t < N; t++)
+        for (int j = 0; j < K; j++) {
+            const size_t c = (size_t)t * K + j;
+            m->dgates_h[c] = 0;
+            if (m->slot_h[c] < 0) continue; /* dropped by the capacity factor */
+            const int32_t r = e->send_row_of_h[(size_t)t * P + m->topk_h[c] / El];
+            m->dgates_h[c] = e->dg_back_h[(size_t)r * K + j];
+        }
+    MK_CHECK(o->from_host(be, s->dgates, m->dgates_h, (size_t)N * K * sizeof(mk_real)));
+    return MK_OK;
+}
