@@ -1,0 +1,50 @@
+/* mk_trainer.h - one optimizer step across ranks: the model, its LBL scope and the process
+ * groups, without the data source or the log (mk_train.c adds those).
+ *
+ * Each rank brings its G micro-batches of B sequences. mk_trainer_grads gives every rank
+ * the gradient of the global batch's loss
+ *   mean CE over all target tokens of all ranks
+ *   + mean over micro-steps and ranks of (lbl.coeff LBL + lbl.micro_coeff LBL_micro + z-loss)
+ * summed over the ranks that share each parameter; mk_trainer_update clips and steps.
+ * With lbl.mode = global and one micro-step per rank this equals one rank holding the
+ * whole batch in micro mode: f is global and the per-rank P terms average to the global P.
+ */
+#ifndef MK_TRAINER_H
+#define MK_TRAINER_H
+
+#include <stdint.h>
+
+#include "mk_comm.h"
+#include "mk_config.h"
+#include "mk_model.h"
+
+typedef struct mk_step_stats {
+    double loss;            /* mean CE over the global batch */
+    double lbl;             /* mean over layers of the LBL (mean over micro-steps and ranks) */
+    double maxvio;          /* mean over layers of MaxVio of the global batch's counts */
+    double gnorm, lr;
+    long targets;           /* target tokens of the global batch */
+    const double *lbl_layers;   /* [L] */
+    const int64_t *counts;      /* [L, E] global batch */
+} mk_step_stats;
+
+typedef struct mk_trainer mk_trainer;
+
+/* world may be NULL (one process). Creates the CPU backend, the expert-parallel groups of
+ * parallel.ep consecutive ranks, and the model initialised from train.seed. */
+int mk_trainer_create(const mk_config *cfg, const mk_comm *world, mk_trainer **out);
+void mk_trainer_free(mk_trainer **tr);
+
+mk_model *mk_trainer_model(mk_trainer *tr);
+int mk_trainer_rank(const mk_trainer *tr);
+int mk_trainer_ranks(const mk_trainer *tr);
+
+/* Zero the gradients and compute them for this rank's micro-batches: tokens and targets
+ * are host [G, B, T] (a target < 0 is padding). Collective over the world. */
+int mk_trainer_grads(mk_trainer *tr, const int32_t *tokens, const int32_t *targets, mk_step_stats *st);
+
+/* Clip by the global gradient norm and take AdamW step `step` (0-based). Fills st->gnorm
+ * and st->lr. MK_ERR_NUMERIC for a non-finite loss or norm. */
+int mk_trainer_update(mk_trainer *tr, long step, mk_step_stats *st);
+
+#endif
