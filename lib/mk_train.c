@@ -67,6 +67,11 @@ static int load_step(run *r, long step)
     const int G = cfg->train.grad_accum, B = cfg->train.micro_batch, T = cfg->model.seq_len;
     const size_t per_micro = (size_t)B * T;
     const int rank = mk_trainer_rank(r->tr), ranks = mk_trainer_ranks(r->tr);
+    /* Test hook (tests/test_mpi_train.sh): make one rank fail at one step, the way a bad
+     * shard or a full disk would, to check that the whole job ends promptly. */
+    const char *fr = getenv("MOEKIT_TEST_FAIL_RANK"), *fs = getenv("MOEKIT_TEST_FAIL_STEP");
+    if (fr && fs && atoi(fr) == rank && atol(fs) == step + 1)
+        return MK_FAIL(MK_ERR_INPUT, "step %ld: injected failure (MOEKIT_TEST_FAIL_RANK)", step + 1);
     for (int g = 0; g < G; g++) {
         const uint64_t first = mk_sample_index((uint64_t)step, g, rank, ranks, B, G, 0);
         if (r->ds)
