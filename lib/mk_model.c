@@ -382,6 +382,7 @@ mk_real *mk_model_adam_m(mk_model *m) { return m->adam_m; }
 mk_real *mk_model_adam_v(mk_model *m) { return m->adam_v; }
 const mk_config *mk_model_config(const mk_model *m) { return &m->cfg; }
 mk_backend *mk_model_backend(mk_model *m) { return m->be; }
+double mk_model_a2a_seconds(const mk_model *m) { return m->a2a_seconds; }
 
 int mk_model_zero_grad(mk_model *m)
 {

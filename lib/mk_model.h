@@ -94,6 +94,9 @@ int mk_model_zero_grad(mk_model *m);
 /* Top-k choices of layer l from the last forward: host-readable copy, [B*T, K]. */
 int mk_model_topk_host(mk_model *m, int layer, int32_t *out_host);
 
+/* Seconds spent in expert-parallel all-to-alls since the model was made (0 with ep = 1). */
+double mk_model_a2a_seconds(const mk_model *m);
+
 const mk_config *mk_model_config(const mk_model *m);
 mk_backend *mk_model_backend(mk_model *m);
 

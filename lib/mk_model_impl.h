@@ -73,6 +73,7 @@ struct mk_model {
     mk_backend *be;
     int V, D, L, H, E, K, F, Fs, T, Bmax;
     int El, ep, ep_rank;        /* local experts, expert-parallel size and rank */
+    double a2a_seconds;         /* wall time inside expert-parallel all-to-alls */
     const mk_comm *ep_comm;
     ep_layer *epl;              /* [L] when ep > 1 */
     int32_t *topk_h, *slot_h;   /* [N K] host scratch for EP routing */

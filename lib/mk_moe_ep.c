@@ -20,6 +20,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "mk_comm.h"
 #include "mk_error.h"
@@ -118,13 +119,23 @@ static void layout(const size_t *rows, int n, size_t row_bytes, size_t *counts, 
 }
 
 /* Send rows out (from send buffers sized by send_n) and receive by recv_n, or the reverse. */
-static int exchange(const mk_model *m, const ep_layer *e, int back, const void *src, void *dst, size_t row_bytes)
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int exchange(mk_model *m, const ep_layer *e, int back, const void *src, void *dst, size_t row_bytes)
 {
     const int P = m->ep;
     size_t sc[P], sd[P], rc[P], rd[P];
     layout(back ? e->recv_n : e->send_n, P, row_bytes, sc, sd);
     layout(back ? e->send_n : e->recv_n, P, row_bytes, rc, rd);
-    return mk_comm_alltoallv(m->ep_comm, src, sc, sd, dst, rc, rd);
+    const double t0 = now_s();
+    int rc_ = mk_comm_alltoallv(m->ep_comm, src, sc, sd, dst, rc, rd);
+    m->a2a_seconds += now_s() - t0;
+    return rc_;
 }
 
 int mk_moe_ep_forward(mk_model *m, int l, const layer_params *p, layer_acts *a, int N, mk_real *out)

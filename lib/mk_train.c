@@ -130,6 +130,7 @@ int mk_train_run(const mk_config *cfg, const mk_train_opts *opts, mk_train_resul
     }
     MK_CHECK_GOTO(rc, mk_trainer_create(cfg, opts->world, &r.tr), done);
     const int rank = mk_trainer_rank(r.tr), ranks = mk_trainer_ranks(r.tr);
+    if (r.ds) MK_CHECK_GOTO(rc, mk_trainer_set_domains(r.tr, mk_dataset_domains(r.ds)), done);
     r.tokens = malloc((size_t)G * B * T * sizeof *r.tokens);
     r.targets = malloc((size_t)G * B * T * sizeof *r.targets);
     r.sample_domain = calloc((size_t)G * B, sizeof *r.sample_domain);
@@ -171,7 +172,7 @@ int mk_train_run(const mk_config *cfg, const mk_train_opts *opts, mk_train_resul
     for (long step = 0; step < cfg->train.steps; step++) {
         mk_step_stats ss;
         MK_CHECK_GOTO(rc, load_step(&r, step), done);
-        MK_CHECK_GOTO(rc, mk_trainer_grads(r.tr, r.tokens, r.targets, &ss), done);
+        MK_CHECK_GOTO(rc, mk_trainer_grads(r.tr, r.tokens, r.targets, r.ds ? r.sample_domain : NULL, &ss), done);
         MK_CHECK_GOTO(rc, mk_trainer_update(r.tr, step, &ss), done);
         tokens_done += (long)G * B * T * ranks;
         if (step == 0) res->first_loss = ss.loss;
@@ -205,6 +206,10 @@ int mk_train_run(const mk_config *cfg, const mk_train_opts *opts, mk_train_resul
         fprintf(opts->out, "done: %ld steps in %.1f s, %.0f tok/s, loss %.4f -> %.4f (%.1f%% lower)\n",
                 res->steps, res->seconds, res->tokens_per_s, res->first_loss, res->final_loss,
                 100.0 * (1.0 - res->final_loss / res->first_loss));
+    if (opts->out && cfg->parallel.ep > 1 && res->steps > 0)
+        fprintf(opts->out, "expert all-to-all: %.2f ms per step on rank 0 (%.1f%% of the step time)\n",
+                1e3 * mk_model_a2a_seconds(model) / res->steps,
+                100.0 * mk_model_a2a_seconds(model) / (res->seconds > 0 ? res->seconds : 1e-9));
 done:
     run_free(&r);
     return rc;

@@ -24,6 +24,9 @@ struct mk_trainer {
     mk_lbl *lbl;
     int64_t *counts;                /* [L, E] */
     double *lbl_sum;                /* [L] */
+    int ndomains;
+    int64_t *dcounts;               /* [L, ndomains, E] then [ndomains] token counts */
+    int32_t *topk;                  /* [B T K] host */
 };
 
 static int lbl_allreduce(void *ctx, int64_t *counts, int n)
@@ -66,7 +69,8 @@ int mk_trainer_create(const mk_config *cfg, const mk_comm *world, mk_trainer **o
     mk_lbl_set_allreduce(tr->lbl, lbl_allreduce, (void *)tr->world);
     tr->counts = malloc((size_t)L * E * sizeof *tr->counts);
     tr->lbl_sum = malloc((size_t)L * sizeof *tr->lbl_sum);
-    if (!tr->counts || !tr->lbl_sum) {
+    tr->topk = malloc((size_t)cfg->train.micro_batch * cfg->model.seq_len * cfg->model.topk * sizeof *tr->topk);
+    if (!tr->counts || !tr->lbl_sum || !tr->topk || (rc = mk_trainer_set_domains(tr, 1)) != MK_OK) {
         rc = MK_FAIL(MK_ERR_NOMEM, "trainer: out of memory");
         goto fail;
     }
@@ -89,8 +93,45 @@ void mk_trainer_free(mk_trainer **trp)
     mk_comm_free(&tr->own_world);
     free(tr->counts);
     free(tr->lbl_sum);
+    free(tr->dcounts);
+    free(tr->topk);
     free(tr);
     *trp = NULL;
+}
+
+int mk_trainer_set_domains(mk_trainer *tr, int ndomains)
+{
+    if (ndomains < 1) return MK_FAIL(MK_ERR_INTERNAL, "trainer: %d domains", ndomains);
+    const size_t n = (size_t)tr->cfg->model.layers * ndomains * tr->cfg->model.experts + ndomains;
+    int64_t *d = calloc(n, sizeof *d);
+    if (!d) return MK_FAIL(MK_ERR_NOMEM, "trainer: out of memory");
+    free(tr->dcounts);
+    tr->dcounts = d;
+    tr->ndomains = ndomains;
+    return MK_OK;
+}
+
+/* Add the last forward's top-k choices of every layer to the per-domain counts. */
+static int count_domains(mk_trainer *tr, const int32_t *domain, int B)
+{
+    const mk_config *cfg = tr->cfg;
+    const int L = cfg->model.layers, E = cfg->model.experts, K = cfg->model.topk, T = cfg->model.seq_len;
+    const int Dm = tr->ndomains;
+    int64_t *tok = tr->dcounts + (size_t)L * Dm * E;
+    for (int b = 0; b < B; b++) {
+        const int d = domain ? domain[b] : 0;
+        if (d < 0 || d >= Dm) return MK_FAIL(MK_ERR_INTERNAL, "trainer: domain %d of %d", d, Dm);
+        tok[d] += T;
+    }
+    for (int l = 0; l < L; l++) {
+        MK_CHECK(mk_model_topk_host(tr->model, l, tr->topk));
+        int64_t *c = tr->dcounts + (size_t)l * Dm * E;
+        for (int b = 0; b < B; b++) {
+            const int d = domain ? domain[b] : 0;
+            for (int i = 0; i < T * K; i++) c[(size_t)d * E + tr->topk[(size_t)b * T * K + i]]++;
+        }
+    }
+    return MK_OK;
 }
 
 mk_model *mk_trainer_model(mk_trainer *tr) { return tr->model; }
@@ -134,7 +175,8 @@ static int allreduce_grads(mk_trainer *tr)
     return MK_OK;
 }
 
-int mk_trainer_grads(mk_trainer *tr, const int32_t *tokens, const int32_t *targets, mk_step_stats *out)
+int mk_trainer_grads(mk_trainer *tr, const int32_t *tokens, const int32_t *targets,
+                     const int32_t *domain, mk_step_stats *out)
 {
     const mk_config *cfg = tr->cfg;
     const int G = cfg->train.grad_accum, B = cfg->train.micro_batch, T = cfg->model.seq_len;
@@ -153,6 +195,8 @@ int mk_trainer_grads(mk_trainer *tr, const int32_t *tokens, const int32_t *targe
     if (cfg->lbl.mode == MK_LBL_GLOBAL_EXACT) MK_CHECK(counting_pass(tr, tokens, targets));
     memset(tr->counts, 0, (size_t)L * E * sizeof *tr->counts);
     memset(tr->lbl_sum, 0, (size_t)L * sizeof *tr->lbl_sum);
+    const size_t ndc = (size_t)L * tr->ndomains * E + tr->ndomains;
+    memset(tr->dcounts, 0, ndc * sizeof *tr->dcounts);
 
     /* Auxiliary losses are means over micro-steps and ranks: each rank's share is
      * 1 / (G * ranks), and the gradient sum over ranks makes the mean (not 1/ranks of it,
@@ -166,11 +210,13 @@ int mk_trainer_grads(mk_trainer *tr, const int32_t *tokens, const int32_t *targe
         ce += st.ce_sum;
         for (int i = 0; i < L * E; i++) tr->counts[i] += st.counts[i];
         for (int l = 0; l < L; l++) tr->lbl_sum[l] += st.lbl[l] * aux_scale;
+        MK_CHECK(count_domains(tr, domain ? domain + (size_t)g * B : NULL, B));
     }
     MK_CHECK(allreduce_grads(tr));
     MK_CHECK(mk_comm_allreduce_f64(tr->world, &ce, 1));
     MK_CHECK(mk_comm_allreduce_f64(tr->world, tr->lbl_sum, (size_t)L));
     MK_CHECK(mk_comm_allreduce_i64(tr->world, tr->counts, (size_t)L * E));
+    MK_CHECK(mk_comm_allreduce_i64(tr->world, tr->dcounts, ndc));
     out->loss = ce / (double)ntargets;
     for (int l = 0; l < L; l++) {
         out->lbl += tr->lbl_sum[l] / L;
@@ -179,6 +225,8 @@ int mk_trainer_grads(mk_trainer *tr, const int32_t *tokens, const int32_t *targe
     out->targets = (long)ntargets;
     out->lbl_layers = tr->lbl_sum;
     out->counts = tr->counts;
+    out->domain_counts = tr->dcounts;
+    out->domain_tokens = tr->dcounts + (size_t)L * tr->ndomains * E;
     return MK_OK;
 }
 

@@ -26,6 +26,9 @@ typedef struct mk_step_stats {
     long targets;           /* target tokens of the global batch */
     const double *lbl_layers;   /* [L] */
     const int64_t *counts;      /* [L, E] global batch */
+    const int64_t *domain_counts;   /* [L, domains, E] tokens of each domain that chose each
+                                     * expert among their top-k, global batch */
+    const int64_t *domain_tokens;   /* [domains] */
 } mk_step_stats;
 
 typedef struct mk_trainer mk_trainer;
@@ -39,9 +42,14 @@ mk_model *mk_trainer_model(mk_trainer *tr);
 int mk_trainer_rank(const mk_trainer *tr);
 int mk_trainer_ranks(const mk_trainer *tr);
 
+/* Routing statistics per domain: samples carry a domain id 0..ndomains-1 (default 1). */
+int mk_trainer_set_domains(mk_trainer *tr, int ndomains);
+
 /* Zero the gradients and compute them for this rank's micro-batches: tokens and targets
- * are host [G, B, T] (a target < 0 is padding). Collective over the world. */
-int mk_trainer_grads(mk_trainer *tr, const int32_t *tokens, const int32_t *targets, mk_step_stats *st);
+ * are host [G, B, T] (a target < 0 is padding), domain [G, B] the domain of each sequence
+ * (NULL = domain 0). Collective over the world. */
+int mk_trainer_grads(mk_trainer *tr, const int32_t *tokens, const int32_t *targets,
+                     const int32_t *domain, mk_step_stats *st);
 
 /* Clip by the global gradient norm and take AdamW step `step` (0-based). Fills st->gnorm
  * and st->lr. MK_ERR_NUMERIC for a non-finite loss or norm. */

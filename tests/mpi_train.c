@@ -92,7 +92,7 @@ static void equivalence(const char *label, const char *mode, int B, int G, int p
     mk_trainer *td, *tr;
     mk_step_stats sd, sr;
     int rc = mk_trainer_create(&cd, world, &td) || mk_trainer_create(&cr, NULL, &tr) ||
-             mk_trainer_grads(td, mt, mg, &sd) || mk_trainer_grads(tr, tok, tgt, &sr);
+             mk_trainer_grads(td, mt, mg, NULL, &sd) || mk_trainer_grads(tr, tok, tgt, NULL, &sr);
     if (rc) MPI_Abort(MPI_COMM_WORLD, 99);
     double worst_lbl = 0;
     for (int l = 0; l < cd.model.layers; l++)
@@ -108,6 +108,11 @@ static void equivalence(const char *label, const char *mode, int B, int G, int p
     }
     snprintf(what, sizeof what, "%s: every gradient equals 1 rank x %d micro (worst rel err %%.2e)", label, n);
     agree_ok(worst < 1e-5, what, worst);
+    int same = 1;
+    for (int i = 0; i < cd.model.layers * cd.model.experts; i++)
+        same &= sd.domain_counts[i] == sr.domain_counts[i] && sd.counts[i] == sr.counts[i];
+    snprintf(what, sizeof what, "%s: routing counts per layer, domain and expert reduced over the world (%%g)", label);
+    agree_ok(same && sd.domain_tokens[0] == (int64_t)n * T, what, 0);
     snprintf(what, sizeof what, "%s: loss equals (rel err %%.2e)", label);
     double le = fabs(sd.loss - sr.loss) / sr.loss;
     agree_ok(le < 1e-6 && sd.targets == sr.targets, what, le);
