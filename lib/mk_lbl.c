@@ -18,7 +18,9 @@ struct mk_lbl {
     mk_lbl_mode mode;
     int layers, experts, topk;
     int64_t *buf;           /* [L, E+1]: counts of the scope, then its token count */
-    int64_t *scratch;       /* [E+1] for the all-reduce */
+    int64_t *pending;       /* [L, E+1]: recorded, not yet committed (global) */
+    unsigned char *has_pending; /* [L] */
+    int64_t *scratch;       /* [L (E+1)] for the all-reduce */
     int have_exact;
     mk_lbl_allreduce_fn allreduce;
     void *allreduce_ctx;
@@ -37,8 +39,10 @@ int mk_lbl_create(mk_lbl_mode mode, int layers, int experts, int topk, mk_lbl **
     l->experts = experts;
     l->topk = topk;
     l->buf = calloc((size_t)layers * (experts + 1), sizeof *l->buf);
-    l->scratch = calloc((size_t)experts + 1, sizeof *l->scratch);
-    if (!l->buf || !l->scratch) {
+    l->scratch = calloc((size_t)layers * (experts + 1), sizeof *l->scratch);
+    l->pending = calloc((size_t)layers * (experts + 1), sizeof *l->pending);
+    l->has_pending = calloc((size_t)layers, 1);
+    if (!l->buf || !l->scratch || !l->pending || !l->has_pending) {
         mk_lbl_destroy(&l);
         return MK_FAIL(MK_ERR_NOMEM, "lbl: out of memory");
     }
@@ -51,6 +55,8 @@ void mk_lbl_destroy(mk_lbl **lbl)
     if (!lbl || !*lbl) return;
     free((*lbl)->buf);
     free((*lbl)->scratch);
+    free((*lbl)->pending);
+    free((*lbl)->has_pending);
     free(*lbl);
     *lbl = NULL;
 }
@@ -66,6 +72,7 @@ mk_lbl_mode mk_lbl_mode_of(const mk_lbl *lbl) { return lbl->mode; }
 void mk_lbl_reset(mk_lbl *lbl)
 {
     memset(lbl->buf, 0, (size_t)lbl->layers * (lbl->experts + 1) * sizeof *lbl->buf);
+    memset(lbl->has_pending, 0, (size_t)lbl->layers);
     lbl->have_exact = 0;
 }
 
@@ -75,35 +82,63 @@ static void f_from_counts(const int64_t *c, int64_t ntokens, int E, int K, doubl
         f[i] = ntokens > 0 ? (double)c[i] / ((double)K * (double)ntokens) : 0.0;
 }
 
-int mk_lbl_scope(mk_lbl *lbl, int layer, const int32_t *counts, long ntokens, double *f,
-                 double *f_micro)
+int mk_lbl_record(mk_lbl *lbl, int layer, const int32_t *counts, long ntokens, double *f_micro)
 {
-    const int E = lbl->experts, K = lbl->topk;
+    const int E = lbl->experts;
     if (layer < 0 || layer >= lbl->layers)
         return MK_FAIL(MK_ERR_INTERNAL, "lbl: layer %d out of range", layer);
-    int64_t *mine = lbl->scratch;
+    int64_t *mine = lbl->pending + (size_t)layer * (E + 1);
     for (int i = 0; i < E; i++) mine[i] = counts[i];
     mine[E] = ntokens;
-    if (f_micro) f_from_counts(mine, ntokens, E, K, f_micro);
+    if (f_micro) f_from_counts(mine, ntokens, E, lbl->topk, f_micro);
+    lbl->has_pending[layer] = 1;
+    return MK_OK;
+}
 
-    int64_t *b = lbl->buf + (size_t)layer * (E + 1);
-    switch (lbl->mode) {
-    case MK_LBL_NONE:
-    case MK_LBL_MICRO:
-        f_from_counts(mine, ntokens, E, K, f);
-        return MK_OK;
-    case MK_LBL_GLOBAL:
-        if (lbl->allreduce) MK_CHECK(lbl->allreduce(lbl->allreduce_ctx, mine, E + 1));
-        for (int i = 0; i <= E; i++) b[i] += mine[i];
-        f_from_counts(b, b[E], E, K, f);
-        return MK_OK;
-    case MK_LBL_GLOBAL_EXACT:
-        if (!lbl->have_exact)
-            return MK_FAIL(MK_ERR_INTERNAL, "lbl: global-exact scope used before its counting pass");
-        f_from_counts(b, b[E], E, K, f);
-        return MK_OK;
+int mk_lbl_commit(mk_lbl *lbl)
+{
+    const size_t row = (size_t)lbl->experts + 1;
+    if (lbl->mode == MK_LBL_GLOBAL) {
+        /* One all-reduce of every recorded layer, packed, then added to the buffer. */
+        size_t n = 0;
+        for (int l = 0; l < lbl->layers; l++)
+            if (lbl->has_pending[l]) memcpy(lbl->scratch + row * n++, lbl->pending + row * l, row * sizeof *lbl->scratch);
+        if (n && lbl->allreduce) MK_CHECK(lbl->allreduce(lbl->allreduce_ctx, lbl->scratch, (int)(row * n)));
+        n = 0;
+        for (int l = 0; l < lbl->layers; l++) {
+            if (!lbl->has_pending[l]) continue;
+            for (size_t i = 0; i < row; i++) lbl->buf[row * l + i] += lbl->scratch[row * n + i];
+            n++;
+        }
+    } else if (lbl->mode != MK_LBL_GLOBAL_EXACT) {
+        for (int l = 0; l < lbl->layers; l++)
+            if (lbl->has_pending[l]) memcpy(lbl->buf + row * l, lbl->pending + row * l, row * sizeof *lbl->buf);
     }
-    return MK_FAIL(MK_ERR_INTERNAL, "lbl: unknown mode %d", (int)lbl->mode);
+    memset(lbl->has_pending, 0, (size_t)lbl->layers);
+    return MK_OK;
+}
+
+int mk_lbl_f(const mk_lbl *lbl, int layer, double *f)
+{
+    const int E = lbl->experts;
+    if (layer < 0 || layer >= lbl->layers)
+        return MK_FAIL(MK_ERR_INTERNAL, "lbl: layer %d out of range", layer);
+    if (lbl->has_pending[layer])
+        return MK_FAIL(MK_ERR_INTERNAL, "lbl: layer %d recorded but not committed", layer);
+    if (lbl->mode == MK_LBL_GLOBAL_EXACT && !lbl->have_exact)
+        return MK_FAIL(MK_ERR_INTERNAL, "lbl: global-exact scope used before its counting pass");
+    const int64_t *b = lbl->buf + (size_t)layer * (E + 1);
+    f_from_counts(b, b[E], E, lbl->topk, f);
+    return MK_OK;
+}
+
+int mk_lbl_scope(mk_lbl *lbl, int layer, const int32_t *counts, long ntokens, double *f, double *f_micro)
+{
+    if (lbl->mode == MK_LBL_GLOBAL_EXACT && !lbl->have_exact)
+        return MK_FAIL(MK_ERR_INTERNAL, "lbl: global-exact scope used before its counting pass");
+    MK_CHECK(mk_lbl_record(lbl, layer, counts, ntokens, f_micro));
+    MK_CHECK(mk_lbl_commit(lbl));
+    return mk_lbl_f(lbl, layer, f);
 }
 
 int mk_lbl_set_exact(mk_lbl *lbl, const int64_t *counts, long ntokens)

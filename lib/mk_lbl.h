@@ -31,10 +31,16 @@ mk_lbl_mode mk_lbl_mode_of(const mk_lbl *lbl);
 /* Start of an optimizer step: clear the buffer (global) and the exact counts. */
 void mk_lbl_reset(mk_lbl *lbl);
 
-/* Called by the model once per layer per micro-step with this rank's counts [E] of tokens
- * (each token counted K times over its top-K) and its ntokens. Writes the scope's f [E]
- * (f_micro always: the micro-batch f, for the micro+global mix and logging). For global
- * the counts are all-reduced and added to the buffer. */
+/* A micro-step in two phases, so the global scope needs one all-reduce for all layers:
+ * mk_lbl_record, once per layer, takes this rank's counts [E] (each token counted once per
+ * expert among its top-K) and ntokens and writes the micro-batch's f_micro (may be NULL);
+ * mk_lbl_commit then all-reduces every recorded layer at once and adds it to the buffer
+ * (global); mk_lbl_f gives a layer's f of the scope afterwards. */
+int mk_lbl_record(mk_lbl *lbl, int layer, const int32_t *counts, long ntokens, double *f_micro);
+int mk_lbl_commit(mk_lbl *lbl);
+int mk_lbl_f(const mk_lbl *lbl, int layer, double *f);
+
+/* record + commit + f for one layer (the per-layer all-reduce of the paper's Alg. 1). */
 int mk_lbl_scope(mk_lbl *lbl, int layer, const int32_t *counts, long ntokens,
                  double *f, double *f_micro);
 

@@ -255,7 +255,8 @@ int mk_model_create_ep(const mk_config *cfg, mk_backend *be, const mk_comm *ep, 
         a->offs_host = calloc((size_t)m->E + 1, sizeof *a->offs_host);
         a->f = calloc((size_t)m->E, sizeof *a->f);
         a->f_micro = calloc((size_t)m->E, sizeof *a->f_micro);
-        if (!a->offs_host || !a->f || !a->f_micro) goto nomem;
+        a->psum_h = calloc((size_t)m->E, sizeof *a->psum_h);
+        if (!a->offs_host || !a->f || !a->f_micro || !a->psum_h) goto nomem;
     }
     m->lbl_host = calloc((size_t)m->L, sizeof *m->lbl_host);
     m->counts_host = calloc((size_t)m->L * m->E, sizeof *m->counts_host);
@@ -296,6 +297,7 @@ void mk_model_destroy(mk_model **mp)
             free(m->acts[l].offs_host);
             free(m->acts[l].f);
             free(m->acts[l].f_micro);
+            free(m->acts[l].psum_h);
         }
     free(m->acts);
     free(m->pv.layers);
@@ -478,13 +480,12 @@ static int moe_block_forward(mk_model *m, int l, const layer_params *p, layer_ac
     int32_t *counts = m->counts_host + (size_t)l * E;
     MK_CHECK(o->to_host(be, counts, a->counts, (size_t)E * sizeof(int32_t)));
     MK_CHECK(o->to_host(be, m->psum_host, a->psum, (size_t)E * sizeof(mk_real)));
-    double psum[E];
-    for (int i = 0; i < E; i++) psum[i] = m->psum_host[i];
+    for (int i = 0; i < E; i++) a->psum_h[i] = m->psum_host[i];
+    /* The scope's f comes after the last layer (mk_lbl_commit: one all-reduce for all). */
     if (lbl)
-        MK_CHECK(mk_lbl_scope(lbl, l, counts, N, a->f, a->f_micro));
+        MK_CHECK(mk_lbl_record(lbl, l, counts, N, a->f_micro));
     else
-        for (int i = 0; i < E; i++) a->f[i] = a->f_micro[i] = (double)counts[i] / ((double)K * N);
-    m->lbl_host[l] = mk_lbl_value(a->f, psum, N, E);
+        for (int i = 0; i < E; i++) a->f_micro[i] = (double)counts[i] / ((double)K * N);
 
     /* Reported even when its coefficient is 0: large router logits show up here first. */
     MK_CHECK(o->to_host(be, m->host_n, a->lse, (size_t)N * sizeof(mk_real)));
@@ -517,6 +518,15 @@ int mk_model_forward(mk_model *m, const int32_t *tokens_host, const int32_t *tar
         mk_real *out = l + 1 < m->L ? m->acts[l + 1].x_in : m->s.x_final;
         MK_CHECK(attention_block_forward(m, &m->pv.layers[l], &m->acts[l], B));
         MK_CHECK(moe_block_forward(m, l, &m->pv.layers[l], &m->acts[l], B, lbl, out, st));
+    }
+    if (lbl) MK_CHECK(mk_lbl_commit(lbl));
+    for (int l = 0; l < m->L; l++) {
+        layer_acts *a = &m->acts[l];
+        if (lbl)
+            MK_CHECK(mk_lbl_f(lbl, l, a->f));
+        else
+            memcpy(a->f, a->f_micro, (size_t)m->E * sizeof *a->f);
+        m->lbl_host[l] = mk_lbl_value(a->f, a->psum_h, N, m->E);
     }
     MK_CHECK(o->rmsnorm_forward(be, m->s.lnf, m->s.rstdf, m->s.x_final, m->pv.final_norm, N, D));
     if (m->pv.lm_head)

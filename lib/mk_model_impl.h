@@ -34,6 +34,7 @@ typedef struct layer_acts {
     mk_real *sa1, *sa3, *sh;            /* shared expert [N, Fs] */
     int *offs_host;                     /* [E+1] host copy, sizes of the expert GEMMs */
     double *f, *f_micro;                /* [E] host: LBL f of the scope, and of the micro-batch */
+    double *psum_h;                     /* [E] host: sum of router probabilities over tokens */
 } layer_acts;
 
 typedef struct scratch {
