@@ -9,6 +9,7 @@
 
 #include <getopt.h>
 #include <mpi.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +18,17 @@
 #include "mk_config.h"
 #include "mk_error.h"
 #include "mk_train.h"
+
+/* Set by SIGUSR1/SIGTERM (Slurm's warning before the time limit, or preemption); the
+ * training loop checkpoints at the end of the step and stops. The one piece of global
+ * state in moekit: a signal handler has nowhere else to write. */
+static volatile sig_atomic_t stop_requested;
+
+static void on_stop_signal(int sig)
+{
+    (void)sig;
+    stop_requested = 1; /* a second signal during the save just sets it again */
+}
 
 static void usage(FILE *f)
 {
@@ -29,6 +41,8 @@ static void usage(FILE *f)
             "  -d, --data PATH        dataset directory (moe-shard), NAME=PREFIX Megatron datasets,\n"
             "                         or a text file (byte-level tokens); same as data.path\n"
             "  -j, --threads N        CPU threads; same as train.threads\n"
+            "  -r, --resume WHAT      auto: continue from the newest checkpoint of run.dir that\n"
+            "                         verifies (start fresh if none); or a checkpoint file\n"
             "  -q, --quiet            no progress lines\n"
             "      --print-config     print the final settings as an INI schedule and exit\n"
             "      --help-settings    list every setting with its default and meaning\n"
@@ -40,8 +54,11 @@ static void usage(FILE *f)
             "(gradient norm before clipping), lr, tok/s and ETA. run.dir/log.tsv gets every\n"
             "step at full precision.\n"
             "\n"
+            "SIGUSR1 or SIGTERM: finish the step, write a checkpoint, exit with status 75.\n"
+            "\n"
             "Exit status: 0 ok, 2 usage, 3 bad input, 4 I/O, 5 out of memory, 6 NaN/Inf,\n"
-            "7 internal error.\n");
+            "7 internal error, 8 another rank or a collective failed, 75 stopped by a signal\n"
+            "after a checkpoint (requeue the job and run again with --resume auto).\n");
 }
 
 static void help_settings(void)
@@ -66,7 +83,7 @@ int main(int argc, char **argv)
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
     int rc = run(argc, argv, rank);
-    if (rc != MK_OK && size > 1) {
+    if (rc != MK_OK && rc != MK_EXIT_REQUEUE && size > 1) {
         fprintf(stderr, "moe-train: rank %d stops the job (status %d: %s)\n", rank, rc, mk_status_name(rc));
         fflush(stderr);
         MPI_Abort(MPI_COMM_WORLD, rc);
@@ -83,6 +100,7 @@ static int run(int argc, char **argv, int rank)
         { "set", required_argument, NULL, 'S' },
         { "data", required_argument, NULL, 'd' },
         { "threads", required_argument, NULL, 'j' },
+        { "resume", required_argument, NULL, 'r' },
         { "quiet", no_argument, NULL, 'q' },
         { "print-config", no_argument, NULL, OPT_PRINT_CONFIG },
         { "help-settings", no_argument, NULL, OPT_HELP_SETTINGS },
@@ -93,12 +111,12 @@ static int run(int argc, char **argv, int rank)
     mk_config cfg;
     mk_config_defaults(&cfg);
     int quiet = 0, print_config = 0, rc;
-    const char *schedule = NULL;
+    const char *schedule = NULL, *resume = NULL;
 
     /* First pass: only the schedule, so --set always wins over it whatever the order. */
     int c;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, "s:S:d:j:qhV", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "s:S:d:j:r:qhV", longopts, NULL)) != -1) {
         if (c == 's') schedule = optarg;
         else if (c == 'h') { if (!rank) usage(stdout); return 0; }
         else if (c == 'V') { if (!rank) printf("moe-train (moekit) %s\n", PACKAGE_VERSION); return 0; }
@@ -119,7 +137,7 @@ static int run(int argc, char **argv, int rank)
     if (schedule && (rc = mk_config_load_ini(&cfg, schedule)) != MK_OK) return rc;
 
     optind = 0;
-    while ((c = getopt_long(argc, argv, "s:S:d:j:qhV", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "s:S:d:j:r:qhV", longopts, NULL)) != -1) {
         char buf[MK_PATH_MAX + 32];
         switch (c) {
         case 'S':
@@ -134,6 +152,7 @@ static int run(int argc, char **argv, int rank)
             if ((rc = mk_config_set(&cfg, buf, "--threads")) != MK_OK) return rc;
             break;
         case 'q': quiet = 1; break;
+        case 'r': resume = optarg; break;
         case OPT_PRINT_CONFIG: print_config = 1; break;
         default: break;
         }
@@ -143,9 +162,17 @@ static int run(int argc, char **argv, int rank)
 
     mk_comm *world = NULL;
     if ((rc = mk_comm_world(&world)) != MK_OK) return rc;
-    mk_train_opts opts = { .data_path = NULL, .out = quiet || rank != 0 ? NULL : stdout, .world = world };
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGUSR1, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    mk_train_opts opts = { .data_path = NULL, .out = quiet || rank != 0 ? NULL : stdout, .world = world,
+                           .resume = resume, .stop = &stop_requested };
     mk_train_result res;
     rc = mk_train_run(&cfg, &opts, &res);
+    if (rc == MK_OK && res.stopped) rc = MK_EXIT_REQUEUE;
     mk_comm_free(&world);
     return rc;
 }

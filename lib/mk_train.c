@@ -20,6 +20,7 @@
 #include "mk_comm.h"
 #include "mk_dataset.h"
 #include "mk_error.h"
+#include "mk_ckpt.h"
 #include "mk_trainer.h"
 #include "mk_text_data.h"
 
@@ -58,6 +59,9 @@ typedef struct run {
     int32_t *tokens, *targets;      /* [grad_accum, micro_batch, T] host */
     int32_t *sample_domain;         /* [grad_accum, micro_batch] */
     FILE *log;
+    long step_base;                 /* a resumed run's first step, and the global samples */
+    uint64_t sample_base;           /*   consumed before it (the world size may differ) */
+    char ranks_path[MK_PATH_MAX + 32];  /* BPE ranks file to embed in checkpoints, or "" */
 } run;
 
 /* This rank's slice of every micro-step of global batch `step`. */
@@ -73,7 +77,7 @@ static int load_step(run *r, long step)
     if (fr && fs && atoi(fr) == rank && atol(fs) == step + 1)
         return MK_FAIL(MK_ERR_INPUT, "step %ld: injected failure (MOEKIT_TEST_FAIL_RANK)", step + 1);
     for (int g = 0; g < G; g++) {
-        const uint64_t first = mk_sample_index((uint64_t)step, g, rank, ranks, B, G, 0);
+        const uint64_t first = r->sample_base + mk_sample_index((uint64_t)(step - r->step_base), g, rank, ranks, B, G, 0);
         if (r->ds)
             MK_CHECK(mk_dataset_samples(r->ds, first, B, r->tokens + g * per_micro,
                                         r->targets + g * per_micro, r->sample_domain + g * B));
@@ -131,6 +135,37 @@ int mk_train_run(const mk_config *cfg, const mk_train_opts *opts, mk_train_resul
     MK_CHECK_GOTO(rc, mk_trainer_create(cfg, opts->world, &r.tr), done);
     const int rank = mk_trainer_rank(r.tr), ranks = mk_trainer_ranks(r.tr);
     if (r.ds) MK_CHECK_GOTO(rc, mk_trainer_set_domains(r.tr, mk_dataset_domains(r.ds)), done);
+    const char *tok_id = r.ds ? mk_dataset_tokenizer(r.ds) : "byte";
+    if (r.ds && strncmp(tok_id, "bpe:", 4) == 0 && !strchr(path, ','))
+        snprintf(r.ranks_path, sizeof r.ranks_path, "%s/tokenizer.ranks", path);
+
+    if (opts->resume) {
+        char ck[MK_PATH_MAX + 64] = "";
+        char dir[MK_PATH_MAX + 8];
+        struct stat cst;
+        snprintf(dir, sizeof dir, "%s/ckpt", cfg->run.dir);
+        if (strcmp(opts->resume, "auto") != 0)
+            snprintf(ck, sizeof ck, "%s", opts->resume);
+        else if (stat(dir, &cst) == 0)
+            MK_CHECK_GOTO(rc, mk_ckpt_find(cfg->run.dir, ck, sizeof ck, opts->out), done);
+        if (ck[0]) {
+            mk_ckpt_meta meta;
+            MK_CHECK_GOTO(rc, mk_ckpt_load(r.tr, ck, &meta), done);
+            if (strcmp(meta.tokenizer, tok_id) != 0 && strcmp(meta.tokenizer, "unknown") != 0) {
+                rc = MK_FAIL(MK_ERR_USAGE, "%s was trained on data of tokenizer %s, this run reads %s",
+                             ck, meta.tokenizer, tok_id);
+                goto done;
+            }
+            r.step_base = meta.step;
+            r.sample_base = meta.samples_consumed;
+            res->first_step = meta.step;
+            if (opts->out)
+                fprintf(opts->out, "moe-train: resuming from %s (step %ld, %llu samples consumed)\n", ck,
+                        meta.step, (unsigned long long)meta.samples_consumed);
+        } else if (opts->out) {
+            fprintf(opts->out, "moe-train: no checkpoint in %s; starting from step 0\n", dir);
+        }
+    }
     r.tokens = malloc((size_t)G * B * T * sizeof *r.tokens);
     r.targets = malloc((size_t)G * B * T * sizeof *r.targets);
     r.sample_domain = calloc((size_t)G * B, sizeof *r.sample_domain);
@@ -142,12 +177,12 @@ int mk_train_run(const mk_config *cfg, const mk_train_opts *opts, mk_train_resul
     snprintf(logpath, sizeof logpath, "%s/log.tsv", cfg->run.dir);
     if (rank == 0) { /* one writer for the run directory */
         MK_CHECK_GOTO(rc, make_dir(cfg->run.dir), done);
-        r.log = fopen(logpath, "w");
+        r.log = fopen(logpath, r.step_base > 0 ? "a" : "w");
         if (!r.log) {
             rc = MK_FAIL(MK_ERR_IO, "%s: cannot create: %s", logpath, strerror(errno));
             goto done;
         }
-        fprintf(r.log, "step\tloss\tlbl\tmaxvio\tgnorm\tlr\n");
+        if (r.step_base == 0) fprintf(r.log, "step\tloss\tlbl\tmaxvio\tgnorm\tlr\n");
     }
     mk_model *model = mk_trainer_model(r.tr);
     if (opts->out) {
@@ -169,13 +204,14 @@ int mk_train_run(const mk_config *cfg, const mk_train_opts *opts, mk_train_resul
 
     const double t0 = now_s();
     long tokens_done = 0;
-    for (long step = 0; step < cfg->train.steps; step++) {
+    const long global_batch = (long)G * B * ranks;
+    for (long step = r.step_base; step < cfg->train.steps; step++) {
         mk_step_stats ss;
         MK_CHECK_GOTO(rc, load_step(&r, step), done);
         MK_CHECK_GOTO(rc, mk_trainer_grads(r.tr, r.tokens, r.targets, r.ds ? r.sample_domain : NULL, &ss), done);
         MK_CHECK_GOTO(rc, mk_trainer_update(r.tr, step, &ss), done);
-        tokens_done += (long)G * B * T * ranks;
-        if (step == 0) res->first_loss = ss.loss;
+        tokens_done += global_batch * T;
+        if (step == r.step_base) res->first_loss = ss.loss;
         res->final_loss = ss.loss;
         res->steps = step + 1;
         if (r.log)
@@ -187,13 +223,33 @@ int mk_train_run(const mk_config *cfg, const mk_train_opts *opts, mk_train_resul
             (step == 0 || (step + 1) % every == 0 || step + 1 == cfg->train.steps)) {
             double el = now_s() - t0;
             char eta[32];
-            format_eta(el / (step + 1) * (cfg->train.steps - step - 1), eta, sizeof eta);
+            format_eta(el / (step + 1 - r.step_base) * (cfg->train.steps - step - 1), eta, sizeof eta);
             fprintf(opts->out,
                     "step %6ld/%ld | loss %.4f | lbl %.4f | maxvio %.3f | gnorm %.3f | lr %.2e | "
                     "%.0f tok/s | eta %s\n",
                     step + 1, (long)cfg->train.steps, ss.loss, ss.lbl, ss.maxvio, ss.gnorm, ss.lr,
                     tokens_done / (el > 0 ? el : 1e-9), eta);
             fflush(opts->out);
+        }
+        /* Checkpoint on schedule, and when a signal asks (every rank must agree first). */
+        int stop = opts->stop ? (int)*opts->stop : 0;
+        if (ranks > 1) MK_CHECK_GOTO(rc, mk_comm_allreduce_max_int(mk_trainer_world(r.tr), &stop, 1), done);
+        const int due = cfg->ckpt.every > 0 && ((step + 1) % cfg->ckpt.every == 0 || step + 1 == cfg->train.steps);
+        if (due || stop) {
+            mk_ckpt_meta meta = { .step = step + 1, .tokens_seen = (step + 1) * global_batch * T,
+                                  .samples_consumed = r.sample_base + (uint64_t)(step + 1 - r.step_base) * (uint64_t)global_batch };
+            snprintf(meta.tokenizer, sizeof meta.tokenizer, "%s", tok_id);
+            char written[MK_PATH_MAX + 32];
+            const double cs = now_s();
+            MK_CHECK_GOTO(rc, mk_ckpt_save(r.tr, cfg->run.dir, &meta, cfg->ckpt.keep,
+                                           r.ranks_path[0] ? r.ranks_path : NULL, written, sizeof written), done);
+            if (opts->out)
+                fprintf(opts->out, "moe-train: checkpoint %s (%.2f s)\n", written, now_s() - cs);
+        }
+        if (stop) {
+            res->stopped = 1;
+            if (opts->out) fprintf(opts->out, "moe-train: stopped by a signal after step %ld; resume with --resume auto\n", step + 1);
+            break;
         }
     }
     res->seconds = now_s() - t0;

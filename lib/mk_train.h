@@ -4,6 +4,7 @@
 #ifndef MK_TRAIN_H
 #define MK_TRAIN_H
 
+#include <signal.h>
 #include <stdio.h>
 
 #include "mk_config.h"
@@ -12,7 +13,14 @@ typedef struct mk_train_opts {
     const char *data_path;  /* text file; NULL = cfg->data.path */
     FILE *out;              /* progress lines; NULL = silent (only rank 0 should pass one) */
     const struct mk_comm *world; /* the data-parallel ranks; NULL = this process alone */
+    const char *resume;     /* NULL: start fresh; "auto": newest verifying checkpoint of
+                             * run.dir if any; else a checkpoint path */
+    volatile sig_atomic_t *stop; /* set by a signal handler: checkpoint and stop (may be NULL) */
 } mk_train_opts;
+
+/* moe-train's exit status after a signal made it checkpoint and stop: the job script
+ * should requeue (EX_TEMPFAIL of sysexits.h). */
+#define MK_EXIT_REQUEUE 75
 
 typedef struct mk_train_result {
     long steps;             /* optimizer steps taken */
@@ -20,6 +28,8 @@ typedef struct mk_train_result {
     double final_loss;      /* mean CE of the last step */
     double tokens_per_s;    /* training tokens per second over the whole run */
     double seconds;
+    long first_step;        /* 0, or the step a resumed run started from */
+    int stopped;            /* 1: a signal stopped the run after a checkpoint */
 } mk_train_result;
 
 /* Train cfg (validated here) for train.steps optimizer steps. Writes run.dir/log.tsv:

@@ -135,6 +135,9 @@ static int count_domains(mk_trainer *tr, const int32_t *domain, int B)
 }
 
 mk_model *mk_trainer_model(mk_trainer *tr) { return tr->model; }
+const mk_config *mk_trainer_config(const mk_trainer *tr) { return tr->cfg; }
+const mk_comm *mk_trainer_world(const mk_trainer *tr) { return tr->world; }
+const mk_comm *mk_trainer_ep(const mk_trainer *tr) { return tr->ep; }
 int mk_trainer_rank(const mk_trainer *tr) { return tr->rank; }
 int mk_trainer_ranks(const mk_trainer *tr) { return tr->nranks; }
 

@@ -39,6 +39,9 @@ int mk_trainer_create(const mk_config *cfg, const mk_comm *world, mk_trainer **o
 void mk_trainer_free(mk_trainer **tr);
 
 mk_model *mk_trainer_model(mk_trainer *tr);
+const mk_config *mk_trainer_config(const mk_trainer *tr);
+const mk_comm *mk_trainer_world(const mk_trainer *tr);
+const mk_comm *mk_trainer_ep(const mk_trainer *tr);     /* NULL when parallel.ep = 1 */
 int mk_trainer_rank(const mk_trainer *tr);
 int mk_trainer_ranks(const mk_trainer *tr);
 

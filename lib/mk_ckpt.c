@@ -1,0 +1,557 @@
+/* mk_ckpt.c - HDF5 checkpoints: gather to one writer, durable rename, elastic load. */
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
+#include "mk_ckpt.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <hdf5.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "mk_error.h"
+
+/* Settings that fix the tensors' shapes: a checkpoint only loads into the same model. */
+static const char *const shape_keys[] = { "model.vocab", "model.d_model", "model.layers", "model.heads",
+                                          "model.experts", "model.topk", "model.ffn", "model.shared_ffn",
+                                          "model.tie_embeddings" };
+
+/* HDF5 prints its error stack by default; moekit reports one line of its own instead. */
+typedef struct quiet { H5E_auto2_t func; void *data; } quiet;
+static quiet quiet_on(void)
+{
+    quiet q;
+    H5Eget_auto2(H5E_DEFAULT, &q.func, &q.data);
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    return q;
+}
+static void quiet_off(quiet q) { H5Eset_auto2(H5E_DEFAULT, q.func, q.data); }
+
+/* ------------------------------------------------------------------ small HDF5 helpers */
+
+static int attr_str(hid_t obj, const char *name, const char *value)
+{
+    hid_t t = H5Tcopy(H5T_C_S1);
+    H5Tset_size(t, strlen(value) + 1);
+    hid_t s = H5Screate(H5S_SCALAR);
+    hid_t a = H5Acreate2(obj, name, t, s, H5P_DEFAULT, H5P_DEFAULT);
+    int ok = a >= 0 && H5Awrite(a, t, value) >= 0;
+    if (a >= 0) H5Aclose(a);
+    H5Sclose(s);
+    H5Tclose(t);
+    return ok ? MK_OK : MK_ERR_IO;
+}
+
+static int attr_i64(hid_t obj, const char *name, int64_t v)
+{
+    hid_t s = H5Screate(H5S_SCALAR);
+    hid_t a = H5Acreate2(obj, name, H5T_STD_I64LE, s, H5P_DEFAULT, H5P_DEFAULT);
+    int ok = a >= 0 && H5Awrite(a, H5T_NATIVE_INT64, &v) >= 0;
+    if (a >= 0) H5Aclose(a);
+    H5Sclose(s);
+    return ok ? MK_OK : MK_ERR_IO;
+}
+
+static int read_attr_i64(hid_t obj, const char *name, int64_t *v)
+{
+    if (H5Aexists(obj, name) <= 0) return MK_ERR_INPUT;
+    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
+    int ok = a >= 0 && H5Aread(a, H5T_NATIVE_INT64, v) >= 0;
+    if (a >= 0) H5Aclose(a);
+    return ok ? MK_OK : MK_ERR_INPUT;
+}
+
+static int read_attr_str(hid_t obj, const char *name, char *buf, size_t n)
+{
+    if (H5Aexists(obj, name) <= 0) return MK_ERR_INPUT;
+    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
+    if (a < 0) return MK_ERR_INPUT;
+    hid_t ft = H5Aget_type(a);
+    int rc = MK_ERR_INPUT;
+    if (H5Tget_class(ft) == H5T_STRING && !H5Tis_variable_str(ft)) {
+        size_t sz = H5Tget_size(ft);
+        char *tmp = calloc(sz + 1, 1);
+        hid_t mt = H5Tcopy(H5T_C_S1);
+        H5Tset_size(mt, sz);
+        if (tmp && H5Aread(a, mt, tmp) >= 0) {
+            snprintf(buf, n, "%s", tmp);
+            rc = MK_OK;
+        }
+        H5Tclose(mt);
+        free(tmp);
+    }
+    H5Tclose(ft);
+    H5Aclose(a);
+    return rc;
+}
+
+static int write_f32(hid_t group, const char *name, int ndim, const hsize_t *dims, const float *data)
+{
+    hid_t s = H5Screate_simple(ndim, dims, NULL);
+    hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    /* One chunk per tensor (split along dim 0 when above 1 GiB): Fletcher32 needs chunks. */
+    hsize_t chunk[3];
+    size_t row = 1;
+    for (int i = 0; i < ndim; i++) chunk[i] = dims[i] > 0 ? dims[i] : 1;
+    for (int i = 1; i < ndim; i++) row *= chunk[i];
+    const hsize_t max_rows = (hsize_t)((1u << 30) / 4 / row);
+    if (chunk[0] > max_rows && max_rows > 0) chunk[0] = max_rows;
+    H5Pset_chunk(dcpl, ndim, chunk);
+    H5Pset_fletcher32(dcpl);
+    hid_t d = H5Dcreate2(group, name, H5T_IEEE_F32LE, s, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+    int ok = d >= 0 && H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) >= 0;
+    if (d >= 0) H5Dclose(d);
+    H5Pclose(dcpl);
+    H5Sclose(s);
+    return ok ? MK_OK : MK_ERR_IO;
+}
+
+static int fsync_path(const char *path, int dir)
+{
+    int fd = open(path, dir ? O_RDONLY | O_DIRECTORY : O_RDONLY);
+    if (fd < 0) return MK_FAIL(MK_ERR_IO, "%s: cannot open for fsync: %s", path, strerror(errno));
+    int r = fsync(fd);
+    close(fd);
+    if (r != 0) return MK_FAIL(MK_ERR_IO, "%s: fsync failed: %s", path, strerror(errno));
+    return MK_OK;
+}
+
+/* ------------------------------------------------------------------ saving */
+
+/* One tensor of a block (params, m or v) as float32 with its global shape on every rank of
+ * the expert-parallel group: shards are placed in a zeroed full-size buffer and summed
+ * over the group (adding zeros is exact). */
+static int gather_tensor(mk_trainer *tr, const mk_tensor *t, const mk_real *block, float *out, mk_real *scratch)
+{
+    mk_model *m = mk_trainer_model(tr);
+    mk_backend *be = mk_model_backend(m);
+    const size_t per = t->numel / (size_t)t->shape[0];
+    const size_t global = per * (size_t)t->dim0_global;
+    const mk_comm *ep = mk_trainer_ep(tr);
+    if (t->expert && ep) {
+        memset(scratch, 0, global * sizeof *scratch);
+        MK_CHECK(be->ops->to_host(be, scratch + (size_t)t->dim0_offset * per, block + t->offset,
+                                  t->numel * sizeof *scratch));
+        MK_CHECK(mk_comm_allreduce_real(ep, scratch, global));
+    } else {
+        MK_CHECK(be->ops->to_host(be, scratch, block + t->offset, t->numel * sizeof *scratch));
+    }
+    for (size_t i = 0; i < global; i++) out[i] = (float)scratch[i];
+    return MK_OK;
+}
+
+static void global_dims(const mk_tensor *t, hsize_t *dims)
+{
+    for (int i = 0; i < t->ndim; i++) dims[i] = (hsize_t)t->shape[i];
+    dims[0] = (hsize_t)t->dim0_global;
+}
+
+static int write_tensors(mk_trainer *tr, hid_t file, int is_writer)
+{
+    mk_model *m = mk_trainer_model(tr);
+    size_t maxg = 0;
+    for (size_t i = 0; i < mk_model_tensor_count(m); i++) {
+        const mk_tensor *t = mk_model_tensor(m, i);
+        size_t g = t->numel / (size_t)t->shape[0] * (size_t)t->dim0_global;
+        if (g > maxg) maxg = g;
+    }
+    float *buf = malloc(maxg * sizeof *buf);
+    mk_real *scratch = malloc(maxg * sizeof *scratch);
+    int rc = buf && scratch ? MK_OK : MK_FAIL(MK_ERR_NOMEM, "checkpoint: out of memory");
+    const char *groups[3] = { "/model", "/optim/m", "/optim/v" };
+    mk_real *blocks[3] = { mk_model_params(m), mk_model_adam_m(m), mk_model_adam_v(m) };
+    hid_t g[3] = { -1, -1, -1 };
+    if (rc == MK_OK && is_writer) {
+        hid_t optim = H5Gcreate2(file, "/optim", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+        for (int k = 0; k < 3; k++) g[k] = H5Gcreate2(file, groups[k], H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+        if (optim < 0 || g[0] < 0 || g[1] < 0 || g[2] < 0) rc = MK_FAIL(MK_ERR_IO, "checkpoint: cannot create groups");
+        if (optim >= 0) H5Gclose(optim);
+    }
+    for (int k = 0; k < 3 && rc == MK_OK; k++)
+        for (size_t i = 0; i < mk_model_tensor_count(m) && rc == MK_OK; i++) {
+            const mk_tensor *t = mk_model_tensor(m, i);
+            rc = gather_tensor(tr, t, blocks[k], buf, scratch);
+            if (rc == MK_OK && is_writer) {
+                hsize_t dims[3];
+                global_dims(t, dims);
+                if (write_f32(g[k], t->name, t->ndim, dims, buf) != MK_OK)
+                    rc = MK_FAIL(MK_ERR_IO, "checkpoint: cannot write %s/%s", groups[k], t->name);
+            }
+        }
+    for (int k = 0; k < 3; k++)
+        if (g[k] >= 0) H5Gclose(g[k]);
+    free(buf);
+    free(scratch);
+    return rc;
+}
+
+static int write_file(mk_trainer *tr, const char *tmp, const mk_ckpt_meta *meta, const char *ranks_path)
+{
+    const mk_config *cfg = mk_trainer_config(tr);
+    hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    if (f < 0) return MK_FAIL(MK_ERR_IO, "%s: cannot create", tmp);
+    int rc = MK_OK;
+    if (attr_str(f, "format", MK_CKPT_FORMAT) || attr_i64(f, "format_version", MK_CKPT_VERSION) ||
+        attr_i64(f, "step", meta->step) || attr_i64(f, "tokens_seen", meta->tokens_seen) ||
+        attr_str(f, "tokenizer", meta->tokenizer[0] ? meta->tokenizer : "unknown"))
+        rc = MK_FAIL(MK_ERR_IO, "%s: cannot write the root attributes", tmp);
+    hid_t g = rc ? -1 : H5Gcreate2(f, "/config", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    for (size_t i = 0; rc == MK_OK && i < mk_config_setting_count(); i++) {
+        const char *key = mk_config_setting(i)->key;
+        char v[MK_PATH_MAX + 64];
+        if (g < 0 || mk_config_get_text(cfg, key, v, sizeof v) || attr_str(g, key, v))
+            rc = MK_FAIL(MK_ERR_IO, "%s: cannot write /config/%s", tmp, key);
+    }
+    if (g >= 0) H5Gclose(g);
+    hid_t st = rc ? -1 : H5Gcreate2(f, "/state", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    if (rc == MK_OK &&
+        (st < 0 || attr_i64(st, "samples_consumed", (int64_t)meta->samples_consumed) ||
+         attr_i64(st, "optimizer_step", meta->step) ||
+         attr_i64(st, "world_size", mk_comm_size(mk_trainer_world(tr))) ||
+         attr_i64(st, "ep", cfg->parallel.ep) || attr_i64(st, "seed", (int64_t)cfg->train.seed)))
+        rc = MK_FAIL(MK_ERR_IO, "%s: cannot write /state", tmp);
+    if (st >= 0) H5Gclose(st);
+    if (rc == MK_OK && ranks_path) {
+        FILE *rf = fopen(ranks_path, "rb");
+        unsigned char *bytes = NULL;
+        long n = 0;
+        if (rf && fseek(rf, 0, SEEK_END) == 0 && (n = ftell(rf)) > 0 && fseek(rf, 0, SEEK_SET) == 0 &&
+            (bytes = malloc((size_t)n)) && fread(bytes, 1, (size_t)n, rf) == (size_t)n) {
+            hid_t tg = H5Gcreate2(f, "/tokenizer", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+            hsize_t dim = (hsize_t)n;
+            hid_t s = H5Screate_simple(1, &dim, NULL);
+            hid_t d = H5Dcreate2(tg, "ranks", H5T_STD_U8LE, s, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+            if (d < 0 || H5Dwrite(d, H5T_NATIVE_UCHAR, H5S_ALL, H5S_ALL, H5P_DEFAULT, bytes) < 0)
+                rc = MK_FAIL(MK_ERR_IO, "%s: cannot write /tokenizer/ranks", tmp);
+            if (d >= 0) H5Dclose(d);
+            H5Sclose(s);
+            H5Gclose(tg);
+        } else {
+            rc = MK_FAIL(MK_ERR_INPUT, "%s: cannot read the tokenizer ranks to embed", ranks_path);
+        }
+        if (rf) fclose(rf);
+        free(bytes);
+    }
+    int trc = write_tensors(tr, f, 1);
+    if (rc == MK_OK) rc = trc;
+    if (H5Fclose(f) < 0 && rc == MK_OK) rc = MK_FAIL(MK_ERR_IO, "%s: close failed", tmp);
+    return rc;
+}
+
+static int step_of(const char *name, long *step)
+{
+    char *end;
+    if (strncmp(name, "step_", 5) != 0) return 0;
+    long s = strtol(name + 5, &end, 10);
+    if (end == name + 5 || strcmp(end, ".h5") != 0) return 0;
+    *step = s;
+    return 1;
+}
+
+static int cmp_long_desc(const void *a, const void *b)
+{
+    long x = *(const long *)a, y = *(const long *)b;
+    return (x < y) - (x > y);
+}
+
+/* Steps of the complete checkpoints in dir, newest first. */
+static int list_steps(const char *dir, long **steps, size_t *n)
+{
+    *steps = NULL;
+    *n = 0;
+    DIR *d = opendir(dir);
+    if (!d) return MK_FAIL(MK_ERR_INPUT, "%s: %s", dir, strerror(errno));
+    struct dirent *e;
+    size_t cap = 0;
+    while ((e = readdir(d))) {
+        long s;
+        if (!step_of(e->d_name, &s)) continue;
+        if (*n == cap) {
+            cap = cap ? 2 * cap : 16;
+            long *ns = realloc(*steps, cap * sizeof *ns);
+            if (!ns) {
+                closedir(d);
+                return MK_FAIL(MK_ERR_NOMEM, "checkpoint list: out of memory");
+            }
+            *steps = ns;
+        }
+        (*steps)[(*n)++] = s;
+    }
+    closedir(d);
+    qsort(*steps, *n, sizeof **steps, cmp_long_desc);
+    return MK_OK;
+}
+
+static int publish(const char *dir, const char *tmp, const char *final, long step, int keep)
+{
+    MK_CHECK(fsync_path(tmp, 0));
+    if (rename(tmp, final) != 0) return MK_FAIL(MK_ERR_IO, "cannot rename %s to %s: %s", tmp, final, strerror(errno));
+    MK_CHECK(fsync_path(dir, 1));
+    /* The latest pointer changes only after the checkpoint itself is durable. */
+    char lp[MK_PATH_MAX + 32], lt[MK_PATH_MAX + 48];
+    snprintf(lp, sizeof lp, "%s/latest", dir);
+    snprintf(lt, sizeof lt, "%s/latest.tmp", dir);
+    FILE *f = fopen(lt, "w");
+    if (!f || fprintf(f, "step_%08ld.h5\n", step) < 0 || fclose(f) != 0)
+        return MK_FAIL(MK_ERR_IO, "%s: write failed: %s", lt, strerror(errno));
+    MK_CHECK(fsync_path(lt, 0));
+    if (rename(lt, lp) != 0) return MK_FAIL(MK_ERR_IO, "cannot rename %s: %s", lt, strerror(errno));
+    MK_CHECK(fsync_path(dir, 1));
+    long *steps;
+    size_t n;
+    MK_CHECK(list_steps(dir, &steps, &n));
+    for (size_t i = (size_t)(keep > 0 ? keep : 1); i < n; i++) {
+        char old[MK_PATH_MAX + 32];
+        snprintf(old, sizeof old, "%s/step_%08ld.h5", dir, steps[i]);
+        unlink(old);
+    }
+    free(steps);
+    return MK_OK;
+}
+
+int mk_ckpt_save(mk_trainer *tr, const char *run_dir, const mk_ckpt_meta *meta, int keep,
+                 const char *ranks_path, char *written, size_t written_n)
+{
+    const mk_comm *world = mk_trainer_world(tr);
+    const int writer = mk_comm_rank(world) == 0;
+    char dir[MK_PATH_MAX + 8], tmp[MK_PATH_MAX + 64], final[MK_PATH_MAX + 32];
+    snprintf(dir, sizeof dir, "%s/ckpt", run_dir);
+    snprintf(final, sizeof final, "%s/step_%08ld.h5", dir, meta->step);
+    snprintf(tmp, sizeof tmp, "%s/step_%08ld.h5.tmp-%ld", dir, meta->step, (long)getpid());
+    int rc = MK_OK;
+    if (writer && mkdir(dir, 0777) != 0 && errno != EEXIST)
+        rc = MK_FAIL(MK_ERR_IO, "%s: cannot create: %s", dir, strerror(errno));
+    int agreed = rc;
+    MK_CHECK(mk_comm_allreduce_max_int(world, &agreed, 1));
+    if (agreed) return agreed;
+    quiet q = quiet_on();
+    if (writer) {
+        rc = write_file(tr, tmp, meta, ranks_path);
+    } else {
+        rc = write_tensors(tr, -1, 0); /* take part in the gathers */
+    }
+    quiet_off(q);
+    if (writer && rc == MK_OK) rc = publish(dir, tmp, final, meta->step, keep);
+    if (writer && rc != MK_OK) unlink(tmp);
+    agreed = rc;
+    MK_CHECK(mk_comm_allreduce_max_int(world, &agreed, 1));
+    if (agreed == MK_OK && written) snprintf(written, written_n, "%s", final);
+    return agreed;
+}
+
+/* ------------------------------------------------------------------ loading */
+
+static int load_tensor(hid_t g, const char *gname, const char *path, const mk_tensor *t, mk_real *dst,
+                       mk_backend *be, float *buf, mk_real *conv)
+{
+    if (H5Lexists(g, t->name, H5P_DEFAULT) <= 0)
+        return MK_FAIL(MK_ERR_INPUT, "%s: %s/%s is missing", path, gname, t->name);
+    hid_t d = H5Dopen2(g, t->name, H5P_DEFAULT);
+    hid_t fs = H5Dget_space(d);
+    hsize_t dims[3] = { 0, 0, 0 }, want[3];
+    int nd = H5Sget_simple_extent_ndims(fs);
+    H5Sget_simple_extent_dims(fs, dims, NULL);
+    global_dims(t, want);
+    int rc = MK_OK;
+    if (nd != t->ndim || memcmp(dims, want, (size_t)nd * sizeof *dims) != 0)
+        rc = MK_FAIL(MK_ERR_INPUT, "%s: %s/%s has another shape than the model's", path, gname, t->name);
+    hsize_t start[3] = { (hsize_t)t->dim0_offset, 0, 0 }, count[3];
+    for (int i = 0; i < t->ndim; i++) count[i] = (hsize_t)t->shape[i];
+    hid_t ms = H5Screate_simple(t->ndim, count, NULL);
+    if (rc == MK_OK && (H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL) < 0 ||
+                        H5Dread(d, H5T_NATIVE_FLOAT, ms, fs, H5P_DEFAULT, buf) < 0))
+        rc = MK_FAIL(MK_ERR_INPUT, "%s: cannot read %s/%s (checksum or I/O error)", path, gname, t->name);
+    H5Sclose(ms);
+    H5Sclose(fs);
+    H5Dclose(d);
+    if (rc) return rc;
+    for (size_t i = 0; i < t->numel; i++) conv[i] = (mk_real)buf[i];
+    return be->ops->from_host(be, dst + t->offset, conv, t->numel * sizeof *conv);
+}
+
+int mk_ckpt_load(mk_trainer *tr, const char *path, mk_ckpt_meta *meta)
+{
+    memset(meta, 0, sizeof *meta);
+    mk_model *m = mk_trainer_model(tr);
+    const mk_config *cfg = mk_trainer_config(tr);
+    quiet q = quiet_on();
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    int rc = MK_OK;
+    char fmt[64] = "";
+    int64_t step = 0, tokens = 0, samples = 0;
+    if (f < 0) {
+        rc = MK_FAIL(MK_ERR_INPUT, "%s: not an HDF5 file or unreadable", path);
+        goto out;
+    }
+    if (read_attr_str(f, "format", fmt, sizeof fmt) || strcmp(fmt, MK_CKPT_FORMAT) != 0) {
+        rc = MK_FAIL(MK_ERR_INPUT, "%s: not a moekit checkpoint (attribute format)", path);
+        goto out;
+    }
+    hid_t g = H5Gopen2(f, "/config", H5P_DEFAULT);
+    for (size_t i = 0; rc == MK_OK && i < sizeof shape_keys / sizeof *shape_keys; i++) {
+        char have[256], want[256];
+        mk_config_get_text(cfg, shape_keys[i], want, sizeof want);
+        if (g < 0 || read_attr_str(g, shape_keys[i], have, sizeof have))
+            rc = MK_FAIL(MK_ERR_INPUT, "%s: /config/%s is missing", path, shape_keys[i]);
+        else if (strcmp(have, want) != 0)
+            rc = MK_FAIL(MK_ERR_USAGE, "%s: %s = %s in the checkpoint but %s in the schedule", path,
+                         shape_keys[i], have, want);
+    }
+    if (g >= 0) H5Gclose(g);
+    if (rc) goto out;
+    hid_t st = H5Gopen2(f, "/state", H5P_DEFAULT);
+    if (read_attr_i64(f, "step", &step) || read_attr_i64(f, "tokens_seen", &tokens) || st < 0 ||
+        read_attr_i64(st, "samples_consumed", &samples))
+        rc = MK_FAIL(MK_ERR_INPUT, "%s: step, tokens_seen or /state/samples_consumed missing", path);
+    if (st >= 0) H5Gclose(st);
+    read_attr_str(f, "tokenizer", meta->tokenizer, sizeof meta->tokenizer);
+    size_t maxn = 0;
+    for (size_t i = 0; i < mk_model_tensor_count(m); i++)
+        if (mk_model_tensor(m, i)->numel > maxn) maxn = mk_model_tensor(m, i)->numel;
+    float *buf = malloc(maxn * sizeof *buf);
+    mk_real *conv = malloc(maxn * sizeof *conv);
+    if (rc == MK_OK && (!buf || !conv)) rc = MK_FAIL(MK_ERR_NOMEM, "checkpoint: out of memory");
+    const char *groups[3] = { "/model", "/optim/m", "/optim/v" };
+    mk_real *blocks[3] = { mk_model_params(m), mk_model_adam_m(m), mk_model_adam_v(m) };
+    for (int k = 0; k < 3 && rc == MK_OK; k++) {
+        hid_t gg = H5Lexists(f, "/optim", H5P_DEFAULT) > 0 || k == 0 ? H5Gopen2(f, groups[k], H5P_DEFAULT) : -1;
+        if (gg < 0) {
+            rc = MK_FAIL(MK_ERR_INPUT, "%s: group %s is missing", path, groups[k]);
+            break;
+        }
+        for (size_t i = 0; rc == MK_OK && i < mk_model_tensor_count(m); i++)
+            rc = load_tensor(gg, groups[k], path, mk_model_tensor(m, i), blocks[k], mk_model_backend(m), buf, conv);
+        H5Gclose(gg);
+    }
+    free(buf);
+    free(conv);
+    meta->step = (long)step;
+    meta->tokens_seen = (long)tokens;
+    meta->samples_consumed = (uint64_t)samples;
+out:
+    if (f >= 0) H5Fclose(f);
+    quiet_off(q);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ verify and find */
+
+static int verify_group(hid_t f, const char *gname, const char *path, char *why, size_t n, hid_t model)
+{
+    hid_t g = H5Gopen2(f, gname, H5P_DEFAULT);
+    if (g < 0) {
+        snprintf(why, n, "%s: group %s is missing", path, gname);
+        return MK_ERR_INPUT;
+    }
+    H5G_info_t info;
+    H5Gget_info(g, &info);
+    int rc = MK_OK;
+    for (hsize_t i = 0; rc == MK_OK && i < info.nlinks; i++) {
+        char name[256];
+        if (H5Lget_name_by_idx(g, ".", H5_INDEX_NAME, H5_ITER_INC, i, name, sizeof name, H5P_DEFAULT) < 0) {
+            snprintf(why, n, "%s: cannot list %s", path, gname);
+            rc = MK_ERR_INPUT;
+            break;
+        }
+        hid_t d = H5Dopen2(g, name, H5P_DEFAULT);
+        if (d < 0) {
+            snprintf(why, n, "%s: %s/%s is not a dataset", path, gname, name);
+            rc = MK_ERR_INPUT;
+            break;
+        }
+        hid_t s = H5Dget_space(d);
+        hssize_t cnt = H5Sget_simple_extent_npoints(s);
+        hsize_t dims[8];
+        int nd = H5Sget_simple_extent_dims(s, dims, NULL);
+        float *buf = malloc((size_t)(cnt > 0 ? cnt : 1) * sizeof *buf);
+        if (!buf) {
+            snprintf(why, n, "out of memory");
+            rc = MK_ERR_NOMEM;
+        } else if (H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) < 0) {
+            snprintf(why, n, "%s: %s/%s cannot be read (Fletcher32 checksum mismatch or truncated file)", path, gname, name);
+            rc = MK_ERR_INPUT;
+        } else {
+            for (hssize_t k = 0; k < cnt; k++)
+                if (!isfinite(buf[k])) {
+                    snprintf(why, n, "%s: %s/%s holds a non-finite value at element %lld", path, gname, name, (long long)k);
+                    rc = MK_ERR_INPUT;
+                    break;
+                }
+        }
+        if (rc == MK_OK && model >= 0) { /* the moments must mirror /model */
+            hid_t md = H5Lexists(model, name, H5P_DEFAULT) > 0 ? H5Dopen2(model, name, H5P_DEFAULT) : -1;
+            hsize_t mdims[8];
+            hid_t ms = md >= 0 ? H5Dget_space(md) : -1;
+            int mnd = ms >= 0 ? H5Sget_simple_extent_dims(ms, mdims, NULL) : -1;
+            if (mnd != nd || memcmp(mdims, dims, (size_t)nd * sizeof *dims) != 0) {
+                snprintf(why, n, "%s: %s/%s has no /model counterpart of the same shape", path, gname, name);
+                rc = MK_ERR_INPUT;
+            }
+            if (ms >= 0) H5Sclose(ms);
+            if (md >= 0) H5Dclose(md);
+        }
+        free(buf);
+        H5Sclose(s);
+        H5Dclose(d);
+    }
+    H5Gclose(g);
+    return rc;
+}
+
+int mk_ckpt_verify(const char *path, char *why, size_t n)
+{
+    quiet q = quiet_on();
+    int rc = MK_OK;
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    char fmt[64] = "";
+    int64_t ver = 0, step = 0;
+    if (f < 0) {
+        snprintf(why, n, "%s: not an HDF5 file, truncated or unreadable", path);
+        rc = MK_ERR_INPUT;
+    } else if (read_attr_str(f, "format", fmt, sizeof fmt) || strcmp(fmt, MK_CKPT_FORMAT) ||
+               read_attr_i64(f, "format_version", &ver) || ver != MK_CKPT_VERSION ||
+               read_attr_i64(f, "step", &step)) {
+        snprintf(why, n, "%s: missing or wrong format, format_version or step attributes", path);
+        rc = MK_ERR_INPUT;
+    } else if (H5Lexists(f, "/config", H5P_DEFAULT) <= 0 || H5Lexists(f, "/state", H5P_DEFAULT) <= 0) {
+        snprintf(why, n, "%s: group /config or /state is missing", path);
+        rc = MK_ERR_INPUT;
+    } else {
+        rc = verify_group(f, "/model", path, why, n, -1);
+        hid_t model = rc == MK_OK ? H5Gopen2(f, "/model", H5P_DEFAULT) : -1;
+        if (rc == MK_OK) rc = verify_group(f, "/optim/m", path, why, n, model);
+        if (rc == MK_OK) rc = verify_group(f, "/optim/v", path, why, n, model);
+        if (model >= 0) H5Gclose(model);
+    }
+    if (f >= 0) H5Fclose(f);
+    quiet_off(q);
+    return rc;
+}
+
+int mk_ckpt_find(const char *run_dir, char *path, size_t n, FILE *log)
+{
+    char dir[MK_PATH_MAX + 8];
+    snprintf(dir, sizeof dir, "%s/ckpt", run_dir);
+    long *steps;
+    size_t cnt;
+    MK_CHECK(list_steps(dir, &steps, &cnt));
+    int rc = MK_ERR_INPUT;
+    for (size_t i = 0; i < cnt && rc != MK_OK; i++) {
+        char p[MK_PATH_MAX + 32], why[1024];
+        snprintf(p, sizeof p, "%s/step_%08ld.h5", dir, steps[i]);
+        if (mk_ckpt_verify(p, why, sizeof why) == MK_OK) {
+            snprintf(path, n, "%s", p);
+            rc = MK_OK;
+        } else if (log) {
+            fprintf(log, "moe-train: skipping %s\n", why);
+        }
+    }
+    free(steps);
+    if (rc != MK_OK) return MK_FAIL(MK_ERR_INPUT, "%s: no checkpoint that verifies", dir);
+    return MK_OK;
+}
