@@ -147,7 +147,7 @@ int mk_train_run(const mk_config *cfg, const mk_train_opts *opts, mk_train_resul
         if (strcmp(opts->resume, "auto") != 0)
             snprintf(ck, sizeof ck, "%s", opts->resume);
         else if (stat(dir, &cst) == 0)
-            MK_CHECK_GOTO(rc, mk_ckpt_find(cfg->run.dir, ck, sizeof ck, opts->out), done);
+            MK_CHECK_GOTO(rc, mk_ckpt_find(cfg->run.dir, ck, sizeof ck, rank == 0 ? stderr : NULL), done);
         if (ck[0]) {
             mk_ckpt_meta meta;
             MK_CHECK_GOTO(rc, mk_ckpt_load(r.tr, ck, &meta), done);
