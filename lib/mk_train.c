@@ -21,6 +21,8 @@
 #include "mk_dataset.h"
 #include "mk_error.h"
 #include "mk_ckpt.h"
+#include "mk_lbl.h"
+#include "mk_routing_log.h"
 #include "mk_trainer.h"
 #include "mk_text_data.h"
 
@@ -62,7 +64,81 @@ typedef struct run {
     long step_base;                 /* a resumed run's first step, and the global samples */
     uint64_t sample_base;           /*   consumed before it (the world size may differ) */
     char ranks_path[MK_PATH_MAX + 32];  /* BPE ranks file to embed in checkpoints, or "" */
+    mk_routing_log *rlog;           /* rank 0: run.dir/routing.h5 */
+    int ndomains;
 } run;
+
+/* MaxVio of each layer from the global counts [L, E]. */
+static void maxvio_layers(const int64_t *counts, int L, int E, double *out)
+{
+    for (int l = 0; l < L; l++) out[l] = mk_lbl_maxvio(counts + (size_t)l * E, E);
+}
+
+/* An evaluation pass over each domain's held-out windows (at most eval_cap per domain):
+ * loss per domain, and routing counts per layer, domain and expert. Every rank runs the
+ * same number of forward passes (ranks without windows left run padding), because expert
+ * parallelism needs all ranks of a group in every all-to-all. */
+static int eval_pass(run *r, long step)
+{
+    const mk_config *cfg = r->cfg;
+    const int B = cfg->train.micro_batch, T = cfg->model.seq_len, L = cfg->model.layers,
+              E = cfg->model.experts, K = cfg->model.topk, Dm = r->ndomains;
+    const int rank = mk_trainer_rank(r->tr), ranks = mk_trainer_ranks(r->tr);
+    const uint64_t eval_cap = 256;
+    mk_model *m = mk_trainer_model(r->tr);
+    const size_t nc = (size_t)L * Dm * E;
+    /* counts [L, Dm, E], tokens [Dm], then loss sums [Dm] and lbl sums [L] and batches */
+    int64_t *ci = calloc(nc + Dm, sizeof *ci);
+    double *cd = calloc((size_t)Dm + L + 1, sizeof *cd);
+    int32_t *topk = malloc((size_t)B * T * K * sizeof *topk);
+    int rc = ci && cd && topk ? MK_OK : MK_FAIL(MK_ERR_NOMEM, "eval: out of memory");
+    for (int d = 0; rc == MK_OK && d < Dm; d++) {
+        uint64_t W = mk_dataset_val_windows(r->ds, d);
+        if (W > eval_cap) W = eval_cap;
+        const uint64_t per_round = (uint64_t)B * ranks, rounds = (W + per_round - 1) / per_round;
+        for (uint64_t q = 0; rc == MK_OK && q < rounds; q++) {
+            const uint64_t first = q * per_round + (uint64_t)rank * B;
+            const int nb = first >= W ? 0 : (int)(W - first < (uint64_t)B ? W - first : (uint64_t)B);
+            if (nb > 0) rc = mk_dataset_val_samples(r->ds, d, first, nb, r->tokens, r->targets);
+            if (rc) break;
+            if (nb == 0) { /* padding: one sequence nobody learns from */
+                memset(r->tokens, 0, (size_t)T * sizeof *r->tokens);
+                for (int t = 0; t < T; t++) r->targets[t] = -1;
+            }
+            mk_forward_stats st;
+            rc = mk_model_forward(m, r->tokens, r->targets, nb > 0 ? nb : 1, NULL, 0, &st);
+            if (rc || nb == 0) continue;
+            cd[d] += st.ce_sum;
+            ci[nc + d] += st.targets;
+            for (int l = 0; l < L; l++) cd[Dm + l] += st.lbl[l];
+            cd[Dm + L] += 1;
+            for (int l = 0; rc == MK_OK && l < L; l++) {
+                rc = mk_model_topk_host(m, l, topk);
+                for (int i = 0; rc == MK_OK && i < nb * T * K; i++) ci[((size_t)l * Dm + d) * E + topk[i]]++;
+            }
+        }
+    }
+    if (rc == MK_OK) rc = mk_comm_allreduce_i64(mk_trainer_world(r->tr), ci, nc + Dm);
+    if (rc == MK_OK) rc = mk_comm_allreduce_f64(mk_trainer_world(r->tr), cd, (size_t)Dm + L + 1);
+    if (rc == MK_OK && r->rlog) {
+        double loss[Dm], lbl[L], mv[L];
+        int64_t *tot = calloc((size_t)L * E, sizeof *tot);
+        for (int d = 0; d < Dm; d++) loss[d] = ci[nc + d] > 0 ? cd[d] / (double)ci[nc + d] : NAN;
+        for (int l = 0; l < L; l++) lbl[l] = cd[Dm + L] > 0 ? cd[Dm + l] / cd[Dm + L] : 0;
+        for (int l = 0; tot && l < L; l++)
+            for (int d = 0; d < Dm; d++)
+                for (int e = 0; e < E; e++) tot[(size_t)l * E + e] += ci[((size_t)l * Dm + d) * E + e];
+        if (tot) maxvio_layers(tot, L, E, mv);
+        int64_t ntok[Dm];
+        for (int d = 0; d < Dm; d++) ntok[d] = ci[nc + d];
+        rc = tot ? mk_routing_log_append_eval(r->rlog, step, ci, ntok, lbl, mv, loss) : MK_FAIL(MK_ERR_NOMEM, "eval: out of memory");
+        free(tot);
+    }
+    free(ci);
+    free(cd);
+    free(topk);
+    return rc;
+}
 
 /* This rank's slice of every micro-step of global batch `step`. */
 static int load_step(run *r, long step)
@@ -99,6 +175,7 @@ static void run_free(run *r)
 {
     mk_text_data_close(&r->text);
     mk_dataset_close(&r->ds);
+    mk_routing_log_close(&r->rlog);
     mk_trainer_free(&r->tr);
     mk_comm_free(&r->own_world);
     free(r->tokens);
@@ -150,7 +227,9 @@ int mk_train_run(const mk_config *cfg, const mk_train_opts *opts, mk_train_resul
             MK_CHECK_GOTO(rc, mk_ckpt_find(cfg->run.dir, ck, sizeof ck, rank == 0 ? stderr : NULL), done);
         if (ck[0]) {
             mk_ckpt_meta meta;
+            const double lt = now_s();
             MK_CHECK_GOTO(rc, mk_ckpt_load(r.tr, ck, &meta), done);
+            const double load_s = now_s() - lt;
             if (strcmp(meta.tokenizer, tok_id) != 0 && strcmp(meta.tokenizer, "unknown") != 0) {
                 rc = MK_FAIL(MK_ERR_USAGE, "%s was trained on data of tokenizer %s, this run reads %s",
                              ck, meta.tokenizer, tok_id);
@@ -160,8 +239,8 @@ int mk_train_run(const mk_config *cfg, const mk_train_opts *opts, mk_train_resul
             r.sample_base = meta.samples_consumed;
             res->first_step = meta.step;
             if (opts->out)
-                fprintf(opts->out, "moe-train: resuming from %s (step %ld, %llu samples consumed)\n", ck,
-                        meta.step, (unsigned long long)meta.samples_consumed);
+                fprintf(opts->out, "moe-train: resuming from %s (step %ld, %llu samples consumed; loaded in %.2f s)\n",
+                        ck, meta.step, (unsigned long long)meta.samples_consumed, load_s);
         } else if (opts->out) {
             fprintf(opts->out, "moe-train: no checkpoint in %s; starting from step 0\n", dir);
         }
@@ -183,6 +262,15 @@ int mk_train_run(const mk_config *cfg, const mk_train_opts *opts, mk_train_resul
             goto done;
         }
         if (r.step_base == 0) fprintf(r.log, "step\tloss\tlbl\tmaxvio\tgnorm\tlr\n");
+    }
+    r.ndomains = r.ds ? mk_dataset_domains(r.ds) : 1;
+    if (rank == 0) {
+        char rpath[MK_PATH_MAX + 16];
+        const char *names[r.ndomains];
+        for (int i = 0; i < r.ndomains; i++) names[i] = r.ds ? mk_dataset_domain_name(r.ds, i) : "text";
+        snprintf(rpath, sizeof rpath, "%s/routing.h5", cfg->run.dir);
+        MK_CHECK_GOTO(rc, mk_routing_log_open(rpath, L, E, cfg->model.topk, r.ndomains, names,
+                                              r.step_base > 0 ? r.step_base : MK_ROUTING_LOG_CREATE, &r.rlog), done);
     }
     mk_model *model = mk_trainer_model(r.tr);
     if (opts->out) {
@@ -219,8 +307,16 @@ int mk_train_run(const mk_config *cfg, const mk_train_opts *opts, mk_train_resul
                     ss.gnorm, ss.lr);
         /* log.every = 0 turns step lines off; the summary line still comes. */
         const int every = cfg->log.every;
-        if (opts->out && every > 0 &&
-            (step == 0 || (step + 1) % every == 0 || step + 1 == cfg->train.steps)) {
+        const int logged = every > 0 && (step == r.step_base || (step + 1) % every == 0 || step + 1 == cfg->train.steps);
+        if (logged && r.rlog) {
+            double mv[L];
+            maxvio_layers(ss.counts, L, E, mv);
+            MK_CHECK_GOTO(rc, mk_routing_log_append(r.rlog, step + 1, ss.domain_counts, ss.domain_tokens,
+                                                    ss.lbl_layers, mv, ss.loss), done);
+        }
+        if (r.ds && cfg->eval.every > 0 && ((step + 1) % cfg->eval.every == 0 || step + 1 == cfg->train.steps))
+            MK_CHECK_GOTO(rc, eval_pass(&r, step + 1), done);
+        if (opts->out && logged) {
             double el = now_s() - t0;
             char eta[32];
             format_eta(el / (step + 1 - r.step_base) * (cfg->train.steps - step - 1), eta, sizeof eta);

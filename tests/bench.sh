@@ -78,3 +78,21 @@ if [ -n "${MPIEXEC:-}" ] || command -v mpirun >/dev/null 2>&1; then
     --set lbl.mode=global --set parallel.ep=4 --set run.dir="$tmp/dist" >"$tmp/dist.out" 2>&1 || { cat "$tmp/dist.out"; exit 1; }
   echo "4 ranks, ep 4: $(sed -n 's/^done: .* \([0-9][0-9]*\) tok\/s.*/\1/p' "$tmp/dist.out") tokens/s; $(grep '^expert all-to-all' "$tmp/dist.out")"
 fi
+
+# ---- checkpoints: write and read throughput on a model of over 500 MB of checkpoint
+# (parameters + two AdamW moments, float32), and the share of step time spent saving
+big="--data $src/data/demo/english.txt --set model.d_model=512 --set model.heads=8 --set model.layers=4
+  --set model.experts=16 --set model.ffn=512 --set model.seq_len=64 --set train.micro_batch=2
+  --set train.warmup=1 --set log.every=0 --set run.dir=$tmp/big --threads $threads"
+rm -rf "$tmp/big"
+OMP_NUM_THREADS=$threads "$bin" $big --set train.steps=6 --set ckpt.every=3 >"$tmp/big.out" 2>&1 || { cat "$tmp/big.out"; exit 1; }
+f=$(ls "$tmp/big/ckpt"/step_*.h5 | tail -1)
+mb=$(du -m "$f" | cut -f1)
+save=$(sed -n 's/^moe-train: checkpoint .* (\([0-9.]*\) s)$/\1/p' "$tmp/big.out" | tail -1)
+total=$(sed -n 's/^done: 6 steps in \([0-9.]*\) s.*/\1/p' "$tmp/big.out")
+saves=$(sed -n 's/^moe-train: checkpoint .* (\([0-9.]*\) s)$/\1/p' "$tmp/big.out" | awk '{ s += $1 } END { print s }')
+OMP_NUM_THREADS=$threads "$bin" $big --set train.steps=7 --resume auto >"$tmp/big2.out" 2>&1 || { cat "$tmp/big2.out"; exit 1; }
+load=$(sed -n 's/.*loaded in \([0-9.]*\) s.*/\1/p' "$tmp/big2.out")
+awk -v mb="$mb" -v s="$save" -v l="$load" -v t="$total" -v ss="$saves" 'BEGIN {
+  printf "checkpoint: %d MB, write %.0f MB/s (%.2f s incl. fsync), read %.0f MB/s (%.2f s)\n", mb, mb / s, s, mb / l, l
+  printf "checkpoint: saving every 3 steps took %.1f%% of the run (%.2f s of %.2f s)\n", 100 * ss / t, ss, t }'
