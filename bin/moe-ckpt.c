@@ -617,7 +617,18 @@ static int cmd_verify(char **paths, int n)
     int worst = MK_OK;
     for (int i = 0; i < n; i++) {
         char why[2048] = "";
-        int rc = mk_ckpt_verify(paths[i], why, sizeof why);
+        struct stat st;
+        int rc;
+        /* A plainer reason than HDF5's for what is not a file at all. */
+        if (stat(paths[i], &st) != 0) {
+            snprintf(why, sizeof why, "%s", strerror(errno));
+            rc = MK_ERR_INPUT;
+        } else if (S_ISDIR(st.st_mode)) {
+            snprintf(why, sizeof why, "is a directory");
+            rc = MK_ERR_INPUT;
+        } else {
+            rc = mk_ckpt_verify(paths[i], why, sizeof why);
+        }
         if (rc == MK_OK) {
             printf("%s: ok\n", paths[i]);
         } else {
@@ -971,6 +982,7 @@ static int cmd_eval(const char *ckpt, const char *text_path, const char *threads
         }
     }
     cfg.parallel.ep = 1;
+    cfg.train.threads = 0; /* this machine's, not the training run's */
     MK_CHECK_GOTO(rc, mk_config_set_kv(&cfg, "train.micro_batch", batch, "--batch"), out);
     if (threads) MK_CHECK_GOTO(rc, mk_config_set_kv(&cfg, "train.threads", threads, "--threads"), out);
     if (!get_attr(f, "tokenizer", tok_id, sizeof tok_id)) {

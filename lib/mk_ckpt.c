@@ -16,6 +16,10 @@
 
 #include "mk_error.h"
 
+#ifdef MK_HDF5_PARALLEL
+#include <mpi.h>
+#endif
+
 /* Settings that fix the tensors' shapes: a checkpoint only loads into the same model. */
 static const char *const shape_keys[] = { "model.vocab", "model.d_model", "model.layers", "model.heads",
                                           "model.experts", "model.topk", "model.ffn", "model.shared_ffn",
@@ -190,11 +194,9 @@ static int write_tensors(mk_trainer *tr, hid_t file, int is_writer)
     return rc;
 }
 
-static int write_file(mk_trainer *tr, const char *tmp, const mk_ckpt_meta *meta, const char *ranks_path)
+static int write_meta(mk_trainer *tr, hid_t f, const char *tmp, const mk_ckpt_meta *meta)
 {
     const mk_config *cfg = mk_trainer_config(tr);
-    hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-    if (f < 0) return MK_FAIL(MK_ERR_IO, "%s: cannot create", tmp);
     int rc = MK_OK;
     if (attr_str(f, "format", MK_CKPT_FORMAT) || attr_i64(f, "format_version", MK_CKPT_VERSION) ||
         attr_i64(f, "step", meta->step) || attr_i64(f, "tokens_seen", meta->tokens_seen) ||
@@ -216,27 +218,53 @@ static int write_file(mk_trainer *tr, const char *tmp, const mk_ckpt_meta *meta,
          attr_i64(st, "ep", cfg->parallel.ep) || attr_i64(st, "seed", (int64_t)cfg->train.seed)))
         rc = MK_FAIL(MK_ERR_IO, "%s: cannot write /state", tmp);
     if (st >= 0) H5Gclose(st);
-    if (rc == MK_OK && ranks_path) {
-        FILE *rf = fopen(ranks_path, "rb");
-        unsigned char *bytes = NULL;
-        long n = 0;
-        if (rf && fseek(rf, 0, SEEK_END) == 0 && (n = ftell(rf)) > 0 && fseek(rf, 0, SEEK_SET) == 0 &&
-            (bytes = malloc((size_t)n)) && fread(bytes, 1, (size_t)n, rf) == (size_t)n) {
-            hid_t tg = H5Gcreate2(f, "/tokenizer", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-            hsize_t dim = (hsize_t)n;
-            hid_t s = H5Screate_simple(1, &dim, NULL);
-            hid_t d = H5Dcreate2(tg, "ranks", H5T_STD_U8LE, s, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-            if (d < 0 || H5Dwrite(d, H5T_NATIVE_UCHAR, H5S_ALL, H5S_ALL, H5P_DEFAULT, bytes) < 0)
-                rc = MK_FAIL(MK_ERR_IO, "%s: cannot write /tokenizer/ranks", tmp);
-            if (d >= 0) H5Dclose(d);
-            H5Sclose(s);
-            H5Gclose(tg);
-        } else {
-            rc = MK_FAIL(MK_ERR_INPUT, "%s: cannot read the tokenizer ranks to embed", ranks_path);
-        }
-        if (rf) fclose(rf);
-        free(bytes);
+    return rc;
+}
+
+/* /tokenizer/ranks: the BPE vocabulary's bytes, so a checkpoint can be evaluated alone. */
+static int write_ranks(hid_t f, const char *tmp, const char *ranks_path)
+{
+    FILE *rf = fopen(ranks_path, "rb");
+    unsigned char *bytes = NULL;
+    long n = 0;
+    int rc = MK_OK;
+    if (rf && fseek(rf, 0, SEEK_END) == 0 && (n = ftell(rf)) > 0 && fseek(rf, 0, SEEK_SET) == 0 &&
+        (bytes = malloc((size_t)n)) && fread(bytes, 1, (size_t)n, rf) == (size_t)n) {
+        hid_t tg = H5Gcreate2(f, "/tokenizer", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+        hsize_t dim = (hsize_t)n;
+        hid_t s = H5Screate_simple(1, &dim, NULL);
+        hid_t d = tg >= 0 ? H5Dcreate2(tg, "ranks", H5T_STD_U8LE, s, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT) : -1;
+        if (d < 0 || H5Dwrite(d, H5T_NATIVE_UCHAR, H5S_ALL, H5S_ALL, H5P_DEFAULT, bytes) < 0)
+            rc = MK_FAIL(MK_ERR_IO, "%s: cannot write /tokenizer/ranks", tmp);
+        if (d >= 0) H5Dclose(d);
+        H5Sclose(s);
+        if (tg >= 0) H5Gclose(tg);
+    } else {
+        rc = MK_FAIL(MK_ERR_INPUT, "%s: cannot read the tokenizer ranks to embed", ranks_path);
     }
+    if (rf) fclose(rf);
+    free(bytes);
+    return rc;
+}
+
+#ifdef MK_HDF5_PARALLEL
+/* After a parallel write: rank 0 reopens the file serially to add the ranks. */
+static int embed_ranks(const char *tmp, const char *ranks_path)
+{
+    hid_t f = H5Fopen(tmp, H5F_ACC_RDWR, H5P_DEFAULT);
+    if (f < 0) return MK_FAIL(MK_ERR_IO, "%s: cannot reopen to embed the tokenizer", tmp);
+    int rc = write_ranks(f, tmp, ranks_path);
+    if (H5Fclose(f) < 0 && rc == MK_OK) rc = MK_FAIL(MK_ERR_IO, "%s: close failed", tmp);
+    return rc;
+}
+#endif
+
+static int write_file(mk_trainer *tr, const char *tmp, const mk_ckpt_meta *meta, const char *ranks_path)
+{
+    hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    if (f < 0) return MK_FAIL(MK_ERR_IO, "%s: cannot create", tmp);
+    int rc = write_meta(tr, f, tmp, meta);
+    if (rc == MK_OK && ranks_path) rc = write_ranks(f, tmp, ranks_path);
     int trc = write_tensors(tr, f, 1);
     if (rc == MK_OK) rc = trc;
     if (H5Fclose(f) < 0 && rc == MK_OK) rc = MK_FAIL(MK_ERR_IO, "%s: close failed", tmp);
@@ -314,6 +342,89 @@ static int publish(const char *dir, const char *tmp, const char *final, long ste
     return MK_OK;
 }
 
+#ifdef MK_HDF5_PARALLEL
+/* Parallel HDF5: every rank opens the file, creates every object (collective), and writes
+ * what it alone owns with collective I/O (required for checksummed, chunked datasets):
+ * replicated tensors come from world rank 0, expert shards from the ranks of the first
+ * expert-parallel group, each its own hyperslab of the global-shape dataset. */
+static int write_tensors_parallel(mk_trainer *tr, hid_t file, hid_t dxpl)
+{
+    mk_model *m = mk_trainer_model(tr);
+    mk_backend *be = mk_model_backend(m);
+    const int rank = mk_comm_rank(mk_trainer_world(tr));
+    const int ep = mk_trainer_config(tr)->parallel.ep;
+    size_t maxn = 0;
+    for (size_t i = 0; i < mk_model_tensor_count(m); i++)
+        if (mk_model_tensor(m, i)->numel > maxn) maxn = mk_model_tensor(m, i)->numel;
+    float *buf = malloc((maxn ? maxn : 1) * sizeof *buf);
+    mk_real *scratch = malloc((maxn ? maxn : 1) * sizeof *scratch);
+    int rc = buf && scratch ? MK_OK : MK_FAIL(MK_ERR_NOMEM, "checkpoint: out of memory");
+    const char *groups[3] = { "/model", "/optim/m", "/optim/v" };
+    mk_real *blocks[3] = { mk_model_params(m), mk_model_adam_m(m), mk_model_adam_v(m) };
+    hid_t optim = H5Gcreate2(file, "/optim", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    if (optim >= 0) H5Gclose(optim);
+    for (int k = 0; k < 3 && rc == MK_OK; k++) {
+        hid_t g = H5Gcreate2(file, groups[k], H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+        if (g < 0) rc = MK_FAIL(MK_ERR_IO, "checkpoint: cannot create %s", groups[k]);
+        for (size_t i = 0; rc == MK_OK && i < mk_model_tensor_count(m); i++) {
+            const mk_tensor *t = mk_model_tensor(m, i);
+            hsize_t dims[3], start[3] = { (hsize_t)t->dim0_offset, 0, 0 }, count[3], chunk[3];
+            global_dims(t, dims);
+            for (int j = 0; j < t->ndim; j++) count[j] = chunk[j] = (hsize_t)t->shape[j];
+            const int writes = t->expert ? rank < ep : rank == 0;
+            hid_t fs = H5Screate_simple(t->ndim, dims, NULL);
+            hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+            H5Pset_chunk(dcpl, t->ndim, chunk); /* one chunk per shard: no chunk has two writers */
+            H5Pset_fletcher32(dcpl);
+            H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER);
+            hid_t d = H5Dcreate2(g, t->name, H5T_IEEE_F32LE, fs, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+            hid_t ms = H5Screate_simple(t->ndim, count, NULL);
+            if (writes) {
+                rc = be->ops->to_host(be, scratch, blocks[k] + t->offset, t->numel * sizeof *scratch);
+                for (size_t e = 0; e < t->numel; e++) buf[e] = (float)scratch[e];
+                H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL);
+            } else {
+                H5Sselect_none(fs);
+                H5Sselect_none(ms);
+            }
+            if (d < 0 || H5Dwrite(d, H5T_NATIVE_FLOAT, ms, fs, dxpl, buf) < 0)
+                rc = MK_FAIL(MK_ERR_IO, "checkpoint: cannot write %s/%s", groups[k], t->name);
+            H5Sclose(ms);
+            if (d >= 0) H5Dclose(d);
+            H5Pclose(dcpl);
+            H5Sclose(fs);
+        }
+        if (g >= 0) H5Gclose(g);
+    }
+    free(buf);
+    free(scratch);
+    return rc;
+}
+
+/* write_meta (above) makes the same calls with the same values on every rank. */
+
+static int write_file_parallel(mk_trainer *tr, const char *tmp, const mk_ckpt_meta *meta)
+{
+    MPI_Comm comm;
+    MK_CHECK(mk_comm_mpi_handle(mk_trainer_world(tr), &comm));
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL);
+    H5Pset_all_coll_metadata_ops(fapl, 1);
+    H5Pset_coll_metadata_write(fapl, 1);
+    hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+    H5Pclose(fapl);
+    if (f < 0) return MK_FAIL(MK_ERR_IO, "%s: cannot create (parallel HDF5)", tmp);
+    hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
+    H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE);
+    int rc = write_meta(tr, f, tmp, meta);
+    int trc = write_tensors_parallel(tr, f, dxpl);
+    if (rc == MK_OK) rc = trc;
+    H5Pclose(dxpl);
+    if (H5Fclose(f) < 0 && rc == MK_OK) rc = MK_FAIL(MK_ERR_IO, "%s: close failed", tmp);
+    return rc;
+}
+#endif
+
 int mk_ckpt_save(mk_trainer *tr, const char *run_dir, const mk_ckpt_meta *meta, int keep,
                  const char *ranks_path, char *written, size_t written_n)
 {
@@ -330,7 +441,22 @@ int mk_ckpt_save(mk_trainer *tr, const char *run_dir, const mk_ckpt_meta *meta, 
     MK_CHECK(mk_comm_allreduce_max_int(world, &agreed, 1));
     if (agreed) return agreed;
     quiet q = quiet_on();
-    if (writer) {
+#ifdef MK_HDF5_PARALLEL
+    /* The BPE ranks travel in serial files only; a parallel run embeds them afterwards. */
+    const int parallel = mk_comm_size(world) > 1;
+#else
+    const int parallel = 0;
+#endif
+    if (parallel) {
+#ifdef MK_HDF5_PARALLEL
+        char name[sizeof tmp];
+        snprintf(name, sizeof name, "%s", tmp);
+        /* every rank must use the writer's temporary name */
+        rc = mk_comm_bcast(world, name, sizeof name, 0);
+        if (rc == MK_OK) rc = write_file_parallel(tr, name, meta);
+        if (rc == MK_OK && writer && ranks_path) rc = embed_ranks(name, ranks_path);
+#endif
+    } else if (writer) {
         rc = write_file(tr, tmp, meta, ranks_path);
     } else {
         rc = write_tensors(tr, -1, 0); /* take part in the gathers */

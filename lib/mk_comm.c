@@ -42,6 +42,8 @@
 
 enum mk_comm_kind { MK_COMM_SELF, MK_COMM_MPI };
 
+int mk_comm_mpi_handle(const mk_comm *c, void *out);
+
 struct mk_comm {
     enum mk_comm_kind kind;
     MPI_Comm comm;      /* MPI_COMM_NULL for the self backend */
@@ -440,4 +442,11 @@ void mk_comm_abort(const mk_comm *c, int code)
     /* The world, not c's group: a failure on one rank must end every rank of the job. */
     if (c && c->kind == MK_COMM_MPI && mk_mpi_live()) MPI_Abort(MPI_COMM_WORLD, code);
     exit(code);
+}
+
+int mk_comm_mpi_handle(const mk_comm *c, void *out)
+{
+    if (!c || c->comm == MPI_COMM_NULL) return MK_FAIL(MK_ERR_INTERNAL, "no MPI communicator behind this group");
+    *(MPI_Comm *)out = c->comm;
+    return MK_OK;
 }

@@ -55,6 +55,10 @@ int mk_comm_alltoallv(const mk_comm *c, const void *send, const size_t *send_cou
 int mk_comm_alltoall_int(const mk_comm *c, const int64_t *send, int64_t *recv);
 
 int mk_comm_bcast(const mk_comm *c, void *buf, size_t bytes, int root);
+
+/* The MPI communicator behind c, written to *(MPI_Comm *)out, for libraries that take one
+ * (parallel HDF5). MK_ERR_INTERNAL for the self backend. */
+int mk_comm_mpi_handle(const mk_comm *c, void *out);
 int mk_comm_barrier(const mk_comm *c);
 
 /* End the whole job now with status code (MPI_Abort on the world); never returns. Call

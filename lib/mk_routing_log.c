@@ -206,17 +206,17 @@ static int rl_write_int_attr(const mk_routing_log *log, const char *name, int va
     return rc;
 }
 
-/* A variable-length UTF-8 string attribute (h5py reads it as str). */
+/* A fixed-length, null-terminated string attribute, as in the checkpoints (h5py: bytes). */
 static int rl_write_str_attr(const mk_routing_log *log, const char *name, const char *value)
 {
     int rc = MK_OK;
     hid_t type = H5Tcopy(H5T_C_S1);
     hid_t space = H5Screate(H5S_SCALAR);
     hid_t attr = H5I_INVALID_HID;
-    if (type < 0 || space < 0 || H5Tset_size(type, H5T_VARIABLE) < 0 ||
-        H5Tset_cset(type, H5T_CSET_UTF8) < 0 ||
+    if (type < 0 || space < 0 || H5Tset_size(type, strlen(value) + 1) < 0 ||
+        H5Tset_strpad(type, H5T_STR_NULLTERM) < 0 ||
         (attr = H5Acreate2(log->file, name, type, space, H5P_DEFAULT, H5P_DEFAULT)) < 0 ||
-        H5Awrite(attr, type, &value) < 0) {
+        H5Awrite(attr, type, value) < 0) {
         char what[96];
         snprintf(what, sizeof what, "cannot write attribute %s", name);
         rc = rl_fail_h5(MK_ERR_IO, log->path, what);
@@ -287,12 +287,14 @@ static int rl_create(mk_routing_log *log, const char *file, const char *const *n
     hid_t fapl = rl_fapl();
     if (fapl < 0) return rl_fail_h5(MK_ERR_IO, log->path, "cannot set up the file access properties");
     log->file = H5Fcreate(file, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
-    H5Pclose(fapl);
     if (log->file < 0) {
         char what[64 + PATH_MAX];
         snprintf(what, sizeof what, "cannot create %s", file);
-        return rl_fail_h5(MK_ERR_IO, log->path, what);
+        int rc = rl_fail_h5(MK_ERR_IO, log->path, what);   /* before any call clears the stack */
+        H5Pclose(fapl);
+        return rc;
     }
+    H5Pclose(fapl);
     MK_CHECK(rl_write_str_attr(log, "format", MK_ROUTING_LOG_FORMAT));
     MK_CHECK(rl_write_int_attr(log, "format_version", MK_ROUTING_LOG_VERSION));
     MK_CHECK(rl_write_int_attr(log, "layers", log->layers));

@@ -64,7 +64,7 @@ def fail(msg):
 
 
 def check_file(f, swmr, exact=None, all_eval=False):
-    if f.attrs["format"] != "moekit-routing-log" or int(f.attrs["format_version"]) != 1:
+    if f.attrs["format"] != b"moekit-routing-log" or int(f.attrs["format_version"]) != 1:
         fail("bad format attributes %r %r" % (f.attrs["format"], f.attrs["format_version"]))
     if (int(f.attrs["layers"]), int(f.attrs["experts"]), int(f.attrs["topk"])) != (L, E, K):
         fail("bad shape attributes")

@@ -167,6 +167,28 @@ else
   skip "no h5dump or no PyTorch: eval not compared with the reference"
 fi
 
+# A BPE run: the checkpoint carries its vocabulary in /tokenizer/ranks, and eval uses it.
+shard=$top_builddir/bin/moe-shard
+head -c 200000 "$text" >"$tmp/bpe.txt"
+if "$shard" --domain english="$tmp/bpe.txt" --bpe-train 300 -o "$tmp/bpe" --quiet >"$tmp/out" 2>&1 &&
+   "$train" --data "$tmp/bpe" --set run.dir="$tmp/runbpe" --set train.steps=1 --set train.warmup=0 --set ckpt.every=1 \
+     --set model.vocab=301 --set model.d_model=32 --set model.heads=2 --set model.experts=4 --set model.ffn=32 \
+     --set model.seq_len=32 --set train.micro_batch=2 --threads 1 --quiet >>"$tmp/out" 2>&1; then
+  cb=$tmp/runbpe/ckpt/step_00000001.h5
+  id=$(sed -n 's/.*"id": *"\(bpe:[0-9a-f]*\)".*/\1/p' "$tmp/bpe/manifest.json" | head -1)
+  "$ckpt" info "$cb" >"$tmp/info" 2>&1 && grep -Eq "^tokenizer +$id\$" "$tmp/info" && grep -q '^tokenizer ranks ' "$tmp/info"
+  ok $? "BPE run: info shows the tokenizer id of the dataset ($id) and the embedded ranks"
+  "$ckpt" eval "$cb" "$tmp/slice.txt" >"$tmp/sb" 2>"$tmp/err"; rc=$?
+  nb=$(sed -n 's/^tokens \([0-9]*\) .*/\1/p' "$tmp/sb")
+  [ $rc -eq 0 ] && [ -n "$nb" ] && [ "$nb" -gt 1000 ] && [ "$nb" -lt 19999 ] &&
+    awk '{ exit !($4 > 0 && $4 < 20) }' "$tmp/sb"
+  ok $? "BPE run: eval tokenizes with the checkpoint's vocabulary (fewer tokens than bytes): $(cat "$tmp/sb")"
+  [ $rc -eq 0 ] || show "$tmp/err"
+else
+  ok 1 "BPE run: moe-shard --bpe-train and moe-train with checkpoints"
+  show "$tmp/out"
+fi
+
 # ------------------------------------------------------------------ command line
 "$ckpt" --help >"$tmp/out" 2>&1 && grep -q '^Usage: moe-ckpt info' "$tmp/out"
 ok $? "--help"

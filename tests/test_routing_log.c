@@ -158,22 +158,23 @@ static int read_int_attr(hid_t f, const char *name)
 
 static void check_header(hid_t f)
 {
-    char *fmt = NULL;
+    char fmt[64] = "";
     hid_t a = H5Aopen(f, "format", H5P_DEFAULT);
+    hid_t ft = a < 0 ? -1 : H5Aget_type(a);
     hid_t t = H5Tcopy(H5T_C_S1);
-    H5Tset_size(t, H5T_VARIABLE);
-    H5Tset_cset(t, H5T_CSET_UTF8);
-    int ok = a >= 0 && H5Aread(a, t, &fmt) >= 0 && fmt && strcmp(fmt, "moekit-routing-log") == 0;
-    tap_ok(ok, "attribute format = \"moekit-routing-log\" (variable-length UTF-8)");
-    if (fmt) H5free_memory(fmt);
+    H5Tset_size(t, sizeof fmt);
+    int ok = ft >= 0 && H5Tis_variable_str(ft) == 0 && H5Aread(a, t, fmt) >= 0 &&
+             strcmp(fmt, "moekit-routing-log") == 0;
+    tap_ok(ok, "attribute format = \"moekit-routing-log\" (fixed-length string)");
     H5Tclose(t);
+    if (ft >= 0) H5Tclose(ft);
     if (a >= 0) H5Aclose(a);
     tap_ok(read_int_attr(f, "format_version") == 1 && read_int_attr(f, "layers") == L &&
            read_int_attr(f, "experts") == E && read_int_attr(f, "topk") == K,
            "attributes format_version, layers, experts, topk");
 
     hid_t ds = H5Dopen2(f, "domains", H5P_DEFAULT);
-    hid_t ft = ds < 0 ? -1 : H5Dget_type(ds);
+    ft = ds < 0 ? -1 : H5Dget_type(ds);
     char buf[DM][32];
     memset(buf, 0, sizeof buf);
     t = H5Tcopy(H5T_C_S1);
