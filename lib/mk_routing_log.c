@@ -676,14 +676,16 @@ static int rl_open(const char *path, int layers, int experts, int topk, int ndom
     char *tmp = NULL;
     int tmp_made = 0;
     mk_routing_log *log = calloc(1, sizeof *log);
+    if (log) {
+        log->file = H5I_INVALID_HID;
+        log->layers = layers, log->experts = experts, log->topk = topk, log->ndomains = ndomains;
+        rl_table_init(&log->train, "", layers, experts, ndomains, 0);
+        rl_table_init(&log->eval, "/eval", layers, experts, ndomains, 1);
+    }
     if (!log || !(log->path = rl_strcat(path, "")) || !(tmp = rl_strcat(path, ".tmp"))) {
         rc = MK_FAIL(MK_ERR_NOMEM, "routing log %s: no memory", path);
         goto fail;
     }
-    log->file = H5I_INVALID_HID;
-    log->layers = layers, log->experts = experts, log->topk = topk, log->ndomains = ndomains;
-    rl_table_init(&log->train, "", layers, experts, ndomains, 0);
-    rl_table_init(&log->eval, "/eval", layers, experts, ndomains, 1);
 
     if (resume_step >= 0) {
         struct stat st;

@@ -39,8 +39,8 @@ visible() { steps=$("$py" "$reader" check "$@") && [ -n "$steps" ]; }
 have_h5clear=no
 command -v h5clear >/dev/null 2>&1 && have_h5clear=yes
 
-# --- A: live reading, clean finish (40 steps, 100 ms apart).
-"$writer" "$tmp/a.h5" 40 100 >"$tmp/a.out" 2>"$tmp/a.err" &
+# --- A: live reading, clean finish (50 steps, 100 ms apart).
+"$writer" "$tmp/a.h5" 50 100 >"$tmp/a.out" 2>"$tmp/a.err" &
 pid=$!
 check "A: a SWMR reader sees 3 steps and checks them while the writer runs" \
   "$py" "$reader" wait "$tmp/a.h5" 3 60
@@ -49,10 +49,10 @@ wait "$pid"
 rc=$?
 pid=
 check "A: the writer finishes with status 0 (got $rc)" [ "$rc" -eq 0 ]
-check "A: the closed log holds steps 1..40 and eval rows for the even ones (SWMR reader)" \
-  "$py" "$reader" check "$tmp/a.h5" 40 --all-eval
+check "A: the closed log holds steps 1..50 and eval rows for the even ones (SWMR reader)" \
+  "$py" "$reader" check "$tmp/a.h5" 50 --all-eval
 check "A: ... and the same without SWMR, as h5dump would open it" \
-  "$py" "$reader" check "$tmp/a.h5" 40 --all-eval --no-swmr
+  "$py" "$reader" check "$tmp/a.h5" 50 --all-eval --no-swmr
 
 # --- B: SIGKILL between steps (30 ms apart).
 "$writer" "$tmp/b.h5" 1000000 30 >"$tmp/b.out" 2>"$tmp/b.err" &
