@@ -443,7 +443,9 @@ int mk_ckpt_save(mk_trainer *tr, const char *run_dir, const mk_ckpt_meta *meta, 
     quiet q = quiet_on();
 #ifdef MK_HDF5_PARALLEL
     /* The BPE ranks travel in serial files only; a parallel run embeds them afterwards. */
-    const int parallel = mk_comm_size(world) > 1;
+    /* MOEKIT_CKPT_GATHER=1 takes the serial-HDF5 path (gather to rank 0) on a parallel
+     * build too, so both paths are tested on one machine. */
+    const int parallel = mk_comm_size(world) > 1 && !getenv("MOEKIT_CKPT_GATHER");
 #else
     const int parallel = 0;
 #endif

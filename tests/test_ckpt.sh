@@ -56,6 +56,17 @@ if [ -n "$MPIEXEC" ]; then
   done
 fi
 
+# the gather-to-writer path (serial HDF5) writes the same checkpoint as the parallel one
+if [ -n "$MPIEXEC" ]; then
+  G="--data $srcdir/data/demo/english.txt --set train.steps=3 --set train.warmup=1 --set log.every=0
+    --set model.d_model=32 --set model.ffn=32 --set model.seq_len=32 --set ckpt.every=3 --set train.threads=1
+    --set parallel.ep=2 --set train.micro_batch=1 --quiet"
+  mpi 4 $train $G --set run.dir="$tmp/par" &&
+    MOEKIT_CKPT_GATHER=1 mpi 4 -x MOEKIT_CKPT_GATHER $train $G --set run.dir="$tmp/gat" &&
+    "$top_builddir/bin/moe-ckpt" diff --optim "$tmp/par/ckpt/step_00000003.h5" "$tmp/gat/ckpt/step_00000003.h5" >"$tmp/diff.out"
+  ok $? "4 ranks, ep 2: the parallel-HDF5 and the gather-to-writer checkpoints hold identical tensors"
+fi
+
 # SIGKILL while a checkpoint is being written: a model big enough that saving takes a while
 K="--data $srcdir/data/demo/english.txt --set train.steps=40 --set train.warmup=2 --set log.every=0
   --set model.d_model=256 --set model.ffn=512 --set model.experts=16 --set model.seq_len=16
