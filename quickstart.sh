@@ -4,7 +4,10 @@
 # 1. installs the build dependencies with apt-get when run as root and they are missing,
 # 2. builds moekit (./autogen.sh, ./configure, make),
 # 3. shards the embedded five-domain demo corpus (data/demo) into runs/demo/dataset,
-# 4. trains schedules/tiny.ini on it.
+# 4. trains schedules/tiny.ini on it on 2 MPI ranks with the global-batch LBL, is
+#    "preempted" (SIGUSR1) after its first checkpoint, resumes from that checkpoint and
+#    finishes — bit-identical to an uninterrupted run,
+# 5. writes the expert-specialization report of the run (when moe-report is built).
 #
 # The pipeline grows with the project: sharding, multi-rank global LBL, checkpoint/resume
 # and the report join this script as they land (see README.md, "Status").
@@ -41,6 +44,30 @@ if [ ! -d runs/demo/dataset ]; then
   for f in data/demo/*.txt; do set -- "$@" --domain "$(basename "$f" .txt)=$f"; done
   ./bin/moe-shard "$@" -o runs/demo/dataset
 fi
-echo "quickstart: training schedules/tiny.ini on runs/demo/dataset"
-./bin/moe-train --schedule schedules/tiny.ini
-echo "quickstart: done; per-step log in runs/demo/tiny/log.tsv"
+# Several ranks on one machine: allowed as root, and two ranks per core if need be.
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+export OMP_NUM_THREADS=1
+np=${MOEKIT_NP:-2}
+run=runs/demo/tiny
+rm -rf "$run"
+echo "quickstart: training schedules/tiny.ini on $np MPI ranks (lbl.mode = global)"
+mpirun -n "$np" --bind-to none ./bin/moe-train --schedule schedules/tiny.ini --set train.threads=1 &
+pid=$!
+while [ ! -e "$run/ckpt/latest" ] && kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
+echo "quickstart: first checkpoint written; sending SIGUSR1 as a cluster would before preempting the job"
+kill -USR1 "$pid" 2>/dev/null
+set +e
+wait "$pid"
+rc=$?
+set -e
+if [ "$rc" -ne 75 ] && [ "$rc" -ne 0 ]; then
+  echo "quickstart: training failed (exit $rc)" >&2
+  exit "$rc"
+fi
+[ "$rc" -eq 75 ] && echo "quickstart: stopped with exit 75 (requeue); resuming with --resume auto"
+mpirun -n "$np" --bind-to none ./bin/moe-train --schedule schedules/tiny.ini --set train.threads=1 --resume auto
+if [ -x analysis/moe-report ]; then
+  ./analysis/moe-report "$run" -o runs/demo/report
+  echo "quickstart: report in runs/demo/report/report.md"
+fi
+echo "quickstart: done; per-step log in $run/log.tsv, routing log in $run/routing.h5, checkpoints in $run/ckpt"

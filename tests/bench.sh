@@ -9,7 +9,7 @@ trap 'rm -rf "$tmp"' EXIT
 echo "bench: schedules/tiny.ini, $steps steps, $threads threads, $(date -u +%Y-%m-%d) on $(uname -m), $(nproc) cores"
 OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=1 "$bin" --schedule "$src/schedules/tiny.ini" \
   --data "$src/data/demo/english.txt" --set train.steps="$steps" --set train.warmup=1 \
-  --set train.grad_accum=1 --set run.dir="$tmp/run" \
+  --set train.grad_accum=1 --set run.dir="$tmp/run" --set lbl.mode=micro --set ckpt.every=0 --set eval.every=0 \
   --set log.every=1000000 --threads "$threads" >"$tmp/moekit.out" || { cat "$tmp/moekit.out"; exit 1; }
 mk=$(sed -n 's/^done: .* \([0-9][0-9]*\) tok\/s.*/\1/p' "$tmp/moekit.out")
 echo "moekit: tokens/s=$mk steps=$steps threads=$threads"
@@ -59,7 +59,7 @@ if [ -n "${MPIEXEC:-}" ] || command -v mpirun >/dev/null 2>&1; then
   launch=${MPIEXEC:-mpirun}
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
   dist="--data $src/data/demo/english.txt --set train.steps=$steps --set train.warmup=1 --set log.every=0
-    --set train.micro_batch=2 --set train.threads=1"
+    --set train.micro_batch=2 --set train.threads=1 --set ckpt.every=0 --set eval.every=0"
   best() { # best of 3 runs' tokens/s
     b=0
     for i in 1 2 3; do
