@@ -15,6 +15,7 @@
 #include <pcre2.h>
 
 #include "mk_error.h"
+#include "mk_fs.h"
 #include "mk_sha256.h"
 #include "mk_tokenizer.h"
 
@@ -730,26 +731,6 @@ static int write_synced(const char *path, const char *buf, size_t len)
     return ok ? MK_OK : MK_FAIL(MK_ERR_IO, "%s: write failed: %s", path, strerror(err));
 }
 
-/* The rename is durable only once the directory holding the new name is on disk. */
-static int fsync_dir_of(const char *path)
-{
-    const char *slash = strrchr(path, '/');
-    size_t n = slash ? (slash == path ? 1 : (size_t)(slash - path)) : 1;
-    char *dir = malloc(n + 1);
-    if (!dir) return MK_FAIL(MK_ERR_NOMEM, "out of memory");
-    memcpy(dir, slash ? path : ".", n);
-    dir[n] = '\0';
-    int rc = MK_OK;
-    int fd = open(dir, O_RDONLY);
-    if (fd < 0) rc = MK_FAIL(MK_ERR_IO, "%s: cannot open the directory: %s", dir, strerror(errno));
-    /* Some file systems cannot fsync a directory (EINVAL); the data itself is synced. */
-    else if (fsync(fd) != 0 && errno != EINVAL)
-        rc = MK_FAIL(MK_ERR_IO, "%s: fsync of the directory failed: %s", dir, strerror(errno));
-    if (fd >= 0) close(fd);
-    free(dir);
-    return rc;
-}
-
 int mk_bpe_save(const mk_bpe *b, const char *path)
 {
     char *buf;
@@ -766,7 +747,7 @@ int mk_bpe_save(const mk_bpe *b, const char *path)
     int rc = write_synced(tmp, buf, len);
     if (rc == MK_OK && rename(tmp, path) != 0)
         rc = MK_FAIL(MK_ERR_IO, "cannot rename %s to %s: %s", tmp, path, strerror(errno));
-    if (rc == MK_OK) rc = fsync_dir_of(path);
+    if (rc == MK_OK) rc = mk_fs_fsync_parent(path); /* the rename is durable now */
     else unlink(tmp);
     free(tmp);
     free(buf);

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "mk_error.h"
+#include "mk_fs.h"
 
 #ifdef MK_HDF5_PARALLEL
 #include <mpi.h>
@@ -113,16 +114,6 @@ static int write_f32(hid_t group, const char *name, int ndim, const hsize_t *dim
     H5Pclose(dcpl);
     H5Sclose(s);
     return ok ? MK_OK : MK_ERR_IO;
-}
-
-static int fsync_path(const char *path, int dir)
-{
-    int fd = open(path, dir ? O_RDONLY | O_DIRECTORY : O_RDONLY);
-    if (fd < 0) return MK_FAIL(MK_ERR_IO, "%s: cannot open for fsync: %s", path, strerror(errno));
-    int r = fsync(fd);
-    close(fd);
-    if (r != 0) return MK_FAIL(MK_ERR_IO, "%s: fsync failed: %s", path, strerror(errno));
-    return MK_OK;
 }
 
 /* ------------------------------------------------------------------ saving */
@@ -317,9 +308,9 @@ static int list_steps(const char *dir, long **steps, size_t *n)
 
 static int publish(const char *dir, const char *tmp, const char *final, long step, int keep)
 {
-    MK_CHECK(fsync_path(tmp, 0));
+    MK_CHECK(mk_fs_fsync(tmp, 0));
     if (rename(tmp, final) != 0) return MK_FAIL(MK_ERR_IO, "cannot rename %s to %s: %s", tmp, final, strerror(errno));
-    MK_CHECK(fsync_path(dir, 1));
+    MK_CHECK(mk_fs_fsync(dir, 1));
     /* The latest pointer changes only after the checkpoint itself is durable. */
     char lp[MK_PATH_MAX + 32], lt[MK_PATH_MAX + 48];
     snprintf(lp, sizeof lp, "%s/latest", dir);
@@ -327,9 +318,9 @@ static int publish(const char *dir, const char *tmp, const char *final, long ste
     FILE *f = fopen(lt, "w");
     if (!f || fprintf(f, "step_%08ld.h5\n", step) < 0 || fclose(f) != 0)
         return MK_FAIL(MK_ERR_IO, "%s: write failed: %s", lt, strerror(errno));
-    MK_CHECK(fsync_path(lt, 0));
+    MK_CHECK(mk_fs_fsync(lt, 0));
     if (rename(lt, lp) != 0) return MK_FAIL(MK_ERR_IO, "cannot rename %s: %s", lt, strerror(errno));
-    MK_CHECK(fsync_path(dir, 1));
+    MK_CHECK(mk_fs_fsync(dir, 1));
     long *steps;
     size_t n;
     MK_CHECK(list_steps(dir, &steps, &n));

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "mk_error.h"
+#include "mk_fs.h"
 #include "mk_indexed.h"
 #include "mk_sha256.h"
 #include "mk_tokenizer.h"
@@ -94,16 +95,6 @@ static int remove_tree(const char *path)
     }
     closedir(dir);
     return rmdir(path) == 0 ? MK_OK : MK_ERR_IO;
-}
-
-static int fsync_path(const char *path, int dir)
-{
-    int fd = open(path, dir ? O_RDONLY | O_DIRECTORY : O_RDONLY);
-    if (fd < 0) return MK_FAIL(MK_ERR_IO, "%s: cannot open for fsync: %s", path, strerror(errno));
-    int r = fsync(fd);
-    close(fd);
-    if (r != 0) return MK_FAIL(MK_ERR_IO, "%s: fsync failed: %s", path, strerror(errno));
-    return MK_OK;
 }
 
 static int split_open_shard(shard_run *r, const char *domain, split_out *s)
@@ -423,7 +414,7 @@ static int setup_tokenizer(shard_run *r)
                 if (fwrite(buf, 1, k, out) != k) rc = MK_FAIL(MK_ERR_IO, "%s: write failed", ranks);
             if (in) fclose(in);
             if (out && fclose(out) != 0 && rc == MK_OK) rc = MK_FAIL(MK_ERR_IO, "%s: write failed", ranks);
-            if (rc == MK_OK) rc = fsync_path(ranks, 0);
+            if (rc == MK_OK) rc = mk_fs_fsync(ranks, 0);
         }
     }
     rc = agree(r->comm, rc);
@@ -460,7 +451,7 @@ static int write_manifest(shard_run *r, json_t *domains)
     if (!f || fputs(text, f) < 0 || fputc('\n', f) == EOF) rc = MK_FAIL(MK_ERR_IO, "%s: write failed: %s", path, strerror(errno));
     if (f && fclose(f) != 0 && rc == MK_OK) rc = MK_FAIL(MK_ERR_IO, "%s: write failed: %s", path, strerror(errno));
     free(text);
-    if (rc == MK_OK) rc = fsync_path(path, 0);
+    if (rc == MK_OK) rc = mk_fs_fsync(path, 0);
     return rc;
 }
 
@@ -531,19 +522,13 @@ int mk_shard_run(const mk_shard_opts *o, MPI_Comm comm, mk_shard_result *res)
         for (int d = 0; rc == MK_OK && d < o->ndomains; d++) {
             char dir[4400];
             snprintf(dir, sizeof dir, "%s/%s", r.tmp, o->domains[d].name);
-            rc = fsync_path(dir, 1);
+            rc = mk_fs_fsync(dir, 1);
         }
-        if (rc == MK_OK) rc = fsync_path(r.tmp, 1);
+        if (rc == MK_OK) rc = mk_fs_fsync(r.tmp, 1);
         if (rc == MK_OK && rename(r.tmp, o->out_dir) != 0)
             rc = MK_FAIL(MK_ERR_IO, "cannot rename %s to %s: %s", r.tmp, o->out_dir, strerror(errno));
         if (rc == MK_OK) {
-            /* make the rename durable */
-            char parent[4096];
-            snprintf(parent, sizeof parent, "%s", o->out_dir);
-            char *slash = strrchr(parent, '/');
-            if (slash && slash != parent) *slash = 0;
-            else snprintf(parent, sizeof parent, "%s", slash ? "/" : ".");
-            rc = fsync_path(parent, 1);
+            rc = mk_fs_fsync_parent(o->out_dir); /* make the rename durable */
         }
         if (rc == MK_OK) {
             size_t i;

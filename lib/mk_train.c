@@ -20,6 +20,7 @@
 #include "mk_comm.h"
 #include "mk_dataset.h"
 #include "mk_error.h"
+#include "mk_fs.h"
 #include "mk_ckpt.h"
 #include "mk_lbl.h"
 #include "mk_routing_log.h"
@@ -31,23 +32,6 @@ static double now_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int make_dir(const char *path)
-{
-    char buf[MK_PATH_MAX];
-    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
-        return MK_FAIL(MK_ERR_USAGE, "run.dir: path too long");
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = 0;
-        if (mkdir(buf, 0777) != 0 && errno != EEXIST)
-            return MK_FAIL(MK_ERR_IO, "run.dir: cannot create %s: %s", buf, strerror(errno));
-        *p = '/';
-    }
-    if (mkdir(buf, 0777) != 0 && errno != EEXIST)
-        return MK_FAIL(MK_ERR_IO, "run.dir: cannot create %s: %s", buf, strerror(errno));
-    return MK_OK;
 }
 
 /* The data side of a run; the step itself is mk_trainer's. */
@@ -255,7 +239,7 @@ int mk_train_run(const mk_config *cfg, const mk_train_opts *opts, mk_train_resul
     char logpath[MK_PATH_MAX + 16];
     snprintf(logpath, sizeof logpath, "%s/log.tsv", cfg->run.dir);
     if (rank == 0) { /* one writer for the run directory */
-        MK_CHECK_GOTO(rc, make_dir(cfg->run.dir), done);
+        MK_CHECK_GOTO(rc, mk_fs_mkdir_p(cfg->run.dir), done);
         r.log = fopen(logpath, r.step_base > 0 ? "a" : "w");
         if (!r.log) {
             rc = MK_FAIL(MK_ERR_IO, "%s: cannot create: %s", logpath, strerror(errno));
