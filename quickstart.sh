@@ -21,6 +21,7 @@ command -v autoreconf >/dev/null 2>&1 || need_pkgs="$need_pkgs autoconf automake
 [ -e /usr/include/ini.h ] || need_pkgs="$need_pkgs libinih-dev"
 [ -e /usr/include/pcre2.h ] || need_pkgs="$need_pkgs libpcre2-dev"
 [ -e /usr/include/jansson.h ] || need_pkgs="$need_pkgs libjansson-dev"
+pkg-config --exists cairo 2>/dev/null || need_pkgs="$need_pkgs libcairo2-dev"
 pkg-config --exists hdf5-openmpi 2>/dev/null || pkg-config --exists hdf5 2>/dev/null || need_pkgs="$need_pkgs libhdf5-openmpi-dev"
 if [ -n "$need_pkgs" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

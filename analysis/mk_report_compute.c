@@ -87,12 +87,22 @@ int mk_report_compute(mk_run_report *r, int source, const mk_window *w, const ch
     for (int64_t row = r0; row < r1; row++) {
         for (int i = 0; i < D; i++) r->tokens[i] += s->tokens[row * Dm + r->dom[i]];
         for (int l = 0; l < L; l++) {
-            r->lbl_win[l] += s->lbl[row * L + l] / (double)r->rows;
-            r->maxvio_win[l] += s->maxvio[row * L + l] / (double)r->rows;
             for (int i = 0; i < D; i++)
                 for (int e = 0; e < E; e++)
                     r->counts[(l * D + i) * E + e] += s->counts[((row * L + l) * Dm + r->dom[i]) * E + e];
         }
+    }
+    /* Batch MaxVio and LBL: the training rows whose step lies in the window's step range. */
+    const mk_rl_series *t = &g->train;
+    int64_t nt = 0;
+    for (int64_t row = 0; row < t->rows; row++)
+        if (t->step[row] >= r->step_first && t->step[row] <= r->step_last) {
+            nt++;
+            for (int l = 0; l < L; l++) { r->lbl_win[l] += t->lbl[row * L + l]; r->maxvio_win[l] += t->maxvio[row * L + l]; }
+        }
+    for (int l = 0; l < L; l++) {
+        r->lbl_win[l] = nt ? r->lbl_win[l] / (double)nt : NAN;
+        r->maxvio_win[l] = nt ? r->maxvio_win[l] / (double)nt : NAN;
     }
     double *p = malloc(sizeof(double) * (size_t)D * (size_t)E);
     int *ok = malloc(sizeof(int) * (size_t)D);
@@ -123,7 +133,7 @@ int mk_report_compute(mk_run_report *r, int source, const mk_window *w, const ch
         r->maxvio_global[l] = mk_metric_maxvio(r->load + l * E, E);
         if (!isnan(r->maxvio_global[l])) { r->mean_maxvio_global += r->maxvio_global[l]; n_mv++; }
         r->dead[l] = mk_metric_dead(r->load + l * E, E);
-        r->mean_maxvio_batch += r->maxvio_win[l]; n_b++;
+        if (nt) { r->mean_maxvio_batch += r->maxvio_win[l]; n_b++; }
     }
     free(p); free(ok);
     r->mean_top1 = n_t1 ? r->mean_top1 / n_t1 : NAN;

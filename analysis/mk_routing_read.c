@@ -32,6 +32,7 @@ static int read_str_attr(hid_t loc, const char *name, char *buf, int size)
         if (H5Tis_variable_str(ft) > 0) {
             char *s = NULL;
             H5Tset_size(mt, H5T_VARIABLE);
+            H5Tset_cset(mt, H5Tget_cset(ft));
             if (H5Aread(a, mt, &s) >= 0 && s) {
                 snprintf(buf, (size_t)size, "%s", s);
                 ok = 1;
@@ -42,6 +43,7 @@ static int read_str_attr(hid_t loc, const char *name, char *buf, int size)
             char *s = calloc(n + 1, 1);
             H5Tset_size(mt, n + 1);
             H5Tset_strpad(mt, H5T_STR_NULLTERM);
+            H5Tset_cset(mt, H5Tget_cset(ft));
             if (s && H5Aread(a, mt, s) >= 0) {
                 snprintf(buf, (size_t)size, "%s", s);
                 ok = 1;
@@ -161,6 +163,7 @@ static int read_domains(const char *path, hid_t f, mk_rl *rl)
     hid_t mt = H5Tcopy(H5T_C_S1);
     H5Tset_size(mt, w + 1);
     H5Tset_strpad(mt, H5T_STR_NULLTERM);
+    H5Tset_cset(mt, H5Tget_cset(ft));
     if (!buf || !rl->domains) rc = MK_FAIL(MK_ERR_NOMEM, "out of memory reading %s", path);
     else if (H5Dread(d, mt, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) < 0)
         rc = MK_FAIL(MK_ERR_INPUT, "%s: damaged routing log: cannot read /domains", path);
