@@ -338,7 +338,9 @@ int mk_train_run(const mk_config *cfg, const mk_train_opts *opts, mk_train_resul
         rc = MK_FAIL(MK_ERR_IO, "%s: write failed: %s", logpath, strerror(errno));
         goto done;
     }
-    if (opts->out)
+    if (opts->out && tokens_done == 0)
+        fprintf(opts->out, "done: the run already has its %ld steps; nothing to train\n", (long)cfg->train.steps);
+    else if (opts->out)
         fprintf(opts->out, "done: %ld steps in %.1f s, %.0f tok/s, loss %.4f -> %.4f (%.1f%% lower)\n",
                 res->steps, res->seconds, res->tokens_per_s, res->first_loss, res->final_loss,
                 100.0 * (1.0 - res->final_loss / res->first_loss));
