@@ -1,0 +1,1277 @@
+/* mk_backend_cuda.cu - the CUDA backend (DESIGN section 5), first step: fp32, correctness.
+ *
+ * Every op of mk_backend.h on device memory of one GPU. GEMMs go through cuBLAS (pedantic
+ * fp32 math, no TF32), everything else is a plain CUDA kernel written to follow the CPU
+ * reference (mk_backend_cpu.c) as literally as the hardware allows, so the two can be
+ * compared element by element (tests/test_cuda_backend.c).
+ *
+ * Determinism rule, as on the CPU: every output element is written by one thread, and
+ * every reduction runs in a fixed order that depends on the shapes only -- either a serial
+ * loop in one thread (token-order sums: embedding and RMSNorm weight gradients, router
+ * counts and psum) or a tree over a block of fixed size (row sums of softmax, RMSNorm,
+ * sumsq). No atomics anywhere, so the same inputs give the same bits on every call.
+ *
+ * Speed is not a goal yet: attention is naive kernels with the full [B,H,T,T] probability
+ * buffer, route_plan runs on the host, and several ops copy small int arrays to the host
+ * to validate them like the CPU backend does.
+ *
+ * All work is issued on the legacy default stream, so ops are ordered with each other and
+ * with the synchronous cudaMemcpy of to_host/from_host; errors of asynchronous kernels show
+ * up at the next synchronising call at the latest (to_host in practice).
+ */
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+extern "C" {
+#include "mk_backend.h"
+#include "mk_error.h"
+}
+#include "mk_backend_cuda.h"
+
+#ifdef MK_REAL_DOUBLE
+#error "the CUDA backend is fp32 only (mk_real = float): build it without MK_REAL_DOUBLE"
+#endif
+
+#define MK_RMS_EPS 1e-5
+
+/* Threads per block of every kernel. The block-tree reductions depend on it, so it is a
+ * constant, never derived from the device: results stay the same on any GPU. */
+#define TPB 256
+/* Blocks of the first sumsq pass: fixed for the same reason. */
+#define SUMSQ_BLOCKS 256
+/* Upper bound on blocks of grid-stride kernels (they loop over the rest). */
+#define MAX_BLOCKS (1u << 20)
+
+typedef struct cuda_impl {
+    mk_backend_ops ops;   /* per backend: no global mutable state, and C++17 has no
+                             designated initialisers for a static table */
+    int device;
+    cublasHandle_t blas;
+    void *scratch;        /* device scratch for per-call tables (angles, index lists) */
+    size_t scratch_bytes;
+} cuda_impl;
+
+static cuda_impl *impl_of(mk_backend *be) { return (cuda_impl *)be->impl; }
+
+/* ------------------------------------------------------------------ error checks */
+
+#define CU_CHECK(call, what)                                                               \
+    do {                                                                                   \
+        cudaError_t e_ = (call);                                                           \
+        if (e_ != cudaSuccess)                                                             \
+            return MK_FAIL(MK_ERR_INTERNAL, "cuda: %s: %s", (what), cudaGetErrorString(e_)); \
+    } while (0)
+
+#define BLAS_CHECK(call, what)                                                             \
+    do {                                                                                   \
+        cublasStatus_t s_ = (call);                                                        \
+        if (s_ != CUBLAS_STATUS_SUCCESS)                                                   \
+            return MK_FAIL(MK_ERR_INTERNAL, "cuda: %s: cuBLAS: %s", (what),                \
+                           cublasGetStatusString(s_));                                     \
+    } while (0)
+
+/* A launch reports bad configurations through cudaGetLastError; faults inside the kernel
+ * surface at the next synchronising call. */
+#define LAUNCH(kernel, grid, what, ...)                                                    \
+    do {                                                                                   \
+        kernel<<<(grid), TPB>>>(__VA_ARGS__);                                              \
+        CU_CHECK(cudaGetLastError(), what);                                                \
+    } while (0)
+
+static unsigned grid_for(size_t n)
+{
+    size_t b = (n + TPB - 1) / TPB;
+    return (unsigned)(b > MAX_BLOCKS ? MAX_BLOCKS : b);
+}
+
+#define GRID_STRIDE(i, n)                                                                  \
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);                \
+         i += (size_t)gridDim.x * blockDim.x)
+
+/* Device scratch that grows on demand. Freeing waits for the device first: a kernel of an
+ * earlier op may still read the old buffer. Reuse without a wait is safe because uploads
+ * into it are synchronous cudaMemcpy calls on the default stream, ordered after every
+ * kernel issued before them. */
+static int scratch_get(cuda_impl *im, size_t bytes, void **out)
+{
+    if (bytes == 0) bytes = 1;
+    if (bytes > im->scratch_bytes) {
+        if (im->scratch) {
+            CU_CHECK(cudaDeviceSynchronize(), "scratch: synchronize");
+            CU_CHECK(cudaFree(im->scratch), "scratch: free");
+        }
+        im->scratch = NULL;
+        im->scratch_bytes = 0;
+        cudaError_t e = cudaMalloc(&im->scratch, bytes);
+        if (e != cudaSuccess) {
+            im->scratch = NULL;
+            return MK_FAIL(MK_ERR_NOMEM, "cuda: scratch of %zu bytes: %s", bytes,
+                           cudaGetErrorString(e));
+        }
+        im->scratch_bytes = bytes;
+    }
+    *out = im->scratch;
+    return MK_OK;
+}
+
+/* ------------------------------------------------------------------ block reductions */
+
+/* Sum over the block (blockDim.x == TPB) in a fixed tree: same order on every call. All
+ * threads must call it; it ends with a barrier so sh can be reused right away. */
+__device__ static double block_sum(double v, double *sh)
+{
+    sh[threadIdx.x] = v;
+    __syncthreads();
+    for (int w = TPB / 2; w > 0; w >>= 1) {
+        if ((int)threadIdx.x < w) sh[threadIdx.x] += sh[threadIdx.x + w];
+        __syncthreads();
+    }
+    double r = sh[0];
+    __syncthreads();
+    return r;
+}
+
+/* Max over the block; max is order-independent, so it is exact whatever the tree. */
+__device__ static float block_max(float v, float *sh)
+{
+    sh[threadIdx.x] = v;
+    __syncthreads();
+    for (int w = TPB / 2; w > 0; w >>= 1) {
+        if ((int)threadIdx.x < w) {
+            float o = sh[threadIdx.x + w];
+            if (o > sh[threadIdx.x]) sh[threadIdx.x] = o;
+        }
+        __syncthreads();
+    }
+    float r = sh[0];
+    __syncthreads();
+    return r;
+}
+
+/* ------------------------------------------------------------------ memory */
+
+static int cuda_alloc(mk_backend *be, size_t bytes, void **out)
+{
+    (void)be;
+    *out = NULL;
+    /* A real pointer for 0 bytes keeps free() uniform, as on the CPU. */
+    size_t n = bytes ? bytes : 1;
+    void *p = NULL;
+    cudaError_t e = cudaMalloc(&p, n);
+    if (e != cudaSuccess)
+        return MK_FAIL(MK_ERR_NOMEM, "cuda: cannot allocate %zu bytes: %s", bytes,
+                       cudaGetErrorString(e));
+    e = cudaMemset(p, 0, n);
+    if (e != cudaSuccess) {
+        cudaFree(p);
+        return MK_FAIL(MK_ERR_INTERNAL, "cuda: memset of %zu bytes: %s", n, cudaGetErrorString(e));
+    }
+    *out = p;
+    return MK_OK;
+}
+
+static void cuda_free(mk_backend *be, void *p)
+{
+    (void)be;
+    if (!p) return;
+    cudaError_t e = cudaFree(p);
+    /* free cannot return a status; report it so the failure is not silent. */
+    if (e != cudaSuccess) MK_FAIL(MK_ERR_INTERNAL, "cuda: free: %s", cudaGetErrorString(e));
+}
+
+static int cuda_zero(mk_backend *be, void *p, size_t bytes)
+{
+    (void)be;
+    if (bytes) CU_CHECK(cudaMemset(p, 0, bytes), "zero");
+    return MK_OK;
+}
+
+static int cuda_copy(mk_backend *be, void *dst, const void *src, size_t bytes)
+{
+    (void)be;
+    if (!bytes || dst == src) return MK_OK;
+    const char *d = (const char *)dst, *s = (const char *)src;
+    if (d < s + bytes && s < d + bytes) {
+        /* The CPU copy is memmove; cudaMemcpy leaves overlap undefined, so bounce. */
+        void *tmp = NULL;
+        cudaError_t e = cudaMalloc(&tmp, bytes);
+        if (e != cudaSuccess)
+            return MK_FAIL(MK_ERR_NOMEM, "cuda: copy: bounce buffer of %zu bytes: %s", bytes,
+                           cudaGetErrorString(e));
+        e = cudaMemcpy(tmp, src, bytes, cudaMemcpyDeviceToDevice);
+        if (e == cudaSuccess) e = cudaMemcpy(dst, tmp, bytes, cudaMemcpyDeviceToDevice);
+        cudaError_t e2 = cudaFree(tmp);
+        CU_CHECK(e, "copy (overlapping)");
+        CU_CHECK(e2, "copy: free bounce buffer");
+        return MK_OK;
+    }
+    CU_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice), "copy");
+    return MK_OK;
+}
+
+static int cuda_to_host(mk_backend *be, void *dst_host, const void *src, size_t bytes)
+{
+    (void)be;
+    if (bytes) CU_CHECK(cudaMemcpy(dst_host, src, bytes, cudaMemcpyDeviceToHost), "to_host");
+    return MK_OK;
+}
+
+static int cuda_from_host(mk_backend *be, void *dst, const void *src_host, size_t bytes)
+{
+    (void)be;
+    if (bytes) CU_CHECK(cudaMemcpy(dst, src_host, bytes, cudaMemcpyHostToDevice), "from_host");
+    return MK_OK;
+}
+
+/* ------------------------------------------------------------------ dense algebra */
+
+__global__ static void k_beta_only(float *C, size_t n, float beta)
+{
+    GRID_STRIDE(i, n) C[i] = beta == 0 ? 0.0f : beta * C[i];
+}
+
+static int cuda_matmul(mk_backend *be, mk_real *C, const mk_real *A, const mk_real *B, int M,
+                       int N, int K, int trans_a, int trans_b, mk_real alpha, mk_real beta)
+{
+    cuda_impl *im = impl_of(be);
+    if (M < 0 || N < 0 || K < 0)
+        return MK_FAIL(MK_ERR_INTERNAL, "matmul: negative shape %d x %d x %d", M, N, K);
+    if (M == 0 || N == 0) return MK_OK;
+    if (K == 0) {
+        /* cuBLAS rejects a leading dimension of 0; the product is empty, only beta remains. */
+        size_t n = (size_t)M * N;
+        LAUNCH(k_beta_only, grid_for(n), "matmul (K = 0)", C, n, beta);
+        return MK_OK;
+    }
+    /* cuBLAS is column-major: a row-major [R, C] matrix is its transpose. Row-major
+     * C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T, i.e. the same call with A and B
+     * swapped and M and N swapped; the leading dimensions are the row-major row lengths. */
+    const int lda = trans_a ? M : K, ldb = trans_b ? K : N;
+    const cublasOperation_t ta = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const cublasOperation_t tb = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+    BLAS_CHECK(cublasSgemm(im->blas, tb, ta, N, M, K, &alpha, B, ldb, A, lda, &beta, C, N),
+               "matmul: sgemm");
+    return MK_OK;
+}
+
+static int check_offs(const char *op, const int *offs, int E)
+{
+    if (E < 0) return MK_FAIL(MK_ERR_INTERNAL, "%s: negative expert count %d", op, E);
+    if (E > 0 && offs[0] < 0) return MK_FAIL(MK_ERR_INTERNAL, "%s: offs[0] = %d", op, offs[0]);
+    for (int e = 0; e < E; e++)
+        if (offs[e + 1] < offs[e])
+            return MK_FAIL(MK_ERR_INTERNAL, "%s: offs not sorted at expert %d (%d > %d)", op, e,
+                           offs[e], offs[e + 1]);
+    return MK_OK;
+}
+
+static int cuda_grouped_matmul(mk_backend *be, mk_real *C, const mk_real *A, const mk_real *W,
+                               const int *offs_host, int E, int K, int N, int trans_w, mk_real beta)
+{
+    MK_CHECK(check_offs("grouped_matmul", offs_host, E));
+    /* One GEMM per expert (offs is on the host, so no device round trip). A grouped or
+     * batched GEMM is the later speed step. */
+    for (int e = 0; e < E; e++) {
+        int rows = offs_host[e + 1] - offs_host[e];
+        if (rows == 0) continue;
+        MK_CHECK(cuda_matmul(be, C + (size_t)offs_host[e] * N, A + (size_t)offs_host[e] * K,
+                             W + (size_t)e * K * N, rows, N, K, 0, trans_w, 1, beta));
+    }
+    return MK_OK;
+}
+
+static int cuda_grouped_matmul_wgrad(mk_backend *be, mk_real *dW, const mk_real *A,
+                                     const mk_real *dC, const int *offs_host, int E, int K, int N)
+{
+    MK_CHECK(check_offs("grouped_matmul_wgrad", offs_host, E));
+    for (int e = 0; e < E; e++) {
+        int rows = offs_host[e + 1] - offs_host[e];
+        if (rows == 0) continue;
+        MK_CHECK(cuda_matmul(be, dW + (size_t)e * K * N, A + (size_t)offs_host[e] * K,
+                             dC + (size_t)offs_host[e] * N, K, N, rows, 1, 0, 1, 1));
+    }
+    return MK_OK;
+}
+
+__global__ static void k_add(float *y, const float *a, const float *b, size_t n)
+{
+    GRID_STRIDE(i, n) y[i] = a[i] + b[i];
+}
+
+static int cuda_add(mk_backend *be, mk_real *y, const mk_real *a, const mk_real *b, size_t n)
+{
+    (void)be;
+    if (n) LAUNCH(k_add, grid_for(n), "add", y, a, b, n);
+    return MK_OK;
+}
+
+__global__ static void k_scale(float *x, size_t n, float s)
+{
+    GRID_STRIDE(i, n) x[i] *= s;
+}
+
+static int cuda_scale(mk_backend *be, mk_real *x, size_t n, mk_real s)
+{
+    (void)be;
+    if (n) LAUNCH(k_scale, grid_for(n), "scale", x, n, s);
+    return MK_OK;
+}
+
+/* Pass 1: a fixed grid of SUMSQ_BLOCKS x TPB threads, element i to thread i mod the grid
+ * size, each block's tree sum to part[block]. Pass 2 (on the host) adds the partials in
+ * block order. Both orders depend on n only. */
+__global__ static void k_sumsq(const float *x, size_t n, double *part)
+{
+    __shared__ double sh[TPB];
+    double s = 0;
+    GRID_STRIDE(i, n)
+    {
+        double v = x[i];
+        s += v * v;
+    }
+    double t = block_sum(s, sh);
+    if (threadIdx.x == 0) part[blockIdx.x] = t;
+}
+
+static int cuda_sumsq(mk_backend *be, const mk_real *x, size_t n, double *out_host)
+{
+    cuda_impl *im = impl_of(be);
+    *out_host = 0;
+    if (n == 0) return MK_OK;
+    void *sp;
+    MK_CHECK(scratch_get(im, SUMSQ_BLOCKS * sizeof(double), &sp));
+    double part[SUMSQ_BLOCKS];
+    LAUNCH(k_sumsq, SUMSQ_BLOCKS, "sumsq", x, n, (double *)sp);
+    CU_CHECK(cudaMemcpy(part, sp, sizeof part, cudaMemcpyDeviceToHost), "sumsq: partials");
+    double s = 0;
+    for (int b = 0; b < SUMSQ_BLOCKS; b++) s += part[b];
+    *out_host = s;
+    return MK_OK;
+}
+
+/* Every thread that sees a bad value stores the same 1: the result does not depend on
+ * which thread wins, so this plain store is deterministic. */
+__global__ static void k_nonfinite(const float *x, size_t n, int *flag)
+{
+    GRID_STRIDE(i, n)
+    if (!isfinite(x[i])) *flag = 1;
+}
+
+static int cuda_nonfinite(mk_backend *be, const mk_real *x, size_t n, int *out_host)
+{
+    cuda_impl *im = impl_of(be);
+    *out_host = 0;
+    if (n == 0) return MK_OK;
+    void *sp;
+    MK_CHECK(scratch_get(im, sizeof(int), &sp));
+    CU_CHECK(cudaMemset(sp, 0, sizeof(int)), "nonfinite: clear flag");
+    LAUNCH(k_nonfinite, grid_for(n), "nonfinite", x, n, (int *)sp);
+    int bad = 0;
+    CU_CHECK(cudaMemcpy(&bad, sp, sizeof bad, cudaMemcpyDeviceToHost), "nonfinite: flag");
+    *out_host = bad != 0;
+    return MK_OK;
+}
+
+/* ------------------------------------------------------------------ embedding */
+
+__global__ static void k_embedding_forward(float *out, const int32_t *tokens, const float *wte,
+                                           int N, int D)
+{
+    GRID_STRIDE(i, (size_t)N * D)
+    {
+        size_t n = i / D, c = i % D;
+        out[i] = wte[(size_t)tokens[n] * D + c];
+    }
+}
+
+static int cuda_embedding_forward(mk_backend *be, mk_real *out, const int32_t *tokens,
+                                  const mk_real *wte, int N, int D)
+{
+    (void)be;
+    size_t n = (size_t)N * D;
+    if (N > 0 && D > 0) LAUNCH(k_embedding_forward, grid_for(n), "embedding_forward", out, tokens, wte, N, D);
+    return MK_OK;
+}
+
+/* One block per vocabulary row that occurs, threads over its columns; each element adds
+ * its tokens in token order -- the CPU's order exactly, so the bits match the CPU too.
+ * list = [rows (nu) | start (nu + 1) | token index in token order (N)]. */
+__global__ static void k_embedding_backward(float *dwte, const float *dout, const int32_t *list,
+                                            int nu, int D)
+{
+    const int32_t *rows = list, *start = list + nu, *idx = list + 2 * nu + 1;
+    const int b = blockIdx.x;
+    float *dst = dwte + (size_t)rows[b] * D;
+    for (int c = threadIdx.x; c < D; c += blockDim.x) {
+        float v = dst[c];
+        for (int j = start[b]; j < start[b + 1]; j++) v += dout[(size_t)idx[j] * D + c];
+        dst[c] = v;
+    }
+}
+
+static int cuda_embedding_backward(mk_backend *be, mk_real *dwte, const int32_t *tokens,
+                                   const mk_real *dout, int N, int D, int V)
+{
+    cuda_impl *im = impl_of(be);
+    if (N <= 0 || D <= 0) return MK_OK;
+    /* The tokens come to the host to be validated as on the CPU and grouped by row: a
+     * counting sort, stable, so each row's tokens stay in token order. */
+    int32_t *tok = (int32_t *)malloc((size_t)N * sizeof *tok);
+    int32_t *cnt = (int32_t *)calloc((size_t)V + 1, sizeof *cnt);
+    int32_t *list = (int32_t *)malloc(((size_t)2 * N + 1 + N) * sizeof *list);
+    int rc = MK_OK;
+    if (!tok || !cnt || !list) {
+        rc = MK_FAIL(MK_ERR_NOMEM, "embedding_backward: out of host memory");
+        goto done;
+    }
+    {
+        cudaError_t e = cudaMemcpy(tok, tokens, (size_t)N * sizeof *tok, cudaMemcpyDeviceToHost);
+        if (e != cudaSuccess) {
+            rc = MK_FAIL(MK_ERR_INTERNAL, "cuda: embedding_backward: tokens: %s", cudaGetErrorString(e));
+            goto done;
+        }
+        for (int n = 0; n < N; n++)
+            if (tok[n] < 0 || tok[n] >= V) {
+                rc = MK_FAIL(MK_ERR_INPUT, "embedding: token %d at position %d outside vocabulary %d",
+                             (int)tok[n], n, V);
+                goto done;
+            }
+        for (int n = 0; n < N; n++) cnt[tok[n]]++;
+        int nu = 0;
+        for (int v = 0; v < V; v++) nu += cnt[v] > 0;
+        int32_t *rows = list, *start = list + nu, *idx = list + 2 * nu + 1;
+        /* cnt becomes each row's first position in idx; rows in vocabulary order. */
+        int pos = 0, u = 0;
+        for (int v = 0; v < V; v++) {
+            int c = cnt[v];
+            cnt[v] = pos;
+            if (c) {
+                rows[u] = v;
+                start[u] = pos;
+                u++;
+            }
+            pos += c;
+        }
+        start[nu] = pos;
+        for (int n = 0; n < N; n++) idx[cnt[tok[n]]++] = n;
+        size_t bytes = ((size_t)2 * nu + 1 + N) * sizeof *list;
+        void *sp;
+        rc = scratch_get(im, bytes, &sp);
+        if (rc != MK_OK) goto done;
+        e = cudaMemcpy(sp, list, bytes, cudaMemcpyHostToDevice);
+        if (e != cudaSuccess) {
+            rc = MK_FAIL(MK_ERR_INTERNAL, "cuda: embedding_backward: upload: %s", cudaGetErrorString(e));
+            goto done;
+        }
+        k_embedding_backward<<<nu, TPB>>>(dwte, dout, (const int32_t *)sp, nu, D);
+        e = cudaGetLastError();
+        if (e != cudaSuccess)
+            rc = MK_FAIL(MK_ERR_INTERNAL, "cuda: embedding_backward: %s", cudaGetErrorString(e));
+    }
+done:
+    free(tok);
+    free(cnt);
+    free(list);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ RMSNorm */
+
+/* One block per row: sum of squares in double by the block tree, then the row. */
+__global__ static void k_rmsnorm_forward(float *out, float *rstd, const float *x, const float *g,
+                                         int D)
+{
+    __shared__ double sh[TPB];
+    const size_t n = blockIdx.x;
+    const float *xr = x + n * D;
+    float *o = out + n * D;
+    double ss = 0;
+    for (int i = threadIdx.x; i < D; i += blockDim.x) ss += (double)xr[i] * xr[i];
+    ss = block_sum(ss, sh);
+    const float r = (float)(1.0 / sqrt(ss / D + MK_RMS_EPS));
+    if (threadIdx.x == 0) rstd[n] = r;
+    for (int i = threadIdx.x; i < D; i += blockDim.x) o[i] = xr[i] * r * g[i];
+}
+
+static int cuda_rmsnorm_forward(mk_backend *be, mk_real *out, mk_real *rstd, const mk_real *x,
+                                const mk_real *g, int N, int D)
+{
+    (void)be;
+    if (N > 0) LAUNCH(k_rmsnorm_forward, (unsigned)N, "rmsnorm_forward", out, rstd, x, g, D);
+    return MK_OK;
+}
+
+/* dx_j += r g_j dy_j - (r^3 / D) x_j sum_i g_i dy_i x_i, one block per row. */
+__global__ static void k_rmsnorm_backward_dx(float *dx, const float *dout, const float *x,
+                                             const float *g, const float *rstd, int D)
+{
+    __shared__ double sh[TPB];
+    const size_t n = blockIdx.x;
+    const float *xr = x + n * D, *dy = dout + n * D;
+    float *dxr = dx + n * D;
+    const double r = rstd[n];
+    double dot = 0;
+    for (int i = threadIdx.x; i < D; i += blockDim.x) dot += (double)g[i] * dy[i] * xr[i];
+    dot = block_sum(dot, sh);
+    const double c = r * r * r * dot / D;
+    for (int i = threadIdx.x; i < D; i += blockDim.x) dxr[i] += (float)(r * g[i] * dy[i] - c * xr[i]);
+}
+
+/* dg sums over tokens: one thread per column, tokens in order (the CPU's order). */
+__global__ static void k_rmsnorm_backward_dg(float *dg, const float *dout, const float *x,
+                                             const float *rstd, int N, int D)
+{
+    GRID_STRIDE(c, (size_t)D)
+    {
+        double acc = 0;
+        for (int n = 0; n < N; n++) {
+            const size_t o = (size_t)n * D + c;
+            acc += (double)dout[o] * x[o] * (double)rstd[n];
+        }
+        dg[c] += (float)acc;
+    }
+}
+
+static int cuda_rmsnorm_backward(mk_backend *be, mk_real *dx, mk_real *dg, const mk_real *dout,
+                                 const mk_real *x, const mk_real *g, const mk_real *rstd, int N,
+                                 int D)
+{
+    (void)be;
+    if (N <= 0 || D <= 0) return MK_OK;
+    LAUNCH(k_rmsnorm_backward_dx, (unsigned)N, "rmsnorm_backward (dx)", dx, dout, x, g, rstd, D);
+    LAUNCH(k_rmsnorm_backward_dg, grid_for((size_t)D), "rmsnorm_backward (dg)", dg, dout, x, rstd, N, D);
+    return MK_OK;
+}
+
+/* ------------------------------------------------------------------ attention */
+
+static int check_heads(const char *op, int D, int H)
+{
+    if (H <= 0 || D <= 0 || D % H != 0)
+        return MK_FAIL(MK_ERR_INTERNAL, "%s: width %d not divisible into %d heads", op, D, H);
+    return MK_OK;
+}
+
+/* One thread per (token, pair) of the q and k columns; cs holds cos and sign * sin of every
+ * (position, pair), computed on the host in double exactly as the CPU does. */
+__global__ static void k_rope(float *qkv, const double *cs, int N, int T, int D, int hd)
+{
+    const int half = hd / 2;
+    GRID_STRIDE(i, (size_t)N * D)
+    {
+        const size_t n = i / D;
+        const int col = 2 * (int)(i % D); /* even column in 0 .. 2D-1: q, then k */
+        const int p = (col % hd) / 2;
+        const double *cp = cs + ((size_t)(n % T) * half + p) * 2;
+        const double c = cp[0], s = cp[1];
+        float *row = qkv + n * 3 * D;
+        const double x0 = row[col], x1 = row[col + 1];
+        row[col] = (float)(x0 * c - x1 * s);
+        row[col + 1] = (float)(x0 * s + x1 * c);
+    }
+}
+
+static int rope_apply(mk_backend *be, const char *op, mk_real *qkv, int B, int T, int D, int H,
+                      double theta, double sign)
+{
+    cuda_impl *im = impl_of(be);
+    MK_CHECK(check_heads(op, D, H));
+    int hd = D / H;
+    if (hd % 2 != 0) return MK_FAIL(MK_ERR_INTERNAL, "%s: head size %d is odd", op, hd);
+    if (T <= 0 || !(theta > 0))
+        return MK_FAIL(MK_ERR_INTERNAL, "%s: sequence length %d, theta %g", op, T, theta);
+    const int N = B * T, half = hd / 2;
+    if (N <= 0) return MK_OK;
+    size_t bytes = (size_t)T * half * 2 * sizeof(double);
+    double *cs = (double *)malloc(bytes);
+    if (!cs) return MK_FAIL(MK_ERR_NOMEM, "%s: out of memory for the angle table", op);
+    /* The host's pow/cos/sin, so the table is bit-identical to the CPU backend's. */
+    for (int pos = 0; pos < T; pos++)
+        for (int i = 0; i < half; i++) {
+            double ang = pos * pow(theta, -2.0 * i / hd);
+            cs[((size_t)pos * half + i) * 2] = cos(ang);
+            cs[((size_t)pos * half + i) * 2 + 1] = sign * sin(ang);
+        }
+    void *sp;
+    int rc = scratch_get(im, bytes, &sp);
+    if (rc == MK_OK) {
+        cudaError_t e = cudaMemcpy(sp, cs, bytes, cudaMemcpyHostToDevice);
+        if (e != cudaSuccess)
+            rc = MK_FAIL(MK_ERR_INTERNAL, "cuda: %s: angle table: %s", op, cudaGetErrorString(e));
+    }
+    free(cs);
+    MK_CHECK(rc);
+    LAUNCH(k_rope, grid_for((size_t)N * D), op, qkv, (const double *)sp, N, T, D, hd);
+    return MK_OK;
+}
+
+static int cuda_rope_forward(mk_backend *be, mk_real *qkv, int B, int T, int D, int H, double theta)
+{
+    return rope_apply(be, "rope_forward", qkv, B, T, D, H, theta, 1.0);
+}
+
+static int cuda_rope_backward(mk_backend *be, mk_real *dqkv, int B, int T, int D, int H,
+                              double theta)
+{
+    return rope_apply(be, "rope_backward", dqkv, B, T, D, H, theta, -1.0);
+}
+
+/* Attention, naive and exact in structure: scores into att [B,H,T,T], a row softmax per
+ * block, then the weighted sum of v. Every output element is one thread's dot product in
+ * index order. q of (b, h) at row t is qkv[(b T + t) 3D + h hd], k at + D, v at + 2D. */
+__global__ static void k_att_scores(float *att, const float *qkv, int B, int T, int D, int H,
+                                    float scale)
+{
+    const int hd = D / H;
+    const size_t ld = (size_t)3 * D;
+    GRID_STRIDE(i, (size_t)B * H * T * T)
+    {
+        const size_t bh = i / ((size_t)T * T);
+        const int t = (int)(i / T % T), t2 = (int)(i % T);
+        if (t2 > t) continue; /* the softmax zeroes it */
+        const int b = (int)(bh / H), h = (int)(bh % H);
+        const float *q = qkv + ((size_t)b * T + t) * ld + (size_t)h * hd;
+        const float *k = qkv + ((size_t)b * T + t2) * ld + D + (size_t)h * hd;
+        float s = 0;
+        for (int d = 0; d < hd; d++) s += q[d] * k[d];
+        att[i] = scale * s;
+    }
+}
+
+/* One block per row (bh, t): the CPU's causal softmax, exp in float, sum in double. */
+__global__ static void k_att_softmax(float *att, int T)
+{
+    __shared__ double sh[TPB];
+    __shared__ float shf[TPB];
+    const size_t rowid = blockIdx.x;
+    const int t = (int)(rowid % T);
+    float *row = att + rowid * T;
+    float mx = -INFINITY;
+    for (int t2 = threadIdx.x; t2 <= t; t2 += blockDim.x) mx = row[t2] > mx ? row[t2] : mx;
+    mx = block_max(mx, shf);
+    double sum = 0;
+    for (int t2 = threadIdx.x; t2 <= t; t2 += blockDim.x) {
+        float e = expf(row[t2] - mx);
+        row[t2] = e;
+        sum += e;
+    }
+    sum = block_sum(sum, sh);
+    const float inv = (float)(1.0 / sum);
+    for (int t2 = threadIdx.x; t2 < T; t2 += blockDim.x) row[t2] = t2 <= t ? row[t2] * inv : 0.0f;
+}
+
+__global__ static void k_att_out(float *out, const float *att, const float *qkv, int B, int T,
+                                 int D, int H)
+{
+    const int hd = D / H;
+    const size_t ld = (size_t)3 * D;
+    GRID_STRIDE(i, (size_t)B * T * D)
+    {
+        const size_t n = i / D;
+        const int c = (int)(i % D), b = (int)(n / T), t = (int)(n % T), h = c / hd, d = c % hd;
+        const float *a = att + (((size_t)b * H + h) * T + t) * T;
+        const float *v = qkv + (size_t)b * T * ld + 2 * (size_t)D + (size_t)h * hd + d;
+        float s = 0;
+        for (int t2 = 0; t2 <= t; t2++) s += a[t2] * v[(size_t)t2 * ld];
+        out[i] = s;
+    }
+}
+
+static int cuda_attention_forward(mk_backend *be, mk_real *out, mk_real *att, const mk_real *qkv,
+                                  int B, int T, int D, int H)
+{
+    (void)be;
+    MK_CHECK(check_heads("attention_forward", D, H));
+    if (B <= 0 || T <= 0) return MK_OK;
+    const int hd = D / H;
+    const float scale = (float)(1.0 / sqrt((double)hd));
+    const size_t natt = (size_t)B * H * T * T;
+    LAUNCH(k_att_scores, grid_for(natt), "attention_forward (scores)", att, qkv, B, T, D, H, scale);
+    LAUNCH(k_att_softmax, (unsigned)((size_t)B * H * T), "attention_forward (softmax)", att, T);
+    LAUNCH(k_att_out, grid_for((size_t)B * T * D), "attention_forward (out)", out, att, qkv, B, T, D, H);
+    return MK_OK;
+}
+
+/* dP[t, t2] = dO[t] . V[t2] (t2 <= t; the rest is zeroed by the next kernel). */
+__global__ static void k_att_dp(float *datt, const float *dout, const float *qkv, int B, int T,
+                                int D, int H)
+{
+    const int hd = D / H;
+    const size_t ld = (size_t)3 * D;
+    GRID_STRIDE(i, (size_t)B * H * T * T)
+    {
+        const size_t bh = i / ((size_t)T * T);
+        const int t = (int)(i / T % T), t2 = (int)(i % T);
+        if (t2 > t) continue;
+        const int b = (int)(bh / H), h = (int)(bh % H);
+        const float *dy = dout + ((size_t)b * T + t) * D + (size_t)h * hd;
+        const float *v = qkv + ((size_t)b * T + t2) * ld + 2 * (size_t)D + (size_t)h * hd;
+        float s = 0;
+        for (int d = 0; d < hd; d++) s += dy[d] * v[d];
+        datt[i] = s;
+    }
+}
+
+/* dS = P (dP - rowsum(P dP)) * scale, one block per row, the row sum in double. */
+__global__ static void k_att_dsoftmax(float *datt, const float *att, int T, float scale)
+{
+    __shared__ double sh[TPB];
+    const size_t rowid = blockIdx.x;
+    const int t = (int)(rowid % T);
+    const float *p = att + rowid * T;
+    float *d = datt + rowid * T;
+    double dot = 0;
+    for (int t2 = threadIdx.x; t2 <= t; t2 += blockDim.x) dot += (double)p[t2] * d[t2];
+    dot = block_sum(dot, sh);
+    const float dotf = (float)dot;
+    for (int t2 = threadIdx.x; t2 < T; t2 += blockDim.x)
+        d[t2] = t2 <= t ? p[t2] * (d[t2] - dotf) * scale : 0.0f;
+}
+
+/* All 3D columns of dqkv: dQ = dS K, dK = dS^T Q, dV = P^T dO, causal ranges only (the
+ * rest of dS and P is zero). */
+__global__ static void k_att_dqkv(float *dqkv, const float *datt, const float *att,
+                                  const float *dout, const float *qkv, int B, int T, int D, int H)
+{
+    const int hd = D / H;
+    const size_t ld = (size_t)3 * D;
+    GRID_STRIDE(i, (size_t)B * T * 3 * D)
+    {
+        const size_t n = i / ld;
+        const int col = (int)(i % ld), part = col / D, c = col % D;
+        const int b = (int)(n / T), t = (int)(n % T), h = c / hd, d = c % hd;
+        const size_t bh = (size_t)b * H + h;
+        const float *ds = datt + bh * T * T, *pa = att + bh * T * T;
+        const float *base = qkv + (size_t)b * T * ld + (size_t)h * hd + d;
+        float s = 0;
+        if (part == 0) {
+            const float *k = base + D;
+            for (int t2 = 0; t2 <= t; t2++) s += ds[(size_t)t * T + t2] * k[(size_t)t2 * ld];
+        } else if (part == 1) {
+            const float *q = base;
+            for (int t1 = t; t1 < T; t1++) s += ds[(size_t)t1 * T + t] * q[(size_t)t1 * ld];
+        } else {
+            const float *dy = dout + (size_t)b * T * D + (size_t)h * hd + d;
+            for (int t1 = t; t1 < T; t1++) s += pa[(size_t)t1 * T + t] * dy[(size_t)t1 * D];
+        }
+        dqkv[i] = s;
+    }
+}
+
+static int cuda_attention_backward(mk_backend *be, mk_real *dqkv, mk_real *datt,
+                                   const mk_real *dout, const mk_real *qkv, const mk_real *att,
+                                   int B, int T, int D, int H)
+{
+    (void)be;
+    MK_CHECK(check_heads("attention_backward", D, H));
+    if (B <= 0 || T <= 0) return MK_OK;
+    const int hd = D / H;
+    const float scale = (float)(1.0 / sqrt((double)hd));
+    const size_t natt = (size_t)B * H * T * T;
+    LAUNCH(k_att_dp, grid_for(natt), "attention_backward (dP)", datt, dout, qkv, B, T, D, H);
+    LAUNCH(k_att_dsoftmax, (unsigned)((size_t)B * H * T), "attention_backward (dS)", datt, att, T, scale);
+    LAUNCH(k_att_dqkv, grid_for((size_t)B * T * 3 * D), "attention_backward (dqkv)", dqkv, datt,
+           att, dout, qkv, B, T, D, H);
+    return MK_OK;
+}
+
+/* ------------------------------------------------------------------ router */
+
+/* One thread per token: the CPU's loop body, line for line (softmax in double, the
+ * selection in the total order prob descending, index ascending). */
+__global__ static void k_router_forward(float *probs, float *lse, int32_t *topk, float *gates,
+                                        const float *z, int N, int E, int K, int norm_topk,
+                                        int *bad)
+{
+    GRID_STRIDE(nn, (size_t)N)
+    {
+        const float *zr = z + nn * E;
+        float *p = probs + nn * E;
+        int32_t *tk = topk + nn * K;
+        float *gt = gates + nn * K;
+        double mx = zr[0];
+        for (int e = 1; e < E; e++)
+            if (zr[e] > mx) mx = zr[e];
+        double sum = 0;
+        for (int e = 0; e < E; e++) sum += exp((double)zr[e] - mx);
+        for (int e = 0; e < E; e++) p[e] = (float)(exp((double)zr[e] - mx) / sum);
+        lse[nn] = (float)(mx + log(sum));
+        for (int j = 0; j < K; j++) {
+            int best = -1;
+            for (int e = 0; e < E; e++) {
+                if (j > 0) {
+                    int prev = tk[j - 1];
+                    int below = p[e] < p[prev] || (p[e] == p[prev] && e > prev);
+                    if (!below) continue;
+                }
+                if (best < 0 || p[e] > p[best]) best = e;
+            }
+            if (best < 0) {
+                best = 0;
+                *bad = 1; /* same value from every writer: deterministic */
+            }
+            tk[j] = best;
+        }
+        if (!isfinite(sum)) *bad = 1;
+        double gs = 0;
+        for (int j = 0; j < K; j++) gs += p[tk[j]];
+        for (int j = 0; j < K; j++) gt[j] = norm_topk ? (float)(p[tk[j]] / gs) : p[tk[j]];
+    }
+}
+
+/* One thread per expert, tokens in order: counts and psum as the CPU sums them. */
+__global__ static void k_router_stats(int32_t *counts, float *psum, const int32_t *topk,
+                                      const float *probs, int N, int E, int K)
+{
+    GRID_STRIDE(e, (size_t)E)
+    {
+        int32_t c = 0;
+        const size_t S = (size_t)N * K;
+        for (size_t s = 0; s < S; s++) c += topk[s] == (int32_t)e;
+        counts[e] = c;
+        double acc = 0;
+        for (int n = 0; n < N; n++) acc += probs[(size_t)n * E + e];
+        psum[e] = (float)acc;
+    }
+}
+
+static int cuda_router_forward(mk_backend *be, mk_real *probs, mk_real *lse, int32_t *topk,
+                               mk_real *gates, int32_t *counts, mk_real *psum, const mk_real *z,
+                               int N, int E, int K, int norm_topk)
+{
+    cuda_impl *im = impl_of(be);
+    if (E <= 0 || K <= 0 || K > E)
+        return MK_FAIL(MK_ERR_INTERNAL, "router_forward: top-%d of %d experts", K, E);
+    if (N > 0) {
+        void *sp;
+        MK_CHECK(scratch_get(im, sizeof(int), &sp));
+        CU_CHECK(cudaMemset(sp, 0, sizeof(int)), "router_forward: clear flag");
+        LAUNCH(k_router_forward, grid_for((size_t)N), "router_forward", probs, lse, topk, gates, z,
+               N, E, K, norm_topk, (int *)sp);
+        int bad = 0;
+        CU_CHECK(cudaMemcpy(&bad, sp, sizeof bad, cudaMemcpyDeviceToHost), "router_forward: flag");
+        if (bad) return MK_FAIL(MK_ERR_NUMERIC, "router_forward: non-finite router logits");
+    }
+    LAUNCH(k_router_stats, grid_for((size_t)E), "router_forward (counts, psum)", counts, psum,
+           topk, probs, N, E, K);
+    return MK_OK;
+}
+
+/* One thread per token, the CPU's loop body: the dz row holds dL/dprobs first (in float,
+ * as the CPU stores it), then becomes dL/dz in place. */
+__global__ static void k_router_backward(float *dz, const float *dgates, const float *lbl_ds,
+                                         float zloss_scale, const float *probs, const float *lse,
+                                         const int32_t *topk, const float *gates, int N, int E,
+                                         int K, int norm_topk)
+{
+    GRID_STRIDE(nn, (size_t)N)
+    {
+        const float *p = probs + nn * E;
+        const float *dg = dgates + nn * K, *gt = gates + nn * K;
+        const int32_t *tk = topk + nn * K;
+        float *d = dz + nn * E;
+        for (int e = 0; e < E; e++) d[e] = lbl_ds ? lbl_ds[e] : 0.0f;
+        if (norm_topk) {
+            double S = 0, c = 0;
+            for (int j = 0; j < K; j++) {
+                S += p[tk[j]];
+                c += (double)dg[j] * gt[j];
+            }
+            for (int j = 0; j < K; j++) d[tk[j]] += (float)(((double)dg[j] - c) / S);
+        } else {
+            for (int j = 0; j < K; j++) d[tk[j]] += dg[j];
+        }
+        double dot = 0;
+        for (int e = 0; e < E; e++) dot += (double)p[e] * d[e];
+        double zl = 2.0 * (double)zloss_scale * lse[nn];
+        for (int e = 0; e < E; e++) d[e] = (float)(p[e] * ((double)d[e] - dot + zl));
+    }
+}
+
+static int cuda_router_backward(mk_backend *be, mk_real *dz, const mk_real *dgates,
+                                const mk_real *lbl_ds, mk_real zloss_scale, const mk_real *probs,
+                                const mk_real *lse, const int32_t *topk, const mk_real *gates,
+                                int N, int E, int K, int norm_topk)
+{
+    (void)be;
+    if (E <= 0 || K <= 0 || K > E)
+        return MK_FAIL(MK_ERR_INTERNAL, "router_backward: top-%d of %d experts", K, E);
+    if (N > 0)
+        LAUNCH(k_router_backward, grid_for((size_t)N), "router_backward", dz, dgates, lbl_ds,
+               zloss_scale, probs, lse, topk, gates, N, E, K, norm_topk);
+    return MK_OK;
+}
+
+/* ------------------------------------------------------------------ dispatch and combine */
+
+/* On the host for now: topk comes down (N*K ints), the CPU's counting sort runs on it, the
+ * plan goes back up. Exact and simple; a device counting sort is a later speed step. */
+static int cuda_route_plan(mk_backend *be, int32_t *offs, int32_t *row_slot, int32_t *slot_row,
+                           const int32_t *topk, int N, int E, int K, int capacity)
+{
+    (void)be;
+    if (E <= 0 || K <= 0 || N < 0 || capacity < 0)
+        return MK_FAIL(MK_ERR_INTERNAL, "route_plan: N %d, E %d, K %d, capacity %d", N, E, K,
+                       capacity);
+    const size_t S = (size_t)N * K;
+    int32_t *tk = (int32_t *)malloc((S ? S : 1) * sizeof *tk);
+    int32_t *rs = (int32_t *)malloc((S ? S : 1) * sizeof *rs);
+    int32_t *sr = (int32_t *)malloc((S ? S : 1) * sizeof *sr);
+    int32_t *of = (int32_t *)malloc(((size_t)E + 1) * sizeof *of);
+    int32_t *fill = (int32_t *)calloc((size_t)E, sizeof *fill);
+    int rc = MK_OK;
+    cudaError_t e1 = cudaSuccess;
+    if (!tk || !rs || !sr || !of || !fill) {
+        rc = MK_FAIL(MK_ERR_NOMEM, "route_plan: out of host memory");
+        goto done;
+    }
+    if (S && (e1 = cudaMemcpy(tk, topk, S * sizeof *tk, cudaMemcpyDeviceToHost)) != cudaSuccess) {
+        rc = MK_FAIL(MK_ERR_INTERNAL, "cuda: route_plan: topk: %s", cudaGetErrorString(e1));
+        goto done;
+    }
+    for (size_t s = 0; s < S; s++)
+        if (tk[s] < 0 || tk[s] >= E) {
+            rc = MK_FAIL(MK_ERR_INTERNAL, "route_plan: expert %d of choice %zu outside 0..%d",
+                         (int)tk[s], s, E - 1);
+            goto done;
+        }
+    for (size_t s = 0; s < S; s++) fill[tk[s]]++;
+    of[0] = 0;
+    for (int e = 0; e < E; e++) {
+        int kept = capacity > 0 && fill[e] > capacity ? capacity : fill[e];
+        of[e + 1] = of[e] + kept;
+        fill[e] = 0;
+    }
+    for (size_t s = 0; s < S; s++) {
+        int e = tk[s];
+        if (capacity > 0 && fill[e] >= capacity) {
+            sr[s] = -1;
+            continue;
+        }
+        int32_t r = of[e] + fill[e]++;
+        rs[r] = (int32_t)s;
+        sr[s] = r;
+    }
+    for (size_t r = (size_t)of[E]; r < S; r++) rs[r] = -1;
+    if ((e1 = cudaMemcpy(offs, of, ((size_t)E + 1) * sizeof *of, cudaMemcpyHostToDevice)) != cudaSuccess ||
+        (S && (e1 = cudaMemcpy(row_slot, rs, S * sizeof *rs, cudaMemcpyHostToDevice)) != cudaSuccess) ||
+        (S && (e1 = cudaMemcpy(slot_row, sr, S * sizeof *sr, cudaMemcpyHostToDevice)) != cudaSuccess))
+        rc = MK_FAIL(MK_ERR_INTERNAL, "cuda: route_plan: upload: %s", cudaGetErrorString(e1));
+done:
+    free(tk);
+    free(rs);
+    free(sr);
+    free(of);
+    free(fill);
+    return rc;
+}
+
+__global__ static void k_permute_rows(float *dst, const float *src, const int32_t *row_slot,
+                                      const float *weights, int R, int K, int D)
+{
+    GRID_STRIDE(i, (size_t)R * D)
+    {
+        const size_t r = i / D, c = i % D;
+        const int32_t s = row_slot[r];
+        const float x = src[(size_t)(s / K) * D + c];
+        dst[i] = weights ? weights[s] * x : x;
+    }
+}
+
+static int cuda_permute_rows(mk_backend *be, mk_real *dst, const mk_real *src,
+                             const int32_t *row_slot, const mk_real *weights, int R, int K, int D)
+{
+    (void)be;
+    if (R > 0 && D > 0)
+        LAUNCH(k_permute_rows, grid_for((size_t)R * D), "permute_rows", dst, src, row_slot,
+               weights, R, K, D);
+    return MK_OK;
+}
+
+/* Gather per token element: one writer per dst element, choices added in j order. */
+__global__ static void k_unpermute_add(float *dst, const float *src, const int32_t *slot_row,
+                                       const float *weights, int N, int K, int D)
+{
+    GRID_STRIDE(i, (size_t)N * D)
+    {
+        const size_t n = i / D, c = i % D;
+        float y = dst[i];
+        for (int j = 0; j < K; j++) {
+            const size_t s = n * K + j;
+            const int32_t r = slot_row[s];
+            if (r < 0) continue;
+            const float w = weights ? weights[s] : 1.0f;
+            y += w * src[(size_t)r * D + c];
+        }
+        dst[i] = y;
+    }
+}
+
+static int cuda_unpermute_add(mk_backend *be, mk_real *dst, const mk_real *src,
+                              const int32_t *slot_row, const mk_real *weights, int N, int K, int D)
+{
+    (void)be;
+    if (N > 0 && D > 0)
+        LAUNCH(k_unpermute_add, grid_for((size_t)N * D), "unpermute_add", dst, src, slot_row,
+               weights, N, K, D);
+    return MK_OK;
+}
+
+/* One thread per choice, the dot product in double in column order (the CPU's). */
+__global__ static void k_combine_backward_gates(float *dgates, const float *dout, const float *y,
+                                                const int32_t *slot_row, int N, int K, int D)
+{
+    GRID_STRIDE(s, (size_t)N * K)
+    {
+        const float *dy = dout + (s / K) * D;
+        const int32_t r = slot_row[s];
+        double acc = 0;
+        if (r >= 0) {
+            const float *x = y + (size_t)r * D;
+            for (int i = 0; i < D; i++) acc += (double)dy[i] * x[i];
+        }
+        dgates[s] = (float)acc;
+    }
+}
+
+static int cuda_combine_backward_gates(mk_backend *be, mk_real *dgates, const mk_real *dout,
+                                       const mk_real *y, const int32_t *slot_row, int N, int K,
+                                       int D)
+{
+    (void)be;
+    if (N > 0 && K > 0)
+        LAUNCH(k_combine_backward_gates, grid_for((size_t)N * K), "combine_backward_gates", dgates,
+               dout, y, slot_row, N, K, D);
+    return MK_OK;
+}
+
+/* ------------------------------------------------------------------ SwiGLU */
+
+/* expf (not __expf): the accurate one, closest to the host's. exp(-a) overflows to inf
+ * for very negative a, which correctly gives 0. */
+__device__ static float sigmoidf_(float a) { return 1.0f / (1.0f + expf(-a)); }
+
+__global__ static void k_swiglu_forward(float *h, const float *a, const float *b, size_t n)
+{
+    GRID_STRIDE(i, n) h[i] = a[i] * sigmoidf_(a[i]) * b[i];
+}
+
+static int cuda_swiglu_forward(mk_backend *be, mk_real *h, const mk_real *a, const mk_real *b,
+                               size_t n)
+{
+    (void)be;
+    if (n) LAUNCH(k_swiglu_forward, grid_for(n), "swiglu_forward", h, a, b, n);
+    return MK_OK;
+}
+
+__global__ static void k_swiglu_backward(float *da, float *db, const float *dh, const float *a,
+                                         const float *b, size_t n)
+{
+    GRID_STRIDE(i, n)
+    {
+        /* Read everything first: da or db may alias an input. */
+        const float x = a[i], sg = sigmoidf_(x), g = dh[i], bi = b[i];
+        da[i] = g * bi * (sg + x * sg * (1 - sg));
+        db[i] = g * x * sg;
+    }
+}
+
+static int cuda_swiglu_backward(mk_backend *be, mk_real *da, mk_real *db, const mk_real *dh,
+                                const mk_real *a, const mk_real *b, size_t n)
+{
+    (void)be;
+    if (n) LAUNCH(k_swiglu_backward, grid_for(n), "swiglu_backward", da, db, dh, a, b, n);
+    return MK_OK;
+}
+
+/* ------------------------------------------------------------------ loss */
+
+/* One block per row: max (exact), sum of exp in double by the block tree, then the loss
+ * and the gradient. Every read of the row, the target logit included, happens before the
+ * block_sum barrier and every write after it, so dlogits may alias logits. */
+__global__ static void k_cross_entropy(float *losses, float *dlogits, const float *logits,
+                                       const int32_t *targets, int V, float dscale)
+{
+    __shared__ double sh[TPB];
+    __shared__ float shf[TPB];
+    const size_t n = blockIdx.x;
+    const float *l = logits + n * V;
+    const int tgt = targets[n];
+    if (tgt < 0) { /* uniform per block: no thread reaches a barrier alone */
+        if (threadIdx.x == 0) losses[n] = 0;
+        if (dlogits)
+            for (int i = threadIdx.x; i < V; i += blockDim.x) dlogits[n * V + i] = 0;
+        return;
+    }
+    float mx = -INFINITY;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) mx = l[i] > mx ? l[i] : mx;
+    mx = block_max(mx, shf);
+    const float lt = l[tgt];
+    double sum = 0;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) sum += expf(l[i] - mx);
+    sum = block_sum(sum, sh);
+    const double lse = mx + log(sum);
+    if (threadIdx.x == 0) losses[n] = (float)(lse - lt);
+    if (dlogits) {
+        float *d = dlogits + n * V;
+        const float lse_r = (float)lse;
+        for (int i = threadIdx.x; i < V; i += blockDim.x) {
+            float p = expf(l[i] - lse_r);
+            d[i] = dscale * (p - (float)(i == tgt));
+        }
+    }
+}
+
+static int cuda_cross_entropy(mk_backend *be, mk_real *losses, mk_real *dlogits,
+                              const mk_real *logits, const int32_t *targets, int N, int V,
+                              mk_real dscale)
+{
+    (void)be;
+    if (V <= 0) return MK_FAIL(MK_ERR_INTERNAL, "cross_entropy: vocabulary size %d", V);
+    if (N <= 0) return MK_OK;
+    /* Targets come to the host to be validated like the CPU does (N ints). */
+    int32_t *tg = (int32_t *)malloc((size_t)N * sizeof *tg);
+    if (!tg) return MK_FAIL(MK_ERR_NOMEM, "cross_entropy: out of host memory");
+    cudaError_t e = cudaMemcpy(tg, targets, (size_t)N * sizeof *tg, cudaMemcpyDeviceToHost);
+    int rc = MK_OK;
+    if (e != cudaSuccess)
+        rc = MK_FAIL(MK_ERR_INTERNAL, "cuda: cross_entropy: targets: %s", cudaGetErrorString(e));
+    for (int n = 0; rc == MK_OK && n < N; n++)
+        if (tg[n] >= V)
+            rc = MK_FAIL(MK_ERR_INPUT, "cross_entropy: target %d at position %d outside "
+                         "vocabulary %d", (int)tg[n], n, V);
+    free(tg);
+    MK_CHECK(rc);
+    LAUNCH(k_cross_entropy, (unsigned)N, "cross_entropy", losses, dlogits, logits, targets, V, dscale);
+    return MK_OK;
+}
+
+/* ------------------------------------------------------------------ optimizer */
+
+__global__ static void k_adamw(float *p, const float *g, float *m, float *v, size_t n, double lr,
+                               double beta1, double beta2, double eps, double wd, double bc1,
+                               double bc2)
+{
+    GRID_STRIDE(i, n)
+    {
+        double gi = g[i];
+        double mi = beta1 * m[i] + (1.0 - beta1) * gi;
+        double vi = beta2 * v[i] + (1.0 - beta2) * gi * gi;
+        m[i] = (float)mi;
+        v[i] = (float)vi;
+        double pi = p[i];
+        p[i] = (float)(pi - lr * ((mi / bc1) / (sqrt(vi / bc2) + eps) + wd * pi));
+    }
+}
+
+static int cuda_adamw(mk_backend *be, mk_real *p, const mk_real *g, mk_real *m, mk_real *v,
+                      size_t n, double lr, double beta1, double beta2, double eps, double wd, long t)
+{
+    (void)be;
+    if (t < 1) return MK_FAIL(MK_ERR_INTERNAL, "adamw: step %ld, steps start at 1", t);
+    /* Bias corrections on the host with the host's pow, as on the CPU. */
+    double bc1 = 1.0 - pow(beta1, (double)t), bc2 = 1.0 - pow(beta2, (double)t);
+    if (n) LAUNCH(k_adamw, grid_for(n), "adamw", p, g, m, v, n, lr, beta1, beta2, eps, wd, bc1, bc2);
+    return MK_OK;
+}
+
+/* ------------------------------------------------------------------ lifetime */
+
+static void cuda_destroy(mk_backend *be)
+{
+    if (!be) return;
+    cuda_impl *im = impl_of(be);
+    if (im) {
+        if (im->blas) cublasDestroy(im->blas);
+        if (im->scratch) cudaFree(im->scratch);
+        free(im);
+    }
+    free(be);
+}
+
+static void fill_ops(mk_backend_ops *o)
+{
+    memset(o, 0, sizeof *o);
+    o->name = "cuda";
+    o->alloc = cuda_alloc;
+    o->free = cuda_free;
+    o->zero = cuda_zero;
+    o->copy = cuda_copy;
+    o->to_host = cuda_to_host;
+    o->from_host = cuda_from_host;
+    o->matmul = cuda_matmul;
+    o->grouped_matmul = cuda_grouped_matmul;
+    o->grouped_matmul_wgrad = cuda_grouped_matmul_wgrad;
+    o->add = cuda_add;
+    o->scale = cuda_scale;
+    o->sumsq = cuda_sumsq;
+    o->nonfinite = cuda_nonfinite;
+    o->embedding_forward = cuda_embedding_forward;
+    o->embedding_backward = cuda_embedding_backward;
+    o->rmsnorm_forward = cuda_rmsnorm_forward;
+    o->rmsnorm_backward = cuda_rmsnorm_backward;
+    o->rope_forward = cuda_rope_forward;
+    o->rope_backward = cuda_rope_backward;
+    o->attention_forward = cuda_attention_forward;
+    o->attention_backward = cuda_attention_backward;
+    o->router_forward = cuda_router_forward;
+    o->router_backward = cuda_router_backward;
+    o->route_plan = cuda_route_plan;
+    o->permute_rows = cuda_permute_rows;
+    o->unpermute_add = cuda_unpermute_add;
+    o->combine_backward_gates = cuda_combine_backward_gates;
+    o->swiglu_forward = cuda_swiglu_forward;
+    o->swiglu_backward = cuda_swiglu_backward;
+    o->cross_entropy = cuda_cross_entropy;
+    o->adamw = cuda_adamw;
+    o->destroy = cuda_destroy;
+}
+
+extern "C" int mk_backend_cuda_create(int device, mk_backend **out)
+{
+    *out = NULL;
+    int count = 0;
+    CU_CHECK(cudaGetDeviceCount(&count), "device count");
+    if (device < 0 || device >= count)
+        return MK_FAIL(MK_ERR_INTERNAL, "cuda: device %d requested, %d visible", device, count);
+    CU_CHECK(cudaSetDevice(device), "set device");
+    mk_backend *be = (mk_backend *)calloc(1, sizeof *be);
+    cuda_impl *im = (cuda_impl *)calloc(1, sizeof *im);
+    if (!be || !im) {
+        free(be);
+        free(im);
+        return MK_FAIL(MK_ERR_NOMEM, "cuda backend: cannot allocate its state");
+    }
+    im->device = device;
+    fill_ops(&im->ops);
+    be->ops = &im->ops;
+    be->impl = im;
+    cublasStatus_t s = cublasCreate(&im->blas);
+    if (s != CUBLAS_STATUS_SUCCESS) {
+        im->blas = NULL;
+        cuda_destroy(be);
+        return MK_FAIL(MK_ERR_INTERNAL, "cuda: cublasCreate: %s", cublasGetStatusString(s));
+    }
+    /* Pedantic fp32: no TF32 or other reduced-precision shortcuts (not even through
+     * NVIDIA_TF32_OVERRIDE), so GEMMs match the CPU to fp32 round-off. No atomics: cuBLAS
+     * is then bitwise reproducible run to run on the same GPU and toolkit. The default
+     * stream keeps GEMMs ordered with the kernels and copies. */
+    if ((s = cublasSetMathMode(im->blas, CUBLAS_PEDANTIC_MATH)) != CUBLAS_STATUS_SUCCESS ||
+        (s = cublasSetAtomicsMode(im->blas, CUBLAS_ATOMICS_NOT_ALLOWED)) != CUBLAS_STATUS_SUCCESS ||
+        (s = cublasSetPointerMode(im->blas, CUBLAS_POINTER_MODE_HOST)) != CUBLAS_STATUS_SUCCESS ||
+        (s = cublasSetStream(im->blas, 0)) != CUBLAS_STATUS_SUCCESS) {
+        cuda_destroy(be);
+        return MK_FAIL(MK_ERR_INTERNAL, "cuda: cuBLAS setup: %s", cublasGetStatusString(s));
+    }
+    *out = be;
+    return MK_OK;
+}

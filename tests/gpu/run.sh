@@ -1,0 +1,44 @@
+#!/bin/sh
+# tests/gpu/run.sh - everything a GPU machine session needs in one call: configure with
+# CUDA against the libraries carried in .deps/ (see docs/gpu-machine.md), build, run the GPU
+# tests, and leave the results in $OUT (gpu-results.md, the TAP output, the build logs).
+#
+# From the project root on this machine, with the device tool:
+#   ./autogen.sh && sh tests/gpu/fetch-deps.sh        # once: generated files and .deps/
+#   device run: sh tests/gpu/run.sh   carry: configure Makefile.in aclocal.m4 config.h.in
+#                                             build-aux m4 .deps
+set -u
+out=${OUT:-/tmp/moekit-gpu}
+mkdir -p "$out"
+deps=$PWD/.deps/usr
+lib=$deps/lib/x86_64-linux-gnu
+export CPPFLAGS="-I$deps/include" LDFLAGS="-L$lib -Wl,-rpath,$lib"
+start=$(date +%s)
+if ! ./configure --with-cuda >"$out/configure.log" 2>&1; then
+  tail -40 "$out/configure.log"; exit 1
+fi
+grep -A9 '^moekit .* configuration' "$out/configure.log"
+if ! make -j"$(nproc)" >"$out/build.log" 2>&1; then
+  grep -E 'error|Error' "$out/build.log" | head -30; exit 1
+fi
+make -j"$(nproc)" tests/test_cuda_smoke tests/test_cuda_backend >>"$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 1; }
+built=$(( $(date +%s) - start ))
+fails=0
+: >"$out/gpu-tests.tap"
+for t in tests/test_cuda_smoke tests/test_cuda_backend; do
+  echo "== $t" >>"$out/gpu-tests.tap"
+  ./"$t" >>"$out/gpu-tests.tap" 2>&1 || fails=$((fails + 1))
+done
+cat "$out/gpu-tests.tap"
+{
+  echo "# GPU test run $(date -u +%Y-%m-%dT%H:%MZ)"
+  echo
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | sed 's/^/GPU: /'
+  echo "nvcc: $(nvcc --version | tail -1)"
+  echo "configure + build: ${built} s"
+  echo
+  echo '```'
+  grep -E '^(ok|not ok|1\.\.|#)' "$out/gpu-tests.tap"
+  echo '```'
+} >"$out/gpu-results.md"
+exit $fails

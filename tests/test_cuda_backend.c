@@ -1,0 +1,874 @@
+/* test_cuda_backend.c - the CUDA backend against the CPU reference, op by op and as a model.
+ *
+ * Every op of mk_backend.h runs on the same random inputs through the CPU backend (host
+ * memory) and the CUDA backend (uploaded with ops->from_host, downloaded with ops->to_host),
+ * and the outputs are compared: ~1e-4 relative for GEMM-based ops and attention, ~1e-5 for
+ * element-wise ops, exact equality for integer outputs (topk, counts, offs, row_slot,
+ * slot_row). Then a whole model (forward, backward) is built on each backend from the same
+ * config and seed, and the loss, statistics and every gradient tensor are compared; and the
+ * CUDA model's forward + backward is run twice to check the gradients are bit-identical.
+ *
+ * Skips (TAP "1..0 # SKIP") where no CUDA device is visible.
+ *
+ * The config is filled field by field (not through mk_config_set), so the test needs no
+ * INI parser. Built with -DMK_CUDA_TEST_STANDALONE it also defines the few symbols of
+ * mk_config.c and mk_comm.c that the model sources reference (mk_config_validate, and comm
+ * calls only reached with expert parallelism), so it links from mk_backend_cpu.c,
+ * mk_model.c, mk_moe_ep.c, mk_lbl.c, mk_rng.c and mk_error.c alone: BLAS + CUDA, no
+ * libinih, no MPI.
+ */
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cuda_runtime_api.h>
+
+#include "cuda/mk_backend_cuda.h"
+#include "mk_backend.h"
+#include "mk_config.h"
+#include "mk_error.h"
+#include "mk_lbl.h"
+#include "mk_model.h"
+#include "tap.h"
+
+/* Tolerances: |got - want| <= atol + rtol |want|. */
+#define RT_GEMM 1e-4
+#define AT_GEMM 2e-5
+#define RT_EW 1e-5
+#define AT_EW 1e-6
+#define MODEL_RTOL 1e-3
+
+static mk_backend *cpu, *gpu;
+
+/* ------------------------------------------------------------------ standalone link */
+
+#ifdef MK_CUDA_TEST_STANDALONE
+/* The config below is valid by construction; the real check lives in mk_config.c, which
+ * needs libinih. */
+int mk_config_validate(const mk_config *cfg)
+{
+    (void)cfg;
+    return MK_OK;
+}
+
+/* Only reached with parallel.ep > 1 (a non-NULL comm); this test uses ep = 1. */
+int mk_comm_size(const mk_comm *c)
+{
+    (void)c;
+    return 1;
+}
+
+int mk_comm_rank(const mk_comm *c)
+{
+    (void)c;
+    return 0;
+}
+
+int mk_comm_alltoallv(const mk_comm *c, const void *send, const size_t *send_counts,
+                      const size_t *send_displs, void *recv, const size_t *recv_counts,
+                      const size_t *recv_displs)
+{
+    (void)c, (void)send, (void)send_counts, (void)send_displs, (void)recv, (void)recv_counts,
+        (void)recv_displs;
+    return MK_FAIL(MK_ERR_INTERNAL, "test build without MPI: no all-to-all");
+}
+
+int mk_comm_alltoall_int(const mk_comm *c, const int64_t *send, int64_t *recv)
+{
+    (void)c, (void)send, (void)recv;
+    return MK_FAIL(MK_ERR_INTERNAL, "test build without MPI: no all-to-all");
+}
+#endif
+
+/* ------------------------------------------------------------------ buffers */
+
+/* Host and device buffers of one test case, freed together at its end. */
+static void *harena[1024], *darena[1024];
+static int nharena, ndarena;
+
+static void bail(const char *what)
+{
+    printf("Bail out! %s\n", what);
+    exit(1);
+}
+
+static void *H(size_t bytes)
+{
+    void *p = calloc(1, bytes ? bytes : 1);
+    if (!p || nharena == (int)(sizeof harena / sizeof *harena)) bail("host allocation");
+    harena[nharena++] = p;
+    return p;
+}
+
+static float *Hf(size_t n) { return H(n * sizeof(float)); }
+static int32_t *Hi(size_t n) { return H(n * sizeof(int32_t)); }
+
+/* A zero-filled device buffer. */
+static void *Dz(size_t bytes)
+{
+    void *p = NULL;
+    if (ndarena == (int)(sizeof darena / sizeof *darena) ||
+        gpu->ops->alloc(gpu, bytes, &p) != MK_OK)
+        bail("device allocation");
+    darena[ndarena++] = p;
+    return p;
+}
+
+/* A device copy of a host buffer. */
+static void *D(const void *host, size_t bytes)
+{
+    void *p = Dz(bytes);
+    if (gpu->ops->from_host(gpu, p, host, bytes) != MK_OK) bail("from_host");
+    return p;
+}
+
+/* A host copy of a device buffer (a new host buffer). */
+static void *G(const void *dev, size_t bytes)
+{
+    void *h = H(bytes);
+    if (gpu->ops->to_host(gpu, h, dev, bytes) != MK_OK) bail("to_host");
+    return h;
+}
+
+static float *Gf(const float *dev, size_t n) { return G(dev, n * sizeof(float)); }
+static int32_t *Gi(const int32_t *dev, size_t n) { return G(dev, n * sizeof(int32_t)); }
+
+static void arena_free(void)
+{
+    while (nharena > 0) free(harena[--nharena]);
+    while (ndarena > 0) gpu->ops->free(gpu, darena[--ndarena]);
+}
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+
+/* Uniform in [-1, 1): xorshift64*, so runs repeat exactly. */
+static double rnd(void)
+{
+    rng_state ^= rng_state >> 12;
+    rng_state ^= rng_state << 25;
+    rng_state ^= rng_state >> 27;
+    uint64_t r = rng_state * 2685821657736338717ull;
+    return (double)(r >> 11) / 9007199254740992.0 * 2.0 - 1.0;
+}
+
+static int rnd_below(int n)
+{
+    int v = (int)((rnd() + 1.0) * 0.5 * n);
+    return v < n ? v : n - 1;
+}
+
+static float *Hrand(size_t n, double scale)
+{
+    float *x = Hf(n);
+    for (size_t i = 0; i < n; i++) x[i] = (float)(scale * rnd());
+    return x;
+}
+
+static float *Hcopy(const float *src, size_t n)
+{
+    float *x = Hf(n);
+    memcpy(x, src, n * sizeof *x);
+    return x;
+}
+
+/* ------------------------------------------------------------------ checks */
+
+/* Both backends returned MK_OK; one TAP line only on failure. */
+static int both_ok(int rc_cpu, int rc_gpu, const char *what)
+{
+    if (rc_cpu == MK_OK && rc_gpu == MK_OK) return 1;
+    tap_ok(0, "%s: cpu returned %d (%s), cuda %d (%s)", what, rc_cpu, mk_status_name(rc_cpu),
+           rc_gpu, mk_status_name(rc_gpu));
+    return 0;
+}
+
+/* One TAP line per array: the worst element against |got - want| <= atol + rtol |want|. */
+static int check_arr(const float *got, const float *want, size_t n, double rtol, double atol,
+                     const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+static int check_arr(const float *got, const float *want, size_t n, double rtol, double atol,
+                     const char *fmt, ...)
+{
+    char name[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    if (n == 0) return tap_ok(1, "%s (empty)", name);
+    size_t worst = 0;
+    double worst_excess = -INFINITY;
+    for (size_t i = 0; i < n; i++) {
+        double ex = fabs((double)got[i] - want[i]) - (atol + rtol * fabs((double)want[i]));
+        if (!isfinite((double)got[i]) || !isfinite((double)want[i])) ex = INFINITY;
+        if (ex > worst_excess) {
+            worst_excess = ex;
+            worst = i;
+        }
+    }
+    return tap_close(got[worst], want[worst], rtol, atol, "%s (worst at %zu of %zu)", name, worst, n);
+}
+
+static int check_ints(const int32_t *got, const int32_t *want, size_t n, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int check_ints(const int32_t *got, const int32_t *want, size_t n, const char *fmt, ...)
+{
+    char name[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    for (size_t i = 0; i < n; i++)
+        if (got[i] != want[i]) {
+            tap_ok(0, "%s: equal (%zu ints)", name, n);
+            tap_diag("first difference at %zu: got %d, want %d", i, (int)got[i], (int)want[i]);
+            return 0;
+        }
+    return tap_ok(1, "%s: equal (%zu ints)", name, n);
+}
+
+/* ------------------------------------------------------------------ memory */
+
+static void test_memory(void)
+{
+    unsigned char *p = Dz(1000), *h = G(p, 1000);
+    int zero = 1;
+    for (int i = 0; i < 1000; i++) zero &= h[i] == 0;
+    tap_ok(zero, "alloc zero-fills");
+    void *z = NULL;
+    tap_ok(gpu->ops->alloc(gpu, 0, &z) == MK_OK && z != NULL, "alloc of 0 bytes gives a pointer");
+    gpu->ops->free(gpu, z);
+    gpu->ops->free(gpu, NULL);
+
+    float host[5] = {1, -2, 3.5f, 4, 5}, back[5];
+    float *a = D(host, sizeof host), *b = Dz(sizeof host);
+    int rc = gpu->ops->copy(gpu, b, a, sizeof host);
+    rc |= gpu->ops->to_host(gpu, back, b, sizeof host);
+    tap_ok(rc == MK_OK && memcmp(back, host, sizeof host) == 0, "from_host, copy, to_host round trip");
+    rc = gpu->ops->zero(gpu, b, sizeof host);
+    float *hb = Gf(b, 5), *ha = Gf(a, 5);
+    tap_ok(rc == MK_OK && hb[0] == 0 && hb[4] == 0 && ha[4] == 5, "zero clears only its buffer");
+
+    /* Overlapping copy behaves like memmove (the CPU backend's copy). */
+    float buf[64], want[64];
+    for (int i = 0; i < 64; i++) buf[i] = want[i] = (float)i;
+    memmove(want + 3, want, 40 * sizeof *want);
+    float *d = D(buf, sizeof buf);
+    rc = gpu->ops->copy(gpu, d + 3, d, 40 * sizeof *buf);
+    float *got = Gf(d, 64);
+    tap_ok(rc == MK_OK && memcmp(got, want, sizeof want) == 0, "overlapping copy is a memmove");
+    arena_free();
+}
+
+/* ------------------------------------------------------------------ dense algebra */
+
+static void one_matmul(int M, int N, int K, int ta, int tb, float alpha, float beta)
+{
+    size_t na = (size_t)M * K, nb = (size_t)K * N, nc = (size_t)M * N;
+    float *A = Hrand(na, 1), *B = Hrand(nb, 1), *C = Hrand(nc, 1);
+    float *dA = D(A, na * 4), *dB = D(B, nb * 4), *dC = D(C, nc * 4);
+    int r1 = cpu->ops->matmul(cpu, C, A, B, M, N, K, ta, tb, alpha, beta);
+    int r2 = gpu->ops->matmul(gpu, dC, dA, dB, M, N, K, ta, tb, alpha, beta);
+    if (both_ok(r1, r2, "matmul"))
+        check_arr(Gf(dC, nc), C, nc, RT_GEMM, AT_GEMM * sqrt((double)K + 1),
+                  "matmul %dx%dx%d trans_a %d trans_b %d alpha %g beta %g", M, N, K, ta, tb,
+                  alpha, beta);
+}
+
+static void test_matmul(void)
+{
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++) {
+            one_matmul(37, 29, 53, ta, tb, 0.7f, -0.3f);
+            one_matmul(37, 29, 53, ta, tb, 1, 0);
+        }
+    one_matmul(300, 200, 500, 0, 1, 1, 1);
+    one_matmul(200, 300, 100, 1, 0, 1, 0);
+    one_matmul(2, 3, 0, 0, 0, 1, 0.5f); /* empty product: beta * C */
+    one_matmul(2, 3, 0, 0, 0, 1, 0);
+    arena_free();
+}
+
+static void test_grouped(void)
+{
+    enum { E = 4, K = 24, N = 20, R = 40 };
+    const int offs[E + 1] = {0, 10, 10, 31, 40}; /* expert 1 has no rows */
+    for (int tw = 0; tw < 2; tw++)
+        for (int bi = 0; bi < 2; bi++) {
+            float beta = bi ? 0.5f : 0;
+            float *A = Hrand((size_t)R * K, 1), *W = Hrand((size_t)E * K * N, 1);
+            float *C = Hrand((size_t)R * N, 1);
+            float *dA = D(A, sizeof(float) * R * K), *dW = D(W, sizeof(float) * E * K * N);
+            float *dC = D(C, sizeof(float) * R * N);
+            int r1 = cpu->ops->grouped_matmul(cpu, C, A, W, offs, E, K, N, tw, beta);
+            int r2 = gpu->ops->grouped_matmul(gpu, dC, dA, dW, offs, E, K, N, tw, beta);
+            if (both_ok(r1, r2, "grouped_matmul"))
+                check_arr(Gf(dC, (size_t)R * N), C, (size_t)R * N, RT_GEMM, AT_GEMM * 5,
+                          "grouped_matmul trans_w %d beta %g", tw, beta);
+        }
+    float *A = Hrand((size_t)R * K, 1), *dCh = Hrand((size_t)R * N, 1);
+    float *dW = Hrand((size_t)E * K * N, 1); /* accumulates onto what is there */
+    float *gA = D(A, sizeof(float) * R * K), *gdC = D(dCh, sizeof(float) * R * N);
+    float *gdW = D(dW, sizeof(float) * E * K * N);
+    int r1 = cpu->ops->grouped_matmul_wgrad(cpu, dW, A, dCh, offs, E, K, N);
+    int r2 = gpu->ops->grouped_matmul_wgrad(gpu, gdW, gA, gdC, offs, E, K, N);
+    if (both_ok(r1, r2, "grouped_matmul_wgrad"))
+        check_arr(Gf(gdW, (size_t)E * K * N), dW, (size_t)E * K * N, RT_GEMM, AT_GEMM * 5,
+                  "grouped_matmul_wgrad accumulates");
+    arena_free();
+}
+
+/* ------------------------------------------------------------------ element-wise */
+
+static void test_elementwise(void)
+{
+    const size_t n = 100003;
+    float *a = Hrand(n, 3), *b = Hrand(n, 3), *y = Hf(n);
+    float *ga = D(a, n * 4), *gb = D(b, n * 4), *gy = Dz(n * 4);
+    int r1 = cpu->ops->add(cpu, y, a, b, n), r2 = gpu->ops->add(gpu, gy, ga, gb, n);
+    if (both_ok(r1, r2, "add")) check_arr(Gf(gy, n), y, n, 0, 0, "add");
+    /* y aliasing a */
+    float *a2 = Hcopy(a, n);
+    r1 = cpu->ops->add(cpu, a2, a2, b, n);
+    r2 = gpu->ops->add(gpu, ga, ga, gb, n);
+    if (both_ok(r1, r2, "add (aliased)")) check_arr(Gf(ga, n), a2, n, 0, 0, "add with y aliasing a");
+
+    r1 = cpu->ops->scale(cpu, b, n, -0.37f);
+    r2 = gpu->ops->scale(gpu, gb, n, -0.37f);
+    if (both_ok(r1, r2, "scale")) check_arr(Gf(gb, n), b, n, 0, 0, "scale");
+
+    const size_t big = 1000003;
+    float *x = Hrand(big, 2), *gx = D(x, big * 4);
+    double s1 = 0, s2 = 0;
+    r1 = cpu->ops->sumsq(cpu, x, big, &s1);
+    r2 = gpu->ops->sumsq(gpu, gx, big, &s2);
+    if (both_ok(r1, r2, "sumsq")) tap_close(s2, s1, 1e-10, 0, "sumsq of %zu elements", big);
+    double s3 = -1;
+    r2 = gpu->ops->sumsq(gpu, gx, big, &s3);
+    tap_ok(r2 == MK_OK && memcmp(&s2, &s3, sizeof s2) == 0, "sumsq gives the same bits twice");
+    r1 = cpu->ops->sumsq(cpu, x, 7, &s1);
+    r2 = gpu->ops->sumsq(gpu, gx, 7, &s2);
+    if (both_ok(r1, r2, "sumsq small")) tap_close(s2, s1, 1e-12, 0, "sumsq of 7 elements");
+    r2 = gpu->ops->sumsq(gpu, gx, 0, &s2);
+    tap_ok(r2 == MK_OK && s2 == 0, "sumsq of 0 elements is 0");
+
+    int f1 = -1, f2 = -1;
+    r1 = cpu->ops->nonfinite(cpu, x, big, &f1);
+    r2 = gpu->ops->nonfinite(gpu, gx, big, &f2);
+    tap_ok(r1 == MK_OK && r2 == MK_OK && f1 == 0 && f2 == 0, "nonfinite: finite data gives 0");
+    const float bad[2] = {INFINITY, NAN};
+    for (int k = 0; k < 2; k++) {
+        float v = bad[k];
+        if (gpu->ops->from_host(gpu, gx + 777777, &v, sizeof v) != MK_OK) bail("from_host");
+        f2 = -1;
+        r2 = gpu->ops->nonfinite(gpu, gx, big, &f2);
+        tap_ok(r2 == MK_OK && f2 == 1, "nonfinite: %s gives 1", k ? "NaN" : "Inf");
+    }
+
+    /* SwiGLU, with large |a| where exp over/underflows. */
+    float *sa = Hrand(n, 8), *sb = Hrand(n, 2), *dh = Hrand(n, 1);
+    sa[0] = -100;
+    sa[1] = 100;
+    sa[2] = -88.5f;
+    sa[3] = 0;
+    float *h = Hf(n), *da = Hf(n), *db = Hf(n);
+    float *gsa = D(sa, n * 4), *gsb = D(sb, n * 4), *gdh = D(dh, n * 4);
+    float *gh = Dz(n * 4), *gda = Dz(n * 4), *gdb = Dz(n * 4);
+    r1 = cpu->ops->swiglu_forward(cpu, h, sa, sb, n);
+    r2 = gpu->ops->swiglu_forward(gpu, gh, gsa, gsb, n);
+    if (both_ok(r1, r2, "swiglu_forward")) check_arr(Gf(gh, n), h, n, RT_EW, AT_EW, "swiglu_forward");
+    r1 = cpu->ops->swiglu_backward(cpu, da, db, dh, sa, sb, n);
+    r2 = gpu->ops->swiglu_backward(gpu, gda, gdb, gdh, gsa, gsb, n);
+    if (both_ok(r1, r2, "swiglu_backward")) {
+        check_arr(Gf(gda, n), da, n, RT_EW, AT_EW, "swiglu_backward da");
+        check_arr(Gf(gdb, n), db, n, RT_EW, AT_EW, "swiglu_backward db");
+    }
+
+    /* AdamW, two steps (t = 1 and t = 5). */
+    float *p = Hrand(n, 1), *g = Hrand(n, 0.1), *m = Hf(n), *v = Hf(n);
+    float *gp = D(p, n * 4), *gg = D(g, n * 4), *gm = Dz(n * 4), *gv = Dz(n * 4);
+    for (long t = 1; t <= 5; t += 4) {
+        r1 = cpu->ops->adamw(cpu, p, g, m, v, n, 1e-3, 0.9, 0.95, 1e-8, 0.1, t);
+        r2 = gpu->ops->adamw(gpu, gp, gg, gm, gv, n, 1e-3, 0.9, 0.95, 1e-8, 0.1, t);
+        if (both_ok(r1, r2, "adamw")) {
+            check_arr(Gf(gp, n), p, n, RT_EW, 1e-7, "adamw step %ld: p", t);
+            check_arr(Gf(gm, n), m, n, RT_EW, 1e-9, "adamw step %ld: m", t);
+            check_arr(Gf(gv, n), v, n, RT_EW, 1e-11, "adamw step %ld: v", t);
+        }
+    }
+    tap_ok(gpu->ops->adamw(gpu, gp, gg, gm, gv, n, 1e-3, 0.9, 0.95, 1e-8, 0.1, 0) == MK_ERR_INTERNAL,
+           "adamw rejects step 0");
+    arena_free();
+}
+
+/* ------------------------------------------------------------------ embedding */
+
+static void test_embedding(void)
+{
+    enum { V = 50, Dm = 300, N = 200 };
+    int32_t tok[N];
+    for (int n = 0; n < N; n++) tok[n] = rnd_below(n < 20 ? 3 : V); /* many repeats */
+    float *wte = Hrand((size_t)V * Dm, 1), *out = Hf((size_t)N * Dm);
+    int32_t *gtok = D(tok, sizeof tok);
+    float *gwte = D(wte, sizeof(float) * V * Dm), *gout = Dz(sizeof(float) * N * Dm);
+    int r1 = cpu->ops->embedding_forward(cpu, out, tok, wte, N, Dm);
+    int r2 = gpu->ops->embedding_forward(gpu, gout, gtok, gwte, N, Dm);
+    if (both_ok(r1, r2, "embedding_forward"))
+        check_arr(Gf(gout, (size_t)N * Dm), out, (size_t)N * Dm, 0, 0, "embedding_forward");
+
+    float *dout = Hrand((size_t)N * Dm, 1), *dwte = Hrand((size_t)V * Dm, 1);
+    float *gdout = D(dout, sizeof(float) * N * Dm), *gdwte = D(dwte, sizeof(float) * V * Dm);
+    r1 = cpu->ops->embedding_backward(cpu, dwte, tok, dout, N, Dm, V);
+    r2 = gpu->ops->embedding_backward(gpu, gdwte, gtok, gdout, N, Dm, V);
+    if (both_ok(r1, r2, "embedding_backward"))
+        check_arr(Gf(gdwte, (size_t)V * Dm), dwte, (size_t)V * Dm, 0, 0,
+                  "embedding_backward accumulates in token order (bit-exact)");
+
+    int32_t badtok[3] = {1, V, 2};
+    int32_t *gbad = D(badtok, sizeof badtok);
+    tap_ok(gpu->ops->embedding_backward(gpu, gdwte, gbad, gdout, 3, Dm, V) == MK_ERR_INPUT,
+           "embedding_backward rejects a token outside the vocabulary");
+    arena_free();
+}
+
+/* ------------------------------------------------------------------ RMSNorm */
+
+static void test_rmsnorm(void)
+{
+    const int shapes[2][2] = {{13, 300}, {40, 8}};
+    for (int c = 0; c < 2; c++) {
+        const int N = shapes[c][0], Dm = shapes[c][1];
+        const size_t nd = (size_t)N * Dm;
+        float *x = Hrand(nd, 2), *g = Hrand(Dm, 1), *out = Hf(nd), *rstd = Hf(N);
+        float *gx = D(x, nd * 4), *gg = D(g, Dm * 4), *gout = Dz(nd * 4), *grstd = Dz(N * 4);
+        int r1 = cpu->ops->rmsnorm_forward(cpu, out, rstd, x, g, N, Dm);
+        int r2 = gpu->ops->rmsnorm_forward(gpu, gout, grstd, gx, gg, N, Dm);
+        if (both_ok(r1, r2, "rmsnorm_forward")) {
+            check_arr(Gf(gout, nd), out, nd, RT_EW, AT_EW, "rmsnorm_forward %dx%d out", N, Dm);
+            check_arr(Gf(grstd, N), rstd, N, RT_EW, 0, "rmsnorm_forward %dx%d rstd", N, Dm);
+        }
+        /* Backward from the CPU's rstd on both sides, onto nonzero dx and dg. */
+        float *dout = Hrand(nd, 1), *dx = Hrand(nd, 1), *dg = Hrand(Dm, 1);
+        float *gdout = D(dout, nd * 4), *gdx = D(dx, nd * 4), *gdg = D(dg, Dm * 4);
+        float *grs = D(rstd, N * 4);
+        r1 = cpu->ops->rmsnorm_backward(cpu, dx, dg, dout, x, g, rstd, N, Dm);
+        r2 = gpu->ops->rmsnorm_backward(gpu, gdx, gdg, gdout, gx, gg, grs, N, Dm);
+        if (both_ok(r1, r2, "rmsnorm_backward")) {
+            check_arr(Gf(gdx, nd), dx, nd, RT_EW, AT_EW, "rmsnorm_backward %dx%d dx (accumulated)", N, Dm);
+            check_arr(Gf(gdg, Dm), dg, Dm, RT_EW, AT_EW, "rmsnorm_backward %dx%d dg (accumulated)", N, Dm);
+        }
+    }
+    arena_free();
+}
+
+/* ------------------------------------------------------------------ attention */
+
+static void test_rope(void)
+{
+    const int cases[2][4] = {{2, 9, 32, 4}, {1, 600, 16, 2}}; /* B, T, D, H */
+    for (int c = 0; c < 2; c++) {
+        const int B = cases[c][0], T = cases[c][1], Dm = cases[c][2], H = cases[c][3];
+        const size_t n = (size_t)B * T * 3 * Dm;
+        float *q = Hrand(n, 1), *gq = D(q, n * 4);
+        int r1 = cpu->ops->rope_forward(cpu, q, B, T, Dm, H, 10000.0);
+        int r2 = gpu->ops->rope_forward(gpu, gq, B, T, Dm, H, 10000.0);
+        if (both_ok(r1, r2, "rope_forward"))
+            check_arr(Gf(gq, n), q, n, RT_EW, AT_EW, "rope_forward B %d T %d D %d H %d", B, T, Dm, H);
+        float *dq = Hrand(n, 1), *gdq = D(dq, n * 4);
+        r1 = cpu->ops->rope_backward(cpu, dq, B, T, Dm, H, 10000.0);
+        r2 = gpu->ops->rope_backward(gpu, gdq, B, T, Dm, H, 10000.0);
+        if (both_ok(r1, r2, "rope_backward"))
+            check_arr(Gf(gdq, n), dq, n, RT_EW, AT_EW, "rope_backward B %d T %d D %d H %d", B, T, Dm, H);
+    }
+    arena_free();
+}
+
+static void test_attention(void)
+{
+    const int cases[3][4] = {{2, 9, 16, 2}, {1, 300, 32, 4}, {3, 1, 8, 1}}; /* B, T, D, H */
+    for (int c = 0; c < 3; c++) {
+        const int B = cases[c][0], T = cases[c][1], Dm = cases[c][2], H = cases[c][3];
+        const size_t nqkv = (size_t)B * T * 3 * Dm, nout = (size_t)B * T * Dm;
+        const size_t natt = (size_t)B * H * T * T;
+        float *qkv = Hrand(nqkv, 1.5), *out = Hf(nout), *att = Hf(natt);
+        float *gqkv = D(qkv, nqkv * 4), *gout = Dz(nout * 4), *gatt = Dz(natt * 4);
+        int r1 = cpu->ops->attention_forward(cpu, out, att, qkv, B, T, Dm, H);
+        int r2 = gpu->ops->attention_forward(gpu, gout, gatt, gqkv, B, T, Dm, H);
+        if (both_ok(r1, r2, "attention_forward")) {
+            check_arr(Gf(gout, nout), out, nout, RT_GEMM, AT_GEMM, "attention_forward B %d T %d D %d H %d out", B, T, Dm, H);
+            check_arr(Gf(gatt, natt), att, natt, RT_GEMM, AT_GEMM, "attention_forward B %d T %d D %d H %d att", B, T, Dm, H);
+        }
+        float *dout = Hrand(nout, 1), *dqkv = Hrand(nqkv, 1), *datt = Hf(natt);
+        float *gdout = D(dout, nout * 4), *gdqkv = D(dqkv, nqkv * 4), *gdatt = Dz(natt * 4);
+        r1 = cpu->ops->attention_backward(cpu, dqkv, datt, dout, qkv, att, B, T, Dm, H);
+        r2 = gpu->ops->attention_backward(gpu, gdqkv, gdatt, gdout, gqkv, gatt, B, T, Dm, H);
+        if (both_ok(r1, r2, "attention_backward"))
+            check_arr(Gf(gdqkv, nqkv), dqkv, nqkv, RT_GEMM, AT_GEMM,
+                      "attention_backward B %d T %d D %d H %d dqkv (all columns written)", B, T, Dm, H);
+    }
+    arena_free();
+}
+
+/* ------------------------------------------------------------------ router */
+
+static void test_router(void)
+{
+    const int cases[3][3] = {{64, 8, 2}, {37, 16, 4}, {5, 3, 3}}; /* N, E, K */
+    for (int c = 0; c < 3; c++)
+        for (int norm = 0; norm < 2; norm++) {
+            const int N = cases[c][0], E = cases[c][1], K = cases[c][2];
+            const size_t ne = (size_t)N * E, nk = (size_t)N * K;
+            float *z = Hrand(ne, 2);
+            /* Ties: a constant row (all equal probabilities) and a row with two equal maxima. */
+            for (int e = 0; e < E; e++) z[(size_t)1 * E + e] = 0.25f;
+            if (N > 2 && E > 2) z[(size_t)2 * E + 1] = z[(size_t)2 * E + E - 1] = 5;
+            float *probs = Hf(ne), *lse = Hf(N), *gates = Hf(nk), *psum = Hf(E);
+            int32_t *topk = Hi(nk), *counts = Hi(E);
+            float *gz = D(z, ne * 4), *gprobs = Dz(ne * 4), *glse = Dz(N * 4), *ggates = Dz(nk * 4);
+            float *gpsum = Dz(E * 4);
+            int32_t *gtopk = Dz(nk * 4), *gcounts = Dz(E * 4);
+            int r1 = cpu->ops->router_forward(cpu, probs, lse, topk, gates, counts, psum, z, N, E, K, norm);
+            int r2 = gpu->ops->router_forward(gpu, gprobs, glse, gtopk, ggates, gcounts, gpsum, gz, N,
+                                              E, K, norm);
+            if (!both_ok(r1, r2, "router_forward")) continue;
+            check_arr(Gf(gprobs, ne), probs, ne, RT_EW, 1e-7, "router_forward N %d E %d K %d norm %d: probs", N, E, K, norm);
+            check_arr(Gf(glse, N), lse, N, RT_EW, 1e-6, "router_forward N %d E %d K %d norm %d: lse", N, E, K, norm);
+            check_ints(Gi(gtopk, nk), topk, nk, "router_forward N %d E %d K %d norm %d: topk (ties to lower index)", N, E, K, norm);
+            check_arr(Gf(ggates, nk), gates, nk, RT_EW, 1e-7, "router_forward N %d E %d K %d norm %d: gates", N, E, K, norm);
+            check_ints(Gi(gcounts, E), counts, E, "router_forward N %d E %d K %d norm %d: counts", N, E, K, norm);
+            check_arr(Gf(gpsum, E), psum, E, RT_EW, 1e-6, "router_forward N %d E %d K %d norm %d: psum", N, E, K, norm);
+
+            /* Backward from the CPU's forward outputs on both sides. */
+            float *dgates = Hrand(nk, 1), *lbl_ds = Hrand(E, 0.1), *dz = Hf(ne);
+            float *gdg = D(dgates, nk * 4), *glds = D(lbl_ds, E * 4), *gdz = Dz(ne * 4);
+            float *cp = D(probs, ne * 4), *cl = D(lse, N * 4), *cg = D(gates, nk * 4);
+            int32_t *ct = D(topk, nk * 4);
+            for (int withlbl = 0; withlbl < 2; withlbl++) {
+                r1 = cpu->ops->router_backward(cpu, dz, dgates, withlbl ? lbl_ds : NULL, 0.01f, probs,
+                                               lse, topk, gates, N, E, K, norm);
+                r2 = gpu->ops->router_backward(gpu, gdz, gdg, withlbl ? glds : NULL, 0.01f, cp, cl, ct,
+                                               cg, N, E, K, norm);
+                if (both_ok(r1, r2, "router_backward"))
+                    check_arr(Gf(gdz, ne), dz, ne, RT_EW, 1e-7,
+                              "router_backward N %d E %d K %d norm %d lbl_ds %s", N, E, K, norm,
+                              withlbl ? "given" : "NULL");
+            }
+        }
+    /* NaN logits are an error on both. */
+    float z[8] = {0, 1, NAN, 2, 0, 0, 0, 0}, pr[8], ls[2], gt[2], ps[4];
+    int32_t tk[2], cn[4];
+    float *gz = D(z, sizeof z), *gp = Dz(sizeof pr), *gl = Dz(sizeof ls), *gg = Dz(sizeof gt), *gps = Dz(sizeof ps);
+    int32_t *gtk = Dz(sizeof tk), *gcn = Dz(sizeof cn);
+    int r1 = cpu->ops->router_forward(cpu, pr, ls, tk, gt, cn, ps, z, 2, 4, 1, 0);
+    int r2 = gpu->ops->router_forward(gpu, gp, gl, gtk, gg, gcn, gps, gz, 2, 4, 1, 0);
+    tap_ok(r1 == MK_ERR_NUMERIC && r2 == MK_ERR_NUMERIC, "router_forward: NaN logits are MK_ERR_NUMERIC on both (cpu %d, cuda %d)", r1, r2);
+    arena_free();
+}
+
+/* ------------------------------------------------------------------ dispatch and combine */
+
+static void test_dispatch(void)
+{
+    enum { N = 40, E = 6, K = 2, Dm = 24 };
+    const size_t S = (size_t)N * K;
+    const int caps[3] = {0, 7, 1};
+    for (int c = 0; c < 3; c++) {
+        const int cap = caps[c];
+        int32_t *topk = Hi(S);
+        for (int n = 0; n < N; n++) {
+            topk[n * K] = rnd_below(n < 30 ? 2 : E); /* crowd experts 0, 1 so capacity drops */
+            do topk[n * K + 1] = rnd_below(E);
+            while (topk[n * K + 1] == topk[n * K]);
+        }
+        int32_t *offs = Hi(E + 1), *row_slot = Hi(S), *slot_row = Hi(S);
+        int32_t *gtopk = D(topk, S * 4), *goffs = Dz((E + 1) * 4), *grs = Dz(S * 4), *gsr = Dz(S * 4);
+        int r1 = cpu->ops->route_plan(cpu, offs, row_slot, slot_row, topk, N, E, K, cap);
+        int r2 = gpu->ops->route_plan(gpu, goffs, grs, gsr, gtopk, N, E, K, cap);
+        if (!both_ok(r1, r2, "route_plan")) continue;
+        check_ints(Gi(goffs, E + 1), offs, E + 1, "route_plan capacity %d: offs", cap);
+        check_ints(Gi(grs, S), row_slot, S, "route_plan capacity %d: row_slot", cap);
+        check_ints(Gi(gsr, S), slot_row, S, "route_plan capacity %d: slot_row", cap);
+        const int R = offs[E];
+        if (cap == 1) tap_ok(R < (int)S, "route_plan capacity 1 drops choices (R %d of %zu)", R, S);
+
+        /* Dispatch and combine on the CPU's plan (uploaded, identical on both sides). */
+        int32_t *prs = D(row_slot, S * 4), *psr = D(slot_row, S * 4);
+        float *src = Hrand((size_t)N * Dm, 1), *w = Hrand(S, 1);
+        float *gsrc = D(src, sizeof(float) * N * Dm), *gw = D(w, S * 4);
+        for (int withw = 0; withw < 2; withw++) {
+            float *dst = Hrand((size_t)S * Dm, 1), *gdst = D(dst, sizeof(float) * S * Dm);
+            r1 = cpu->ops->permute_rows(cpu, dst, src, row_slot, withw ? w : NULL, R, K, Dm);
+            r2 = gpu->ops->permute_rows(gpu, gdst, gsrc, prs, withw ? gw : NULL, R, K, Dm);
+            if (both_ok(r1, r2, "permute_rows"))
+                check_arr(Gf(gdst, (size_t)R * Dm), dst, (size_t)R * Dm, 0, 0,
+                          "permute_rows capacity %d weights %s", cap, withw ? "given" : "NULL");
+
+            float *rows = Hrand((size_t)S * Dm, 1), *acc = Hrand((size_t)N * Dm, 1);
+            float *grows = D(rows, sizeof(float) * S * Dm), *gacc = D(acc, sizeof(float) * N * Dm);
+            r1 = cpu->ops->unpermute_add(cpu, acc, rows, slot_row, withw ? w : NULL, N, K, Dm);
+            r2 = gpu->ops->unpermute_add(gpu, gacc, grows, psr, withw ? gw : NULL, N, K, Dm);
+            if (both_ok(r1, r2, "unpermute_add"))
+                check_arr(Gf(gacc, (size_t)N * Dm), acc, (size_t)N * Dm, RT_EW, AT_EW,
+                          "unpermute_add capacity %d weights %s (accumulates)", cap, withw ? "given" : "NULL");
+        }
+        float *dout = Hrand((size_t)N * Dm, 1), *y = Hrand((size_t)S * Dm, 1), *dg = Hrand(S, 1);
+        float *gdout = D(dout, sizeof(float) * N * Dm), *gy = D(y, sizeof(float) * S * Dm);
+        float *gdg = D(dg, S * 4);
+        r1 = cpu->ops->combine_backward_gates(cpu, dg, dout, y, slot_row, N, K, Dm);
+        r2 = gpu->ops->combine_backward_gates(gpu, gdg, gdout, gy, psr, N, K, Dm);
+        if (both_ok(r1, r2, "combine_backward_gates"))
+            check_arr(Gf(gdg, S), dg, S, RT_EW, AT_EW, "combine_backward_gates capacity %d", cap);
+    }
+    int32_t bad[4] = {0, 1, 6, 2};
+    int32_t *gbad = D(bad, sizeof bad), *go = Dz(7 * 4), *g1 = Dz(16), *g2 = Dz(16);
+    tap_ok(gpu->ops->route_plan(gpu, go, g1, g2, gbad, 2, 6, 2, 0) == MK_ERR_INTERNAL,
+           "route_plan rejects an expert outside 0..E-1");
+    arena_free();
+}
+
+/* ------------------------------------------------------------------ loss */
+
+static void test_cross_entropy(void)
+{
+    enum { N = 20, V = 300 };
+    const size_t nv = (size_t)N * V;
+    int32_t tgt[N];
+    for (int n = 0; n < N; n++) tgt[n] = n % 6 == 2 ? -1 : rnd_below(V);
+    int32_t *gtgt = D(tgt, sizeof tgt);
+    float *logits = Hrand(nv, 4);
+    float *gl = D(logits, nv * 4);
+    for (int mode = 0; mode < 3; mode++) { /* no dlogits, separate, aliased */
+        const char *what = mode == 0 ? "losses only" : mode == 1 ? "separate dlogits" : "dlogits aliasing logits";
+        float *l = Hcopy(logits, nv), *losses = Hf(N), *dl = mode == 1 ? Hf(nv) : mode == 2 ? l : NULL;
+        float *gll = Dz(nv * 4), *glosses = Dz(N * 4);
+        if (gpu->ops->copy(gpu, gll, gl, nv * 4) != MK_OK) bail("copy");
+        float *gdl = mode == 1 ? Dz(nv * 4) : mode == 2 ? gll : NULL;
+        int r1 = cpu->ops->cross_entropy(cpu, losses, dl, l, tgt, N, V, 0.05f);
+        int r2 = gpu->ops->cross_entropy(gpu, glosses, gdl, gll, gtgt, N, V, 0.05f);
+        if (!both_ok(r1, r2, "cross_entropy")) continue;
+        check_arr(Gf(glosses, N), losses, N, RT_EW, AT_EW, "cross_entropy (%s): losses", what);
+        if (dl) check_arr(Gf(gdl, nv), dl, nv, RT_EW, 1e-8, "cross_entropy (%s): dlogits", what);
+    }
+    int32_t badt[2] = {3, V};
+    int32_t *gbad = D(badt, sizeof badt);
+    float *gls = Dz(8);
+    tap_ok(gpu->ops->cross_entropy(gpu, gls, NULL, gl, gbad, 2, V, 1) == MK_ERR_INPUT,
+           "cross_entropy rejects a target outside the vocabulary");
+    arena_free();
+}
+
+/* ------------------------------------------------------------------ the model */
+
+/* Every setting at its documented default (mk_config.c's table), then the test's shape:
+ * filled by hand so the test needs no INI parser. */
+static void model_config(mk_config *c, int variant)
+{
+    memset(c, 0, sizeof *c);
+    c->model.vocab = 97;
+    c->model.d_model = 32;
+    c->model.layers = 2;
+    c->model.heads = 4;
+    c->model.experts = 8;
+    c->model.topk = 2;
+    c->model.ffn = 24;
+    c->model.shared_ffn = 0;
+    c->model.seq_len = 16;
+    c->model.tie_embeddings = 1;
+    c->router.norm_topk = 0;
+    c->router.zloss_coeff = 0;
+    c->router.capacity_factor = 0;
+    c->lbl.mode = MK_LBL_MICRO;
+    c->lbl.coeff = 0.01;
+    c->lbl.micro_coeff = 0;
+    c->train.micro_batch = 3;
+    c->train.grad_accum = 1;
+    c->train.steps = 100;
+    c->train.warmup = 10;
+    c->train.seed = 1234;
+    c->train.lr = 0.001;
+    c->train.min_lr_ratio = 0.1;
+    c->train.decay_frac = 0.2;
+    c->train.weight_decay = 0.1;
+    c->train.grad_clip = 1;
+    c->train.beta1 = 0.9;
+    c->train.beta2 = 0.95;
+    c->train.eps = 1e-8;
+    c->train.lr_schedule = MK_LR_COSINE;
+    c->train.threads = 0;
+    c->parallel.ep = 1;
+    strcpy(c->data.mixture, "natural");
+    c->data.repeat_cap = 4;
+    strcpy(c->run.dir, "run");
+    c->ckpt.every = 0;
+    c->ckpt.keep = 3;
+    c->log.every = 10;
+    c->eval.every = 0;
+    if (variant == 1) {
+        /* Everything optional on: lm_head, shared expert, normalised gates, z-loss,
+         * capacity drops, the global LBL scope with an extra micro LBL. */
+        c->model.tie_embeddings = 0;
+        c->model.shared_ffn = 16;
+        c->router.norm_topk = 1;
+        c->router.zloss_coeff = 1e-3;
+        c->router.capacity_factor = 1.0;
+        c->lbl.mode = MK_LBL_GLOBAL;
+        c->lbl.coeff = 0.1;
+        c->lbl.micro_coeff = 0.05;
+    }
+}
+
+typedef struct side {
+    mk_backend *be;
+    mk_model *m;
+    mk_lbl *lbl;
+    mk_forward_stats st;
+    double lbl_v[8];
+    int32_t counts[64];
+} side;
+
+static int side_make(side *s, mk_backend *be, const mk_config *cfg, unsigned long seed)
+{
+    memset(s, 0, sizeof *s);
+    s->be = be;
+    int rc = mk_model_create(cfg, be, &s->m);
+    if (rc == MK_OK) rc = mk_model_init(s->m, seed);
+    if (rc == MK_OK)
+        rc = mk_lbl_create(cfg->lbl.mode, cfg->model.layers, cfg->model.experts, cfg->model.topk,
+                           &s->lbl);
+    return rc;
+}
+
+static void side_free(side *s)
+{
+    mk_lbl_destroy(&s->lbl);
+    mk_model_destroy(&s->m);
+}
+
+/* One training micro-step from zero gradients; keeps the stats the next forward overwrites. */
+static int side_step(side *s, const mk_config *cfg, const int32_t *tok, const int32_t *tgt, int B)
+{
+    MK_CHECK(mk_model_zero_grad(s->m));
+    mk_lbl_reset(s->lbl);
+    MK_CHECK(mk_model_forward(s->m, tok, tgt, B, s->lbl, 1, &s->st));
+    for (int l = 0; l < cfg->model.layers; l++) s->lbl_v[l] = s->st.lbl[l];
+    memcpy(s->counts, s->st.counts, sizeof(int32_t) * cfg->model.layers * cfg->model.experts);
+    MK_CHECK(mk_model_backward(s->m, 1.0 / (double)s->st.targets, 1.0));
+    return MK_OK;
+}
+
+/* A backend block (params, grads) as a host copy. */
+static float *host_block(mk_backend *be, const float *p, size_t n)
+{
+    float *h = Hf(n);
+    if (be->ops->to_host(be, h, p, n * sizeof(float)) != MK_OK) bail("to_host of a model block");
+    return h;
+}
+
+static void test_model(int variant)
+{
+    mk_config cfg;
+    model_config(&cfg, variant);
+    const char *label = variant ? "model (untied, shared expert, norm_topk, z-loss, capacity, global LBL)"
+                                : "model (defaults)";
+    side c, g;
+    if (side_make(&c, cpu, &cfg, 42) != MK_OK || side_make(&g, gpu, &cfg, 42) != MK_OK) {
+        tap_ok(0, "%s: create and init on both backends", label);
+        return;
+    }
+    const size_t np = mk_model_param_count(c.m);
+    tap_ok(np == mk_model_param_count(g.m), "%s: %zu parameters on both", label, np);
+    float *pc = host_block(cpu, mk_model_params(c.m), np), *pg = host_block(gpu, mk_model_params(g.m), np);
+    tap_ok(memcmp(pc, pg, np * sizeof *pc) == 0, "%s: init gives bit-identical parameters", label);
+
+    const int B = cfg.train.micro_batch, T = cfg.model.seq_len, N = B * T, L = cfg.model.layers;
+    const int E = cfg.model.experts, K = cfg.model.topk;
+    int32_t *tok = Hi(N), *tgt = Hi(N);
+    for (int n = 0; n < N; n++) {
+        tok[n] = rnd_below(cfg.model.vocab);
+        tgt[n] = n % 7 == 3 ? -1 : rnd_below(cfg.model.vocab);
+    }
+    int r1 = side_step(&c, &cfg, tok, tgt, B), r2 = side_step(&g, &cfg, tok, tgt, B);
+    if (!both_ok(r1, r2, "model forward + backward")) goto out;
+
+    tap_ok(c.st.targets == g.st.targets, "%s: %ld target tokens on both", label, c.st.targets);
+    tap_close(g.st.ce_sum, c.st.ce_sum, 1e-5, 0, "%s: CE sum", label);
+    tap_close(g.st.zloss, c.st.zloss, 1e-4, 1e-8, "%s: z-loss statistic", label);
+    for (int l = 0; l < L; l++) tap_close(g.lbl_v[l], c.lbl_v[l], 1e-4, 1e-8, "%s: LBL of layer %d", label, l);
+    check_ints(g.counts, c.counts, (size_t)L * E, "%s: expert counts of every layer", label);
+    tap_ok(g.st.dropped == c.st.dropped, "%s: dropped choices %ld (cpu %ld)", label, g.st.dropped, c.st.dropped);
+    for (int l = 0; l < L; l++) {
+        int32_t *tc = Hi((size_t)N * K), *tg = Hi((size_t)N * K);
+        if (mk_model_topk_host(c.m, l, tc) || mk_model_topk_host(g.m, l, tg)) bail("topk_host");
+        check_ints(tg, tc, (size_t)N * K, "%s: top-k choices of layer %d", label, l);
+    }
+
+    /* Every gradient tensor: max |g_cuda - g_cpu| relative to max |g_cpu|. */
+    float *gc = host_block(cpu, mk_model_grads(c.m), np), *gg = host_block(gpu, mk_model_grads(g.m), np);
+    for (size_t i = 0; i < mk_model_tensor_count(c.m); i++) {
+        const mk_tensor *t = mk_model_tensor(c.m, i);
+        double num = 0, den = 0;
+        for (size_t j = t->offset; j < t->offset + t->numel; j++) {
+            double d = fabs((double)gg[j] - gc[j]);
+            if (!isfinite((double)gg[j])) d = INFINITY;
+            num = fmax(num, d);
+            den = fmax(den, fabs((double)gc[j]));
+        }
+        double rel = den > 0 ? num / den : num;
+        tap_ok(rel < MODEL_RTOL && den > 0, "%s: d/d %s matches the CPU (max |diff| / max |g| = %.2e, max |g| %.2e)",
+               label, t->name, rel, den);
+    }
+
+    /* One AdamW step over the whole parameter block, then the loss again. */
+    r1 = cpu->ops->adamw(cpu, mk_model_params(c.m), mk_model_grads(c.m), mk_model_adam_m(c.m),
+                         mk_model_adam_v(c.m), np, 1e-2, 0.9, 0.95, 1e-8, 0.1, 1);
+    r2 = gpu->ops->adamw(gpu, mk_model_params(g.m), mk_model_grads(g.m), mk_model_adam_m(g.m),
+                         mk_model_adam_v(g.m), np, 1e-2, 0.9, 0.95, 1e-8, 0.1, 1);
+    if (both_ok(r1, r2, "adamw on the model")) {
+        r1 = side_step(&c, &cfg, tok, tgt, B);
+        r2 = side_step(&g, &cfg, tok, tgt, B);
+        if (both_ok(r1, r2, "model step after adamw"))
+            tap_close(g.st.ce_sum, c.st.ce_sum, 1e-4, 0, "%s: CE sum after one AdamW step", label);
+    }
+
+    /* Determinism: the same forward + backward twice on the GPU gives the same bits. */
+    r2 = side_step(&g, &cfg, tok, tgt, B);
+    float *g1 = host_block(gpu, mk_model_grads(g.m), np);
+    double ce1 = g.st.ce_sum;
+    int r3 = side_step(&g, &cfg, tok, tgt, B);
+    float *g2 = host_block(gpu, mk_model_grads(g.m), np);
+    tap_ok(r2 == MK_OK && r3 == MK_OK && memcmp(g1, g2, np * sizeof *g1) == 0 &&
+               memcmp(&ce1, &g.st.ce_sum, sizeof ce1) == 0,
+           "%s: CUDA forward + backward twice gives bit-identical loss and gradients", label);
+out:
+    side_free(&c);
+    side_free(&g);
+    arena_free();
+}
+
+int main(void)
+{
+    int ndev = 0;
+    if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) tap_skip_all("no CUDA device");
+    if (mk_backend_cpu_create(1, &cpu) != MK_OK) bail("cpu backend");
+    if (mk_backend_cuda_create(0, &gpu) != MK_OK) bail("cuda backend");
+    tap_ok(strcmp(gpu->ops->name, "cuda") == 0, "cuda backend created on device 0 of %d", ndev);
+
+    test_memory();
+    test_matmul();
+    test_grouped();
+    test_elementwise();
+    test_embedding();
+    test_rmsnorm();
+    test_rope();
+    test_attention();
+    test_router();
+    test_dispatch();
+    test_cross_entropy();
+    test_model(0);
+    test_model(1);
+
+    mk_backend_destroy(&gpu);
+    mk_backend_destroy(&cpu);
+    return tap_done();
+}
