@@ -13,6 +13,8 @@ mkdir -p "$out"
 deps=$PWD/.deps/usr
 lib=$deps/lib/x86_64-linux-gnu
 export CPPFLAGS="-I$deps/include" LDFLAGS="-L$lib -Wl,-rpath,$lib"
+# The machine sets CC to its gcc; moekit is built with the MPI wrapper.
+export CC=mpicc
 start=$(date +%s)
 if ! ./configure --with-cuda >"$out/configure.log" 2>&1; then
   tail -40 "$out/configure.log"; exit 1
