@@ -154,6 +154,13 @@ struct mk_backend {
     void *impl;     /* the backend's own state */
 };
 
+/* grouped_matmul and grouped_matmul_wgrad as one ops->matmul per expert with rows, for
+ * backends without a grouped kernel (offs checked: non-negative, sorted). */
+int mk_grouped_matmul_by_expert(mk_backend *be, mk_real *C, const mk_real *A, const mk_real *W,
+                                const int *offs_host, int E, int K, int N, int trans_w, mk_real beta);
+int mk_grouped_matmul_wgrad_by_expert(mk_backend *be, mk_real *dW, const mk_real *A, const mk_real *dC,
+                                      const int *offs_host, int E, int K, int N);
+
 /* The CPU reference backend. threads <= 0 means OpenMP's default. */
 int mk_backend_cpu_create(int threads, mk_backend **out);
 

@@ -240,12 +240,17 @@ int mk_train_run(const mk_config *cfg, const mk_train_opts *opts, mk_train_resul
     snprintf(logpath, sizeof logpath, "%s/log.tsv", cfg->run.dir);
     if (rank == 0) { /* one writer for the run directory */
         MK_CHECK_GOTO(rc, mk_fs_mkdir_p(cfg->run.dir), done);
-        r.log = fopen(logpath, r.step_base > 0 ? "a" : "w");
+        r.log = fopen(logpath, r.step_base > 0 ? "a+" : "w");
         if (!r.log) {
             rc = MK_FAIL(MK_ERR_IO, "%s: cannot create: %s", logpath, strerror(errno));
             goto done;
         }
         if (r.step_base == 0) fprintf(r.log, "step\tloss\tlbl\tmaxvio\tgnorm\tlr\n");
+        /* A run killed mid-line left a partial row: the resumed rows start on a new line. */
+        if (r.step_base > 0 && fseek(r.log, -1, SEEK_END) == 0 && fgetc(r.log) != '\n') {
+            fseek(r.log, 0, SEEK_END);
+            fputc('\n', r.log);
+        }
     }
     r.ndomains = r.ds ? mk_dataset_domains(r.ds) : 1;
     if (rank == 0) {
@@ -286,9 +291,11 @@ int mk_train_run(const mk_config *cfg, const mk_train_opts *opts, mk_train_resul
         if (step == r.step_base) res->first_loss = ss.loss;
         res->final_loss = ss.loss;
         res->steps = step + 1;
-        if (r.log)
+        if (r.log) { /* one row per step, flushed: a kill loses at most the row being written */
             fprintf(r.log, "%ld\t%.9g\t%.9g\t%.9g\t%.9g\t%.9g\n", step + 1, ss.loss, ss.lbl, ss.maxvio,
                     ss.gnorm, ss.lr);
+            fflush(r.log);
+        }
         /* log.every = 0 turns step lines off; the summary line still comes. */
         const int every = cfg->log.every;
         const int logged = every > 0 && (step == r.step_base || (step + 1) % every == 0 || step + 1 == cfg->train.steps);

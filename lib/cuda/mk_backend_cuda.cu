@@ -263,45 +263,6 @@ static int cuda_matmul(mk_backend *be, mk_real *C, const mk_real *A, const mk_re
     return MK_OK;
 }
 
-static int check_offs(const char *op, const int *offs, int E)
-{
-    if (E < 0) return MK_FAIL(MK_ERR_INTERNAL, "%s: negative expert count %d", op, E);
-    if (E > 0 && offs[0] < 0) return MK_FAIL(MK_ERR_INTERNAL, "%s: offs[0] = %d", op, offs[0]);
-    for (int e = 0; e < E; e++)
-        if (offs[e + 1] < offs[e])
-            return MK_FAIL(MK_ERR_INTERNAL, "%s: offs not sorted at expert %d (%d > %d)", op, e,
-                           offs[e], offs[e + 1]);
-    return MK_OK;
-}
-
-static int cuda_grouped_matmul(mk_backend *be, mk_real *C, const mk_real *A, const mk_real *W,
-                               const int *offs_host, int E, int K, int N, int trans_w, mk_real beta)
-{
-    MK_CHECK(check_offs("grouped_matmul", offs_host, E));
-    /* One GEMM per expert (offs is on the host, so no device round trip). A grouped or
-     * batched GEMM is the later speed step. */
-    for (int e = 0; e < E; e++) {
-        int rows = offs_host[e + 1] - offs_host[e];
-        if (rows == 0) continue;
-        MK_CHECK(cuda_matmul(be, C + (size_t)offs_host[e] * N, A + (size_t)offs_host[e] * K,
-                             W + (size_t)e * K * N, rows, N, K, 0, trans_w, 1, beta));
-    }
-    return MK_OK;
-}
-
-static int cuda_grouped_matmul_wgrad(mk_backend *be, mk_real *dW, const mk_real *A,
-                                     const mk_real *dC, const int *offs_host, int E, int K, int N)
-{
-    MK_CHECK(check_offs("grouped_matmul_wgrad", offs_host, E));
-    for (int e = 0; e < E; e++) {
-        int rows = offs_host[e + 1] - offs_host[e];
-        if (rows == 0) continue;
-        MK_CHECK(cuda_matmul(be, dW + (size_t)e * K * N, A + (size_t)offs_host[e] * K,
-                             dC + (size_t)offs_host[e] * N, K, N, rows, 1, 0, 1, 1));
-    }
-    return MK_OK;
-}
-
 __global__ static void k_add(float *y, const float *a, const float *b, size_t n)
 {
     GRID_STRIDE(i, n) y[i] = a[i] + b[i];
@@ -1209,8 +1170,9 @@ static void fill_ops(mk_backend_ops *o)
     o->to_host = cuda_to_host;
     o->from_host = cuda_from_host;
     o->matmul = cuda_matmul;
-    o->grouped_matmul = cuda_grouped_matmul;
-    o->grouped_matmul_wgrad = cuda_grouped_matmul_wgrad;
+    /* One cuBLAS GEMM per expert for now; a grouped kernel is the later speed step. */
+    o->grouped_matmul = mk_grouped_matmul_by_expert;
+    o->grouped_matmul_wgrad = mk_grouped_matmul_wgrad_by_expert;
     o->add = cuda_add;
     o->scale = cuda_scale;
     o->sumsq = cuda_sumsq;
