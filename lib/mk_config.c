@@ -30,7 +30,7 @@
 /* ------------------------------------------------------------------ the table */
 
 enum { LO_OPEN = 1, HI_OPEN = 2 }; /* the bound itself is not allowed */
-enum { NOT_ENUM, ENUM_LBL_MODE, ENUM_LR_SCHEDULE };
+enum { NOT_ENUM, ENUM_LBL_MODE, ENUM_LR_SCHEDULE, ENUM_BACKEND, ENUM_PRECISION };
 
 typedef struct setting {
     mk_setting_info info;     /* first, so mk_config_setting can return &table[i].info */
@@ -47,6 +47,12 @@ static const char *const lbl_mode_names[] = {
 };
 static const char *const lr_schedule_names[] = {
     [MK_LR_CONSTANT] = "constant", [MK_LR_COSINE] = "cosine", [MK_LR_WSD] = "wsd", NULL
+};
+static const char *const backend_names[] = {
+    [MK_BACKEND_CPU] = "cpu", [MK_BACKEND_CUDA] = "cuda", NULL
+};
+static const char *const precision_names[] = {
+    [MK_PRECISION_AUTO] = "auto", [MK_PRECISION_FP32] = "fp32", [MK_PRECISION_BF16] = "bf16", NULL
 };
 
 /* The offset of field f, which must have type T: a field whose type changes in
@@ -111,6 +117,11 @@ static const setting table[] = {
     ENUM(train.lr_schedule, mk_lr_schedule, ENUM_LR_SCHEDULE, lr_schedule_names, "cosine",
          "learning-rate schedule after warmup: constant, cosine or wsd"),
     INT(train.threads, "0", 0, "CPU threads per rank; 0 = the OpenMP default"),
+    ENUM(train.backend, mk_backend_kind, ENUM_BACKEND, backend_names, "cpu",
+         "compute backend: cpu, or cuda (one GPU per rank: the rank's local rank)"),
+    ENUM(train.precision, mk_precision, ENUM_PRECISION, precision_names, "auto",
+         "GEMM precision: auto (cpu fp32, cuda bf16), fp32, or bf16 (cuda: bf16 tensor-core "
+         "operands, fp32 accumulate and master weights)"),
 
     INT(parallel.ep, "1", 1, "expert-parallel group size; divides model.experts and the world"),
 
@@ -160,14 +171,22 @@ static const void *cfield(const mk_config *cfg, const setting *s)
  * are the compiler's choice, so an int pointer would not be portable. */
 static void put_enum(mk_config *cfg, const setting *s, int v)
 {
-    if (s->enum_kind == ENUM_LBL_MODE) *(mk_lbl_mode *)field(cfg, s) = (mk_lbl_mode)v;
-    else *(mk_lr_schedule *)field(cfg, s) = (mk_lr_schedule)v;
+    switch (s->enum_kind) {
+    case ENUM_LBL_MODE: *(mk_lbl_mode *)field(cfg, s) = (mk_lbl_mode)v; break;
+    case ENUM_BACKEND: *(mk_backend_kind *)field(cfg, s) = (mk_backend_kind)v; break;
+    case ENUM_PRECISION: *(mk_precision *)field(cfg, s) = (mk_precision)v; break;
+    default: *(mk_lr_schedule *)field(cfg, s) = (mk_lr_schedule)v; break;
+    }
 }
 
 static long get_enum(const mk_config *cfg, const setting *s)
 {
-    if (s->enum_kind == ENUM_LBL_MODE) return (long)*(const mk_lbl_mode *)cfield(cfg, s);
-    return (long)*(const mk_lr_schedule *)cfield(cfg, s);
+    switch (s->enum_kind) {
+    case ENUM_LBL_MODE: return (long)*(const mk_lbl_mode *)cfield(cfg, s);
+    case ENUM_BACKEND: return (long)*(const mk_backend_kind *)cfield(cfg, s);
+    case ENUM_PRECISION: return (long)*(const mk_precision *)cfield(cfg, s);
+    default: return (long)*(const mk_lr_schedule *)cfield(cfg, s);
+    }
 }
 
 static size_t n_names(const setting *s)
@@ -765,6 +784,9 @@ int mk_config_validate(const mk_config *cfg)
         bad |= MK_FAIL(MK_ERR_USAGE, "lbl.micro_coeff > 0 adds a micro-batch LBL next to a"
                        " global one, so it needs lbl.mode = global or global-exact, not %s",
                        mk_lbl_mode_name(cfg->lbl.mode));
+    if (cfg->train.backend == MK_BACKEND_CPU && cfg->train.precision == MK_PRECISION_BF16)
+        bad |= MK_FAIL(MK_ERR_USAGE, "train.precision = bf16 needs train.backend = cuda (the CPU"
+                       " backend computes in fp32)");
     /* model.vocab >= 2 and model.seq_len >= 2 are the table's minimums, checked above. */
     return bad ? MK_ERR_USAGE : MK_OK;
 }

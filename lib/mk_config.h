@@ -19,6 +19,10 @@
 
 typedef enum { MK_LBL_NONE = 0, MK_LBL_MICRO, MK_LBL_GLOBAL, MK_LBL_GLOBAL_EXACT } mk_lbl_mode;
 typedef enum { MK_LR_CONSTANT = 0, MK_LR_COSINE, MK_LR_WSD } mk_lr_schedule;
+typedef enum { MK_BACKEND_CPU = 0, MK_BACKEND_CUDA } mk_backend_kind;
+/* auto: fp32 on the CPU, bf16 on CUDA. bf16: GEMM operands rounded to bf16 on tensor cores,
+ * fp32 accumulation, fp32 master weights and optimizer state. */
+typedef enum { MK_PRECISION_AUTO = 0, MK_PRECISION_FP32, MK_PRECISION_BF16 } mk_precision;
 
 typedef struct mk_config {
     struct {
@@ -42,6 +46,8 @@ typedef struct mk_config {
         double beta1, beta2, eps;
         mk_lr_schedule lr_schedule;
         int threads;                        /* 0 = OMP default */
+        mk_backend_kind backend;
+        mk_precision precision;
     } train;
     struct {
         int ep;

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "mk_devcomm.h"
 #include "mk_error.h"
 #include "mk_model_impl.h"
 #include "mk_rng.h"
@@ -228,6 +229,7 @@ int mk_model_create_ep(const mk_config *cfg, mk_backend *be, const mk_comm *ep, 
     m->ep_comm = ep;
     m->El = m->E / m->ep;
     const mk_backend_ops *ops = be->ops;
+    if (ep_size > 1) MK_CHECK_GOTO(rc, mk_devcomm_create(ep, be, &m->ep_dev), fail);
 
     MK_CHECK_GOTO(rc, build_tensor_table(m), fail);
     size_t bytes = m->nparams * sizeof(mk_real);
@@ -287,6 +289,7 @@ void mk_model_destroy(mk_model **mp)
     if (!mp || !*mp) return;
     mk_model *m = *mp;
     const mk_backend_ops *ops = m->be->ops;
+    mk_devcomm_free(&m->ep_dev);
     ops->free(m->be, m->params);
     ops->free(m->be, m->grads);
     ops->free(m->be, m->adam_m);
@@ -376,6 +379,13 @@ size_t mk_model_active_param_count(const mk_model *m)
     for (size_t i = 0; i < m->ntensors; i++)
         if (m->tensors[i].expert) expert += m->tensors[i].numel;
     return m->nparams - expert + expert / (size_t)m->El * (size_t)m->K;
+}
+
+double mk_model_flops_per_token(const mk_model *m)
+{
+    const double D = m->D, L = m->L, F = m->F, Fs = m->Fs, K = m->K, T = m->T, V = m->V;
+    const double matmul_params = L * (D * 3 * D + D * D + K * 3 * D * F + 3 * D * Fs) + D * V;
+    return 6 * matmul_params + 6 * T * D * L;
 }
 
 mk_real *mk_model_params(mk_model *m) { return m->params; }

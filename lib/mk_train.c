@@ -17,6 +17,7 @@
 #include <time.h>
 
 #include "mk_backend.h"
+#include "mk_backend_prof.h"
 #include "mk_comm.h"
 #include "mk_dataset.h"
 #include "mk_error.h"
@@ -26,6 +27,10 @@
 #include "mk_routing_log.h"
 #include "mk_trainer.h"
 #include "mk_text_data.h"
+
+/* The dense bf16 tensor-core peak of an H100/H200 SXM (data sheet, without sparsity): the
+ * figure published MFUs use, so moekit's MFU compares with theirs. */
+#define MK_PEAK_FLOPS 989e12
 
 static double now_s(void)
 {
@@ -269,6 +274,13 @@ int mk_train_run(const mk_config *cfg, const mk_train_opts *opts, mk_train_resul
                 mk_model_param_count(model), mk_model_active_param_count(model), L, E,
                 cfg->model.topk, mk_lbl_mode_name(cfg->lbl.mode), G * B * ranks, T, ranks,
                 ranks > 1 ? "s" : "", cfg->parallel.ep);
+        if (cfg->train.backend == MK_BACKEND_CUDA)
+            fprintf(opts->out, "moe-train: backend cuda (rank %d on GPU %d, %s GEMMs), gradients over %s;"
+                    " MFU against %.0f TFLOP/s per GPU (H100/H200 dense bf16)\n", rank,
+                    mk_trainer_device(r.tr), cfg->train.precision == MK_PRECISION_FP32 ? "fp32" : "bf16",
+                    mk_trainer_transport(r.tr), MK_PEAK_FLOPS / 1e12);
+        else
+            fprintf(opts->out, "moe-train: backend cpu, gradients over %s\n", mk_trainer_transport(r.tr));
         if (r.text)
             fprintf(opts->out, "moe-train: data %s: %zu bytes of text, byte-level tokens\n", path,
                     mk_text_data_size(r.text));
@@ -281,6 +293,11 @@ int mk_train_run(const mk_config *cfg, const mk_train_opts *opts, mk_train_resul
 
     const double t0 = now_s();
     long tokens_done = 0;
+    /* The step line's tok/s covers the steps since the previous line (the first one
+     * includes start-up: cuBLAS heuristics, NCCL set-up, first-touch allocations). */
+    double t_line = t0;
+    long tokens_line = 0;
+    const double flops_tok = mk_model_flops_per_token(model);
     const long global_batch = (long)G * B * ranks;
     for (long step = r.step_base; step < cfg->train.steps; step++) {
         mk_step_stats ss;
@@ -311,11 +328,18 @@ int mk_train_run(const mk_config *cfg, const mk_train_opts *opts, mk_train_resul
             double el = now_s() - t0;
             char eta[32];
             format_eta(el / (step + 1 - r.step_base) * (cfg->train.steps - step - 1), eta, sizeof eta);
+            const double now = now_s(), win = now - t_line;
+            const double tps = (tokens_done - tokens_line) / (win > 0 ? win : 1e-9);
+            char mfu[32] = "";
+            if (cfg->train.backend == MK_BACKEND_CUDA)
+                snprintf(mfu, sizeof mfu, " | MFU %.1f%%", 100.0 * tps * flops_tok / (ranks * MK_PEAK_FLOPS));
             fprintf(opts->out,
                     "step %6ld/%ld | loss %.4f | lbl %.4f | maxvio %.3f | gnorm %.3f | lr %.2e | "
-                    "%.0f tok/s | eta %s\n",
+                    "%.0f tok/s%s | eta %s\n",
                     step + 1, (long)cfg->train.steps, ss.loss, ss.lbl, ss.maxvio, ss.gnorm, ss.lr,
-                    tokens_done / (el > 0 ? el : 1e-9), eta);
+                    tps, mfu, eta);
+            t_line = now;
+            tokens_line = tokens_done;
             fflush(opts->out);
         }
         /* Checkpoint on schedule, and when a signal asks (every rank must agree first). */
@@ -348,9 +372,11 @@ int mk_train_run(const mk_config *cfg, const mk_train_opts *opts, mk_train_resul
     if (opts->out && tokens_done == 0)
         fprintf(opts->out, "done: the run already has its %ld steps; nothing to train\n", (long)cfg->train.steps);
     else if (opts->out)
-        fprintf(opts->out, "done: %ld steps in %.1f s, %.0f tok/s, loss %.4f -> %.4f (%.1f%% lower)\n",
-                res->steps, res->seconds, res->tokens_per_s, res->first_loss, res->final_loss,
-                100.0 * (1.0 - res->final_loss / res->first_loss));
+        fprintf(opts->out, "done: %ld steps in %.1f s, %.0f tok/s (%.1f TFLOP/s per rank), loss %.4f -> %.4f (%.1f%% lower)\n",
+                res->steps, res->seconds, res->tokens_per_s, res->tokens_per_s * flops_tok / ranks / 1e12,
+                res->first_loss, res->final_loss, 100.0 * (1.0 - res->final_loss / res->first_loss));
+    if (opts->out && res->steps > r.step_base)
+        mk_backend_prof_report(mk_model_backend(model), opts->out, res->steps - r.step_base);
     if (opts->out && cfg->parallel.ep > 1 && res->steps > 0)
         fprintf(opts->out, "expert all-to-all: %.2f ms per step on rank 0 (%.1f%% of the step time)\n",
                 1e3 * mk_model_a2a_seconds(model) / res->steps,

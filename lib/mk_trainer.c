@@ -9,9 +9,14 @@
 #include <string.h>
 
 #include "mk_backend.h"
+#include "mk_backend_prof.h"
+#include "mk_devcomm.h"
 #include "mk_error.h"
 #include "mk_lbl.h"
 #include "mk_optim.h"
+#if defined(MK_HAVE_CUDA) && !defined(MK_REAL_DOUBLE)
+#include "cuda/mk_backend_cuda.h"
+#endif
 
 struct mk_trainer {
     const mk_config *cfg;
@@ -20,6 +25,8 @@ struct mk_trainer {
     mk_comm *ep, *edp;              /* expert-parallel and expert-data-parallel groups */
     int rank, nranks;
     mk_backend *be;
+    mk_devcomm *dworld, *dedp;      /* gradient sums on backend memory (NCCL on CUDA) */
+    int device;                     /* the GPU of this rank, -1 on the CPU */
     mk_model *model;
     mk_lbl *lbl;
     int64_t *counts;                /* [L, E] */
@@ -32,6 +39,23 @@ struct mk_trainer {
 static int lbl_allreduce(void *ctx, int64_t *counts, int n)
 {
     return mk_comm_allreduce_i64(ctx, counts, (size_t)n);
+}
+
+/* The backend of train.backend; on CUDA the GPU of the rank's local rank. */
+static int make_backend(mk_trainer *tr, const mk_config *cfg)
+{
+    tr->device = -1;
+    if (cfg->train.backend == MK_BACKEND_CPU) return mk_backend_cpu_create(cfg->train.threads, &tr->be);
+#if defined(MK_HAVE_CUDA) && !defined(MK_REAL_DOUBLE)
+    int n = 0;
+    MK_CHECK(mk_backend_cuda_device_count(&n));
+    if (n < 1) return MK_FAIL(MK_ERR_USAGE, "train.backend = cuda but no GPU is visible to rank %d", tr->rank);
+    tr->device = mk_comm_local_rank(tr->world) % n;
+    return mk_backend_cuda_create(tr->device, cfg->train.precision != MK_PRECISION_FP32, &tr->be);
+#else
+    return MK_FAIL(MK_ERR_USAGE, "train.backend = cuda, but this moekit was built without CUDA"
+                   " (configure it with --with-cuda)");
+#endif
 }
 
 int mk_trainer_create(const mk_config *cfg, const mk_comm *world, mk_trainer **out)
@@ -61,7 +85,15 @@ int mk_trainer_create(const mk_config *cfg, const mk_comm *world, mk_trainer **o
         MK_CHECK_GOTO(rc, mk_comm_split(tr->world, tr->rank / ep, tr->rank, &tr->ep), fail);
         MK_CHECK_GOTO(rc, mk_comm_split(tr->world, tr->rank % ep, tr->rank, &tr->edp), fail);
     }
-    MK_CHECK_GOTO(rc, mk_backend_cpu_create(cfg->train.threads, &tr->be), fail);
+    MK_CHECK_GOTO(rc, make_backend(tr, cfg), fail);
+    const char *prof = getenv("MOEKIT_PROFILE");
+    if (prof && strcmp(prof, "1") == 0) {
+        mk_backend *timed;
+        MK_CHECK_GOTO(rc, mk_backend_prof_create(tr->be, &timed), fail);
+        tr->be = timed;
+    }
+    MK_CHECK_GOTO(rc, mk_devcomm_create(tr->world, tr->be, &tr->dworld), fail);
+    if (tr->edp) MK_CHECK_GOTO(rc, mk_devcomm_create(tr->edp, tr->be, &tr->dedp), fail);
     MK_CHECK_GOTO(rc, mk_model_create_ep(cfg, tr->be, tr->ep, &tr->model), fail);
     MK_CHECK_GOTO(rc, mk_model_init(tr->model, cfg->train.seed), fail);
     MK_CHECK_GOTO(rc, mk_lbl_create(cfg->lbl.mode, L, E, cfg->model.topk, &tr->lbl), fail);
@@ -87,6 +119,8 @@ void mk_trainer_free(mk_trainer **trp)
     mk_trainer *tr = *trp;
     mk_lbl_destroy(&tr->lbl);
     mk_model_destroy(&tr->model);
+    mk_devcomm_free(&tr->dworld);
+    mk_devcomm_free(&tr->dedp);
     mk_backend_destroy(&tr->be);
     mk_comm_free(&tr->ep);
     mk_comm_free(&tr->edp);
@@ -135,6 +169,8 @@ static int count_domains(mk_trainer *tr, const int32_t *domain, int B)
 }
 
 mk_model *mk_trainer_model(mk_trainer *tr) { return tr->model; }
+int mk_trainer_device(const mk_trainer *tr) { return tr->device; }
+const char *mk_trainer_transport(const mk_trainer *tr) { return mk_devcomm_transport(tr->dworld); }
 const mk_config *mk_trainer_config(const mk_trainer *tr) { return tr->cfg; }
 const mk_comm *mk_trainer_world(const mk_trainer *tr) { return tr->world; }
 const mk_comm *mk_trainer_ep(const mk_trainer *tr) { return tr->ep; }
@@ -165,15 +201,26 @@ static int counting_pass(mk_trainer *tr, const int32_t *tokens, const int32_t *t
 }
 
 /* Sum gradients over the ranks that share each parameter: expert tensors over the ranks
- * holding the same experts (expert-data-parallel group), everything else over the world. */
+ * holding the same experts (expert-data-parallel group), everything else over the world.
+ * Neighbouring tensors of the same group go as one call (the gradient block is contiguous
+ * in tensor order), so with parallel.ep = 1 the whole block is one all-reduce. */
 static int allreduce_grads(mk_trainer *tr)
 {
     if (tr->nranks == 1) return MK_OK;
     mk_real *g = mk_model_grads(tr->model);
-    for (size_t i = 0; i < mk_model_tensor_count(tr->model); i++) {
+    const size_t nt = mk_model_tensor_count(tr->model);
+    size_t i = 0;
+    while (i < nt) {
         const mk_tensor *t = mk_model_tensor(tr->model, i);
-        const mk_comm *c = t->expert && tr->edp ? tr->edp : tr->world;
-        MK_CHECK(mk_comm_allreduce_real(c, g + t->offset, t->numel));
+        mk_devcomm *c = t->expert && tr->dedp ? tr->dedp : tr->dworld;
+        size_t start = t->offset, end = t->offset + t->numel, j = i + 1;
+        for (; j < nt; j++) {
+            const mk_tensor *u = mk_model_tensor(tr->model, j);
+            if ((u->expert && tr->dedp ? tr->dedp : tr->dworld) != c || u->offset != end) break;
+            end += u->numel;
+        }
+        MK_CHECK(mk_devcomm_allreduce(c, g + start, end - start));
+        i = j;
     }
     return MK_OK;
 }

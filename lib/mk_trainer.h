@@ -43,6 +43,10 @@ const mk_config *mk_trainer_config(const mk_trainer *tr);
 const mk_comm *mk_trainer_world(const mk_trainer *tr);
 const mk_comm *mk_trainer_ep(const mk_trainer *tr);     /* NULL when parallel.ep = 1 */
 int mk_trainer_rank(const mk_trainer *tr);
+/* The GPU this rank computes on (its local rank modulo the visible GPUs), -1 on the CPU. */
+int mk_trainer_device(const mk_trainer *tr);
+/* How gradients travel between ranks: "self", "mpi" or "nccl". */
+const char *mk_trainer_transport(const mk_trainer *tr);
 int mk_trainer_ranks(const mk_trainer *tr);
 
 /* Routing statistics per domain: samples carry a domain id 0..ndomains-1 (default 1). */

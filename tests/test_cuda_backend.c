@@ -851,7 +851,7 @@ int main(void)
     int ndev = 0;
     if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) tap_skip_all("no CUDA device");
     if (mk_backend_cpu_create(1, &cpu) != MK_OK) bail("cpu backend");
-    if (mk_backend_cuda_create(0, &gpu) != MK_OK) bail("cuda backend");
+    if (mk_backend_cuda_create(0, 0, &gpu) != MK_OK) bail("cuda backend");
     tap_ok(strcmp(gpu->ops->name, "cuda") == 0, "cuda backend created on device 0 of %d", ndev);
 
     test_memory();
