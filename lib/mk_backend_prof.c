@@ -348,6 +348,13 @@ int mk_backend_prof_create(mk_backend *inner, mk_backend **out)
     return MK_OK;
 }
 
+void mk_backend_prof_reset(mk_backend *be)
+{
+    if (!be || be->ops->destroy != p_destroy) return;
+    memset(P(be)->seconds, 0, sizeof P(be)->seconds);
+    memset(P(be)->calls, 0, sizeof P(be)->calls);
+}
+
 void mk_backend_prof_report(mk_backend *be, FILE *f, long steps)
 {
     if (!be || be->ops->destroy != p_destroy) return;

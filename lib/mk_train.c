@@ -305,7 +305,10 @@ int mk_train_run(const mk_config *cfg, const mk_train_opts *opts, mk_train_resul
         MK_CHECK_GOTO(rc, mk_trainer_grads(r.tr, r.tokens, r.targets, r.ds ? r.sample_domain : NULL, &ss), done);
         MK_CHECK_GOTO(rc, mk_trainer_update(r.tr, step, &ss), done);
         tokens_done += global_batch * T;
-        if (step == r.step_base) res->first_loss = ss.loss;
+        if (step == r.step_base) {
+            res->first_loss = ss.loss;
+            mk_backend_prof_reset(mk_model_backend(model)); /* the profile leaves start-up out */
+        }
         res->final_loss = ss.loss;
         res->steps = step + 1;
         if (r.log) { /* one row per step, flushed: a kill loses at most the row being written */
@@ -373,10 +376,10 @@ int mk_train_run(const mk_config *cfg, const mk_train_opts *opts, mk_train_resul
         fprintf(opts->out, "done: the run already has its %ld steps; nothing to train\n", (long)cfg->train.steps);
     else if (opts->out)
         fprintf(opts->out, "done: %ld steps in %.1f s, %.0f tok/s (%.1f TFLOP/s per rank), loss %.4f -> %.4f (%.1f%% lower)\n",
-                res->steps, res->seconds, res->tokens_per_s, res->tokens_per_s * flops_tok / ranks / 1e12,
+                res->steps - r.step_base, res->seconds, res->tokens_per_s, res->tokens_per_s * flops_tok / ranks / 1e12,
                 res->first_loss, res->final_loss, 100.0 * (1.0 - res->final_loss / res->first_loss));
-    if (opts->out && res->steps > r.step_base)
-        mk_backend_prof_report(mk_model_backend(model), opts->out, res->steps - r.step_base);
+    if (opts->out && res->steps > r.step_base + 1)
+        mk_backend_prof_report(mk_model_backend(model), opts->out, res->steps - r.step_base - 1);
     if (opts->out && cfg->parallel.ep > 1 && res->steps > 0)
         fprintf(opts->out, "expert all-to-all: %.2f ms per step on rank 0 (%.1f%% of the step time)\n",
                 1e3 * mk_model_a2a_seconds(model) / res->steps,

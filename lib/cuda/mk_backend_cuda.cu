@@ -61,6 +61,9 @@ typedef struct cuda_impl {
     int grouped_ok;       /* 1 cublasGemmGroupedBatchedEx works here, 0 unknown, -1 it does not */
     cublasHandle_t blas;
     void **gptr;          /* device arrays of A, B, C pointers for grouped GEMMs */
+    double *rope_cs;      /* RoPE cos/sin table of (rope_T, rope_hd, rope_theta) */
+    int rope_T, rope_hd;
+    double rope_theta;
     size_t gptr_n;
     void *scratch;        /* device scratch for per-call tables (angles, index lists) */
     size_t scratch_bytes;
@@ -622,17 +625,32 @@ __global__ static void k_rmsnorm_backward_dx(float *dx, const float *dout, const
     for (int i = threadIdx.x; i < D; i += blockDim.x) dxr[i] += (float)(r * g[i] * dy[i] - c * xr[i]);
 }
 
-/* dg sums over tokens: one thread per column, tokens in order (the CPU's order). */
-__global__ static void k_rmsnorm_backward_dg(float *dg, const float *dout, const float *x,
-                                             const float *rstd, int N, int D)
+/* dg sums over tokens in two fixed stages: RMS_CHUNKS blocks of consecutive tokens give
+ * partial sums per column (threads over columns, so reads are coalesced), then one thread
+ * per column adds the partials in chunk order. Same order every call; the CPU sums in plain
+ * token order, so the two agree to rounding of the double sums. */
+#define RMS_CHUNKS 128
+__global__ static void k_rmsnorm_dg_partial(double *part, const float *dout, const float *x,
+                                            const float *rstd, int N, int D)
+{
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= D) return;
+    const int per = (N + RMS_CHUNKS - 1) / RMS_CHUNKS;
+    const int n0 = blockIdx.y * per, n1 = n0 + per < N ? n0 + per : N;
+    double acc = 0;
+    for (int n = n0; n < n1; n++) {
+        const size_t o = (size_t)n * D + c;
+        acc += (double)dout[o] * x[o] * (double)rstd[n];
+    }
+    part[(size_t)blockIdx.y * D + c] = acc;
+}
+
+__global__ static void k_rmsnorm_dg_final(float *dg, const double *part, int D)
 {
     GRID_STRIDE(c, (size_t)D)
     {
         double acc = 0;
-        for (int n = 0; n < N; n++) {
-            const size_t o = (size_t)n * D + c;
-            acc += (double)dout[o] * x[o] * (double)rstd[n];
-        }
+        for (int k = 0; k < RMS_CHUNKS; k++) acc += part[(size_t)k * D + c];
         dg[c] += (float)acc;
     }
 }
@@ -644,7 +662,12 @@ static int cuda_rmsnorm_backward(mk_backend *be, mk_real *dx, mk_real *dg, const
     (void)be;
     if (N <= 0 || D <= 0) return MK_OK;
     LAUNCH(k_rmsnorm_backward_dx, (unsigned)N, "rmsnorm_backward (dx)", dx, dout, x, g, rstd, D);
-    LAUNCH(k_rmsnorm_backward_dg, grid_for((size_t)D), "rmsnorm_backward (dg)", dg, dout, x, rstd, N, D);
+    void *sp;
+    MK_CHECK(scratch_get(impl_of(be), (size_t)RMS_CHUNKS * D * sizeof(double), &sp));
+    k_rmsnorm_dg_partial<<<dim3((unsigned)((D + TPB - 1) / TPB), RMS_CHUNKS), TPB>>>(
+        (double *)sp, dout, x, rstd, N, D);
+    CU_CHECK(cudaGetLastError(), "rmsnorm_backward (dg partials)");
+    LAUNCH(k_rmsnorm_dg_final, grid_for((size_t)D), "rmsnorm_backward (dg)", dg, (const double *)sp, D);
     return MK_OK;
 }
 
@@ -657,9 +680,10 @@ static int check_heads(const char *op, int D, int H)
     return MK_OK;
 }
 
-/* One thread per (token, pair) of the q and k columns; cs holds cos and sign * sin of every
- * (position, pair), computed on the host in double exactly as the CPU does. */
-__global__ static void k_rope(float *qkv, const double *cs, int N, int T, int D, int hd)
+/* One thread per (token, pair) of the q and k columns; cs holds cos and sin of every
+ * (position, pair), computed on the host in double exactly as the CPU does; sign -1 is the
+ * inverse rotation (backward). */
+__global__ static void k_rope(float *qkv, const double *cs, int N, int T, int D, int hd, double sign)
 {
     const int half = hd / 2;
     GRID_STRIDE(i, (size_t)N * D)
@@ -668,7 +692,7 @@ __global__ static void k_rope(float *qkv, const double *cs, int N, int T, int D,
         const int col = 2 * (int)(i % D); /* even column in 0 .. 2D-1: q, then k */
         const int p = (col % hd) / 2;
         const double *cp = cs + ((size_t)(n % T) * half + p) * 2;
-        const double c = cp[0], s = cp[1];
+        const double c = cp[0], s = sign * cp[1];
         float *row = qkv + n * 3 * D;
         const double x0 = row[col], x1 = row[col + 1];
         row[col] = (float)(x0 * c - x1 * s);
@@ -687,26 +711,31 @@ static int rope_apply(mk_backend *be, const char *op, mk_real *qkv, int B, int T
         return MK_FAIL(MK_ERR_INTERNAL, "%s: sequence length %d, theta %g", op, T, theta);
     const int N = B * T, half = hd / 2;
     if (N <= 0) return MK_OK;
-    size_t bytes = (size_t)T * half * 2 * sizeof(double);
-    double *cs = (double *)malloc(bytes);
-    if (!cs) return MK_FAIL(MK_ERR_NOMEM, "%s: out of memory for the angle table", op);
-    /* The host's pow/cos/sin, so the table is bit-identical to the CPU backend's. */
-    for (int pos = 0; pos < T; pos++)
-        for (int i = 0; i < half; i++) {
-            double ang = pos * pow(theta, -2.0 * i / hd);
-            cs[((size_t)pos * half + i) * 2] = cos(ang);
-            cs[((size_t)pos * half + i) * 2 + 1] = sign * sin(ang);
+    /* The angle table depends on (T, hd, theta) only: made once, kept on the device. */
+    if (!im->rope_cs || im->rope_T != T || im->rope_hd != hd || im->rope_theta != theta) {
+        size_t bytes = (size_t)T * half * 2 * sizeof(double);
+        double *cs = (double *)malloc(bytes);
+        if (!cs) return MK_FAIL(MK_ERR_NOMEM, "%s: out of memory for the angle table", op);
+        /* The host's pow/cos/sin, so the table is bit-identical to the CPU backend's. */
+        for (int pos = 0; pos < T; pos++)
+            for (int i = 0; i < half; i++) {
+                double ang = pos * pow(theta, -2.0 * i / hd);
+                cs[((size_t)pos * half + i) * 2] = cos(ang);
+                cs[((size_t)pos * half + i) * 2 + 1] = sin(ang);
+            }
+        if (im->rope_cs) cudaFree(im->rope_cs);
+        im->rope_cs = NULL;
+        cudaError_t e = cudaMalloc((void **)&im->rope_cs, bytes);
+        if (e == cudaSuccess) e = cudaMemcpy(im->rope_cs, cs, bytes, cudaMemcpyHostToDevice);
+        free(cs);
+        if (e != cudaSuccess) {
+            if (im->rope_cs) cudaFree(im->rope_cs);
+            im->rope_cs = NULL;
+            return MK_FAIL(MK_ERR_INTERNAL, "cuda: %s: angle table: %s", op, cudaGetErrorString(e));
         }
-    void *sp;
-    int rc = scratch_get(im, bytes, &sp);
-    if (rc == MK_OK) {
-        cudaError_t e = cudaMemcpy(sp, cs, bytes, cudaMemcpyHostToDevice);
-        if (e != cudaSuccess)
-            rc = MK_FAIL(MK_ERR_INTERNAL, "cuda: %s: angle table: %s", op, cudaGetErrorString(e));
+        im->rope_T = T, im->rope_hd = hd, im->rope_theta = theta;
     }
-    free(cs);
-    MK_CHECK(rc);
-    LAUNCH(k_rope, grid_for((size_t)N * D), op, qkv, (const double *)sp, N, T, D, hd);
+    LAUNCH(k_rope, grid_for((size_t)N * D), op, qkv, (const double *)im->rope_cs, N, T, D, hd, sign);
     return MK_OK;
 }
 
@@ -1037,6 +1066,18 @@ static int cuda_route_plan(mk_backend *be, int32_t *offs, int32_t *row_slot, int
     MK_CHECK(scratch_get(im, (size_t)E * sizeof(int32_t), &sp));
     int32_t *fill = (int32_t *)sp;
     LAUNCH(k_route_count, (unsigned)E, "route_plan (count)", fill, topk, S);
+    /* Every choice must have landed in some expert: a topk entry outside 0..E-1 is a bug
+     * upstream, caught here before it corrupts the expert GEMMs (one small copy; the model
+     * reads the offsets back right after anyway). */
+    int32_t hf[MK_CUDA_MAX_GROUPS];
+    if (E <= MK_CUDA_MAX_GROUPS) {
+        CU_CHECK(cudaMemcpy(hf, fill, (size_t)E * sizeof *hf, cudaMemcpyDeviceToHost), "route_plan: counts");
+        size_t tot = 0;
+        for (int e = 0; e < E; e++) tot += (size_t)hf[e];
+        if (tot != S)
+            return MK_FAIL(MK_ERR_INTERNAL, "route_plan: %zu of %zu choices name an expert outside 0..%d",
+                           S - tot, S, E - 1);
+    }
     LAUNCH(k_route_place, (unsigned)E, "route_plan (place)", offs, row_slot, slot_row, fill, topk,
            S, E, capacity);
     if (S) LAUNCH(k_route_tail, grid_for(S), "route_plan (tail)", row_slot, offs, E, S);
@@ -1268,6 +1309,7 @@ static void cuda_destroy(mk_backend *be)
     if (im) {
         if (im->blas) cublasDestroy(im->blas);
         if (im->gptr) cudaFree(im->gptr);
+        if (im->rope_cs) cudaFree(im->rope_cs);
         if (im->scratch) cudaFree(im->scratch);
         free(im);
     }

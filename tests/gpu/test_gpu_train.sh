@@ -53,20 +53,26 @@ d=$(reldiff bf1 cpu 3e-2); check '[ $? -eq 0 ]' "tiny.ini 20 steps: CUDA bf16 lo
 check 'cmp -s "$tmp/bf1/log.tsv" "$tmp/bf2/log.tsv"' "CUDA bf16 twice: byte-identical log.tsv (loss, LBL, MaxVio, grad norm at %.9g)"
 check 'grep -q "MFU" "$tmp/bf1.out" || grep -q "MFU against" "$tmp/bf1.out"' "moe-train on CUDA names its MFU peak"
 
-# Checkpoint interop: 10 steps on one backend, resume for 10 on the other.
-ck="--set ckpt.every=10"
-run g10 --set train.backend=cuda --set train.precision=fp32 --set train.steps=10 $ck
-cp -r "$tmp/g10" "$tmp/g10c"
-"$train" --schedule "$src/schedules/tiny.ini" $common --set run.dir="$tmp/g10c" --set train.backend=cpu --resume auto >"$tmp/g10c.out" 2>&1
-check '[ $? -eq 0 ] && grep -q "resuming from" "$tmp/g10c.out"' "a GPU checkpoint resumes on the CPU"
-tail -n +2 "$tmp/g10c/log.tsv" | cut -f1,2 >"$tmp/g10c.loss"
-d=$(reldiff g10c gpu32 1e-4); check '[ $? -eq 0 ]' "GPU 10 steps + CPU 10 steps = GPU 20 steps (max rel diff $d < 1e-4)"
-run c10 --set train.backend=cpu --set train.steps=10 $ck
-cp -r "$tmp/c10" "$tmp/c10g"
-"$train" --schedule "$src/schedules/tiny.ini" $common --set run.dir="$tmp/c10g" --set train.backend=cuda --set train.precision=fp32 --resume auto >"$tmp/c10g.out" 2>&1
-check '[ $? -eq 0 ] && grep -q "resuming from" "$tmp/c10g.out"' "a CPU checkpoint resumes on the GPU"
-tail -n +2 "$tmp/c10g/log.tsv" | cut -f1,2 >"$tmp/c10g.loss"
-d=$(reldiff c10g cpu 1e-4); check '[ $? -eq 0 ]' "CPU 10 steps + GPU 10 steps = CPU 20 steps (max rel diff $d < 1e-4)"
+# Checkpoint interop: a 20-step run that checkpoints at step 10 on one backend; its
+# step-10 checkpoint resumed on the other backend must continue it (steps 11-20).
+interop() { # from to: names of the backend settings
+  from=$1; to=$2
+  run "i$from" $3 --set ckpt.every=10 --set ckpt.keep=2
+  mkdir -p "$tmp/i$from$to/ckpt"
+  "$train" --schedule "$src/schedules/tiny.ini" $common --set run.dir="$tmp/i$from$to" $4 \
+    --resume "$tmp/i$from/ckpt/step_00000010.h5" >"$tmp/i$from$to.out" 2>&1
+  rc=$?
+  grep -v '^step' "$tmp/i$from$to/log.tsv" 2>/dev/null | cut -f1,2 >"$tmp/i$from$to.loss"
+  awk '$1 > 10' "$tmp/i$from.loss" >"$tmp/i${from}b.loss"
+  return $rc
+}
+gpu32="--set train.backend=cuda --set train.precision=fp32"
+interop g c "$gpu32" "--set train.backend=cpu"
+check '[ $? -eq 0 ] && grep -q "resuming from" "$tmp/igc.out"' "a GPU checkpoint resumes on the CPU"
+d=$(reldiff igc igb 1e-4); check '[ $? -eq 0 ]' "GPU steps 1-10 + CPU steps 11-20 = GPU steps 1-20 (max rel diff $d < 1e-4)"
+interop c g "--set train.backend=cpu" "$gpu32"
+check '[ $? -eq 0 ] && grep -q "resuming from" "$tmp/icg.out"' "a CPU checkpoint resumes on the GPU"
+d=$(reldiff icg icb 1e-4); check '[ $? -eq 0 ]' "CPU steps 1-10 + GPU steps 11-20 = CPU steps 1-20 (max rel diff $d < 1e-4)"
 
 if [ "$ngpu" -lt 2 ]; then
   for i in 1 2 3 4 5; do n=$((n + 1)); echo "ok $n # SKIP one GPU only"; done
