@@ -54,15 +54,17 @@ bench() { # label ranks args...
 } >>"$outfile"
 bench "1 GPU, lbl micro" 1 --set parallel.ep=1 --set lbl.mode=micro
 bench "1 GPU, lbl global" 1 --set parallel.ep=1 --set lbl.mode=global
-if [ "$ngpu" -ge 2 ]; then
-  bench "2 GPUs dp=2, lbl micro" 2 --set parallel.ep=1 --set lbl.mode=micro
-  bench "2 GPUs dp=2, lbl global" 2 --set parallel.ep=1 --set lbl.mode=global
-  bench "2 GPUs ep=2, lbl global" 2 --set parallel.ep=2 --set lbl.mode=global
-fi
+for np in 2 4 8; do
+  [ "$ngpu" -ge $np ] || break
+  bench "$np GPUs dp=$np, lbl micro" $np --set parallel.ep=1 --set lbl.mode=micro
+  bench "$np GPUs dp=$np, lbl global" $np --set parallel.ep=1 --set lbl.mode=global
+  bench "$np GPUs ep=2, lbl global" $np --set parallel.ep=2 --set lbl.mode=global
+  [ $np -gt 2 ] && bench "$np GPUs ep=$np, lbl global" $np --set parallel.ep=$np --set lbl.mode=global
+done
 echo >>"$outfile"
-MOEKIT_PROFILE=1 "$top/bin/moe-train" --schedule "$src/schedules/bench-s.ini" $common --set train.steps=12 \
+[ "${MOEKIT_BENCH_PROFILE:-1}" = 0 ] || MOEKIT_PROFILE=1 "$top/bin/moe-train" --schedule "$src/schedules/bench-s.ini" $common --set train.steps=12 \
   --set parallel.ep=1 --set run.dir="$tmp/prof" >"$tmp/prof.out" 2>&1
-{
+[ "${MOEKIT_BENCH_PROFILE:-1}" = 0 ] || {
   echo "Op-by-op profile, 1 GPU, 12 steps (each op synchronised, so the total exceeds a plain step):"
   echo
   echo '```'
@@ -70,7 +72,7 @@ MOEKIT_PROFILE=1 "$top/bin/moe-train" --schedule "$src/schedules/bench-s.ini" $c
   echo '```'
   echo
 } >>"$outfile"
-if [ -f "$src/tests/gpu/torch_moe_bench.py" ]; then
+if [ -f "$src/tests/gpu/torch_moe_bench.py" ] && [ "${MOEKIT_BENCH_TORCH:-1}" != 0 ]; then
   py=${PYTHON_TORCH:-python3}
   "$py" "$src/tests/gpu/torch_moe_bench.py" --device cuda --steps 30 --warmup 10 >"$tmp/torch.out" 2>&1
   {
