@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 
 #include "mk_error.h"
+#include "mk_h5.h"
 
 static int read_int_attr(hid_t f, const char *name, int *v)
 {
@@ -220,9 +221,9 @@ int mk_rl_read(const char *path, mk_rl *rl)
     if (!rl->path) return MK_FAIL(MK_ERR_NOMEM, "out of memory");
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
     H5Pset_libver_bounds(fapl, H5F_LIBVER_LATEST, H5F_LIBVER_LATEST);
-    hid_t f = H5Fopen(path, H5F_ACC_RDONLY | H5F_ACC_SWMR_READ, fapl);
+    hid_t f = mk_h5_fopen(path, H5F_ACC_RDONLY | H5F_ACC_SWMR_READ, fapl);
     rl->swmr = f >= 0;
-    if (f < 0) f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (f < 0) f = mk_h5_fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     H5Pclose(fapl);
     if (f < 0) {
         mk_rl_free(rl);
@@ -264,7 +265,7 @@ int mk_rl_ckpt_config(const char *run_dir, const char *name, char *buf, int size
     if (!got || !*file || strchr(file, '/')) return 0;
     snprintf(p, sizeof p, "%s/ckpt/%s", run_dir, file);
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-    hid_t f = H5Fopen(p, H5F_ACC_RDONLY, H5P_DEFAULT);
+    hid_t f = mk_h5_fopen(p, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (f < 0) return 0;
     int ok = 0;
     if (H5Lexists(f, "config", H5P_DEFAULT) > 0) {

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "mk_error.h"
+#include "mk_h5.h"
 #include "mk_fs.h"
 
 #ifdef MK_HDF5_PARALLEL
@@ -242,7 +243,7 @@ static int write_ranks(hid_t f, const char *tmp, const char *ranks_path)
 /* After a parallel write: rank 0 reopens the file serially to add the ranks. */
 static int embed_ranks(const char *tmp, const char *ranks_path)
 {
-    hid_t f = H5Fopen(tmp, H5F_ACC_RDWR, H5P_DEFAULT);
+    hid_t f = mk_h5_fopen(tmp, H5F_ACC_RDWR, H5P_DEFAULT);
     if (f < 0) return MK_FAIL(MK_ERR_IO, "%s: cannot reopen to embed the tokenizer", tmp);
     int rc = write_ranks(f, tmp, ranks_path);
     if (H5Fclose(f) < 0 && rc == MK_OK) rc = MK_FAIL(MK_ERR_IO, "%s: close failed", tmp);
@@ -499,7 +500,7 @@ int mk_ckpt_load(mk_trainer *tr, const char *path, mk_ckpt_meta *meta)
     mk_model *m = mk_trainer_model(tr);
     const mk_config *cfg = mk_trainer_config(tr);
     quiet q = quiet_on();
-    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    hid_t f = mk_h5_fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     int rc = MK_OK;
     char fmt[64] = "";
     int64_t step = 0, tokens = 0, samples = 0;
@@ -626,7 +627,7 @@ int mk_ckpt_verify(const char *path, char *why, size_t n)
 {
     quiet q = quiet_on();
     int rc = MK_OK;
-    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    hid_t f = mk_h5_fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     char fmt[64] = "";
     int64_t ver = 0, step = 0;
     if (f < 0) {

@@ -38,6 +38,7 @@
 #include <hdf5.h>
 
 #include "mk_error.h"
+#include "mk_h5.h"
 
 /* The datasets of one table (/ or /eval), in write order: /step last, the commit record. */
 enum { RL_COUNTS, RL_TOKENS, RL_LBL, RL_MAXVIO, RL_LOSS, RL_STEP, RL_NDSETS };
@@ -597,12 +598,12 @@ static int rl_open_old(const char *path, hid_t *old)
         if (fapl >= 0) H5Pclose(fapl);
         return rl_fail_h5(MK_ERR_INPUT, path, "cannot set up the file access properties");
     }
-    *old = H5Fopen(path, H5F_ACC_RDONLY | H5F_ACC_SWMR_READ, fapl);
+    *old = mk_h5_fopen(path, H5F_ACC_RDONLY | H5F_ACC_SWMR_READ, fapl);
     if (*old < 0) {
         char reason[256] = "";
         H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, rl_walk_cb, reason);
         H5Eclear2(H5E_DEFAULT);
-        *old = H5Fopen(path, H5F_ACC_RDONLY, fapl);
+        *old = mk_h5_fopen(path, H5F_ACC_RDONLY, fapl);
         if (*old < 0) {
             H5Eclear2(H5E_DEFAULT);
             H5Pclose(fapl);

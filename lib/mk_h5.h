@@ -1,0 +1,24 @@
+/* mk_h5.h - how moekit opens HDF5 files it did not just create.
+ *
+ * Trust model (docs/reliability.md): a checkpoint or routing log from someone else is
+ * trusted input in the sense of the HDF5 library, which is not hardened against hostile
+ * files (libhdf5 1.10.8 has known crashes on crafted files). What moekit does rule out is
+ * code from elsewhere: a dataset can name a filter that HDF5 would look for as a plugin in
+ * HDF5_PLUGIN_PATH (or its default /usr/local/hdf5/lib/plugin) and dlopen. Every open of an
+ * existing file goes through mk_h5_fopen, which switches dynamic plugin loading off first
+ * (H5PLset_loading_state(0), process-wide and idempotent, so calling it on every open costs
+ * nothing and needs no init call). Such a dataset then fails to read, with "filter not
+ * available". tests/fuzz/test_h5_plugins checks this with a plugin that would leave a mark.
+ */
+#ifndef MK_H5_H
+#define MK_H5_H
+
+#include <hdf5.h>
+
+static inline hid_t mk_h5_fopen(const char *path, unsigned flags, hid_t fapl)
+{
+    if (H5PLset_loading_state(0) < 0) return H5I_INVALID_HID; /* never open with plugins on */
+    return H5Fopen(path, flags, fapl);
+}
+
+#endif
