@@ -9,16 +9,31 @@
  * (H5PLset_loading_state(0), process-wide and idempotent, so calling it on every open costs
  * nothing and needs no init call). Such a dataset then fails to read, with "filter not
  * available". tests/fuzz/test_h5_plugins checks this with a plugin that would leave a mark.
+ * SWMR reads also get a bounded number of metadata read attempts (below).
  */
 #ifndef MK_H5_H
 #define MK_H5_H
 
 #include <hdf5.h>
 
+/* A SWMR reader retries a metadata read whose checksum fails (the writer may be mid-update),
+ * by default 100 times, sleeping 1 ns, 2 ns, 4 ns, ... in between: on a file that is simply
+ * corrupt that is 2^100 ns, a hang (found by tests/fuzz/fuzz_routing_log). 24 attempts bound
+ * one failing read to about 17 ms of sleep, which still covers a writer that is a few
+ * milliseconds into an update. */
+#define MK_H5_SWMR_READ_ATTEMPTS 24
+
 static inline hid_t mk_h5_fopen(const char *path, unsigned flags, hid_t fapl)
 {
     if (H5PLset_loading_state(0) < 0) return H5I_INVALID_HID; /* never open with plugins on */
-    return H5Fopen(path, flags, fapl);
+    if (!(flags & H5F_ACC_SWMR_READ)) return H5Fopen(path, flags, fapl);
+    hid_t own = fapl == H5P_DEFAULT ? H5Pcreate(H5P_FILE_ACCESS) : H5Pcopy(fapl);
+    if (own < 0) return H5I_INVALID_HID;
+    hid_t f = H5Pset_metadata_read_attempts(own, MK_H5_SWMR_READ_ATTEMPTS) < 0
+                  ? H5I_INVALID_HID
+                  : H5Fopen(path, flags, own);
+    H5Pclose(own);
+    return f;
 }
 
 #endif

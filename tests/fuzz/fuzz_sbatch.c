@@ -4,7 +4,8 @@
  * so a NUL ends it, as it would end an argv element): cwd, run.dir, jobs dir, partition,
  * account, time, schedule, data.path, bin dir, the --set list, the --corpus list.
  * Properties of a build that succeeds:
- *   - no argv element holds a newline or another control character;
+ *   - no argv element holds a newline or another control character; every element
+ *     between sbatch and the script is a --option, and the script path is absolute;
  *   - the dry-run text (mk_sbatch_print), split into words by a POSIX shell-word splitter,
  *     gives back exactly the argv elements, none of them subject to expansion, except the
  *     dependency, which is the documented "${PREV_id%%;*}" form;
@@ -176,8 +177,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         free(e);
         /* --output: run.dir with every % doubled, then the pattern. */
         const char *out = NULL;
-        for (int a = 0; a < c->argc; a++)
+        for (int a = 0; a < c->argc - 2; a++)
             if (strncmp(c->argv[a], "--output=", 9) == 0) out = c->argv[a] + 9;
+        FUZZ_ASSERT(c->argv[c->argc - 1][0] == '/', "job %d: the script is not an absolute path", j);
+        for (int a = 1; a < c->argc - 1; a++)
+            FUZZ_ASSERT(strncmp(c->argv[a], "--", 2) == 0, "job %d: argv[%d] is not an option", j, a);
         FUZZ_ASSERT(out != NULL, "no --output");
         const char *r = spec.run_dir;
         while (*r) {
