@@ -131,6 +131,11 @@ int mk_sbatch_build(const mk_sbatch_spec *s, mk_sbatch_cmd cmds[MK_SBATCH_JOBS])
             return MK_FAIL(MK_ERR_USAGE, "%s = %s contains %s, which moe-submit does not put on an"
                            " sbatch command line; rename it", args[i].what, args[i].value, why);
     }
+    /* The script is the one bare argument: relative, or starting with '-', sbatch would take
+     * it for an option. main() passes realpath()s, so this only catches misuse. */
+    if (!s->jobs_dir || s->jobs_dir[0] != '/' || !s->cwd || s->cwd[0] != '/' || !s->run_dir || s->run_dir[0] != '/')
+        return MK_FAIL(MK_ERR_USAGE, "sbatch command: the job script directory, working directory and"
+                       " run.dir must be absolute paths");
     char *exports = NULL, *run_pct = escape_percent(s->run_dir);
     int rc = run_pct ? build_exports(s, &exports) : MK_FAIL(MK_ERR_NOMEM, "sbatch command: out of memory");
     for (int j = 0; j < MK_SBATCH_JOBS && rc == MK_OK; j++) {
