@@ -67,7 +67,7 @@ static int64_t ds_rows(hid_t f, const char *name, int swmr)
     if (swmr) H5Drefresh(d);
     hid_t sp = H5Dget_space(d);
     hsize_t dims[4] = { 0 };
-    int nd = sp >= 0 ? H5Sget_simple_extent_dims(sp, dims, NULL) : -1;
+    int nd = mk_h5_dims(sp, dims, 4);
     if (sp >= 0) H5Sclose(sp);
     H5Dclose(d);
     return nd >= 1 ? (int64_t)dims[0] : -1;
@@ -77,9 +77,10 @@ static int64_t ds_rows(hid_t f, const char *name, int swmr)
 static int read_rows(const char *path, hid_t f, const char *name, int swmr, int64_t rows,
                      int64_t rowlen, hid_t mtype, size_t esize, void **out)
 {
-    *out = calloc((size_t)(rows > 0 ? rows : 1) * (size_t)rowlen, esize);
-    if (!*out) return MK_FAIL(MK_ERR_NOMEM, "out of memory reading %s", path);
-    if (rows == 0) return MK_OK;
+    if (rows == 0) {
+        *out = calloc((size_t)rowlen, esize);
+        return *out ? MK_OK : MK_FAIL(MK_ERR_NOMEM, "out of memory reading %s", path);
+    }
     hid_t d = H5Lexists(f, name, H5P_DEFAULT) > 0 ? H5Dopen2(f, name, H5P_DEFAULT) : -1;
     if (d < 0) return MK_FAIL(MK_ERR_INPUT, "%s: damaged routing log: no dataset /%s", path, name);
     if (swmr) H5Drefresh(d);
@@ -101,6 +102,18 @@ static int read_rows(const char *path, hid_t f, const char *name, int swmr, int6
     if ((int64_t)dims[0] < rows) {
         rc = MK_FAIL(MK_ERR_INPUT, "%s: truncated routing log: /%s has %lld rows, /step commits %lld",
                      path, name, (long long)dims[0], (long long)rows);
+        goto done;
+    }
+    /* /step's shape alone decides rows (a damaged file once claimed 2^60): the product must
+     * not wrap, or the read below would overrun a small buffer. */
+    if ((uint64_t)rows > SIZE_MAX / ((uint64_t)rowlen * esize)) {
+        rc = MK_FAIL(MK_ERR_INPUT, "%s: damaged routing log: /%s claims %lld rows of %lld values",
+                     path, name, (long long)rows, (long long)rowlen);
+        goto done;
+    }
+    *out = calloc((size_t)rows * (size_t)rowlen, esize);
+    if (!*out) {
+        rc = MK_FAIL(MK_ERR_NOMEM, "out of memory reading %s", path);
         goto done;
     }
     memcpy(cnt, dims, sizeof cnt);
@@ -153,7 +166,7 @@ static int read_domains(const char *path, hid_t f, mk_rl *rl)
     hsize_t n = 0;
     int rc = MK_OK;
     if (ft < 0 || sp < 0 || H5Tget_class(ft) != H5T_STRING || H5Tis_variable_str(ft) > 0 ||
-        H5Sget_simple_extent_dims(sp, &n, NULL) != 1 || (int)n != rl->ndomains) {
+        mk_h5_dims(sp, &n, 1) != 1 || n != (hsize_t)rl->ndomains) {
         rc = MK_FAIL(MK_ERR_INPUT, "%s: damaged routing log: /domains is not %d fixed-length strings",
                      path, rl->ndomains);
         goto done;
@@ -197,10 +210,15 @@ static int read_open(const char *path, hid_t f, mk_rl *rl)
     hsize_t n = 0;
     if (d >= 0) {
         hid_t sp = H5Dget_space(d);
-        if (sp >= 0) { H5Sget_simple_extent_dims(sp, &n, NULL); H5Sclose(sp); }
+        if (sp >= 0) { if (mk_h5_dims(sp, &n, 1) != 1) n = 0; H5Sclose(sp); }
         H5Dclose(d);
     }
     if (n < 1) return MK_FAIL(MK_ERR_INPUT, "%s: damaged routing log: no domains", path);
+    /* The writer's own limit (mk_routing_log_open): one /counts row below 2^28 values. */
+    if ((uint64_t)rl->layers * n * (uint64_t)rl->experts > (UINT64_C(1) << 28))
+        return MK_FAIL(MK_ERR_INPUT, "%s: damaged routing log: layers x domains x experts = %d x %llu x %d"
+                       " is larger than any log moekit writes", path, rl->layers, (unsigned long long)n,
+                       rl->experts);
     rl->ndomains = (int)n;
     MK_CHECK(read_domains(path, f, rl));
     MK_CHECK(read_series(path, f, "", rl->swmr, rl, &rl->train));

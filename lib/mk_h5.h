@@ -36,4 +36,17 @@ static inline hid_t mk_h5_fopen(const char *path, unsigned flags, hid_t fapl)
     return f;
 }
 
+/* The rank of space, with its dimensions in dims[0..rank-1], or -1 if it has more than max
+ * dimensions or cannot be read. H5Sget_simple_extent_dims writes as many entries as the file
+ * says (up to 32): never hand it a buffer sized for the rank moekit expects. */
+static inline int mk_h5_dims(hid_t space, hsize_t *dims, int max)
+{
+    int nd = space < 0 ? -1 : H5Sget_simple_extent_ndims(space);
+    if (nd < 0 || nd > max) return -1;
+    hsize_t all[H5S_MAX_RANK];
+    if (H5Sget_simple_extent_dims(space, all, NULL) != nd) return -1;
+    for (int i = 0; i < nd; i++) dims[i] = all[i];
+    return nd;
+}
+
 #endif
