@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 
 #include "mk_error.h"
+#include "mk_h5.h"
 
 static int read_int_attr(hid_t f, const char *name, int *v)
 {
@@ -66,7 +67,7 @@ static int64_t ds_rows(hid_t f, const char *name, int swmr)
     if (swmr) H5Drefresh(d);
     hid_t sp = H5Dget_space(d);
     hsize_t dims[4] = { 0 };
-    int nd = sp >= 0 ? H5Sget_simple_extent_dims(sp, dims, NULL) : -1;
+    int nd = mk_h5_dims(sp, dims, 4);
     if (sp >= 0) H5Sclose(sp);
     H5Dclose(d);
     return nd >= 1 ? (int64_t)dims[0] : -1;
@@ -76,9 +77,10 @@ static int64_t ds_rows(hid_t f, const char *name, int swmr)
 static int read_rows(const char *path, hid_t f, const char *name, int swmr, int64_t rows,
                      int64_t rowlen, hid_t mtype, size_t esize, void **out)
 {
-    *out = calloc((size_t)(rows > 0 ? rows : 1) * (size_t)rowlen, esize);
-    if (!*out) return MK_FAIL(MK_ERR_NOMEM, "out of memory reading %s", path);
-    if (rows == 0) return MK_OK;
+    if (rows == 0) {
+        *out = calloc((size_t)rowlen, esize);
+        return *out ? MK_OK : MK_FAIL(MK_ERR_NOMEM, "out of memory reading %s", path);
+    }
     hid_t d = H5Lexists(f, name, H5P_DEFAULT) > 0 ? H5Dopen2(f, name, H5P_DEFAULT) : -1;
     if (d < 0) return MK_FAIL(MK_ERR_INPUT, "%s: damaged routing log: no dataset /%s", path, name);
     if (swmr) H5Drefresh(d);
@@ -100,6 +102,18 @@ static int read_rows(const char *path, hid_t f, const char *name, int swmr, int6
     if ((int64_t)dims[0] < rows) {
         rc = MK_FAIL(MK_ERR_INPUT, "%s: truncated routing log: /%s has %lld rows, /step commits %lld",
                      path, name, (long long)dims[0], (long long)rows);
+        goto done;
+    }
+    /* /step's shape alone decides rows (a damaged file once claimed 2^60): the product must
+     * not wrap, or the read below would overrun a small buffer. */
+    if ((uint64_t)rows > SIZE_MAX / ((uint64_t)rowlen * esize)) {
+        rc = MK_FAIL(MK_ERR_INPUT, "%s: damaged routing log: /%s claims %lld rows of %lld values",
+                     path, name, (long long)rows, (long long)rowlen);
+        goto done;
+    }
+    *out = calloc((size_t)rows * (size_t)rowlen, esize);
+    if (!*out) {
+        rc = MK_FAIL(MK_ERR_NOMEM, "out of memory reading %s", path);
         goto done;
     }
     memcpy(cnt, dims, sizeof cnt);
@@ -152,7 +166,7 @@ static int read_domains(const char *path, hid_t f, mk_rl *rl)
     hsize_t n = 0;
     int rc = MK_OK;
     if (ft < 0 || sp < 0 || H5Tget_class(ft) != H5T_STRING || H5Tis_variable_str(ft) > 0 ||
-        H5Sget_simple_extent_dims(sp, &n, NULL) != 1 || (int)n != rl->ndomains) {
+        mk_h5_dims(sp, &n, 1) != 1 || n != (hsize_t)rl->ndomains) {
         rc = MK_FAIL(MK_ERR_INPUT, "%s: damaged routing log: /domains is not %d fixed-length strings",
                      path, rl->ndomains);
         goto done;
@@ -196,10 +210,15 @@ static int read_open(const char *path, hid_t f, mk_rl *rl)
     hsize_t n = 0;
     if (d >= 0) {
         hid_t sp = H5Dget_space(d);
-        if (sp >= 0) { H5Sget_simple_extent_dims(sp, &n, NULL); H5Sclose(sp); }
+        if (sp >= 0) { if (mk_h5_dims(sp, &n, 1) != 1) n = 0; H5Sclose(sp); }
         H5Dclose(d);
     }
     if (n < 1) return MK_FAIL(MK_ERR_INPUT, "%s: damaged routing log: no domains", path);
+    /* The writer's own limit (mk_routing_log_open): one /counts row below 2^28 values. */
+    if ((uint64_t)rl->layers * n * (uint64_t)rl->experts > (UINT64_C(1) << 28))
+        return MK_FAIL(MK_ERR_INPUT, "%s: damaged routing log: layers x domains x experts = %d x %llu x %d"
+                       " is larger than any log moekit writes", path, rl->layers, (unsigned long long)n,
+                       rl->experts);
     rl->ndomains = (int)n;
     MK_CHECK(read_domains(path, f, rl));
     MK_CHECK(read_series(path, f, "", rl->swmr, rl, &rl->train));
@@ -220,9 +239,9 @@ int mk_rl_read(const char *path, mk_rl *rl)
     if (!rl->path) return MK_FAIL(MK_ERR_NOMEM, "out of memory");
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
     H5Pset_libver_bounds(fapl, H5F_LIBVER_LATEST, H5F_LIBVER_LATEST);
-    hid_t f = H5Fopen(path, H5F_ACC_RDONLY | H5F_ACC_SWMR_READ, fapl);
+    hid_t f = mk_h5_fopen(path, H5F_ACC_RDONLY | H5F_ACC_SWMR_READ, fapl);
     rl->swmr = f >= 0;
-    if (f < 0) f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (f < 0) f = mk_h5_fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     H5Pclose(fapl);
     if (f < 0) {
         mk_rl_free(rl);
@@ -264,7 +283,7 @@ int mk_rl_ckpt_config(const char *run_dir, const char *name, char *buf, int size
     if (!got || !*file || strchr(file, '/')) return 0;
     snprintf(p, sizeof p, "%s/ckpt/%s", run_dir, file);
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-    hid_t f = H5Fopen(p, H5F_ACC_RDONLY, H5P_DEFAULT);
+    hid_t f = mk_h5_fopen(p, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (f < 0) return 0;
     int ok = 0;
     if (H5Lexists(f, "config", H5P_DEFAULT) > 0) {

@@ -26,6 +26,7 @@
 #include "mk_ckpt.h"
 #include "mk_config.h"
 #include "mk_error.h"
+#include "mk_h5.h"
 #include "mk_model.h"
 #include "mk_tokenizer.h"
 #include "mk_trainer.h"
@@ -219,7 +220,7 @@ static int ckpt_open(const char *path, hid_t *out)
     }
     fclose(fp);
     if (!hdf5) return MK_FAIL(MK_ERR_INPUT, "%s: not a moekit checkpoint (not an HDF5 file)", path);
-    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    hid_t f = mk_h5_fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (f < 0) {
         char why[160];
         return MK_FAIL(MK_ERR_INPUT, "%s: damaged or truncated HDF5 file (%s)", path, h5_reason(why));

@@ -35,6 +35,7 @@
 #include "mk_config.h"
 #include "mk_error.h"
 #include "mk_fs.h"
+#include "mk_sbatch.h"
 
 #ifndef PACKAGE_VERSION
 #define PACKAGE_VERSION "unknown"
@@ -45,7 +46,6 @@
 
 #define PROG "moe-submit"
 #define MAX_LIST 256        /* --set and --corpus arguments each */
-#define MAX_ARGS 48         /* argv entries of one sbatch command */
 #define TEXT_MAX (MK_PATH_MAX + 64)
 
 static void usage(FILE *f)
@@ -104,56 +104,11 @@ static int is_dir(const char *p)
     return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-/* A character that sbatch --export=ALL,NAME=VALUE,... cannot carry unchanged: the comma
- * separates variables, quotes are stripped by Slurm's parser, control characters
- * (newline, tab, ...) do not survive. In a list (MOEKIT_SET, MOEKIT_CORPUS) a space
- * separates items, so it is refused there too. Returns a description or NULL. */
-static const char *bad_export_char(const char *v, int in_list)
-{
-    for (const unsigned char *p = (const unsigned char *)v; *p; p++) {
-        if (*p == ',') return "a comma";
-        if (*p == '"' || *p == '\'') return "a quote";
-        if (*p == '\n' || *p == '\r') return "a newline";
-        if (*p < 0x20 || *p == 0x7f) return "a control character";
-        if (in_list && *p == ' ') return "a space";
-    }
-    return NULL;
-}
-
-/* Shell-quote s for display: bare when it only has characters that need no quoting. */
-static void print_quoted(FILE *f, const char *s)
-{
-    int plain = *s != '\0';
-    for (const char *p = s; *p && plain; p++)
-        plain = strchr("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
-                       "_@%+=:,./-", *p) != NULL;
-    if (plain) { fputs(s, f); return; }
-    fputc('\'', f);
-    for (const char *p = s; *p; p++) {
-        if (*p == '\'') fputs("'\\''", f);
-        else fputc(*p, f);
-    }
-    fputc('\'', f);
-}
-
 /* An absolute version of p (relative to cwd); not resolved, so it need not exist. */
 static int absolute(const char *cwd, const char *p, char *out, size_t n)
 {
     int w = p[0] == '/' ? snprintf(out, n, "%s", p) : snprintf(out, n, "%s/%s", cwd, p);
     if (w < 0 || (size_t)w >= n) return MK_FAIL(MK_ERR_USAGE, "path too long: %s", p);
-    return MK_OK;
-}
-
-/* "%" is a replacement symbol in sbatch --output names; "%%" is a literal one. */
-static int escape_percent(const char *in, char *out, size_t n)
-{
-    size_t j = 0;
-    for (const char *p = in; *p; p++) {
-        if (j + 3 >= n) return MK_FAIL(MK_ERR_USAGE, "path too long: %s", in);
-        if (*p == '%') out[j++] = '%';
-        out[j++] = *p;
-    }
-    out[j] = '\0';
     return MK_OK;
 }
 
@@ -264,27 +219,8 @@ static void find_bin_dir(char *out, size_t n)
 
 /* ================================================================== running sbatch */
 
-typedef struct {
-    const char *argv[MAX_ARGS];
-    char store[MAX_ARGS][TEXT_MAX + 64];
-    int argc;
-} cmd;
-
-static void cmd_add(cmd *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void cmd_add(cmd *c, const char *fmt, ...)
-{
-    if (c->argc >= MAX_ARGS - 1) return; /* cannot happen: fewer than 20 entries are built */
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(c->store[c->argc], sizeof c->store[c->argc], fmt, ap);
-    va_end(ap);
-    c->argv[c->argc] = c->store[c->argc];
-    c->argc++;
-    c->argv[c->argc] = NULL;
-}
-
 /* Run argv (no shell), capture its stdout; the job id is the text up to ';' or newline. */
-static int run_sbatch(const cmd *c, char *id, size_t n)
+static int run_sbatch(const mk_sbatch_cmd *c, char *id, size_t n)
 {
     int fd[2];
     if (pipe(fd) != 0) return MK_FAIL(MK_ERR_IO, "pipe: %s", strerror(errno));
@@ -425,7 +361,7 @@ int main(int argc, char **argv)
         const char *eq = strchr(corpora[i], '=');
         if (!eq || eq == corpora[i] || !eq[1])
             return MK_FAIL(MK_ERR_USAGE, "--corpus %s: expected NAME=PATH", corpora[i]);
-        const char *why = bad_export_char(corpora[i], 1);
+        const char *why = mk_sbatch_bad_char(corpora[i], 1);
         if (why)
             return MK_FAIL(MK_ERR_USAGE, "--corpus %s: contains %s, which sbatch --export cannot"
                            " pass to the shard job (MOEKIT_CORPUS); one PATH per --corpus, no"
@@ -439,7 +375,7 @@ int main(int argc, char **argv)
     /* ---- --set overrides travel to the training job in MOEKIT_SET */
     char set_list[8192] = "";
     for (int i = 0; i < n_sets; i++) {
-        const char *why = bad_export_char(sets[i], 1);
+        const char *why = mk_sbatch_bad_char(sets[i], 1);
         if (why) {
             int klen = (int)strcspn(sets[i], "=");
             return MK_FAIL(MK_ERR_USAGE, "--set %.*s: the value contains %s, which sbatch --export"
@@ -451,106 +387,52 @@ int main(int argc, char **argv)
 
     /* ---- paths */
     char cwd[PATH_MAX], sched_abs[PATH_MAX], jobs[PATH_MAX], bin[PATH_MAX];
-    char run_abs[TEXT_MAX], run_pct[2 * TEXT_MAX];
+    char run_abs[TEXT_MAX];
     if (!getcwd(cwd, sizeof cwd)) return MK_FAIL(MK_ERR_IO, "getcwd: %s", strerror(errno));
     if (!realpath(schedule, sched_abs))
         return MK_FAIL(MK_ERR_INPUT, "%s: %s", schedule, strerror(errno));
     if ((rc = find_jobs_dir(jobs_opt, jobs, sizeof jobs)) != MK_OK) return rc;
     find_bin_dir(bin, sizeof bin);
     if ((rc = absolute(cwd, cfg.run.dir, run_abs, sizeof run_abs)) != MK_OK) return rc;
-    if ((rc = escape_percent(run_abs, run_pct, sizeof run_pct)) != MK_OK) return rc;
 
-    /* ---- every exported value must survive --export=ALL,NAME=VALUE */
-    struct { const char *name, *what, *value; } exports[] = {
-        { "MOEKIT_SCHEDULE", "the schedule path", sched_abs },
-        { "MOEKIT_RUN_DIR", "run.dir", run_abs },
-        { "MOEKIT_DATASET", "data.path", cfg.data.path },
-        { "MOEKIT_BIN", "the program directory (MOEKIT_BIN)", bin },
-        { "MOEKIT_SET", NULL, set_list },
-        { "MOEKIT_CORPUS", NULL, corpus_list },
+    /* ---- the three sbatch commands; every value must survive --export=ALL,NAME=VALUE */
+    const mk_sbatch_spec spec = {
+        .cwd = cwd, .run_dir = run_abs, .jobs_dir = jobs,
+        .partition = partition, .account = account, .timelimit = timelimit,
+        .nodes = nodes, .tasks = tasks, .gpus = gpus,
+        .schedule = sched_abs, .dataset = cfg.data.path, .bin_dir = bin,
+        .set_list = set_list, .corpus_list = corpus_list,
+        .dataset_from_schedule = n_corpora == 0,
     };
-    const size_t n_exports = sizeof exports / sizeof *exports;
-    char export_arg[4 * TEXT_MAX + 16384];
-    size_t used = (size_t)snprintf(export_arg, sizeof export_arg, "--export=ALL");
-    for (size_t i = 0; i < n_exports; i++) {
-        const char *why = exports[i].what ? bad_export_char(exports[i].value, 0) : NULL;
-        if (why && n_corpora == 0 && strcmp(exports[i].name, "MOEKIT_DATASET") == 0 &&
-            strcmp(why, "a comma") == 0)
-            continue; /* several existing sources: the jobs read data.path from the schedule */
-        if (why)
-            return MK_FAIL(MK_ERR_USAGE, "%s = %s contains %s, which sbatch --export cannot pass"
-                           " to the jobs (%s); rename it", exports[i].what, exports[i].value, why,
-                           exports[i].name);
-        int w = snprintf(export_arg + used, sizeof export_arg - used, ",%s=%s", exports[i].name,
-                         exports[i].value);
-        if (w < 0 || (size_t)w >= sizeof export_arg - used)
-            return MK_FAIL(MK_ERR_USAGE, "the exported settings are too long");
-        used += (size_t)w;
-    }
-
-    /* ---- the three sbatch commands */
-    static cmd cmds[3];
-    static const char *const names[3] = { "shard", "train", "report" };
-    for (int j = 0; j < 3; j++) {
-        cmd *k = &cmds[j];
-        k->argc = 0;
-        cmd_add(k, "sbatch");
-        cmd_add(k, "--parsable");
-        cmd_add(k, "--job-name=moe-%s", names[j]);
-        if (j > 0) {
-            cmd_add(k, "--dependency=afterok:%s", "@PREV@"); /* filled in below */
-            cmd_add(k, "--kill-on-invalid-dep=yes");
-        }
-        cmd_add(k, "--chdir=%s", cwd);
-        cmd_add(k, "--output=%s/slurm-%%x-%%j.out", run_pct);
-        cmd_add(k, "--open-mode=append");
-        if (partition) cmd_add(k, "--partition=%s", partition);
-        if (account) cmd_add(k, "--account=%s", account);
-        if (j == 0) { cmd_add(k, "--nodes=1"); cmd_add(k, "--ntasks-per-node=%d", tasks); }
-        if (j == 1) {
-            cmd_add(k, "--nodes=%d", nodes);
-            cmd_add(k, "--ntasks-per-node=%d", tasks);
-            if (gpus > 0) cmd_add(k, "--gpus-per-node=%d", gpus);
-            if (timelimit) cmd_add(k, "--time=%s", timelimit);
-        }
-        if (j == 2) { cmd_add(k, "--nodes=1"); cmd_add(k, "--ntasks=1"); }
-        cmd_add(k, "%s", export_arg);
-        cmd_add(k, "%s/%s.sbatch", jobs, names[j]);
-    }
+    static mk_sbatch_cmd cmds[MK_SBATCH_JOBS];
+    if ((rc = mk_sbatch_build(&spec, cmds)) != MK_OK) return rc;
 
     if (dry_run) {
         printf("# moe-submit --dry-run: %s checked (%ld ranks = %d nodes x %d, parallel.ep = %d);"
                " nothing submitted.\n# These commands would submit the chain (sh syntax):\n",
                schedule, world, nodes, tasks, cfg.parallel.ep);
-        for (int j = 0; j < 3; j++) {
-            printf("%s_id=$(", names[j]);
-            for (int a = 0; a < cmds[j].argc; a++) {
-                if (a) putchar(' ');
-                if (strstr(cmds[j].argv[a], "@PREV@"))
-                    printf("--dependency=afterok:\"${%s_id%%%%;*}\"", names[j - 1]);
-                else
-                    print_quoted(stdout, cmds[j].argv[a]);
-            }
-            printf(")\n");
-        }
+        mk_sbatch_print(stdout, cmds);
+        mk_sbatch_free(cmds);
         return fflush(stdout) == 0 ? MK_OK : MK_FAIL(MK_ERR_IO, "stdout: %s", strerror(errno));
     }
 
     /* Slurm opens the --output file in run.dir before the job starts. */
-    if ((rc = mk_fs_mkdir_p(run_abs)) != MK_OK) return rc;
-    char ids[3][32];
-    for (int j = 0; j < 3; j++) {
-        for (int a = 0; a < cmds[j].argc; a++)
-            if (strstr(cmds[j].argv[a], "@PREV@")) {
-                snprintf(cmds[j].store[a], sizeof cmds[j].store[a], "--dependency=afterok:%s", ids[j - 1]);
-                cmds[j].argv[a] = cmds[j].store[a];
-            }
-        if ((rc = run_sbatch(&cmds[j], ids[j], sizeof ids[j])) != MK_OK) {
+    if ((rc = mk_fs_mkdir_p(run_abs)) != MK_OK) {
+        mk_sbatch_free(cmds);
+        return rc;
+    }
+    char ids[MK_SBATCH_JOBS][32];
+    for (int j = 0; j < MK_SBATCH_JOBS; j++) {
+        if (j > 0) rc = mk_sbatch_set_dependency(&cmds[j], ids[j - 1]);
+        if (rc == MK_OK) rc = run_sbatch(&cmds[j], ids[j], sizeof ids[j]);
+        if (rc != MK_OK) {
             cancel_jobs(ids, j);
+            mk_sbatch_free(cmds);
             return rc;
         }
     }
-    for (int j = 0; j < 3; j++) printf("%-6s %s\n", names[j], ids[j]);
+    mk_sbatch_free(cmds);
+    for (int j = 0; j < MK_SBATCH_JOBS; j++) printf("%-6s %s\n", mk_sbatch_names[j], ids[j]);
     fprintf(stderr, PROG ": logs in %s/slurm-moe-{shard,train,report}-JOBID.out\n", run_abs);
     return fflush(stdout) == 0 ? MK_OK : MK_FAIL(MK_ERR_IO, "stdout: %s", strerror(errno));
 }

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "mk_error.h"
+#include "mk_h5.h"
 #include "mk_fs.h"
 
 #ifdef MK_HDF5_PARALLEL
@@ -242,7 +243,7 @@ static int write_ranks(hid_t f, const char *tmp, const char *ranks_path)
 /* After a parallel write: rank 0 reopens the file serially to add the ranks. */
 static int embed_ranks(const char *tmp, const char *ranks_path)
 {
-    hid_t f = H5Fopen(tmp, H5F_ACC_RDWR, H5P_DEFAULT);
+    hid_t f = mk_h5_fopen(tmp, H5F_ACC_RDWR, H5P_DEFAULT);
     if (f < 0) return MK_FAIL(MK_ERR_IO, "%s: cannot reopen to embed the tokenizer", tmp);
     int rc = write_ranks(f, tmp, ranks_path);
     if (H5Fclose(f) < 0 && rc == MK_OK) rc = MK_FAIL(MK_ERR_IO, "%s: close failed", tmp);
@@ -473,8 +474,7 @@ static int load_tensor(hid_t g, const char *gname, const char *path, const mk_te
     hid_t d = H5Dopen2(g, t->name, H5P_DEFAULT);
     hid_t fs = H5Dget_space(d);
     hsize_t dims[3] = { 0, 0, 0 }, want[3];
-    int nd = H5Sget_simple_extent_ndims(fs);
-    H5Sget_simple_extent_dims(fs, dims, NULL);
+    int nd = mk_h5_dims(fs, dims, 3);
     global_dims(t, want);
     int rc = MK_OK;
     if (nd != t->ndim || memcmp(dims, want, (size_t)nd * sizeof *dims) != 0)
@@ -499,7 +499,7 @@ int mk_ckpt_load(mk_trainer *tr, const char *path, mk_ckpt_meta *meta)
     mk_model *m = mk_trainer_model(tr);
     const mk_config *cfg = mk_trainer_config(tr);
     quiet q = quiet_on();
-    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    hid_t f = mk_h5_fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     int rc = MK_OK;
     char fmt[64] = "";
     int64_t step = 0, tokens = 0, samples = 0;
@@ -586,9 +586,29 @@ static int verify_group(hid_t f, const char *gname, const char *path, char *why,
         hid_t s = H5Dget_space(d);
         hssize_t cnt = H5Sget_simple_extent_npoints(s);
         hsize_t dims[8];
-        int nd = H5Sget_simple_extent_dims(s, dims, NULL);
-        float *buf = malloc((size_t)(cnt > 0 ? cnt : 1) * sizeof *buf);
-        if (!buf) {
+        int nd = mk_h5_dims(s, dims, 8);
+        /* The shape alone may claim any size (a chunked dataset reads unwritten chunks as
+         * zeros). moekit stores tensors raw (Fletcher32 only), so their bytes must be in the
+         * file, which also bounds the buffer; a dataset with other filters only has to fit
+         * size_t. */
+        hsize_t stored = H5Dget_storage_size(d);
+        hid_t dcpl = H5Dget_create_plist(d);
+        int raw = 1, nf = dcpl >= 0 ? H5Pget_nfilters(dcpl) : 0;
+        for (int k = 0; k < nf; k++) {
+            unsigned flags;
+            size_t ncd = 0;
+            if (H5Pget_filter2(dcpl, (unsigned)k, &flags, &ncd, NULL, 0, NULL, NULL) != H5Z_FILTER_FLETCHER32) raw = 0;
+        }
+        if (dcpl >= 0) H5Pclose(dcpl);
+        float *buf = NULL;
+        if (nd < 0 || cnt < 0) {
+            snprintf(why, n, "%s: %s/%s has an unreadable shape or more than 8 dimensions", path, gname, name);
+            rc = MK_ERR_INPUT;
+        } else if ((uint64_t)cnt > (raw ? stored : SIZE_MAX) / sizeof *buf) {
+            snprintf(why, n, "%s: %s/%s has %lld elements but %llu bytes in the file (unwritten or truncated)",
+                     path, gname, name, (long long)cnt, (unsigned long long)stored);
+            rc = MK_ERR_INPUT;
+        } else if (!(buf = malloc((size_t)(cnt > 0 ? cnt : 1) * sizeof *buf))) {
             snprintf(why, n, "out of memory");
             rc = MK_ERR_NOMEM;
         } else if (H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) < 0) {
@@ -606,7 +626,7 @@ static int verify_group(hid_t f, const char *gname, const char *path, char *why,
             hid_t md = H5Lexists(model, name, H5P_DEFAULT) > 0 ? H5Dopen2(model, name, H5P_DEFAULT) : -1;
             hsize_t mdims[8];
             hid_t ms = md >= 0 ? H5Dget_space(md) : -1;
-            int mnd = ms >= 0 ? H5Sget_simple_extent_dims(ms, mdims, NULL) : -1;
+            int mnd = ms >= 0 ? mk_h5_dims(ms, mdims, 8) : -1;
             if (mnd != nd || memcmp(mdims, dims, (size_t)nd * sizeof *dims) != 0) {
                 snprintf(why, n, "%s: %s/%s has no /model counterpart of the same shape", path, gname, name);
                 rc = MK_ERR_INPUT;
@@ -626,7 +646,7 @@ int mk_ckpt_verify(const char *path, char *why, size_t n)
 {
     quiet q = quiet_on();
     int rc = MK_OK;
-    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    hid_t f = mk_h5_fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     char fmt[64] = "";
     int64_t ver = 0, step = 0;
     if (f < 0) {

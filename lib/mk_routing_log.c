@@ -38,6 +38,7 @@
 #include <hdf5.h>
 
 #include "mk_error.h"
+#include "mk_h5.h"
 
 /* The datasets of one table (/ or /eval), in write order: /step last, the commit record. */
 enum { RL_COUNTS, RL_TOKENS, RL_LBL, RL_MAXVIO, RL_LOSS, RL_STEP, RL_NDSETS };
@@ -530,7 +531,7 @@ static int rl_copy_table(mk_routing_log *log, rl_table *t, hid_t old, const char
         ods[i] = H5Dopen2(old, name, H5P_DEFAULT);
         hid_t space = ods[i] < 0 ? H5I_INVALID_HID : H5Dget_space(ods[i]);
         int rank = space < 0 ? -1 : H5Sget_simple_extent_ndims(space);
-        int ok = rank == t->rank[i] && H5Sget_simple_extent_dims(space, dims, NULL) >= 0;
+        int ok = rank == t->rank[i] && mk_h5_dims(space, dims, 8) == rank;
         for (int d = 1; ok && d < rank; d++) ok = dims[d] == t->dims[i][d];
         rl_close_id(&space, H5Sclose);
         if (ods[i] < 0) {
@@ -554,6 +555,12 @@ static int rl_copy_table(mk_routing_log *log, rl_table *t, hid_t old, const char
         }
 
     s = have[RL_STEP];
+    /* /step's shape alone decides s (a damaged file may claim 2^61 rows): s * 8 must not wrap. */
+    if (s > SIZE_MAX / sizeof *steps) {
+        rc = MK_FAIL(MK_ERR_INPUT, "routing log %s: %s/step claims %llu rows, too many to address",
+                     log->path, t->group, (unsigned long long)s);
+        goto done;
+    }
     if (s > 0) {
         if (!(steps = malloc((size_t)s * sizeof *steps))) {
             rc = MK_FAIL(MK_ERR_NOMEM, "routing log %s: no memory for %s/step", log->path, t->group);
@@ -597,12 +604,12 @@ static int rl_open_old(const char *path, hid_t *old)
         if (fapl >= 0) H5Pclose(fapl);
         return rl_fail_h5(MK_ERR_INPUT, path, "cannot set up the file access properties");
     }
-    *old = H5Fopen(path, H5F_ACC_RDONLY | H5F_ACC_SWMR_READ, fapl);
+    *old = mk_h5_fopen(path, H5F_ACC_RDONLY | H5F_ACC_SWMR_READ, fapl);
     if (*old < 0) {
         char reason[256] = "";
         H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, rl_walk_cb, reason);
         H5Eclear2(H5E_DEFAULT);
-        *old = H5Fopen(path, H5F_ACC_RDONLY, fapl);
+        *old = mk_h5_fopen(path, H5F_ACC_RDONLY, fapl);
         if (*old < 0) {
             H5Eclear2(H5E_DEFAULT);
             H5Pclose(fapl);
