@@ -1,0 +1,34 @@
+#!/bin/sh
+# test_crash_points.sh - T2: the process dies (_exit) at I/O op k of one checkpoint save, for
+# sampled k (FAULT_FULL=1: every k, each both before the op and halfway through a write).
+# After each crash: every checkpoint at its final name verifies, latest names one of them,
+# and --resume auto loads step 2 or 4 and finishes bit-identical to an uninterrupted run.
+. "${srcdir:-.}/tests/fault/common.sh"
+tmp=$(mktemp -d) || exit 99
+trap 'rm -rf "$tmp"' EXIT
+make_base "$tmp"; ok $? "base run (step 2) and an uninterrupted run to step 4"
+N=$(count_ops "$tmp"); ok $? "one save of step 4 makes $N watched I/O ops"
+[ -n "$N" ] && [ "$N" -gt 10 ] || { ok 1 "the shim sees the save's I/O"; finish; }
+cp "$tmp/trace" "$tmp/ops"
+if [ "${FAULT_FULL:-0}" = 1 ]; then ks=$(seq 1 "$N"); modes="crash torn"; else ks=$(pick 4 "$tmp/ops"); modes=crash; fi
+for mode in $modes; do
+  cases=0; bad=0; at4=0
+  for k in $ks; do
+    [ "$mode" = torn ] && [ "$(awk -v k="$k" '$1 == k { print $2 }' "$tmp/ops")" != write ] && continue
+    fresh "$tmp"
+    under_shim "$tmp" FAULTINJ_AT="$k" FAULTINJ_MODE=$mode
+    rc=$?
+    cases=$((cases + 1))
+    why=""
+    [ $rc -eq 42 ] || why="exit status $rc, not the crash's 42"
+    [ "$(cat "$tmp/run/ckpt/latest" 2>/dev/null)" = step_00000004.h5 ] && at4=$((at4 + 1))
+    [ -z "$why" ] && why=$(after_crash "$tmp")
+    if [ -n "$why" ]; then
+      bad=$((bad + 1))
+      echo "# $mode at op $k ($(awk -v k="$k" '$1 == k { print $2, $3 }' "$tmp/ops")): $why"
+    fi
+  done
+  echo "# $mode: $cases crash points, $bad broke a rule; latest named the new step after $at4"
+  ok $bad "$mode at $cases of $N ops: previous or new checkpoint resumes and verifies, latest always valid"
+done
+finish
