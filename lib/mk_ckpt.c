@@ -250,15 +250,94 @@ static int embed_ranks(const char *tmp, const char *ranks_path)
 }
 #endif
 
+/* The serial writer builds the file in memory (HDF5's core driver without backing store) and
+ * writes the image itself. HDF5 1.10.8 reports a write error from H5Fclose without errno,
+ * and leaves the half-closed file behind to crash in H5F__close_cb at library shutdown
+ * (found by tests/fault/test_io_errors.sh); here every disk error is moekit's own, with its
+ * errno, and HDF5 never sees one. The image reaches us through the core driver's free
+ * callback at close, so it is never copied. */
+typedef struct image_sink {
+    const char *path;
+    size_t size; /* the file's end of allocation, taken just before the close */
+    int rc, seen;
+} image_sink;
+
+static void *img_malloc(size_t size, H5FD_file_image_op_t op, void *udata)
+{
+    (void)op, (void)udata;
+    return malloc(size ? size : 1);
+}
+static void *img_memcpy(void *dst, const void *src, size_t size, H5FD_file_image_op_t op, void *udata)
+{
+    (void)op, (void)udata;
+    return memcpy(dst, src, size);
+}
+static void *img_realloc(void *ptr, size_t size, H5FD_file_image_op_t op, void *udata)
+{
+    (void)op, (void)udata;
+    return realloc(ptr, size ? size : 1);
+}
+static void *img_udata_copy(void *udata) { return udata; }
+static herr_t img_udata_free(void *udata)
+{
+    (void)udata;
+    return 0;
+}
+
+static int write_image(const char *path, const unsigned char *b, size_t n)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0666);
+    if (fd < 0) return MK_FAIL(MK_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
+    size_t done = 0;
+    while (done < n) {
+        ssize_t w = write(fd, b + done, n - done);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) {
+            int e = w < 0 ? errno : EIO;
+            close(fd);
+            return MK_FAIL(MK_ERR_IO, "%s: write failed: %s", path, strerror(e));
+        }
+        done += (size_t)w;
+    }
+    /* NFS reports some write errors only at close */
+    if (close(fd) != 0) return MK_FAIL(MK_ERR_IO, "%s: write failed at close: %s", path, strerror(errno));
+    return MK_OK;
+}
+
+static herr_t img_free(void *ptr, H5FD_file_image_op_t op, void *udata)
+{
+    image_sink *s = udata;
+    if (op == H5FD_FILE_IMAGE_OP_FILE_CLOSE && s && !s->seen && ptr) {
+        s->seen = 1;
+        if (s->rc == MK_OK) s->rc = write_image(s->path, ptr, s->size);
+    }
+    free(ptr);
+    return 0;
+}
+
 static int write_file(mk_trainer *tr, const char *tmp, const mk_ckpt_meta *meta, const char *ranks_path)
 {
-    hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-    if (f < 0) return MK_FAIL(MK_ERR_IO, "%s: cannot create", tmp);
+    image_sink sink = { .path = tmp, .rc = MK_OK };
+    H5FD_file_image_callbacks_t cb = { img_malloc, img_memcpy, img_realloc, img_free,
+                                       img_udata_copy, img_udata_free, &sink };
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    hid_t f = -1;
+    if (fapl >= 0 && H5Pset_fapl_core(fapl, (size_t)1 << 20, 0) >= 0 && H5Pset_file_image_callbacks(fapl, &cb) >= 0)
+        f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+    if (fapl >= 0) H5Pclose(fapl);
+    if (f < 0) return MK_FAIL(MK_ERR_NOMEM, "%s: cannot create the checkpoint in memory", tmp);
     int rc = write_meta(tr, f, tmp, meta);
     if (rc == MK_OK && ranks_path) rc = write_ranks(f, tmp, ranks_path);
     int trc = write_tensors(tr, f, 1);
     if (rc == MK_OK) rc = trc;
-    if (H5Fclose(f) < 0 && rc == MK_OK) rc = MK_FAIL(MK_ERR_IO, "%s: close failed", tmp);
+    ssize_t size = -1; /* the image's length: called without a buffer it copies nothing */
+    if (rc == MK_OK && (H5Fflush(f, H5F_SCOPE_GLOBAL) < 0 || (size = H5Fget_file_image(f, NULL, 0)) <= 0))
+        rc = MK_FAIL(MK_ERR_INTERNAL, "%s: cannot finish the checkpoint in memory", tmp);
+    sink.size = size > 0 ? (size_t)size : 0;
+    sink.rc = rc == MK_OK ? MK_OK : MK_ERR_INTERNAL; /* no image to write after a failure */
+    if (H5Fclose(f) < 0 && rc == MK_OK) rc = MK_FAIL(MK_ERR_INTERNAL, "%s: close failed", tmp);
+    if (rc == MK_OK && !sink.seen) rc = MK_FAIL(MK_ERR_INTERNAL, "%s: HDF5 did not hand over the image", tmp);
+    if (rc == MK_OK) rc = sink.rc;
     return rc;
 }
 
@@ -306,20 +385,36 @@ static int list_steps(const char *dir, long **steps, size_t *n)
     return MK_OK;
 }
 
+static int write_latest(const char *lt, long step)
+{
+    FILE *f = fopen(lt, "w");
+    if (!f) return MK_FAIL(MK_ERR_IO, "%s: cannot create: %s", lt, strerror(errno));
+    int ok = fprintf(f, "step_%08ld.h5\n", step) > 0, e = errno;
+    if (fclose(f) != 0 && ok) ok = 0, e = errno;
+    if (!ok) return MK_FAIL(MK_ERR_IO, "%s: write failed: %s", lt, strerror(e));
+    return mk_fs_fsync(lt, 0);
+}
+
 static int publish(const char *dir, const char *tmp, const char *final, long step, int keep)
 {
     MK_CHECK(mk_fs_fsync(tmp, 0));
+    const int replaces = access(final, F_OK) == 0;
     if (rename(tmp, final) != 0) return MK_FAIL(MK_ERR_IO, "cannot rename %s to %s: %s", tmp, final, strerror(errno));
-    MK_CHECK(mk_fs_fsync(dir, 1));
-    /* The latest pointer changes only after the checkpoint itself is durable. */
+    /* The latest pointer changes only after the checkpoint itself is durable. Until latest
+     * is renamed a failure undoes the save (a new file at the final name goes again, and
+     * latest.tmp), so a reported failure leaves the directory as it was. */
     char lp[MK_PATH_MAX + 32], lt[MK_PATH_MAX + 48];
     snprintf(lp, sizeof lp, "%s/latest", dir);
     snprintf(lt, sizeof lt, "%s/latest.tmp", dir);
-    FILE *f = fopen(lt, "w");
-    if (!f || fprintf(f, "step_%08ld.h5\n", step) < 0 || fclose(f) != 0)
-        return MK_FAIL(MK_ERR_IO, "%s: write failed: %s", lt, strerror(errno));
-    MK_CHECK(mk_fs_fsync(lt, 0));
-    if (rename(lt, lp) != 0) return MK_FAIL(MK_ERR_IO, "cannot rename %s: %s", lt, strerror(errno));
+    int rc = mk_fs_fsync(dir, 1);
+    if (rc == MK_OK) rc = write_latest(lt, step);
+    if (rc == MK_OK && rename(lt, lp) != 0) rc = MK_FAIL(MK_ERR_IO, "cannot rename %s: %s", lt, strerror(errno));
+    if (rc != MK_OK) {
+        unlink(lt);
+        if (!replaces) unlink(final);
+        return rc;
+    }
+    /* A failure from here on is reported, but latest already names the new, complete file. */
     MK_CHECK(mk_fs_fsync(dir, 1));
     long *steps;
     size_t n;

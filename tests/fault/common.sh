@@ -58,10 +58,9 @@ after_crash() {
   $ckpt diff -q --optim "$d/want/ckpt/step_00000004.h5" "$c/step_00000004.h5" >/dev/null 2>&1 ||
     { echo "the resumed step-4 checkpoint differs from the uninterrupted run's"; return; }
 }
-# pick N FILE: N k values spread over 1..(lines of FILE) plus every k that is not a write
+# pick N FILE [OFFSET]: N k values spread evenly over the ops listed in FILE, shifted by OFFSET
 pick() {
-  awk -v want="$1" 'NR > 1 { n++; kind[n] = $2 } END {
-      for (k = 1; k <= n; k++) if (kind[k] != "write") print k
+  awk -v want="$1" -v off="${3:-0}" 'NR > 1 { n++ } END {
       step = n / want; if (step < 1) step = 1
-      for (x = 1; x <= n; x += step) print int(x) }' "$2" | sort -n -u
+      for (x = 1 + off % step; x <= n; x += step) print int(x) }' "$2" | sort -n -u
 }
