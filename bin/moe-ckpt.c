@@ -1067,7 +1067,7 @@ static int usage_error(const char *fmt, const char *arg)
 {
     fprintf(stderr, PROG ": ");
     fprintf(stderr, fmt, arg);
-    fprintf(stderr, "\nTry 'moe-ckpt --help'.\n");
+    fprintf(stderr, " (try 'moe-ckpt --help')\n"); /* one line, like every other error */
     return MK_ERR_USAGE;
 }
 
@@ -1124,11 +1124,7 @@ int main(int argc, char **argv)
         case 'h': usage(stdout); return 0;
         case 'V': printf("moe-ckpt (moekit) %s\n", PACKAGE_VERSION); return 0;
         default:
-            if (optopt && optopt < 256) {
-                char o[3] = { '-', (char)optopt, 0 };
-                return usage_error("option %s needs an argument or is unknown", o);
-            }
-            return usage_error("unknown option '%s'", sargv[optind - 1]);
+            return usage_error("option '%s' is unknown or needs an argument", sargv[optind - 1]);
         }
     }
     /* Options that the command does not take are usage errors, not silently ignored. */
@@ -1137,7 +1133,7 @@ int main(int argc, char **argv)
     if (which != EVAL && (threads || batch_given)) bad = threads ? "--threads" : "--batch";
     if ((which == VERIFY || which == EVAL) && verbose) bad = "--verbose";
     if (bad) {
-        fprintf(stderr, PROG ": %s: option %s does not apply\nTry 'moe-ckpt --help'.\n", cmd, bad);
+        fprintf(stderr, PROG ": %s: option %s does not apply (try 'moe-ckpt --help')\n", cmd, bad);
         return MK_ERR_USAGE;
     }
     char **files = sargv + optind;
@@ -1145,7 +1141,7 @@ int main(int argc, char **argv)
     const int want = which == INFO ? 1 : which == VERIFY ? -1 : 2;
     if ((want > 0 && nfiles != want) || (want < 0 && nfiles < 1)) {
         static const char *const forms[] = { "info CKPT", "verify CKPT...", "diff A B", "eval CKPT FILE" };
-        fprintf(stderr, PROG ": %s: expected %s, got %d file%s\nTry 'moe-ckpt --help'.\n", cmd, forms[which],
+        fprintf(stderr, PROG ": %s: expected %s, got %d file%s (try 'moe-ckpt --help')\n", cmd, forms[which],
                 nfiles, nfiles == 1 ? "" : "s");
         return MK_ERR_USAGE;
     }

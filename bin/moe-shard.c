@@ -129,9 +129,8 @@ static int parse(int argc, char **argv, mk_shard_opts *o, mk_shard_domain **doms
         case 'V': if (!rank) printf("moe-shard (moekit) %s\n", PACKAGE_VERSION); return -1;
         default:
             if (!rank) {
-                if (optopt) fprintf(stderr, "moe-shard: option -%c needs an argument or is unknown\n", optopt);
-                else fprintf(stderr, "moe-shard: unknown option '%s'\n", argv[optind - 1]);
-                fprintf(stderr, "Try 'moe-shard --help'.\n");
+                fprintf(stderr, "moe-shard: option '%s' is unknown or needs an argument (try 'moe-shard --help')\n",
+                        argv[optind - 1]);
             }
             return MK_ERR_USAGE;
         }

@@ -489,6 +489,12 @@ static int load_tensor(hid_t g, const char *gname, const char *path, const mk_te
     H5Sclose(fs);
     H5Dclose(d);
     if (rc) return rc;
+    /* Fletcher32 only proves the bytes are the ones written; a NaN written by a broken run
+     * (or by someone else's tool) would train on silently, so resuming refuses it. */
+    for (size_t i = 0; i < t->numel; i++)
+        if (!isfinite(buf[i]))
+            return MK_FAIL(MK_ERR_INPUT, "%s: %s/%s holds a non-finite value (%g) at element %zu", path,
+                           gname, t->name, (double)buf[i], i);
     for (size_t i = 0; i < t->numel; i++) conv[i] = (mk_real)buf[i];
     return be->ops->from_host(be, dst + t->offset, conv, t->numel * sizeof *conv);
 }

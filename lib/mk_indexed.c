@@ -644,6 +644,7 @@ uint64_t mk_indexed_sequences(const mk_indexed *d) { return d->nseq; }
 uint64_t mk_indexed_documents(const mk_indexed *d) { return d->ndoc_entries - 1; }
 uint64_t mk_indexed_tokens(const mk_indexed *d) { return d->ntok; }
 int64_t mk_indexed_max_token(const mk_indexed *d) { return d->max_token; }
+const char *mk_indexed_bin_path(const mk_indexed *d) { return d->bin_path; }
 
 uint64_t mk_indexed_seq_length(const mk_indexed *d, uint64_t i)
 {
