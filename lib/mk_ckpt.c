@@ -505,12 +505,16 @@ int mk_ckpt_load(mk_trainer *tr, const char *path, mk_ckpt_meta *meta)
     mk_model *m = mk_trainer_model(tr);
     const mk_config *cfg = mk_trainer_config(tr);
     quiet q = quiet_on();
-    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    struct stat pst;
+    const int exists = stat(path, &pst) == 0;
+    const int err = errno;
+    hid_t f = exists ? H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT) : -1;
     int rc = MK_OK;
     char fmt[64] = "";
     int64_t step = 0, tokens = 0, samples = 0;
     if (f < 0) {
-        rc = MK_FAIL(MK_ERR_INPUT, "%s: not an HDF5 file or unreadable", path);
+        rc = exists ? MK_FAIL(MK_ERR_INPUT, "%s: not an HDF5 file, truncated or unreadable", path)
+                    : MK_FAIL(MK_ERR_INPUT, "%s: %s", path, strerror(err));
         goto out;
     }
     if (read_attr_str(f, "format", fmt, sizeof fmt) || strcmp(fmt, MK_CKPT_FORMAT) != 0) {
