@@ -252,7 +252,7 @@ static int embed_ranks(const char *tmp, const char *ranks_path)
 
 static int write_file(mk_trainer *tr, const char *tmp, const mk_ckpt_meta *meta, const char *ranks_path)
 {
-    hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t f = H5Fcreate(tmp, H5F_ACC_EXCL, H5P_DEFAULT, H5P_DEFAULT); /* cleared by the caller */
     if (f < 0) return MK_FAIL(MK_ERR_IO, "%s: cannot create", tmp);
     int rc = write_meta(tr, f, tmp, meta);
     if (rc == MK_OK && ranks_path) rc = write_ranks(f, tmp, ranks_path);
@@ -315,7 +315,10 @@ static int publish(const char *dir, const char *tmp, const char *final, long ste
     char lp[MK_PATH_MAX + 32], lt[MK_PATH_MAX + 48];
     snprintf(lp, sizeof lp, "%s/latest", dir);
     snprintf(lt, sizeof lt, "%s/latest.tmp", dir);
-    FILE *f = fopen(lt, "w");
+    int fd;
+    MK_CHECK(mk_fs_create_tmp(lt, &fd));
+    FILE *f = fdopen(fd, "w");
+    if (!f) close(fd);
     if (!f || fprintf(f, "step_%08ld.h5\n", step) < 0 || fclose(f) != 0)
         return MK_FAIL(MK_ERR_IO, "%s: write failed: %s", lt, strerror(errno));
     MK_CHECK(mk_fs_fsync(lt, 0));
@@ -428,6 +431,7 @@ int mk_ckpt_save(mk_trainer *tr, const char *run_dir, const mk_ckpt_meta *meta, 
     int rc = MK_OK;
     if (writer && mkdir(dir, 0777) != 0 && errno != EEXIST)
         rc = MK_FAIL(MK_ERR_IO, "%s: cannot create: %s", dir, strerror(errno));
+    if (writer && rc == MK_OK) rc = mk_fs_clear_tmp(tmp); /* no writing through a planted link */
     int agreed = rc;
     MK_CHECK(mk_comm_allreduce_max_int(world, &agreed, 1));
     if (agreed) return agreed;

@@ -14,6 +14,7 @@
 
 #include "mk_config.h"
 #include "mk_error.h"
+#include "mk_fs.h"
 #include "mk_indexed.h"
 #include "mk_sha256.h"
 
@@ -127,8 +128,17 @@ static int add_domain(mk_dataset *d, const char *name, const char *where)
     for (int i = 0; i < d->ndom; i++)
         if (strcmp(d->dom[i].name, name) == 0)
             return MK_FAIL(MK_ERR_USAGE, "data.path: domain '%s' appears twice (again in %s)", name, where);
-    if (strlen(name) == 0 || strlen(name) >= MK_NAME_MAX)
-        return MK_FAIL(MK_ERR_USAGE, "data.path: bad domain name '%s' in %s", name, where);
+    /* Names from other people's manifests become labels in logs, reports and file names
+     * downstream: the same rule as moe-shard's --domain. */
+    if (strlen(name) >= MK_NAME_MAX || !mk_fs_safe_name(name)) {
+        char shown[64];
+        size_t k = 0;
+        for (const char *p = name; *p && k + 1 < sizeof shown; p++) /* one line, whatever it holds */
+            shown[k++] = (unsigned char)*p < 0x20 || *p == 0x7f ? '?' : *p;
+        shown[k] = '\0';
+        return MK_FAIL(MK_ERR_INPUT, "%s: domain name '%s' is empty, too long, '.', '..' or holds '/', '\\'"
+                       " or a control character", where, shown);
+    }
     domain *nd = realloc(d->dom, (size_t)(d->ndom + 1) * sizeof *nd);
     if (!nd) return MK_FAIL(MK_ERR_NOMEM, "dataset: out of memory");
     d->dom = nd;

@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "mk_error.h"
+#include "mk_fs.h"
 
 #if !defined(__BYTE_ORDER__) || !defined(__ORDER_LITTLE_ENDIAN__) || \
     __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -236,9 +237,9 @@ int mk_indexed_writer_open(const char *prefix, int dtype, int vocab, mk_indexed_
         writer_free(w);
         return MK_FAIL(MK_ERR_NOMEM, "%s: out of memory", prefix);
     }
-    w->bin_fd = open(w->bin_tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
-    if (w->bin_fd < 0) {
-        int rc = MK_FAIL(MK_ERR_IO, "%s: cannot create: %s", w->bin_tmp, strerror(errno));
+    /* Exclusive and not through a symlink: a link planted at the name is refused. */
+    int rc = mk_fs_create_tmp(w->bin_tmp, &w->bin_fd);
+    if (rc != MK_OK) {
         writer_free(w);
         return rc;
     }
@@ -331,9 +332,7 @@ static int sync_close(int *fd, const char *path)
 
 static int write_index(mk_indexed_writer *w)
 {
-    w->idx_fd = open(w->idx_tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
-    if (w->idx_fd < 0)
-        return MK_FAIL(MK_ERR_IO, "%s: cannot create: %s", w->idx_tmp, strerror(errno));
+    MK_CHECK(mk_fs_create_tmp(w->idx_tmp, &w->idx_fd));
     w->idx_created = 1;
 
     unsigned char head[MK_IDX_HEADER];
