@@ -1107,7 +1107,7 @@ int main(int argc, char **argv)
     char **sargv = argv + 1;
     opterr = 0;
     optind = 1;
-    while ((c = getopt_long(sargc, sargv, "vqt:j:b:hV", longopts, NULL)) != -1) {
+    while ((c = getopt_long(sargc, sargv, ":vqt:j:b:hV", longopts, NULL)) != -1) {
         char *end;
         switch (c) {
         case 'v': verbose = 1; break;
@@ -1124,7 +1124,12 @@ int main(int argc, char **argv)
         case 'h': usage(stdout); return 0;
         case 'V': printf("moe-ckpt (moekit) %s\n", PACKAGE_VERSION); return 0;
         default:
-            return usage_error("option '%s' is unknown or needs an argument", sargv[optind - 1]);
+            if (c == ':') return usage_error("option '%s' needs an argument", sargv[optind - 1]);
+            if (optopt) {
+                char o[3] = { '-', (char)optopt, 0 };
+                return usage_error("unknown option '%s'", o);
+            }
+            return usage_error("unknown option '%s'", sargv[optind - 1]);
         }
     }
     /* Options that the command does not take are usage errors, not silently ignored. */

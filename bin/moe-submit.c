@@ -367,7 +367,7 @@ int main(int argc, char **argv)
     int n_sets = 0, n_corpora = 0;
 
     opterr = 0;
-    while ((c = getopt_long(argc, argv, "nN:t:g:p:A:T:j:S:c:hV", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":nN:t:g:p:A:T:j:S:c:hV", longopts, NULL)) != -1) {
         switch (c) {
         case 'n': dry_run = 1; break;
         case 'N': if ((rc = parse_count("--nodes", optarg, 1, &nodes))) return rc; break;
@@ -388,8 +388,12 @@ int main(int argc, char **argv)
         case 'h': usage(stdout); return 0;
         case 'V': printf(PROG " (moekit) %s\n", PACKAGE_VERSION); return 0;
         default:
-            fprintf(stderr, PROG ": option '%s' is unknown or needs an argument (try '" PROG " --help')\n",
-                    argv[optind - 1]);
+            if (c == ':')
+                fprintf(stderr, PROG ": option '%s' needs an argument (try '" PROG " --help')\n", argv[optind - 1]);
+            else if (optopt)
+                fprintf(stderr, PROG ": unknown option '-%c' (try '" PROG " --help')\n", optopt);
+            else
+                fprintf(stderr, PROG ": unknown option '%s' (try '" PROG " --help')\n", argv[optind - 1]);
             return MK_ERR_USAGE;
         }
     }

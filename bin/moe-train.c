@@ -116,15 +116,19 @@ static int run(int argc, char **argv, int rank)
     /* First pass: only the schedule, so --set always wins over it whatever the order. */
     int c;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, "s:S:d:j:r:qhV", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":s:S:d:j:r:qhV", longopts, NULL)) != -1) {
         if (c == 's') schedule = optarg;
         else if (c == 'h') { if (!rank) usage(stdout); return 0; }
         else if (c == 'V') { if (!rank) printf("moe-train (moekit) %s\n", PACKAGE_VERSION); return 0; }
         else if (c == OPT_HELP_SETTINGS) { if (!rank) help_settings(); return 0; }
-        else if (c == '?') {
+        else if (c == '?' || c == ':') {
             /* One line, like every other error (the hint rides along at its end). */
-            fprintf(stderr, "moe-train: option '%s' is unknown or needs an argument (try 'moe-train --help')\n",
-                    argv[optind - 1]);
+            if (c == ':')
+                fprintf(stderr, "moe-train: option '%s' needs an argument (try 'moe-train --help')\n", argv[optind - 1]);
+            else if (optopt)
+                fprintf(stderr, "moe-train: unknown option '-%c' (try 'moe-train --help')\n", optopt);
+            else
+                fprintf(stderr, "moe-train: unknown option '%s' (try 'moe-train --help')\n", argv[optind - 1]);
             return MK_ERR_USAGE;
         }
     }
@@ -136,7 +140,7 @@ static int run(int argc, char **argv, int rank)
 
     int overrides = 0;
     optind = 0;
-    while ((c = getopt_long(argc, argv, "s:S:d:j:r:qhV", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":s:S:d:j:r:qhV", longopts, NULL)) != -1) {
         char buf[MK_PATH_MAX + 32];
         switch (c) {
         case 'S':
