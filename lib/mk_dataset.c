@@ -182,6 +182,17 @@ static int check_shard(const mk_indexed *ix, json_t *sh, const char *mpath, cons
     if (dtype && strcmp(dtype, dtype_text(mk_indexed_dtype(ix))) != 0)
         return MK_FAIL(MK_ERR_INPUT, "%s: dtype is %s but %s holds %s tokens", mpath, dtype, idx,
                        dtype_text(mk_indexed_dtype(ix)));
+    /* The .idx is small (12 bytes a document), so its hash is checked on every open; the
+     * .bin's is not (it is the dataset: hashing it would cost a full read per rank and
+     * start), but its size is, by the .idx, and its tokens against the vocabulary. */
+    const char *want = json_string_value(json_object_get(sh, "idx_sha256"));
+    if (want) {
+        char have[65];
+        MK_CHECK(mk_sha256_file(idx, have, NULL));
+        if (strcmp(have, want) != 0)
+            return MK_FAIL(MK_ERR_INPUT, "%s: %s.idx_sha256 is %.12s... but %s hashes to %.12s...: the file"
+                           " changed after moe-shard wrote it", mpath, where, want, idx, have);
+    }
     static const char *const keys[] = { "tokens", "documents" };
     for (int k = 0; k < 2; k++) {
         json_t *v = json_object_get(sh, keys[k]);
