@@ -457,7 +457,9 @@ static herr_t img_udata_free(void *udata)
 
 static int write_image(const char *path, const unsigned char *b, size_t n)
 {
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0666);
+    /* The caller cleared the temporary name (mk_fs_clear_tmp): O_EXCL never writes through
+     * a link planted there. */
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
     if (fd < 0) return MK_FAIL(MK_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
     size_t done = 0;
     while (done < n) {
@@ -560,8 +562,13 @@ static int list_steps(const char *dir, long **steps, size_t *n)
 
 static int write_latest(const char *lt, long step)
 {
-    FILE *f = fopen(lt, "w");
-    if (!f) return MK_FAIL(MK_ERR_IO, "%s: cannot create: %s", lt, strerror(errno));
+    int fd;
+    MK_CHECK(mk_fs_create_tmp(lt, &fd)); /* O_EXCL | O_NOFOLLOW after clearing the name */
+    FILE *f = fdopen(fd, "w");
+    if (!f) {
+        close(fd);
+        return MK_FAIL(MK_ERR_IO, "%s: cannot create: %s", lt, strerror(errno));
+    }
     int ok = fprintf(f, "step_%08ld.h5\n", step) > 0, e = errno;
     if (fclose(f) != 0 && ok) ok = 0, e = errno;
     if (!ok) return MK_FAIL(MK_ERR_IO, "%s: write failed: %s", lt, strerror(e));
@@ -697,6 +704,7 @@ int mk_ckpt_save(mk_trainer *tr, const char *run_dir, const mk_ckpt_meta *meta, 
     int rc = MK_OK;
     if (writer && mkdir(dir, 0777) != 0 && errno != EEXIST)
         rc = MK_FAIL(MK_ERR_IO, "%s: cannot create: %s", dir, strerror(errno));
+    if (writer && rc == MK_OK) rc = mk_fs_clear_tmp(tmp); /* no writing through a planted link */
     int agreed = rc;
     MK_CHECK(mk_comm_allreduce_max_int(world, &agreed, 1));
     if (agreed) return agreed;
@@ -757,6 +765,12 @@ static int load_tensor(hid_t g, const char *gname, const char *path, const mk_te
     H5Sclose(fs);
     H5Dclose(d);
     if (rc) return rc;
+    /* Fletcher32 only proves the bytes are the ones written; a NaN written by a broken run
+     * (or by someone else's tool) would train on silently, so resuming refuses it. */
+    for (size_t i = 0; i < t->numel; i++)
+        if (!isfinite(buf[i]))
+            return MK_FAIL(MK_ERR_INPUT, "%s: %s/%s holds a non-finite value (%g) at element %zu", path,
+                           gname, t->name, (double)buf[i], i);
     for (size_t i = 0; i < t->numel; i++) conv[i] = (mk_real)buf[i];
     return be->ops->from_host(be, dst + t->offset, conv, t->numel * sizeof *conv);
 }
@@ -767,12 +781,16 @@ int mk_ckpt_load(mk_trainer *tr, const char *path, mk_ckpt_meta *meta)
     mk_model *m = mk_trainer_model(tr);
     const mk_config *cfg = mk_trainer_config(tr);
     quiet q = quiet_on();
-    hid_t f = mk_h5_fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    struct stat pst;
+    const int exists = stat(path, &pst) == 0;
+    const int err = errno;
+    hid_t f = exists ? mk_h5_fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT) : -1;
     int rc = MK_OK;
     char fmt[64] = "";
     int64_t step = 0, tokens = 0, samples = 0;
     if (f < 0) {
-        rc = MK_FAIL(MK_ERR_INPUT, "%s: not an HDF5 file or unreadable", path);
+        rc = exists ? MK_FAIL(MK_ERR_INPUT, "%s: not an HDF5 file, truncated or unreadable", path)
+                    : MK_FAIL(MK_ERR_INPUT, "%s: %s", path, strerror(err));
         goto out;
     }
     int ar = read_attr_str(f, "format", fmt, sizeof fmt);

@@ -97,6 +97,9 @@ int mk_config_set_kv(mk_config *cfg, const char *key, const char *value, const c
 /* Cross-setting checks (d_model % heads, even head size, topk <= experts, ep | experts,
  * ...). MK_ERR_USAGE naming the key(s) on failure. */
 int mk_config_validate(const mk_config *cfg);
+/* The same, each message starting with "origin: " (where the settings came from, e.g.
+ * "s.ini + --set"); NULL for none. */
+int mk_config_validate_in(const mk_config *cfg, const char *origin);
 
 /* The value of key formatted as it would appear in an INI file. MK_ERR_USAGE for an
  * unknown key. */

@@ -450,6 +450,26 @@ static int attention_block_forward(mk_model *m, const layer_params *p, layer_act
     return MK_OK;
 }
 
+/* Name the first non-finite router logit: its token and expert. Failure path only. */
+static int fail_logits(mk_model *m, int l, const mk_real *z, int N, int E)
+{
+    char step[40] = "";
+    if (m->step > 0) snprintf(step, sizeof step, "step %ld: ", m->step);
+    mk_real *h = malloc((size_t)N * E * sizeof *h);
+    if (h && m->be->ops->to_host(m->be, h, z, (size_t)N * E * sizeof *h) == MK_OK)
+        for (size_t i = 0; i < (size_t)N * E; i++)
+            if (!isfinite(h[i])) {
+                double v = h[i];
+                free(h);
+                return MK_FAIL(MK_ERR_NUMERIC, "%srouter logits of layer %d are not finite (%g at token %zu,"
+                               " expert %zu)", step, l, v, i / (size_t)E, i % (size_t)E);
+            }
+    free(h);
+    return MK_FAIL(MK_ERR_NUMERIC, "%srouter logits of layer %d are not finite", step, l);
+}
+
+void mk_model_set_step(mk_model *m, long step) { m->step = step; }
+
 /* Router, dispatch, experts, combine, shared expert; out = h + MoE(RMSNorm(h)). */
 static int moe_block_forward(mk_model *m, int l, const layer_params *p, layer_acts *a, int B,
                              mk_lbl *lbl, mk_real *out, mk_forward_stats *st)
@@ -460,6 +480,11 @@ static int moe_block_forward(mk_model *m, int l, const layer_params *p, layer_ac
 
     MK_CHECK(o->rmsnorm_forward(be, a->ln2, a->rstd2, a->h, p->mlp_norm, N, D));
     MK_CHECK(o->matmul(be, a->z, a->ln2, p->router, N, E, D, 0, 0, 1, 0));
+    /* One pass over [N, E] logits per layer: a NaN or Inf here would otherwise turn into
+     * routing by whatever order NaN compares in, long before the loss shows it. */
+    int bad = 0;
+    MK_CHECK(o->nonfinite(be, a->z, (size_t)N * E, &bad));
+    if (bad) return fail_logits(m, l, a->z, N, E);
     MK_CHECK(o->router_forward(be, a->probs, a->lse, a->topk, a->gates, a->counts, a->psum, a->z,
                                N, E, K, m->cfg.router.norm_topk));
 

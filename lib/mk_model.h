@@ -103,6 +103,10 @@ int mk_model_topk_host(mk_model *m, int layer, int32_t *out_host);
 /* Seconds spent in expert-parallel all-to-alls since the model was made (0 with ep = 1). */
 double mk_model_a2a_seconds(const mk_model *m);
 
+/* The optimizer step (1-based) that the next forward belongs to, for its NaN/Inf messages;
+ * 0 (the default) for passes outside training. */
+void mk_model_set_step(mk_model *m, long step);
+
 const mk_config *mk_model_config(const mk_model *m);
 mk_backend *mk_model_backend(mk_model *m);
 

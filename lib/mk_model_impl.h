@@ -98,6 +98,7 @@ struct mk_model {
     int32_t *targets_host;              /* [N] last forward's targets */
     int last_B;                         /* sequences in the last forward, 0 = none */
     int last_train;
+    long step;                          /* optimizer step (1-based) for messages; 0 = none */
 };
 
 

@@ -302,7 +302,7 @@ int mk_train_run(const mk_config *cfg, const mk_train_opts *opts, mk_train_resul
     for (long step = r.step_base; step < cfg->train.steps; step++) {
         mk_step_stats ss;
         MK_CHECK_GOTO(rc, load_step(&r, step), done);
-        MK_CHECK_GOTO(rc, mk_trainer_grads(r.tr, r.tokens, r.targets, r.ds ? r.sample_domain : NULL, &ss), done);
+        MK_CHECK_GOTO(rc, mk_trainer_grads(r.tr, step, r.tokens, r.targets, r.ds ? r.sample_domain : NULL, &ss), done);
         MK_CHECK_GOTO(rc, mk_trainer_update(r.tr, step, &ss), done);
         tokens_done += global_batch * T;
         if (step == r.step_base) {

@@ -225,7 +225,70 @@ static int allreduce_grads(mk_trainer *tr)
     return MK_OK;
 }
 
-int mk_trainer_grads(mk_trainer *tr, const int32_t *tokens, const int32_t *targets,
+/* Test hook (tests/hostile/test_nonfinite.sh): MOEKIT_TEST_NAN_RANK and _STEP (1-based)
+ * pick one rank and step, MOEKIT_TEST_NAN_WHERE what turns non-finite there (loss: the first
+ * micro-step's cross-entropy; grad: one element of the first expert tensor's gradient, in
+ * its second local expert when there is one; logits: a router weight of layer 0, so that
+ * layer's logits), MOEKIT_TEST_NAN_VALUE nan (default) or inf. Read from the environment
+ * on each call, so there is no state; unset, it costs three getenv calls per step. */
+typedef enum { HOOK_NONE, HOOK_LOSS, HOOK_GRAD, HOOK_LOGITS } hook_where;
+
+static hook_where nan_hook(const mk_trainer *tr, long step, double *value)
+{
+    const char *r = getenv("MOEKIT_TEST_NAN_RANK"), *s = getenv("MOEKIT_TEST_NAN_STEP"),
+               *w = getenv("MOEKIT_TEST_NAN_WHERE"), *v = getenv("MOEKIT_TEST_NAN_VALUE");
+    if (!r || !s || !w || atoi(r) != tr->rank || atol(s) != step + 1) return HOOK_NONE;
+    *value = v && strcmp(v, "inf") == 0 ? INFINITY : NAN;
+    return strcmp(w, "loss") == 0 ? HOOK_LOSS : strcmp(w, "grad") == 0 ? HOOK_GRAD
+           : strcmp(w, "logits") == 0 ? HOOK_LOGITS : HOOK_NONE;
+}
+
+static int hook_poke(mk_trainer *tr, mk_real *block, const char *name, int second_expert, double value)
+{
+    mk_model *m = tr->model;
+    for (size_t i = 0; i < mk_model_tensor_count(m); i++) {
+        const mk_tensor *t = mk_model_tensor(m, i);
+        if (name ? strcmp(t->name, name) != 0 : !t->expert) continue;
+        size_t at = second_expert && t->shape[0] > 1 ? t->numel / (size_t)t->shape[0] : 0;
+        mk_real x = (mk_real)value;
+        mk_backend *be = mk_model_backend(m);
+        return be->ops->from_host(be, block + t->offset + at, &x, sizeof x);
+    }
+    return MK_FAIL(MK_ERR_INTERNAL, "test hook: no tensor %s", name ? name : "with experts");
+}
+
+/* This rank's gradient before the all-reduce: one pass over the block, and on failure a
+ * second to say which tensor (and expert) it was, so the message names the rank that
+ * produced the NaN rather than every rank that received it. */
+static int check_grads(mk_trainer *tr, long step)
+{
+    mk_model *m = tr->model;
+    mk_backend *be = mk_model_backend(m);
+    const mk_real *g = mk_model_grads(m);
+    int bad = 0;
+    MK_CHECK(be->ops->nonfinite(be, g, mk_model_param_count(m), &bad));
+    if (!bad) return MK_OK;
+    for (size_t i = 0; i < mk_model_tensor_count(m); i++) {
+        const mk_tensor *t = mk_model_tensor(m, i);
+        MK_CHECK(be->ops->nonfinite(be, g + t->offset, t->numel, &bad));
+        if (!bad) continue;
+        mk_real *h = malloc(t->numel * sizeof *h);
+        size_t at = 0;
+        if (h && be->ops->to_host(be, h, g + t->offset, t->numel * sizeof *h) == MK_OK)
+            while (at < t->numel && isfinite(h[at])) at++;
+        double v = h && at < t->numel ? (double)h[at] : NAN;
+        free(h);
+        if (t->expert)
+            return MK_FAIL(MK_ERR_NUMERIC, "step %ld: the gradient of %s holds %g (element %zu, expert %d)"
+                           " before the all-reduce", step + 1, t->name, v, at,
+                           t->dim0_offset + (int)(at / (t->numel / (size_t)t->shape[0])));
+        return MK_FAIL(MK_ERR_NUMERIC, "step %ld: the gradient of %s holds %g (element %zu) before the"
+                       " all-reduce", step + 1, t->name, v, at);
+    }
+    return MK_FAIL(MK_ERR_NUMERIC, "step %ld: the gradient holds a NaN or Inf", step + 1);
+}
+
+int mk_trainer_grads(mk_trainer *tr, long step, const int32_t *tokens, const int32_t *targets,
                      const int32_t *domain, mk_step_stats *out)
 {
     const mk_config *cfg = tr->cfg;
@@ -242,6 +305,10 @@ int mk_trainer_grads(mk_trainer *tr, const int32_t *tokens, const int32_t *targe
 
     MK_CHECK(mk_model_zero_grad(tr->model));
     mk_lbl_reset(tr->lbl);
+    double hook_value = 0;
+    const hook_where hook = nan_hook(tr, step, &hook_value);
+    if (hook == HOOK_LOGITS) MK_CHECK(hook_poke(tr, mk_model_params(tr->model), "layers.0.router", 0, hook_value));
+    mk_model_set_step(tr->model, step + 1);
     if (cfg->lbl.mode == MK_LBL_GLOBAL_EXACT) MK_CHECK(counting_pass(tr, tokens, targets));
     memset(tr->counts, 0, (size_t)L * E * sizeof *tr->counts);
     memset(tr->lbl_sum, 0, (size_t)L * sizeof *tr->lbl_sum);
@@ -256,12 +323,20 @@ int mk_trainer_grads(mk_trainer *tr, const int32_t *tokens, const int32_t *targe
     for (int g = 0; g < G; g++) {
         mk_forward_stats st;
         MK_CHECK(mk_model_forward(tr->model, tokens + g * per_micro, targets + g * per_micro, B, tr->lbl, 1, &st));
+        if (hook == HOOK_LOSS && g == 0) st.ce_sum = hook_value;
+        /* This rank's loss before the sum over ranks, so the message names where it arose. */
+        if (!isfinite(st.ce_sum))
+            return MK_FAIL(MK_ERR_NUMERIC, "step %ld: the loss (cross-entropy) of micro-step %d is %g",
+                           step + 1, g + 1, st.ce_sum);
         MK_CHECK(mk_model_backward(tr->model, 1.0 / (double)ntargets, aux_scale));
         ce += st.ce_sum;
         for (int i = 0; i < L * E; i++) tr->counts[i] += st.counts[i];
         for (int l = 0; l < L; l++) tr->lbl_sum[l] += st.lbl[l] * aux_scale;
         MK_CHECK(count_domains(tr, domain ? domain + (size_t)g * B : NULL, B));
     }
+    mk_model_set_step(tr->model, 0);
+    if (hook == HOOK_GRAD) MK_CHECK(hook_poke(tr, mk_model_grads(tr->model), NULL, 1, hook_value));
+    MK_CHECK(check_grads(tr, step));
     MK_CHECK(allreduce_grads(tr));
     MK_CHECK(mk_comm_allreduce_f64(tr->world, &ce, 1));
     MK_CHECK(mk_comm_allreduce_f64(tr->world, tr->lbl_sum, (size_t)L));
@@ -303,5 +378,8 @@ int mk_trainer_update(mk_trainer *tr, long step, mk_step_stats *st)
     if (!isfinite(st->loss)) return MK_FAIL(MK_ERR_NUMERIC, "step %ld: loss is %g", step + 1, st->loss);
     st->lr = mk_lr_at(tr->cfg, step);
     MK_CHECK(global_grad_norm(tr, &st->gnorm));
+    /* Every rank's gradient was finite before the all-reduce; a sum can still overflow. */
+    if (!isfinite(st->gnorm))
+        return MK_FAIL(MK_ERR_NUMERIC, "step %ld: the global gradient norm is %g", step + 1, st->gnorm);
     return mk_optim_step(tr->model, step + 1, st->lr, st->gnorm);
 }
