@@ -10,6 +10,7 @@
 
 #include "mk_backend.h"
 #include "mk_error.h"
+#include "mk_failpoint.h"
 #include "mk_lbl.h"
 #include "mk_optim.h"
 
@@ -168,6 +169,7 @@ static int counting_pass(mk_trainer *tr, const int32_t *tokens, const int32_t *t
  * holding the same experts (expert-data-parallel group), everything else over the world. */
 static int allreduce_grads(mk_trainer *tr)
 {
+    MK_CHECK(mk_failpoint("allreduce"));
     if (tr->nranks == 1) return MK_OK;
     mk_real *g = mk_model_grads(tr->model);
     for (size_t i = 0; i < mk_model_tensor_count(tr->model); i++) {
@@ -208,6 +210,7 @@ int mk_trainer_grads(mk_trainer *tr, const int32_t *tokens, const int32_t *targe
     double ce = 0;
     for (int g = 0; g < G; g++) {
         mk_forward_stats st;
+        MK_CHECK(mk_failpoint("forward"));
         MK_CHECK(mk_model_forward(tr->model, tokens + g * per_micro, targets + g * per_micro, B, tr->lbl, 1, &st));
         MK_CHECK(mk_model_backward(tr->model, 1.0 / (double)ntargets, aux_scale));
         ce += st.ce_sum;
