@@ -6,7 +6,7 @@
  *
  *   MOEKIT_TEST_FAIL_RANK=R    world rank that fails
  *   MOEKIT_TEST_FAIL_STEP=S    during step S (1-based, as in log.tsv; a checkpoint written
- *                              after step S belongs to step S)
+ *                              after step S belongs to step S; 0 = any step)
  *   MOEKIT_TEST_FAIL_PHASE=P   load (data load, the default), forward, allreduce (gradient
  *                              all-reduce), alltoall (expert all-to-all, parallel.ep > 1),
  *                              ckpt (checkpoint write)

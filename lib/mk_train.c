@@ -426,6 +426,23 @@ int mk_train_run(const mk_config *cfg, const mk_train_opts *opts, mk_train_resul
                                            r.ranks_path[0] ? r.ranks_path : NULL, written, sizeof written), done);
             if (opts->out)
                 fprintf(opts->out, "moe-train: checkpoint %s (%.2f s)\n", written, now_s() - cs);
+            /* A signal that came during a scheduled save: this checkpoint is the newest, stop
+             * now rather than after one more step and save. */
+            if (!stop && opts->stop) {
+                stop = (int)*opts->stop;
+                watchdog_phase(&r.wd, "stop vote (all-reduce)", step + 1);
+                if (ranks > 1) MK_CHECK_GOTO(rc, mk_comm_allreduce_max_int(mk_trainer_world(r.tr), &stop, 1), done);
+            }
+        }
+        if (stop && ranks > 1) {
+            /* Every rank must stop after the same step (the save above was collective, so a
+             * disagreement is a moekit bug): check it before telling the scheduler to requeue. */
+            int span[2] = { (int)(step + 1), -(int)(step + 1) };
+            MK_CHECK_GOTO(rc, mk_comm_allreduce_max_int(mk_trainer_world(r.tr), span, 2), done);
+            if (span[0] != -span[1]) {
+                rc = MK_FAIL(MK_ERR_INTERNAL, "ranks stopped after different steps (%d to %d)", -span[1], span[0]);
+                goto done;
+            }
         }
         if (stop) {
             res->stopped = 1;

@@ -16,7 +16,8 @@ elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
 mpi() { np=$1; shift; if [ "$np" -eq 1 ]; then "$@"; else $MPIEXEC -n "$np" --bind-to none "$@"; fi; }
 # gone PATTERN: wait (at most 30 s) until no process has PATTERN in its command line
 gone() { i=0; while pgrep -f -- "$1" >/dev/null && [ $i -lt 3000 ]; do sleep 0.01; i=$((i + 1)); done; ! pgrep -f -- "$1" >/dev/null; }
-# The small model of these tests: schedules/tiny.ini made narrow, one sequence per rank.
+# The small model of these tests: schedules/tiny.ini made narrow, one sequence per rank
+# (add --quiet for no progress lines).
 SMALL="--schedule $srcdir/schedules/tiny.ini --data $srcdir/data/demo/english.txt
   --set model.d_model=32 --set model.ffn=32 --set model.seq_len=32 --set train.micro_batch=1
-  --set train.grad_accum=1 --set train.warmup=2 --set train.threads=1 --set log.every=0 --quiet"
+  --set train.grad_accum=1 --set train.warmup=2 --set train.threads=1 --set log.every=0"

@@ -8,7 +8,7 @@ if [ -z "$MPIEXEC" ]; then echo "1..0 # SKIP no MPI launcher"; exit 0; fi
 tmp=$(mktemp -d) || exit 99
 trap 'rm -rf "$tmp"' EXIT
 TO=3
-H="$SMALL --set train.steps=1000 --set parallel.ep=2 --set ckpt.every=2 --set parallel.timeout=$TO"
+H="$SMALL --quiet --set train.steps=1000 --set parallel.ep=2 --set ckpt.every=2 --set parallel.timeout=$TO"
 
 # check D START RC WHAT PHASE STEP: the job ended in time with the watchdog's line
 check() {

@@ -17,7 +17,7 @@ case_() {
   start=$(now)
   MOEKIT_TEST_FAIL_RANK=$v MOEKIT_TEST_FAIL_STEP=4 MOEKIT_TEST_FAIL_PHASE=$p MOEKIT_TEST_FAIL_MODE=$m \
     mpi 4 -x MOEKIT_TEST_FAIL_RANK -x MOEKIT_TEST_FAIL_STEP -x MOEKIT_TEST_FAIL_PHASE -x MOEKIT_TEST_FAIL_MODE \
-    $train $SMALL --set train.steps=1000 --set parallel.ep=2 --set ckpt.every=2 --set run.dir="$d" \
+    $train $SMALL --quiet --set train.steps=1000 --set parallel.ep=2 --set ckpt.every=2 --set run.dir="$d" \
     >"$d.out" 2>&1
   rc=$?
   gone "run.dir=$d"; g=$?
