@@ -28,7 +28,9 @@ case_() {
     [ "$(grep -c "^moekit: error: rank $v: step 4, $p: injected failure" "$d.out")" -eq 1 ] &&
       [ "$(grep -c "stops the job" "$d.out")" -eq 1 ] && grep -q "^moe-train: rank $v stops the job" "$d.out"
   else
-    grep -q "process rank $v with PID .* exited on signal" "$d.out"
+    # mpirun names the rank that died; under AddressSanitizer a SIGSEGV becomes exit status 1
+    grep -q "process rank $v with PID .* exited on signal" "$d.out" ||
+      grep -q "Process name: \[\[[0-9]*,[0-9]*\],$v\]" "$d.out"
   fi
   named=$?
   [ $rc -ne 0 ] && [ $g -eq 0 ] && awk -v e="$el" 'BEGIN { exit !(e <= 10) }' && [ $named -eq 0 ]
