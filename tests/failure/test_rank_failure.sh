@@ -42,12 +42,12 @@ case_() {
 
 if [ "$1" = --full ]; then
   reps=${2:-3}
-  r=0
-  while [ $r -lt "$reps" ]; do
+  rep=0
+  while [ $rep -lt "$reps" ]; do
     for v in 0 3; do for m in kill segv error; do for p in load forward allreduce alltoall ckpt; do
       case_ $v $m $p
     done; done; done
-    r=$((r + 1))
+    rep=$((rep + 1))
   done
 else
   case_ 3 error alltoall
