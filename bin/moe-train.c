@@ -75,6 +75,16 @@ static int run(int argc, char **argv, int rank);
  * (MPI_Abort) after its one error line, so no rank waits forever in a collective. */
 int main(int argc, char **argv)
 {
+    /* Before MPI_Init: a signal that comes while the job starts (Slurm may preempt at any
+     * moment) must not kill the rank, only ask for a checkpoint after the first step.
+     * SA_RESTART: a signal during a checkpoint write must not fail the write with EINTR. */
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGUSR1, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
     if (MPI_Init(&argc, &argv) != MPI_SUCCESS) {
         fprintf(stderr, "moe-train: MPI_Init failed\n");
         return MK_ERR_COMM;
@@ -172,12 +182,6 @@ static int run(int argc, char **argv, int rank)
 
     mk_comm *world = NULL;
     if ((rc = mk_comm_world(&world)) != MK_OK) return rc;
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_stop_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGUSR1, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
     mk_train_opts opts = { .data_path = NULL, .out = quiet || rank != 0 ? NULL : stdout, .world = world,
                            .resume = resume, .stop = &stop_requested };
     mk_train_result res;

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "mk_error.h"
+#include "mk_failpoint.h"
 #include "mk_h5.h"
 #include "mk_fs.h"
 #include "mk_sha256.h"
@@ -708,6 +709,7 @@ int mk_ckpt_save(mk_trainer *tr, const char *run_dir, const mk_ckpt_meta *meta, 
     int agreed = rc;
     MK_CHECK(mk_comm_allreduce_max_int(world, &agreed, 1));
     if (agreed) return agreed;
+    MK_CHECK(mk_failpoint("ckpt"));
     quiet q = quiet_on();
 #ifdef MK_HDF5_PARALLEL
     /* The BPE ranks travel in serial files only; a parallel run embeds them afterwards. */

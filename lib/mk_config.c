@@ -124,6 +124,8 @@ static const setting table[] = {
          "operands, fp32 accumulate and master weights)"),
 
     INT(parallel.ep, "1", 1, "expert-parallel group size; divides model.experts and the world"),
+    DOUBLE(parallel.timeout, "300", 0, HUGE_VAL, 0,
+           "seconds one phase of a step may take before the job is ended as hung; 0 = off"),
 
     STRING(data.path, "", "dataset directory made by moe-shard, NAME=PREFIX Megatron datasets, or a text file; comma-separated"),
     STRING(data.mixture, "natural", "domain mixture: natural, uniform, temperature:T or NAME:W,NAME:W,..."),

@@ -51,6 +51,7 @@ typedef struct mk_config {
     } train;
     struct {
         int ep;
+        double timeout;                     /* seconds; 0 = no watchdog */
     } parallel;
     struct {
         char path[MK_PATH_MAX];

@@ -26,6 +26,7 @@
 #include "mk_devcomm.h"
 #include "mk_error.h"
 #include "mk_devcomm.h"
+#include "mk_failpoint.h"
 #include "mk_model_impl.h"
 
 static int grow_dev(mk_backend *be, void **p, size_t bytes)
@@ -136,6 +137,7 @@ static int exchange(mk_model *m, const ep_layer *e, int back, const void *src, v
     size_t sc[P], sd[P], rc[P], rd[P];
     layout(back ? e->recv_n : e->send_n, P, row_bytes, sc, sd);
     layout(back ? e->send_n : e->recv_n, P, row_bytes, rc, rd);
+    MK_CHECK(mk_failpoint("alltoall"));
     const double t0 = now_s();
     int rc_ = on_backend ? mk_devcomm_alltoallv(m->ep_dev, src, sc, sd, dst, rc, rd)
                          : mk_comm_alltoallv(m->ep_comm, src, sc, sd, dst, rc, rd);

@@ -12,6 +12,7 @@
 #include "mk_backend_prof.h"
 #include "mk_devcomm.h"
 #include "mk_error.h"
+#include "mk_failpoint.h"
 #include "mk_lbl.h"
 #include "mk_optim.h"
 #if defined(MK_HAVE_CUDA) && !defined(MK_REAL_DOUBLE)
@@ -206,6 +207,7 @@ static int counting_pass(mk_trainer *tr, const int32_t *tokens, const int32_t *t
  * in tensor order), so with parallel.ep = 1 the whole block is one all-reduce. */
 static int allreduce_grads(mk_trainer *tr)
 {
+    MK_CHECK(mk_failpoint("allreduce"));
     if (tr->nranks == 1) return MK_OK;
     mk_real *g = mk_model_grads(tr->model);
     const size_t nt = mk_model_tensor_count(tr->model);
@@ -322,6 +324,7 @@ int mk_trainer_grads(mk_trainer *tr, long step, const int32_t *tokens, const int
     double ce = 0;
     for (int g = 0; g < G; g++) {
         mk_forward_stats st;
+        MK_CHECK(mk_failpoint("forward"));
         MK_CHECK(mk_model_forward(tr->model, tokens + g * per_micro, targets + g * per_micro, B, tr->lbl, 1, &st));
         if (hook == HOOK_LOSS && g == 0) st.ce_sum = hook_value;
         /* This rank's loss before the sum over ranks, so the message names where it arose. */

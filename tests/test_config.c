@@ -34,6 +34,7 @@ static const struct field {
     F(train.grad_clip), F(train.beta1), F(train.beta2), F(train.eps), F(train.lr_schedule),
     F(train.threads), F(train.backend), F(train.precision),
     F(parallel.ep),
+    F(parallel.timeout),
     F(data.path), F(data.mixture), F(data.repeat_cap), F(data.tokenizer),
     F(run.dir),
     F(ckpt.every), F(ckpt.keep),
@@ -60,7 +61,7 @@ static const struct { const char *key, *text; } other[] = {
     { "train.beta1", "0" }, { "train.beta2", "0.99999999999999989" }, { "train.eps", "1e-12" },
     { "train.lr_schedule", "wsd" }, { "train.threads", "16" },
     { "train.backend", "cuda" }, { "train.precision", "fp32" },
-    { "parallel.ep", "4" },
+    { "parallel.ep", "4" }, { "parallel.timeout", "2.5" },
     { "data.path", "/scratch/my corpus/v2;final=1:x" }, { "data.mixture", "temperature:0.7" },
     { "data.repeat_cap", "0" }, { "data.tokenizer", "bpe:0123abcd" },
     { "run.dir", "runs/a b" },
@@ -241,7 +242,7 @@ static void test_defaults(void)
                c.train.beta1 == 0.9 && c.train.beta2 == 0.95 && c.train.eps == 1e-8 &&
                c.train.lr_schedule == MK_LR_COSINE && c.train.threads == 0,
            "train defaults");
-    tap_ok(c.parallel.ep == 1 && strcmp(c.data.path, "") == 0 &&
+    tap_ok(c.parallel.ep == 1 && c.parallel.timeout == 300 && strcmp(c.data.path, "") == 0 &&
                strcmp(c.data.mixture, "natural") == 0 && strcmp(c.run.dir, "run") == 0 &&
                c.ckpt.every == 0 && c.ckpt.keep == 3 && c.log.every == 10 && c.eval.every == 0,
            "parallel, data, run, ckpt, log and eval defaults");
@@ -285,6 +286,7 @@ static void test_values(void)
         { "ckpt.every", "-1", MK_ERR_USAGE }, { "ckpt.keep", "0", MK_ERR_USAGE },
         { "log.every", "-1", MK_ERR_USAGE }, { "eval.every", "-1", MK_ERR_USAGE },
         { "parallel.ep", "0", MK_ERR_USAGE }, { "train.micro_batch", "0", MK_ERR_USAGE },
+        { "parallel.timeout", "-1", MK_ERR_USAGE }, { "parallel.timeout", "0", MK_OK },
         /* unsigned */
         { "train.seed", "-1", MK_ERR_USAGE }, { "train.seed", "abc", MK_ERR_USAGE },
         { "train.seed", "", MK_ERR_USAGE }, { "train.seed", "1.5", MK_ERR_USAGE },
