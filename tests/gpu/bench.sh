@@ -61,6 +61,43 @@ for np in 2 4 8; do
   bench "$np GPUs ep=2, lbl global" $np --set parallel.ep=2 --set lbl.mode=global
   [ $np -gt 2 ] && bench "$np GPUs ep=$np, lbl global" $np --set parallel.ep=$np --set lbl.mode=global
 done
+# The cluster path, rehearsed on one host: jobs/train.sbatch itself (its argv building,
+# signal forwarding and exit handling) with an srun that starts the ranks with mpirun,
+# since there is no Slurm here. The same ranks and settings as the largest mpirun runs.
+sbatch_bench() { # label ranks settings...
+  label=$1; np=$2; shift 2
+  dir="$tmp/sb-$(echo "$label" | tr -c 'a-z0-9' _)"
+  mkdir -p "$tmp/fakebin"
+  cat >"$tmp/fakebin/srun" <<'SRUN'
+#!/bin/sh
+# srun stand-in: drop srun's own options, start the ranks with mpirun
+while [ $# -gt 0 ]; do case $1 in --*) shift ;; *) break ;; esac; done
+exec mpirun -n "$SLURM_NTASKS" --bind-to none "$@"
+SRUN
+  chmod +x "$tmp/fakebin/srun"
+  sets="data.path=$tmp/data train.steps=$steps train.warmup=5 log.every=10 ckpt.every=0 eval.every=0 train.backend=cuda run.dir=$dir"
+  for kv in "$@"; do sets="$sets $kv"; done
+  PATH="$tmp/fakebin:$PATH" SLURM_JOB_ID=1 SLURM_NTASKS=$np SLURM_JOB_NUM_NODES=1 \
+    MOEKIT_SCHEDULE="$src/schedules/bench-s.ini" MOEKIT_BIN="$top/bin" MOEKIT_SET="$sets" \
+    sh "$src/jobs/train.sbatch" >"$dir.out" 2>&1
+  rc=$?
+  last=$(grep '^step' "$dir.out" | tail -1)
+  tps=$(echo "$last" | sed -n 's/.*| \([0-9]*\) tok\/s.*/\1/p')
+  mfu=$(echo "$last" | sed -n 's/.*MFU \([0-9.]*\)%.*/\1/p')
+  a2a=$(sed -n 's/^expert all-to-all: \([0-9.]*\) ms per step.*(\([0-9.]*\)%.*/\1 ms (\2%)/p' "$dir.out")
+  if [ $rc -ne 0 ] || [ -z "$tps" ]; then
+    echo "| $label | $np | failed (exit $rc) | | | |" >>"$outfile"; tail -5 "$dir.out" >&2
+  else
+    echo "| $label | $np | $tps | $((tps / np)) | $mfu% | ${a2a:--} |" >>"$outfile"
+  fi
+  echo "$label: $(grep '^train.sbatch' "$dir.out" | head -1)" >&2
+}
+if [ "$ngpu" -ge 4 ] && [ "${MOEKIT_BENCH_SBATCH:-1}" != 0 ]; then
+  np=$ngpu; [ "$np" -gt 8 ] && np=8
+  sbatch_bench "$np GPUs dp=$np, lbl micro, via jobs/train.sbatch" $np parallel.ep=1 lbl.mode=micro
+  sbatch_bench "$np GPUs dp=$np, lbl global, via jobs/train.sbatch" $np parallel.ep=1 lbl.mode=global
+  sbatch_bench "$np GPUs ep=$np, lbl global, via jobs/train.sbatch" $np parallel.ep=$np lbl.mode=global
+fi
 echo >>"$outfile"
 [ "${MOEKIT_BENCH_PROFILE:-1}" = 0 ] || MOEKIT_PROFILE=1 "$top/bin/moe-train" --schedule "$src/schedules/bench-s.ini" $common --set train.steps=12 \
   --set parallel.ep=1 --set run.dir="$tmp/prof" >"$tmp/prof.out" 2>&1
