@@ -23,6 +23,13 @@
 
 #include "mk_real.h"
 
+/* The CUDA backend and NCCL are in this library: a --with-cuda build of the fp32 library.
+ * Programs that compile the library's sources themselves without the CUDA objects (the
+ * float64 check library, fault-injection and fuzz builds) leave them out with MK_CPU_ONLY. */
+#if defined(MK_HAVE_CUDA) && !defined(MK_REAL_DOUBLE) && !defined(MK_CPU_ONLY)
+#define MK_WITH_CUDA 1
+#endif
+
 typedef struct mk_backend mk_backend;
 
 typedef struct mk_backend_ops {

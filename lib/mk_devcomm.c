@@ -8,8 +8,7 @@
 #include <string.h>
 
 #include "mk_error.h"
-/* NCCL comes with the CUDA backend, which is fp32 only: the float64 check library has neither. */
-#if defined(MK_HAVE_CUDA) && !defined(MK_REAL_DOUBLE)
+#ifdef MK_WITH_CUDA /* NCCL comes with the CUDA backend (mk_backend.h) */
 #define MK_DEVCOMM_NCCL 1
 #include "cuda/mk_nccl.h"
 #endif

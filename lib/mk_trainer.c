@@ -15,7 +15,7 @@
 #include "mk_failpoint.h"
 #include "mk_lbl.h"
 #include "mk_optim.h"
-#if defined(MK_HAVE_CUDA) && !defined(MK_REAL_DOUBLE)
+#ifdef MK_WITH_CUDA
 #include "cuda/mk_backend_cuda.h"
 #endif
 
@@ -47,7 +47,7 @@ static int make_backend(mk_trainer *tr, const mk_config *cfg)
 {
     tr->device = -1;
     if (cfg->train.backend == MK_BACKEND_CPU) return mk_backend_cpu_create(cfg->train.threads, &tr->be);
-#if defined(MK_HAVE_CUDA) && !defined(MK_REAL_DOUBLE)
+#ifdef MK_WITH_CUDA
     int n = 0;
     MK_CHECK(mk_backend_cuda_device_count(&n));
     if (n < 1) return MK_FAIL(MK_ERR_USAGE, "train.backend = cuda but no GPU is visible to rank %d", tr->rank);
