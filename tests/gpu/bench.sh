@@ -53,8 +53,11 @@ bench() { # label ranks args...
   echo "|---|---|---|---|---|---|"
 } >>"$outfile"
 bench "1 GPU, lbl micro" 1 --set parallel.ep=1 --set lbl.mode=micro
-bench "1 GPU, lbl global" 1 --set parallel.ep=1 --set lbl.mode=global
+# MOEKIT_BENCH_SBATCH_ONLY=1: one GPU as the reference, then only the launches through
+# jobs/train.sbatch below.
+[ "${MOEKIT_BENCH_SBATCH_ONLY:-0}" = 1 ] || bench "1 GPU, lbl global" 1 --set parallel.ep=1 --set lbl.mode=global
 for np in 2 4 8; do
+  [ "${MOEKIT_BENCH_SBATCH_ONLY:-0}" = 1 ] && break
   [ "$ngpu" -ge $np ] || break
   bench "$np GPUs dp=$np, lbl micro" $np --set parallel.ep=1 --set lbl.mode=micro
   bench "$np GPUs dp=$np, lbl global" $np --set parallel.ep=1 --set lbl.mode=global
