@@ -561,10 +561,14 @@ static int list_steps(const char *dir, long **steps, size_t *n)
     return MK_OK;
 }
 
-static int write_latest(const char *lt, long step)
+/* *made = 1 once latest.tmp is ours: only then may a failure remove it (a symbolic link
+ * someone planted there is refused and left alone). */
+static int write_latest(const char *lt, long step, int *made)
 {
     int fd;
+    *made = 0;
     MK_CHECK(mk_fs_create_tmp(lt, &fd)); /* O_EXCL | O_NOFOLLOW after clearing the name */
+    *made = 1;
     FILE *f = fdopen(fd, "w");
     if (!f) {
         close(fd);
@@ -587,11 +591,12 @@ static int publish(const char *dir, const char *tmp, const char *final, long ste
     char lp[MK_PATH_MAX + 32], lt[MK_PATH_MAX + 48];
     snprintf(lp, sizeof lp, "%s/latest", dir);
     snprintf(lt, sizeof lt, "%s/latest.tmp", dir);
+    int made = 0;
     int rc = mk_fs_fsync(dir, 1);
-    if (rc == MK_OK) rc = write_latest(lt, step);
+    if (rc == MK_OK) rc = write_latest(lt, step, &made);
     if (rc == MK_OK && rename(lt, lp) != 0) rc = MK_FAIL(MK_ERR_IO, "cannot rename %s: %s", lt, strerror(errno));
     if (rc != MK_OK) {
-        unlink(lt);
+        if (made) unlink(lt);
         if (!replaces) unlink(final);
         return rc;
     }
