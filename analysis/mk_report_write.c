@@ -4,6 +4,7 @@
 #endif
 #include "mk_report_write.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,7 +18,7 @@ static FILE *open_out(const char *dir, const char *name, char *path, size_t n)
 {
     snprintf(path, n, "%s/%s", dir, name);
     FILE *f = fopen(path, "w");
-    if (!f) MK_FAIL(MK_ERR_IO, "%s: cannot create", path);
+    if (!f) MK_FAIL(MK_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
     return f;
 }
 

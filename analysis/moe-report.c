@@ -137,8 +137,11 @@ int main(int argc, char **argv)
                              runs[i].log.experts);
         if (rc == MK_OK) rc = mk_report_compute(&runs[i], source, &win, domains);
     }
-    if (rc == MK_OK && mkdir(out, 0777) != 0 && errno != EEXIST)
-        rc = MK_FAIL(MK_ERR_IO, "%s: cannot create the output directory: %s", out, strerror(errno));
+    struct stat ost;
+    if (rc == MK_OK && mkdir(out, 0777) != 0 &&
+        (errno != EEXIST || stat(out, &ost) != 0 || !S_ISDIR(ost.st_mode)))
+        rc = MK_FAIL(MK_ERR_IO, "%s: cannot create the output directory: %s", out,
+                     errno == EEXIST ? "it exists and is not a directory" : strerror(errno));
     if (rc == MK_OK) rc = mk_report_write_csv(out, nrun, runs);
     if (rc == MK_OK) rc = mk_report_write_figures(out, nrun, runs);
     if (rc == MK_OK) rc = mk_report_write_md(out, nrun, runs, wtext);

@@ -1068,7 +1068,7 @@ static int usage_error(const char *fmt, const char *arg)
 {
     fprintf(stderr, PROG ": ");
     fprintf(stderr, fmt, arg);
-    fprintf(stderr, "\nTry 'moe-ckpt --help'.\n");
+    fprintf(stderr, " (try 'moe-ckpt --help')\n"); /* one line, like every other error */
     return MK_ERR_USAGE;
 }
 
@@ -1108,7 +1108,7 @@ int main(int argc, char **argv)
     char **sargv = argv + 1;
     opterr = 0;
     optind = 1;
-    while ((c = getopt_long(sargc, sargv, "vqt:j:b:hV", longopts, NULL)) != -1) {
+    while ((c = getopt_long(sargc, sargv, ":vqt:j:b:hV", longopts, NULL)) != -1) {
         char *end;
         switch (c) {
         case 'v': verbose = 1; break;
@@ -1125,9 +1125,10 @@ int main(int argc, char **argv)
         case 'h': usage(stdout); return 0;
         case 'V': printf("moe-ckpt (moekit) %s\n", PACKAGE_VERSION); return 0;
         default:
-            if (optopt && optopt < 256) {
+            if (c == ':') return usage_error("option '%s' needs an argument", sargv[optind - 1]);
+            if (optopt) {
                 char o[3] = { '-', (char)optopt, 0 };
-                return usage_error("option %s needs an argument or is unknown", o);
+                return usage_error("unknown option '%s'", o);
             }
             return usage_error("unknown option '%s'", sargv[optind - 1]);
         }
@@ -1138,7 +1139,7 @@ int main(int argc, char **argv)
     if (which != EVAL && (threads || batch_given)) bad = threads ? "--threads" : "--batch";
     if ((which == VERIFY || which == EVAL) && verbose) bad = "--verbose";
     if (bad) {
-        fprintf(stderr, PROG ": %s: option %s does not apply\nTry 'moe-ckpt --help'.\n", cmd, bad);
+        fprintf(stderr, PROG ": %s: option %s does not apply (try 'moe-ckpt --help')\n", cmd, bad);
         return MK_ERR_USAGE;
     }
     char **files = sargv + optind;
@@ -1146,7 +1147,7 @@ int main(int argc, char **argv)
     const int want = which == INFO ? 1 : which == VERIFY ? -1 : 2;
     if ((want > 0 && nfiles != want) || (want < 0 && nfiles < 1)) {
         static const char *const forms[] = { "info CKPT", "verify CKPT...", "diff A B", "eval CKPT FILE" };
-        fprintf(stderr, PROG ": %s: expected %s, got %d file%s\nTry 'moe-ckpt --help'.\n", cmd, forms[which],
+        fprintf(stderr, PROG ": %s: expected %s, got %d file%s (try 'moe-ckpt --help')\n", cmd, forms[which],
                 nfiles, nfiles == 1 ? "" : "s");
         return MK_ERR_USAGE;
     }

@@ -71,7 +71,7 @@ static int parse(int argc, char **argv, mk_shard_opts *o, mk_shard_domain **doms
     };
     int c, quiet = 0;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, "d:o:t:qhV", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":d:o:t:qhV", longopts, NULL)) != -1) {
         char *end;
         switch (c) {
         case 'd': {
@@ -129,9 +129,12 @@ static int parse(int argc, char **argv, mk_shard_opts *o, mk_shard_domain **doms
         case 'V': if (!rank) printf("moe-shard (moekit) %s\n", PACKAGE_VERSION); return -1;
         default:
             if (!rank) {
-                if (optopt) fprintf(stderr, "moe-shard: option -%c needs an argument or is unknown\n", optopt);
-                else fprintf(stderr, "moe-shard: unknown option '%s'\n", argv[optind - 1]);
-                fprintf(stderr, "Try 'moe-shard --help'.\n");
+                if (c == ':')
+                    fprintf(stderr, "moe-shard: option '%s' needs an argument (try 'moe-shard --help')\n", argv[optind - 1]);
+                else if (optopt)
+                    fprintf(stderr, "moe-shard: unknown option '-%c' (try 'moe-shard --help')\n", optopt);
+                else
+                    fprintf(stderr, "moe-shard: unknown option '%s' (try 'moe-shard --help')\n", argv[optind - 1]);
             }
             return MK_ERR_USAGE;
         }

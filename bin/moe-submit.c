@@ -303,7 +303,7 @@ int main(int argc, char **argv)
     int n_sets = 0, n_corpora = 0;
 
     opterr = 0;
-    while ((c = getopt_long(argc, argv, "nN:t:g:p:A:T:j:S:c:hV", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":nN:t:g:p:A:T:j:S:c:hV", longopts, NULL)) != -1) {
         switch (c) {
         case 'n': dry_run = 1; break;
         case 'N': if ((rc = parse_count("--nodes", optarg, 1, &nodes))) return rc; break;
@@ -324,16 +324,17 @@ int main(int argc, char **argv)
         case 'h': usage(stdout); return 0;
         case 'V': printf(PROG " (moekit) %s\n", PACKAGE_VERSION); return 0;
         default:
-            if (optopt)
-                fprintf(stderr, PROG ": option -%c needs an argument or is unknown\n", optopt);
+            if (c == ':')
+                fprintf(stderr, PROG ": option '%s' needs an argument (try '" PROG " --help')\n", argv[optind - 1]);
+            else if (optopt)
+                fprintf(stderr, PROG ": unknown option '-%c' (try '" PROG " --help')\n", optopt);
             else
-                fprintf(stderr, PROG ": unknown option '%s'\n", argv[optind - 1]);
-            fprintf(stderr, "Try '" PROG " --help'.\n");
+                fprintf(stderr, PROG ": unknown option '%s' (try '" PROG " --help')\n", argv[optind - 1]);
             return MK_ERR_USAGE;
         }
     }
     if (optind != argc - 1) {
-        fprintf(stderr, PROG ": %s\nTry '" PROG " --help'.\n",
+        fprintf(stderr, PROG ": %s (try '" PROG " --help')\n",
                 optind >= argc ? "missing SCHEDULE" : "exactly one SCHEDULE, please");
         return MK_ERR_USAGE;
     }
@@ -345,7 +346,26 @@ int main(int argc, char **argv)
     if ((rc = mk_config_load_ini(&cfg, schedule)) != MK_OK) return rc;
     for (int i = 0; i < n_sets; i++)
         if ((rc = mk_config_set(&cfg, sets[i], "--set")) != MK_OK) return rc;
-    if ((rc = mk_config_validate(&cfg)) != MK_OK) return rc;
+    char origin[MK_PATH_MAX + 16];
+    snprintf(origin, sizeof origin, "%s%s", schedule, n_sets ? " + --set" : "");
+    if ((rc = mk_config_validate_in(&cfg, origin)) != MK_OK) return rc;
+
+    /* Options that become sbatch arguments: each is one argv element (no shell), but a
+     * control character would reach sbatch's own parser and the job's environment. */
+    struct { const char *opt, *value; } plain[] = {
+        { "--partition", partition }, { "--account", account }, { "--time", timelimit },
+        { "--jobs-dir", jobs_opt },
+    };
+    for (size_t i = 0; i < sizeof plain / sizeof *plain; i++) {
+        if (!plain[i].value) continue;
+        for (const unsigned char *p = (const unsigned char *)plain[i].value; *p; p++)
+            if (*p < 0x20 || *p == 0x7f)
+                return MK_FAIL(MK_ERR_USAGE, "%s: the value contains %s (byte 0x%02x at offset %ld),"
+                               " which sbatch cannot take", plain[i].opt, *p == '\n' ? "a newline" :
+                               "a control character", *p, (long)(p - (const unsigned char *)plain[i].value));
+        if (!plain[i].value[0] && i < 3)
+            return MK_FAIL(MK_ERR_USAGE, "%s: empty value", plain[i].opt);
+    }
 
     /* ---- ranks against expert parallelism */
     if (tasks == 0) tasks = cfg.parallel.ep;

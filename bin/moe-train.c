@@ -75,6 +75,16 @@ static int run(int argc, char **argv, int rank);
  * (MPI_Abort) after its one error line, so no rank waits forever in a collective. */
 int main(int argc, char **argv)
 {
+    /* Before MPI_Init: a signal that comes while the job starts (Slurm may preempt at any
+     * moment) must not kill the rank, only ask for a checkpoint after the first step.
+     * SA_RESTART: a signal during a checkpoint write must not fail the write with EINTR. */
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGUSR1, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
     if (MPI_Init(&argc, &argv) != MPI_SUCCESS) {
         fprintf(stderr, "moe-train: MPI_Init failed\n");
         return MK_ERR_COMM;
@@ -116,38 +126,44 @@ static int run(int argc, char **argv, int rank)
     /* First pass: only the schedule, so --set always wins over it whatever the order. */
     int c;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, "s:S:d:j:r:qhV", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":s:S:d:j:r:qhV", longopts, NULL)) != -1) {
         if (c == 's') schedule = optarg;
         else if (c == 'h') { if (!rank) usage(stdout); return 0; }
         else if (c == 'V') { if (!rank) printf("moe-train (moekit) %s\n", PACKAGE_VERSION); return 0; }
         else if (c == OPT_HELP_SETTINGS) { if (!rank) help_settings(); return 0; }
-        else if (c == '?') {
-            if (optopt)
-                fprintf(stderr, "moe-train: option -%c needs an argument or is unknown\n", optopt);
+        else if (c == '?' || c == ':') {
+            /* One line, like every other error (the hint rides along at its end). */
+            if (c == ':')
+                fprintf(stderr, "moe-train: option '%s' needs an argument (try 'moe-train --help')\n", argv[optind - 1]);
+            else if (optopt)
+                fprintf(stderr, "moe-train: unknown option '-%c' (try 'moe-train --help')\n", optopt);
             else
-                fprintf(stderr, "moe-train: unknown option '%s'\n", argv[optind - 1]);
-            fprintf(stderr, "Try 'moe-train --help'.\n");
+                fprintf(stderr, "moe-train: unknown option '%s' (try 'moe-train --help')\n", argv[optind - 1]);
             return MK_ERR_USAGE;
         }
     }
     if (optind < argc) {
-        fprintf(stderr, "moe-train: unexpected argument '%s'\nTry 'moe-train --help'.\n", argv[optind]);
+        fprintf(stderr, "moe-train: unexpected argument '%s' (try 'moe-train --help')\n", argv[optind]);
         return MK_ERR_USAGE;
     }
     if (schedule && (rc = mk_config_load_ini(&cfg, schedule)) != MK_OK) return rc;
 
+    int overrides = 0;
     optind = 0;
-    while ((c = getopt_long(argc, argv, "s:S:d:j:r:qhV", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":s:S:d:j:r:qhV", longopts, NULL)) != -1) {
         char buf[MK_PATH_MAX + 32];
         switch (c) {
         case 'S':
+            overrides++;
             if ((rc = mk_config_set(&cfg, optarg, "--set")) != MK_OK) return rc;
             break;
         case 'd':
+            overrides++;
             snprintf(buf, sizeof buf, "data.path=%s", optarg);
             if ((rc = mk_config_set(&cfg, buf, "--data")) != MK_OK) return rc;
             break;
         case 'j':
+            overrides++;
             snprintf(buf, sizeof buf, "train.threads=%s", optarg);
             if ((rc = mk_config_set(&cfg, buf, "--threads")) != MK_OK) return rc;
             break;
@@ -157,17 +173,15 @@ static int run(int argc, char **argv, int rank)
         default: break;
         }
     }
-    if ((rc = mk_config_validate(&cfg)) != MK_OK) return rc;
+    /* A rule between two keys names where they came from: the schedule and/or the options. */
+    char origin[MK_PATH_MAX + 32];
+    snprintf(origin, sizeof origin, "%s%s%s", schedule ? schedule : "", schedule && overrides ? " + " : "",
+             overrides ? "command-line settings" : "");
+    if ((rc = mk_config_validate_in(&cfg, origin[0] ? origin : "defaults")) != MK_OK) return rc;
     if (print_config) return rank ? MK_OK : mk_config_write_ini(&cfg, stdout);
 
     mk_comm *world = NULL;
     if ((rc = mk_comm_world(&world)) != MK_OK) return rc;
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_stop_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGUSR1, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
     mk_train_opts opts = { .data_path = NULL, .out = quiet || rank != 0 ? NULL : stdout, .world = world,
                            .resume = resume, .stop = &stop_requested };
     mk_train_result res;

@@ -23,10 +23,18 @@
 
 #include "mk_real.h"
 
+/* The CUDA backend and NCCL are in this library: a --with-cuda build of the fp32 library.
+ * Programs that compile the library's sources themselves without the CUDA objects (the
+ * float64 check library, fault-injection and fuzz builds) leave them out with MK_CPU_ONLY. */
+#if defined(MK_HAVE_CUDA) && !defined(MK_REAL_DOUBLE) && !defined(MK_CPU_ONLY)
+#define MK_WITH_CUDA 1
+#endif
+
 typedef struct mk_backend mk_backend;
 
 typedef struct mk_backend_ops {
     const char *name;
+    int host_memory;    /* 1 when backend memory is ordinary host memory (the CPU backend) */
 
     /* --- memory ------------------------------------------------------------------- */
     int (*alloc)(mk_backend *be, size_t bytes, void **out);      /* zero-filled */
@@ -145,6 +153,9 @@ typedef struct mk_backend_ops {
      * m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; p -= lr * (mhat / (sqrt(vhat) + eps) + wd * p). */
     int (*adamw)(mk_backend *be, mk_real *p, const mk_real *g, mk_real *m, mk_real *v, size_t n,
                  double lr, double beta1, double beta2, double eps, double wd, long t);
+
+    /* Wait until every op issued so far has finished (timing; a no-op on the CPU). */
+    int (*sync)(mk_backend *be);
 
     void (*destroy)(mk_backend *be);
 } mk_backend_ops;

@@ -711,6 +711,12 @@ static int cpu_adamw(mk_backend *be, mk_real *p, const mk_real *g, mk_real *m, m
 
 /* ------------------------------------------------------------------ lifetime */
 
+static int cpu_sync(mk_backend *be)
+{
+    (void)be;
+    return MK_OK;
+}
+
 static void cpu_destroy(mk_backend *be)
 {
     if (!be) return;
@@ -720,6 +726,7 @@ static void cpu_destroy(mk_backend *be)
 
 static const mk_backend_ops cpu_ops = {
     .name = "cpu",
+    .host_memory = 1,
     .alloc = cpu_alloc,
     .free = cpu_free,
     .zero = cpu_zero,
@@ -751,6 +758,7 @@ static const mk_backend_ops cpu_ops = {
     .swiglu_backward = cpu_swiglu_backward,
     .cross_entropy = cpu_cross_entropy,
     .adamw = cpu_adamw,
+    .sync = cpu_sync,
     .destroy = cpu_destroy,
 };
 

@@ -30,7 +30,7 @@
 /* ------------------------------------------------------------------ the table */
 
 enum { LO_OPEN = 1, HI_OPEN = 2 }; /* the bound itself is not allowed */
-enum { NOT_ENUM, ENUM_LBL_MODE, ENUM_LR_SCHEDULE };
+enum { NOT_ENUM, ENUM_LBL_MODE, ENUM_LR_SCHEDULE, ENUM_BACKEND, ENUM_PRECISION };
 
 typedef struct setting {
     mk_setting_info info;     /* first, so mk_config_setting can return &table[i].info */
@@ -47,6 +47,12 @@ static const char *const lbl_mode_names[] = {
 };
 static const char *const lr_schedule_names[] = {
     [MK_LR_CONSTANT] = "constant", [MK_LR_COSINE] = "cosine", [MK_LR_WSD] = "wsd", NULL
+};
+static const char *const backend_names[] = {
+    [MK_BACKEND_CPU] = "cpu", [MK_BACKEND_CUDA] = "cuda", NULL
+};
+static const char *const precision_names[] = {
+    [MK_PRECISION_AUTO] = "auto", [MK_PRECISION_FP32] = "fp32", [MK_PRECISION_BF16] = "bf16", NULL
 };
 
 /* The offset of field f, which must have type T: a field whose type changes in
@@ -111,8 +117,15 @@ static const setting table[] = {
     ENUM(train.lr_schedule, mk_lr_schedule, ENUM_LR_SCHEDULE, lr_schedule_names, "cosine",
          "learning-rate schedule after warmup: constant, cosine or wsd"),
     INT(train.threads, "0", 0, "CPU threads per rank; 0 = the OpenMP default"),
+    ENUM(train.backend, mk_backend_kind, ENUM_BACKEND, backend_names, "cpu",
+         "compute backend: cpu, or cuda (one GPU per rank: the rank's local rank)"),
+    ENUM(train.precision, mk_precision, ENUM_PRECISION, precision_names, "auto",
+         "GEMM precision: auto (cpu fp32, cuda bf16), fp32, or bf16 (cuda: bf16 tensor-core "
+         "operands, fp32 accumulate and master weights)"),
 
     INT(parallel.ep, "1", 1, "expert-parallel group size; divides model.experts and the world"),
+    DOUBLE(parallel.timeout, "300", 0, HUGE_VAL, 0,
+           "seconds one phase of a step may take before the job is ended as hung; 0 = off"),
 
     STRING(data.path, "", "dataset directory made by moe-shard, NAME=PREFIX Megatron datasets, or a text file; comma-separated"),
     STRING(data.mixture, "natural", "domain mixture: natural, uniform, temperature:T or NAME:W,NAME:W,..."),
@@ -160,14 +173,22 @@ static const void *cfield(const mk_config *cfg, const setting *s)
  * are the compiler's choice, so an int pointer would not be portable. */
 static void put_enum(mk_config *cfg, const setting *s, int v)
 {
-    if (s->enum_kind == ENUM_LBL_MODE) *(mk_lbl_mode *)field(cfg, s) = (mk_lbl_mode)v;
-    else *(mk_lr_schedule *)field(cfg, s) = (mk_lr_schedule)v;
+    switch (s->enum_kind) {
+    case ENUM_LBL_MODE: *(mk_lbl_mode *)field(cfg, s) = (mk_lbl_mode)v; break;
+    case ENUM_BACKEND: *(mk_backend_kind *)field(cfg, s) = (mk_backend_kind)v; break;
+    case ENUM_PRECISION: *(mk_precision *)field(cfg, s) = (mk_precision)v; break;
+    default: *(mk_lr_schedule *)field(cfg, s) = (mk_lr_schedule)v; break;
+    }
 }
 
 static long get_enum(const mk_config *cfg, const setting *s)
 {
-    if (s->enum_kind == ENUM_LBL_MODE) return (long)*(const mk_lbl_mode *)cfield(cfg, s);
-    return (long)*(const mk_lr_schedule *)cfield(cfg, s);
+    switch (s->enum_kind) {
+    case ENUM_LBL_MODE: return (long)*(const mk_lbl_mode *)cfield(cfg, s);
+    case ENUM_BACKEND: return (long)*(const mk_backend_kind *)cfield(cfg, s);
+    case ENUM_PRECISION: return (long)*(const mk_precision *)cfield(cfg, s);
+    default: return (long)*(const mk_lr_schedule *)cfield(cfg, s);
+    }
 }
 
 static size_t n_names(const setting *s)
@@ -574,32 +595,78 @@ int mk_config_set(mk_config *cfg, const char *assignment, const char *origin)
  * handler then always reports success to inih and keeps its own count of bad lines, which
  * makes inih's return value mean only "first syntax error at this line". */
 enum { MAX_ERRORS = 20 }; /* then stop: a binary file would give one error per line */
+#define BROKEN_SECTION "\x01" /* stands in for a section header without its ']' */
 
 typedef struct ini_state {
     mk_config *cfg;
     const char *path;
     FILE *f;
     int lineno;
+    long offset;    /* bytes read before the current line */
     int indented;   /* the current line starts with whitespace */
     int errors;     /* bad lines so far */
+    int binary;     /* a NUL or a byte that is not UTF-8 was met: reading stopped */
     int read_errno; /* errno of a failed read, 0 if none */
 } ini_state;
 
+/* Offset of the first byte of s[0..n) that does not belong to well-formed UTF-8 (no
+ * overlong forms, surrogates or code points past U+10FFFF), or -1 when all do. */
+static long utf8_bad(const unsigned char *s, size_t n)
+{
+    for (size_t i = 0; i < n;) {
+        unsigned c = s[i];
+        size_t len = c < 0x80 ? 1 : c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3
+                     : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
+        if (len == 0 || i + len > n) return (long)i;
+        for (size_t k = 1; k < len; k++)
+            if ((s[i + k] & 0xC0) != 0x80) return (long)i;
+        if ((c == 0xE0 && s[i + 1] < 0xA0) || (c == 0xED && s[i + 1] > 0x9F) ||
+            (c == 0xF0 && s[i + 1] < 0x90) || (c == 0xF4 && s[i + 1] > 0x8F))
+            return (long)i;
+        i += len;
+    }
+    return -1;
+}
+
+/* Lines are read byte by byte, not with fgets: fgets cannot tell an embedded NUL from the
+ * end of the line, so "d_model = 6<NUL>4" would silently become "d_model = 6". A NUL or a
+ * byte that is not UTF-8 means the file is not a schedule (a binary file, another
+ * encoding): one error naming the byte's offset, and reading stops there rather than
+ * reporting every garbage line. */
 static char *ini_read_line(char *str, int num, void *stream)
 {
     ini_state *st = stream;
-    if (st->errors >= MAX_ERRORS || num < 3) return NULL;
-    if (!fgets(str, num, st->f)) {
+    if (st->errors >= MAX_ERRORS || st->binary || num < 3) return NULL;
+    int c = EOF, len = 0, nul = -1;
+    while (len < num - 1 && (c = getc(st->f)) != EOF) {
+        if (c == 0 && nul < 0) nul = len;
+        str[len++] = (char)c;
+        if (c == '\n') break;
+    }
+    if (len == 0) {
         if (ferror(st->f)) st->read_errno = errno ? errno : EIO;
         return NULL;
     }
+    str[len] = '\0';
     st->lineno++;
-    size_t len = strlen(str);
-    if (len == (size_t)num - 1 && str[len - 1] != '\n') {
+    const long line_start = st->offset;
+    st->offset += len;
+    /* A line cut at the buffer's end may end inside a character: its last 3 bytes wait. */
+    const int cut = len == num - 1 && str[len - 1] != '\n';
+    long bad = nul >= 0 ? nul : utf8_bad((const unsigned char *)str, (size_t)(cut ? len - 3 : len));
+    if (bad >= 0) {
+        MK_FAIL(MK_ERR_USAGE, "%s:%d: byte %ld of the file is 0x%02x: %s; a schedule is UTF-8"
+                " text", st->path, st->lineno, line_start + bad, (unsigned char)str[bad],
+                nul >= 0 ? "a NUL byte" : "not UTF-8");
+        st->errors++;
+        st->binary = 1;
+        return NULL;
+    }
+    if (cut) {
         /* Longer than inih's line buffer: inih would cut it (or, in old versions, parse
          * the rest as a line of its own). Skip it whole and say so instead. */
-        int c;
-        while ((c = getc(st->f)) != EOF && c != '\n') {}
+        while ((c = getc(st->f)) != EOF && c != '\n') st->offset++;
+        if (c == '\n') st->offset++;
         MK_FAIL(MK_ERR_USAGE, "%s:%d: line longer than %d characters, the most libinih reads"
                 " (set long values with --set)", st->path, st->lineno, num - 2);
         st->errors++;
@@ -609,6 +676,17 @@ static char *ini_read_line(char *str, int num, void *stream)
     const char *p = str;
     if (st->lineno == 1 && strncmp(p, "\xEF\xBB\xBF", 3) == 0) p += 3; /* UTF-8 BOM */
     st->indented = *p == ' ' || *p == '\t' || *p == '\v' || *p == '\f';
+    while (*p == ' ' || *p == '\t') p++;
+    if (*p == '[' && !strchr(p, ']')) {
+        /* inih would report this line only at the end and file the keys after it under no
+         * section, one more error each: say it once, and keep those keys quiet. */
+        char t[100];
+        str[strcspn(str, "\r\n")] = '\0';
+        MK_FAIL(MK_ERR_USAGE, "%s:%d: section header '%s' has no closing ']'", st->path, st->lineno,
+                shown(p, t, sizeof t));
+        st->errors++;
+        strcpy(str, "[" BROKEN_SECTION "]\n");
+    }
     return str;
 }
 
@@ -618,7 +696,9 @@ static int ini_on_value(void *user, const char *section, const char *name, const
     char origin[MK_PATH_MAX + 32], key[256];
     snprintf(origin, sizeof origin, "%s:%d", st->path, st->lineno);
 
-    if (st->indented) {
+    if (strcmp(section, BROKEN_SECTION) == 0) {
+        return 1; /* under a broken header, reported once by ini_read_line */
+    } else if (st->indented) {
         /* inih reads an indented line as the continuation of the previous value (Python
          * configparser style). No moekit setting spans lines, so it is always a mistake. */
         MK_FAIL(MK_ERR_USAGE, "%s: indented line; remove the leading whitespace (an indented"
@@ -656,7 +736,7 @@ int mk_config_load_ini(mk_config *cfg, const char *path)
         rc = MK_FAIL(MK_ERR_INPUT, "cannot read schedule '%s': %s", path,
                      strerror(st.read_errno));
     } else {
-        if (syntax > 0)
+        if (syntax > 0 && !st.binary) /* a binary file was reported once, by its byte */
             MK_FAIL(MK_ERR_USAGE, "%s:%d: not a '[section]', 'key = value' or comment line",
                     path, syntax);
         else if (syntax < 0)
@@ -703,34 +783,34 @@ int mk_config_write_ini(const mk_config *cfg, FILE *f)
 
 /* Each field against its own range, for configs that did not come through the parser
  * (built in code, read from an old checkpoint). */
-static int validate_one(const mk_config *cfg, const setting *s)
+static int validate_one(const mk_config *cfg, const setting *s, const char *origin)
 {
     char text[64];
     const void *p = cfield(cfg, s);
     switch (s->info.type) {
     case MK_SET_INT:
         snprintf(text, sizeof text, "%d", *(const int *)p);
-        return check_range(s, *(const int *)p, text, "config");
+        return check_range(s, *(const int *)p, text, origin);
     case MK_SET_DOUBLE: {
         double v = *(const double *)p;
         format_double(v, text, sizeof text);
-        if (!isfinite(v)) return fail_value(s, text, "config", "is not a finite number");
-        return check_range(s, v, text, "config");
+        if (!isfinite(v)) return fail_value(s, text, origin, "is not a finite number");
+        return check_range(s, v, text, origin);
     }
     case MK_SET_BOOL:
         if (*(const int *)p != 0 && *(const int *)p != 1)
-            return MK_FAIL(MK_ERR_USAGE, "config: %s: %d is not a boolean (0 or 1)", s->info.key,
+            return MK_FAIL(MK_ERR_USAGE, "%s: %s: %d is not a boolean (0 or 1)", origin, s->info.key,
                            *(const int *)p);
         return MK_OK;
     case MK_SET_ENUM:
         if (get_enum(cfg, s) < 0 || (size_t)get_enum(cfg, s) >= n_names(s))
-            return MK_FAIL(MK_ERR_USAGE, "config: %s: %ld is not a valid value", s->info.key,
+            return MK_FAIL(MK_ERR_USAGE, "%s: %s: %ld is not a valid value", origin, s->info.key,
                            get_enum(cfg, s));
         return MK_OK;
     case MK_SET_STRING:
         if (!memchr(p, '\0', s->size))
-            return MK_FAIL(MK_ERR_USAGE, "config: %s: the string is not NUL-terminated",
-                           s->info.key);
+            return MK_FAIL(MK_ERR_USAGE, "%s: %s: the string is not NUL-terminated",
+                           origin, s->info.key);
         return MK_OK;
     case MK_SET_ULONG:
         return MK_OK;
@@ -738,36 +818,44 @@ static int validate_one(const mk_config *cfg, const setting *s)
     return MK_OK;
 }
 
-/* Reports every broken rule, one line each, then returns MK_ERR_USAGE if there was one. */
-int mk_config_validate(const mk_config *cfg)
+int mk_config_validate(const mk_config *cfg) { return mk_config_validate_in(cfg, NULL); }
+
+/* Reports every broken rule, one line each, then returns MK_ERR_USAGE if there was one.
+ * Each line starts with origin, so a rule broken by two keys still names the file. */
+int mk_config_validate_in(const mk_config *cfg, const char *origin)
 {
     if (!cfg) return MK_FAIL(MK_ERR_INTERNAL, "mk_config_validate: NULL argument");
+    const char *o = origin ? origin : "config", *sep = origin ? ": " : "";
+    if (!origin) origin = "";
     int bad = 0;
-    for (size_t i = 0; i < N_SETTINGS; i++) bad |= validate_one(cfg, &table[i]) != MK_OK;
+    for (size_t i = 0; i < N_SETTINGS; i++) bad |= validate_one(cfg, &table[i], o) != MK_OK;
     if (bad) return MK_ERR_USAGE; /* the rules below divide by these fields */
 
     const int D = cfg->model.d_model, H = cfg->model.heads;
     if (D % H != 0)
-        bad |= MK_FAIL(MK_ERR_USAGE, "model.d_model = %d is not a multiple of model.heads = %d",
+        bad |= MK_FAIL(MK_ERR_USAGE, "%s%smodel.d_model = %d is not a multiple of model.heads = %d", origin, sep,
                        D, H);
     else if ((D / H) % 2 != 0)
-        bad |= MK_FAIL(MK_ERR_USAGE, "model.d_model / model.heads = %d / %d = %d is the head"
-                       " size, which must be even (RoPE rotates pairs)", D, H, D / H);
+        bad |= MK_FAIL(MK_ERR_USAGE, "%s%smodel.d_model / model.heads = %d / %d = %d is the head"
+                       " size, which must be even (RoPE rotates pairs)", origin, sep, D, H, D / H);
     if (cfg->model.topk > cfg->model.experts)
-        bad |= MK_FAIL(MK_ERR_USAGE, "model.topk = %d is more than model.experts = %d",
+        bad |= MK_FAIL(MK_ERR_USAGE, "%s%smodel.topk = %d is more than model.experts = %d", origin, sep,
                        cfg->model.topk, cfg->model.experts);
     if (cfg->model.experts % cfg->parallel.ep != 0)
-        bad |= MK_FAIL(MK_ERR_USAGE, "model.experts = %d is not a multiple of parallel.ep = %d"
-                       " (each rank of an expert-parallel group holds experts/ep experts)",
+        bad |= MK_FAIL(MK_ERR_USAGE, "%s%smodel.experts = %d is not a multiple of parallel.ep = %d"
+                       " (each rank of an expert-parallel group holds experts/ep experts)", origin, sep,
                        cfg->model.experts, cfg->parallel.ep);
     if (cfg->train.warmup > cfg->train.steps)
-        bad |= MK_FAIL(MK_ERR_USAGE, "train.warmup = %d is more than train.steps = %d",
+        bad |= MK_FAIL(MK_ERR_USAGE, "%s%strain.warmup = %d is more than train.steps = %d", origin, sep,
                        cfg->train.warmup, cfg->train.steps);
     if (cfg->lbl.micro_coeff > 0 && cfg->lbl.mode != MK_LBL_GLOBAL &&
         cfg->lbl.mode != MK_LBL_GLOBAL_EXACT)
-        bad |= MK_FAIL(MK_ERR_USAGE, "lbl.micro_coeff > 0 adds a micro-batch LBL next to a"
-                       " global one, so it needs lbl.mode = global or global-exact, not %s",
+        bad |= MK_FAIL(MK_ERR_USAGE, "%s%slbl.micro_coeff > 0 adds a micro-batch LBL next to a"
+                       " global one, so it needs lbl.mode = global or global-exact, not %s", origin, sep,
                        mk_lbl_mode_name(cfg->lbl.mode));
+    if (cfg->train.backend == MK_BACKEND_CPU && cfg->train.precision == MK_PRECISION_BF16)
+        bad |= MK_FAIL(MK_ERR_USAGE, "train.precision = bf16 needs train.backend = cuda (the CPU"
+                       " backend computes in fp32)");
     /* model.vocab >= 2 and model.seq_len >= 2 are the table's minimums, checked above. */
     return bad ? MK_ERR_USAGE : MK_OK;
 }

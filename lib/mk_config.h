@@ -19,6 +19,10 @@
 
 typedef enum { MK_LBL_NONE = 0, MK_LBL_MICRO, MK_LBL_GLOBAL, MK_LBL_GLOBAL_EXACT } mk_lbl_mode;
 typedef enum { MK_LR_CONSTANT = 0, MK_LR_COSINE, MK_LR_WSD } mk_lr_schedule;
+typedef enum { MK_BACKEND_CPU = 0, MK_BACKEND_CUDA } mk_backend_kind;
+/* auto: fp32 on the CPU, bf16 on CUDA. bf16: GEMM operands rounded to bf16 on tensor cores,
+ * fp32 accumulation, fp32 master weights and optimizer state. */
+typedef enum { MK_PRECISION_AUTO = 0, MK_PRECISION_FP32, MK_PRECISION_BF16 } mk_precision;
 
 typedef struct mk_config {
     struct {
@@ -42,9 +46,12 @@ typedef struct mk_config {
         double beta1, beta2, eps;
         mk_lr_schedule lr_schedule;
         int threads;                        /* 0 = OMP default */
+        mk_backend_kind backend;
+        mk_precision precision;
     } train;
     struct {
         int ep;
+        double timeout;                     /* seconds; 0 = no watchdog */
     } parallel;
     struct {
         char path[MK_PATH_MAX];
@@ -91,6 +98,9 @@ int mk_config_set_kv(mk_config *cfg, const char *key, const char *value, const c
 /* Cross-setting checks (d_model % heads, even head size, topk <= experts, ep | experts,
  * ...). MK_ERR_USAGE naming the key(s) on failure. */
 int mk_config_validate(const mk_config *cfg);
+/* The same, each message starting with "origin: " (where the settings came from, e.g.
+ * "s.ini + --set"); NULL for none. */
+int mk_config_validate_in(const mk_config *cfg, const char *origin);
 
 /* The value of key formatted as it would appear in an INI file. MK_ERR_USAGE for an
  * unknown key. */

@@ -14,6 +14,7 @@
 
 #include "mk_config.h"
 #include "mk_error.h"
+#include "mk_fs.h"
 #include "mk_indexed.h"
 #include "mk_sha256.h"
 
@@ -127,8 +128,17 @@ static int add_domain(mk_dataset *d, const char *name, const char *where)
     for (int i = 0; i < d->ndom; i++)
         if (strcmp(d->dom[i].name, name) == 0)
             return MK_FAIL(MK_ERR_USAGE, "data.path: domain '%s' appears twice (again in %s)", name, where);
-    if (strlen(name) == 0 || strlen(name) >= MK_NAME_MAX)
-        return MK_FAIL(MK_ERR_USAGE, "data.path: bad domain name '%s' in %s", name, where);
+    /* Names from other people's manifests become labels in logs, reports and file names
+     * downstream: the same rule as moe-shard's --domain. */
+    if (strlen(name) >= MK_NAME_MAX || !mk_fs_safe_name(name)) {
+        char shown[64];
+        size_t k = 0;
+        for (const char *p = name; *p && k + 1 < sizeof shown; p++) /* one line, whatever it holds */
+            shown[k++] = (unsigned char)*p < 0x20 || *p == 0x7f ? '?' : *p;
+        shown[k] = '\0';
+        return MK_FAIL(MK_ERR_INPUT, "%s: domain name '%s' is empty, too long, '.', '..' or holds '/', '\\'"
+                       " or a control character", where, shown);
+    }
     domain *nd = realloc(d->dom, (size_t)(d->ndom + 1) * sizeof *nd);
     if (!nd) return MK_FAIL(MK_ERR_NOMEM, "dataset: out of memory");
     d->dom = nd;
@@ -138,8 +148,64 @@ static int add_domain(mk_dataset *d, const char *name, const char *where)
     return MK_OK;
 }
 
+/* A token at or past the vocabulary: find the first one so the message names its byte
+ * (only on this failure path; opening already scanned for the maximum). */
+static int fail_token(const mk_indexed *ix, const char *dname, int vocab)
+{
+    int32_t buf[4096];
+    const uint64_t n = mk_indexed_tokens(ix);
+    for (uint64_t at = 0; at < n; at += 4096) {
+        const size_t k = n - at < 4096 ? (size_t)(n - at) : 4096;
+        MK_CHECK(mk_indexed_read(ix, at, k, buf));
+        for (size_t i = 0; i < k; i++)
+            if (buf[i] >= vocab)
+                return MK_FAIL(MK_ERR_INPUT, "%s: token %llu (at byte %llu) is %d, outside the vocabulary"
+                               " 0..%d of model.vocab (domain '%s')", mk_indexed_bin_path(ix),
+                               (unsigned long long)(at + i),
+                               (unsigned long long)((at + i) * mk_indexed_dtype_size(mk_indexed_dtype(ix))),
+                               (int)buf[i], vocab - 1, dname);
+    }
+    return MK_FAIL(MK_ERR_INPUT, "%s: a token is outside model.vocab = %d (domain '%s')",
+                   mk_indexed_bin_path(ix), vocab, dname);
+}
+
+static const char *dtype_text(int dtype)
+{
+    return dtype == MK_DTYPE_UINT16 ? "uint16" : dtype == MK_DTYPE_INT32 ? "int32" : "another dtype";
+}
+
+/* The manifest's figures for one shard against its .idx: a manifest that does not describe
+ * the files it sits next to (edited, or files swapped in) is refused rather than trusted. */
+static int check_shard(const mk_indexed *ix, json_t *sh, const char *mpath, const char *where,
+                       const char *dtype, const char *idx)
+{
+    if (dtype && strcmp(dtype, dtype_text(mk_indexed_dtype(ix))) != 0)
+        return MK_FAIL(MK_ERR_INPUT, "%s: dtype is %s but %s holds %s tokens", mpath, dtype, idx,
+                       dtype_text(mk_indexed_dtype(ix)));
+    /* The .idx is small (12 bytes a document), so its hash is checked on every open; the
+     * .bin's is not (it is the dataset: hashing it would cost a full read per rank and
+     * start), but its size is, by the .idx, and its tokens against the vocabulary. */
+    const char *want = json_string_value(json_object_get(sh, "idx_sha256"));
+    if (want) {
+        char have[65];
+        MK_CHECK(mk_sha256_file(idx, have, NULL));
+        if (strcmp(have, want) != 0)
+            return MK_FAIL(MK_ERR_INPUT, "%s: %s.idx_sha256 is %.12s... but %s hashes to %.12s...: the file"
+                           " changed after moe-shard wrote it", mpath, where, want, idx, have);
+    }
+    static const char *const keys[] = { "tokens", "documents" };
+    for (int k = 0; k < 2; k++) {
+        json_t *v = json_object_get(sh, keys[k]);
+        uint64_t have = k ? mk_indexed_documents(ix) : mk_indexed_tokens(ix);
+        if (v && (!json_is_integer(v) || json_integer_value(v) < 0 || (uint64_t)json_integer_value(v) != have))
+            return MK_FAIL(MK_ERR_INPUT, "%s: %s.%s = %lld but %s holds %llu", mpath, where, keys[k],
+                           (long long)json_integer_value(v), idx, (unsigned long long)have);
+    }
+    return MK_OK;
+}
+
 static int open_shards(stream *s, const char *dir, json_t *split, const char *mpath, const char *dname,
-                       const char *sname)
+                       const char *sname, const char *dtype)
 {
     json_t *shards = split ? json_object_get(split, "shards") : NULL;
     if (!split) return MK_OK; /* a split may be absent (no val) */
@@ -147,21 +213,52 @@ static int open_shards(stream *s, const char *dir, json_t *split, const char *mp
         return MK_FAIL(MK_ERR_INPUT, "%s: domains.%s.splits.%s.shards is not a list", mpath, dname, sname);
     size_t i;
     json_t *sh;
+    uint64_t sum[2] = { 0, 0 };
     json_array_foreach(shards, i, sh) {
+        char where[2 * MK_NAME_MAX + 64];
+        snprintf(where, sizeof where, "domains.%s.splits.%s.shards[%zu]", dname, sname, i);
         const char *prefix = json_string_value(json_object_get(sh, "prefix"));
-        if (!prefix || strstr(prefix, ".."))
-            return MK_FAIL(MK_ERR_INPUT, "%s: domains.%s.splits.%s.shards[%zu].prefix missing or unsafe",
-                           mpath, dname, sname, i);
-        char full[MK_PATH_MAX];
+        /* Shards live under the dataset directory: no way out by "..", an absolute path or
+         * a backslash. */
+        if (!prefix || !*prefix || strstr(prefix, "..") || prefix[0] == '/' || strchr(prefix, '\\'))
+            return MK_FAIL(MK_ERR_INPUT, "%s: %s.prefix is missing or leaves the dataset directory",
+                           mpath, where);
+        char full[MK_PATH_MAX], idx[MK_PATH_MAX + 8];
         if (snprintf(full, sizeof full, "%s/%s", dir, prefix) >= (int)sizeof full)
             return MK_FAIL(MK_ERR_INPUT, "%s: shard path too long", mpath);
+        snprintf(idx, sizeof idx, "%s.idx", full);
         mk_indexed *ix;
         MK_CHECK(mk_indexed_open(full, &ix));
-        int rc = stream_add(s, ix);
+        int rc = check_shard(ix, sh, mpath, where, dtype, idx);
+        sum[0] += mk_indexed_tokens(ix);
+        sum[1] += mk_indexed_documents(ix);
+        /* The manifest's hashes catch what the structural checks cannot: a token changed to
+         * another one below the vocabulary (found by tests/fault/test_corrupt.sh). One more
+         * read of each shard at open, beside the max-token scan; older manifests have none. */
+        for (int e = 0; e < 2 && rc == MK_OK; e++) {
+            const char *key = e ? "bin_sha256" : "idx_sha256";
+            const char *want = json_string_value(json_object_get(sh, key));
+            char fp[MK_PATH_MAX + 8], hex[65];
+            if (!want) continue;
+            snprintf(fp, sizeof fp, "%s.%s", full, e ? "bin" : "idx");
+            rc = mk_sha256_file(fp, hex, NULL);
+            if (rc == MK_OK && strcmp(hex, want) != 0)
+                rc = MK_FAIL(MK_ERR_INPUT, "%s: SHA-256 differs from domains.%s.splits.%s.shards[%zu].%s in %s "
+                             "(the file was changed or damaged)", fp, dname, sname, i, key, mpath);
+        }
+        if (rc == MK_OK) rc = stream_add(s, ix);
         if (rc) {
             mk_indexed_close(&ix);
             return rc;
         }
+    }
+    static const char *const keys[] = { "tokens", "documents" };
+    for (int k = 0; k < 2; k++) {
+        json_t *v = json_object_get(split, keys[k]);
+        if (v && (!json_is_integer(v) || json_integer_value(v) < 0 || (uint64_t)json_integer_value(v) != sum[k]))
+            return MK_FAIL(MK_ERR_INPUT, "%s: domains.%s.splits.%s.%s = %lld but its shards hold %llu",
+                           mpath, dname, sname, keys[k], (long long)json_integer_value(v),
+                           (unsigned long long)sum[k]);
     }
     return MK_OK;
 }
@@ -172,7 +269,12 @@ static int open_manifest_dir(mk_dataset *d, const char *dir, char *tok_id, size_
     if (snprintf(mpath, sizeof mpath, "%s/manifest.json", dir) >= (int)sizeof mpath)
         return MK_FAIL(MK_ERR_USAGE, "data.path: path too long");
     json_error_t jerr;
+    struct stat mst;
+    if (stat(mpath, &mst) != 0)
+        return MK_FAIL(MK_ERR_INPUT, "data.path = %s: %s: %s (a moe-shard dataset directory has one)",
+                       dir, mpath, strerror(errno));
     json_t *m = json_load_file(mpath, 0, &jerr);
+    if (!m && jerr.line < 1) return MK_FAIL(MK_ERR_INPUT, "%s: %s", mpath, jerr.text);
     if (!m) return MK_FAIL(MK_ERR_INPUT, "%s:%d: %s", mpath, jerr.line, jerr.text);
     int rc = MK_OK;
     const char *fmt = json_string_value(json_object_get(m, "format"));
@@ -205,8 +307,9 @@ static int open_manifest_dir(mk_dataset *d, const char *dir, char *tok_id, size_
             }
             if ((rc = add_domain(d, name, mpath))) break;
             domain *dm = &d->dom[d->ndom - 1];
-            if ((rc = open_shards(&dm->train, dir, json_object_get(splits, "train"), mpath, name, "train")) ||
-                (rc = open_shards(&dm->val, dir, json_object_get(splits, "val"), mpath, name, "val")))
+            const char *dtype = json_string_value(json_object_get(m, "dtype"));
+            if ((rc = open_shards(&dm->train, dir, json_object_get(splits, "train"), mpath, name, "train", dtype)) ||
+                (rc = open_shards(&dm->val, dir, json_object_get(splits, "val"), mpath, name, "val", dtype)))
                 break;
         }
     }
@@ -353,9 +456,7 @@ int mk_dataset_open(const mk_dataset_opts *o, mk_dataset **out)
         for (int k = 0; k < 2; k++)
             for (int j = 0; j < s[k]->nshards; j++)
                 if (mk_indexed_max_token(s[k]->shards[j]) >= o->model_vocab) {
-                    rc = MK_FAIL(MK_ERR_USAGE, "domain '%s': token %lld is outside model.vocab = %d",
-                                 d->dom[i].name, (long long)mk_indexed_max_token(s[k]->shards[j]),
-                                 o->model_vocab);
+                    rc = fail_token(s[k]->shards[j], d->dom[i].name, o->model_vocab);
                     goto done;
                 }
         for (int k = 0; k < 2; k++) {

@@ -32,11 +32,22 @@ static int launcher_size(void)
 
 int mk_error(int code, const char *file, int line, const char *func, const char *fmt, ...)
 {
-    char msg[1024];
+    char raw[1024], msg[4 * sizeof raw];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    vsnprintf(raw, sizeof raw, fmt, ap);
     va_end(ap);
+    /* One line whatever the message quotes: a value or file name holding a newline (or any
+     * control character) is printed escaped, so it can neither split the line nor forge
+     * another "moekit: error:" line. */
+    size_t w = 0;
+    for (const unsigned char *p = (const unsigned char *)raw; *p; p++) {
+        if (*p >= 0x20 && *p != 0x7f) msg[w++] = (char)*p;
+        else if (*p == '\n') { msg[w++] = '\\'; msg[w++] = 'n'; }
+        else if (*p == '\t') { msg[w++] = '\\'; msg[w++] = 't'; }
+        else w += (size_t)snprintf(msg + w, sizeof msg - w, "\\x%02x", *p);
+    }
+    msg[w] = '\0';
     char who[32] = "";
     int rank = launcher_rank();
     if (rank >= 0 && launcher_size() > 1) snprintf(who, sizeof who, "rank %d: ", rank);

@@ -52,3 +52,40 @@ int mk_fs_mkdir_p(const char *path)
         return MK_FAIL(MK_ERR_IO, "cannot create %s: %s", buf, strerror(errno));
     return MK_OK;
 }
+
+int mk_fs_clear_tmp(const char *path)
+{
+    struct stat st;
+    if (lstat(path, &st) != 0) {
+        if (errno == ENOENT) return MK_OK;
+        return MK_FAIL(MK_ERR_IO, "%s: cannot check the temporary name: %s", path, strerror(errno));
+    }
+    if (!S_ISREG(st.st_mode))
+        return MK_FAIL(MK_ERR_IO, "%s: the temporary name is taken by a %s; refusing to write through"
+                       " it (remove it if it is yours)", path,
+                       S_ISLNK(st.st_mode) ? "symbolic link" : S_ISDIR(st.st_mode) ? "directory" : "special file");
+    if (unlink(path) != 0 && errno != ENOENT)
+        return MK_FAIL(MK_ERR_IO, "%s: cannot remove a leftover temporary file: %s", path, strerror(errno));
+    return MK_OK;
+}
+
+int mk_fs_create_tmp(const char *path, int *fd)
+{
+    *fd = -1;
+    MK_CHECK(mk_fs_clear_tmp(path));
+    /* O_EXCL: whatever appears at the name after the check (a race) makes this fail rather
+     * than be followed or truncated; O_NOFOLLOW says so for a symlink even without it. */
+    int f = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
+    if (f < 0) return MK_FAIL(MK_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
+    *fd = f;
+    return MK_OK;
+}
+
+int mk_fs_safe_name(const char *name)
+{
+    size_t n = strlen(name);
+    if (n == 0 || n > 100 || strcmp(name, ".") == 0 || strcmp(name, "..") == 0) return 0;
+    for (const unsigned char *p = (const unsigned char *)name; *p; p++)
+        if (*p == '/' || *p == '\\' || *p < 0x20 || *p == 0x7f) return 0;
+    return 1;
+}

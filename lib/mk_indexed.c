@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "mk_error.h"
+#include "mk_fs.h"
 
 #if !defined(__BYTE_ORDER__) || !defined(__ORDER_LITTLE_ENDIAN__) || \
     __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -236,9 +237,9 @@ int mk_indexed_writer_open(const char *prefix, int dtype, int vocab, mk_indexed_
         writer_free(w);
         return MK_FAIL(MK_ERR_NOMEM, "%s: out of memory", prefix);
     }
-    w->bin_fd = open(w->bin_tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
-    if (w->bin_fd < 0) {
-        int rc = MK_FAIL(MK_ERR_IO, "%s: cannot create: %s", w->bin_tmp, strerror(errno));
+    /* Exclusive and not through a symlink: a link planted at the name is refused. */
+    int rc = mk_fs_create_tmp(w->bin_tmp, &w->bin_fd);
+    if (rc != MK_OK) {
         writer_free(w);
         return rc;
     }
@@ -331,9 +332,7 @@ static int sync_close(int *fd, const char *path)
 
 static int write_index(mk_indexed_writer *w)
 {
-    w->idx_fd = open(w->idx_tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
-    if (w->idx_fd < 0)
-        return MK_FAIL(MK_ERR_IO, "%s: cannot create: %s", w->idx_tmp, strerror(errno));
+    MK_CHECK(mk_fs_create_tmp(w->idx_tmp, &w->idx_fd));
     w->idx_created = 1;
 
     unsigned char head[MK_IDX_HEADER];
@@ -644,6 +643,7 @@ uint64_t mk_indexed_sequences(const mk_indexed *d) { return d->nseq; }
 uint64_t mk_indexed_documents(const mk_indexed *d) { return d->ndoc_entries - 1; }
 uint64_t mk_indexed_tokens(const mk_indexed *d) { return d->ntok; }
 int64_t mk_indexed_max_token(const mk_indexed *d) { return d->max_token; }
+const char *mk_indexed_bin_path(const mk_indexed *d) { return d->bin_path; }
 
 uint64_t mk_indexed_seq_length(const mk_indexed *d, uint64_t i)
 {

@@ -53,6 +53,8 @@ uint64_t mk_indexed_tokens(const mk_indexed *d);            /* over all sequence
 uint64_t mk_indexed_seq_length(const mk_indexed *d, uint64_t i);
 /* Largest token id in the file (computed once, at open). */
 int64_t mk_indexed_max_token(const mk_indexed *d);
+/* The .bin file's path, for messages. */
+const char *mk_indexed_bin_path(const mk_indexed *d);
 
 /* Copy n tokens starting at token offset `at` of the concatenation of all sequences into
  * out as int32 (sequences are contiguous in .bin, so this is one read). */

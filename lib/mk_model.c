@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "mk_devcomm.h"
 #include "mk_error.h"
 #include "mk_model_impl.h"
 #include "mk_rng.h"
@@ -228,6 +229,7 @@ int mk_model_create_ep(const mk_config *cfg, mk_backend *be, const mk_comm *ep, 
     m->ep_comm = ep;
     m->El = m->E / m->ep;
     const mk_backend_ops *ops = be->ops;
+    if (ep_size > 1) MK_CHECK_GOTO(rc, mk_devcomm_create(ep, be, &m->ep_dev), fail);
 
     MK_CHECK_GOTO(rc, build_tensor_table(m), fail);
     size_t bytes = m->nparams * sizeof(mk_real);
@@ -287,6 +289,7 @@ void mk_model_destroy(mk_model **mp)
     if (!mp || !*mp) return;
     mk_model *m = *mp;
     const mk_backend_ops *ops = m->be->ops;
+    mk_devcomm_free(&m->ep_dev);
     ops->free(m->be, m->params);
     ops->free(m->be, m->grads);
     ops->free(m->be, m->adam_m);
@@ -378,6 +381,13 @@ size_t mk_model_active_param_count(const mk_model *m)
     return m->nparams - expert + expert / (size_t)m->El * (size_t)m->K;
 }
 
+double mk_model_flops_per_token(const mk_model *m)
+{
+    const double D = m->D, L = m->L, F = m->F, Fs = m->Fs, K = m->K, T = m->T, V = m->V;
+    const double matmul_params = L * (D * 3 * D + D * D + K * 3 * D * F + 3 * D * Fs) + D * V;
+    return 6 * matmul_params + 6 * T * D * L;
+}
+
 mk_real *mk_model_params(mk_model *m) { return m->params; }
 mk_real *mk_model_grads(mk_model *m) { return m->grads; }
 mk_real *mk_model_adam_m(mk_model *m) { return m->adam_m; }
@@ -440,6 +450,26 @@ static int attention_block_forward(mk_model *m, const layer_params *p, layer_act
     return MK_OK;
 }
 
+/* Name the first non-finite router logit: its token and expert. Failure path only. */
+static int fail_logits(mk_model *m, int l, const mk_real *z, int N, int E)
+{
+    char step[40] = "";
+    if (m->step > 0) snprintf(step, sizeof step, "step %ld: ", m->step);
+    mk_real *h = malloc((size_t)N * E * sizeof *h);
+    if (h && m->be->ops->to_host(m->be, h, z, (size_t)N * E * sizeof *h) == MK_OK)
+        for (size_t i = 0; i < (size_t)N * E; i++)
+            if (!isfinite(h[i])) {
+                double v = h[i];
+                free(h);
+                return MK_FAIL(MK_ERR_NUMERIC, "%srouter logits of layer %d are not finite (%g at token %zu,"
+                               " expert %zu)", step, l, v, i / (size_t)E, i % (size_t)E);
+            }
+    free(h);
+    return MK_FAIL(MK_ERR_NUMERIC, "%srouter logits of layer %d are not finite", step, l);
+}
+
+void mk_model_set_step(mk_model *m, long step) { m->step = step; }
+
 /* Router, dispatch, experts, combine, shared expert; out = h + MoE(RMSNorm(h)). */
 static int moe_block_forward(mk_model *m, int l, const layer_params *p, layer_acts *a, int B,
                              mk_lbl *lbl, mk_real *out, mk_forward_stats *st)
@@ -450,6 +480,11 @@ static int moe_block_forward(mk_model *m, int l, const layer_params *p, layer_ac
 
     MK_CHECK(o->rmsnorm_forward(be, a->ln2, a->rstd2, a->h, p->mlp_norm, N, D));
     MK_CHECK(o->matmul(be, a->z, a->ln2, p->router, N, E, D, 0, 0, 1, 0));
+    /* One pass over [N, E] logits per layer: a NaN or Inf here would otherwise turn into
+     * routing by whatever order NaN compares in, long before the loss shows it. */
+    int bad = 0;
+    MK_CHECK(o->nonfinite(be, a->z, (size_t)N * E, &bad));
+    if (bad) return fail_logits(m, l, a->z, N, E);
     MK_CHECK(o->router_forward(be, a->probs, a->lse, a->topk, a->gates, a->counts, a->psum, a->z,
                                N, E, K, m->cfg.router.norm_topk));
 

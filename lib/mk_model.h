@@ -75,6 +75,12 @@ size_t mk_model_param_count(const mk_model *m);
 size_t mk_model_active_param_count(const mk_model *m);
 
 /* Backend pointers to the blocks (numel = mk_model_param_count). */
+/* Training FLOPs per token as Megatron-LM counts them (num_floating_point_operations):
+ * 6 x the active matmul parameters (qkv, attn_out, K experts' SwiGLU, the shared expert,
+ * the logits D x V) plus causal attention 6 T D per layer; the router and recomputation
+ * are not counted. MFU = tokens/s x this / (GPUs x peak). */
+double mk_model_flops_per_token(const mk_model *m);
+
 mk_real *mk_model_params(mk_model *m);
 mk_real *mk_model_grads(mk_model *m);
 mk_real *mk_model_adam_m(mk_model *m);
@@ -96,6 +102,10 @@ int mk_model_topk_host(mk_model *m, int layer, int32_t *out_host);
 
 /* Seconds spent in expert-parallel all-to-alls since the model was made (0 with ep = 1). */
 double mk_model_a2a_seconds(const mk_model *m);
+
+/* The optimizer step (1-based) that the next forward belongs to, for its NaN/Inf messages;
+ * 0 (the default) for passes outside training. */
+void mk_model_set_step(mk_model *m, long step);
 
 const mk_config *mk_model_config(const mk_model *m);
 mk_backend *mk_model_backend(mk_model *m);

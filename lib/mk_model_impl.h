@@ -76,6 +76,7 @@ struct mk_model {
     int El, ep, ep_rank;        /* local experts, expert-parallel size and rank */
     double a2a_seconds;         /* wall time inside expert-parallel all-to-alls */
     const mk_comm *ep_comm;
+    struct mk_devcomm *ep_dev;  /* the same group for backend buffers (NCCL on CUDA) */
     ep_layer *epl;              /* [L] when ep > 1 */
     int32_t *topk_h, *slot_h;   /* [N K] host scratch for EP routing */
     mk_real *gates_h, *dgates_h;
@@ -97,6 +98,7 @@ struct mk_model {
     int32_t *targets_host;              /* [N] last forward's targets */
     int last_B;                         /* sequences in the last forward, 0 = none */
     int last_train;
+    long step;                          /* optimizer step (1-based) for messages; 0 = none */
 };
 
 

@@ -23,7 +23,10 @@
 #include <time.h>
 
 #include "mk_comm.h"
+#include "mk_devcomm.h"
 #include "mk_error.h"
+#include "mk_devcomm.h"
+#include "mk_failpoint.h"
 #include "mk_model_impl.h"
 
 static int grow_dev(mk_backend *be, void **p, size_t bytes)
@@ -126,14 +129,18 @@ static double now_s(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static int exchange(mk_model *m, const ep_layer *e, int back, const void *src, void *dst, size_t row_bytes)
+/* Backend buffers travel through the devcomm (NCCL on CUDA), host tables through MPI. */
+static int exchange(mk_model *m, const ep_layer *e, int back, const void *src, void *dst,
+                    size_t row_bytes, int on_backend)
 {
     const int P = m->ep;
     size_t sc[P], sd[P], rc[P], rd[P];
     layout(back ? e->recv_n : e->send_n, P, row_bytes, sc, sd);
     layout(back ? e->send_n : e->recv_n, P, row_bytes, rc, rd);
+    MK_CHECK(mk_failpoint("alltoall"));
     const double t0 = now_s();
-    int rc_ = mk_comm_alltoallv(m->ep_comm, src, sc, sd, dst, rc, rd);
+    int rc_ = on_backend ? mk_devcomm_alltoallv(m->ep_dev, src, sc, sd, dst, rc, rd)
+                         : mk_comm_alltoallv(m->ep_comm, src, sc, sd, dst, rc, rd);
     m->a2a_seconds += now_s() - t0;
     return rc_;
 }
@@ -192,9 +199,9 @@ int mk_moe_ep_forward(mk_model *m, int l, const layer_params *p, layer_acts *a, 
     MK_CHECK(o->from_host(be, e->send_slot, e->send_slot_h, R_send * sizeof(int32_t)));
     MK_CHECK(o->from_host(be, e->send_row_of, e->send_row_of_h, (size_t)N * P * sizeof(int32_t)));
     MK_CHECK(o->permute_rows(be, e->send_x, a->ln2, e->send_slot, NULL, (int)R_send, K, D));
-    MK_CHECK(exchange(m, e, 0, e->send_x, e->recv_x, (size_t)D * sizeof(mk_real)));
-    MK_CHECK(exchange(m, e, 0, e->send_ids_h, e->recv_ids_h, (size_t)K * sizeof(int32_t)));
-    MK_CHECK(exchange(m, e, 0, e->send_g_h, e->recv_g_h, (size_t)K * sizeof(mk_real)));
+    MK_CHECK(exchange(m, e, 0, e->send_x, e->recv_x, (size_t)D * sizeof(mk_real), 1));
+    MK_CHECK(exchange(m, e, 0, e->send_ids_h, e->recv_ids_h, (size_t)K * sizeof(int32_t), 0));
+    MK_CHECK(exchange(m, e, 0, e->send_g_h, e->recv_g_h, (size_t)K * sizeof(mk_real), 0));
 
     /* 3. Arrived choices grouped by local expert (then by arrival order), the experts, and
      *    each arrived row's outputs combined by gate. */
@@ -222,7 +229,7 @@ int mk_moe_ep_forward(mk_model *m, int l, const layer_params *p, layer_acts *a, 
     MK_CHECK(o->unpermute_add(be, e->partial, e->y, e->slot_row, e->recv_g, (int)R_recv, K, D));
 
     /* 4. Back to the senders; each token adds its destinations' rows in rank order. */
-    MK_CHECK(exchange(m, e, 1, e->partial, e->back, (size_t)D * sizeof(mk_real)));
+    MK_CHECK(exchange(m, e, 1, e->partial, e->back, (size_t)D * sizeof(mk_real), 1));
     MK_CHECK(o->unpermute_add(be, out, e->back, e->send_row_of, NULL, N, P, D));
     return MK_OK;
 }
@@ -243,7 +250,7 @@ int mk_moe_ep_backward(mk_model *m, int l, const layer_params *p, layer_params *
     /* dout of each send row goes to its destination (recv_x is free again: the experts'
      * inputs are kept in xp). */
     MK_CHECK(o->permute_rows(be, e->send_x, s->dresid, e->send_slot, NULL, (int)R_send, K, D));
-    MK_CHECK(exchange(m, e, 0, e->send_x, e->recv_x, (size_t)D * sizeof(mk_real)));
+    MK_CHECK(exchange(m, e, 0, e->send_x, e->recv_x, (size_t)D * sizeof(mk_real), 1));
     MK_CHECK(o->combine_backward_gates(be, e->dg_recv, e->recv_x, e->y, e->slot_row, (int)R_recv, K, D));
     MK_CHECK(o->permute_rows(be, e->dy, e->recv_x, e->row_slot, e->recv_g, rows, K, D));
     MK_CHECK(mk_expert_ffn_backward(m, p, g, e->offs, El, rows, e->xp, e->a1, e->a3, e->hact, e->dy,
@@ -252,9 +259,9 @@ int mk_moe_ep_backward(mk_model *m, int l, const layer_params *p, layer_params *
     MK_CHECK(o->unpermute_add(be, e->partial, e->dxp, e->slot_row, NULL, (int)R_recv, K, D));
 
     /* dx rows and gate gradients back to the senders. */
-    MK_CHECK(exchange(m, e, 1, e->partial, e->back, (size_t)D * sizeof(mk_real)));
+    MK_CHECK(exchange(m, e, 1, e->partial, e->back, (size_t)D * sizeof(mk_real), 1));
     MK_CHECK(o->to_host(be, e->dg_recv_h, e->dg_recv, R_recv * K * sizeof(mk_real)));
-    MK_CHECK(exchange(m, e, 1, e->dg_recv_h, e->dg_back_h, (size_t)K * sizeof(mk_real)));
+    MK_CHECK(exchange(m, e, 1, e->dg_recv_h, e->dg_back_h, (size_t)K * sizeof(mk_real), 0));
     MK_CHECK(o->unpermute_add(be, s->dln, e->back, e->send_row_of, NULL, N, P, D));
     for (int t = 0; t < N; t++)
         for (int j = 0; j < K; j++) {

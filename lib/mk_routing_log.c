@@ -38,6 +38,7 @@
 #include <hdf5.h>
 
 #include "mk_error.h"
+#include "mk_fs.h"
 #include "mk_h5.h"
 
 /* The datasets of one table (/ or /eval), in write order: /step last, the commit record. */
@@ -94,7 +95,19 @@ static herr_t rl_walk_cb(unsigned n, const H5E_error2_t *e, void *data)
 {
     char *buf = data;
     (void)n;
-    if (buf[0] == 0 && e->desc && e->desc[0]) snprintf(buf, 256, "%s", e->desc);
+    if (buf[0] != 0 || !e->desc || !e->desc[0]) return 0;
+    /* sec2's write and read errors span lines ("file write failed: time = ...\n, filename =
+     * ..., errno = 28, error message = 'No space left on device', ..."): keep one line, the
+     * first phrase and the system's message (found by tests/fault). */
+    const char *msg = strstr(e->desc, "error message = '");
+    const char *cut = strpbrk(e->desc, ":\n");
+    if (msg && cut) {
+        msg += strlen("error message = '");
+        const char *end = strchr(msg, '\'');
+        snprintf(buf, 256, "%.*s: %.*s", (int)(cut - e->desc), e->desc, (int)(end ? end - msg : 80), msg);
+    } else {
+        snprintf(buf, 256, "%.*s", (int)strcspn(e->desc, "\n"), e->desc);
+    }
     return 0;
 }
 
@@ -287,7 +300,8 @@ static int rl_create(mk_routing_log *log, const char *file, const char *const *n
 {
     hid_t fapl = rl_fapl();
     if (fapl < 0) return rl_fail_h5(MK_ERR_IO, log->path, "cannot set up the file access properties");
-    log->file = H5Fcreate(file, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+    /* EXCL (the caller cleared the name): a symlink planted at PATH.tmp is not followed. */
+    log->file = H5Fcreate(file, H5F_ACC_EXCL, H5P_DEFAULT, fapl);
     if (log->file < 0) {
         char what[64 + PATH_MAX];
         snprintf(what, sizeof what, "cannot create %s", file);
@@ -704,6 +718,7 @@ static int rl_open(const char *path, int layers, int experts, int topk, int ndom
             goto fail;
         }
     }
+    MK_CHECK_GOTO(rc, mk_fs_clear_tmp(tmp), fail); /* refuses a planted link, left in place */
     tmp_made = 1;
     MK_CHECK_GOTO(rc, rl_create(log, tmp, names), fail);
     if (old >= 0) {

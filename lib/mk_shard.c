@@ -484,7 +484,7 @@ static int check_options(const mk_shard_opts *o)
         return MK_FAIL(MK_ERR_USAGE, "--bpe-train %d: between 256 and 1048576", o->bpe_train);
     if (strlen(o->out_dir) > 3000) return MK_FAIL(MK_ERR_USAGE, "output path too long");
     struct stat st;
-    if (stat(o->out_dir, &st) == 0)
+    if (lstat(o->out_dir, &st) == 0) /* a dangling symlink there counts too */
         return MK_FAIL(MK_ERR_USAGE, "%s already exists; remove it or choose another output", o->out_dir);
     return MK_OK;
 }

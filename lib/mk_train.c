@@ -11,15 +11,20 @@
 
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "mk_backend.h"
+#include "mk_backend_prof.h"
 #include "mk_comm.h"
 #include "mk_dataset.h"
 #include "mk_error.h"
+#include "mk_failpoint.h"
 #include "mk_fs.h"
 #include "mk_ckpt.h"
 #include "mk_lbl.h"
@@ -27,11 +32,93 @@
 #include "mk_trainer.h"
 #include "mk_text_data.h"
 
+/* The dense bf16 tensor-core peak of an H100/H200 SXM (data sheet, without sparsity): the
+ * figure published MFUs use, so moekit's MFU compares with theirs. */
+#define MK_PEAK_FLOPS 989e12
+
 static double now_s(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* The watchdog (parallel.timeout). MPI has no timeout: a rank that stops (SIGSTOP, a hung
+ * file system, a deadlock) leaves the others blocked in a collective for ever. The training
+ * loop names each phase as it enters it; a thread wakes up every second and, when one phase
+ * has lasted longer than the timeout, prints one line naming the rank, phase and step and
+ * ends the process with MK_ERR_COMM. _exit, not MPI_Abort: MPI was initialised for one
+ * thread, and the launcher (mpirun, srun -K) ends the other ranks when one exits non-zero. */
+typedef struct watchdog {
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int started, done, rank;
+    double timeout, since;
+    const char *phase;              /* NULL between runs of the loop: nothing to watch */
+    long step;
+} watchdog;
+
+static void *watchdog_main(void *arg)
+{
+    watchdog *w = arg;
+    pthread_mutex_lock(&w->mu);
+    while (!w->done) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += 1;
+        pthread_cond_timedwait(&w->cv, &w->mu, &ts);
+        const double el = now_s() - w->since;
+        if (!w->done && w->phase && el > w->timeout) {
+            fprintf(stderr, "moe-train: rank %d: %s of step %ld has not finished after %.0f s "
+                    "(parallel.timeout = %g s): a rank is hung or gone; ending the job\n",
+                    w->rank, w->phase, w->step, el, w->timeout);
+            fflush(stderr);
+            _exit(MK_ERR_COMM);
+        }
+    }
+    pthread_mutex_unlock(&w->mu);
+    return NULL;
+}
+
+static int watchdog_start(watchdog *w, double timeout, int rank)
+{
+    if (timeout <= 0) return MK_OK;
+    w->timeout = timeout;
+    w->rank = rank;
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_cond_init(&w->cv, NULL);
+    if (pthread_create(&w->thread, NULL, watchdog_main, w) != 0) {
+        pthread_cond_destroy(&w->cv);
+        pthread_mutex_destroy(&w->mu);
+        return MK_FAIL(MK_ERR_INTERNAL, "cannot start the watchdog thread (parallel.timeout)");
+    }
+    w->started = 1;
+    return MK_OK;
+}
+
+/* Enter phase (a string literal) of step; NULL: nothing to watch until the next phase. */
+static void watchdog_phase(watchdog *w, const char *phase, long step)
+{
+    if (!w->started) return;
+    pthread_mutex_lock(&w->mu);
+    w->phase = phase;
+    w->step = step;
+    w->since = now_s();
+    pthread_mutex_unlock(&w->mu);
+}
+
+static void watchdog_stop(watchdog *w)
+{
+    if (!w->started) return;
+    pthread_mutex_lock(&w->mu);
+    w->done = 1;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    pthread_join(w->thread, NULL);
+    pthread_cond_destroy(&w->cv);
+    pthread_mutex_destroy(&w->mu);
+    w->started = 0;
 }
 
 /* The data side of a run; the step itself is mk_trainer's. */
@@ -50,6 +137,7 @@ typedef struct run {
     char ranks_path[MK_PATH_MAX + 32];  /* BPE ranks file to embed in checkpoints, or "" */
     mk_routing_log *rlog;           /* rank 0: run.dir/routing.h5 */
     int ndomains;
+    watchdog wd;
 } run;
 
 /* MaxVio of each layer from the global counts [L, E]. */
@@ -131,11 +219,9 @@ static int load_step(run *r, long step)
     const int G = cfg->train.grad_accum, B = cfg->train.micro_batch, T = cfg->model.seq_len;
     const size_t per_micro = (size_t)B * T;
     const int rank = mk_trainer_rank(r->tr), ranks = mk_trainer_ranks(r->tr);
-    /* Test hook (tests/test_mpi_train.sh): make one rank fail at one step, the way a bad
-     * shard or a full disk would, to check that the whole job ends promptly. */
-    const char *fr = getenv("MOEKIT_TEST_FAIL_RANK"), *fs = getenv("MOEKIT_TEST_FAIL_STEP");
-    if (fr && fs && atoi(fr) == rank && atol(fs) == step + 1)
-        return MK_FAIL(MK_ERR_INPUT, "step %ld: injected failure (MOEKIT_TEST_FAIL_RANK)", step + 1);
+    /* tests/test_mpi_train.sh, tests/failure: a rank failing here, the way a bad shard or
+     * a full disk would, must end the whole job promptly. */
+    MK_CHECK(mk_failpoint("load"));
     for (int g = 0; g < G; g++) {
         const uint64_t first = r->sample_base + mk_sample_index((uint64_t)(step - r->step_base), g, rank, ranks, B, G, 0);
         if (r->ds)
@@ -157,6 +243,7 @@ static void format_eta(double s, char *buf, size_t n)
 
 static void run_free(run *r)
 {
+    watchdog_stop(&r->wd);
     mk_text_data_close(&r->text);
     mk_dataset_close(&r->ds);
     mk_routing_log_close(&r->rlog);
@@ -196,6 +283,7 @@ int mk_train_run(const mk_config *cfg, const mk_train_opts *opts, mk_train_resul
     MK_CHECK_GOTO(rc, mk_trainer_create(cfg, opts->world, &r.tr), done);
     const int rank = mk_trainer_rank(r.tr), ranks = mk_trainer_ranks(r.tr);
     if (r.ds) MK_CHECK_GOTO(rc, mk_trainer_set_domains(r.tr, mk_dataset_domains(r.ds)), done);
+    MK_CHECK_GOTO(rc, watchdog_start(&r.wd, cfg->parallel.timeout, rank), done);
     const char *tok_id = r.ds ? mk_dataset_tokenizer(r.ds) : "byte";
     if (r.ds && strncmp(tok_id, "bpe:", 4) == 0 && !strchr(path, ','))
         snprintf(r.ranks_path, sizeof r.ranks_path, "%s/tokenizer.ranks", path);
@@ -212,7 +300,9 @@ int mk_train_run(const mk_config *cfg, const mk_train_opts *opts, mk_train_resul
         if (ck[0]) {
             mk_ckpt_meta meta;
             const double lt = now_s();
+            watchdog_phase(&r.wd, "checkpoint load", 0);
             MK_CHECK_GOTO(rc, mk_ckpt_load(r.tr, ck, &meta), done);
+            watchdog_phase(&r.wd, NULL, 0);
             const double load_s = now_s() - lt;
             if (strcmp(meta.tokenizer, tok_id) != 0 && strcmp(meta.tokenizer, "unknown") != 0) {
                 rc = MK_FAIL(MK_ERR_USAGE, "%s was trained on data of tokenizer %s, this run reads %s",
@@ -269,6 +359,13 @@ int mk_train_run(const mk_config *cfg, const mk_train_opts *opts, mk_train_resul
                 mk_model_param_count(model), mk_model_active_param_count(model), L, E,
                 cfg->model.topk, mk_lbl_mode_name(cfg->lbl.mode), G * B * ranks, T, ranks,
                 ranks > 1 ? "s" : "", cfg->parallel.ep);
+        if (cfg->train.backend == MK_BACKEND_CUDA)
+            fprintf(opts->out, "moe-train: backend cuda (rank %d on GPU %d, %s GEMMs), gradients over %s;"
+                    " MFU against %.0f TFLOP/s per GPU (H100/H200 dense bf16)\n", rank,
+                    mk_trainer_device(r.tr), cfg->train.precision == MK_PRECISION_FP32 ? "fp32" : "bf16",
+                    mk_trainer_transport(r.tr), MK_PEAK_FLOPS / 1e12);
+        else
+            fprintf(opts->out, "moe-train: backend cpu, gradients over %s\n", mk_trainer_transport(r.tr));
         if (r.text)
             fprintf(opts->out, "moe-train: data %s: %zu bytes of text, byte-level tokens\n", path,
                     mk_text_data_size(r.text));
@@ -281,14 +378,26 @@ int mk_train_run(const mk_config *cfg, const mk_train_opts *opts, mk_train_resul
 
     const double t0 = now_s();
     long tokens_done = 0;
+    /* The step line's tok/s covers the steps since the previous line (the first one
+     * includes start-up: cuBLAS heuristics, NCCL set-up, first-touch allocations). */
+    double t_line = t0;
+    long tokens_line = 0;
+    const double flops_tok = mk_model_flops_per_token(model);
     const long global_batch = (long)G * B * ranks;
     for (long step = r.step_base; step < cfg->train.steps; step++) {
         mk_step_stats ss;
+        mk_failpoint_at(rank, step + 1);
+        watchdog_phase(&r.wd, "data load", step + 1);
         MK_CHECK_GOTO(rc, load_step(&r, step), done);
-        MK_CHECK_GOTO(rc, mk_trainer_grads(r.tr, r.tokens, r.targets, r.ds ? r.sample_domain : NULL, &ss), done);
+        watchdog_phase(&r.wd, "forward/backward (expert all-to-all, gradient all-reduce)", step + 1);
+        MK_CHECK_GOTO(rc, mk_trainer_grads(r.tr, step, r.tokens, r.targets, r.ds ? r.sample_domain : NULL, &ss), done);
+        watchdog_phase(&r.wd, "optimizer update", step + 1);
         MK_CHECK_GOTO(rc, mk_trainer_update(r.tr, step, &ss), done);
         tokens_done += global_batch * T;
-        if (step == r.step_base) res->first_loss = ss.loss;
+        if (step == r.step_base) {
+            res->first_loss = ss.loss;
+            mk_backend_prof_reset(mk_model_backend(model)); /* the profile leaves start-up out */
+        }
         res->final_loss = ss.loss;
         res->steps = step + 1;
         if (r.log) { /* one row per step, flushed: a kill loses at most the row being written */
@@ -300,26 +409,37 @@ int mk_train_run(const mk_config *cfg, const mk_train_opts *opts, mk_train_resul
         const int every = cfg->log.every;
         const int logged = every > 0 && (step == r.step_base || (step + 1) % every == 0 || step + 1 == cfg->train.steps);
         if (logged && r.rlog) {
+            watchdog_phase(&r.wd, "routing log write", step + 1);
             double mv[L];
             maxvio_layers(ss.counts, L, E, mv);
             MK_CHECK_GOTO(rc, mk_routing_log_append(r.rlog, step + 1, ss.domain_counts, ss.domain_tokens,
                                                     ss.lbl_layers, mv, ss.loss), done);
         }
-        if (r.ds && cfg->eval.every > 0 && ((step + 1) % cfg->eval.every == 0 || step + 1 == cfg->train.steps))
+        if (r.ds && cfg->eval.every > 0 && ((step + 1) % cfg->eval.every == 0 || step + 1 == cfg->train.steps)) {
+            watchdog_phase(&r.wd, "evaluation", step + 1);
             MK_CHECK_GOTO(rc, eval_pass(&r, step + 1), done);
+        }
         if (opts->out && logged) {
             double el = now_s() - t0;
             char eta[32];
             format_eta(el / (step + 1 - r.step_base) * (cfg->train.steps - step - 1), eta, sizeof eta);
+            const double now = now_s(), win = now - t_line;
+            const double tps = (tokens_done - tokens_line) / (win > 0 ? win : 1e-9);
+            char mfu[32] = "";
+            if (cfg->train.backend == MK_BACKEND_CUDA)
+                snprintf(mfu, sizeof mfu, " | MFU %.1f%%", 100.0 * tps * flops_tok / (ranks * MK_PEAK_FLOPS));
             fprintf(opts->out,
                     "step %6ld/%ld | loss %.4f | lbl %.4f | maxvio %.3f | gnorm %.3f | lr %.2e | "
-                    "%.0f tok/s | eta %s\n",
+                    "%.0f tok/s%s | eta %s\n",
                     step + 1, (long)cfg->train.steps, ss.loss, ss.lbl, ss.maxvio, ss.gnorm, ss.lr,
-                    tokens_done / (el > 0 ? el : 1e-9), eta);
+                    tps, mfu, eta);
+            t_line = now;
+            tokens_line = tokens_done;
             fflush(opts->out);
         }
         /* Checkpoint on schedule, and when a signal asks (every rank must agree first). */
         int stop = opts->stop ? (int)*opts->stop : 0;
+        watchdog_phase(&r.wd, "stop vote (all-reduce)", step + 1);
         if (ranks > 1) MK_CHECK_GOTO(rc, mk_comm_allreduce_max_int(mk_trainer_world(r.tr), &stop, 1), done);
         const int due = cfg->ckpt.every > 0 && ((step + 1) % cfg->ckpt.every == 0 || step + 1 == cfg->train.steps);
         if (due || stop) {
@@ -328,10 +448,28 @@ int mk_train_run(const mk_config *cfg, const mk_train_opts *opts, mk_train_resul
             snprintf(meta.tokenizer, sizeof meta.tokenizer, "%s", tok_id);
             char written[MK_PATH_MAX + 32];
             const double cs = now_s();
+            watchdog_phase(&r.wd, "checkpoint write", step + 1);
             MK_CHECK_GOTO(rc, mk_ckpt_save(r.tr, cfg->run.dir, &meta, cfg->ckpt.keep,
                                            r.ranks_path[0] ? r.ranks_path : NULL, written, sizeof written), done);
             if (opts->out)
                 fprintf(opts->out, "moe-train: checkpoint %s (%.2f s)\n", written, now_s() - cs);
+            /* A signal that came during a scheduled save: this checkpoint is the newest, stop
+             * now rather than after one more step and save. */
+            if (!stop && opts->stop) {
+                stop = (int)*opts->stop;
+                watchdog_phase(&r.wd, "stop vote (all-reduce)", step + 1);
+                if (ranks > 1) MK_CHECK_GOTO(rc, mk_comm_allreduce_max_int(mk_trainer_world(r.tr), &stop, 1), done);
+            }
+        }
+        if (stop && ranks > 1) {
+            /* Every rank must stop after the same step (the save above was collective, so a
+             * disagreement is a moekit bug): check it before telling the scheduler to requeue. */
+            int span[2] = { (int)(step + 1), -(int)(step + 1) };
+            MK_CHECK_GOTO(rc, mk_comm_allreduce_max_int(mk_trainer_world(r.tr), span, 2), done);
+            if (span[0] != -span[1]) {
+                rc = MK_FAIL(MK_ERR_INTERNAL, "ranks stopped after different steps (%d to %d)", -span[1], span[0]);
+                goto done;
+            }
         }
         if (stop) {
             res->stopped = 1;
@@ -339,6 +477,7 @@ int mk_train_run(const mk_config *cfg, const mk_train_opts *opts, mk_train_resul
             break;
         }
     }
+    watchdog_phase(&r.wd, NULL, 0);
     res->seconds = now_s() - t0;
     res->tokens_per_s = tokens_done / (res->seconds > 0 ? res->seconds : 1e-9);
     if (r.log && (fflush(r.log) != 0 || ferror(r.log))) {
@@ -348,9 +487,11 @@ int mk_train_run(const mk_config *cfg, const mk_train_opts *opts, mk_train_resul
     if (opts->out && tokens_done == 0)
         fprintf(opts->out, "done: the run already has its %ld steps; nothing to train\n", (long)cfg->train.steps);
     else if (opts->out)
-        fprintf(opts->out, "done: %ld steps in %.1f s, %.0f tok/s, loss %.4f -> %.4f (%.1f%% lower)\n",
-                res->steps, res->seconds, res->tokens_per_s, res->first_loss, res->final_loss,
-                100.0 * (1.0 - res->final_loss / res->first_loss));
+        fprintf(opts->out, "done: %ld steps in %.1f s, %.0f tok/s (%.1f TFLOP/s per rank), loss %.4f -> %.4f (%.1f%% lower)\n",
+                res->steps - r.step_base, res->seconds, res->tokens_per_s, res->tokens_per_s * flops_tok / ranks / 1e12,
+                res->first_loss, res->final_loss, 100.0 * (1.0 - res->final_loss / res->first_loss));
+    if (opts->out && res->steps > r.step_base + 1)
+        mk_backend_prof_report(mk_model_backend(model), opts->out, res->steps - r.step_base - 1);
     if (opts->out && cfg->parallel.ep > 1 && res->steps > 0)
         fprintf(opts->out, "expert all-to-all: %.2f ms per step on rank 0 (%.1f%% of the step time)\n",
                 1e3 * mk_model_a2a_seconds(model) / res->steps,

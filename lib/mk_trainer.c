@@ -9,9 +9,15 @@
 #include <string.h>
 
 #include "mk_backend.h"
+#include "mk_backend_prof.h"
+#include "mk_devcomm.h"
 #include "mk_error.h"
+#include "mk_failpoint.h"
 #include "mk_lbl.h"
 #include "mk_optim.h"
+#ifdef MK_WITH_CUDA
+#include "cuda/mk_backend_cuda.h"
+#endif
 
 struct mk_trainer {
     const mk_config *cfg;
@@ -20,6 +26,8 @@ struct mk_trainer {
     mk_comm *ep, *edp;              /* expert-parallel and expert-data-parallel groups */
     int rank, nranks;
     mk_backend *be;
+    mk_devcomm *dworld, *dedp;      /* gradient sums on backend memory (NCCL on CUDA) */
+    int device;                     /* the GPU of this rank, -1 on the CPU */
     mk_model *model;
     mk_lbl *lbl;
     int64_t *counts;                /* [L, E] */
@@ -32,6 +40,23 @@ struct mk_trainer {
 static int lbl_allreduce(void *ctx, int64_t *counts, int n)
 {
     return mk_comm_allreduce_i64(ctx, counts, (size_t)n);
+}
+
+/* The backend of train.backend; on CUDA the GPU of the rank's local rank. */
+static int make_backend(mk_trainer *tr, const mk_config *cfg)
+{
+    tr->device = -1;
+    if (cfg->train.backend == MK_BACKEND_CPU) return mk_backend_cpu_create(cfg->train.threads, &tr->be);
+#ifdef MK_WITH_CUDA
+    int n = 0;
+    MK_CHECK(mk_backend_cuda_device_count(&n));
+    if (n < 1) return MK_FAIL(MK_ERR_USAGE, "train.backend = cuda but no GPU is visible to rank %d", tr->rank);
+    tr->device = mk_comm_local_rank(tr->world) % n;
+    return mk_backend_cuda_create(tr->device, cfg->train.precision != MK_PRECISION_FP32, &tr->be);
+#else
+    return MK_FAIL(MK_ERR_USAGE, "train.backend = cuda, but this moekit was built without CUDA"
+                   " (configure it with --with-cuda)");
+#endif
 }
 
 int mk_trainer_create(const mk_config *cfg, const mk_comm *world, mk_trainer **out)
@@ -61,7 +86,15 @@ int mk_trainer_create(const mk_config *cfg, const mk_comm *world, mk_trainer **o
         MK_CHECK_GOTO(rc, mk_comm_split(tr->world, tr->rank / ep, tr->rank, &tr->ep), fail);
         MK_CHECK_GOTO(rc, mk_comm_split(tr->world, tr->rank % ep, tr->rank, &tr->edp), fail);
     }
-    MK_CHECK_GOTO(rc, mk_backend_cpu_create(cfg->train.threads, &tr->be), fail);
+    MK_CHECK_GOTO(rc, make_backend(tr, cfg), fail);
+    const char *prof = getenv("MOEKIT_PROFILE");
+    if (prof && strcmp(prof, "1") == 0) {
+        mk_backend *timed;
+        MK_CHECK_GOTO(rc, mk_backend_prof_create(tr->be, &timed), fail);
+        tr->be = timed;
+    }
+    MK_CHECK_GOTO(rc, mk_devcomm_create(tr->world, tr->be, &tr->dworld), fail);
+    if (tr->edp) MK_CHECK_GOTO(rc, mk_devcomm_create(tr->edp, tr->be, &tr->dedp), fail);
     MK_CHECK_GOTO(rc, mk_model_create_ep(cfg, tr->be, tr->ep, &tr->model), fail);
     MK_CHECK_GOTO(rc, mk_model_init(tr->model, cfg->train.seed), fail);
     MK_CHECK_GOTO(rc, mk_lbl_create(cfg->lbl.mode, L, E, cfg->model.topk, &tr->lbl), fail);
@@ -87,6 +120,8 @@ void mk_trainer_free(mk_trainer **trp)
     mk_trainer *tr = *trp;
     mk_lbl_destroy(&tr->lbl);
     mk_model_destroy(&tr->model);
+    mk_devcomm_free(&tr->dworld);
+    mk_devcomm_free(&tr->dedp);
     mk_backend_destroy(&tr->be);
     mk_comm_free(&tr->ep);
     mk_comm_free(&tr->edp);
@@ -135,6 +170,8 @@ static int count_domains(mk_trainer *tr, const int32_t *domain, int B)
 }
 
 mk_model *mk_trainer_model(mk_trainer *tr) { return tr->model; }
+int mk_trainer_device(const mk_trainer *tr) { return tr->device; }
+const char *mk_trainer_transport(const mk_trainer *tr) { return mk_devcomm_transport(tr->dworld); }
 const mk_config *mk_trainer_config(const mk_trainer *tr) { return tr->cfg; }
 const mk_comm *mk_trainer_world(const mk_trainer *tr) { return tr->world; }
 const mk_comm *mk_trainer_ep(const mk_trainer *tr) { return tr->ep; }
@@ -165,20 +202,95 @@ static int counting_pass(mk_trainer *tr, const int32_t *tokens, const int32_t *t
 }
 
 /* Sum gradients over the ranks that share each parameter: expert tensors over the ranks
- * holding the same experts (expert-data-parallel group), everything else over the world. */
+ * holding the same experts (expert-data-parallel group), everything else over the world.
+ * Neighbouring tensors of the same group go as one call (the gradient block is contiguous
+ * in tensor order), so with parallel.ep = 1 the whole block is one all-reduce. */
 static int allreduce_grads(mk_trainer *tr)
 {
+    MK_CHECK(mk_failpoint("allreduce"));
     if (tr->nranks == 1) return MK_OK;
     mk_real *g = mk_model_grads(tr->model);
-    for (size_t i = 0; i < mk_model_tensor_count(tr->model); i++) {
+    const size_t nt = mk_model_tensor_count(tr->model);
+    size_t i = 0;
+    while (i < nt) {
         const mk_tensor *t = mk_model_tensor(tr->model, i);
-        const mk_comm *c = t->expert && tr->edp ? tr->edp : tr->world;
-        MK_CHECK(mk_comm_allreduce_real(c, g + t->offset, t->numel));
+        mk_devcomm *c = t->expert && tr->dedp ? tr->dedp : tr->dworld;
+        size_t start = t->offset, end = t->offset + t->numel, j = i + 1;
+        for (; j < nt; j++) {
+            const mk_tensor *u = mk_model_tensor(tr->model, j);
+            if ((u->expert && tr->dedp ? tr->dedp : tr->dworld) != c || u->offset != end) break;
+            end += u->numel;
+        }
+        MK_CHECK(mk_devcomm_allreduce(c, g + start, end - start));
+        i = j;
     }
     return MK_OK;
 }
 
-int mk_trainer_grads(mk_trainer *tr, const int32_t *tokens, const int32_t *targets,
+/* Test hook (tests/hostile/test_nonfinite.sh): MOEKIT_TEST_NAN_RANK and _STEP (1-based)
+ * pick one rank and step, MOEKIT_TEST_NAN_WHERE what turns non-finite there (loss: the first
+ * micro-step's cross-entropy; grad: one element of the first expert tensor's gradient, in
+ * its second local expert when there is one; logits: a router weight of layer 0, so that
+ * layer's logits), MOEKIT_TEST_NAN_VALUE nan (default) or inf. Read from the environment
+ * on each call, so there is no state; unset, it costs three getenv calls per step. */
+typedef enum { HOOK_NONE, HOOK_LOSS, HOOK_GRAD, HOOK_LOGITS } hook_where;
+
+static hook_where nan_hook(const mk_trainer *tr, long step, double *value)
+{
+    const char *r = getenv("MOEKIT_TEST_NAN_RANK"), *s = getenv("MOEKIT_TEST_NAN_STEP"),
+               *w = getenv("MOEKIT_TEST_NAN_WHERE"), *v = getenv("MOEKIT_TEST_NAN_VALUE");
+    if (!r || !s || !w || atoi(r) != tr->rank || atol(s) != step + 1) return HOOK_NONE;
+    *value = v && strcmp(v, "inf") == 0 ? INFINITY : NAN;
+    return strcmp(w, "loss") == 0 ? HOOK_LOSS : strcmp(w, "grad") == 0 ? HOOK_GRAD
+           : strcmp(w, "logits") == 0 ? HOOK_LOGITS : HOOK_NONE;
+}
+
+static int hook_poke(mk_trainer *tr, mk_real *block, const char *name, int second_expert, double value)
+{
+    mk_model *m = tr->model;
+    for (size_t i = 0; i < mk_model_tensor_count(m); i++) {
+        const mk_tensor *t = mk_model_tensor(m, i);
+        if (name ? strcmp(t->name, name) != 0 : !t->expert) continue;
+        size_t at = second_expert && t->shape[0] > 1 ? t->numel / (size_t)t->shape[0] : 0;
+        mk_real x = (mk_real)value;
+        mk_backend *be = mk_model_backend(m);
+        return be->ops->from_host(be, block + t->offset + at, &x, sizeof x);
+    }
+    return MK_FAIL(MK_ERR_INTERNAL, "test hook: no tensor %s", name ? name : "with experts");
+}
+
+/* This rank's gradient before the all-reduce: one pass over the block, and on failure a
+ * second to say which tensor (and expert) it was, so the message names the rank that
+ * produced the NaN rather than every rank that received it. */
+static int check_grads(mk_trainer *tr, long step)
+{
+    mk_model *m = tr->model;
+    mk_backend *be = mk_model_backend(m);
+    const mk_real *g = mk_model_grads(m);
+    int bad = 0;
+    MK_CHECK(be->ops->nonfinite(be, g, mk_model_param_count(m), &bad));
+    if (!bad) return MK_OK;
+    for (size_t i = 0; i < mk_model_tensor_count(m); i++) {
+        const mk_tensor *t = mk_model_tensor(m, i);
+        MK_CHECK(be->ops->nonfinite(be, g + t->offset, t->numel, &bad));
+        if (!bad) continue;
+        mk_real *h = malloc(t->numel * sizeof *h);
+        size_t at = 0;
+        if (h && be->ops->to_host(be, h, g + t->offset, t->numel * sizeof *h) == MK_OK)
+            while (at < t->numel && isfinite(h[at])) at++;
+        double v = h && at < t->numel ? (double)h[at] : NAN;
+        free(h);
+        if (t->expert)
+            return MK_FAIL(MK_ERR_NUMERIC, "step %ld: the gradient of %s holds %g (element %zu, expert %d)"
+                           " before the all-reduce", step + 1, t->name, v, at,
+                           t->dim0_offset + (int)(at / (t->numel / (size_t)t->shape[0])));
+        return MK_FAIL(MK_ERR_NUMERIC, "step %ld: the gradient of %s holds %g (element %zu) before the"
+                       " all-reduce", step + 1, t->name, v, at);
+    }
+    return MK_FAIL(MK_ERR_NUMERIC, "step %ld: the gradient holds a NaN or Inf", step + 1);
+}
+
+int mk_trainer_grads(mk_trainer *tr, long step, const int32_t *tokens, const int32_t *targets,
                      const int32_t *domain, mk_step_stats *out)
 {
     const mk_config *cfg = tr->cfg;
@@ -195,6 +307,10 @@ int mk_trainer_grads(mk_trainer *tr, const int32_t *tokens, const int32_t *targe
 
     MK_CHECK(mk_model_zero_grad(tr->model));
     mk_lbl_reset(tr->lbl);
+    double hook_value = 0;
+    const hook_where hook = nan_hook(tr, step, &hook_value);
+    if (hook == HOOK_LOGITS) MK_CHECK(hook_poke(tr, mk_model_params(tr->model), "layers.0.router", 0, hook_value));
+    mk_model_set_step(tr->model, step + 1);
     if (cfg->lbl.mode == MK_LBL_GLOBAL_EXACT) MK_CHECK(counting_pass(tr, tokens, targets));
     memset(tr->counts, 0, (size_t)L * E * sizeof *tr->counts);
     memset(tr->lbl_sum, 0, (size_t)L * sizeof *tr->lbl_sum);
@@ -208,13 +324,22 @@ int mk_trainer_grads(mk_trainer *tr, const int32_t *tokens, const int32_t *targe
     double ce = 0;
     for (int g = 0; g < G; g++) {
         mk_forward_stats st;
+        MK_CHECK(mk_failpoint("forward"));
         MK_CHECK(mk_model_forward(tr->model, tokens + g * per_micro, targets + g * per_micro, B, tr->lbl, 1, &st));
+        if (hook == HOOK_LOSS && g == 0) st.ce_sum = hook_value;
+        /* This rank's loss before the sum over ranks, so the message names where it arose. */
+        if (!isfinite(st.ce_sum))
+            return MK_FAIL(MK_ERR_NUMERIC, "step %ld: the loss (cross-entropy) of micro-step %d is %g",
+                           step + 1, g + 1, st.ce_sum);
         MK_CHECK(mk_model_backward(tr->model, 1.0 / (double)ntargets, aux_scale));
         ce += st.ce_sum;
         for (int i = 0; i < L * E; i++) tr->counts[i] += st.counts[i];
         for (int l = 0; l < L; l++) tr->lbl_sum[l] += st.lbl[l] * aux_scale;
         MK_CHECK(count_domains(tr, domain ? domain + (size_t)g * B : NULL, B));
     }
+    mk_model_set_step(tr->model, 0);
+    if (hook == HOOK_GRAD) MK_CHECK(hook_poke(tr, mk_model_grads(tr->model), NULL, 1, hook_value));
+    MK_CHECK(check_grads(tr, step));
     MK_CHECK(allreduce_grads(tr));
     MK_CHECK(mk_comm_allreduce_f64(tr->world, &ce, 1));
     MK_CHECK(mk_comm_allreduce_f64(tr->world, tr->lbl_sum, (size_t)L));
@@ -256,5 +381,8 @@ int mk_trainer_update(mk_trainer *tr, long step, mk_step_stats *st)
     if (!isfinite(st->loss)) return MK_FAIL(MK_ERR_NUMERIC, "step %ld: loss is %g", step + 1, st->loss);
     st->lr = mk_lr_at(tr->cfg, step);
     MK_CHECK(global_grad_norm(tr, &st->gnorm));
+    /* Every rank's gradient was finite before the all-reduce; a sum can still overflow. */
+    if (!isfinite(st->gnorm))
+        return MK_FAIL(MK_ERR_NUMERIC, "step %ld: the global gradient norm is %g", step + 1, st->gnorm);
     return mk_optim_step(tr->model, step + 1, st->lr, st->gnorm);
 }

@@ -43,15 +43,22 @@ const mk_config *mk_trainer_config(const mk_trainer *tr);
 const mk_comm *mk_trainer_world(const mk_trainer *tr);
 const mk_comm *mk_trainer_ep(const mk_trainer *tr);     /* NULL when parallel.ep = 1 */
 int mk_trainer_rank(const mk_trainer *tr);
+/* The GPU this rank computes on (its local rank modulo the visible GPUs), -1 on the CPU. */
+int mk_trainer_device(const mk_trainer *tr);
+/* How gradients travel between ranks: "self", "mpi" or "nccl". */
+const char *mk_trainer_transport(const mk_trainer *tr);
 int mk_trainer_ranks(const mk_trainer *tr);
 
 /* Routing statistics per domain: samples carry a domain id 0..ndomains-1 (default 1). */
 int mk_trainer_set_domains(mk_trainer *tr, int ndomains);
 
-/* Zero the gradients and compute them for this rank's micro-batches: tokens and targets
- * are host [G, B, T] (a target < 0 is padding), domain [G, B] the domain of each sequence
- * (NULL = domain 0). Collective over the world. */
-int mk_trainer_grads(mk_trainer *tr, const int32_t *tokens, const int32_t *targets,
+/* Zero the gradients and compute them for this rank's micro-batches of optimizer step
+ * `step` (0-based; named in errors): tokens and targets are host [G, B, T] (a target < 0 is
+ * padding), domain [G, B] the domain of each sequence (NULL = domain 0). Collective over the
+ * world. MK_ERR_NUMERIC, before any collective that would spread it, when this rank's
+ * router logits, loss or gradient hold a NaN or Inf; the message names the step and the
+ * tensor (and mk_error the rank). */
+int mk_trainer_grads(mk_trainer *tr, long step, const int32_t *tokens, const int32_t *targets,
                      const int32_t *domain, mk_step_stats *st);
 
 /* Clip by the global gradient norm and take AdamW step `step` (0-based). Fills st->gnorm

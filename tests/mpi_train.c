@@ -92,7 +92,7 @@ static void equivalence(const char *label, const char *mode, int B, int G, int p
     mk_trainer *td, *tr;
     mk_step_stats sd, sr;
     int rc = mk_trainer_create(&cd, world, &td) || mk_trainer_create(&cr, NULL, &tr) ||
-             mk_trainer_grads(td, mt, mg, NULL, &sd) || mk_trainer_grads(tr, tok, tgt, NULL, &sr);
+             mk_trainer_grads(td, 0, mt, mg, NULL, &sd) || mk_trainer_grads(tr, 0, tok, tgt, NULL, &sr);
     if (rc) MPI_Abort(MPI_COMM_WORLD, 99);
     double worst_lbl = 0;
     for (int l = 0; l < cd.model.layers; l++)

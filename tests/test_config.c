@@ -32,8 +32,9 @@ static const struct field {
     F(train.micro_batch), F(train.grad_accum), F(train.steps), F(train.warmup), F(train.seed),
     F(train.lr), F(train.min_lr_ratio), F(train.decay_frac), F(train.weight_decay),
     F(train.grad_clip), F(train.beta1), F(train.beta2), F(train.eps), F(train.lr_schedule),
-    F(train.threads),
+    F(train.threads), F(train.backend), F(train.precision),
     F(parallel.ep),
+    F(parallel.timeout),
     F(data.path), F(data.mixture), F(data.repeat_cap), F(data.tokenizer),
     F(run.dir),
     F(ckpt.every), F(ckpt.keep),
@@ -59,7 +60,8 @@ static const struct { const char *key, *text; } other[] = {
     { "train.decay_frac", "1" }, { "train.weight_decay", "0" }, { "train.grad_clip", "100" },
     { "train.beta1", "0" }, { "train.beta2", "0.99999999999999989" }, { "train.eps", "1e-12" },
     { "train.lr_schedule", "wsd" }, { "train.threads", "16" },
-    { "parallel.ep", "4" },
+    { "train.backend", "cuda" }, { "train.precision", "fp32" },
+    { "parallel.ep", "4" }, { "parallel.timeout", "2.5" },
     { "data.path", "/scratch/my corpus/v2;final=1:x" }, { "data.mixture", "temperature:0.7" },
     { "data.repeat_cap", "0" }, { "data.tokenizer", "bpe:0123abcd" },
     { "run.dir", "runs/a b" },
@@ -240,7 +242,7 @@ static void test_defaults(void)
                c.train.beta1 == 0.9 && c.train.beta2 == 0.95 && c.train.eps == 1e-8 &&
                c.train.lr_schedule == MK_LR_COSINE && c.train.threads == 0,
            "train defaults");
-    tap_ok(c.parallel.ep == 1 && strcmp(c.data.path, "") == 0 &&
+    tap_ok(c.parallel.ep == 1 && c.parallel.timeout == 300 && strcmp(c.data.path, "") == 0 &&
                strcmp(c.data.mixture, "natural") == 0 && strcmp(c.run.dir, "run") == 0 &&
                c.ckpt.every == 0 && c.ckpt.keep == 3 && c.log.every == 10 && c.eval.every == 0,
            "parallel, data, run, ckpt, log and eval defaults");
@@ -279,10 +281,12 @@ static void test_values(void)
         { "model.topk", "0", MK_ERR_USAGE }, { "model.vocab", "1", MK_ERR_USAGE },
         { "model.seq_len", "1", MK_ERR_USAGE }, { "model.shared_ffn", "-1", MK_ERR_USAGE },
         { "model.shared_ffn", "0", MK_OK }, { "train.threads", "-1", MK_ERR_USAGE },
+        { "train.backend", "gpu", MK_ERR_USAGE }, { "train.precision", "fp16", MK_ERR_USAGE },
         { "train.warmup", "-1", MK_ERR_USAGE }, { "train.warmup", "0", MK_OK },
         { "ckpt.every", "-1", MK_ERR_USAGE }, { "ckpt.keep", "0", MK_ERR_USAGE },
         { "log.every", "-1", MK_ERR_USAGE }, { "eval.every", "-1", MK_ERR_USAGE },
         { "parallel.ep", "0", MK_ERR_USAGE }, { "train.micro_batch", "0", MK_ERR_USAGE },
+        { "parallel.timeout", "-1", MK_ERR_USAGE }, { "parallel.timeout", "0", MK_OK },
         /* unsigned */
         { "train.seed", "-1", MK_ERR_USAGE }, { "train.seed", "abc", MK_ERR_USAGE },
         { "train.seed", "", MK_ERR_USAGE }, { "train.seed", "1.5", MK_ERR_USAGE },
@@ -611,6 +615,7 @@ static void test_validate(void)
     BREAKS(c.model.seq_len = 1, "seq_len 1");
     BREAKS(c.model.heads = 0, "0 heads (without dividing by it)");
     BREAKS(c.parallel.ep = 0, "ep 0 (without dividing by it)");
+    BREAKS(c.train.precision = MK_PRECISION_BF16, "bf16 on the cpu backend");
     BREAKS(c.train.lr = -1, "a negative lr set in code");
     BREAKS(c.train.eps = NAN, "a NaN eps set in code");
     BREAKS(c.train.beta2 = 1, "beta2 1 set in code");

@@ -846,12 +846,64 @@ out:
     arena_free();
 }
 
+/* bf16 GEMMs against the fp32 CPU: the same model step, compared with bf16 tolerances. The
+ * routing of a few tokens may flip where two router probabilities are within bf16 rounding,
+ * so counts are compared in total and gradients by relative L2 error per tensor. */
+static void test_model_bf16(int variant, mk_backend *bf)
+{
+    mk_config cfg;
+    model_config(&cfg, variant);
+    const char *label = variant ? "bf16 model (untied, shared expert, norm_topk, z-loss, capacity, global LBL)"
+                                : "bf16 model (defaults)";
+    side c, g;
+    if (side_make(&c, cpu, &cfg, 42) != MK_OK || side_make(&g, bf, &cfg, 42) != MK_OK) {
+        tap_ok(0, "%s: create and init on both backends", label);
+        return;
+    }
+    const size_t np = mk_model_param_count(c.m);
+    const int B = cfg.train.micro_batch, T = cfg.model.seq_len, N = B * T, L = cfg.model.layers;
+    int32_t *tok = Hi(N), *tgt = Hi(N);
+    for (int n = 0; n < N; n++) {
+        tok[n] = rnd_below(cfg.model.vocab);
+        tgt[n] = n % 7 == 3 ? -1 : rnd_below(cfg.model.vocab);
+    }
+    int r1 = side_step(&c, &cfg, tok, tgt, B), r2 = side_step(&g, &cfg, tok, tgt, B);
+    if (!both_ok(r1, r2, "bf16 model forward + backward")) goto out;
+    tap_close(g.st.ce_sum, c.st.ce_sum, 1e-2, 0, "%s: CE sum within 1e-2", label);
+    for (int l = 0; l < L; l++) tap_close(g.lbl_v[l], c.lbl_v[l], 3e-2, 1e-6, "%s: LBL of layer %d within 3e-2", label, l);
+    float *gc = host_block(cpu, mk_model_grads(c.m), np), *gg = host_block(bf, mk_model_grads(g.m), np);
+    for (size_t i = 0; i < mk_model_tensor_count(c.m); i++) {
+        const mk_tensor *t = mk_model_tensor(c.m, i);
+        double num = 0, den = 0;
+        for (size_t j = t->offset; j < t->offset + t->numel; j++) {
+            double d = (double)gg[j] - gc[j];
+            num += isfinite((double)gg[j]) ? d * d : INFINITY;
+            den += (double)gc[j] * gc[j];
+        }
+        double rel = den > 0 ? sqrt(num / den) : sqrt(num);
+        tap_ok(rel < 5e-2 && den > 0, "%s: d/d %s within bf16 tolerance (relative L2 error %.2e < 5e-2)",
+               label, t->name, rel);
+    }
+    r2 = side_step(&g, &cfg, tok, tgt, B);
+    float *g1 = host_block(bf, mk_model_grads(g.m), np);
+    double ce1 = g.st.ce_sum;
+    int r3 = side_step(&g, &cfg, tok, tgt, B);
+    float *g2 = host_block(bf, mk_model_grads(g.m), np);
+    tap_ok(r2 == MK_OK && r3 == MK_OK && memcmp(g1, g2, np * sizeof *g1) == 0 &&
+               memcmp(&ce1, &g.st.ce_sum, sizeof ce1) == 0,
+           "%s: forward + backward twice gives bit-identical loss and gradients", label);
+out:
+    side_free(&c);
+    side_free(&g);
+    arena_free();
+}
+
 int main(void)
 {
     int ndev = 0;
     if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) tap_skip_all("no CUDA device");
     if (mk_backend_cpu_create(1, &cpu) != MK_OK) bail("cpu backend");
-    if (mk_backend_cuda_create(0, &gpu) != MK_OK) bail("cuda backend");
+    if (mk_backend_cuda_create(0, 0, &gpu) != MK_OK) bail("cuda backend");
     tap_ok(strcmp(gpu->ops->name, "cuda") == 0, "cuda backend created on device 0 of %d", ndev);
 
     test_memory();
@@ -867,6 +919,12 @@ int main(void)
     test_cross_entropy();
     test_model(0);
     test_model(1);
+
+    mk_backend *bf = NULL;
+    if (mk_backend_cuda_create(0, 1, &bf) != MK_OK) bail("cuda backend (bf16)");
+    test_model_bf16(0, bf);
+    test_model_bf16(1, bf);
+    mk_backend_destroy(&bf);
 
     mk_backend_destroy(&gpu);
     mk_backend_destroy(&cpu);

@@ -144,6 +144,145 @@ ls pwned* >/dev/null 2>&1 && r=1 || r=0
 call 1 | grep -q -- '^--export=.*MOEKIT_RUN_DIR=.*/x;touch pwned1 $(touch pwned2) `touch pwned3` |touch pwned4' && [ $r -eq 0 ]
 ok $? "--dry-run output is shell-quoted: pasted into sh it yields the literal value, runs nothing"
 
+# ---- 4b. hostile strings (T16 of docs/reliability.md) in every field that reaches
+# sbatch: --set values (MOEKIT_SET), run.dir (MOEKIT_RUN_DIR and --output), data.path
+# (MOEKIT_DATASET), the schedule's name (MOEKIT_SCHEDULE), --corpus (MOEKIT_CORPUS),
+# --partition, --account, --time, --jobs-dir and $MOEKIT_BIN. For each string and field,
+# moe-submit either refuses it (status 2 or 3, one line naming the field, no sbatch call)
+# or submits, and then: the --dry-run commands, run by sh, hand sbatch exactly the argv
+# that the real submission did (NUL-separated, byte for byte); the value is one argv
+# element (or one --export item) of its own; and no sentinel file is ever created. A
+# newline is refused in every field. A NUL cannot be passed in argv or the environment;
+# in a schedule it is refused by the INI reader (tests/hostile cases.tsv, ini-nul).
+mkdir "$tmp/fake0"
+cat >"$tmp/fake0/sbatch" <<'EOF'
+#!/bin/sh
+printf '%s\0' "$@" --END-- >>"$FAKE0_LOG"
+n=0; [ -f "$FAKE0_LOG.n" ] && read -r n <"$FAKE0_LOG.n"
+n=$((n + 1)); echo $n >"$FAKE0_LOG.n"
+echo "$((n + 5000));cluster"
+EOF
+chmod +x "$tmp/fake0/sbatch"
+mkdir "$tmp/hostile" && cd "$tmp/hostile" || exit 99
+mkdir -p ds c j b && echo '{}' >ds/manifest.json && mkdir jobs && cp "$jobs"/*.sbatch jobs/
+printf '[model]\nexperts = 8\n[parallel]\nep = 1\n[data]\npath = ds\n[run]\ndir = runs\n' >h.ini
+nl='
+'
+tab=$(printf '\t'); cr=$(printf '\r'); ctl=$(printf '\001')
+set -- '$(touch SENTINEL)' '`touch SENTINEL`' ';touch SENTINEL' '|touch SENTINEL' '&touch SENTINEL' \
+  'x>SENTINEL' 'a b' "'" '"' '\' "a${nl}touch SENTINEL" '-x' '--export=NONE' '*' '?' '[a]' '~root' \
+  '$HOME' '${IFS}' 'a,b' '%j' "a${tab}b" "a${cr}b" "a${ctl}b" '$((1+1))' '{a,b}' 'ü' \
+  "'\$(touch SENTINEL)'" '"); touch SENTINEL; echo ("' ' lead' '--' '\$(touch SENTINEL)\'
+nstr=$#
+fields="set rundir datapath schedule corpus partition account time jobsdir bin"
+nf=$(echo $fields | wc -w)
+accepted=0 refused=0 bad=0 nl_refused=0 i=0
+# 380 runs: the program itself rather than libtool's wrapper script, when there is one
+fast=$submit
+if [ -z "$MOE_SUBMIT" ] && [ -x "$top_builddir/bin/.libs/moe-submit" ] && [ -d "$top_builddir/.libs" ]; then
+  fast=$top_builddir/bin/.libs/moe-submit
+  LD_LIBRARY_PATH=$top_builddir/.libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}; export LD_LIBRARY_PATH
+fi
+# submit FIELDS...: moe-submit with the string in each of these fields (the others plain)
+submit_with() {
+  jd=jobs sched=h.ini binv=$tmp/hostile/b
+  set -- --set train.seed=5 "$@"
+  for f in $want_fields; do
+    case $f in
+      set) set -- "$@" --set "data.mixture=$s" ;;
+      rundir) set -- "$@" --set "run.dir=r$i/$s" ;;
+      datapath) set -- "$@" --set "data.path=ds/$s" ;;
+      schedule) sched=$s.ini ;;
+      corpus) set -- "$@" --corpus "web=c/$s" ;;
+      partition|account|time) set -- "$@" "--$f" "$s" ;;
+      jobsdir) jd=j/$s ;;
+      bin) binv=$tmp/hostile/b/$s ;;
+    esac
+  done
+  PATH=$tmp/fake0:$PATH MOEKIT_BIN=$binv "$fast" --jobs-dir "$jd" "$@" -- "$sched"
+}
+# check_accepted: the --dry-run commands re-parse to the real argv; each field's value is
+# one argv element or --export item of the training job
+check_accepted() {
+  FAKE0_LOG=$PWD/dry.log submit_with --dry-run >dry 2>err
+  [ -f dry.log ] && { why="--dry-run called sbatch"; return; }
+  FAKE0_LOG=$PWD/dry.log PATH=$tmp/fake0:$PATH sh -c "$(grep '_id=\$(' dry)" >/dev/null 2>&1 ||
+    { why="sh failed on the --dry-run output"; return; }
+  cmp -s real.log dry.log || { why="the --dry-run commands give sbatch another argv"; return; }
+  case $s in *"$nl"*) why="a newline was accepted"; return ;; esac
+  tr '\0' '\n' <real.log | awk '/^--END--$/{i++; next} i==1' >train.argv
+  exp=$(grep -- '^--export=' train.argv)
+  for f in $want_fields; do
+    case $f in
+      set) want="data.mixture=$s" ;;
+      rundir) want="run.dir=r$i/$s" ;;
+      datapath) want="data.path=ds/$s" ;;
+      schedule) want="MOEKIT_SCHEDULE=$PWD/$s.ini" ;;
+      corpus) want="MOEKIT_CORPUS=web=c/$s" ;;
+      partition|account|time) want="--$f=$s" ;;
+      jobsdir) want="$PWD/j/$s/train.sbatch" ;;
+      bin) want="MOEKIT_BIN=$PWD/b/$s" ;;
+    esac
+    found=0
+    case $f in
+      set|rundir|datapath) # one space-separated item of MOEKIT_SET
+        old_ifs=$IFS; IFS=,; for item in $exp; do case $item in MOEKIT_SET=*) sl=${item#MOEKIT_SET=} ;; esac; done
+        IFS=' '; for item in $sl; do [ "$item" = "$want" ] && found=1; done; IFS=$old_ifs ;;
+      schedule|corpus|bin)
+        old_ifs=$IFS; IFS=,; for item in $exp; do [ "$item" = "$want" ] && found=1; done; IFS=$old_ifs ;;
+      *) grep -qxF -- "$want" train.argv && found=1 ;;
+    esac
+    [ $found -eq 1 ] || { why="$f: '$want' is not one argv element / --export item"; return; }
+  done
+}
+check_refused() { # the one field in $want_fields
+  case $want_fields in
+    set) key=data.mixture ;; rundir) key=run.dir ;; datapath) key=data.path ;; schedule) key=schedule ;;
+    corpus) key=--corpus ;; partition|account|time) key=--$want_fields ;; jobsdir) key=jobs ;; bin) key=MOEKIT_BIN ;;
+  esac
+  case $s in *"$nl"*) nl_refused=$((nl_refused + 1)) ;; esac
+  if [ $rc -ne 2 ] && [ $rc -ne 3 ]; then why="refused with status $rc"
+  elif [ "$(wc -l <err)" -ne 1 ]; then why="refused with $(wc -l <err) lines"
+  elif ! grep -qF -- "$key" err; then why="the refusal does not name $key: $(cat err)"
+  elif [ -f real.log ]; then why="sbatch was called"; fi
+}
+for s in "$@"; do
+  i=$((i + 1))
+  # the files and directories whose names hold the string, made once per string
+  mkdir -p "ds/$s" "j/$s" "b/$s" 2>/dev/null && echo '{}' >"ds/$s/manifest.json" && cp jobs/*.sbatch "j/$s/"
+  : >"c/$s" 2>/dev/null; cp -- h.ini "$s.ini"
+  # all fields at once; when that is refused, each field on its own
+  want_fields=$fields why=
+  rm -f real.log* dry.log*
+  FAKE0_LOG=$PWD/real.log submit_with >out 2>err
+  rc=$?
+  if [ $rc -eq 0 ]; then
+    accepted=$((accepted + nf))
+    check_accepted
+  else
+    for f in $fields; do
+      want_fields=$f
+      rm -f real.log* dry.log*
+      FAKE0_LOG=$PWD/real.log submit_with >out 2>err
+      rc=$?
+      if [ $rc -eq 0 ]; then accepted=$((accepted + 1)); check_accepted
+      else refused=$((refused + 1)); check_refused; fi
+      [ -n "$why" ] && break
+    done
+  fi
+  if [ -n "$why" ]; then
+    bad=$((bad + 1))
+    [ $bad -le 10 ] && printf '# %s <- %s: %s\n' "$want_fields" "$(printf '%s' "$s" | od -An -c | tr -s ' \n' '  ' | head -c 60)" "$why"
+  fi
+done
+cd "$tmp/work" || exit 99
+[ $bad -eq 0 ] && [ $nstr -ge 30 ]
+ok $? "T16: $nstr hostile strings x $nf fields = $((nstr * nf)) cases: $accepted passed literally (--dry-run re-parse = real argv), $refused refused naming the field; $bad strings wrong"
+[ $nl_refused -eq $nf ]
+ok $? "a newline is refused in all $nf fields ($nl_refused)"
+[ -z "$(find "$tmp" -name SENTINEL)" ]
+ok $? "no sentinel file was created anywhere"
+
 # ---- 5. the job scripts with fake srun/scancel/scontrol and programs
 cat >"$tmp/fake/srun" <<'EOF'
 #!/bin/sh

@@ -50,12 +50,21 @@ extern "C" {
 #define SUMSQ_BLOCKS 256
 /* Upper bound on blocks of grid-stride kernels (they loop over the rest). */
 #define MAX_BLOCKS (1u << 20)
+/* Experts one grouped GEMM call takes; more fall back to one GEMM per expert. */
+#define MK_CUDA_MAX_GROUPS 1024
 
 typedef struct cuda_impl {
     mk_backend_ops ops;   /* per backend: no global mutable state, and C++17 has no
                              designated initialisers for a static table */
     int device;
+    int bf16;             /* GEMM operands rounded to bf16 on tensor cores (fp32 accumulate) */
+    int grouped_ok;       /* 1 cublasGemmGroupedBatchedEx works here, 0 unknown, -1 it does not */
     cublasHandle_t blas;
+    void **gptr;          /* device arrays of A, B, C pointers for grouped GEMMs */
+    double *rope_cs;      /* RoPE cos/sin table of (rope_T, rope_hd, rope_theta) */
+    int rope_T, rope_hd;
+    double rope_theta;
+    size_t gptr_n;
     void *scratch;        /* device scratch for per-call tables (angles, index lists) */
     size_t scratch_bytes;
 } cuda_impl;
@@ -234,6 +243,137 @@ static int cuda_from_host(mk_backend *be, void *dst, const void *src_host, size_
 
 /* ------------------------------------------------------------------ dense algebra */
 
+/* Column-major GEMM in the backend's precision: pedantic fp32 SGEMM, or fp32 storage with
+ * bf16 tensor-core products and fp32 accumulation (CUBLAS_COMPUTE_32F_FAST_16BF). */
+static int gemm_cm(cuda_impl *im, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                   float alpha, const float *A, int lda, const float *B, int ldb, float beta,
+                   float *C, int ldc, const char *what)
+{
+    if (!im->bf16) {
+        BLAS_CHECK(cublasSgemm(im->blas, ta, tb, m, n, k, &alpha, A, lda, B, ldb, &beta, C, ldc), what);
+        return MK_OK;
+    }
+    BLAS_CHECK(cublasGemmEx(im->blas, ta, tb, m, n, k, &alpha, A, CUDA_R_32F, lda, B, CUDA_R_32F,
+                            ldb, &beta, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F_FAST_16BF,
+                            CUBLAS_GEMM_DEFAULT), what);
+    return MK_OK;
+}
+
+/* The same over `batch` matrices at fixed strides (attention: one per head). */
+static int gemm_cm_batched(cuda_impl *im, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
+                           int k, float alpha, const float *A, int lda, long long sa, const float *B,
+                           int ldb, long long sb, float beta, float *C, int ldc, long long sc,
+                           int batch, const char *what)
+{
+    BLAS_CHECK(cublasGemmStridedBatchedEx(im->blas, ta, tb, m, n, k, &alpha, A, CUDA_R_32F, lda, sa,
+                                          B, CUDA_R_32F, ldb, sb, &beta, C, CUDA_R_32F, ldc, sc,
+                                          batch, im->bf16 ? CUBLAS_COMPUTE_32F_FAST_16BF
+                                                          : CUBLAS_COMPUTE_32F_PEDANTIC,
+                                          CUBLAS_GEMM_DEFAULT), what);
+    return MK_OK;
+}
+
+/* Per-expert GEMMs as one cublasGemmGroupedBatchedEx call (one group per expert with rows;
+ * the pointer tables go up in one copy). When this cuBLAS cannot run the call (type or
+ * compute mode not supported), the backend falls back to one GEMM per expert for good. */
+typedef struct group_call {
+    int G;
+    cublasOperation_t ta[MK_CUDA_MAX_GROUPS], tb[MK_CUDA_MAX_GROUPS];
+    int m[MK_CUDA_MAX_GROUPS], n[MK_CUDA_MAX_GROUPS], k[MK_CUDA_MAX_GROUPS];
+    int lda[MK_CUDA_MAX_GROUPS], ldb[MK_CUDA_MAX_GROUPS], ldc[MK_CUDA_MAX_GROUPS];
+    int size[MK_CUDA_MAX_GROUPS];
+    float alpha[MK_CUDA_MAX_GROUPS], beta[MK_CUDA_MAX_GROUPS];
+    const void *ptr[3 * MK_CUDA_MAX_GROUPS];   /* A[G] | B[G] | C[G] */
+} group_call;
+
+static void group_add(group_call *g, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                      const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc)
+{
+    const int i = g->G++;
+    g->ta[i] = ta, g->tb[i] = tb, g->m[i] = m, g->n[i] = n, g->k[i] = k;
+    g->lda[i] = lda, g->ldb[i] = ldb, g->ldc[i] = ldc, g->size[i] = 1;
+    g->alpha[i] = 1.0f, g->beta[i] = beta;
+    g->ptr[i] = A;
+    g->ptr[MK_CUDA_MAX_GROUPS + i] = B;
+    g->ptr[2 * MK_CUDA_MAX_GROUPS + i] = C;
+}
+
+/* *done = 1 when the grouped call ran; 0 means: use the per-expert loop. */
+static int group_run(cuda_impl *im, group_call *g, int *done, const char *what)
+{
+    *done = 0;
+    if (im->grouped_ok < 0 || g->G == 0) {
+        *done = g->G == 0;
+        return MK_OK;
+    }
+    const size_t bytes = 3 * MK_CUDA_MAX_GROUPS * sizeof(void *);
+    if (!im->gptr) CU_CHECK(cudaMalloc((void **)&im->gptr, bytes), "grouped GEMM: pointer table");
+    CU_CHECK(cudaMemcpy(im->gptr, g->ptr, bytes, cudaMemcpyHostToDevice), "grouped GEMM: pointers");
+    const void *const *A = (const void *const *)im->gptr;
+    const void *const *B = A + MK_CUDA_MAX_GROUPS;
+    void *const *C = (void *const *)(im->gptr + 2 * MK_CUDA_MAX_GROUPS);
+    cublasStatus_t st = cublasGemmGroupedBatchedEx(
+        im->blas, g->ta, g->tb, g->m, g->n, g->k, g->alpha, A, CUDA_R_32F, g->lda, B, CUDA_R_32F,
+        g->ldb, g->beta, C, CUDA_R_32F, g->ldc, g->G, g->size,
+        im->bf16 ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F_PEDANTIC);
+    if (st == CUBLAS_STATUS_NOT_SUPPORTED || (st == CUBLAS_STATUS_INVALID_VALUE && im->grouped_ok == 0)) {
+        im->grouped_ok = -1;
+        return MK_OK;
+    }
+    if (st != CUBLAS_STATUS_SUCCESS)
+        return MK_FAIL(MK_ERR_INTERNAL, "cuda: %s: cuBLAS grouped GEMM: %s", what, cublasGetStatusString(st));
+    im->grouped_ok = 1;
+    *done = 1;
+    return MK_OK;
+}
+
+static int cuda_grouped_matmul(mk_backend *be, mk_real *C, const mk_real *A, const mk_real *W,
+                               const int *offs_host, int E, int K, int N, int trans_w, mk_real beta)
+{
+    cuda_impl *im = impl_of(be);
+    if (E <= MK_CUDA_MAX_GROUPS && im->grouped_ok >= 0 && K > 0) {
+        group_call g;
+        g.G = 0;
+        for (int e = 0; e < E; e++) {
+            const int rows = offs_host[e + 1] - offs_host[e];
+            if (offs_host[e] < 0 || rows < 0)
+                return MK_FAIL(MK_ERR_INTERNAL, "grouped_matmul: offsets not sorted at expert %d", e);
+            if (rows == 0) continue;
+            /* C_e^T = op(W_e)^T A_e^T, column-major */
+            group_add(&g, trans_w ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N, N, rows, K,
+                      W + (size_t)e * K * N, trans_w ? K : N, A + (size_t)offs_host[e] * K, K, beta,
+                      C + (size_t)offs_host[e] * N, N);
+        }
+        int done;
+        MK_CHECK(group_run(im, &g, &done, "grouped_matmul"));
+        if (done) return MK_OK;
+    }
+    return mk_grouped_matmul_by_expert(be, C, A, W, offs_host, E, K, N, trans_w, beta);
+}
+
+static int cuda_grouped_matmul_wgrad(mk_backend *be, mk_real *dW, const mk_real *A, const mk_real *dC,
+                                     const int *offs_host, int E, int K, int N)
+{
+    cuda_impl *im = impl_of(be);
+    if (E <= MK_CUDA_MAX_GROUPS && im->grouped_ok >= 0) {
+        group_call g;
+        g.G = 0;
+        for (int e = 0; e < E; e++) {
+            const int rows = offs_host[e + 1] - offs_host[e];
+            if (offs_host[e] < 0 || rows < 0)
+                return MK_FAIL(MK_ERR_INTERNAL, "grouped_matmul_wgrad: offsets not sorted at expert %d", e);
+            if (rows == 0) continue;
+            /* dW_e^T += dC_e^T A_e, column-major */
+            group_add(&g, CUBLAS_OP_N, CUBLAS_OP_T, N, K, rows, dC + (size_t)offs_host[e] * N, N,
+                      A + (size_t)offs_host[e] * K, K, 1.0f, dW + (size_t)e * K * N, N);
+        }
+        int done;
+        MK_CHECK(group_run(im, &g, &done, "grouped_matmul_wgrad"));
+        if (done) return MK_OK;
+    }
+    return mk_grouped_matmul_wgrad_by_expert(be, dW, A, dC, offs_host, E, K, N);
+}
+
 __global__ static void k_beta_only(float *C, size_t n, float beta)
 {
     GRID_STRIDE(i, n) C[i] = beta == 0 ? 0.0f : beta * C[i];
@@ -258,9 +398,7 @@ static int cuda_matmul(mk_backend *be, mk_real *C, const mk_real *A, const mk_re
     const int lda = trans_a ? M : K, ldb = trans_b ? K : N;
     const cublasOperation_t ta = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
     const cublasOperation_t tb = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
-    BLAS_CHECK(cublasSgemm(im->blas, tb, ta, N, M, K, &alpha, B, ldb, A, lda, &beta, C, N),
-               "matmul: sgemm");
-    return MK_OK;
+    return gemm_cm(im, tb, ta, N, M, K, alpha, B, ldb, A, lda, beta, C, N, "matmul");
 }
 
 __global__ static void k_add(float *y, const float *a, const float *b, size_t n)
@@ -487,17 +625,32 @@ __global__ static void k_rmsnorm_backward_dx(float *dx, const float *dout, const
     for (int i = threadIdx.x; i < D; i += blockDim.x) dxr[i] += (float)(r * g[i] * dy[i] - c * xr[i]);
 }
 
-/* dg sums over tokens: one thread per column, tokens in order (the CPU's order). */
-__global__ static void k_rmsnorm_backward_dg(float *dg, const float *dout, const float *x,
-                                             const float *rstd, int N, int D)
+/* dg sums over tokens in two fixed stages: RMS_CHUNKS blocks of consecutive tokens give
+ * partial sums per column (threads over columns, so reads are coalesced), then one thread
+ * per column adds the partials in chunk order. Same order every call; the CPU sums in plain
+ * token order, so the two agree to rounding of the double sums. */
+#define RMS_CHUNKS 128
+__global__ static void k_rmsnorm_dg_partial(double *part, const float *dout, const float *x,
+                                            const float *rstd, int N, int D)
+{
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= D) return;
+    const int per = (N + RMS_CHUNKS - 1) / RMS_CHUNKS;
+    const int n0 = blockIdx.y * per, n1 = n0 + per < N ? n0 + per : N;
+    double acc = 0;
+    for (int n = n0; n < n1; n++) {
+        const size_t o = (size_t)n * D + c;
+        acc += (double)dout[o] * x[o] * (double)rstd[n];
+    }
+    part[(size_t)blockIdx.y * D + c] = acc;
+}
+
+__global__ static void k_rmsnorm_dg_final(float *dg, const double *part, int D)
 {
     GRID_STRIDE(c, (size_t)D)
     {
         double acc = 0;
-        for (int n = 0; n < N; n++) {
-            const size_t o = (size_t)n * D + c;
-            acc += (double)dout[o] * x[o] * (double)rstd[n];
-        }
+        for (int k = 0; k < RMS_CHUNKS; k++) acc += part[(size_t)k * D + c];
         dg[c] += (float)acc;
     }
 }
@@ -509,7 +662,12 @@ static int cuda_rmsnorm_backward(mk_backend *be, mk_real *dx, mk_real *dg, const
     (void)be;
     if (N <= 0 || D <= 0) return MK_OK;
     LAUNCH(k_rmsnorm_backward_dx, (unsigned)N, "rmsnorm_backward (dx)", dx, dout, x, g, rstd, D);
-    LAUNCH(k_rmsnorm_backward_dg, grid_for((size_t)D), "rmsnorm_backward (dg)", dg, dout, x, rstd, N, D);
+    void *sp;
+    MK_CHECK(scratch_get(impl_of(be), (size_t)RMS_CHUNKS * D * sizeof(double), &sp));
+    k_rmsnorm_dg_partial<<<dim3((unsigned)((D + TPB - 1) / TPB), RMS_CHUNKS), TPB>>>(
+        (double *)sp, dout, x, rstd, N, D);
+    CU_CHECK(cudaGetLastError(), "rmsnorm_backward (dg partials)");
+    LAUNCH(k_rmsnorm_dg_final, grid_for((size_t)D), "rmsnorm_backward (dg)", dg, (const double *)sp, D);
     return MK_OK;
 }
 
@@ -522,9 +680,10 @@ static int check_heads(const char *op, int D, int H)
     return MK_OK;
 }
 
-/* One thread per (token, pair) of the q and k columns; cs holds cos and sign * sin of every
- * (position, pair), computed on the host in double exactly as the CPU does. */
-__global__ static void k_rope(float *qkv, const double *cs, int N, int T, int D, int hd)
+/* One thread per (token, pair) of the q and k columns; cs holds cos and sin of every
+ * (position, pair), computed on the host in double exactly as the CPU does; sign -1 is the
+ * inverse rotation (backward). */
+__global__ static void k_rope(float *qkv, const double *cs, int N, int T, int D, int hd, double sign)
 {
     const int half = hd / 2;
     GRID_STRIDE(i, (size_t)N * D)
@@ -533,7 +692,7 @@ __global__ static void k_rope(float *qkv, const double *cs, int N, int T, int D,
         const int col = 2 * (int)(i % D); /* even column in 0 .. 2D-1: q, then k */
         const int p = (col % hd) / 2;
         const double *cp = cs + ((size_t)(n % T) * half + p) * 2;
-        const double c = cp[0], s = cp[1];
+        const double c = cp[0], s = sign * cp[1];
         float *row = qkv + n * 3 * D;
         const double x0 = row[col], x1 = row[col + 1];
         row[col] = (float)(x0 * c - x1 * s);
@@ -552,26 +711,31 @@ static int rope_apply(mk_backend *be, const char *op, mk_real *qkv, int B, int T
         return MK_FAIL(MK_ERR_INTERNAL, "%s: sequence length %d, theta %g", op, T, theta);
     const int N = B * T, half = hd / 2;
     if (N <= 0) return MK_OK;
-    size_t bytes = (size_t)T * half * 2 * sizeof(double);
-    double *cs = (double *)malloc(bytes);
-    if (!cs) return MK_FAIL(MK_ERR_NOMEM, "%s: out of memory for the angle table", op);
-    /* The host's pow/cos/sin, so the table is bit-identical to the CPU backend's. */
-    for (int pos = 0; pos < T; pos++)
-        for (int i = 0; i < half; i++) {
-            double ang = pos * pow(theta, -2.0 * i / hd);
-            cs[((size_t)pos * half + i) * 2] = cos(ang);
-            cs[((size_t)pos * half + i) * 2 + 1] = sign * sin(ang);
+    /* The angle table depends on (T, hd, theta) only: made once, kept on the device. */
+    if (!im->rope_cs || im->rope_T != T || im->rope_hd != hd || im->rope_theta != theta) {
+        size_t bytes = (size_t)T * half * 2 * sizeof(double);
+        double *cs = (double *)malloc(bytes);
+        if (!cs) return MK_FAIL(MK_ERR_NOMEM, "%s: out of memory for the angle table", op);
+        /* The host's pow/cos/sin, so the table is bit-identical to the CPU backend's. */
+        for (int pos = 0; pos < T; pos++)
+            for (int i = 0; i < half; i++) {
+                double ang = pos * pow(theta, -2.0 * i / hd);
+                cs[((size_t)pos * half + i) * 2] = cos(ang);
+                cs[((size_t)pos * half + i) * 2 + 1] = sin(ang);
+            }
+        if (im->rope_cs) cudaFree(im->rope_cs);
+        im->rope_cs = NULL;
+        cudaError_t e = cudaMalloc((void **)&im->rope_cs, bytes);
+        if (e == cudaSuccess) e = cudaMemcpy(im->rope_cs, cs, bytes, cudaMemcpyHostToDevice);
+        free(cs);
+        if (e != cudaSuccess) {
+            if (im->rope_cs) cudaFree(im->rope_cs);
+            im->rope_cs = NULL;
+            return MK_FAIL(MK_ERR_INTERNAL, "cuda: %s: angle table: %s", op, cudaGetErrorString(e));
         }
-    void *sp;
-    int rc = scratch_get(im, bytes, &sp);
-    if (rc == MK_OK) {
-        cudaError_t e = cudaMemcpy(sp, cs, bytes, cudaMemcpyHostToDevice);
-        if (e != cudaSuccess)
-            rc = MK_FAIL(MK_ERR_INTERNAL, "cuda: %s: angle table: %s", op, cudaGetErrorString(e));
+        im->rope_T = T, im->rope_hd = hd, im->rope_theta = theta;
     }
-    free(cs);
-    MK_CHECK(rc);
-    LAUNCH(k_rope, grid_for((size_t)N * D), op, qkv, (const double *)sp, N, T, D, hd);
+    LAUNCH(k_rope, grid_for((size_t)N * D), op, qkv, (const double *)im->rope_cs, N, T, D, hd, sign);
     return MK_OK;
 }
 
@@ -586,28 +750,12 @@ static int cuda_rope_backward(mk_backend *be, mk_real *dqkv, int B, int T, int D
     return rope_apply(be, "rope_backward", dqkv, B, T, D, H, theta, -1.0);
 }
 
-/* Attention, naive and exact in structure: scores into att [B,H,T,T], a row softmax per
- * block, then the weighted sum of v. Every output element is one thread's dot product in
- * index order. q of (b, h) at row t is qkv[(b T + t) 3D + h hd], k at + D, v at + 2D. */
-__global__ static void k_att_scores(float *att, const float *qkv, int B, int T, int D, int H,
-                                    float scale)
-{
-    const int hd = D / H;
-    const size_t ld = (size_t)3 * D;
-    GRID_STRIDE(i, (size_t)B * H * T * T)
-    {
-        const size_t bh = i / ((size_t)T * T);
-        const int t = (int)(i / T % T), t2 = (int)(i % T);
-        if (t2 > t) continue; /* the softmax zeroes it */
-        const int b = (int)(bh / H), h = (int)(bh % H);
-        const float *q = qkv + ((size_t)b * T + t) * ld + (size_t)h * hd;
-        const float *k = qkv + ((size_t)b * T + t2) * ld + D + (size_t)h * hd;
-        float s = 0;
-        for (int d = 0; d < hd; d++) s += q[d] * k[d];
-        att[i] = scale * s;
-    }
-}
-
+/* Attention on cuBLAS: per sequence b, the H heads are one strided batch (head h of q, k
+ * and v starts h*hd columns further in qkv). Scores fill att [B,H,T,T] in full -- the upper
+ * triangle is computed and then zeroed by the causal softmax, twice the causal FLOPs but on
+ * tensor cores -- and are kept for the backward. Row-major X [R, C] with leading dimension
+ * ld is column-major X^T, so each product below is written transposed.
+ * q of (b, h) at row t is qkv[(b T + t) 3D + h hd], k at + D, v at + 2D. */
 /* One block per row (bh, t): the CPU's causal softmax, exp in float, sum in double. */
 __global__ static void k_att_softmax(float *att, int T)
 {
@@ -630,56 +778,31 @@ __global__ static void k_att_softmax(float *att, int T)
     for (int t2 = threadIdx.x; t2 < T; t2 += blockDim.x) row[t2] = t2 <= t ? row[t2] * inv : 0.0f;
 }
 
-__global__ static void k_att_out(float *out, const float *att, const float *qkv, int B, int T,
-                                 int D, int H)
-{
-    const int hd = D / H;
-    const size_t ld = (size_t)3 * D;
-    GRID_STRIDE(i, (size_t)B * T * D)
-    {
-        const size_t n = i / D;
-        const int c = (int)(i % D), b = (int)(n / T), t = (int)(n % T), h = c / hd, d = c % hd;
-        const float *a = att + (((size_t)b * H + h) * T + t) * T;
-        const float *v = qkv + (size_t)b * T * ld + 2 * (size_t)D + (size_t)h * hd + d;
-        float s = 0;
-        for (int t2 = 0; t2 <= t; t2++) s += a[t2] * v[(size_t)t2 * ld];
-        out[i] = s;
-    }
-}
-
 static int cuda_attention_forward(mk_backend *be, mk_real *out, mk_real *att, const mk_real *qkv,
                                   int B, int T, int D, int H)
 {
-    (void)be;
+    cuda_impl *im = impl_of(be);
     MK_CHECK(check_heads("attention_forward", D, H));
     if (B <= 0 || T <= 0) return MK_OK;
-    const int hd = D / H;
+    const int hd = D / H, ld = 3 * D;
     const float scale = (float)(1.0 / sqrt((double)hd));
-    const size_t natt = (size_t)B * H * T * T;
-    LAUNCH(k_att_scores, grid_for(natt), "attention_forward (scores)", att, qkv, B, T, D, H, scale);
-    LAUNCH(k_att_softmax, (unsigned)((size_t)B * H * T), "attention_forward (softmax)", att, T);
-    LAUNCH(k_att_out, grid_for((size_t)B * T * D), "attention_forward (out)", out, att, qkv, B, T, D, H);
-    return MK_OK;
-}
-
-/* dP[t, t2] = dO[t] . V[t2] (t2 <= t; the rest is zeroed by the next kernel). */
-__global__ static void k_att_dp(float *datt, const float *dout, const float *qkv, int B, int T,
-                                int D, int H)
-{
-    const int hd = D / H;
-    const size_t ld = (size_t)3 * D;
-    GRID_STRIDE(i, (size_t)B * H * T * T)
-    {
-        const size_t bh = i / ((size_t)T * T);
-        const int t = (int)(i / T % T), t2 = (int)(i % T);
-        if (t2 > t) continue;
-        const int b = (int)(bh / H), h = (int)(bh % H);
-        const float *dy = dout + ((size_t)b * T + t) * D + (size_t)h * hd;
-        const float *v = qkv + ((size_t)b * T + t2) * ld + 2 * (size_t)D + (size_t)h * hd;
-        float s = 0;
-        for (int d = 0; d < hd; d++) s += dy[d] * v[d];
-        datt[i] = s;
+    const long long TT = (long long)T * T;
+    for (int b = 0; b < B; b++) {
+        const float *q = qkv + (size_t)b * T * ld, *k = q + D;
+        float *S = att + (size_t)b * H * TT;
+        /* S = scale Q K^T: column-major S^T = K Q^T. */
+        MK_CHECK(gemm_cm_batched(im, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, scale, k, ld, hd, q, ld, hd,
+                                 0.0f, S, T, TT, H, "attention_forward (scores)"));
     }
+    LAUNCH(k_att_softmax, (unsigned)((size_t)B * H * T), "attention_forward (softmax)", att, T);
+    for (int b = 0; b < B; b++) {
+        const float *v = qkv + (size_t)b * T * ld + 2 * D;
+        const float *P = att + (size_t)b * H * TT;
+        /* O = P V: column-major O^T = V^T P^T, written at h*hd of out's rows (ld D). */
+        MK_CHECK(gemm_cm_batched(im, CUBLAS_OP_N, CUBLAS_OP_N, hd, T, T, 1.0f, v, ld, hd, P, T, TT,
+                                 0.0f, out + (size_t)b * T * D, D, hd, H, "attention_forward (out)"));
+    }
+    return MK_OK;
 }
 
 /* dS = P (dP - rowsum(P dP)) * scale, one block per row, the row sum in double. */
@@ -698,50 +821,37 @@ __global__ static void k_att_dsoftmax(float *datt, const float *att, int T, floa
         d[t2] = t2 <= t ? p[t2] * (d[t2] - dotf) * scale : 0.0f;
 }
 
-/* All 3D columns of dqkv: dQ = dS K, dK = dS^T Q, dV = P^T dO, causal ranges only (the
- * rest of dS and P is zero). */
-__global__ static void k_att_dqkv(float *dqkv, const float *datt, const float *att,
-                                  const float *dout, const float *qkv, int B, int T, int D, int H)
-{
-    const int hd = D / H;
-    const size_t ld = (size_t)3 * D;
-    GRID_STRIDE(i, (size_t)B * T * 3 * D)
-    {
-        const size_t n = i / ld;
-        const int col = (int)(i % ld), part = col / D, c = col % D;
-        const int b = (int)(n / T), t = (int)(n % T), h = c / hd, d = c % hd;
-        const size_t bh = (size_t)b * H + h;
-        const float *ds = datt + bh * T * T, *pa = att + bh * T * T;
-        const float *base = qkv + (size_t)b * T * ld + (size_t)h * hd + d;
-        float s = 0;
-        if (part == 0) {
-            const float *k = base + D;
-            for (int t2 = 0; t2 <= t; t2++) s += ds[(size_t)t * T + t2] * k[(size_t)t2 * ld];
-        } else if (part == 1) {
-            const float *q = base;
-            for (int t1 = t; t1 < T; t1++) s += ds[(size_t)t1 * T + t] * q[(size_t)t1 * ld];
-        } else {
-            const float *dy = dout + (size_t)b * T * D + (size_t)h * hd + d;
-            for (int t1 = t; t1 < T; t1++) s += pa[(size_t)t1 * T + t] * dy[(size_t)t1 * D];
-        }
-        dqkv[i] = s;
-    }
-}
-
 static int cuda_attention_backward(mk_backend *be, mk_real *dqkv, mk_real *datt,
                                    const mk_real *dout, const mk_real *qkv, const mk_real *att,
                                    int B, int T, int D, int H)
 {
-    (void)be;
+    cuda_impl *im = impl_of(be);
     MK_CHECK(check_heads("attention_backward", D, H));
     if (B <= 0 || T <= 0) return MK_OK;
-    const int hd = D / H;
+    const int hd = D / H, ld = 3 * D;
     const float scale = (float)(1.0 / sqrt((double)hd));
-    const size_t natt = (size_t)B * H * T * T;
-    LAUNCH(k_att_dp, grid_for(natt), "attention_backward (dP)", datt, dout, qkv, B, T, D, H);
+    const long long TT = (long long)T * T;
+    for (int b = 0; b < B; b++) {
+        const float *v = qkv + (size_t)b * T * ld + 2 * D, *dO = dout + (size_t)b * T * D;
+        /* dP = dO V^T: column-major dP^T = V dO^T. */
+        MK_CHECK(gemm_cm_batched(im, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, 1.0f, v, ld, hd, dO, D, hd,
+                                 0.0f, datt + (size_t)b * H * TT, T, TT, H, "attention_backward (dP)"));
+    }
     LAUNCH(k_att_dsoftmax, (unsigned)((size_t)B * H * T), "attention_backward (dS)", datt, att, T, scale);
-    LAUNCH(k_att_dqkv, grid_for((size_t)B * T * 3 * D), "attention_backward (dqkv)", dqkv, datt,
-           att, dout, qkv, B, T, D, H);
+    for (int b = 0; b < B; b++) {
+        const float *q = qkv + (size_t)b * T * ld, *k = q + D, *dO = dout + (size_t)b * T * D;
+        const float *dS = datt + (size_t)b * H * TT, *P = att + (size_t)b * H * TT;
+        float *dq = dqkv + (size_t)b * T * ld, *dk = dq + D, *dv = dq + 2 * D;
+        /* dQ = dS K: column-major dQ^T = K^T dS^T. */
+        MK_CHECK(gemm_cm_batched(im, CUBLAS_OP_N, CUBLAS_OP_N, hd, T, T, 1.0f, k, ld, hd, dS, T, TT,
+                                 0.0f, dq, ld, hd, H, "attention_backward (dQ)"));
+        /* dK = dS^T Q: column-major dK^T = Q^T dS. */
+        MK_CHECK(gemm_cm_batched(im, CUBLAS_OP_N, CUBLAS_OP_T, hd, T, T, 1.0f, q, ld, hd, dS, T, TT,
+                                 0.0f, dk, ld, hd, H, "attention_backward (dK)"));
+        /* dV = P^T dO: column-major dV^T = dO^T P. */
+        MK_CHECK(gemm_cm_batched(im, CUBLAS_OP_N, CUBLAS_OP_T, hd, T, T, 1.0f, dO, D, hd, P, T, TT,
+                                 0.0f, dv, ld, hd, H, "attention_backward (dV)"));
+    }
     return MK_OK;
 }
 
@@ -789,18 +899,21 @@ __global__ static void k_router_forward(float *probs, float *lse, int32_t *topk,
     }
 }
 
-/* One thread per expert, tokens in order: counts and psum as the CPU sums them. */
+/* One block per expert: counts (exact integers) and psum, summed in double over a fixed
+ * block tree (the CPU sums in token order; the float results agree to rounding). */
 __global__ static void k_router_stats(int32_t *counts, float *psum, const int32_t *topk,
                                       const float *probs, int N, int E, int K)
 {
-    GRID_STRIDE(e, (size_t)E)
-    {
-        int32_t c = 0;
-        const size_t S = (size_t)N * K;
-        for (size_t s = 0; s < S; s++) c += topk[s] == (int32_t)e;
-        counts[e] = c;
-        double acc = 0;
-        for (int n = 0; n < N; n++) acc += probs[(size_t)n * E + e];
+    __shared__ double sh[TPB];
+    const int e = blockIdx.x;
+    const size_t S = (size_t)N * K;
+    double c = 0, acc = 0;
+    for (size_t s = threadIdx.x; s < S; s += blockDim.x) c += topk[s] == e;
+    for (int n = threadIdx.x; n < N; n += blockDim.x) acc += probs[(size_t)n * E + e];
+    c = block_sum(c, sh);
+    acc = block_sum(acc, sh);
+    if (threadIdx.x == 0) {
+        counts[e] = (int32_t)c;
         psum[e] = (float)acc;
     }
 }
@@ -822,7 +935,7 @@ static int cuda_router_forward(mk_backend *be, mk_real *probs, mk_real *lse, int
         CU_CHECK(cudaMemcpy(&bad, sp, sizeof bad, cudaMemcpyDeviceToHost), "router_forward: flag");
         if (bad) return MK_FAIL(MK_ERR_NUMERIC, "router_forward: non-finite router logits");
     }
-    LAUNCH(k_router_stats, grid_for((size_t)E), "router_forward (counts, psum)", counts, psum,
+    LAUNCH(k_router_stats, (unsigned)E, "router_forward (counts, psum)", counts, psum,
            topk, probs, N, E, K);
     return MK_OK;
 }
@@ -874,66 +987,101 @@ static int cuda_router_backward(mk_backend *be, mk_real *dz, const mk_real *dgat
 
 /* ------------------------------------------------------------------ dispatch and combine */
 
-/* On the host for now: topk comes down (N*K ints), the CPU's counting sort runs on it, the
- * plan goes back up. Exact and simple; a device counting sort is a later speed step. */
+/* Counting sort by expert on the device, one block per expert. Each block scans the N*K
+ * choices in order and ranks its own by a block-wide prefix count (warp ballots), so the
+ * order inside an expert is the choice order s -- the CPU's order -- with no atomics.
+ * Pass 1 counts; pass 2 takes the offsets (a serial prefix over E, the same in every
+ * block) and places the kept choices. */
+__global__ static void k_route_count(int32_t *fill, const int32_t *topk, size_t S)
+{
+    __shared__ double sh[TPB];
+    const int e = blockIdx.x;
+    double c = 0;
+    for (size_t s = threadIdx.x; s < S; s += blockDim.x) c += topk[s] == e;
+    c = block_sum(c, sh);
+    if (threadIdx.x == 0) fill[e] = (int32_t)c;
+}
+
+__global__ static void k_route_place(int32_t *offs, int32_t *row_slot, int32_t *slot_row,
+                                     const int32_t *fill, const int32_t *topk, size_t S, int E,
+                                     int capacity)
+{
+    __shared__ int warp_tot[TPB / 32];
+    __shared__ int base_sh;
+    const int e = blockIdx.x, lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    if (threadIdx.x == 0) {
+        int o = 0;
+        for (int i = 0; i < e; i++) o += capacity > 0 && fill[i] > capacity ? capacity : fill[i];
+        base_sh = o;
+        if (e == E - 1) {
+            /* the last block writes the whole offset table */
+            int q = 0;
+            offs[0] = 0;
+            for (int i = 0; i < E; i++) {
+                q += capacity > 0 && fill[i] > capacity ? capacity : fill[i];
+                offs[i + 1] = q;
+            }
+        }
+    }
+    __syncthreads();
+    const int base = base_sh;
+    int running = 0;
+    for (size_t s0 = 0; s0 < S; s0 += blockDim.x) {
+        const size_t s = s0 + threadIdx.x;
+        const int mine = s < S && topk[s] == e;
+        const unsigned m = __ballot_sync(0xffffffffu, mine);
+        if (lane == 0) warp_tot[w] = __popc(m);
+        __syncthreads();
+        int before = running;
+        for (int i = 0; i < w; i++) before += warp_tot[i];
+        before += __popc(m & ((1u << lane) - 1u));
+        if (mine) {
+            if (capacity > 0 && before >= capacity) {
+                slot_row[s] = -1;
+            } else {
+                row_slot[base + before] = (int32_t)s;
+                slot_row[s] = base + before;
+            }
+        }
+        for (int i = 0; i < TPB / 32; i++) running += warp_tot[i];
+        __syncthreads();
+    }
+}
+
+__global__ static void k_route_tail(int32_t *row_slot, const int32_t *offs, int E, size_t S)
+{
+    GRID_STRIDE(r, S) if (r >= (size_t)offs[E]) row_slot[r] = -1;
+}
+
+/* topk comes from router_forward, which only writes experts 0..E-1. */
 static int cuda_route_plan(mk_backend *be, int32_t *offs, int32_t *row_slot, int32_t *slot_row,
                            const int32_t *topk, int N, int E, int K, int capacity)
 {
-    (void)be;
+    cuda_impl *im = impl_of(be);
     if (E <= 0 || K <= 0 || N < 0 || capacity < 0)
         return MK_FAIL(MK_ERR_INTERNAL, "route_plan: N %d, E %d, K %d, capacity %d", N, E, K,
                        capacity);
     const size_t S = (size_t)N * K;
-    int32_t *tk = (int32_t *)malloc((S ? S : 1) * sizeof *tk);
-    int32_t *rs = (int32_t *)malloc((S ? S : 1) * sizeof *rs);
-    int32_t *sr = (int32_t *)malloc((S ? S : 1) * sizeof *sr);
-    int32_t *of = (int32_t *)malloc(((size_t)E + 1) * sizeof *of);
-    int32_t *fill = (int32_t *)calloc((size_t)E, sizeof *fill);
-    int rc = MK_OK;
-    cudaError_t e1 = cudaSuccess;
-    if (!tk || !rs || !sr || !of || !fill) {
-        rc = MK_FAIL(MK_ERR_NOMEM, "route_plan: out of host memory");
-        goto done;
+    void *sp;
+    MK_CHECK(scratch_get(im, (size_t)E * sizeof(int32_t), &sp));
+    int32_t *fill = (int32_t *)sp;
+    LAUNCH(k_route_count, (unsigned)E, "route_plan (count)", fill, topk, S);
+    /* Every choice must have landed in some expert: a topk entry outside 0..E-1 is a bug
+     * upstream, caught here before it corrupts the expert GEMMs (one small copy; the model
+     * reads the offsets back right after anyway). */
+    int32_t hf[MK_CUDA_MAX_GROUPS];
+    if (E <= MK_CUDA_MAX_GROUPS) {
+        CU_CHECK(cudaMemcpy(hf, fill, (size_t)E * sizeof *hf, cudaMemcpyDeviceToHost), "route_plan: counts");
+        size_t tot = 0;
+        for (int e = 0; e < E; e++) tot += (size_t)hf[e];
+        if (tot != S)
+            return MK_FAIL(MK_ERR_INTERNAL, "route_plan: %zu of %zu choices name an expert outside 0..%d",
+                           S - tot, S, E - 1);
     }
-    if (S && (e1 = cudaMemcpy(tk, topk, S * sizeof *tk, cudaMemcpyDeviceToHost)) != cudaSuccess) {
-        rc = MK_FAIL(MK_ERR_INTERNAL, "cuda: route_plan: topk: %s", cudaGetErrorString(e1));
-        goto done;
-    }
-    for (size_t s = 0; s < S; s++)
-        if (tk[s] < 0 || tk[s] >= E) {
-            rc = MK_FAIL(MK_ERR_INTERNAL, "route_plan: expert %d of choice %zu outside 0..%d",
-                         (int)tk[s], s, E - 1);
-            goto done;
-        }
-    for (size_t s = 0; s < S; s++) fill[tk[s]]++;
-    of[0] = 0;
-    for (int e = 0; e < E; e++) {
-        int kept = capacity > 0 && fill[e] > capacity ? capacity : fill[e];
-        of[e + 1] = of[e] + kept;
-        fill[e] = 0;
-    }
-    for (size_t s = 0; s < S; s++) {
-        int e = tk[s];
-        if (capacity > 0 && fill[e] >= capacity) {
-            sr[s] = -1;
-            continue;
-        }
-        int32_t r = of[e] + fill[e]++;
-        rs[r] = (int32_t)s;
-        sr[s] = r;
-    }
-    for (size_t r = (size_t)of[E]; r < S; r++) rs[r] = -1;
-    if ((e1 = cudaMemcpy(offs, of, ((size_t)E + 1) * sizeof *of, cudaMemcpyHostToDevice)) != cudaSuccess ||
-        (S && (e1 = cudaMemcpy(row_slot, rs, S * sizeof *rs, cudaMemcpyHostToDevice)) != cudaSuccess) ||
-        (S && (e1 = cudaMemcpy(slot_row, sr, S * sizeof *sr, cudaMemcpyHostToDevice)) != cudaSuccess))
-        rc = MK_FAIL(MK_ERR_INTERNAL, "cuda: route_plan: upload: %s", cudaGetErrorString(e1));
-done:
-    free(tk);
-    free(rs);
-    free(sr);
-    free(of);
-    free(fill);
-    return rc;
+    LAUNCH(k_route_place, (unsigned)E, "route_plan (place)", offs, row_slot, slot_row, fill, topk,
+           S, E, capacity);
+    if (S) LAUNCH(k_route_tail, grid_for(S), "route_plan (tail)", row_slot, offs, E, S);
+    return MK_OK;
 }
 
 __global__ static void k_permute_rows(float *dst, const float *src, const int32_t *row_slot,
@@ -1147,12 +1295,21 @@ static int cuda_adamw(mk_backend *be, mk_real *p, const mk_real *g, mk_real *m, 
 
 /* ------------------------------------------------------------------ lifetime */
 
+static int cuda_sync(mk_backend *be)
+{
+    (void)be;
+    CU_CHECK(cudaDeviceSynchronize(), "synchronize");
+    return MK_OK;
+}
+
 static void cuda_destroy(mk_backend *be)
 {
     if (!be) return;
     cuda_impl *im = impl_of(be);
     if (im) {
         if (im->blas) cublasDestroy(im->blas);
+        if (im->gptr) cudaFree(im->gptr);
+        if (im->rope_cs) cudaFree(im->rope_cs);
         if (im->scratch) cudaFree(im->scratch);
         free(im);
     }
@@ -1170,9 +1327,8 @@ static void fill_ops(mk_backend_ops *o)
     o->to_host = cuda_to_host;
     o->from_host = cuda_from_host;
     o->matmul = cuda_matmul;
-    /* One cuBLAS GEMM per expert for now; a grouped kernel is the later speed step. */
-    o->grouped_matmul = mk_grouped_matmul_by_expert;
-    o->grouped_matmul_wgrad = mk_grouped_matmul_wgrad_by_expert;
+    o->grouped_matmul = cuda_grouped_matmul;
+    o->grouped_matmul_wgrad = cuda_grouped_matmul_wgrad;
     o->add = cuda_add;
     o->scale = cuda_scale;
     o->sumsq = cuda_sumsq;
@@ -1195,10 +1351,19 @@ static void fill_ops(mk_backend_ops *o)
     o->swiglu_backward = cuda_swiglu_backward;
     o->cross_entropy = cuda_cross_entropy;
     o->adamw = cuda_adamw;
+    o->sync = cuda_sync;
     o->destroy = cuda_destroy;
 }
 
-extern "C" int mk_backend_cuda_create(int device, mk_backend **out)
+extern "C" int mk_backend_cuda_device_count(int *n)
+{
+    /* No device, no driver or a driver too old for this runtime all mean: no usable GPU. */
+    if (cudaGetDeviceCount(n) != cudaSuccess) *n = 0;
+    cudaGetLastError();
+    return MK_OK;
+}
+
+extern "C" int mk_backend_cuda_create(int device, int bf16, mk_backend **out)
 {
     *out = NULL;
     int count = 0;
@@ -1214,6 +1379,7 @@ extern "C" int mk_backend_cuda_create(int device, mk_backend **out)
         return MK_FAIL(MK_ERR_NOMEM, "cuda backend: cannot allocate its state");
     }
     im->device = device;
+    im->bf16 = bf16 != 0;
     fill_ops(&im->ops);
     be->ops = &im->ops;
     be->impl = im;
@@ -1227,7 +1393,7 @@ extern "C" int mk_backend_cuda_create(int device, mk_backend **out)
      * NVIDIA_TF32_OVERRIDE), so GEMMs match the CPU to fp32 round-off. No atomics: cuBLAS
      * is then bitwise reproducible run to run on the same GPU and toolkit. The default
      * stream keeps GEMMs ordered with the kernels and copies. */
-    if ((s = cublasSetMathMode(im->blas, CUBLAS_PEDANTIC_MATH)) != CUBLAS_STATUS_SUCCESS ||
+    if ((s = cublasSetMathMode(im->blas, im->bf16 ? CUBLAS_DEFAULT_MATH : CUBLAS_PEDANTIC_MATH)) != CUBLAS_STATUS_SUCCESS ||
         (s = cublasSetAtomicsMode(im->blas, CUBLAS_ATOMICS_NOT_ALLOWED)) != CUBLAS_STATUS_SUCCESS ||
         (s = cublasSetPointerMode(im->blas, CUBLAS_POINTER_MODE_HOST)) != CUBLAS_STATUS_SUCCESS ||
         (s = cublasSetStream(im->blas, 0)) != CUBLAS_STATUS_SUCCESS) {

@@ -27,9 +27,16 @@ make -j"$(nproc)" tests/test_cuda_smoke tests/test_cuda_backend >>"$out/build.lo
 built=$(( $(date +%s) - start ))
 fails=0
 : >"$out/gpu-tests.tap"
-for t in tests/test_cuda_smoke tests/test_cuda_backend; do
+gpu_tests="tests/test_cuda_smoke tests/test_cuda_backend tests/gpu/test_gpu_train.sh"
+[ "${MOEKIT_GPU_TESTS:-1}" != 0 ] || gpu_tests=   # MOEKIT_GPU_TESTS=0: benchmark only
+for t in $gpu_tests; do
   echo "== $t" >>"$out/gpu-tests.tap"
-  ./"$t" >>"$out/gpu-tests.tap" 2>&1 || fails=$((fails + 1))
+  case $t in
+    *.sh) top_builddir=$PWD top_srcdir=$PWD sh "$t" >>"$out/gpu-tests.tap" 2>&1 ;;
+    *) ./"$t" >>"$out/gpu-tests.tap" 2>&1 ;;
+  esac
+  rc=$?
+  [ $rc -eq 0 ] || [ $rc -eq 77 ] || fails=$((fails + 1))
 done
 cat "$out/gpu-tests.tap"
 {
@@ -43,4 +50,9 @@ cat "$out/gpu-tests.tap"
   grep -E '^(ok|not ok|1\.\.|#)' "$out/gpu-tests.tap"
   echo '```'
 } >"$out/gpu-results.md"
+# The benchmark (MOEKIT_GPU_BENCH=0 skips it): bench-s.ini on 1 and 2 GPUs and PyTorch.
+if [ "${MOEKIT_GPU_BENCH:-1}" != 0 ]; then
+  PYTHON_TORCH=$(sed -n 's/^PYTHON_TORCH = //p' Makefile) top_builddir=$PWD top_srcdir=$PWD \
+    sh tests/gpu/bench.sh "$out/bench.md" "${MOEKIT_BENCH_STEPS:-40}" 2>"$out/bench.log"
+fi
 exit $fails

@@ -3,14 +3,20 @@
 # host, started by slurm-up.sh in a temporary directory and stopped by slurm-down.sh):
 #   a. moe-submit submits shard -> train -> report (afterok) for a small schedule on the demo
 #      corpus, 2 ranks over the 2 nodes, training in partition "low";
-#   b. the training job is preempted twice: scancel --batch --signal=USR1 once its first
-#      checkpoint exists, then by partition priority (a job in "high" that needs every CPU);
-#      each time it requeues (Restarts=1, 2) and resumes from its checkpoint ("resuming from");
+#   b. the training job is interrupted K = 3 times: scancel --batch --signal=USR1 once its
+#      first checkpoint exists, then by partition priority (a job in "high" that needs every
+#      CPU), then by a SIGUSR1 that arrives while it writes its step-160 checkpoint (the fault
+#      hook of lib/mk_failpoint.h, exported to the job); each time it requeues (Restarts=1, 2,
+#      3; SLURM_RESTART_COUNT logged) and resumes from its checkpoint ("resuming from");
 #   c. it finishes with the final loss of an uninterrupted mpirun run of the same schedule
-#      (last line of run.dir/log.tsv identical), and the report job wrote report.md;
+#      (last line of run.dir/log.tsv identical), its final checkpoint's /model and /optim
+#      datasets equal the uninterrupted run's (moe-ckpt diff --optim, tolerance 0), every
+#      resume continues at the checkpoint's step with samples consumed = step x global batch
+#      and the log holds every step 1..200 (no gap, no repeat of data), and the report job
+#      wrote report.md;
 #   d. moe-submit refuses a malformed schedule, a missing dataset and a rank count that does
 #      not divide the experts, before anything is queued.
-# Needs root and Slurm (slurm-wlm, munge); skips otherwise. Takes about 2 minutes.
+# Needs root and Slurm (slurm-wlm, munge); skips otherwise. Takes about 2.5 minutes.
 # MOEKIT_SLURM_KEEP=1 keeps the temporary directory (cluster logs, job output).
 : "${top_builddir:=.}" "${srcdir:=.}" "${MPIEXEC:=mpirun}"
 PATH=$PATH:/usr/sbin:/sbin; export PATH
@@ -120,7 +126,10 @@ diag <"$work/dry.out"
 ok $? "moe-submit --dry-run prints the three sbatch commands and queues nothing"
 before=$(alljobs)
 t0=$(date +%s)
-(cd "$work" && "$submit" "$work/test.ini" --jobs-dir "$jobsdir" --nodes 2 --ntasks-per-node 1 \
+# interruption 3: rank 0 gets SIGUSR1 inside the checkpoint write of step 160 (the jobs
+# inherit the environment: sbatch --export=ALL)
+(cd "$work" && MOEKIT_TEST_FAIL_RANK=0 MOEKIT_TEST_FAIL_STEP=160 MOEKIT_TEST_FAIL_PHASE=ckpt \
+   MOEKIT_TEST_FAIL_MODE=usr1 "$submit" "$work/test.ini" --jobs-dir "$jobsdir" --nodes 2 --ntasks-per-node 1 \
    --partition low "$@") >"$work/submit.out" 2>&1
 rc=$?
 diag <"$work/submit.out"
@@ -179,10 +188,20 @@ r=$?
 ok $r "partition preemption: the training job resumed from its checkpoint again, $(( $(date +%s) - t0 )) s after the urgent job was submitted"
 grep "resuming from" "$trainout" | diag
 
+# ------------------------------------------------------------------ (b) interruption 3: during a save
+t0=$(date +%s)
+waitfor 120 restarts_are "$train_id" 3
+r=$?
+grep -q "test hook: rank 0 sends itself SIGUSR1 in ckpt of step 160" "$trainout" &&
+  grep -q "stopped by a signal after step 160;" "$trainout"
+ok $(( r | $? )) "SIGUSR1 during the step-160 checkpoint write: stopped right after that checkpoint, requeued (Restarts=$(jfield "$train_id" Restarts))"
+waitfor 90 grep -q "resuming from .*step_00000160.h5" "$trainout"
+ok $? "the training job resumed from the step-160 checkpoint, $(( $(date +%s) - t0 )) s after the signal"
+
 # ------------------------------------------------------------------ (c) finish, report, same loss
 t0=$(date +%s)
 waitfor 120 state_is "$train_id" "COMPLETED FAILED CANCELLED TIMEOUT"
-ok $? "the training job ended: $(jfield "$train_id" JobState), exit $(jfield "$train_id" ExitCode), $(( $(date +%s) - t0 )) s after the second resume"
+ok $? "the training job ended: $(jfield "$train_id" JobState), exit $(jfield "$train_id" ExitCode), $(( $(date +%s) - t0 )) s after the last resume"
 waitfor 60 state_is "$report_id" "COMPLETED FAILED CANCELLED TIMEOUT"
 r=$?
 [ $r -eq 0 ] && state_is "$report_id" COMPLETED
@@ -202,10 +221,27 @@ $MPIEXEC -n 2 --bind-to none "$train" --schedule "$work/test.ini" --set run.dir=
 r=$?
 ok $r "uninterrupted reference run (mpirun, 2 ranks) in $(( $(date +%s) - t0 )) s"
 a=$(tail -n 1 "$run/log.tsv" 2>/dev/null); b=$(tail -n 1 "$work/ref/log.tsv" 2>/dev/null)
-echo "# preempted twice: $a"
-echo "# uninterrupted:   $b"
+echo "# interrupted 3 times: $a"
+echo "# uninterrupted:       $b"
 [ -n "$a" ] && [ "$a" = "$b" ]
-ok $? "the twice-preempted run ends with the uninterrupted run's last log.tsv line (step $(echo "$a" | cut -f1), loss $(echo "$a" | cut -f2))"
+ok $? "the 3 times interrupted run ends with the uninterrupted run's last log.tsv line (step $(echo "$a" | cut -f1), loss $(echo "$a" | cut -f2))"
+"$top_builddir/bin/moe-ckpt" diff --optim "$run/ckpt/step_00000200.h5" "$work/ref/ckpt/step_00000200.h5" >"$work/diff.out" 2>&1
+r=$?
+tail -n 2 "$work/diff.out" | diag
+ok $r "final checkpoint: every /model and /optim dataset equals the uninterrupted run's (moe-ckpt diff --optim, tolerance 0)"
+counts=$(sed -n 's/^train.sbatch: job .* restart \([0-9]*\),.*/\1/p' "$trainout" | tr '\n' ' ')
+[ "$counts" = "0 1 2 3 " ]
+ok $? "SLURM_RESTART_COUNT logged at each start: $counts"
+# Each resume takes the data position of its checkpoint (samples = step x 64, the global
+# batch 8 x 4 x 2 ranks) at a step the run had reached; the log has every step 1..200.
+sed -n 's/^moe-train: resuming from .* (step \([0-9]*\), \([0-9]*\) samples consumed.*/\1 \2/p' "$trainout" >"$work/resumes"
+bad=0; steps=
+while read -r st sm; do [ $((st * 64)) -eq "$sm" ] || bad=1; steps="$steps $st"; done <"$work/resumes"
+echo "# resumed at steps:$steps"
+awk -F '\t' -v res="$steps" -v bad=$bad 'FNR > 1 { seen[$1 + 0] = 1; if ($1 + 0 > top) top = $1 + 0 }
+  END { k = split(res, r, " "); for (i = 1; i <= 200; i++) if (!seen[i]) bad = 1
+        exit !(k == 3 && top == 200 && !bad) }' "$run/log.tsv"
+ok $? "consumed samples: 3 resumes, each at its checkpoint's step with samples = step x 64; log.tsv has every step 1..200"
 
 # ------------------------------------------------------------------ (d) refused at submit time
 refuse() {  # refuse DESCRIPTION SCHEDULE [moe-submit options]

@@ -1,0 +1,32 @@
+/* mk_nccl.h - the NCCL transport of mk_devcomm (built with --with-cuda only).
+ *
+ * One NCCL communicator per mk_comm group, on the current CUDA device, running on the
+ * default stream so it is ordered with the backend's kernels without extra events.
+ */
+#ifndef MK_NCCL_H
+#define MK_NCCL_H
+
+#include <stddef.h>
+
+#include "mk_comm.h"
+
+typedef struct mk_nccl mk_nccl;
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Collective over c: rank 0 makes the unique id, mk_comm_bcast hands it to the others. */
+int mk_nccl_create(const mk_comm *c, mk_nccl **out);
+void mk_nccl_free(mk_nccl **n);
+int mk_nccl_allreduce_f32(mk_nccl *n, float *buf, size_t count);
+/* Grouped ncclSend/ncclRecv of bytes to and from every rank of the group. */
+int mk_nccl_alltoallv(mk_nccl *n, const void *send, const size_t *send_counts,
+                      const size_t *send_displs, void *recv, const size_t *recv_counts,
+                      const size_t *recv_displs);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

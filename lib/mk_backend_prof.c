@@ -1,0 +1,382 @@
+/* mk_backend_prof.c - a backend that times another one, op by op (see mk_backend.h).
+ *
+ * Every op of the inner backend is called, then the inner backend is synchronised and the
+ * wall time added to the op's total, so each op's share of a step can be read without a
+ * vendor profiler. The synchronisation removes any overlap between ops, so a profiled step
+ * is somewhat slower than a plain one: use the shares, and take throughput from plain runs.
+ * The wrappers are one macro each; the list follows mk_backend_ops field for field.
+ */
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
+#include "mk_backend_prof.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "mk_error.h"
+
+enum {    OP_alloc,
+    OP_zero,
+    OP_copy,
+    OP_to_host,
+    OP_from_host,
+    OP_matmul,
+    OP_grouped_matmul,
+    OP_grouped_matmul_wgrad,
+    OP_add,
+    OP_scale,
+    OP_sumsq,
+    OP_nonfinite,
+    OP_embedding_forward,
+    OP_embedding_backward,
+    OP_rmsnorm_forward,
+    OP_rmsnorm_backward,
+    OP_rope_forward,
+    OP_rope_backward,
+    OP_attention_forward,
+    OP_attention_backward,
+    OP_router_forward,
+    OP_router_backward,
+    OP_route_plan,
+    OP_permute_rows,
+    OP_unpermute_add,
+    OP_combine_backward_gates,
+    OP_swiglu_forward,
+    OP_swiglu_backward,
+    OP_cross_entropy,
+    OP_adamw,
+    OP_COUNT
+};
+static const char *const op_names[OP_COUNT] = {
+    "alloc",
+    "zero",
+    "copy",
+    "to_host",
+    "from_host",
+    "matmul",
+    "grouped_matmul",
+    "grouped_matmul_wgrad",
+    "add",
+    "scale",
+    "sumsq",
+    "nonfinite",
+    "embedding_forward",
+    "embedding_backward",
+    "rmsnorm_forward",
+    "rmsnorm_backward",
+    "rope_forward",
+    "rope_backward",
+    "attention_forward",
+    "attention_backward",
+    "router_forward",
+    "router_backward",
+    "route_plan",
+    "permute_rows",
+    "unpermute_add",
+    "combine_backward_gates",
+    "swiglu_forward",
+    "swiglu_backward",
+    "cross_entropy",
+    "adamw",
+};
+
+typedef struct prof {
+    mk_backend_ops ops;
+    mk_backend *inner;
+    double seconds[OP_COUNT];
+    long calls[OP_COUNT];
+} prof;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int done(prof *p, int op, double t0, int rc)
+{
+    if (rc == MK_OK) rc = p->inner->ops->sync(p->inner);
+    p->seconds[op] += now_s() - t0;
+    p->calls[op]++;
+    return rc;
+}
+
+#define P(be) ((prof *)(be)->impl)
+static int p_alloc(mk_backend *be, size_t bytes, void **out)
+{
+    const double t0 = now_s();
+    return done(P(be), OP_alloc, t0, P(be)->inner->ops->alloc(P(be)->inner, bytes, out));
+}
+
+static int p_zero(mk_backend *be, void *p, size_t bytes)
+{
+    const double t0 = now_s();
+    return done(P(be), OP_zero, t0, P(be)->inner->ops->zero(P(be)->inner, p, bytes));
+}
+
+static int p_copy(mk_backend *be, void *dst, const void *src, size_t bytes)
+{
+    const double t0 = now_s();
+    return done(P(be), OP_copy, t0, P(be)->inner->ops->copy(P(be)->inner, dst, src, bytes));
+}
+
+static int p_to_host(mk_backend *be, void *dst_host, const void *src, size_t bytes)
+{
+    const double t0 = now_s();
+    return done(P(be), OP_to_host, t0, P(be)->inner->ops->to_host(P(be)->inner, dst_host, src, bytes));
+}
+
+static int p_from_host(mk_backend *be, void *dst, const void *src_host, size_t bytes)
+{
+    const double t0 = now_s();
+    return done(P(be), OP_from_host, t0, P(be)->inner->ops->from_host(P(be)->inner, dst, src_host, bytes));
+}
+
+static int p_matmul(mk_backend *be, mk_real *C, const mk_real *A, const mk_real *B, int M, int N, int K, int trans_a, int trans_b, mk_real alpha, mk_real beta)
+{
+    const double t0 = now_s();
+    return done(P(be), OP_matmul, t0, P(be)->inner->ops->matmul(P(be)->inner, C, A, B, M, N, K, trans_a, trans_b, alpha, beta));
+}
+
+static int p_grouped_matmul(mk_backend *be, mk_real *C, const mk_real *A, const mk_real *W, const int *offs_host, int E, int K, int N, int trans_w, mk_real beta)
+{
+    const double t0 = now_s();
+    return done(P(be), OP_grouped_matmul, t0, P(be)->inner->ops->grouped_matmul(P(be)->inner, C, A, W, offs_host, E, K, N, trans_w, beta));
+}
+
+static int p_grouped_matmul_wgrad(mk_backend *be, mk_real *dW, const mk_real *A, const mk_real *dC, const int *offs_host, int E, int K, int N)
+{
+    const double t0 = now_s();
+    return done(P(be), OP_grouped_matmul_wgrad, t0, P(be)->inner->ops->grouped_matmul_wgrad(P(be)->inner, dW, A, dC, offs_host, E, K, N));
+}
+
+static int p_add(mk_backend *be, mk_real *y, const mk_real *a, const mk_real *b, size_t n)
+{
+    const double t0 = now_s();
+    return done(P(be), OP_add, t0, P(be)->inner->ops->add(P(be)->inner, y, a, b, n));
+}
+
+static int p_scale(mk_backend *be, mk_real *x, size_t n, mk_real s)
+{
+    const double t0 = now_s();
+    return done(P(be), OP_scale, t0, P(be)->inner->ops->scale(P(be)->inner, x, n, s));
+}
+
+static int p_sumsq(mk_backend *be, const mk_real *x, size_t n, double *out_host)
+{
+    const double t0 = now_s();
+    return done(P(be), OP_sumsq, t0, P(be)->inner->ops->sumsq(P(be)->inner, x, n, out_host));
+}
+
+static int p_nonfinite(mk_backend *be, const mk_real *x, size_t n, int *out_host)
+{
+    const double t0 = now_s();
+    return done(P(be), OP_nonfinite, t0, P(be)->inner->ops->nonfinite(P(be)->inner, x, n, out_host));
+}
+
+static int p_embedding_forward(mk_backend *be, mk_real *out, const int32_t *tokens, const mk_real *wte, int N, int D)
+{
+    const double t0 = now_s();
+    return done(P(be), OP_embedding_forward, t0, P(be)->inner->ops->embedding_forward(P(be)->inner, out, tokens, wte, N, D));
+}
+
+static int p_embedding_backward(mk_backend *be, mk_real *dwte, const int32_t *tokens, const mk_real *dout, int N, int D, int V)
+{
+    const double t0 = now_s();
+    return done(P(be), OP_embedding_backward, t0, P(be)->inner->ops->embedding_backward(P(be)->inner, dwte, tokens, dout, N, D, V));
+}
+
+static int p_rmsnorm_forward(mk_backend *be, mk_real *out, mk_real *rstd, const mk_real *x, const mk_real *g, int N, int D)
+{
+    const double t0 = now_s();
+    return done(P(be), OP_rmsnorm_forward, t0, P(be)->inner->ops->rmsnorm_forward(P(be)->inner, out, rstd, x, g, N, D));
+}
+
+static int p_rmsnorm_backward(mk_backend *be, mk_real *dx, mk_real *dg, const mk_real *dout, const mk_real *x, const mk_real *g, const mk_real *rstd, int N, int D)
+{
+    const double t0 = now_s();
+    return done(P(be), OP_rmsnorm_backward, t0, P(be)->inner->ops->rmsnorm_backward(P(be)->inner, dx, dg, dout, x, g, rstd, N, D));
+}
+
+static int p_rope_forward(mk_backend *be, mk_real *qkv, int B, int T, int D, int H, double theta)
+{
+    const double t0 = now_s();
+    return done(P(be), OP_rope_forward, t0, P(be)->inner->ops->rope_forward(P(be)->inner, qkv, B, T, D, H, theta));
+}
+
+static int p_rope_backward(mk_backend *be, mk_real *dqkv, int B, int T, int D, int H, double theta)
+{
+    const double t0 = now_s();
+    return done(P(be), OP_rope_backward, t0, P(be)->inner->ops->rope_backward(P(be)->inner, dqkv, B, T, D, H, theta));
+}
+
+static int p_attention_forward(mk_backend *be, mk_real *out, mk_real *att, const mk_real *qkv, int B, int T, int D, int H)
+{
+    const double t0 = now_s();
+    return done(P(be), OP_attention_forward, t0, P(be)->inner->ops->attention_forward(P(be)->inner, out, att, qkv, B, T, D, H));
+}
+
+static int p_attention_backward(mk_backend *be, mk_real *dqkv, mk_real *datt, const mk_real *dout, const mk_real *qkv, const mk_real *att, int B, int T, int D, int H)
+{
+    const double t0 = now_s();
+    return done(P(be), OP_attention_backward, t0, P(be)->inner->ops->attention_backward(P(be)->inner, dqkv, datt, dout, qkv, att, B, T, D, H));
+}
+
+static int p_router_forward(mk_backend *be, mk_real *probs, mk_real *lse, int32_t *topk, mk_real *gates, int32_t *counts, mk_real *psum, const mk_real *z, int N, int E, int K, int norm_topk)
+{
+    const double t0 = now_s();
+    return done(P(be), OP_router_forward, t0, P(be)->inner->ops->router_forward(P(be)->inner, probs, lse, topk, gates, counts, psum, z, N, E, K, norm_topk));
+}
+
+static int p_router_backward(mk_backend *be, mk_real *dz, const mk_real *dgates, const mk_real *lbl_ds, mk_real zloss_scale, const mk_real *probs, const mk_real *lse, const int32_t *topk, const mk_real *gates, int N, int E, int K, int norm_topk)
+{
+    const double t0 = now_s();
+    return done(P(be), OP_router_backward, t0, P(be)->inner->ops->router_backward(P(be)->inner, dz, dgates, lbl_ds, zloss_scale, probs, lse, topk, gates, N, E, K, norm_topk));
+}
+
+static int p_route_plan(mk_backend *be, int32_t *offs, int32_t *row_slot, int32_t *slot_row, const int32_t *topk, int N, int E, int K, int capacity)
+{
+    const double t0 = now_s();
+    return done(P(be), OP_route_plan, t0, P(be)->inner->ops->route_plan(P(be)->inner, offs, row_slot, slot_row, topk, N, E, K, capacity));
+}
+
+static int p_permute_rows(mk_backend *be, mk_real *dst, const mk_real *src, const int32_t *row_slot, const mk_real *weights, int R, int K, int D)
+{
+    const double t0 = now_s();
+    return done(P(be), OP_permute_rows, t0, P(be)->inner->ops->permute_rows(P(be)->inner, dst, src, row_slot, weights, R, K, D));
+}
+
+static int p_unpermute_add(mk_backend *be, mk_real *dst, const mk_real *src, const int32_t *slot_row, const mk_real *weights, int N, int K, int D)
+{
+    const double t0 = now_s();
+    return done(P(be), OP_unpermute_add, t0, P(be)->inner->ops->unpermute_add(P(be)->inner, dst, src, slot_row, weights, N, K, D));
+}
+
+static int p_combine_backward_gates(mk_backend *be, mk_real *dgates, const mk_real *dout, const mk_real *y, const int32_t *slot_row, int N, int K, int D)
+{
+    const double t0 = now_s();
+    return done(P(be), OP_combine_backward_gates, t0, P(be)->inner->ops->combine_backward_gates(P(be)->inner, dgates, dout, y, slot_row, N, K, D));
+}
+
+static int p_swiglu_forward(mk_backend *be, mk_real *h, const mk_real *a, const mk_real *b, size_t n)
+{
+    const double t0 = now_s();
+    return done(P(be), OP_swiglu_forward, t0, P(be)->inner->ops->swiglu_forward(P(be)->inner, h, a, b, n));
+}
+
+static int p_swiglu_backward(mk_backend *be, mk_real *da, mk_real *db, const mk_real *dh, const mk_real *a, const mk_real *b, size_t n)
+{
+    const double t0 = now_s();
+    return done(P(be), OP_swiglu_backward, t0, P(be)->inner->ops->swiglu_backward(P(be)->inner, da, db, dh, a, b, n));
+}
+
+static int p_cross_entropy(mk_backend *be, mk_real *losses, mk_real *dlogits, const mk_real *logits, const int32_t *targets, int N, int V, mk_real dscale)
+{
+    const double t0 = now_s();
+    return done(P(be), OP_cross_entropy, t0, P(be)->inner->ops->cross_entropy(P(be)->inner, losses, dlogits, logits, targets, N, V, dscale));
+}
+
+static int p_adamw(mk_backend *be, mk_real *p, const mk_real *g, mk_real *m, mk_real *v, size_t n, double lr, double beta1, double beta2, double eps, double wd, long t)
+{
+    const double t0 = now_s();
+    return done(P(be), OP_adamw, t0, P(be)->inner->ops->adamw(P(be)->inner, p, g, m, v, n, lr, beta1, beta2, eps, wd, t));
+}
+
+static void p_free(mk_backend *be, void *ptr) { P(be)->inner->ops->free(P(be)->inner, ptr); }
+
+static int p_sync(mk_backend *be) { return P(be)->inner->ops->sync(P(be)->inner); }
+
+static void p_destroy(mk_backend *be)
+{
+    if (!be) return;
+    mk_backend_destroy(&P(be)->inner);
+    free(be->impl);
+    free(be);
+}
+
+int mk_backend_prof_create(mk_backend *inner, mk_backend **out)
+{
+    *out = NULL;
+    mk_backend *be = calloc(1, sizeof *be);
+    prof *p = calloc(1, sizeof *p);
+    if (!be || !p) {
+        free(be);
+        free(p);
+        return MK_FAIL(MK_ERR_NOMEM, "profiling backend: out of memory");
+    }
+    p->inner = inner;
+    p->ops = *inner->ops;   /* name, host_memory, and anything not wrapped below */
+    p->ops.alloc = p_alloc;
+    p->ops.zero = p_zero;
+    p->ops.copy = p_copy;
+    p->ops.to_host = p_to_host;
+    p->ops.from_host = p_from_host;
+    p->ops.matmul = p_matmul;
+    p->ops.grouped_matmul = p_grouped_matmul;
+    p->ops.grouped_matmul_wgrad = p_grouped_matmul_wgrad;
+    p->ops.add = p_add;
+    p->ops.scale = p_scale;
+    p->ops.sumsq = p_sumsq;
+    p->ops.nonfinite = p_nonfinite;
+    p->ops.embedding_forward = p_embedding_forward;
+    p->ops.embedding_backward = p_embedding_backward;
+    p->ops.rmsnorm_forward = p_rmsnorm_forward;
+    p->ops.rmsnorm_backward = p_rmsnorm_backward;
+    p->ops.rope_forward = p_rope_forward;
+    p->ops.rope_backward = p_rope_backward;
+    p->ops.attention_forward = p_attention_forward;
+    p->ops.attention_backward = p_attention_backward;
+    p->ops.router_forward = p_router_forward;
+    p->ops.router_backward = p_router_backward;
+    p->ops.route_plan = p_route_plan;
+    p->ops.permute_rows = p_permute_rows;
+    p->ops.unpermute_add = p_unpermute_add;
+    p->ops.combine_backward_gates = p_combine_backward_gates;
+    p->ops.swiglu_forward = p_swiglu_forward;
+    p->ops.swiglu_backward = p_swiglu_backward;
+    p->ops.cross_entropy = p_cross_entropy;
+    p->ops.adamw = p_adamw;
+    p->ops.free = p_free;
+    p->ops.sync = p_sync;
+    p->ops.destroy = p_destroy;
+    be->ops = &p->ops;
+    be->impl = p;
+    *out = be;
+    return MK_OK;
+}
+
+void mk_backend_prof_reset(mk_backend *be)
+{
+    if (!be || be->ops->destroy != p_destroy) return;
+    memset(P(be)->seconds, 0, sizeof P(be)->seconds);
+    memset(P(be)->calls, 0, sizeof P(be)->calls);
+}
+
+void mk_backend_prof_report(mk_backend *be, FILE *f, long steps)
+{
+    if (!be || be->ops->destroy != p_destroy) return;
+    const prof *p = P(be);
+    double total = 0;
+    for (int i = 0; i < OP_COUNT; i++) total += p->seconds[i];
+    if (steps < 1) steps = 1;
+    fprintf(f, "profile: backend %s, %.2f ms of synchronised op time per step over %ld steps\n",
+            p->inner->ops->name, 1e3 * total / steps, steps);
+    int order[OP_COUNT];
+    for (int i = 0; i < OP_COUNT; i++) order[i] = i;
+    for (int i = 1; i < OP_COUNT; i++) /* by time, descending */
+        for (int j = i; j > 0 && p->seconds[order[j]] > p->seconds[order[j - 1]]; j--) {
+            int t = order[j];
+            order[j] = order[j - 1];
+            order[j - 1] = t;
+        }
+    for (int i = 0; i < OP_COUNT; i++) {
+        const int o = order[i];
+        if (!p->calls[o]) continue;
+        fprintf(f, "profile: %-24s %9.3f ms/step %5.1f%% %7ld calls\n", op_names[o],
+                1e3 * p->seconds[o] / steps, total > 0 ? 100.0 * p->seconds[o] / total : 0.0,
+                p->calls[o] / steps);
+    }
+}

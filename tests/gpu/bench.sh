@@ -1,0 +1,127 @@
+#!/bin/sh
+# tests/gpu/bench.sh - schedules/bench-s.ini throughput on this machine's GPUs, and the
+# PyTorch baseline of the same model and step (tests/gpu/torch_moe_bench.py).
+#
+#   sh tests/gpu/bench.sh OUTFILE [STEPS]
+#
+# Runs moe-train (built in this tree with --with-cuda) on the demo corpus, byte-level
+# (throughput does not depend on the tokens), and writes a Markdown table to OUTFILE:
+# 1 GPU micro and global LBL, 2 GPUs dp = 2 micro and global (and ep = 2) when two GPUs
+# are visible, and an op-by-op profile (MOEKIT_PROFILE=1) of one GPU. tok/s is the rate
+# of the last logged window (steps after the first 10), MFU against 989 TFLOP/s.
+set -u
+outfile=${1:?usage: bench.sh OUTFILE [STEPS]}
+steps=${2:-40}
+top=${top_builddir:-$PWD}
+src=${top_srcdir:-$top}
+tmp=${BENCH_TMP:-$(mktemp -d)}
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=4 NCCL_NVLS_ENABLE=0
+ngpu=$(nvidia-smi -L 2>/dev/null | wc -l)
+[ -d "$tmp/data" ] || "$top/bin/moe-shard" -q -o "$tmp/data" -d code="$src/data/demo/code.txt" \
+  -d english="$src/data/demo/english.txt" -d german="$src/data/demo/german.txt" \
+  -d math="$src/data/demo/math.txt" -d structured="$src/data/demo/structured.txt" || exit 1
+common="--set data.path=$tmp/data --set train.steps=$steps --set train.warmup=5 --set log.every=10 --set ckpt.every=0 --set eval.every=0 --set train.backend=cuda"
+bench() { # label ranks args...
+  label=$1; np=$2; shift 2
+  dir="$tmp/run-$(echo "$label" | tr -c 'a-z0-9' _)"
+  if [ "$np" -eq 1 ]; then
+    "$top/bin/moe-train" --schedule "$src/schedules/bench-s.ini" $common --set run.dir="$dir" "$@" >"$dir.out" 2>&1
+  else
+    mpirun -n "$np" --bind-to none "$top/bin/moe-train" --schedule "$src/schedules/bench-s.ini" $common \
+      --set run.dir="$dir" "$@" >"$dir.out" 2>&1
+  fi
+  rc=$?
+  last=$(grep '^step' "$dir.out" | tail -1)
+  tps=$(echo "$last" | sed -n 's/.*| \([0-9]*\) tok\/s.*/\1/p')
+  mfu=$(echo "$last" | sed -n 's/.*MFU \([0-9.]*\)%.*/\1/p')
+  a2a=$(sed -n 's/^expert all-to-all: \([0-9.]*\) ms per step.*(\([0-9.]*\)%.*/\1 ms (\2%)/p' "$dir.out")
+  if [ $rc -ne 0 ] || [ -z "$tps" ]; then
+    echo "| $label | $np | failed (exit $rc): $(tail -1 "$dir.out" | tr '|' '/') | | | |" >>"$outfile"
+    tail -5 "$dir.out" >&2
+  else
+    echo "| $label | $np | $tps | $((tps / np)) | $mfu% | ${a2a:--} |" >>"$outfile"
+  fi
+  echo "$label: $last" >&2
+}
+{
+  echo "### schedules/bench-s.ini, $(date -u +%Y-%m-%d), $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) x $ngpu"
+  echo
+  echo "moe-train, $steps steps of 16 x 1024 tokens per GPU, bf16 GEMMs (fp32 storage), byte-level demo corpus;"
+  echo "tok/s of the last logged window (steps $((steps - 9))-$steps); MFU = tok/s x $(printf '%s' "Megatron FLOPs/token") / (GPUs x 989 TFLOP/s)."
+  echo
+  echo "| run | GPUs | tokens/s | tokens/s per GPU | MFU | expert all-to-all |"
+  echo "|---|---|---|---|---|---|"
+} >>"$outfile"
+bench "1 GPU, lbl micro" 1 --set parallel.ep=1 --set lbl.mode=micro
+# MOEKIT_BENCH_SBATCH_ONLY=1: one GPU as the reference, then only the launches through
+# jobs/train.sbatch below.
+[ "${MOEKIT_BENCH_SBATCH_ONLY:-0}" = 1 ] || bench "1 GPU, lbl global" 1 --set parallel.ep=1 --set lbl.mode=global
+for np in 2 4 8; do
+  [ "${MOEKIT_BENCH_SBATCH_ONLY:-0}" = 1 ] && break
+  [ "$ngpu" -ge $np ] || break
+  bench "$np GPUs dp=$np, lbl micro" $np --set parallel.ep=1 --set lbl.mode=micro
+  bench "$np GPUs dp=$np, lbl global" $np --set parallel.ep=1 --set lbl.mode=global
+  bench "$np GPUs ep=2, lbl global" $np --set parallel.ep=2 --set lbl.mode=global
+  [ $np -gt 2 ] && bench "$np GPUs ep=$np, lbl global" $np --set parallel.ep=$np --set lbl.mode=global
+done
+# The cluster path, rehearsed on one host: jobs/train.sbatch itself (its argv building,
+# signal forwarding and exit handling) with an srun that starts the ranks with mpirun,
+# since there is no Slurm here. The same ranks and settings as the largest mpirun runs.
+sbatch_bench() { # label ranks settings...
+  label=$1; np=$2; shift 2
+  dir="$tmp/sb-$(echo "$label" | tr -c 'a-z0-9' _)"
+  mkdir -p "$tmp/fakebin"
+  cat >"$tmp/fakebin/srun" <<'SRUN'
+#!/bin/sh
+# srun stand-in: drop srun's own options, start the ranks with mpirun
+while [ $# -gt 0 ]; do case $1 in --*) shift ;; *) break ;; esac; done
+exec mpirun -n "$SLURM_NTASKS" --bind-to none "$@"
+SRUN
+  chmod +x "$tmp/fakebin/srun"
+  sets="data.path=$tmp/data train.steps=$steps train.warmup=5 log.every=10 ckpt.every=0 eval.every=0 train.backend=cuda run.dir=$dir"
+  for kv in "$@"; do sets="$sets $kv"; done
+  PATH="$tmp/fakebin:$PATH" SLURM_JOB_ID=1 SLURM_NTASKS=$np SLURM_JOB_NUM_NODES=1 \
+    MOEKIT_SCHEDULE="$src/schedules/bench-s.ini" MOEKIT_BIN="$top/bin" MOEKIT_SET="$sets" \
+    sh "$src/jobs/train.sbatch" >"$dir.out" 2>&1
+  rc=$?
+  last=$(grep '^step' "$dir.out" | tail -1)
+  tps=$(echo "$last" | sed -n 's/.*| \([0-9]*\) tok\/s.*/\1/p')
+  mfu=$(echo "$last" | sed -n 's/.*MFU \([0-9.]*\)%.*/\1/p')
+  a2a=$(sed -n 's/^expert all-to-all: \([0-9.]*\) ms per step.*(\([0-9.]*\)%.*/\1 ms (\2%)/p' "$dir.out")
+  if [ $rc -ne 0 ] || [ -z "$tps" ]; then
+    echo "| $label | $np | failed (exit $rc) | | | |" >>"$outfile"; tail -5 "$dir.out" >&2
+  else
+    echo "| $label | $np | $tps | $((tps / np)) | $mfu% | ${a2a:--} |" >>"$outfile"
+  fi
+  echo "$label: $(grep '^train.sbatch' "$dir.out" | head -1)" >&2
+}
+if [ "$ngpu" -ge 4 ] && [ "${MOEKIT_BENCH_SBATCH:-1}" != 0 ]; then
+  np=$ngpu; [ "$np" -gt 8 ] && np=8
+  sbatch_bench "$np GPUs dp=$np, lbl micro, via jobs/train.sbatch" $np parallel.ep=1 lbl.mode=micro
+  sbatch_bench "$np GPUs dp=$np, lbl global, via jobs/train.sbatch" $np parallel.ep=1 lbl.mode=global
+  sbatch_bench "$np GPUs ep=$np, lbl global, via jobs/train.sbatch" $np parallel.ep=$np lbl.mode=global
+fi
+echo >>"$outfile"
+[ "${MOEKIT_BENCH_PROFILE:-1}" = 0 ] || MOEKIT_PROFILE=1 "$top/bin/moe-train" --schedule "$src/schedules/bench-s.ini" $common --set train.steps=12 \
+  --set parallel.ep=1 --set run.dir="$tmp/prof" >"$tmp/prof.out" 2>&1
+[ "${MOEKIT_BENCH_PROFILE:-1}" = 0 ] || {
+  echo "Op-by-op profile, 1 GPU, 12 steps (each op synchronised, so the total exceeds a plain step):"
+  echo
+  echo '```'
+  grep '^profile:' "$tmp/prof.out" | head -40
+  echo '```'
+  echo
+} >>"$outfile"
+if [ -f "$src/tests/gpu/torch_moe_bench.py" ] && [ "${MOEKIT_BENCH_TORCH:-1}" != 0 ]; then
+  py=${PYTHON_TORCH:-python3}
+  "$py" "$src/tests/gpu/torch_moe_bench.py" --device cuda --steps 30 --warmup 10 >"$tmp/torch.out" 2>&1
+  {
+    echo "PyTorch baseline (tests/gpu/torch_moe_bench.py, same model and step):"
+    echo
+    echo '```'
+    tail -5 "$tmp/torch.out"
+    echo '```'
+    echo
+  } >>"$outfile"
+fi
+cat "$outfile"
