@@ -452,6 +452,9 @@ static int parse_string(const setting *s, const char *text, const char *origin)
             return fail_value(s, text, origin, "contains a control character");
         if (c == ';' && i > 0 && (text[i - 1] == ' ' || text[i - 1] == '\t'))
             return fail_value(s, text, origin, "contains ' ;', which starts an INI comment");
+        /* Written as "key = ;...", the ';' follows a space too (found by fuzz_config). */
+        if (c == ';' && i == 0)
+            return fail_value(s, text, origin, "starts with ';', which starts an INI comment");
     }
     if (len > 0 && (text[0] == ' ' || text[0] == '\t' || text[len - 1] == ' ' ||
                     text[len - 1] == '\t'))

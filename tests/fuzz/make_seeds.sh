@@ -4,8 +4,10 @@
 # trained by moe-shard, and a tiny checkpoint and routing log made by moe-train
 # (tests/fuzz/seed.ini). Run from the top build directory after `make`:
 #   sh tests/fuzz/make_seeds.sh [SRCDIR]
-# The committed seeds are its output, minimized by hand to a few kB each where possible
-# (the HDF5 files stay whole: they are the smallest valid ones moe-train writes).
+# The committed seeds are its output (the HDF5 files are whole: the smallest valid ones
+# moe-train writes). The files named by a SHA-1 were added from `make fuzz` runs with
+#   tests/fuzz/clang-build/bin/fuzz_NAME -merge=1 tests/fuzz/corpus/NAME tests/fuzz/clang-build/corpus/NAME
+# which keeps only inputs that add coverage.
 set -eu
 src=${1:-.}
 out=$src/tests/fuzz/corpus
