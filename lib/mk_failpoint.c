@@ -66,5 +66,6 @@ int mk_failpoint(const char *phase)
     }
     fprintf(stderr, "moekit: test hook: rank %d fails in %s of step %ld at %.3f\n", fp.rank, phase,
             atomic_load(&fp.at_step), at);
-    return MK_FAIL(MK_ERR_INPUT, "step %ld, %s: injected failure (MOEKIT_TEST_FAIL_RANK)", fp.step, phase);
+    return MK_FAIL(MK_ERR_INPUT, "step %ld, %s: injected failure (MOEKIT_TEST_FAIL_RANK)",
+                   atomic_load(&fp.at_step), phase);
 }
