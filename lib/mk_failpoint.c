@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "mk_error.h"
 
@@ -48,17 +49,23 @@ int mk_failpoint(const char *phase)
     if (!fp.armed || atomic_load(&fp.at_rank) != fp.rank || (fp.step && atomic_load(&fp.at_step) != fp.step) ||
         strcmp(phase, fp.phase) != 0 || atomic_exchange(&fp.fired, 1))
         return MK_OK;
-    if (strcmp(fp.mode, "kill") == 0) raise(SIGKILL);
-    else if (strcmp(fp.mode, "segv") == 0) raise(SIGSEGV);
-    else if (strcmp(fp.mode, "stop") == 0) raise(SIGSTOP);
-    else if (strcmp(fp.mode, "usr1") == 0 || strcmp(fp.mode, "term") == 0) {
-        /* The tests time the stop from this line. */
-        fprintf(stderr, "moekit: test hook: rank %d sends itself SIG%s in %s of step %ld\n", fp.rank,
-                fp.mode[0] == 'u' ? "USR1" : "TERM", phase, atomic_load(&fp.at_step));
+    /* The tests time what follows from this line's wall-clock time. */
+    static const char *const modes[][2] = { { "kill", "KILL" }, { "segv", "SEGV" }, { "stop", "STOP" },
+                                            { "usr1", "USR1" }, { "term", "TERM" } };
+    static const int sigs[] = { SIGKILL, SIGSEGV, SIGSTOP, SIGUSR1, SIGTERM };
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    const double at = (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+    for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++) {
+        if (strcmp(fp.mode, modes[i][0]) != 0) continue;
+        fprintf(stderr, "moekit: test hook: rank %d sends itself SIG%s in %s of step %ld at %.3f\n", fp.rank,
+                modes[i][1], phase, atomic_load(&fp.at_step), at);
         fflush(stderr);
-        raise(fp.mode[0] == 'u' ? SIGUSR1 : SIGTERM);
+        raise(sigs[i]);
+        return MK_OK;
     }
-    else
-        return MK_FAIL(MK_ERR_INPUT, "step %ld, %s: injected failure (MOEKIT_TEST_FAIL_RANK)", fp.step, phase);
-    return MK_OK;
+    fprintf(stderr, "moekit: test hook: rank %d fails in %s of step %ld at %.3f\n", fp.rank, phase,
+            atomic_load(&fp.at_step), at);
+    return MK_FAIL(MK_ERR_INPUT, "step %ld, %s: injected failure (MOEKIT_TEST_FAIL_RANK)",
+                   atomic_load(&fp.at_step), phase);
 }

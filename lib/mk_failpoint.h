@@ -15,7 +15,8 @@
  *                              hung rank), usr1 or term (send itself SIGUSR1 or SIGTERM and
  *                              carry on)
  *
- * It fires once per process, at the first hook of phase P in step S. The deeper layers do
+ * It fires once per process, at the first hook of phase P in step S, and first prints
+ * "moekit: test hook: rank R ... at T" (T: wall-clock seconds) for the tests to time from. The deeper layers do
  * not know the step, so the training loop tells this module where it is: that (rank, step)
  * pair and the settings read once from the environment are the only mutable global state
  * of lib/ (atomics, so the OpenMP threads and the watchdog may read it).

@@ -48,7 +48,14 @@ static double now_s(void)
  * loop names each phase as it enters it; a thread wakes up every second and, when one phase
  * has lasted longer than the timeout, prints one line naming the rank, phase and step and
  * ends the process with MK_ERR_COMM. _exit, not MPI_Abort: MPI was initialised for one
- * thread, and the launcher (mpirun, srun -K) ends the other ranks when one exits non-zero. */
+ * thread, and the launcher (mpirun, srun -K) ends the other ranks when one exits non-zero.
+ *
+ * After a stop signal the wait is shorter. srun -K ends the survivors of a dead rank with
+ * SIGTERM, and SIGKILL only KillWait (30 s by default) later; moekit takes that SIGTERM
+ * for a request to checkpoint, which a rank stuck in a collective can never do. So once a
+ * stop is requested, a phase that has lasted more than twice its longest duration so far
+ * plus 5 s ends the job the same way (a phase never seen before keeps the timeout). */
+enum { WD_PHASES = 12 };
 typedef struct watchdog {
     pthread_t thread;
     pthread_mutex_t mu;
@@ -57,7 +64,23 @@ typedef struct watchdog {
     double timeout, since;
     const char *phase;              /* NULL between runs of the loop: nothing to watch */
     long step;
+    volatile sig_atomic_t *stop;    /* the signal handler's flag, or NULL */
+    const char *seen[WD_PHASES];    /* phases (string literals) and their longest duration */
+    double longest[WD_PHASES];
 } watchdog;
+
+/* The slot of phase p in the table of longest durations, or -1 when it is full. */
+static int wd_slot(watchdog *w, const char *p)
+{
+    for (int i = 0; i < WD_PHASES; i++) {
+        if (w->seen[i] == p) return i;
+        if (!w->seen[i]) {
+            w->seen[i] = p;
+            return i;
+        }
+    }
+    return -1;
+}
 
 static void *watchdog_main(void *arg)
 {
@@ -68,24 +91,34 @@ static void *watchdog_main(void *arg)
         clock_gettime(CLOCK_REALTIME, &ts);
         ts.tv_sec += 1;
         pthread_cond_timedwait(&w->cv, &w->mu, &ts);
+        if (w->done || !w->phase) continue;
         const double el = now_s() - w->since;
-        if (!w->done && w->phase && el > w->timeout) {
+        const int k = wd_slot(w, w->phase);
+        const double lim = k >= 0 && w->longest[k] > 0 ? 2 * w->longest[k] + 5 : w->timeout;
+        if (el > w->timeout) {
             fprintf(stderr, "moe-train: rank %d: %s of step %ld has not finished after %.0f s "
                     "(parallel.timeout = %g s): a rank is hung or gone; ending the job\n",
                     w->rank, w->phase, w->step, el, w->timeout);
-            fflush(stderr);
-            _exit(MK_ERR_COMM);
+        } else if (w->stop && *w->stop && el > lim) {
+            fprintf(stderr, "moe-train: rank %d: asked to stop, but %s of step %ld has taken %.0f s "
+                    "(at most %.1f s before): a rank is hung or gone; ending the job\n",
+                    w->rank, w->phase, w->step, el, w->longest[k]);
+        } else {
+            continue;
         }
+        fflush(stderr);
+        _exit(MK_ERR_COMM);
     }
     pthread_mutex_unlock(&w->mu);
     return NULL;
 }
 
-static int watchdog_start(watchdog *w, double timeout, int rank)
+static int watchdog_start(watchdog *w, double timeout, int rank, volatile sig_atomic_t *stop)
 {
     if (timeout <= 0) return MK_OK;
     w->timeout = timeout;
     w->rank = rank;
+    w->stop = stop;
     pthread_mutex_init(&w->mu, NULL);
     pthread_cond_init(&w->cv, NULL);
     if (pthread_create(&w->thread, NULL, watchdog_main, w) != 0) {
@@ -102,9 +135,12 @@ static void watchdog_phase(watchdog *w, const char *phase, long step)
 {
     if (!w->started) return;
     pthread_mutex_lock(&w->mu);
+    const double t = now_s();
+    const int k = w->phase ? wd_slot(w, w->phase) : -1;
+    if (k >= 0 && t - w->since > w->longest[k]) w->longest[k] = t - w->since;
     w->phase = phase;
     w->step = step;
-    w->since = now_s();
+    w->since = t;
     pthread_mutex_unlock(&w->mu);
 }
 
@@ -283,7 +319,7 @@ int mk_train_run(const mk_config *cfg, const mk_train_opts *opts, mk_train_resul
     MK_CHECK_GOTO(rc, mk_trainer_create(cfg, opts->world, &r.tr), done);
     const int rank = mk_trainer_rank(r.tr), ranks = mk_trainer_ranks(r.tr);
     if (r.ds) MK_CHECK_GOTO(rc, mk_trainer_set_domains(r.tr, mk_dataset_domains(r.ds)), done);
-    MK_CHECK_GOTO(rc, watchdog_start(&r.wd, cfg->parallel.timeout, rank), done);
+    MK_CHECK_GOTO(rc, watchdog_start(&r.wd, cfg->parallel.timeout, rank, opts->stop), done);
     const char *tok_id = r.ds ? mk_dataset_tokenizer(r.ds) : "byte";
     if (r.ds && strncmp(tok_id, "bpe:", 4) == 0 && !strchr(path, ','))
         snprintf(r.ranks_path, sizeof r.ranks_path, "%s/tokenizer.ranks", path);

@@ -48,6 +48,36 @@ kill -STOP "$victim"
 wait $pid
 check "$d" "$start" $? "SIGSTOP from outside to one rank (pid $victim) after step 3" ".*" "[0-9]*"
 
+# srun -K ends the survivors of a dead rank with SIGTERM (then SIGKILL after KillWait, 30 s
+# by default): with the default timeout of 300 s, ranks stuck in a collective when a stop
+# signal comes end after twice the phase's longest duration + 5 s, not after 300 s
+d="$tmp/stopped"
+start=$(now)
+MOEKIT_TEST_FAIL_RANK=3 MOEKIT_TEST_FAIL_STEP=20 MOEKIT_TEST_FAIL_PHASE=allreduce MOEKIT_TEST_FAIL_MODE=stop \
+  $MPIEXEC -n 4 --bind-to none -x MOEKIT_TEST_FAIL_RANK -x MOEKIT_TEST_FAIL_STEP -x MOEKIT_TEST_FAIL_PHASE \
+  -x MOEKIT_TEST_FAIL_MODE $train $SMALL --quiet --set train.steps=1000 --set parallel.ep=2 --set run.dir="$d" \
+  </dev/null >"$d.out" 2>&1 &
+pid=$!
+i=0; while [ "$( { wc -l <"$d/log.tsv"; } 2>/dev/null || echo 0)" -lt 20 ] && [ $i -lt 3000 ]; do sleep 0.01; i=$((i + 1)); done
+sleep 1
+sig=$(now)
+for p in $(pgrep -f "run.dir=$d"); do
+  case $(readlink "/proc/$p/exe") in */moe-train) grep -q '^State:.*T (stopped)' "/proc/$p/status" || kill -TERM "$p" ;; esac
+done
+# without the shorter wait this would take 300 s: end it after 30 s (and fail)
+( sleep 30; kill -9 $pid $(pgrep -f "run.dir=$d") ) >/dev/null 2>&1 &
+guard=$!
+wait $pid
+rc=$?
+gone "run.dir=$d"; g=$?
+el=$(elapsed "$sig")
+kill $guard 2>/dev/null
+lines=$(grep -c "asked to stop, but forward/backward[^:]* of step 20 has taken" "$d.out")
+[ $rc -ne 0 ] && [ $g -eq 0 ] && [ "$lines" -ge 1 ] && awk -v e="$el" 'BEGIN { exit !(e <= 15) }'
+r=$?
+[ $r -ne 0 ] && sed 's/^/#   /' "$d.out" | head -12
+ok $r "rank 3 stopped in step 20, SIGTERM to the others (timeout 300 s): exit $rc, every rank gone $el s after the signal, $lines line(s) 'asked to stop, but ...'"
+
 # the same short timeout does not end a healthy run
 $MPIEXEC -n 4 --bind-to none $train $H --set train.steps=40 --set run.dir="$tmp/ok" >"$tmp/ok.out" 2>&1
 rc=$?

@@ -44,7 +44,8 @@ case_() {
   name=$1 sig=$2 target=$3 when=$4 second=$5; shift 5
   d="$tmp/c$n"
   [ "$1" = --resume ] && mkdir -p "$d/ckpt" && cp "$tmp/cal/ckpt/"step_* "$tmp/cal/ckpt/latest" "$d/ckpt/"
-  $MPIEXEC -n 4 --bind-to none $HOOKENV $train $S --set run.dir="$d" "$@" >"$d.out" 2>&1 &
+  # </dev/null: mpirun forwards its standard input to rank 0, which would eat the case list
+  $MPIEXEC -n 4 --bind-to none $HOOKENV $train $S --set run.dir="$d" "$@" </dev/null >"$d.out" 2>&1 &
   pid=$!
   i=0
   case $when in
@@ -113,7 +114,8 @@ awk -v seed="$SEED" -v n=$((N - 8)) 'BEGIN { srand(seed)
     w = rand(); when = w < 0.15 ? "init" : sprintf("%.2f", rand() * 1.5)
     resume = rand() < 0.2 ? "resume" : "-"; second = rand() < 0.3
     print sig, target, when, second, resume } }' >"$tmp/cases"
-while read -r sig target when second resume; do
+# the list comes on fd 3, so that nothing in a case can read it from standard input
+while read -r sig target when second resume <&3; do
   what="SIG$sig to $( [ $target = all ] && echo "every rank" || ([ $target = one ] && echo "one rank" || echo mpirun))"
   [ "$when" = init ] && what="$what at start-up" || what="$what $when s after step 1"
   [ "$second" = 1 ] && what="$what, SIGTERM to every rank soon after"
@@ -122,5 +124,6 @@ while read -r sig target when second resume; do
   else
     case_ "$what" "$sig" "$target" "$when" "$second"
   fi
-done <"$tmp/cases"
+done 3<"$tmp/cases" </dev/null
+[ $n -eq "$N" ] || { echo "not ok $((n + 1)) - only $n of the $N cases ran"; exit 1; }
 finish
