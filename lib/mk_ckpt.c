@@ -71,6 +71,7 @@ static int read_attr_i64(hid_t obj, const char *name, int64_t *v)
     return ok ? MK_OK : MK_ERR_INPUT;
 }
 
+/* MK_ERR_NOMEM is kept apart from MK_ERR_INPUT: out of memory is not a damaged file. */
 static int read_attr_str(hid_t obj, const char *name, char *buf, size_t n)
 {
     if (H5Aexists(obj, name) <= 0) return MK_ERR_INPUT;
@@ -83,7 +84,8 @@ static int read_attr_str(hid_t obj, const char *name, char *buf, size_t n)
         char *tmp = calloc(sz + 1, 1);
         hid_t mt = H5Tcopy(H5T_C_S1);
         H5Tset_size(mt, sz);
-        if (tmp && H5Aread(a, mt, tmp) >= 0) {
+        if (!tmp) rc = MK_ERR_NOMEM;
+        else if (H5Aread(a, mt, tmp) >= 0) {
             snprintf(buf, n, "%s", tmp);
             rc = MK_OK;
         }
@@ -602,7 +604,12 @@ int mk_ckpt_load(mk_trainer *tr, const char *path, mk_ckpt_meta *meta)
         rc = MK_FAIL(MK_ERR_INPUT, "%s: not an HDF5 file or unreadable", path);
         goto out;
     }
-    if (read_attr_str(f, "format", fmt, sizeof fmt) || strcmp(fmt, MK_CKPT_FORMAT) != 0) {
+    int ar = read_attr_str(f, "format", fmt, sizeof fmt);
+    if (ar == MK_ERR_NOMEM) {
+        rc = MK_FAIL(MK_ERR_NOMEM, "%s: out of memory", path);
+        goto out;
+    }
+    if (ar || strcmp(fmt, MK_CKPT_FORMAT) != 0) {
         rc = MK_FAIL(MK_ERR_INPUT, "%s: not a moekit checkpoint (attribute format)", path);
         goto out;
     }
@@ -610,7 +617,10 @@ int mk_ckpt_load(mk_trainer *tr, const char *path, mk_ckpt_meta *meta)
     for (size_t i = 0; rc == MK_OK && i < sizeof shape_keys / sizeof *shape_keys; i++) {
         char have[256], want[256];
         mk_config_get_text(cfg, shape_keys[i], want, sizeof want);
-        if (g < 0 || read_attr_str(g, shape_keys[i], have, sizeof have))
+        ar = g < 0 ? MK_ERR_INPUT : read_attr_str(g, shape_keys[i], have, sizeof have);
+        if (ar == MK_ERR_NOMEM)
+            rc = MK_FAIL(MK_ERR_NOMEM, "%s: out of memory", path);
+        else if (ar)
             rc = MK_FAIL(MK_ERR_INPUT, "%s: /config/%s is missing", path, shape_keys[i]);
         else if (strcmp(have, want) != 0)
             rc = MK_FAIL(MK_ERR_USAGE, "%s: %s = %s in the checkpoint but %s in the schedule", path,
@@ -623,7 +633,8 @@ int mk_ckpt_load(mk_trainer *tr, const char *path, mk_ckpt_meta *meta)
         read_attr_i64(st, "samples_consumed", &samples))
         rc = MK_FAIL(MK_ERR_INPUT, "%s: step, tokens_seen or /state/samples_consumed missing", path);
     if (st >= 0) H5Gclose(st);
-    read_attr_str(f, "tokenizer", meta->tokenizer, sizeof meta->tokenizer);
+    if (read_attr_str(f, "tokenizer", meta->tokenizer, sizeof meta->tokenizer) == MK_ERR_NOMEM && rc == MK_OK)
+        rc = MK_FAIL(MK_ERR_NOMEM, "%s: out of memory", path);
     size_t maxn = 0;
     for (size_t i = 0; i < mk_model_tensor_count(m); i++)
         if (mk_model_tensor(m, i)->numel > maxn) maxn = mk_model_tensor(m, i)->numel;
@@ -727,7 +738,10 @@ int mk_ckpt_verify(const char *path, char *why, size_t n)
     if (f < 0) {
         snprintf(why, n, "%s: not an HDF5 file, truncated or unreadable", path);
         rc = MK_ERR_INPUT;
-    } else if (read_attr_str(f, "format", fmt, sizeof fmt) || strcmp(fmt, MK_CKPT_FORMAT) ||
+    } else if (read_attr_str(f, "format", fmt, sizeof fmt) == MK_ERR_NOMEM) {
+        snprintf(why, n, "%s: out of memory", path);
+        rc = MK_ERR_NOMEM;
+    } else if (strcmp(fmt, MK_CKPT_FORMAT) ||
                read_attr_i64(f, "format_version", &ver) || ver != MK_CKPT_VERSION ||
                read_attr_i64(f, "step", &step)) {
         snprintf(why, n, "%s: missing or wrong format, format_version or step attributes", path);
@@ -758,9 +772,14 @@ int mk_ckpt_find(const char *run_dir, char *path, size_t n, FILE *log)
     for (size_t i = 0; i < cnt && rc != MK_OK; i++) {
         char p[MK_PATH_MAX + 32], why[1024];
         snprintf(p, sizeof p, "%s/step_%08ld.h5", dir, steps[i]);
-        if (mk_ckpt_verify(p, why, sizeof why) == MK_OK) {
+        const int vr = mk_ckpt_verify(p, why, sizeof why);
+        if (vr == MK_OK) {
             snprintf(path, n, "%s", p);
             rc = MK_OK;
+        } else if (vr == MK_ERR_NOMEM) {
+            /* not a bad file: skipping it would resume from an older step */
+            free(steps);
+            return MK_FAIL(MK_ERR_NOMEM, "%s", why);
         } else if (log) {
             fprintf(log, "moe-train: skipping %s\n", why);
         }
