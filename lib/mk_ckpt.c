@@ -16,6 +16,7 @@
 
 #include "mk_error.h"
 #include "mk_fs.h"
+#include "mk_sha256.h"
 
 #ifdef MK_HDF5_PARALLEL
 #include <mpi.h>
@@ -95,6 +96,165 @@ static int read_attr_str(hid_t obj, const char *name, char *buf, size_t n)
     H5Tclose(ft);
     H5Aclose(a);
     return rc;
+}
+
+/* ------------------------------------------------------------------ integrity */
+
+/* SHA-256 over what HDF5 does not checksum in every file format: the name and value of
+ * every attribute of every object, every object's path, and each dataset's type and shape,
+ * plus the bytes of datasets without Fletcher32 (/tokenizer/ranks). Tensor chunks carry
+ * their own Fletcher32. tests/fault/test_corrupt.sh found single-byte flips in attribute
+ * heaps and group indexes that loaded silently changed (a /config value, a tensor name).
+ * The lines are sorted, so the writer and the reader agree whatever order HDF5 lists. */
+typedef struct integ { char **v; size_t n, cap; int rc; const char *obj; } integ;
+
+static void integ_add(integ *g, const char *a, const char *b, const char *c)
+{
+    if (g->rc) return;
+    size_t len = strlen(a) + strlen(b) + strlen(c) + 3;
+    char *line = malloc(len);
+    if (g->n == g->cap) {
+        size_t cap = g->cap ? 2 * g->cap : 256;
+        char **v = realloc(g->v, cap * sizeof *v);
+        if (v) g->v = v, g->cap = cap;
+    }
+    if (!line || g->n == g->cap) {
+        free(line);
+        g->rc = MK_ERR_NOMEM;
+        return;
+    }
+    snprintf(line, len, "%s %s %s", a, b, c);
+    g->v[g->n++] = line;
+}
+
+static herr_t integ_attr(hid_t loc, const char *name, const H5A_info_t *info, void *op)
+{
+    (void)info;
+    integ *g = op;
+    if (strcmp(g->obj, ".") == 0 && strcmp(name, "integrity") == 0) return 0;
+    hid_t a = H5Aopen(loc, name, H5P_DEFAULT);
+    hid_t t = a >= 0 ? H5Aget_type(a) : -1, sp = a >= 0 ? H5Aget_space(a) : -1;
+    hssize_t np = sp >= 0 ? H5Sget_simple_extent_npoints(sp) : -1;
+    size_t sz = t >= 0 ? H5Tget_size(t) : 0, n = sz * (size_t)(np > 0 ? np : 0);
+    unsigned char *buf = n > 0 && n < ((size_t)1 << 26) ? calloc(n, 1) : NULL;
+    hid_t mt = t >= 0 ? H5Tget_native_type(t, H5T_DIR_ASCEND) : -1;
+    if (a < 0 || t < 0 || np <= 0 || H5Tis_variable_str(t) > 0) {
+        if (!g->rc) g->rc = MK_ERR_INPUT;
+    } else if (!buf) {
+        if (!g->rc) g->rc = n < ((size_t)1 << 26) ? MK_ERR_NOMEM : MK_ERR_INPUT;
+    } else if (mt < 0 || H5Aread(a, H5Tget_class(t) == H5T_STRING ? t : mt, buf) < 0) {
+        if (!g->rc) g->rc = MK_ERR_INPUT;
+    } else {
+        char hex[65], what[128];
+        mk_sha256_hex(buf, n, hex);
+        snprintf(what, sizeof what, "A:%d:%zu:%s", (int)H5Tget_class(t), sz, hex);
+        char obj[512];
+        snprintf(obj, sizeof obj, "%s@%s", g->obj, name);
+        integ_add(g, "attr", obj, what);
+    }
+    free(buf);
+    if (mt >= 0) H5Tclose(mt);
+    if (sp >= 0) H5Sclose(sp);
+    if (t >= 0) H5Tclose(t);
+    if (a >= 0) H5Aclose(a);
+    return g->rc ? -1 : 0;
+}
+
+static herr_t integ_obj(hid_t root, const char *name, const H5O_info_t *info, void *op)
+{
+    integ *g = op;
+    g->obj = name;
+    if (H5Aiterate_by_name(root, name, H5_INDEX_NAME, H5_ITER_INC, NULL, integ_attr, g, H5P_DEFAULT) < 0) {
+        if (!g->rc) g->rc = MK_ERR_INPUT;
+        return -1;
+    }
+    char what[256] = "group";
+    if (info->type == H5O_TYPE_DATASET) {
+        hid_t d = H5Dopen2(root, name, H5P_DEFAULT);
+        hid_t t = d >= 0 ? H5Dget_type(d) : -1, sp = d >= 0 ? H5Dget_space(d) : -1, dcpl = d >= 0 ? H5Dget_create_plist(d) : -1;
+        hsize_t dims[8] = { 0 };
+        int nd = sp >= 0 ? H5Sget_simple_extent_ndims(sp) : -1;
+        if (nd < 0 || nd > 8 || t < 0 || dcpl < 0 || H5Sget_simple_extent_dims(sp, dims, NULL) < 0) {
+            if (!g->rc) g->rc = MK_ERR_INPUT;
+        } else {
+            int len = snprintf(what, sizeof what, "D:%d:%zu:", (int)H5Tget_class(t), H5Tget_size(t));
+            for (int i = 0; i < nd && len < (int)sizeof what - 24; i++)
+                len += snprintf(what + len, sizeof what - (size_t)len, "%llu,", (unsigned long long)dims[i]);
+            if (H5Pget_nfilters(dcpl) == 0 && H5Tget_class(t) == H5T_INTEGER && H5Tget_size(t) == 1) {
+                size_t n = 1;
+                for (int i = 0; i < nd; i++) n *= (size_t)dims[i];
+                unsigned char *b = malloc(n ? n : 1);
+                char hex[65];
+                if (!b) g->rc = g->rc ? g->rc : MK_ERR_NOMEM;
+                else if (H5Dread(d, H5T_NATIVE_UCHAR, H5S_ALL, H5S_ALL, H5P_DEFAULT, b) < 0) g->rc = g->rc ? g->rc : MK_ERR_INPUT;
+                else {
+                    mk_sha256_hex(b, n, hex);
+                    snprintf(what + len, sizeof what - (size_t)len, ":%s", hex);
+                }
+                free(b);
+            }
+        }
+        if (dcpl >= 0) H5Pclose(dcpl);
+        if (sp >= 0) H5Sclose(sp);
+        if (t >= 0) H5Tclose(t);
+        if (d >= 0) H5Dclose(d);
+    }
+    integ_add(g, "obj", name, what);
+    return g->rc ? -1 : 0;
+}
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* The file's integrity digest as 64 hex digits: MK_OK, MK_ERR_NOMEM, or MK_ERR_INPUT when
+ * HDF5 cannot read some object. */
+static int integrity_of(hid_t f, char hex[65])
+{
+    integ g = { 0 };
+    if (H5Ovisit(f, H5_INDEX_NAME, H5_ITER_INC, integ_obj, &g) < 0 && !g.rc) g.rc = MK_ERR_INPUT;
+    if (!g.rc) {
+        qsort(g.v, g.n, sizeof *g.v, cmp_str);
+        mk_sha256 sh;
+        unsigned char dg[32];
+        mk_sha256_init(&sh);
+        for (size_t i = 0; i < g.n; i++) {
+            mk_sha256_update(&sh, g.v[i], strlen(g.v[i]));
+            mk_sha256_update(&sh, "\n", 1);
+        }
+        mk_sha256_final(&sh, dg);
+        mk_sha256_to_hex(dg, hex);
+    }
+    for (size_t i = 0; i < g.n; i++) free(g.v[i]);
+    free(g.v);
+    return g.rc;
+}
+
+/* MK_OK when the file has no integrity attribute (older files) or it matches; else the
+ * reason in why. */
+static int integrity_check(hid_t f, const char *path, char *why, size_t n)
+{
+    if (H5Aexists(f, "integrity") <= 0) return MK_OK;
+    char want[80] = "", have[65];
+    int rc = read_attr_str(f, "integrity", want, sizeof want);
+    if (rc == MK_OK) rc = integrity_of(f, have);
+    if (rc == MK_ERR_NOMEM) {
+        snprintf(why, n, "%s: out of memory", path);
+        return rc;
+    }
+    if (rc != MK_OK || strncmp(want, "sha256:", 7) != 0 || strcmp(want + 7, have) != 0) {
+        snprintf(why, n, "%s: the attributes, names or shapes do not match the integrity checksum (damaged file)", path);
+        return MK_ERR_INPUT;
+    }
+    return MK_OK;
+}
+
+static int integrity_seal(hid_t f, const char *path)
+{
+    char hex[65], v[80];
+    int rc = integrity_of(f, hex);
+    if (rc == MK_ERR_NOMEM) return MK_FAIL(rc, "%s: out of memory", path);
+    if (rc) return MK_FAIL(MK_ERR_INTERNAL, "%s: cannot read back what was written", path);
+    snprintf(v, sizeof v, "sha256:%s", hex);
+    return attr_str(f, "integrity", v) == MK_OK ? MK_OK : MK_FAIL(MK_ERR_INTERNAL, "%s: cannot write the integrity attribute", path);
 }
 
 static int write_f32(hid_t group, const char *name, int ndim, const hsize_t *dims, const float *data)
@@ -241,12 +401,14 @@ static int write_ranks(hid_t f, const char *tmp, const char *ranks_path)
 }
 
 #ifdef MK_HDF5_PARALLEL
-/* After a parallel write: rank 0 reopens the file serially to add the ranks. */
+/* After a parallel write: rank 0 reopens the file serially to add the ranks (if any) and
+ * the integrity checksum. */
 static int embed_ranks(const char *tmp, const char *ranks_path)
 {
     hid_t f = H5Fopen(tmp, H5F_ACC_RDWR, H5P_DEFAULT);
     if (f < 0) return MK_FAIL(MK_ERR_IO, "%s: cannot reopen to embed the tokenizer", tmp);
-    int rc = write_ranks(f, tmp, ranks_path);
+    int rc = ranks_path ? write_ranks(f, tmp, ranks_path) : MK_OK;
+    if (rc == MK_OK) rc = integrity_seal(f, tmp);
     if (H5Fclose(f) < 0 && rc == MK_OK) rc = MK_FAIL(MK_ERR_IO, "%s: close failed", tmp);
     return rc;
 }
@@ -258,6 +420,12 @@ static int embed_ranks(const char *tmp, const char *ranks_path)
  * (found by tests/fault/test_io_errors.sh); here every disk error is moekit's own, with its
  * errno, and HDF5 never sees one. The image reaches us through the core driver's free
  * callback at close, so it is never copied. */
+/* The 1.8 file format and up: its object headers carry checksums, so a damaged attribute
+ * (step, data position, a /config value) fails verify instead of loading silently; the
+ * default earliest format has none (tests/fault/test_corrupt.sh found one in 30 metadata
+ * flips loading changed). Capped at 1.10 so that every HDF5 from 1.10 on reads the files. */
+static herr_t set_format(hid_t fapl) { return H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_V110); }
+
 typedef struct image_sink {
     const char *path;
     size_t size; /* the file's end of allocation, taken just before the close */
@@ -324,7 +492,8 @@ static int write_file(mk_trainer *tr, const char *tmp, const mk_ckpt_meta *meta,
                                        img_udata_copy, img_udata_free, &sink };
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
     hid_t f = -1;
-    if (fapl >= 0 && H5Pset_fapl_core(fapl, (size_t)1 << 20, 0) >= 0 && H5Pset_file_image_callbacks(fapl, &cb) >= 0)
+    if (fapl >= 0 && H5Pset_fapl_core(fapl, (size_t)1 << 20, 0) >= 0 && H5Pset_file_image_callbacks(fapl, &cb) >= 0 &&
+        set_format(fapl) >= 0)
         f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
     if (fapl >= 0) H5Pclose(fapl);
     if (f < 0) return MK_FAIL(MK_ERR_NOMEM, "%s: cannot create the checkpoint in memory", tmp);
@@ -332,6 +501,7 @@ static int write_file(mk_trainer *tr, const char *tmp, const mk_ckpt_meta *meta,
     if (rc == MK_OK && ranks_path) rc = write_ranks(f, tmp, ranks_path);
     int trc = write_tensors(tr, f, 1);
     if (rc == MK_OK) rc = trc;
+    if (rc == MK_OK) rc = integrity_seal(f, tmp);
     ssize_t size = -1; /* the image's length: called without a buffer it copies nothing */
     if (rc == MK_OK && (H5Fflush(f, H5F_SCOPE_GLOBAL) < 0 || (size = H5Fget_file_image(f, NULL, 0)) <= 0))
         rc = MK_FAIL(MK_ERR_INTERNAL, "%s: cannot finish the checkpoint in memory", tmp);
@@ -497,6 +667,7 @@ static int write_file_parallel(mk_trainer *tr, const char *tmp, const mk_ckpt_me
     MK_CHECK(mk_comm_mpi_handle(mk_trainer_world(tr), &comm));
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
     H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL);
+    set_format(fapl);
     H5Pset_all_coll_metadata_ops(fapl, 1);
     H5Pset_coll_metadata_write(fapl, 1);
     hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
@@ -544,7 +715,7 @@ int mk_ckpt_save(mk_trainer *tr, const char *run_dir, const mk_ckpt_meta *meta, 
         /* every rank must use the writer's temporary name */
         rc = mk_comm_bcast(world, name, sizeof name, 0);
         if (rc == MK_OK) rc = write_file_parallel(tr, name, meta);
-        if (rc == MK_OK && writer && ranks_path) rc = embed_ranks(name, ranks_path);
+        if (rc == MK_OK && writer) rc = embed_ranks(name, ranks_path);
 #endif
     } else if (writer) {
         rc = write_file(tr, tmp, meta, ranks_path);
@@ -611,6 +782,11 @@ int mk_ckpt_load(mk_trainer *tr, const char *path, mk_ckpt_meta *meta)
     }
     if (ar || strcmp(fmt, MK_CKPT_FORMAT) != 0) {
         rc = MK_FAIL(MK_ERR_INPUT, "%s: not a moekit checkpoint (attribute format)", path);
+        goto out;
+    }
+    char why[MK_PATH_MAX + 128];
+    if ((rc = integrity_check(f, path, why, sizeof why)) != MK_OK) {
+        rc = MK_FAIL(rc, "%s", why);
         goto out;
     }
     hid_t g = H5Gopen2(f, "/config", H5P_DEFAULT);
@@ -749,6 +925,8 @@ int mk_ckpt_verify(const char *path, char *why, size_t n)
     } else if (H5Lexists(f, "/config", H5P_DEFAULT) <= 0 || H5Lexists(f, "/state", H5P_DEFAULT) <= 0) {
         snprintf(why, n, "%s: group /config or /state is missing", path);
         rc = MK_ERR_INPUT;
+    } else if ((rc = integrity_check(f, path, why, n)) != MK_OK) {
+        /* why is set */
     } else {
         rc = verify_group(f, "/model", path, why, n, -1);
         hid_t model = rc == MK_OK ? H5Gopen2(f, "/model", H5P_DEFAULT) : -1;
