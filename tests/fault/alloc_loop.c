@@ -48,7 +48,7 @@ static long counted;    /* allocations since the operation started */
 static long hits;       /* allocations failed */
 #define LIVE_CAP (1 << 16)
 static void *live[LIVE_CAP];
-static long live_n;
+static volatile long live_n; /* volatile: the compiler assumes malloc leaves globals alone */
 
 static void live_add(void *p)
 {
