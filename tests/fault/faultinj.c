@@ -13,7 +13,8 @@
  *                     (fsync/fdatasync), rename, unlink, mkdir; "all" (default) = every kind
  *   FAULTINJ_AT       k: act at the k-th counted op (1-based); 0 or unset: only count
  *   FAULTINJ_MODE     crash (_exit before op k), torn (like crash, but a write op k writes
- *                     its first half first), enospc, eio, power (simulated power loss)
+ *                     its first FAULTINJ_TORN eighths first, default 4), enospc, eio, power
+ *                     (simulated power loss)
  *   FAULTINJ_PERSIST  1: enospc/eio fail op k and every later counted op (else only op k)
  *   FAULTINJ_EXIT     exit status of a crash (default 42)
  *   FAULTINJ_REPORT   file; at exit the shim writes "ops N" and one "k kind path" line per
@@ -59,7 +60,7 @@ static struct {
     size_t prefix_len;
     unsigned kinds;
     long at;
-    int mode, persist, exit_code, pattern;
+    int mode, persist, exit_code, pattern, torn;
     unsigned long long seed;
     char report[4096], stash[4096];
     long count;
@@ -148,6 +149,7 @@ static void setup(void)
     S.exit_code = getenv("FAULTINJ_EXIT") ? atoi(getenv("FAULTINJ_EXIT")) : 42;
     S.seed = getenv("FAULTINJ_SEED") ? strtoull(getenv("FAULTINJ_SEED"), NULL, 10) : 1;
     S.pattern = getenv("FAULTINJ_PATTERN") ? atoi(getenv("FAULTINJ_PATTERN")) : 0;
+    S.torn = getenv("FAULTINJ_TORN") ? atoi(getenv("FAULTINJ_TORN")) : 4;
     if (getenv("FAULTINJ_REPORT")) snprintf(S.report, sizeof S.report, "%s", getenv("FAULTINJ_REPORT"));
     if (getenv("FAULTINJ_STASH")) snprintf(S.stash, sizeof S.stash, "%s", getenv("FAULTINJ_STASH"));
 }
@@ -467,10 +469,11 @@ static int hit(int kind, const char *path, int torn_fd, const void *buf, size_t 
     switch (S.mode) {
     case M_TORN:
         if (torn_fd >= 0 && n > 1) {
-            if (use_off) raw_pwrite(torn_fd, buf, n / 2, off);
+            const size_t part = n / 8 * (size_t)(S.torn > 0 && S.torn < 8 ? S.torn : 4);
+            if (use_off) raw_pwrite(torn_fd, buf, part, off);
             else {
                 load_write();
-                real_write(torn_fd, buf, n / 2);
+                real_write(torn_fd, buf, part);
             }
         }
         /* fall through */

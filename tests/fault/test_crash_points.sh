@@ -1,22 +1,25 @@
 #!/bin/sh
 # test_crash_points.sh - T2: the process dies (_exit) at I/O op k of one checkpoint save, for
-# every k, both before the op and (for writes) after the first half of its bytes.
+# every k, both before the op and (for writes) after the first half of its bytes
+# (FAULT_FULL=1: after each eighth, 1/8 .. 7/8).
 # After each crash: every checkpoint at its final name verifies, latest names one of them,
 # and --resume auto loads step 2 or 4 and finishes bit-identical to an uninterrupted run.
 . "${srcdir:-.}/tests/fault/common.sh"
 tmp=$(mktemp -d) || exit 99
 trap 'rm -rf "$tmp"' EXIT
 make_base "$tmp"; ok $? "base run (step 2) and an uninterrupted run to step 4"
-N=$(count_ops "$tmp"); ok $? "one save of step 4 makes $N watched I/O ops"
+N=$(count_ops "$tmp"); ok $? "the saves up to step $FINAL make $N watched I/O ops"
 [ -n "$N" ] && [ "$N" -gt 10 ] || { ok 1 "the shim sees the save's I/O"; finish; }
 cp "$tmp/trace" "$tmp/ops"
 ks=$(seq 1 "$N"); modes="crash torn"
+tears=4; [ "${FAULT_FULL:-0}" = 1 ] && tears=${TEARS:-1 2 3 4 5 6 7}
 for mode in $modes; do
   cases=0; bad=0; at4=0
-  for k in $ks; do
+  for kt in $(for k in $ks; do if [ $mode = torn ]; then for t in $tears; do echo "$k:$t"; done; else echo "$k:4"; fi; done); do
+    k=${kt%:*}; t=${kt#*:}
     [ "$mode" = torn ] && [ "$(awk -v k="$k" '$1 == k { print $2 }' "$tmp/ops")" != write ] && continue
     fresh "$tmp"
-    under_shim "$tmp" FAULTINJ_AT="$k" FAULTINJ_MODE=$mode
+    under_shim "$tmp" FAULTINJ_AT="$k" FAULTINJ_MODE=$mode FAULTINJ_TORN="$t"
     rc=$?
     cases=$((cases + 1))
     why=""
@@ -25,7 +28,7 @@ for mode in $modes; do
     [ -z "$why" ] && why=$(after_crash "$tmp")
     if [ -n "$why" ]; then
       bad=$((bad + 1))
-      echo "# $mode at op $k ($(awk -v k="$k" '$1 == k { print $2, $3 }' "$tmp/ops")): $why"
+      echo "# $mode at op $k${t:+ (torn at $t/8)} ($(awk -v k="$k" '$1 == k { print $2, $3 }' "$tmp/ops")): $why"
     fi
   done
   echo "# $mode: $cases crash points, $bad broke a rule; latest named the new step after $at4"
