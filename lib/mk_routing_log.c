@@ -93,7 +93,19 @@ static herr_t rl_walk_cb(unsigned n, const H5E_error2_t *e, void *data)
 {
     char *buf = data;
     (void)n;
-    if (buf[0] == 0 && e->desc && e->desc[0]) snprintf(buf, 256, "%s", e->desc);
+    if (buf[0] != 0 || !e->desc || !e->desc[0]) return 0;
+    /* sec2's write and read errors span lines ("file write failed: time = ...\n, filename =
+     * ..., errno = 28, error message = 'No space left on device', ..."): keep one line, the
+     * first phrase and the system's message (found by tests/fault). */
+    const char *msg = strstr(e->desc, "error message = '");
+    const char *cut = strpbrk(e->desc, ":\n");
+    if (msg && cut) {
+        msg += strlen("error message = '");
+        const char *end = strchr(msg, '\'');
+        snprintf(buf, 256, "%.*s: %.*s", (int)(cut - e->desc), e->desc, (int)(end ? end - msg : 80), msg);
+    } else {
+        snprintf(buf, 256, "%.*s", (int)strcspn(e->desc, "\n"), e->desc);
+    }
     return 0;
 }
 
