@@ -440,6 +440,8 @@ static int parse_enum(const setting *s, const char *text, const char *origin, in
 
 /* A string must fit its buffer and survive a trip through an INI file: inih strips
  * whitespace at both ends, ends the value at " ;" (an inline comment) and at a newline. */
+static long utf8_bad(const unsigned char *s, size_t n);
+
 static int parse_string(const setting *s, const char *text, const char *origin)
 {
     size_t len = strlen(text);
@@ -456,6 +458,10 @@ static int parse_string(const setting *s, const char *text, const char *origin)
         if (c == ';' && i == 0)
             return fail_value(s, text, origin, "starts with ';', which starts an INI comment");
     }
+    /* A schedule file must be UTF-8, so a --set value that is not could not be written back
+     * (the checkpoint's /config, --print-config) and read again (found by fuzz_config). */
+    if (utf8_bad((const unsigned char *)text, len) >= 0)
+        return fail_value(s, text, origin, "is not UTF-8 text");
     if (len > 0 && (text[0] == ' ' || text[0] == '\t' || text[len - 1] == ' ' ||
                     text[len - 1] == '\t'))
         return fail_value(s, text, origin, "starts or ends with whitespace");

@@ -27,7 +27,7 @@ for dir in "$build"/artifacts/*/; do
         rep=$out/$h-$name.txt
         timeout 120 "$build/bin/fuzz_$h" -timeout=10 -rss_limit_mb=2048 "$a" > "$rep" 2>&1
         frames=$(sed -n '/ERROR:/,$p' "$rep" | grep -E '^ *#[0-9]+ ' |
-            grep -vE '__interceptor_|__asan|__sanitizer|__lsan|libclang_rt|fuzzer::|libc\.so|__libc_|_start|in main |nanosleep|clock_nanosleep|malloc|calloc|realloc|free ')
+            grep -vE '__interceptor_|__asan|__sanitizer|__lsan|libclang_rt|fuzzer::|libc\.so|__libc_|_start|in main |nanosleep|clock_nanosleep|malloc|calloc|realloc|free |sysdeps/|__mem(cpy|move|set)|pthread_kill|raise|abort')
         if ! grep -q 'ERROR:' "$rep"; then
             printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$h" "$name" "$kind" "none" "does not reproduce" "-"
             continue
