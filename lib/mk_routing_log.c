@@ -69,6 +69,7 @@ struct mk_routing_log {
     hid_t file;
     int layers, experts, topk, ndomains;
     rl_table train, eval;
+    int write_failed;       /* an append failed and was reported: close stays quiet */
 };
 
 /* ------------------------------------------------------------------ HDF5 error handling */
@@ -791,6 +792,7 @@ int mk_routing_log_append(mk_routing_log *log, int64_t step, const int64_t *coun
     rl_quiet_begin(&q);
     int rc = rl_append(log, &log->train, step, data);
     rl_quiet_end(&q);
+    if (rc != MK_OK) log->write_failed = 1;
     return rc;
 }
 
@@ -804,6 +806,7 @@ int mk_routing_log_append_eval(mk_routing_log *log, int64_t step, const int64_t 
     rl_quiet_begin(&q);
     int rc = rl_append(log, &log->eval, step, data);
     rl_quiet_end(&q);
+    if (rc != MK_OK) log->write_failed = 1;
     return rc;
 }
 
@@ -842,7 +845,9 @@ int mk_routing_log_close(mk_routing_log **plog)
         rl_close_id(&log->train.ds[i], H5Dclose);
         rl_close_id(&log->eval.ds[i], H5Dclose);
     }
-    if (log->file >= 0 && H5Fclose(log->file) < 0) rc = rl_fail_h5(MK_ERR_IO, log->path, "cannot close");
+    /* After a failed append the file cannot be flushed either; that was reported once. */
+    if (log->file >= 0 && H5Fclose(log->file) < 0)
+        rc = log->write_failed ? MK_ERR_IO : rl_fail_h5(MK_ERR_IO, log->path, "cannot close");
     log->file = H5I_INVALID_HID;
     rl_free(log);
     rl_quiet_end(&q);
