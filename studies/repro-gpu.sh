@@ -36,3 +36,6 @@ else
 fi
 echo "repro-gpu: both runs in $(( $(date +%s) - t0 )) s"
 for m in micro global; do rm -rf "$out/$m/ckpt/"*.tmp* 2>/dev/null; done
+# One archive of the small files (the device tool brings back a limited number of files).
+tar -C "$out" -czf "$out/repro-gpu.tar.gz" micro.out global.out micro/log.tsv micro/routing.h5 \
+  global/log.tsv global/routing.h5 2>/dev/null && echo "repro-gpu: $out/repro-gpu.tar.gz"
