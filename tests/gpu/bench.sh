@@ -21,6 +21,19 @@ ngpu=$(nvidia-smi -L 2>/dev/null | wc -l)
   -d english="$src/data/demo/english.txt" -d german="$src/data/demo/german.txt" \
   -d math="$src/data/demo/math.txt" -d structured="$src/data/demo/structured.txt" || exit 1
 common="--set data.path=$tmp/data --set train.steps=$steps --set train.warmup=5 --set log.every=10 --set ckpt.every=0 --set eval.every=0 --set train.backend=cuda"
+record() { # label ranks output-file exit-status: one table row from moe-train's last step line
+  last=$(grep '^step' "$3" | tail -1)
+  tps=$(echo "$last" | sed -n 's/.*| \([0-9]*\) tok\/s.*/\1/p')
+  mfu=$(echo "$last" | sed -n 's/.*MFU \([0-9.]*\)%.*/\1/p')
+  a2a=$(sed -n 's/^expert all-to-all: \([0-9.]*\) ms per step.*(\([0-9.]*\)%.*/\1 ms (\2%)/p' "$3")
+  if [ "$4" -ne 0 ] || [ -z "$tps" ]; then
+    echo "| $1 | $2 | failed (exit $4): $(tail -1 "$3" | tr '|' '/') | | | |" >>"$outfile"
+    tail -5 "$3" >&2
+  else
+    echo "| $1 | $2 | $tps | $((tps / $2)) | $mfu% | ${a2a:--} |" >>"$outfile"
+  fi
+  echo "$1: $last" >&2
+}
 bench() { # label ranks args...
   label=$1; np=$2; shift 2
   dir="$tmp/run-$(echo "$label" | tr -c 'a-z0-9' _)"
@@ -30,18 +43,7 @@ bench() { # label ranks args...
     mpirun -n "$np" --bind-to none "$top/bin/moe-train" --schedule "$src/schedules/bench-s.ini" $common \
       --set run.dir="$dir" "$@" >"$dir.out" 2>&1
   fi
-  rc=$?
-  last=$(grep '^step' "$dir.out" | tail -1)
-  tps=$(echo "$last" | sed -n 's/.*| \([0-9]*\) tok\/s.*/\1/p')
-  mfu=$(echo "$last" | sed -n 's/.*MFU \([0-9.]*\)%.*/\1/p')
-  a2a=$(sed -n 's/^expert all-to-all: \([0-9.]*\) ms per step.*(\([0-9.]*\)%.*/\1 ms (\2%)/p' "$dir.out")
-  if [ $rc -ne 0 ] || [ -z "$tps" ]; then
-    echo "| $label | $np | failed (exit $rc): $(tail -1 "$dir.out" | tr '|' '/') | | | |" >>"$outfile"
-    tail -5 "$dir.out" >&2
-  else
-    echo "| $label | $np | $tps | $((tps / np)) | $mfu% | ${a2a:--} |" >>"$outfile"
-  fi
-  echo "$label: $last" >&2
+  record "$label" "$np" "$dir.out" $?
 }
 {
   echo "### schedules/bench-s.ini, $(date -u +%Y-%m-%d), $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) x $ngpu"
@@ -83,16 +85,7 @@ SRUN
   PATH="$tmp/fakebin:$PATH" SLURM_JOB_ID=1 SLURM_NTASKS=$np SLURM_JOB_NUM_NODES=1 \
     MOEKIT_SCHEDULE="$src/schedules/bench-s.ini" MOEKIT_BIN="$top/bin" MOEKIT_SET="$sets" \
     sh "$src/jobs/train.sbatch" >"$dir.out" 2>&1
-  rc=$?
-  last=$(grep '^step' "$dir.out" | tail -1)
-  tps=$(echo "$last" | sed -n 's/.*| \([0-9]*\) tok\/s.*/\1/p')
-  mfu=$(echo "$last" | sed -n 's/.*MFU \([0-9.]*\)%.*/\1/p')
-  a2a=$(sed -n 's/^expert all-to-all: \([0-9.]*\) ms per step.*(\([0-9.]*\)%.*/\1 ms (\2%)/p' "$dir.out")
-  if [ $rc -ne 0 ] || [ -z "$tps" ]; then
-    echo "| $label | $np | failed (exit $rc) | | | |" >>"$outfile"; tail -5 "$dir.out" >&2
-  else
-    echo "| $label | $np | $tps | $((tps / np)) | $mfu% | ${a2a:--} |" >>"$outfile"
-  fi
+  record "$label" "$np" "$dir.out" $?
   echo "$label: $(grep '^train.sbatch' "$dir.out" | head -1)" >&2
 }
 if [ "$ngpu" -ge 4 ] && [ "${MOEKIT_BENCH_SBATCH:-1}" != 0 ]; then
