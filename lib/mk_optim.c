@@ -54,11 +54,24 @@ int mk_optim_step(mk_model *m, long t, double lr, double gnorm)
         return MK_FAIL(MK_ERR_NUMERIC, "step %ld: gradient norm is %g; stopping before the update", t, gnorm);
     if (cfg->train.grad_clip > 0 && gnorm > cfg->train.grad_clip)
         MK_CHECK(o->scale(be, g, mk_model_param_count(m), (mk_real)(cfg->train.grad_clip / gnorm)));
-    for (size_t i = 0; i < mk_model_tensor_count(m); i++) {
-        const mk_tensor *tt = mk_model_tensor(m, i);
-        double wd = tt->decay ? cfg->train.weight_decay : 0.0;
-        MK_CHECK(o->adamw(be, p + tt->offset, g + tt->offset, mm + tt->offset, vv + tt->offset,
-                          tt->numel, lr, cfg->train.beta1, cfg->train.beta2, cfg->train.eps, wd, t));
+    /* One call per run of neighbouring tensors with the same weight decay: the update is
+     * element-wise, so the runs change nothing but the number of launches (about half of
+     * one per tensor: norms break the runs). */
+    const size_t nt = mk_model_tensor_count(m);
+    for (size_t i = 0; i < nt;) {
+        const mk_tensor *first = mk_model_tensor(m, i);
+        size_t end = first->offset + first->numel;
+        size_t j = i + 1;
+        for (; j < nt; j++) {
+            const mk_tensor *nx = mk_model_tensor(m, j);
+            if (nx->decay != first->decay || nx->offset != end) break;
+            end += nx->numel;
+        }
+        double wd = first->decay ? cfg->train.weight_decay : 0.0;
+        MK_CHECK(o->adamw(be, p + first->offset, g + first->offset, mm + first->offset,
+                          vv + first->offset, end - first->offset, lr, cfg->train.beta1,
+                          cfg->train.beta2, cfg->train.eps, wd, t));
+        i = j;
     }
     return MK_OK;
 }

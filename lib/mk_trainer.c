@@ -365,11 +365,22 @@ static int global_grad_norm(mk_trainer *tr, double *norm)
     mk_backend *be = mk_model_backend(tr->model);
     const mk_real *g = mk_model_grads(tr->model);
     double ss[2] = { 0, 0 };
-    for (size_t i = 0; i < mk_model_tensor_count(tr->model); i++) {
-        const mk_tensor *t = mk_model_tensor(tr->model, i);
+    /* One sumsq per run of neighbouring tensors of the same kind (the whole gradient
+     * without expert parallelism): each call returns its sum to the host. */
+    const size_t nt = mk_model_tensor_count(tr->model);
+    for (size_t i = 0; i < nt;) {
+        const mk_tensor *first = mk_model_tensor(tr->model, i);
+        const int kind = first->expert && tr->ep;
+        size_t end = first->offset + first->numel, j = i + 1;
+        for (; j < nt; j++) {
+            const mk_tensor *nx = mk_model_tensor(tr->model, j);
+            if ((nx->expert && tr->ep) != kind || nx->offset != end) break;
+            end += nx->numel;
+        }
         double v;
-        MK_CHECK(be->ops->sumsq(be, g + t->offset, t->numel, &v));
-        ss[t->expert && tr->ep] += v;
+        MK_CHECK(be->ops->sumsq(be, g + first->offset, end - first->offset, &v));
+        ss[kind] += v;
+        i = j;
     }
     if (tr->ep) MK_CHECK(mk_comm_allreduce_f64(tr->ep, &ss[1], 1));
     *norm = sqrt(ss[0] + ss[1]);

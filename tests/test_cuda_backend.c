@@ -510,6 +510,68 @@ static void test_attention(void)
     arena_free();
 }
 
+/* sqrt(sum (got - want)^2 / sum want^2); a non-finite element makes it infinite. */
+static double rel_l2(const float *got, const float *want, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)got[i] - want[i];
+        num += isfinite((double)got[i]) ? d * d : INFINITY;
+        den += (double)want[i] * want[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+/* The bf16 backend's fused attention (head size 64, T >= 65: mk_flash_attn.cu) against the
+ * fp32 CPU. Inputs and probabilities are rounded to bf16 (relative 2^-9), so outputs are
+ * compared by relative L2 error; T not a multiple of the 64-row blocks tests the edges. */
+static void test_attention_bf16(mk_backend *bf)
+{
+    const int cases[4][4] = {{2, 200, 128, 2}, {1, 1024, 192, 3}, {1, 65, 64, 1}, {3, 130, 64, 1}};
+    for (int c = 0; c < 4; c++) {
+        const int B = cases[c][0], T = cases[c][1], Dm = cases[c][2], H = cases[c][3];
+        const size_t nqkv = (size_t)B * T * 3 * Dm, nout = (size_t)B * T * Dm;
+        const size_t natt = (size_t)B * H * T * T;
+        float *qkv = Hrand(nqkv, 1.5), *out = Hf(nout), *att = Hf(natt);
+        float *gqkv = D(qkv, nqkv * 4), *gout = Dz(nout * 4), *gatt = Dz(natt * 4);
+        int r1 = cpu->ops->attention_forward(cpu, out, att, qkv, B, T, Dm, H);
+        int r2 = bf->ops->attention_forward(bf, gout, gatt, gqkv, B, T, Dm, H);
+        if (both_ok(r1, r2, "bf16 attention_forward")) {
+            double e = rel_l2(Gf(gout, nout), out, nout);
+            tap_ok(e < 2e-2, "bf16 attention_forward B %d T %d D %d H %d: out relative L2 error %.2e < 2e-2",
+                   B, T, Dm, H, e);
+        }
+        float *dout = Hrand(nout, 1), *dqkv = Hrand(nqkv, 1), *datt = Hf(natt);
+        float *gdout = D(dout, nout * 4), *gdqkv = D(dqkv, nqkv * 4), *gdatt = Dz(natt * 4);
+        r1 = cpu->ops->attention_backward(cpu, dqkv, datt, dout, qkv, att, B, T, Dm, H);
+        r2 = bf->ops->attention_backward(bf, gdqkv, gdatt, gdout, gqkv, gatt, B, T, Dm, H);
+        if (both_ok(r1, r2, "bf16 attention_backward")) {
+            float *g1 = Gf(gdqkv, nqkv);
+            for (int part = 0; part < 3; part++) {
+                /* q, k and v columns of every row: each is written by a different kernel */
+                float *gp = Hf(nout), *wp = Hf(nout);
+                for (size_t r = 0; r < (size_t)B * T; r++)
+                    for (int d = 0; d < Dm; d++) {
+                        gp[r * Dm + d] = g1[r * 3 * Dm + part * Dm + d];
+                        wp[r * Dm + d] = dqkv[r * 3 * Dm + part * Dm + d];
+                    }
+                double e = rel_l2(gp, wp, nout);
+                tap_ok(e < 3e-2, "bf16 attention_backward B %d T %d D %d H %d: d%c relative L2 error %.2e < 3e-2",
+                       B, T, Dm, H, "qkv"[part], e);
+            }
+            /* again on fresh buffers: the same bits */
+            float *gout2 = Dz(nout * 4), *gatt2 = Dz(natt * 4), *gdqkv2 = Dz(nqkv * 4), *gdatt2 = Dz(natt * 4);
+            r2 = bf->ops->attention_forward(bf, gout2, gatt2, gqkv, B, T, Dm, H);
+            if (r2 == MK_OK)
+                r2 = bf->ops->attention_backward(bf, gdqkv2, gdatt2, gdout, gqkv, gatt2, B, T, Dm, H);
+            tap_ok(r2 == MK_OK && memcmp(Gf(gout2, nout), Gf(gout, nout), nout * 4) == 0 &&
+                       memcmp(Gf(gdqkv2, nqkv), g1, nqkv * 4) == 0,
+                   "bf16 attention B %d T %d D %d H %d: a second run gives the same bits", B, T, Dm, H);
+        }
+        arena_free();
+    }
+}
+
 /* ------------------------------------------------------------------ router */
 
 static void test_router(void)
@@ -922,6 +984,7 @@ int main(void)
 
     mk_backend *bf = NULL;
     if (mk_backend_cuda_create(0, 1, &bf) != MK_OK) bail("cuda backend (bf16)");
+    test_attention_bf16(bf);
     test_model_bf16(0, bf);
     test_model_bf16(1, bf);
     mk_backend_destroy(&bf);

@@ -36,6 +36,7 @@ extern "C" {
 #include "mk_error.h"
 }
 #include "mk_backend_cuda.h"
+#include "mk_flash_attn.h"
 
 #ifdef MK_REAL_DOUBLE
 #error "the CUDA backend is fp32 only (mk_real = float): build it without MK_REAL_DOUBLE"
@@ -93,6 +94,16 @@ static cuda_impl *impl_of(mk_backend *be) { return (cuda_impl *)be->impl; }
 #define LAUNCH(kernel, grid, what, ...)                                                    \
     do {                                                                                   \
         kernel<<<(grid), TPB>>>(__VA_ARGS__);                                              \
+        CU_CHECK(cudaGetLastError(), what);                                                \
+    } while (0)
+
+/* Kernels with one thread per token and a long serial body (the router's): blocks of one
+ * warp, so that a few thousand tokens still spread over every SM. */
+#define TPB_TOKEN 32
+#define LAUNCH_PER_TOKEN(kernel, n, what, ...)                                             \
+    do {                                                                                   \
+        size_t b_ = ((size_t)(n) + TPB_TOKEN - 1) / TPB_TOKEN;                             \
+        kernel<<<(unsigned)(b_ > MAX_BLOCKS ? MAX_BLOCKS : b_), TPB_TOKEN>>>(__VA_ARGS__); \
         CU_CHECK(cudaGetLastError(), what);                                                \
     } while (0)
 
@@ -778,12 +789,23 @@ __global__ static void k_att_softmax(float *att, int T)
     for (int t2 = threadIdx.x; t2 < T; t2 += blockDim.x) row[t2] = t2 <= t ? row[t2] * inv : 0.0f;
 }
 
+/* bf16 with head size 64 takes the fused kernels of mk_flash_attn.cu; they keep their
+ * state (log-sum-exps, an output copy) in the [B, H, T, T] probability buffer, which is
+ * large enough from T = 65 on. Forward and backward decide alike, so the backward always
+ * finds what its forward left there. */
+static int use_flash(const cuda_impl *im, int B, int T, int D, int H)
+{
+    return im->bf16 && mk_flash_attn_supported(T, D, H) &&
+           mk_flash_attn_state_floats(B, T, H) <= (size_t)B * H * T * T;
+}
+
 static int cuda_attention_forward(mk_backend *be, mk_real *out, mk_real *att, const mk_real *qkv,
                                   int B, int T, int D, int H)
 {
     cuda_impl *im = impl_of(be);
     MK_CHECK(check_heads("attention_forward", D, H));
     if (B <= 0 || T <= 0) return MK_OK;
+    if (use_flash(im, B, T, D, H)) return mk_flash_attn_forward(out, att, qkv, B, T, D, H);
     const int hd = D / H, ld = 3 * D;
     const float scale = (float)(1.0 / sqrt((double)hd));
     const long long TT = (long long)T * T;
@@ -828,6 +850,8 @@ static int cuda_attention_backward(mk_backend *be, mk_real *dqkv, mk_real *datt,
     cuda_impl *im = impl_of(be);
     MK_CHECK(check_heads("attention_backward", D, H));
     if (B <= 0 || T <= 0) return MK_OK;
+    if (use_flash(im, B, T, D, H))
+        return mk_flash_attn_backward(dqkv, datt, dout, qkv, att, B, T, D, H);
     const int hd = D / H, ld = 3 * D;
     const float scale = (float)(1.0 / sqrt((double)hd));
     const long long TT = (long long)T * T;
@@ -929,8 +953,8 @@ static int cuda_router_forward(mk_backend *be, mk_real *probs, mk_real *lse, int
         void *sp;
         MK_CHECK(scratch_get(im, sizeof(int), &sp));
         CU_CHECK(cudaMemset(sp, 0, sizeof(int)), "router_forward: clear flag");
-        LAUNCH(k_router_forward, grid_for((size_t)N), "router_forward", probs, lse, topk, gates, z,
-               N, E, K, norm_topk, (int *)sp);
+        LAUNCH_PER_TOKEN(k_router_forward, N, "router_forward", probs, lse, topk, gates, z,
+                         N, E, K, norm_topk, (int *)sp);
         int bad = 0;
         CU_CHECK(cudaMemcpy(&bad, sp, sizeof bad, cudaMemcpyDeviceToHost), "router_forward: flag");
         if (bad) return MK_FAIL(MK_ERR_NUMERIC, "router_forward: non-finite router logits");
@@ -980,8 +1004,8 @@ static int cuda_router_backward(mk_backend *be, mk_real *dz, const mk_real *dgat
     if (E <= 0 || K <= 0 || K > E)
         return MK_FAIL(MK_ERR_INTERNAL, "router_backward: top-%d of %d experts", K, E);
     if (N > 0)
-        LAUNCH(k_router_backward, grid_for((size_t)N), "router_backward", dz, dgates, lbl_ds,
-               zloss_scale, probs, lse, topk, gates, N, E, K, norm_topk);
+        LAUNCH_PER_TOKEN(k_router_backward, N, "router_backward", dz, dgates, lbl_ds,
+                         zloss_scale, probs, lse, topk, gates, N, E, K, norm_topk);
     return MK_OK;
 }
 
@@ -1096,11 +1120,39 @@ __global__ static void k_permute_rows(float *dst, const float *src, const int32_
     }
 }
 
+/* The same four columns at a time (D4 = D / 4): rows are copied at full memory width. */
+__global__ static void k_permute_rows4(float4 *dst, const float4 *src, const int32_t *row_slot,
+                                       const float *weights, int R, int K, int D4)
+{
+    GRID_STRIDE(i, (size_t)R * D4)
+    {
+        const size_t r = i / D4, c = i % D4;
+        const int32_t s = row_slot[r];
+        float4 x = src[(size_t)(s / K) * D4 + c];
+        if (weights) {
+            const float w = weights[s];
+            x.x *= w, x.y *= w, x.z *= w, x.w *= w;
+        }
+        dst[i] = x;
+    }
+}
+
+/* Rows of D floats can be moved as float4 when D is a multiple of 4 and both bases are
+ * 16-byte aligned (the model's buffers are 64-byte aligned). */
+static int rows_vec4(const void *a, const void *b, int D)
+{
+    return D % 4 == 0 && (((uintptr_t)a | (uintptr_t)b) & 15) == 0;
+}
+
 static int cuda_permute_rows(mk_backend *be, mk_real *dst, const mk_real *src,
                              const int32_t *row_slot, const mk_real *weights, int R, int K, int D)
 {
     (void)be;
-    if (R > 0 && D > 0)
+    if (R <= 0 || D <= 0) return MK_OK;
+    if (rows_vec4(dst, src, D))
+        LAUNCH(k_permute_rows4, grid_for((size_t)R * D / 4), "permute_rows", (float4 *)dst,
+               (const float4 *)src, row_slot, weights, R, K, D / 4);
+    else
         LAUNCH(k_permute_rows, grid_for((size_t)R * D), "permute_rows", dst, src, row_slot,
                weights, R, K, D);
     return MK_OK;
@@ -1125,31 +1177,57 @@ __global__ static void k_unpermute_add(float *dst, const float *src, const int32
     }
 }
 
+/* The same four columns at a time; each lane adds in the same j order as above. */
+__global__ static void k_unpermute_add4(float4 *dst, const float4 *src, const int32_t *slot_row,
+                                        const float *weights, int N, int K, int D4)
+{
+    GRID_STRIDE(i, (size_t)N * D4)
+    {
+        const size_t n = i / D4, c = i % D4;
+        float4 y = dst[i];
+        for (int j = 0; j < K; j++) {
+            const size_t s = n * K + j;
+            const int32_t r = slot_row[s];
+            if (r < 0) continue;
+            const float w = weights ? weights[s] : 1.0f;
+            const float4 x = src[(size_t)r * D4 + c];
+            y.x += w * x.x, y.y += w * x.y, y.z += w * x.z, y.w += w * x.w;
+        }
+        dst[i] = y;
+    }
+}
+
 static int cuda_unpermute_add(mk_backend *be, mk_real *dst, const mk_real *src,
                               const int32_t *slot_row, const mk_real *weights, int N, int K, int D)
 {
     (void)be;
-    if (N > 0 && D > 0)
+    if (N <= 0 || D <= 0) return MK_OK;
+    if (rows_vec4(dst, src, D))
+        LAUNCH(k_unpermute_add4, grid_for((size_t)N * D / 4), "unpermute_add", (float4 *)dst,
+               (const float4 *)src, slot_row, weights, N, K, D / 4);
+    else
         LAUNCH(k_unpermute_add, grid_for((size_t)N * D), "unpermute_add", dst, src, slot_row,
                weights, N, K, D);
     return MK_OK;
 }
 
-/* One thread per choice, the dot product in double in column order (the CPU's). */
+/* One warp per choice: the dot product in double, lanes over strided columns, then a fixed
+ * shuffle tree (the CPU sums in column order; the float results agree to rounding). */
 __global__ static void k_combine_backward_gates(float *dgates, const float *dout, const float *y,
                                                 const int32_t *slot_row, int N, int K, int D)
 {
-    GRID_STRIDE(s, (size_t)N * K)
-    {
-        const float *dy = dout + (s / K) * D;
-        const int32_t r = slot_row[s];
-        double acc = 0;
-        if (r >= 0) {
-            const float *x = y + (size_t)r * D;
-            for (int i = 0; i < D; i++) acc += (double)dy[i] * x[i];
-        }
-        dgates[s] = (float)acc;
+    const size_t s = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    const int lane = threadIdx.x % 32;
+    if (s >= (size_t)N * K) return; /* whole warps leave together: blockDim is a multiple of 32 */
+    const float *dy = dout + (s / K) * D;
+    const int32_t r = slot_row[s];
+    double acc = 0;
+    if (r >= 0) {
+        const float *x = y + (size_t)r * D;
+        for (int i = lane; i < D; i += 32) acc += (double)dy[i] * x[i];
     }
+    for (int off = 16; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+    if (lane == 0) dgates[s] = (float)acc;
 }
 
 static int cuda_combine_backward_gates(mk_backend *be, mk_real *dgates, const mk_real *dout,
@@ -1157,9 +1235,11 @@ static int cuda_combine_backward_gates(mk_backend *be, mk_real *dgates, const mk
                                        int D)
 {
     (void)be;
-    if (N > 0 && K > 0)
-        LAUNCH(k_combine_backward_gates, grid_for((size_t)N * K), "combine_backward_gates", dgates,
-               dout, y, slot_row, N, K, D);
+    if (N > 0 && K > 0) {
+        const size_t warps = (size_t)N * K, per_block = TPB / 32;
+        LAUNCH(k_combine_backward_gates, (unsigned)((warps + per_block - 1) / per_block),
+               "combine_backward_gates", dgates, dout, y, slot_row, N, K, D);
+    }
     return MK_OK;
 }
 

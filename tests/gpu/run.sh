@@ -28,7 +28,11 @@ built=$(( $(date +%s) - start ))
 fails=0
 : >"$out/gpu-tests.tap"
 gpu_tests="tests/test_cuda_smoke tests/test_cuda_backend tests/gpu/test_gpu_train.sh"
-[ "${MOEKIT_GPU_TESTS:-1}" != 0 ] || gpu_tests=   # MOEKIT_GPU_TESTS=0: benchmark only
+case ${MOEKIT_GPU_TESTS:-1} in
+  0) gpu_tests= ;;                      # benchmark only
+  1) ;;
+  *) gpu_tests=$MOEKIT_GPU_TESTS ;;     # a list of the above
+esac
 for t in $gpu_tests; do
   echo "== $t" >>"$out/gpu-tests.tap"
   case $t in
@@ -50,6 +54,12 @@ cat "$out/gpu-tests.tap"
   grep -E '^(ok|not ok|1\.\.|#)' "$out/gpu-tests.tap"
   echo '```'
 } >"$out/gpu-results.md"
+# MOEKIT_GEMM_BENCH=1: which cuBLAS form suits bench-s.ini's GEMMs (tests/gpu/gemm_bench.cu).
+if [ "${MOEKIT_GEMM_BENCH:-0}" = 1 ]; then
+  nvcc -O2 -std=c++17 -arch=sm_90 tests/gpu/gemm_bench.cu -lcublas -o tests/gpu/gemm_bench \
+    >>"$out/build.log" 2>&1 && ./tests/gpu/gemm_bench >"$out/gemm-bench.txt" 2>&1
+  cat "$out/gemm-bench.txt"
+fi
 # The benchmark (MOEKIT_GPU_BENCH=0 skips it): bench-s.ini on 1 and 2 GPUs and PyTorch.
 if [ "${MOEKIT_GPU_BENCH:-1}" != 0 ]; then
   PYTHON_TORCH=$(sed -n 's/^PYTHON_TORCH = //p' Makefile) top_builddir=$PWD top_srcdir=$PWD \
