@@ -1,28 +1,20 @@
 /* mk_expert_ffn.cu - the fused bf16 expert FFN of the CUDA backend: see mk_expert_ffn.h.
  *
- * The products over tokens are grouped GEMMs (cublasGemmGroupedBatchedEx, bf16 in and out,
- * fp32 accumulate; one group per expert with rows), the form this cuBLAS runs fastest for
- * unequal expert sizes (tests/gpu/gemm_bench.cu: with fp32 operands or fp32 output it
- * refuses grouped calls). They are all of the N-N kind: the backward multiplies by
- * transposed bf16 copies of the weights rather than asking cuBLAS for a transpose. With R
+ * Six grouped GEMMs per layer and step (cublasGemmGroupedBatchedEx, bf16 in and out, fp32
+ * accumulate; one group per expert with rows), which is the form this cuBLAS runs fastest
+ * for unequal expert sizes (tests/gpu/gemm_bench.cu: fp32 operands or fp32 output are
+ * refused for grouped calls, and a loop of one GEMM per expert is 2-5x slower). With R
  * rows, D = d_model, F = the expert hidden size:
  *
  *   forward   a13[R, 2F] = x W13        (W13 = [w1 | w3] per expert, [D, 2F])
  *             h = silu(a13[:, :F]) * a13[:, F:]
  *             y[R, D]   = h W2
- *   backward  dh = dy W2^T; da13 = swiglu'(dh); dx = da13 W13^T
- *             dw2 += h^T dy; dw1 += x^T da13[:, :F]; dw3 += x^T da13[:, F:]
- *
- * The weight gradients reduce over each expert's rows into a small [D, F] block: one GEMM
- * per expert and weight with fp32 output accumulated in place (beta = 1, no bf16 rounding
- * of gradients), spread over a few streams because a single one fills only a tenth of the
- * GPU. The streams are blocking ones, so they start after and finish before the work of
- * the legacy default stream around them.
+ *   backward  dh = dy W2^T; dW2 += h^T dy; da13 = swiglu'(dh); dx = da13 W13^T;
+ *             dW13 += x^T da13 (split back into dw1 and dw3)
  *
  * The pointer tables of all grouped calls of one op go to the device in one copy. Every
- * kernel here writes each output element from one thread, each weight-gradient GEMM owns
- * its output block, and cuBLAS runs without atomics (the backend's handle): the op gives
- * the same bits on every run.
+ * kernel here writes each output element from one thread; cuBLAS runs without atomics
+ * (the backend's handle): the op gives the same bits on every run.
  */
 #ifdef HAVE_CONFIG_H
 #include "config.h"
@@ -43,8 +35,7 @@ extern "C" {
 typedef __nv_bfloat16 bf16;
 
 #define FFN_MAX_E 1024     /* experts per op; more: the caller uses the op sequence */
-#define FFN_CALLS 2        /* grouped GEMMs of one op */
-#define FFN_STREAMS 8      /* streams the per-expert weight-gradient GEMMs are spread over */
+#define FFN_CALLS 4        /* grouped GEMMs of one op at most */
 #define TPB 256
 #define MAX_BLOCKS (1u << 20)
 
@@ -62,8 +53,6 @@ typedef struct gcall {
 struct mk_cuda_ffn {
     cublasHandle_t blas;
     int grouped;           /* 1 grouped calls work, 0 not tried yet, -1 refused: loop */
-    cudaStream_t streams[FFN_STREAMS];
-    int nstreams;
     void *ws;
     size_t ws_bytes;
     void **dtab;           /* device pointer table */
@@ -102,6 +91,11 @@ __global__ static void k_to_f32(float *y, const bf16 *x, size_t n)
     GRID_STRIDE(i, n) y[i] = __bfloat162float(x[i]);
 }
 
+__global__ static void k_add_bf16(float *y, const bf16 *x, size_t n)
+{
+    GRID_STRIDE(i, n) y[i] += __bfloat162float(x[i]);
+}
+
 /* W13[e, d, :] = [w1[e, d, :], w3[e, d, :]] as bf16 */
 __global__ static void k_pack_w13(bf16 *w13, const float *w1, const float *w3, size_t n, int F)
 {
@@ -114,26 +108,14 @@ __global__ static void k_pack_w13(bf16 *w13, const float *w1, const float *w3, s
     }
 }
 
-/* W13T[e, j, d] = W13[e, d, j]: [E, 2F, D] */
-__global__ static void k_pack_w13t(bf16 *w13t, const float *w1, const float *w3, size_t n, int D, int F)
+/* dw1 += dW13[:, :, :F], dw3 += dW13[:, :, F:] */
+__global__ static void k_add_w13(float *dw1, float *dw3, const bf16 *dw13, size_t n, int F)
 {
     GRID_STRIDE(i, n)
     {
-        const size_t e = i / ((size_t)2 * F * D), r = i % ((size_t)2 * F * D);
-        const int j = (int)(r / D), d = (int)(r % D);
-        const size_t src = (e * D + d) * F;
-        w13t[i] = __float2bfloat16_rn(j < F ? w1[src + j] : w3[src + (j - F)]);
-    }
-}
-
-/* W2T[e, d, f] = w2[e, f, d]: [E, D, F] */
-__global__ static void k_pack_w2t(bf16 *w2t, const float *w2, size_t n, int D, int F)
-{
-    GRID_STRIDE(i, n)
-    {
-        const size_t e = i / ((size_t)D * F), r = i % ((size_t)D * F);
-        const int d = (int)(r / F), f = (int)(r % F);
-        w2t[i] = __float2bfloat16_rn(w2[(e * F + f) * D + d]);
+        const size_t row = i / F, f = i % F;
+        dw1[i] += __bfloat162float(dw13[row * 2 * F + f]);
+        dw3[i] += __bfloat162float(dw13[row * 2 * F + F + f]);
     }
 }
 
@@ -232,21 +214,6 @@ static int gcall_run(mk_cuda_ffn *f, const gcall *c, const char *what)
     return MK_OK;
 }
 
-/* dW_e += op(A_e) op(B_e) for one expert, fp32 output (beta = 1), on stream s. */
-static int wgrad_gemm(mk_cuda_ffn *f, int s, int m, int n, int k, const bf16 *A, int lda,
-                      const bf16 *B, int ldb, float *C, int ldc, const char *what)
-{
-    const float one = 1.0f;
-    cublasStatus_t st = cublasSetStream(f->blas, f->streams[s % f->nstreams]);
-    if (st == CUBLAS_STATUS_SUCCESS)
-        st = cublasGemmEx(f->blas, CUBLAS_OP_N, CUBLAS_OP_T, m, n, k, &one, A, CUDA_R_16BF, lda, B,
-                          CUDA_R_16BF, ldb, &one, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
-                          CUBLAS_GEMM_DEFAULT);
-    if (st != CUBLAS_STATUS_SUCCESS)
-        return MK_FAIL(MK_ERR_INTERNAL, "cuda: %s: cuBLAS: %s", what, cublasGetStatusString(st));
-    return MK_OK;
-}
-
 /* ------------------------------------------------------------------ workspace */
 
 static int ws_get(mk_cuda_ffn *f, size_t bytes, void **out)
@@ -292,18 +259,9 @@ static int check_offs(const int *offs, int E)
 
 int mk_cuda_ffn_create(cublasHandle_t blas, mk_cuda_ffn **out)
 {
-    mk_cuda_ffn *f = (mk_cuda_ffn *)calloc(1, sizeof *f);
-    if (!f) return MK_FAIL(MK_ERR_NOMEM, "expert FFN: out of host memory");
-    f->blas = blas;
-    for (; f->nstreams < FFN_STREAMS; f->nstreams++) {
-        /* blocking streams: ordered with the legacy default stream on both sides */
-        cudaError_t e = cudaStreamCreate(&f->streams[f->nstreams]);
-        if (e != cudaSuccess) {
-            mk_cuda_ffn_destroy(f);
-            return MK_FAIL(MK_ERR_INTERNAL, "cuda: expert FFN: stream: %s", cudaGetErrorString(e));
-        }
-    }
-    *out = f;
+    *out = (mk_cuda_ffn *)calloc(1, sizeof **out);
+    if (!*out) return MK_FAIL(MK_ERR_NOMEM, "expert FFN: out of host memory");
+    (*out)->blas = blas;
     return MK_OK;
 }
 
@@ -311,7 +269,6 @@ void mk_cuda_ffn_destroy(mk_cuda_ffn *f)
 {
     if (!f) return;
     cudaDeviceSynchronize();
-    for (int i = 0; i < f->nstreams; i++) cudaStreamDestroy(f->streams[i]);
     cudaFree(f->ws);
     cudaFree(f->dtab);
     free(f);
@@ -354,61 +311,57 @@ int mk_cuda_ffn_forward(mk_cuda_ffn *f, float *y, float *a1, float *hact, const 
 }
 
 int mk_cuda_ffn_backward(mk_cuda_ffn *f, float *dxp, float *dw1, float *dw3, float *dw2,
-                         float *dhact, float *da1, const float *dy, const float *xp,
-                         const float *a1, const float *hact, const float *w1, const float *w3,
-                         const float *w2, const int *offs_host, int E, int D, int F)
+                                    float *dhact, float *da1, const float *dy, const float *xp,
+                                    const float *a1, const float *hact, const float *w1,
+                                    const float *w3, const float *w2, const int *offs_host, int E,
+                                    int D, int F)
 {
     MK_CHECK(check_offs(offs_host, E));
     const size_t R = E > 0 ? (size_t)offs_host[E] : 0, W = (size_t)E * D * F;
     if (R == 0) return MK_OK;
     void *ws;
-    MK_CHECK(ws_get(f, (3 * W + 3 * R * D) * sizeof(bf16) + 5 * 256, &ws));
+    MK_CHECK(ws_get(f, (6 * W + 3 * R * D) * sizeof(bf16) + 7 * 256, &ws));
     char *at = (char *)ws;
-    bf16 *w13t = carve(&at, 2 * W), *w2t = carve(&at, W), *dyh = carve(&at, R * D);
-    bf16 *xh = carve(&at, R * D), *dxh = carve(&at, R * D);
+    bf16 *w13h = carve(&at, 2 * W), *w2h = carve(&at, W), *dw13h = carve(&at, 2 * W);
+    bf16 *dw2h = carve(&at, W), *dyh = carve(&at, R * D), *xh = carve(&at, R * D);
+    bf16 *dxh = carve(&at, R * D);
     const bf16 *a13 = (const bf16 *)a1, *hh = (const bf16 *)hact;
     bf16 *dhh = (bf16 *)dhact, *da13 = (bf16 *)da1;
 
-    gcall *g3 = &f->call[0], *g5 = &f->call[1];
-    gcall_start(g3), gcall_start(g5);
+    gcall *g3 = &f->call[0], *g4 = &f->call[1], *g5 = &f->call[2], *g6 = &f->call[3];
+    gcall_start(g3), gcall_start(g4), gcall_start(g5), gcall_start(g6);
     for (int e = 0; e < E; e++) {
         const int rows = offs_host[e + 1] - offs_host[e];
         const size_t o = (size_t)offs_host[e];
         if (rows == 0) continue;
         /* dh = dy W2^T */
-        gcall_add(g3, CUBLAS_OP_N, CUBLAS_OP_N, F, rows, D, w2t + (size_t)e * D * F, F, dyh + o * D,
+        gcall_add(g3, CUBLAS_OP_T, CUBLAS_OP_N, F, rows, D, w2h + (size_t)e * F * D, D, dyh + o * D,
                   D, dhh + o * F, F);
+        /* dW2 = h^T dy */
+        gcall_add(g4, CUBLAS_OP_N, CUBLAS_OP_T, D, F, rows, dyh + o * D, D, hh + o * F, F,
+                  dw2h + (size_t)e * F * D, D);
         /* dx = da13 W13^T */
-        gcall_add(g5, CUBLAS_OP_N, CUBLAS_OP_N, D, rows, 2 * F, w13t + (size_t)e * 2 * F * D, D,
+        gcall_add(g5, CUBLAS_OP_T, CUBLAS_OP_N, D, rows, 2 * F, w13h + (size_t)e * D * 2 * F, 2 * F,
                   da13 + o * 2 * F, 2 * F, dxh + o * D, D);
+        /* dW13 = x^T da13 */
+        gcall_add(g6, CUBLAS_OP_N, CUBLAS_OP_T, 2 * F, D, rows, da13 + o * 2 * F, 2 * F, xh + o * D,
+                  D, dw13h + (size_t)e * D * 2 * F, 2 * F);
     }
-    MK_CHECK(upload_tables(f, 2));
-    LAUNCH(k_pack_w13t, 2 * W, "expert FFN: (w1|w3)^T to bf16", w13t, w1, w3, 2 * W, D, F);
-    LAUNCH(k_pack_w2t, W, "expert FFN: w2^T to bf16", w2t, w2, W, D, F);
+    MK_CHECK(upload_tables(f, 4));
+    /* experts without rows get no GEMM: their weight gradients add 0 */
+    CU_CHECK(cudaMemsetAsync(dw13h, 0, 2 * W * sizeof(bf16), 0), "expert FFN: clear dW13");
+    CU_CHECK(cudaMemsetAsync(dw2h, 0, W * sizeof(bf16), 0), "expert FFN: clear dW2");
+    LAUNCH(k_pack_w13, 2 * W, "expert FFN: w1|w3 to bf16", w13h, w1, w3, 2 * W, F);
+    LAUNCH(k_to_bf16, W, "expert FFN: w2 to bf16", w2h, w2, W);
     LAUNCH(k_to_bf16, R * D, "expert FFN: dy to bf16", dyh, dy, R * D);
     LAUNCH(k_to_bf16, R * D, "expert FFN: x to bf16", xh, xp, R * D);
     MK_CHECK(gcall_run(f, g3, "expert FFN: dy W2^T"));
+    MK_CHECK(gcall_run(f, g4, "expert FFN: h^T dy"));
     LAUNCH(k_swiglu_bwd, R * F, "expert FFN: SwiGLU backward", da13, dhh, a13, R * F, F);
     MK_CHECK(gcall_run(f, g5, "expert FFN: da13 W13^T"));
+    MK_CHECK(gcall_run(f, g6, "expert FFN: x^T da13"));
     LAUNCH(k_to_f32, R * D, "expert FFN: dx to fp32", dxp, dxh, R * D);
-    /* weight gradients, column-major: dw2^T[D, F] += dy^T h, dw1^T[F, D] += da1^T x, dw3
-     * likewise (the transposes are cuBLAS's view of the row-major buffers) */
-    int s = 0, rc = MK_OK;
-    for (int e = 0; e < E && rc == MK_OK; e++) {
-        const int rows = offs_host[e + 1] - offs_host[e];
-        const size_t o = (size_t)offs_host[e], we = (size_t)e * D * F;
-        if (rows == 0) continue;
-        rc = wgrad_gemm(f, s++, D, F, rows, dyh + o * D, D, hh + o * F, F, dw2 + we, D, "expert FFN: dw2");
-        if (rc == MK_OK)
-            rc = wgrad_gemm(f, s++, F, D, rows, da13 + o * 2 * F, 2 * F, xh + o * D, D, dw1 + we, F,
-                            "expert FFN: dw1");
-        if (rc == MK_OK)
-            rc = wgrad_gemm(f, s++, F, D, rows, da13 + o * 2 * F + F, 2 * F, xh + o * D, D, dw3 + we,
-                            F, "expert FFN: dw3");
-    }
-    cublasStatus_t st = cublasSetStream(f->blas, 0);
-    MK_CHECK(rc);
-    if (st != CUBLAS_STATUS_SUCCESS)
-        return MK_FAIL(MK_ERR_INTERNAL, "cuda: expert FFN: cuBLAS stream: %s", cublasGetStatusString(st));
+    LAUNCH(k_add_w13, W, "expert FFN: dw1, dw3", dw1, dw3, dw13h, W, F);
+    LAUNCH(k_add_bf16, W, "expert FFN: dw2", dw2, dw2h, W);
     return MK_OK;
 }
