@@ -36,7 +36,6 @@ extern "C" {
 #include "mk_error.h"
 }
 #include "mk_backend_cuda.h"
-#include "mk_expert_ffn.h"
 #include "mk_flash_attn.h"
 
 #ifdef MK_REAL_DOUBLE
@@ -69,7 +68,6 @@ typedef struct cuda_impl {
     size_t gptr_n;
     void *scratch;        /* device scratch for per-call tables (angles, index lists) */
     size_t scratch_bytes;
-    mk_cuda_ffn *ffn;     /* the fused bf16 expert FFN's state, made on first use */
 } cuda_impl;
 
 static cuda_impl *impl_of(mk_backend *be) { return (cuda_impl *)be->impl; }
@@ -1284,38 +1282,6 @@ static int cuda_swiglu_backward(mk_backend *be, mk_real *da, mk_real *db, const 
     return MK_OK;
 }
 
-/* ------------------------------------------------------------------ expert FFN */
-
-/* bf16: the fused op of mk_expert_ffn.cu (a1 and hact then hold bf16 state); fp32: the op
- * sequence, which matches the CPU to rounding. */
-static int cuda_expert_ffn_forward(mk_backend *be, mk_real *y, mk_real *a1, mk_real *a3,
-                                   mk_real *hact, const mk_real *xp, const mk_real *w1,
-                                   const mk_real *w3, const mk_real *w2, const int *offs_host,
-                                   int E, int D, int F)
-{
-    cuda_impl *im = impl_of(be);
-    if (!im->bf16)
-        return mk_expert_ffn_forward_ops(be, y, a1, a3, hact, xp, w1, w3, w2, offs_host, E, D, F);
-    if (!im->ffn) MK_CHECK(mk_cuda_ffn_create(im->blas, &im->ffn));
-    return mk_cuda_ffn_forward(im->ffn, y, a1, hact, xp, w1, w3, w2, offs_host, E, D, F);
-}
-
-static int cuda_expert_ffn_backward(mk_backend *be, mk_real *dxp, mk_real *dw1, mk_real *dw3,
-                                    mk_real *dw2, mk_real *dhact, mk_real *da1, mk_real *da3,
-                                    const mk_real *dy, const mk_real *xp, const mk_real *a1,
-                                    const mk_real *a3, const mk_real *hact, const mk_real *w1,
-                                    const mk_real *w3, const mk_real *w2, const int *offs_host,
-                                    int E, int D, int F)
-{
-    cuda_impl *im = impl_of(be);
-    if (!im->bf16)
-        return mk_expert_ffn_backward_ops(be, dxp, dw1, dw3, dw2, dhact, da1, da3, dy, xp, a1, a3,
-                                          hact, w1, w3, w2, offs_host, E, D, F);
-    if (!im->ffn) MK_CHECK(mk_cuda_ffn_create(im->blas, &im->ffn));
-    return mk_cuda_ffn_backward(im->ffn, dxp, dw1, dw3, dw2, dhact, da1, dy, xp, a1, hact, w1, w3,
-                                w2, offs_host, E, D, F);
-}
-
 /* ------------------------------------------------------------------ loss */
 
 /* One block per row: max (exact), sum of exp in double by the block tree, then the loss
@@ -1421,7 +1387,6 @@ static void cuda_destroy(mk_backend *be)
     if (!be) return;
     cuda_impl *im = impl_of(be);
     if (im) {
-        mk_cuda_ffn_destroy(im->ffn);   /* before its cuBLAS handle goes */
         if (im->blas) cublasDestroy(im->blas);
         if (im->gptr) cudaFree(im->gptr);
         if (im->rope_cs) cudaFree(im->rope_cs);
@@ -1464,8 +1429,6 @@ static void fill_ops(mk_backend_ops *o)
     o->combine_backward_gates = cuda_combine_backward_gates;
     o->swiglu_forward = cuda_swiglu_forward;
     o->swiglu_backward = cuda_swiglu_backward;
-    o->expert_ffn_forward = cuda_expert_ffn_forward;
-    o->expert_ffn_backward = cuda_expert_ffn_backward;
     o->cross_entropy = cuda_cross_entropy;
     o->adamw = cuda_adamw;
     o->sync = cuda_sync;
