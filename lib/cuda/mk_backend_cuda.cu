@@ -53,10 +53,6 @@ extern "C" {
 #define MAX_BLOCKS (1u << 20)
 /* Experts one grouped GEMM call takes; more fall back to one GEMM per expert. */
 #define MK_CUDA_MAX_GROUPS 1024
-/* Streams (each with its own cuBLAS handle and so its own workspace) that the per-expert
- * GEMMs are spread over when cuBLAS has no grouped call for the operand types: one expert's
- * GEMM fills only a fraction of the GPU. */
-#define MK_CUDA_GEMM_STREAMS 4
 
 typedef struct cuda_impl {
     mk_backend_ops ops;   /* per backend: no global mutable state, and C++17 has no
@@ -65,9 +61,6 @@ typedef struct cuda_impl {
     int bf16;             /* GEMM operands rounded to bf16 on tensor cores (fp32 accumulate) */
     int grouped_ok;       /* 1 cublasGemmGroupedBatchedEx works here, 0 unknown, -1 it does not */
     cublasHandle_t blas;
-    int nstreams;         /* streams made so far for per-expert GEMMs */
-    cudaStream_t streams[MK_CUDA_GEMM_STREAMS];
-    cublasHandle_t sblas[MK_CUDA_GEMM_STREAMS];
     void **gptr;          /* device arrays of A, B, C pointers for grouped GEMMs */
     double *rope_cs;      /* RoPE cos/sin table of (rope_T, rope_hd, rope_theta) */
     int rope_T, rope_hd;
@@ -345,44 +338,11 @@ static int group_run(cuda_impl *im, group_call *g, int *done, const char *what)
     return MK_OK;
 }
 
-static int blas_setup(cublasHandle_t h, int bf16, cudaStream_t stream);
-
-/* The groups as one GEMM each, round-robin over MK_CUDA_GEMM_STREAMS blocking streams: they
- * start after the default stream's earlier work and the default stream's later work waits
- * for them, so the op keeps the backend's ordering. Each GEMM writes its own block of C,
- * and each stream has its own handle (a cuBLAS workspace is not shared between concurrent
- * GEMMs): the results do not depend on how the streams interleave. */
-static int group_run_streams(cuda_impl *im, const group_call *g, const char *what)
-{
-    while (im->nstreams < MK_CUDA_GEMM_STREAMS) {
-        const int i = im->nstreams;
-        CU_CHECK(cudaStreamCreate(&im->streams[i]), "GEMM streams");
-        cublasStatus_t s = cublasCreate(&im->sblas[i]);
-        if (s != CUBLAS_STATUS_SUCCESS) {
-            cudaStreamDestroy(im->streams[i]);
-            return MK_FAIL(MK_ERR_INTERNAL, "cuda: cublasCreate: %s", cublasGetStatusString(s));
-        }
-        im->nstreams++;
-        MK_CHECK(blas_setup(im->sblas[i], im->bf16, im->streams[i]));
-    }
-    for (int i = 0; i < g->G; i++) {
-        cublasHandle_t h = im->sblas[i % MK_CUDA_GEMM_STREAMS];
-        const void *A = g->ptr[i], *B = g->ptr[MK_CUDA_MAX_GROUPS + i];
-        void *C = (void *)g->ptr[2 * MK_CUDA_MAX_GROUPS + i];
-        BLAS_CHECK(cublasGemmEx(h, g->ta[i], g->tb[i], g->m[i], g->n[i], g->k[i], &g->alpha[i], A,
-                                CUDA_R_32F, g->lda[i], B, CUDA_R_32F, g->ldb[i], &g->beta[i], C,
-                                CUDA_R_32F, g->ldc[i],
-                                im->bf16 ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F_PEDANTIC,
-                                CUBLAS_GEMM_DEFAULT), what);
-    }
-    return MK_OK;
-}
-
 static int cuda_grouped_matmul(mk_backend *be, mk_real *C, const mk_real *A, const mk_real *W,
                                const int *offs_host, int E, int K, int N, int trans_w, mk_real beta)
 {
     cuda_impl *im = impl_of(be);
-    if (E <= MK_CUDA_MAX_GROUPS && K > 0) {
+    if (E <= MK_CUDA_MAX_GROUPS && im->grouped_ok >= 0 && K > 0) {
         group_call g;
         g.G = 0;
         for (int e = 0; e < E; e++) {
@@ -398,7 +358,6 @@ static int cuda_grouped_matmul(mk_backend *be, mk_real *C, const mk_real *A, con
         int done;
         MK_CHECK(group_run(im, &g, &done, "grouped_matmul"));
         if (done) return MK_OK;
-        return group_run_streams(im, &g, "grouped_matmul");
     }
     return mk_grouped_matmul_by_expert(be, C, A, W, offs_host, E, K, N, trans_w, beta);
 }
@@ -407,7 +366,7 @@ static int cuda_grouped_matmul_wgrad(mk_backend *be, mk_real *dW, const mk_real 
                                      const int *offs_host, int E, int K, int N)
 {
     cuda_impl *im = impl_of(be);
-    if (E <= MK_CUDA_MAX_GROUPS) {
+    if (E <= MK_CUDA_MAX_GROUPS && im->grouped_ok >= 0) {
         group_call g;
         g.G = 0;
         for (int e = 0; e < E; e++) {
@@ -422,7 +381,6 @@ static int cuda_grouped_matmul_wgrad(mk_backend *be, mk_real *dW, const mk_real 
         int done;
         MK_CHECK(group_run(im, &g, &done, "grouped_matmul_wgrad"));
         if (done) return MK_OK;
-        return group_run_streams(im, &g, "grouped_matmul_wgrad");
     }
     return mk_grouped_matmul_wgrad_by_expert(be, dW, A, dC, offs_host, E, K, N);
 }
@@ -1429,11 +1387,6 @@ static void cuda_destroy(mk_backend *be)
     if (!be) return;
     cuda_impl *im = impl_of(be);
     if (im) {
-        if (im->nstreams) cudaDeviceSynchronize();
-        for (int i = 0; i < im->nstreams; i++) {
-            cublasDestroy(im->sblas[i]);
-            cudaStreamDestroy(im->streams[i]);
-        }
         if (im->blas) cublasDestroy(im->blas);
         if (im->gptr) cudaFree(im->gptr);
         if (im->rope_cs) cudaFree(im->rope_cs);
@@ -1482,20 +1435,6 @@ static void fill_ops(mk_backend_ops *o)
     o->destroy = cuda_destroy;
 }
 
-/* Pedantic fp32: no TF32 or other reduced-precision shortcuts (not even through
- * NVIDIA_TF32_OVERRIDE), so GEMMs match the CPU to fp32 round-off. No atomics: cuBLAS is
- * then bitwise reproducible run to run on the same GPU and toolkit. */
-static int blas_setup(cublasHandle_t h, int bf16, cudaStream_t stream)
-{
-    cublasStatus_t s;
-    if ((s = cublasSetMathMode(h, bf16 ? CUBLAS_DEFAULT_MATH : CUBLAS_PEDANTIC_MATH)) != CUBLAS_STATUS_SUCCESS ||
-        (s = cublasSetAtomicsMode(h, CUBLAS_ATOMICS_NOT_ALLOWED)) != CUBLAS_STATUS_SUCCESS ||
-        (s = cublasSetPointerMode(h, CUBLAS_POINTER_MODE_HOST)) != CUBLAS_STATUS_SUCCESS ||
-        (s = cublasSetStream(h, stream)) != CUBLAS_STATUS_SUCCESS)
-        return MK_FAIL(MK_ERR_INTERNAL, "cuda: cuBLAS setup: %s", cublasGetStatusString(s));
-    return MK_OK;
-}
-
 extern "C" int mk_backend_cuda_device_count(int *n)
 {
     /* No device, no driver or a driver too old for this runtime all mean: no usable GPU. */
@@ -1530,10 +1469,16 @@ extern "C" int mk_backend_cuda_create(int device, int bf16, mk_backend **out)
         cuda_destroy(be);
         return MK_FAIL(MK_ERR_INTERNAL, "cuda: cublasCreate: %s", cublasGetStatusString(s));
     }
-    /* The default stream keeps GEMMs ordered with the kernels and copies. */
-    if (blas_setup(im->blas, im->bf16, 0) != MK_OK) {
+    /* Pedantic fp32: no TF32 or other reduced-precision shortcuts (not even through
+     * NVIDIA_TF32_OVERRIDE), so GEMMs match the CPU to fp32 round-off. No atomics: cuBLAS
+     * is then bitwise reproducible run to run on the same GPU and toolkit. The default
+     * stream keeps GEMMs ordered with the kernels and copies. */
+    if ((s = cublasSetMathMode(im->blas, im->bf16 ? CUBLAS_DEFAULT_MATH : CUBLAS_PEDANTIC_MATH)) != CUBLAS_STATUS_SUCCESS ||
+        (s = cublasSetAtomicsMode(im->blas, CUBLAS_ATOMICS_NOT_ALLOWED)) != CUBLAS_STATUS_SUCCESS ||
+        (s = cublasSetPointerMode(im->blas, CUBLAS_POINTER_MODE_HOST)) != CUBLAS_STATUS_SUCCESS ||
+        (s = cublasSetStream(im->blas, 0)) != CUBLAS_STATUS_SUCCESS) {
         cuda_destroy(be);
-        return MK_ERR_INTERNAL;
+        return MK_FAIL(MK_ERR_INTERNAL, "cuda: cuBLAS setup: %s", cublasGetStatusString(s));
     }
     *out = be;
     return MK_OK;
