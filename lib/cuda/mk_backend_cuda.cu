@@ -1,19 +1,24 @@
-/* mk_backend_cuda.cu - the CUDA backend (DESIGN section 5), first step: fp32, correctness.
+/* mk_backend_cuda.cu - the CUDA backend (DESIGN section 5).
  *
- * Every op of mk_backend.h on device memory of one GPU. GEMMs go through cuBLAS (pedantic
- * fp32 math, no TF32), everything else is a plain CUDA kernel written to follow the CPU
- * reference (mk_backend_cpu.c) as literally as the hardware allows, so the two can be
- * compared element by element (tests/test_cuda_backend.c).
+ * Every op of mk_backend.h on device memory of one GPU. GEMMs go through cuBLAS: pedantic
+ * fp32 (no TF32), which matches the CPU to fp32 rounding, or, in bf16 mode, bf16 tensor-core
+ * products with fp32 accumulation over fp32 storage. Attention in bf16 mode with head size
+ * 64 is the fused kernel of mk_flash_attn.cu; otherwise it is cuBLAS batched GEMMs over the
+ * [B, H, T, T] probabilities. Everything else is a plain CUDA kernel written to follow the
+ * CPU reference (mk_backend_cpu.c) closely, so the two can be compared element by element
+ * (tests/test_cuda_backend.c).
  *
  * Determinism rule, as on the CPU: every output element is written by one thread, and
  * every reduction runs in a fixed order that depends on the shapes only -- either a serial
  * loop in one thread (token-order sums: embedding and RMSNorm weight gradients, router
- * counts and psum) or a tree over a block of fixed size (row sums of softmax, RMSNorm,
- * sumsq). No atomics anywhere, so the same inputs give the same bits on every call.
+ * counts and psum) or a tree over a block or warp of fixed size (row sums of softmax,
+ * RMSNorm, sumsq, gate gradients). No atomics anywhere, so the same inputs give the same
+ * bits on every call.
  *
- * Speed is not a goal yet: attention is naive kernels with the full [B,H,T,T] probability
- * buffer, route_plan runs on the host, and several ops copy small int arrays to the host
- * to validate them like the CPU backend does.
+ * Still slow (docs/performance.md): activations are stored in fp32, so bf16 GEMMs round
+ * their operands on the fly; the expert GEMMs run one per expert (cuBLAS has no grouped
+ * call for fp32 operands); several ops copy small int arrays to the host to validate them
+ * like the CPU backend does.
  *
  * All work is issued on the legacy default stream, so ops are ordered with each other and
  * with the synchronous cudaMemcpy of to_host/from_host; errors of asynchronous kernels show
