@@ -827,6 +827,21 @@ static float *host_block(mk_backend *be, const float *p, size_t n)
     return h;
 }
 
+/* The same forward + backward twice on backend be gives bit-identical loss and gradients. */
+static void check_repeat_bits(side *g, mk_backend *be, const mk_config *cfg, const int32_t *tok,
+                              const int32_t *tgt, int B, const char *label, const char *what)
+{
+    const size_t np = mk_model_param_count(g->m);
+    int r2 = side_step(g, cfg, tok, tgt, B);
+    float *g1 = host_block(be, mk_model_grads(g->m), np);
+    double ce1 = g->st.ce_sum;
+    int r3 = side_step(g, cfg, tok, tgt, B);
+    float *g2 = host_block(be, mk_model_grads(g->m), np);
+    tap_ok(r2 == MK_OK && r3 == MK_OK && memcmp(g1, g2, np * sizeof *g1) == 0 &&
+               memcmp(&ce1, &g->st.ce_sum, sizeof ce1) == 0,
+           "%s: %s twice gives bit-identical loss and gradients", label, what);
+}
+
 static void test_model(int variant)
 {
     mk_config cfg;
@@ -894,14 +909,7 @@ static void test_model(int variant)
     }
 
     /* Determinism: the same forward + backward twice on the GPU gives the same bits. */
-    r2 = side_step(&g, &cfg, tok, tgt, B);
-    float *g1 = host_block(gpu, mk_model_grads(g.m), np);
-    double ce1 = g.st.ce_sum;
-    int r3 = side_step(&g, &cfg, tok, tgt, B);
-    float *g2 = host_block(gpu, mk_model_grads(g.m), np);
-    tap_ok(r2 == MK_OK && r3 == MK_OK && memcmp(g1, g2, np * sizeof *g1) == 0 &&
-               memcmp(&ce1, &g.st.ce_sum, sizeof ce1) == 0,
-           "%s: CUDA forward + backward twice gives bit-identical loss and gradients", label);
+    check_repeat_bits(&g, gpu, &cfg, tok, tgt, B, label, "CUDA forward + backward");
 out:
     side_free(&c);
     side_free(&g);
@@ -942,14 +950,7 @@ static void test_model_bf16(int variant, mk_backend *bf)
         tap_ok(rel < 5e-2 && den > 0, "%s: d/d %s within bf16 tolerance (relative L2 error %.2e < 5e-2)",
                label, t->name, rel);
     }
-    r2 = side_step(&g, &cfg, tok, tgt, B);
-    float *g1 = host_block(bf, mk_model_grads(g.m), np);
-    double ce1 = g.st.ce_sum;
-    int r3 = side_step(&g, &cfg, tok, tgt, B);
-    float *g2 = host_block(bf, mk_model_grads(g.m), np);
-    tap_ok(r2 == MK_OK && r3 == MK_OK && memcmp(g1, g2, np * sizeof *g1) == 0 &&
-               memcmp(&ce1, &g.st.ce_sum, sizeof ce1) == 0,
-           "%s: forward + backward twice gives bit-identical loss and gradients", label);
+    check_repeat_bits(&g, bf, &cfg, tok, tgt, B, label, "forward + backward");
 out:
     side_free(&c);
     side_free(&g);
