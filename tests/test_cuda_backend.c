@@ -572,6 +572,75 @@ static void test_attention_bf16(mk_backend *bf)
     }
 }
 
+/* x rounded to the nearest bf16 (ties to even), as the tensor-core operands are. */
+static float bf16_round(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    u &= 0xffff0000u;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+static float *Hbf16(const float *x, size_t n)
+{
+    float *y = Hf(n);
+    for (size_t i = 0; i < n; i++) y[i] = bf16_round(x[i]);
+    return y;
+}
+
+/* The bf16 backend's expert GEMMs (mk_grouped_gemm.cu) against the CPU on the same
+ * operands rounded to bf16: only the fp32 summation order differs, so the tolerance is
+ * fp32's. Shapes cross every tile edge (rows, K and N not multiples of the 128 x 128 x 32
+ * tiles), include empty and single-row experts and one expert with most of the rows (the
+ * imbalance of early training), and bench-s's own 768 <-> 256. */
+static void test_grouped_bf16(mk_backend *bf)
+{
+    enum { NCASE = 4 };
+    const int shapes[NCASE][3] = {{5, 24, 20}, {7, 200, 132}, {64, 768, 256}, {64, 256, 768}}; /* E K N */
+    for (int c = 0; c < NCASE; c++) {
+        const int E = shapes[c][0], K = shapes[c][1], N = shapes[c][2];
+        int offs[65];
+        offs[0] = 0;
+        for (int e = 0; e < E; e++) {
+            int rows = e == 1 ? 0 : e == 2 ? 1 : 1 + rnd_below(E > 8 ? 300 : 150);
+            if (e == E - 1) rows = E > 8 ? 2500 : 333; /* one expert far above the rest */
+            offs[e + 1] = offs[e] + rows;
+        }
+        const int R = offs[E];
+        const size_t na = (size_t)R * K, nw = (size_t)E * K * N, nc = (size_t)R * N;
+        float *A = Hrand(na, 1), *W = Hrand(nw, 0.1);
+        float *Ar = Hbf16(A, na), *Wr = Hbf16(W, nw);
+        float *gA = D(A, na * 4), *gW = D(W, nw * 4);
+        for (int tw = 0; tw < 2; tw++)
+            for (int bi = 0; bi < 2; bi++) {
+                const float beta = bi ? 0.5f : 0;
+                float *C = Hrand(nc, 1), *gC = D(C, nc * 4);
+                int r1 = cpu->ops->grouped_matmul(cpu, C, Ar, Wr, offs, E, K, N, tw, beta);
+                int r2 = bf->ops->grouped_matmul(bf, gC, gA, gW, offs, E, K, N, tw, beta);
+                if (both_ok(r1, r2, "bf16 grouped_matmul"))
+                    check_arr(Gf(gC, nc), C, nc, RT_GEMM, AT_GEMM * sqrt((double)K),
+                              "bf16 grouped_matmul E %d K %d N %d (%d rows) trans_w %d beta %g", E,
+                              K, N, R, tw, beta);
+            }
+        /* weight gradient: accumulates onto what is there; dC rounded like A */
+        float *dCh = Hrand(nc, 1), *dCr = Hbf16(dCh, nc), *dW = Hrand(nw, 1);
+        float *gdC = D(dCh, nc * 4), *gdW = D(dW, nw * 4), *gdW2 = D(dW, nw * 4);
+        int r1 = cpu->ops->grouped_matmul_wgrad(cpu, dW, Ar, dCr, offs, E, K, N);
+        int r2 = bf->ops->grouped_matmul_wgrad(bf, gdW, gA, gdC, offs, E, K, N);
+        if (both_ok(r1, r2, "bf16 grouped_matmul_wgrad")) {
+            float *got = Gf(gdW, nw);
+            check_arr(got, dW, nw, RT_GEMM, AT_GEMM * sqrt((double)R),
+                      "bf16 grouped_matmul_wgrad E %d K %d N %d (%d rows) accumulates", E, K, N, R);
+            r2 = bf->ops->grouped_matmul_wgrad(bf, gdW2, gA, gdC, offs, E, K, N);
+            tap_ok(r2 == MK_OK && memcmp(Gf(gdW2, nw), got, nw * 4) == 0,
+                   "bf16 grouped_matmul_wgrad E %d K %d N %d: a second run gives the same bits", E, K, N);
+        }
+        arena_free();
+    }
+}
+
 /* ------------------------------------------------------------------ router */
 
 static void test_router(void)
@@ -982,6 +1051,7 @@ int main(void)
     mk_backend *bf = NULL;
     if (mk_backend_cuda_create(0, 1, &bf) != MK_OK) bail("cuda backend (bf16)");
     test_attention_bf16(bf);
+    test_grouped_bf16(bf);
     test_model_bf16(0, bf);
     test_model_bf16(1, bf);
     mk_backend_destroy(&bf);

@@ -42,6 +42,7 @@ extern "C" {
 }
 #include "mk_backend_cuda.h"
 #include "mk_flash_attn.h"
+#include "mk_grouped_gemm.h"
 
 #ifdef MK_REAL_DOUBLE
 #error "the CUDA backend is fp32 only (mk_real = float): build it without MK_REAL_DOUBLE"
@@ -65,6 +66,7 @@ typedef struct cuda_impl {
     int device;
     int bf16;             /* GEMM operands rounded to bf16 on tensor cores (fp32 accumulate) */
     int grouped_ok;       /* 1 cublasGemmGroupedBatchedEx works here, 0 unknown, -1 it does not */
+    int own_grouped;      /* bf16 expert GEMMs through mk_grouped_gemm.cu (else cuBLAS per expert) */
     cublasHandle_t blas;
     void **gptr;          /* device arrays of A, B, C pointers for grouped GEMMs */
     double *rope_cs;      /* RoPE cos/sin table of (rope_T, rope_hd, rope_theta) */
@@ -347,6 +349,8 @@ static int cuda_grouped_matmul(mk_backend *be, mk_real *C, const mk_real *A, con
                                const int *offs_host, int E, int K, int N, int trans_w, mk_real beta)
 {
     cuda_impl *im = impl_of(be);
+    if (im->own_grouped && mk_grouped_gemm_supported(E, K, N, C, A, W))
+        return mk_grouped_gemm_rows(C, A, W, offs_host, E, K, N, trans_w, beta);
     if (E <= MK_CUDA_MAX_GROUPS && im->grouped_ok >= 0 && K > 0) {
         group_call g;
         g.G = 0;
@@ -371,6 +375,8 @@ static int cuda_grouped_matmul_wgrad(mk_backend *be, mk_real *dW, const mk_real 
                                      const int *offs_host, int E, int K, int N)
 {
     cuda_impl *im = impl_of(be);
+    if (im->own_grouped && mk_grouped_gemm_supported(E, K, N, dW, A, dC))
+        return mk_grouped_gemm_wgrad(dW, A, dC, offs_host, E, K, N);
     if (E <= MK_CUDA_MAX_GROUPS && im->grouped_ok >= 0) {
         group_call g;
         g.G = 0;
@@ -1465,6 +1471,10 @@ extern "C" int mk_backend_cuda_create(int device, int bf16, mk_backend **out)
     }
     im->device = device;
     im->bf16 = bf16 != 0;
+    /* MOEKIT_GROUPED_GEMM=cublas keeps the per-expert cuBLAS calls: a benchmarking switch,
+     * read once here so that the ops themselves never look at the environment. */
+    const char *gg = getenv("MOEKIT_GROUPED_GEMM");
+    im->own_grouped = im->bf16 && !(gg && strcmp(gg, "cublas") == 0);
     fill_ops(&im->ops);
     be->ops = &im->ops;
     be->impl = im;

@@ -1,0 +1,41 @@
+/* mk_grouped_gemm.h - the expert GEMMs of the CUDA backend's bf16 mode as one kernel each.
+ *
+ * grouped_matmul and grouped_matmul_wgrad of mk_backend.h (rows grouped by expert, one
+ * weight matrix per expert) on bf16 tensor cores with fp32 accumulation, over the
+ * backend's fp32 storage: operands are rounded to bf16 as they are staged into shared
+ * memory, so the products are those of cuBLAS's CUBLAS_COMPUTE_32F_FAST_16BF. One launch
+ * covers every expert, however unbalanced the routing: cuBLAS 13 has no grouped call for
+ * fp32 operands, and one call per expert costs a launch and a half-empty wave each.
+ *
+ * Every output element has one writer and sums its products in a fixed order: the same
+ * inputs give the same bits on every call.
+ */
+#ifndef MK_GROUPED_GEMM_H
+#define MK_GROUPED_GEMM_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Experts one call takes (the expert table travels as a kernel argument). */
+#define MK_GG_MAX_EXPERTS 256
+
+/* 1 when the kernels take this call: E <= MK_GG_MAX_EXPERTS, K and N multiples of 4 and
+ * every pointer 16-byte aligned; 0 when the caller must use its general path. */
+int mk_grouped_gemm_supported(int E, int K, int N, const void *p1, const void *p2, const void *p3);
+
+/* C[r] = A[r] @ W[e] (W[e] is [K, N]), or A[r] @ W[e]^T (W[e] is [N, K]) when trans_w, for
+ * the rows offs_host[e]..offs_host[e+1]-1 of expert e; C = result + beta * C (C is not read
+ * when beta is 0). offs_host is host memory, checked sorted. */
+int mk_grouped_gemm_rows(float *C, const float *A, const float *W, const int *offs_host, int E,
+                         int K, int N, int trans_w, float beta);
+
+/* dW[e] += A_e^T @ dC_e for every expert (dW [E, K, N], A [R, K], dC [R, N]). */
+int mk_grouped_gemm_wgrad(float *dW, const float *A, const float *dC, const int *offs_host, int E,
+                          int K, int N);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
