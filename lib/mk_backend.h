@@ -141,6 +141,23 @@ typedef struct mk_backend_ops {
     int (*swiglu_backward)(mk_backend *be, mk_real *da, mk_real *db, const mk_real *dh,
                            const mk_real *a, const mk_real *b, size_t n);
 
+    /* --- expert FFN, fused (optional) --------------------------------------------- */
+    /* y = (silu(xp W1) * (xp W3)) W2 per expert, rows grouped by expert as in grouped_matmul
+     * (R = offs_host[E] rows; W1, W3 [E, D, F], W2 [E, F, D]); the same result as
+     * mk_expert_ffn_forward_ops. a1, a3, hact [R, F] hold what the backward needs, in a
+     * format of the backend's choosing. NULL: the model runs the op sequence. */
+    int (*expert_ffn_forward)(mk_backend *be, mk_real *y, mk_real *a1, mk_real *a3, mk_real *hact,
+                              const mk_real *xp, const mk_real *w1, const mk_real *w3,
+                              const mk_real *w2, const int *offs_host, int E, int D, int F);
+    /* dxp written, dw1, dw3, dw2 accumulated (+=) from dy and the forward's state;
+     * dhact, da1, da3 [R, F] are scratch. */
+    int (*expert_ffn_backward)(mk_backend *be, mk_real *dxp, mk_real *dw1, mk_real *dw3,
+                               mk_real *dw2, mk_real *dhact, mk_real *da1, mk_real *da3,
+                               const mk_real *dy, const mk_real *xp, const mk_real *a1,
+                               const mk_real *a3, const mk_real *hact, const mk_real *w1,
+                               const mk_real *w3, const mk_real *w2, const int *offs_host, int E,
+                               int D, int F);
+
     /* --- loss ---------------------------------------------------------------------- */
     /* losses[n] = logsumexp(logits[n]) - logits[n, targets[n]], 0 where targets[n] < 0
      * (ignored). When dlogits is not NULL it gets dscale * (softmax(logits[n]) - onehot)
@@ -171,6 +188,18 @@ int mk_grouped_matmul_by_expert(mk_backend *be, mk_real *C, const mk_real *A, co
                                 const int *offs_host, int E, int K, int N, int trans_w, mk_real beta);
 int mk_grouped_matmul_wgrad_by_expert(mk_backend *be, mk_real *dW, const mk_real *A, const mk_real *dC,
                                       const int *offs_host, int E, int K, int N);
+
+/* The expert FFN as a sequence of grouped_matmul, swiglu and grouped_matmul_wgrad calls
+ * (the semantics of ops->expert_ffn_forward / _backward, for backends without them). */
+int mk_expert_ffn_forward_ops(mk_backend *be, mk_real *y, mk_real *a1, mk_real *a3, mk_real *hact,
+                              const mk_real *xp, const mk_real *w1, const mk_real *w3,
+                              const mk_real *w2, const int *offs_host, int E, int D, int F);
+int mk_expert_ffn_backward_ops(mk_backend *be, mk_real *dxp, mk_real *dw1, mk_real *dw3,
+                               mk_real *dw2, mk_real *dhact, mk_real *da1, mk_real *da3,
+                               const mk_real *dy, const mk_real *xp, const mk_real *a1,
+                               const mk_real *a3, const mk_real *hact, const mk_real *w1,
+                               const mk_real *w3, const mk_real *w2, const int *offs_host, int E,
+                               int D, int F);
 
 /* The CPU reference backend. threads <= 0 means OpenMP's default. */
 int mk_backend_cpu_create(int threads, mk_backend **out);

@@ -1,5 +1,6 @@
-/* mk_backend_grouped.c - grouped expert GEMMs as one ops->matmul per expert, shared by the
- * backends that have no grouped kernel of their own (see mk_backend.h). */
+/* mk_backend_grouped.c - grouped expert GEMMs as one ops->matmul per expert, and the expert
+ * FFN as a sequence of ops, shared by the backends that have no fused kernel of their own
+ * (see mk_backend.h). */
 #ifdef HAVE_CONFIG_H
 #include "config.h"
 #endif
@@ -43,5 +44,39 @@ int mk_grouped_matmul_wgrad_by_expert(mk_backend *be, mk_real *dW, const mk_real
         MK_CHECK(be->ops->matmul(be, dW + (size_t)e * K * N, A + (size_t)offs_host[e] * K,
                                  dC + (size_t)offs_host[e] * N, K, N, rows, 1, 0, 1, 1));
     }
+    return MK_OK;
+}
+
+int mk_expert_ffn_forward_ops(mk_backend *be, mk_real *y, mk_real *a1, mk_real *a3, mk_real *hact,
+                              const mk_real *xp, const mk_real *w1, const mk_real *w3,
+                              const mk_real *w2, const int *offs_host, int E, int D, int F)
+{
+    const mk_backend_ops *o = be->ops;
+    MK_CHECK(check_offs("expert_ffn_forward", offs_host, E));
+    const size_t rows = E > 0 ? (size_t)offs_host[E] : 0;
+    MK_CHECK(o->grouped_matmul(be, a1, xp, w1, offs_host, E, D, F, 0, 0));
+    MK_CHECK(o->grouped_matmul(be, a3, xp, w3, offs_host, E, D, F, 0, 0));
+    MK_CHECK(o->swiglu_forward(be, hact, a1, a3, rows * F));
+    MK_CHECK(o->grouped_matmul(be, y, hact, w2, offs_host, E, F, D, 0, 0));
+    return MK_OK;
+}
+
+int mk_expert_ffn_backward_ops(mk_backend *be, mk_real *dxp, mk_real *dw1, mk_real *dw3,
+                               mk_real *dw2, mk_real *dhact, mk_real *da1, mk_real *da3,
+                               const mk_real *dy, const mk_real *xp, const mk_real *a1,
+                               const mk_real *a3, const mk_real *hact, const mk_real *w1,
+                               const mk_real *w3, const mk_real *w2, const int *offs_host, int E,
+                               int D, int F)
+{
+    const mk_backend_ops *o = be->ops;
+    MK_CHECK(check_offs("expert_ffn_backward", offs_host, E));
+    const size_t rows = E > 0 ? (size_t)offs_host[E] : 0;
+    MK_CHECK(o->grouped_matmul(be, dhact, dy, w2, offs_host, E, D, F, 1, 0));
+    MK_CHECK(o->grouped_matmul_wgrad(be, dw2, hact, dy, offs_host, E, F, D));
+    MK_CHECK(o->swiglu_backward(be, da1, da3, dhact, a1, a3, rows * F));
+    MK_CHECK(o->grouped_matmul(be, dxp, da1, w1, offs_host, E, F, D, 1, 0));
+    MK_CHECK(o->grouped_matmul(be, dxp, da3, w3, offs_host, E, F, D, 1, 1));
+    MK_CHECK(o->grouped_matmul_wgrad(be, dw1, xp, da1, offs_host, E, D, F));
+    MK_CHECK(o->grouped_matmul_wgrad(be, dw3, xp, da3, offs_host, E, D, F));
     return MK_OK;
 }

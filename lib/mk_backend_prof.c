@@ -45,6 +45,8 @@ enum {    OP_alloc,
     OP_combine_backward_gates,
     OP_swiglu_forward,
     OP_swiglu_backward,
+    OP_expert_ffn_forward,
+    OP_expert_ffn_backward,
     OP_cross_entropy,
     OP_adamw,
     OP_COUNT
@@ -78,6 +80,8 @@ static const char *const op_names[OP_COUNT] = {
     "combine_backward_gates",
     "swiglu_forward",
     "swiglu_backward",
+    "expert_ffn_forward",
+    "expert_ffn_backward",
     "cross_entropy",
     "adamw",
 };
@@ -287,6 +291,18 @@ static int p_adamw(mk_backend *be, mk_real *p, const mk_real *g, mk_real *m, mk_
 
 static void p_free(mk_backend *be, void *ptr) { P(be)->inner->ops->free(P(be)->inner, ptr); }
 
+static int p_expert_ffn_forward(mk_backend *be, mk_real *y, mk_real *a1, mk_real *a3, mk_real *hact, const mk_real *xp, const mk_real *w1, const mk_real *w3, const mk_real *w2, const int *offs_host, int E, int D, int F)
+{
+    const double t0 = now_s();
+    return done(P(be), OP_expert_ffn_forward, t0, P(be)->inner->ops->expert_ffn_forward(P(be)->inner, y, a1, a3, hact, xp, w1, w3, w2, offs_host, E, D, F));
+}
+
+static int p_expert_ffn_backward(mk_backend *be, mk_real *dxp, mk_real *dw1, mk_real *dw3, mk_real *dw2, mk_real *dhact, mk_real *da1, mk_real *da3, const mk_real *dy, const mk_real *xp, const mk_real *a1, const mk_real *a3, const mk_real *hact, const mk_real *w1, const mk_real *w3, const mk_real *w2, const int *offs_host, int E, int D, int F)
+{
+    const double t0 = now_s();
+    return done(P(be), OP_expert_ffn_backward, t0, P(be)->inner->ops->expert_ffn_backward(P(be)->inner, dxp, dw1, dw3, dw2, dhact, da1, da3, dy, xp, a1, a3, hact, w1, w3, w2, offs_host, E, D, F));
+}
+
 static int p_sync(mk_backend *be) { return P(be)->inner->ops->sync(P(be)->inner); }
 
 static void p_destroy(mk_backend *be)
@@ -337,6 +353,9 @@ int mk_backend_prof_create(mk_backend *inner, mk_backend **out)
     p->ops.combine_backward_gates = p_combine_backward_gates;
     p->ops.swiglu_forward = p_swiglu_forward;
     p->ops.swiglu_backward = p_swiglu_backward;
+    /* optional ops stay NULL when the inner backend has none */
+    p->ops.expert_ffn_forward = inner->ops->expert_ffn_forward ? p_expert_ffn_forward : NULL;
+    p->ops.expert_ffn_backward = inner->ops->expert_ffn_backward ? p_expert_ffn_backward : NULL;
     p->ops.cross_entropy = p_cross_entropy;
     p->ops.adamw = p_adamw;
     p->ops.free = p_free;

@@ -407,13 +407,13 @@ int mk_expert_ffn_forward(mk_model *m, const layer_params *p, const int *offs, i
                           const mk_real *xp, mk_real *a1, mk_real *a3, mk_real *hact, mk_real *y)
 {
     mk_backend *be = m->be;
-    const mk_backend_ops *o = be->ops;
-    const int D = m->D, F = m->F;
-    MK_CHECK(o->grouped_matmul(be, a1, xp, p->w1, offs, nexp, D, F, 0, 0));
-    MK_CHECK(o->grouped_matmul(be, a3, xp, p->w3, offs, nexp, D, F, 0, 0));
-    MK_CHECK(o->swiglu_forward(be, hact, a1, a3, (size_t)rows * F));
-    MK_CHECK(o->grouped_matmul(be, y, hact, p->w2, offs, nexp, F, D, 0, 0));
-    return MK_OK;
+    if (nexp > 0 && offs[nexp] != rows)
+        return MK_FAIL(MK_ERR_INTERNAL, "expert FFN: %d rows, offsets end at %d", rows, offs[nexp]);
+    if (be->ops->expert_ffn_forward)
+        return be->ops->expert_ffn_forward(be, y, a1, a3, hact, xp, p->w1, p->w3, p->w2, offs,
+                                           nexp, m->D, m->F);
+    return mk_expert_ffn_forward_ops(be, y, a1, a3, hact, xp, p->w1, p->w3, p->w2, offs, nexp,
+                                     m->D, m->F);
 }
 
 int mk_expert_ffn_backward(mk_model *m, const layer_params *p, layer_params *g, const int *offs,
@@ -422,16 +422,14 @@ int mk_expert_ffn_backward(mk_model *m, const layer_params *p, layer_params *g, 
                            mk_real *da3, mk_real *dxp)
 {
     mk_backend *be = m->be;
-    const mk_backend_ops *o = be->ops;
-    const int D = m->D, F = m->F;
-    MK_CHECK(o->grouped_matmul(be, dhact, dy, p->w2, offs, nexp, D, F, 1, 0));
-    MK_CHECK(o->grouped_matmul_wgrad(be, g->w2, hact, dy, offs, nexp, F, D));
-    MK_CHECK(o->swiglu_backward(be, da1, da3, dhact, a1, a3, (size_t)rows * F));
-    MK_CHECK(o->grouped_matmul(be, dxp, da1, p->w1, offs, nexp, F, D, 1, 0));
-    MK_CHECK(o->grouped_matmul(be, dxp, da3, p->w3, offs, nexp, F, D, 1, 1));
-    MK_CHECK(o->grouped_matmul_wgrad(be, g->w1, xp, da1, offs, nexp, D, F));
-    MK_CHECK(o->grouped_matmul_wgrad(be, g->w3, xp, da3, offs, nexp, D, F));
-    return MK_OK;
+    if (nexp > 0 && offs[nexp] != rows)
+        return MK_FAIL(MK_ERR_INTERNAL, "expert FFN: %d rows, offsets end at %d", rows, offs[nexp]);
+    if (be->ops->expert_ffn_backward)
+        return be->ops->expert_ffn_backward(be, dxp, g->w1, g->w3, g->w2, dhact, da1, da3, dy, xp,
+                                            a1, a3, hact, p->w1, p->w3, p->w2, offs, nexp, m->D,
+                                            m->F);
+    return mk_expert_ffn_backward_ops(be, dxp, g->w1, g->w3, g->w2, dhact, da1, da3, dy, xp, a1,
+                                      a3, hact, p->w1, p->w3, p->w2, offs, nexp, m->D, m->F);
 }
 
 /* ------------------------------------------------------------------ forward */

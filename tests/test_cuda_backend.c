@@ -641,6 +641,66 @@ static void test_grouped_bf16(mk_backend *bf)
     }
 }
 
+/* The bf16 backend's fused expert FFN (mk_expert_ffn.cu) against the op sequence on the
+ * fp32 CPU: outputs by relative L2 error; weight gradients accumulate onto what is there;
+ * an expert without rows; a second run gives the same bits. The second shape has an
+ * expert of 2,500 rows, whose weight gradient is reduced in chunks of 1,024 rows. */
+static void one_expert_ffn_bf16(mk_backend *bf, int E, int Dm, int F, const int *offs)
+{
+    const size_t R = (size_t)offs[E], W = (size_t)E * Dm * F;
+    float *xp = Hrand(R * Dm, 1), *w1 = Hrand(W, 0.2), *w3 = Hrand(W, 0.2), *w2 = Hrand(W, 0.2);
+    float *dy = Hrand(R * Dm, 1), *dw0 = Hrand(3 * W, 0.1);
+    float *y = Hf(R * Dm), *a1 = Hf(R * F), *a3 = Hf(R * F), *h = Hf(R * F), *dxp = Hf(R * Dm);
+    float *dh = Hf(R * F), *da1 = Hf(R * F), *da3 = Hf(R * F), *dw = Hf(3 * W);
+    memcpy(dw, dw0, 3 * W * sizeof *dw);
+    int r1 = mk_expert_ffn_forward_ops(cpu, y, a1, a3, h, xp, w1, w3, w2, offs, E, Dm, F);
+    if (r1 == MK_OK)
+        r1 = mk_expert_ffn_backward_ops(cpu, dxp, dw, dw + W, dw + 2 * W, dh, da1, da3, dy, xp, a1,
+                                        a3, h, w1, w3, w2, offs, E, Dm, F);
+    float *gx = D(xp, R * Dm * 4), *g1 = D(w1, W * 4), *g3 = D(w3, W * 4), *g2 = D(w2, W * 4);
+    float *gdy = D(dy, R * Dm * 4), *gdw = D(dw0, 3 * W * 4);
+    float *gy = Dz(R * Dm * 4), *ga1 = Dz(R * F * 4), *ga3 = Dz(R * F * 4), *gh = Dz(R * F * 4);
+    float *gdx = Dz(R * Dm * 4), *gdh = Dz(R * F * 4), *gda1 = Dz(R * F * 4), *gda3 = Dz(R * F * 4);
+    int r2 = bf->ops->expert_ffn_forward(bf, gy, ga1, ga3, gh, gx, g1, g3, g2, offs, E, Dm, F);
+    if (r2 == MK_OK)
+        r2 = bf->ops->expert_ffn_backward(bf, gdx, gdw, gdw + W, gdw + 2 * W, gdh, gda1, gda3, gdy,
+                                          gx, ga1, ga3, gh, g1, g3, g2, offs, E, Dm, F);
+    if (both_ok(r1, r2, "bf16 expert FFN forward + backward")) {
+        const char *names[5] = {"y", "dx", "dw1 (accumulated)", "dw3 (accumulated)", "dw2 (accumulated)"};
+        const float *got[5] = {Gf(gy, R * Dm), Gf(gdx, R * Dm), NULL, NULL, NULL};
+        const float *want[5] = {y, dxp, dw, dw + W, dw + 2 * W};
+        const size_t n[5] = {R * Dm, R * Dm, W, W, W};
+        float *gw = Gf(gdw, 3 * W);
+        got[2] = gw, got[3] = gw + W, got[4] = gw + 2 * W;
+        for (int i = 0; i < 5; i++) {
+            double e = rel_l2(got[i], want[i], n[i]);
+            tap_ok(e < 3e-2, "bf16 expert FFN (E %d, D %d, F %d, %zu rows, one expert empty): %s relative L2 error %.2e < 3e-2",
+                   E, Dm, F, R, names[i], e);
+        }
+        float *gy2 = Dz(R * Dm * 4), *gdx2 = Dz(R * Dm * 4), *gdw2 = D(dw0, 3 * W * 4);
+        r2 = bf->ops->expert_ffn_forward(bf, gy2, ga1, ga3, gh, gx, g1, g3, g2, offs, E, Dm, F);
+        if (r2 == MK_OK)
+            r2 = bf->ops->expert_ffn_backward(bf, gdx2, gdw2, gdw2 + W, gdw2 + 2 * W, gdh, gda1, gda3,
+                                              gdy, gx, ga1, ga3, gh, g1, g3, g2, offs, E, Dm, F);
+        tap_ok(r2 == MK_OK && memcmp(Gf(gy2, R * Dm), got[0], R * Dm * 4) == 0 &&
+                   memcmp(Gf(gdx2, R * Dm), got[1], R * Dm * 4) == 0 &&
+                   memcmp(Gf(gdw2, 3 * W), gw, 3 * W * 4) == 0,
+               "bf16 expert FFN (E %d, D %d, F %d): a second run gives the same bits", E, Dm, F);
+    }
+    arena_free();
+}
+
+static void test_expert_ffn_bf16(mk_backend *bf)
+{
+    const int small[6] = {0, 7, 7, 20, 21, 41};
+    one_expert_ffn_bf16(bf, 5, 64, 32, small);
+    int offs[17];
+    offs[0] = 0;
+    for (int e = 0; e < 16; e++)
+        offs[e + 1] = offs[e] + (e == 3 ? 0 : e == 9 ? 2500 : 1 + rnd_below(400));
+    one_expert_ffn_bf16(bf, 16, 256, 128, offs);
+}
+
 /* ------------------------------------------------------------------ router */
 
 static void test_router(void)
@@ -1052,6 +1112,7 @@ int main(void)
     if (mk_backend_cuda_create(0, 1, &bf) != MK_OK) bail("cuda backend (bf16)");
     test_attention_bf16(bf);
     test_grouped_bf16(bf);
+    test_expert_ffn_bf16(bf);
     test_model_bf16(0, bf);
     test_model_bf16(1, bf);
     mk_backend_destroy(&bf);

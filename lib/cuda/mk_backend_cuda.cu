@@ -42,6 +42,7 @@ extern "C" {
 }
 #include "mk_backend_cuda.h"
 #include "mk_flash_attn.h"
+#include "mk_expert_ffn.h"
 #include "mk_grouped_gemm.h"
 
 #ifdef MK_REAL_DOUBLE
@@ -75,6 +76,7 @@ typedef struct cuda_impl {
     size_t gptr_n;
     void *scratch;        /* device scratch for per-call tables (angles, index lists) */
     size_t scratch_bytes;
+    mk_cuda_ffn *ffn;     /* the fused bf16 expert FFN's workspace, made on first use */
 } cuda_impl;
 
 static cuda_impl *impl_of(mk_backend *be) { return (cuda_impl *)be->impl; }
@@ -375,8 +377,12 @@ static int cuda_grouped_matmul_wgrad(mk_backend *be, mk_real *dW, const mk_real 
                                      const int *offs_host, int E, int K, int N)
 {
     cuda_impl *im = impl_of(be);
-    if (im->own_grouped && mk_grouped_gemm_supported(E, K, N, dW, A, dC))
-        return mk_grouped_gemm_wgrad(dW, A, dC, offs_host, E, K, N);
+    if (im->own_grouped && mk_grouped_gemm_supported(E, K, N, dW, A, dC)) {
+        const size_t wsn = mk_grouped_gemm_wgrad_ws_floats(offs_host, E, K, N);
+        void *ws = NULL;
+        if (wsn) MK_CHECK(scratch_get(im, wsn * sizeof(float), &ws));
+        return mk_grouped_gemm_wgrad(dW, (float *)ws, wsn, A, dC, offs_host, E, K, N);
+    }
     if (E <= MK_CUDA_MAX_GROUPS && im->grouped_ok >= 0) {
         group_call g;
         g.G = 0;
@@ -1293,6 +1299,47 @@ static int cuda_swiglu_backward(mk_backend *be, mk_real *da, mk_real *db, const 
     return MK_OK;
 }
 
+/* ------------------------------------------------------------------ expert FFN */
+
+/* bf16 with our own grouped GEMMs: the fused op of mk_expert_ffn.cu (a1, a3 and hact then
+ * hold bf16 state, which only the fused backward reads). Otherwise the op sequence. Forward
+ * and backward decide alike from the shape and the state buffers, so they always agree on
+ * the state's format. */
+static int use_fused_ffn(const cuda_impl *im, int E, int D, int F, const void *a1, const void *a3,
+                         const void *hact)
+{
+    return im->own_grouped && mk_cuda_ffn_supported(E, D, F) && ((uintptr_t)a1 & 15) == 0 &&
+           ((uintptr_t)a3 & 15) == 0 && ((uintptr_t)hact & 15) == 0;
+}
+
+static int cuda_expert_ffn_forward(mk_backend *be, mk_real *y, mk_real *a1, mk_real *a3,
+                                   mk_real *hact, const mk_real *xp, const mk_real *w1,
+                                   const mk_real *w3, const mk_real *w2, const int *offs_host,
+                                   int E, int D, int F)
+{
+    cuda_impl *im = impl_of(be);
+    if (!use_fused_ffn(im, E, D, F, a1, a3, hact))
+        return mk_expert_ffn_forward_ops(be, y, a1, a3, hact, xp, w1, w3, w2, offs_host, E, D, F);
+    if (!im->ffn) MK_CHECK(mk_cuda_ffn_create(&im->ffn));
+    return mk_cuda_ffn_forward(im->ffn, y, a1, a3, hact, xp, w1, w3, w2, offs_host, E, D, F);
+}
+
+static int cuda_expert_ffn_backward(mk_backend *be, mk_real *dxp, mk_real *dw1, mk_real *dw3,
+                                    mk_real *dw2, mk_real *dhact, mk_real *da1, mk_real *da3,
+                                    const mk_real *dy, const mk_real *xp, const mk_real *a1,
+                                    const mk_real *a3, const mk_real *hact, const mk_real *w1,
+                                    const mk_real *w3, const mk_real *w2, const int *offs_host,
+                                    int E, int D, int F)
+{
+    cuda_impl *im = impl_of(be);
+    if (!use_fused_ffn(im, E, D, F, a1, a3, hact))
+        return mk_expert_ffn_backward_ops(be, dxp, dw1, dw3, dw2, dhact, da1, da3, dy, xp, a1, a3,
+                                          hact, w1, w3, w2, offs_host, E, D, F);
+    if (!im->ffn) MK_CHECK(mk_cuda_ffn_create(&im->ffn));
+    return mk_cuda_ffn_backward(im->ffn, dxp, dw1, dw3, dw2, dhact, da1, da3, dy, xp, a1, a3, hact,
+                                w1, w3, w2, offs_host, E, D, F);
+}
+
 /* ------------------------------------------------------------------ loss */
 
 /* One block per row: max (exact), sum of exp in double by the block tree, then the loss
@@ -1398,6 +1445,7 @@ static void cuda_destroy(mk_backend *be)
     if (!be) return;
     cuda_impl *im = impl_of(be);
     if (im) {
+        mk_cuda_ffn_destroy(im->ffn);
         if (im->blas) cublasDestroy(im->blas);
         if (im->gptr) cudaFree(im->gptr);
         if (im->rope_cs) cudaFree(im->rope_cs);
@@ -1440,6 +1488,8 @@ static void fill_ops(mk_backend_ops *o)
     o->combine_backward_gates = cuda_combine_backward_gates;
     o->swiglu_forward = cuda_swiglu_forward;
     o->swiglu_backward = cuda_swiglu_backward;
+    o->expert_ffn_forward = cuda_expert_ffn_forward;
+    o->expert_ffn_backward = cuda_expert_ffn_backward;
     o->cross_entropy = cuda_cross_entropy;
     o->adamw = cuda_adamw;
     o->sync = cuda_sync;

@@ -186,13 +186,107 @@ __device__ __forceinline__ void tile_product(float acc[4][4][4], bf16 *smem, con
     }
 }
 
+/* bf16 operands: cp.async copies 16-byte chunks straight into shared memory (no register
+ * staging), STAGES steps in flight, so the loads of later steps overlap the products of
+ * this one. Chunks past a bound are zero-filled by the copy itself (source size 0). */
+#define STAGES 3
+#define STAGE_ELEMS (2 * TILE)
+#define SMEM_BF16 (STAGES * STAGE_ELEMS * (int)sizeof(bf16))
+#define SMEM_F32 (4 * TILE * (int)sizeof(bf16))
+
+__device__ __forceinline__ void cp_async16(bf16 *dst, const bf16 *src, int bytes)
+{
+    const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(bytes));
+}
+
+__device__ __forceinline__ void cp_async_commit(void)
+{
+    asm volatile("cp.async.commit_group;\n" ::);
+}
+
+template <int N> __device__ __forceinline__ void cp_async_wait(void)
+{
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+/* One operand's step as 512 chunks of 8 elements, 2 per thread; layouts as load_step. */
+template <bool KC>
+__device__ __forceinline__ void issue_step(bf16 *tile, const bf16 *P, int ld, int o0, int olim, int k0,
+                                           int klim)
+{
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+        const int c = threadIdx.x + j * NT;
+        int o, k, so;
+        if (KC) o = o0 + (c >> 2), k = k0 + (c & 3) * 8, so = (c >> 2) * LDK + (c & 3) * 8;
+        else k = k0 + (c >> 4), o = o0 + (c & 15) * 8, so = (c >> 4) * LDO + (c & 15) * 8;
+        const int ok = o < olim && k < klim;
+        const bf16 *src = ok ? P + (KC ? (size_t)o * ld + k : (size_t)k * ld + o) : P;
+        cp_async16(tile + so, src, ok ? 16 : 0);
+    }
+}
+
+template <bool A_KC, bool B_KC>
+__device__ __forceinline__ void tile_product(float acc[4][4][4], bf16 *smem, const bf16 *A, int lda,
+                                             int m0, int mlim, const bf16 *B, int ldb, int n0,
+                                             int nlim, int klim)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int wm = warp >> 2, wn = warp & 3;
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) acc[i][j][0] = acc[i][j][1] = acc[i][j][2] = acc[i][j][3] = 0.f;
+    const int nk = (klim + BK - 1) / BK;
+#pragma unroll
+    for (int st = 0; st < STAGES - 1; st++) {
+        if (st < nk) {
+            issue_step<A_KC>(smem + st * STAGE_ELEMS, A, lda, m0, mlim, st * BK, klim);
+            issue_step<B_KC>(smem + st * STAGE_ELEMS + TILE, B, ldb, n0, nlim, st * BK, klim);
+        }
+        cp_async_commit();
+    }
+    for (int kt = 0; kt < nk; kt++) {
+        /* step kt has landed; every warp is done with the stage the next issue refills */
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();
+        const int nxt = kt + STAGES - 1;
+        if (nxt < nk) {
+            bf16 *st = smem + (nxt % STAGES) * STAGE_ELEMS;
+            issue_step<A_KC>(st, A, lda, m0, mlim, nxt * BK, klim);
+            issue_step<B_KC>(st + TILE, B, ldb, n0, nlim, nxt * BK, klim);
+        }
+        cp_async_commit();
+        const bf16 *use = smem + (kt % STAGES) * STAGE_ELEMS;
+        mma_step<A_KC, B_KC>(acc, use, use + TILE, wm, wn, lane);
+    }
+    cp_async_wait<0>();
+}
+
+/* Output pair (v.x, v.y) at p: fp32 with C = v + beta C, or bf16 (beta is 0 there). */
+__device__ __forceinline__ void put2(float *p, float2 v, float beta)
+{
+    if (beta != 0.f) {
+        const float2 old = *(const float2 *)p;
+        v.x += beta * old.x, v.y += beta * old.y;
+    }
+    *(float2 *)p = v;
+}
+
+__device__ __forceinline__ void put2(bf16 *p, float2 v, float beta)
+{
+    (void)beta;
+    *(__nv_bfloat162 *)p = __floats2bfloat162_rn(v.x, v.y);
+}
+
 /* Accumulator (i, j, h) of this lane sits at row wm*64 + i*16 + g + 8*(h/2), columns
  * wn*32 + j*8 + 2q + {0, 1} of the tile, g = lane / 4, q = lane % 4. */
-template <bool B_KC>
-__global__ static void __launch_bounds__(NT, 2) k_gg_rows(float *C, const float *A, const float *W,
-                                                       const gg_table t, int K, int N, float beta)
+template <typename T, typename TC, bool B_KC>
+__global__ static void __launch_bounds__(NT, 2) k_gg_rows(TC *C, const T *A, const T *W,
+                                                          const gg_table t, int K, int N, float beta)
 {
-    __shared__ __align__(16) bf16 smem[4 * TILE];
+    extern __shared__ __align__(16) bf16 smem[];
     const int b = blockIdx.x;
     int lo = 0, hi = t.E; /* first[lo] <= b < first[hi]; ends at the expert with rows */
     while (hi - lo > 1) {
@@ -204,8 +298,8 @@ __global__ static void __launch_bounds__(NT, 2) k_gg_rows(float *C, const float 
     const int m0 = (local / nt) * BM, n0 = (local % nt) * BM;
     const int r0 = t.offs[e], rows = t.offs[e + 1] - r0;
     float acc[4][4][4];
-    tile_product<true, B_KC>(acc, smem, A + (size_t)r0 * K, K, m0, rows, W + (size_t)e * K * N,
-                             B_KC ? K : N, n0, N, K);
+    tile_product<true, B_KC>(acc, smem, A + (size_t)r0 * K, K, m0, rows,
+                                           W + (size_t)e * K * N, B_KC ? K : N, n0, N, K);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int wm = warp >> 2, wn = warp & 3, g = lane >> 2, q = lane & 3;
 #pragma unroll
@@ -214,37 +308,47 @@ __global__ static void __launch_bounds__(NT, 2) k_gg_rows(float *C, const float 
         for (int h = 0; h < 2; h++) {
             const int row = m0 + wm * 64 + i * 16 + g + 8 * h;
             if (row >= rows) continue;
-            float *Crow = C + (size_t)(r0 + row) * N;
+            TC *Crow = C + (size_t)(r0 + row) * N;
 #pragma unroll
             for (int j = 0; j < 4; j++) {
                 const int col = n0 + wn * 32 + j * 8 + 2 * q;
                 if (col >= N) continue;
-                float2 v = make_float2(acc[i][j][2 * h], acc[i][j][2 * h + 1]);
-                if (beta != 0.f) {
-                    const float2 old = *(const float2 *)(Crow + col);
-                    v.x += beta * old.x, v.y += beta * old.y;
-                }
-                *(float2 *)(Crow + col) = v;
+                put2(Crow + col, make_float2(acc[i][j][2 * h], acc[i][j][2 * h + 1]), beta);
             }
         }
 }
 
-/* dW[e] += A_e^T dC_e: the A operand is A_e transposed (element (m, r) at A[r*K + m]) and
- * B is dC_e (element (r, n) at dC[r*N + n]); both are outer-contiguous. */
-__global__ static void __launch_bounds__(NT, 2) k_gg_wgrad(float *dW, const float *A, const float *dC,
-                                                        const gg_table t, int K, int N)
+/* Weight gradient over row chunks: unit u is chunk u - first[e] of expert e (at most
+ * WG_CHUNK rows, so no block runs much longer than the others however unbalanced the
+ * routing). An expert of one chunk adds its tile to dW directly; the chunks of a larger
+ * expert write their partial tiles to ws[u] and k_gg_wgrad_sum adds them up in chunk
+ * order. The A operand is A_e transposed (element (m, r) at A[r*K + m]) and B is dC_e
+ * (element (r, n) at dC[r*N + n]); both are outer-contiguous. */
+#define WG_CHUNK 1024
+
+template <typename T>
+__global__ static void __launch_bounds__(NT, 2) k_gg_wgrad(float *dW, float *ws, const T *A,
+                                                           const T *dC, const gg_table t, int K, int N)
 {
-    __shared__ __align__(16) bf16 smem[4 * TILE];
+    extern __shared__ __align__(16) bf16 smem[];
     const int nt = (N + BM - 1) / BM, tiles = ((K + BM - 1) / BM) * nt;
-    const int e = t.first[blockIdx.x / tiles], local = blockIdx.x % tiles;
+    const int u = blockIdx.x / tiles, local = blockIdx.x % tiles;
+    int lo = 0, hi = t.E;
+    while (hi - lo > 1) {
+        const int mid = (lo + hi) >> 1;
+        if (t.first[mid] <= u) lo = mid;
+        else hi = mid;
+    }
+    const int e = lo, chunks = t.first[e + 1] - t.first[e];
     const int m0 = (local / nt) * BM, n0 = (local % nt) * BM;
-    const int r0 = t.offs[e], rows = t.offs[e + 1] - r0;
+    const int r0 = t.offs[e] + (u - t.first[e]) * WG_CHUNK;
+    const int rows = min(t.offs[e + 1] - r0, WG_CHUNK);
     float acc[4][4][4];
     tile_product<false, false>(acc, smem, A + (size_t)r0 * K, K, m0, K, dC + (size_t)r0 * N, N, n0,
                                N, rows);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int wm = warp >> 2, wn = warp & 3, g = lane >> 2, q = lane & 3;
-    float *dWe = dW + (size_t)e * K * N;
+    float *out = chunks == 1 ? dW + (size_t)e * K * N : ws + (size_t)u * K * N;
 #pragma unroll
     for (int i = 0; i < 4; i++)
 #pragma unroll
@@ -255,12 +359,28 @@ __global__ static void __launch_bounds__(NT, 2) k_gg_wgrad(float *dW, const floa
             for (int j = 0; j < 4; j++) {
                 const int col = n0 + wn * 32 + j * 8 + 2 * q;
                 if (col >= N) continue;
-                float2 *p = (float2 *)(dWe + (size_t)row * N + col);
-                float2 v = *p;
-                v.x += acc[i][j][2 * h], v.y += acc[i][j][2 * h + 1];
+                float2 *p = (float2 *)(out + (size_t)row * N + col);
+                float2 v = make_float2(acc[i][j][2 * h], acc[i][j][2 * h + 1]);
+                if (chunks == 1) {
+                    const float2 old = *p;
+                    v.x += old.x, v.y += old.y;
+                }
                 *p = v;
             }
         }
+}
+
+/* dW[e] += ws[first[e]] + ws[first[e] + 1] + ... for experts of more than one chunk. */
+__global__ static void k_gg_wgrad_sum(float *dW, const float *ws, const gg_table t, size_t KN)
+{
+    const int e = blockIdx.y;
+    const int c0 = t.first[e], chunks = t.first[e + 1] - c0;
+    if (chunks < 2) return;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < KN; i += (size_t)gridDim.x * blockDim.x) {
+        float s = dW[(size_t)e * KN + i];
+        for (int c = 0; c < chunks; c++) s += ws[(size_t)(c0 + c) * KN + i];
+        dW[(size_t)e * KN + i] = s;
+    }
 }
 
 static int aligned16(const void *p)
@@ -272,6 +392,11 @@ int mk_grouped_gemm_supported(int E, int K, int N, const void *p1, const void *p
 {
     return E >= 1 && E <= MK_GG_MAX_EXPERTS && K > 0 && N > 0 && K % 4 == 0 && N % 4 == 0 &&
            aligned16(p1) && aligned16(p2) && aligned16(p3);
+}
+
+int mk_grouped_gemm_bf16_supported(int E, int K, int N)
+{
+    return E >= 1 && E <= MK_GG_MAX_EXPERTS && K > 0 && N > 0 && K % 8 == 0 && N % 8 == 0;
 }
 
 static int table_offs(gg_table *t, const char *what, const int *offs_host, int E)
@@ -287,53 +412,121 @@ static int table_offs(gg_table *t, const char *what, const int *offs_host, int E
     return MK_OK;
 }
 
-int mk_grouped_gemm_rows(float *C, const float *A, const float *W, const int *offs_host, int E,
-                         int K, int N, int trans_w, float beta)
+static int launched(const char *what)
+{
+    cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return MK_FAIL(MK_ERR_INTERNAL, "cuda: %s: %s", what, cudaGetErrorString(err));
+    return MK_OK;
+}
+
+/* Kernels above 48 KiB of shared memory must say so before their launch. */
+template <typename K> static int smem_attr(K kernel, int bytes, const char *what)
+{
+    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    if (err != cudaSuccess) return MK_FAIL(MK_ERR_INTERNAL, "cuda: %s: shared memory: %s", what, cudaGetErrorString(err));
+    return MK_OK;
+}
+
+template <typename T, typename TC>
+static int rows_launch(TC *C, const T *A, const T *W, const int *offs_host, int E, int K, int N,
+                       int trans_w, float beta, const char *what)
 {
     gg_table t;
-    MK_CHECK(table_offs(&t, "grouped_matmul", offs_host, E));
+    MK_CHECK(table_offs(&t, what, offs_host, E));
     const long nt = (N + BM - 1) / BM;
     long blocks = 0;
     for (int e = 0; e < E; e++) {
         t.first[e] = (int)blocks;
         blocks += (long)(offs_host[e + 1] - offs_host[e] + BM - 1) / BM * nt;
-        if (blocks > 0x7fffffffL)
-            return MK_FAIL(MK_ERR_INTERNAL, "grouped_matmul: %ld blocks", blocks);
+        if (blocks > 0x7fffffffL) return MK_FAIL(MK_ERR_INTERNAL, "%s: %ld blocks", what, blocks);
     }
     t.first[E] = (int)blocks;
     if (blocks == 0) return MK_OK;
-    if (trans_w) k_gg_rows<true><<<(unsigned)blocks, NT>>>(C, A, W, t, K, N, beta);
-    else k_gg_rows<false><<<(unsigned)blocks, NT>>>(C, A, W, t, K, N, beta);
-    cudaError_t err = cudaGetLastError();
-    if (err != cudaSuccess)
-        return MK_FAIL(MK_ERR_INTERNAL, "cuda: grouped_matmul: %s", cudaGetErrorString(err));
-    return MK_OK;
+    const int smem = sizeof(T) == 4 ? SMEM_F32 : SMEM_BF16;
+    if (trans_w) {
+        MK_CHECK(smem_attr(k_gg_rows<T, TC, true>, smem, what));
+        k_gg_rows<T, TC, true><<<(unsigned)blocks, NT, smem>>>(C, A, W, t, K, N, beta);
+    } else {
+        MK_CHECK(smem_attr(k_gg_rows<T, TC, false>, smem, what));
+        k_gg_rows<T, TC, false><<<(unsigned)blocks, NT, smem>>>(C, A, W, t, K, N, beta);
+    }
+    return launched(what);
 }
 
-int mk_grouped_gemm_wgrad(float *dW, const float *A, const float *dC, const int *offs_host, int E,
-                          int K, int N)
+size_t mk_grouped_gemm_wgrad_ws_floats(const int *offs_host, int E, int K, int N)
 {
-    gg_table t;
-    MK_CHECK(table_offs(&t, "grouped_matmul_wgrad", offs_host, E));
-    int n = 0;
+    size_t units = 0;
     for (int e = 0; e < E; e++) {
         const int rows = offs_host[e + 1] - offs_host[e];
-        if (rows == 0) continue;
-        /* insertion by rows descending, ties by expert: a fixed schedule for fixed offsets */
-        int i = n++;
-        while (i > 0 && offs_host[t.first[i - 1] + 1] - offs_host[t.first[i - 1]] < rows) {
-            t.first[i] = t.first[i - 1];
-            i--;
-        }
-        t.first[i] = e;
+        const int chunks = (rows + WG_CHUNK - 1) / WG_CHUNK;
+        if (chunks > 1) units += (size_t)chunks;
     }
-    if (n == 0) return MK_OK;
+    /* slots are indexed by unit number; size for all units when any expert splits */
+    if (units == 0) return 0;
+    units = 0;
+    for (int e = 0; e < E; e++) units += (size_t)((offs_host[e + 1] - offs_host[e] + WG_CHUNK - 1) / WG_CHUNK);
+    return units * (size_t)K * N;
+}
+
+template <typename T>
+static int wgrad_launch(float *dW, float *ws, size_t ws_floats, const T *A, const T *dC,
+                        const int *offs_host, int E, int K, int N, const char *what)
+{
+    gg_table t;
+    MK_CHECK(table_offs(&t, what, offs_host, E));
+    long units = 0;
+    int split = 0;
+    for (int e = 0; e < E; e++) {
+        t.first[e] = (int)units;
+        const long chunks = (offs_host[e + 1] - offs_host[e] + WG_CHUNK - 1) / WG_CHUNK;
+        split |= chunks > 1;
+        units += chunks;
+    }
+    t.first[E] = (int)units;
+    if (units == 0) return MK_OK;
+    if (split && ws_floats < mk_grouped_gemm_wgrad_ws_floats(offs_host, E, K, N))
+        return MK_FAIL(MK_ERR_INTERNAL, "%s: workspace of %zu floats too small", what, ws_floats);
     const long tiles = (long)((K + BM - 1) / BM) * ((N + BM - 1) / BM);
-    if (tiles * n > 0x7fffffffL)
-        return MK_FAIL(MK_ERR_INTERNAL, "grouped_matmul_wgrad: %ld blocks", tiles * n);
-    k_gg_wgrad<<<(unsigned)(tiles * n), NT>>>(dW, A, dC, t, K, N);
-    cudaError_t err = cudaGetLastError();
-    if (err != cudaSuccess)
-        return MK_FAIL(MK_ERR_INTERNAL, "cuda: grouped_matmul_wgrad: %s", cudaGetErrorString(err));
-    return MK_OK;
+    if (tiles * units > 0x7fffffffL) return MK_FAIL(MK_ERR_INTERNAL, "%s: %ld blocks", what, tiles * units);
+    const int smem = sizeof(T) == 4 ? SMEM_F32 : SMEM_BF16;
+    MK_CHECK(smem_attr(k_gg_wgrad<T>, smem, what));
+    k_gg_wgrad<T><<<(unsigned)(tiles * units), NT, smem>>>(dW, ws, A, dC, t, K, N);
+    MK_CHECK(launched(what));
+    if (!split) return MK_OK;
+    const size_t KN = (size_t)K * N;
+    size_t bx = (KN + 255) / 256;
+    if (bx > 4096) bx = 4096;
+    k_gg_wgrad_sum<<<dim3((unsigned)bx, (unsigned)E), 256>>>(dW, ws, t, KN);
+    return launched(what);
+}
+
+int mk_grouped_gemm_rows(float *C, const float *A, const float *W, const int *offs_host, int E,
+                         int K, int N, int trans_w, float beta)
+{
+    return rows_launch<float, float>(C, A, W, offs_host, E, K, N, trans_w, beta, "grouped_matmul");
+}
+
+int mk_grouped_gemm_wgrad(float *dW, float *ws, size_t ws_floats, const float *A, const float *dC,
+                          const int *offs_host, int E, int K, int N)
+{
+    return wgrad_launch<float>(dW, ws, ws_floats, A, dC, offs_host, E, K, N, "grouped_matmul_wgrad");
+}
+
+int mk_grouped_gemm_rows_bf16(void *C, int c_bf16, const void *A, const void *W, const int *offs_host,
+                              int E, int K, int N, int trans_w, float beta)
+{
+    if (c_bf16 && beta != 0.f)
+        return MK_FAIL(MK_ERR_INTERNAL, "grouped GEMM: a bf16 output cannot accumulate (beta %g)", beta);
+    if (c_bf16)
+        return rows_launch<bf16, bf16>((bf16 *)C, (const bf16 *)A, (const bf16 *)W, offs_host, E, K,
+                                       N, trans_w, 0.f, "grouped GEMM (bf16)");
+    return rows_launch<bf16, float>((float *)C, (const bf16 *)A, (const bf16 *)W, offs_host, E, K, N,
+                                    trans_w, beta, "grouped GEMM (bf16)");
+}
+
+int mk_grouped_gemm_wgrad_bf16(float *dW, float *ws, size_t ws_floats, const void *A, const void *dC,
+                               const int *offs_host, int E, int K, int N)
+{
+    return wgrad_launch<bf16>(dW, ws, ws_floats, (const bf16 *)A, (const bf16 *)dC, offs_host, E, K,
+                              N, "grouped weight gradient (bf16)");
 }

@@ -13,6 +13,8 @@
 #ifndef MK_GROUPED_GEMM_H
 #define MK_GROUPED_GEMM_H
 
+#include <stddef.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -30,9 +32,26 @@ int mk_grouped_gemm_supported(int E, int K, int N, const void *p1, const void *p
 int mk_grouped_gemm_rows(float *C, const float *A, const float *W, const int *offs_host, int E,
                          int K, int N, int trans_w, float beta);
 
-/* dW[e] += A_e^T @ dC_e for every expert (dW [E, K, N], A [R, K], dC [R, N]). */
-int mk_grouped_gemm_wgrad(float *dW, const float *A, const float *dC, const int *offs_host, int E,
-                          int K, int N);
+/* Floats of workspace the weight gradient needs for these offsets (0: none). Experts of
+ * more than 1024 rows are reduced in chunks of 1024 rows by separate blocks, whose partial
+ * sums are added in chunk order by a second kernel: fixed order, and no block runs much
+ * longer than the rest however unbalanced the routing. */
+size_t mk_grouped_gemm_wgrad_ws_floats(const int *offs_host, int E, int K, int N);
+
+/* dW[e] += A_e^T @ dC_e for every expert (dW [E, K, N], A [R, K], dC [R, N]); ws holds
+ * ws_floats device floats (mk_grouped_gemm_wgrad_ws_floats). */
+int mk_grouped_gemm_wgrad(float *dW, float *ws, size_t ws_floats, const float *A, const float *dC,
+                          const int *offs_host, int E, int K, int N);
+
+/* The same with bf16 operands (A, W, dC: __nv_bfloat16 arrays, 16-byte aligned), copied
+ * to shared memory with cp.async in a three-stage pipeline: what the fused expert FFN
+ * (mk_expert_ffn.cu) runs. K and N multiples of 8. The rows form writes C as bf16 when
+ * c_bf16 (beta must be 0 then), else fp32 with C = result + beta * C. */
+int mk_grouped_gemm_bf16_supported(int E, int K, int N);
+int mk_grouped_gemm_rows_bf16(void *C, int c_bf16, const void *A, const void *W, const int *offs_host,
+                              int E, int K, int N, int trans_w, float beta);
+int mk_grouped_gemm_wgrad_bf16(float *dW, float *ws, size_t ws_floats, const void *A, const void *dC,
+                               const int *offs_host, int E, int K, int N);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,240 @@
+/* mk_expert_ffn.cu - the fused bf16 expert FFN of the CUDA backend: see mk_expert_ffn.h.
+ *
+ * With R rows, D = d_model, F = the expert hidden size, per layer and step:
+ *
+ *   forward   xb = bf16(xp); a1 = xb W1; a3 = xb W3 (bf16 out); h = silu(a1) a3 (bf16);
+ *             y = h W2 (fp32 out)
+ *   backward  dyb = bf16(dy); dh = dyb W2^T (bf16 out); dW2 += h^T dyb;
+ *             da1, da3 = swiglu'(dh) (bf16); dxp = da1 W1^T + da3 W3^T (fp32 out);
+ *             dW1 += xb^T da1; dW3 += xb^T da3
+ *
+ * in the order of the op sequence (mk_expert_ffn_backward_ops), so any aliasing of the
+ * model's buffers that the sequence allows is safe here too. All products are the grouped
+ * kernels of mk_grouped_gemm.cu (one launch per product, however unbalanced the experts).
+ */
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+extern "C" {
+#include "mk_error.h"
+}
+#include "mk_expert_ffn.h"
+#include "mk_grouped_gemm.h"
+
+typedef __nv_bfloat16 bf16;
+
+#define TPB 256
+#define MAX_BLOCKS 65536u
+
+struct mk_cuda_ffn {
+    void *buf;      /* device workspace: bf16 copies, then the weight gradient's fp32 partials */
+    size_t bytes;
+};
+
+#define CU_CHECK(call, what)                                                               \
+    do {                                                                                   \
+        cudaError_t e_ = (call);                                                           \
+        if (e_ != cudaSuccess)                                                             \
+            return MK_FAIL(MK_ERR_INTERNAL, "cuda: %s: %s", (what), cudaGetErrorString(e_)); \
+    } while (0)
+
+#define GRID_STRIDE(i, n)                                                                  \
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);                \
+         i += (size_t)gridDim.x * blockDim.x)
+
+static unsigned grid_for(size_t n)
+{
+    size_t b = (n + TPB - 1) / TPB;
+    return (unsigned)(b > MAX_BLOCKS ? MAX_BLOCKS : b);
+}
+
+static int aligned16(const void *p)
+{
+    return ((uintptr_t)p & 15) == 0;
+}
+
+/* ------------------------------------------------------------------ kernels */
+
+__device__ __forceinline__ uint32_t pack2(float lo, float hi)
+{
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *(uint32_t *)&v;
+}
+
+/* y = bf16(x), four at a time (n4 = n / 4). */
+__global__ static void k_to_bf16(uint2 *y, const float4 *x, size_t n4)
+{
+    GRID_STRIDE(i, n4) {
+        const float4 v = x[i];
+        y[i] = make_uint2(pack2(v.x, v.y), pack2(v.z, v.w));
+    }
+}
+
+/* h = silu(a) b in fp32, rounded once; pairs (n2 = n / 2). */
+__global__ static void k_swiglu(__nv_bfloat162 *h, const __nv_bfloat162 *a, const __nv_bfloat162 *b,
+                                size_t n2)
+{
+    GRID_STRIDE(i, n2) {
+        const float2 x = __bfloat1622float2(a[i]), u = __bfloat1622float2(b[i]);
+        const float s0 = 1.0f / (1.0f + expf(-x.x)), s1 = 1.0f / (1.0f + expf(-x.y));
+        h[i] = __floats2bfloat162_rn(x.x * s0 * u.x, x.y * s1 * u.y);
+    }
+}
+
+/* silu'(x) = s + x s (1 - s); everything is read before da or db is written (they may
+ * alias a or b, as in the op sequence). */
+__global__ static void k_swiglu_backward(__nv_bfloat162 *da, __nv_bfloat162 *db,
+                                         const __nv_bfloat162 *dh, const __nv_bfloat162 *a,
+                                         const __nv_bfloat162 *b, size_t n2)
+{
+    GRID_STRIDE(i, n2) {
+        const float2 x = __bfloat1622float2(a[i]), u = __bfloat1622float2(b[i]);
+        const float2 g = __bfloat1622float2(dh[i]);
+        const float s0 = 1.0f / (1.0f + expf(-x.x)), s1 = 1.0f / (1.0f + expf(-x.y));
+        da[i] = __floats2bfloat162_rn(g.x * u.x * (s0 + x.x * s0 * (1 - s0)),
+                                      g.y * u.y * (s1 + x.y * s1 * (1 - s1)));
+        db[i] = __floats2bfloat162_rn(g.x * x.x * s0, g.y * x.y * s1);
+    }
+}
+
+/* ------------------------------------------------------------------ workspace */
+
+int mk_cuda_ffn_create(mk_cuda_ffn **out)
+{
+    *out = (mk_cuda_ffn *)calloc(1, sizeof **out);
+    if (!*out) return MK_FAIL(MK_ERR_NOMEM, "cuda expert FFN: cannot allocate its state");
+    return MK_OK;
+}
+
+void mk_cuda_ffn_destroy(mk_cuda_ffn *f)
+{
+    if (!f) return;
+    if (f->buf) cudaFree(f->buf);
+    free(f);
+}
+
+/* Freeing waits for the device: kernels of the previous op may still read the old buffer. */
+static int ffn_grow(mk_cuda_ffn *f, size_t bytes)
+{
+    if (bytes <= f->bytes) return MK_OK;
+    if (f->buf) {
+        CU_CHECK(cudaDeviceSynchronize(), "expert FFN workspace: synchronize");
+        CU_CHECK(cudaFree(f->buf), "expert FFN workspace: free");
+    }
+    f->buf = NULL;
+    f->bytes = 0;
+    cudaError_t e = cudaMalloc(&f->buf, bytes);
+    if (e != cudaSuccess) {
+        f->buf = NULL;
+        return MK_FAIL(MK_ERR_NOMEM, "cuda expert FFN: workspace of %zu bytes: %s", bytes,
+                       cudaGetErrorString(e));
+    }
+    f->bytes = bytes;
+    return MK_OK;
+}
+
+/* Successive pieces of the workspace, each 256-byte aligned. */
+static size_t up256(size_t b)
+{
+    return (b + 255) & ~(size_t)255;
+}
+
+static int to_bf16(bf16 *y, const float *x, size_t n, const char *what)
+{
+    if (n == 0) return MK_OK;
+    if (n % 4 || !aligned16(x))
+        return MK_FAIL(MK_ERR_INTERNAL, "expert FFN: %s: %zu floats at %p (need 16-byte aligned fours)",
+                       what, n, (const void *)x);
+    k_to_bf16<<<grid_for(n / 4), TPB>>>((uint2 *)y, (const float4 *)x, n / 4);
+    CU_CHECK(cudaGetLastError(), what);
+    return MK_OK;
+}
+
+int mk_cuda_ffn_supported(int E, int D, int F)
+{
+    return mk_grouped_gemm_bf16_supported(E, D, F);
+}
+
+static int check_rows(const int *offs_host, int E, size_t *R)
+{
+    for (int e = 0; e < E; e++)
+        if (offs_host[e] < 0 || offs_host[e + 1] < offs_host[e])
+            return MK_FAIL(MK_ERR_INTERNAL, "expert FFN: offsets not sorted at expert %d", e);
+    *R = (size_t)offs_host[E];
+    return MK_OK;
+}
+
+/* ------------------------------------------------------------------ the op */
+
+int mk_cuda_ffn_forward(mk_cuda_ffn *f, float *y, float *a1, float *a3, float *hact,
+                        const float *xp, const float *w1, const float *w3, const float *w2,
+                        const int *offs_host, int E, int D, int F)
+{
+    size_t R;
+    MK_CHECK(check_rows(offs_host, E, &R));
+    if (R == 0) return MK_OK;
+    const size_t nx = R * D, nw = (size_t)E * D * F, nh = R * F;
+    const size_t o_w = up256(nx * 2), bytes = o_w + 3 * up256(nw * 2);
+    MK_CHECK(ffn_grow(f, bytes));
+    char *base = (char *)f->buf;
+    bf16 *xb = (bf16 *)base, *w1b = (bf16 *)(base + o_w);
+    bf16 *w3b = (bf16 *)(base + o_w + up256(nw * 2)), *w2b = (bf16 *)(base + o_w + 2 * up256(nw * 2));
+    MK_CHECK(to_bf16(xb, xp, nx, "expert FFN forward: input rows"));
+    MK_CHECK(to_bf16(w1b, w1, nw, "expert FFN forward: w1"));
+    MK_CHECK(to_bf16(w3b, w3, nw, "expert FFN forward: w3"));
+    MK_CHECK(to_bf16(w2b, w2, nw, "expert FFN forward: w2"));
+    bf16 *a1b = (bf16 *)a1, *a3b = (bf16 *)a3, *hb = (bf16 *)hact;
+    MK_CHECK(mk_grouped_gemm_rows_bf16(a1b, 1, xb, w1b, offs_host, E, D, F, 0, 0.f));
+    MK_CHECK(mk_grouped_gemm_rows_bf16(a3b, 1, xb, w3b, offs_host, E, D, F, 0, 0.f));
+    k_swiglu<<<grid_for(nh / 2), TPB>>>((__nv_bfloat162 *)hb, (const __nv_bfloat162 *)a1b,
+                                        (const __nv_bfloat162 *)a3b, nh / 2);
+    CU_CHECK(cudaGetLastError(), "expert FFN forward: SwiGLU");
+    return mk_grouped_gemm_rows_bf16(y, 0, hb, w2b, offs_host, E, F, D, 0, 0.f);
+}
+
+int mk_cuda_ffn_backward(mk_cuda_ffn *f, float *dxp, float *dw1, float *dw3, float *dw2,
+                         float *dhact, float *da1, float *da3, const float *dy, const float *xp,
+                         const float *a1, const float *a3, const float *hact, const float *w1,
+                         const float *w3, const float *w2, const int *offs_host, int E, int D,
+                         int F)
+{
+    size_t R;
+    MK_CHECK(check_rows(offs_host, E, &R));
+    if (R == 0) return MK_OK;
+    const size_t nx = R * D, nw = (size_t)E * D * F, nh = R * F;
+    const size_t wsn = mk_grouped_gemm_wgrad_ws_floats(offs_host, E, D, F);
+    const size_t sx = up256(nx * 2), sw = up256(nw * 2);
+    const size_t bytes = 2 * sx + 3 * sw + up256(wsn * sizeof(float));
+    MK_CHECK(ffn_grow(f, bytes));
+    char *base = (char *)f->buf;
+    bf16 *xb = (bf16 *)base, *dyb = (bf16 *)(base + sx);
+    bf16 *w1b = (bf16 *)(base + 2 * sx), *w3b = (bf16 *)(base + 2 * sx + sw);
+    bf16 *w2b = (bf16 *)(base + 2 * sx + 2 * sw);
+    float *ws = (float *)(base + 2 * sx + 3 * sw);
+    MK_CHECK(to_bf16(xb, xp, nx, "expert FFN backward: input rows"));
+    MK_CHECK(to_bf16(dyb, dy, nx, "expert FFN backward: output gradient"));
+    MK_CHECK(to_bf16(w1b, w1, nw, "expert FFN backward: w1"));
+    MK_CHECK(to_bf16(w3b, w3, nw, "expert FFN backward: w3"));
+    MK_CHECK(to_bf16(w2b, w2, nw, "expert FFN backward: w2"));
+    const bf16 *a1b = (const bf16 *)a1, *a3b = (const bf16 *)a3, *hb = (const bf16 *)hact;
+    bf16 *dhb = (bf16 *)dhact, *da1b = (bf16 *)da1, *da3b = (bf16 *)da3;
+    MK_CHECK(mk_grouped_gemm_rows_bf16(dhb, 1, dyb, w2b, offs_host, E, D, F, 1, 0.f));
+    MK_CHECK(mk_grouped_gemm_wgrad_bf16(dw2, ws, wsn, hb, dyb, offs_host, E, F, D));
+    k_swiglu_backward<<<grid_for(nh / 2), TPB>>>((__nv_bfloat162 *)da1b, (__nv_bfloat162 *)da3b,
+                                                 (const __nv_bfloat162 *)dhb,
+                                                 (const __nv_bfloat162 *)a1b,
+                                                 (const __nv_bfloat162 *)a3b, nh / 2);
+    CU_CHECK(cudaGetLastError(), "expert FFN backward: SwiGLU");
+    MK_CHECK(mk_grouped_gemm_rows_bf16(dxp, 0, da1b, w1b, offs_host, E, F, D, 1, 0.f));
+    MK_CHECK(mk_grouped_gemm_rows_bf16(dxp, 0, da3b, w3b, offs_host, E, F, D, 1, 1.f));
+    MK_CHECK(mk_grouped_gemm_wgrad_bf16(dw1, ws, wsn, xb, da1b, offs_host, E, D, F));
+    return mk_grouped_gemm_wgrad_bf16(dw3, ws, wsn, xb, da3b, offs_host, E, D, F);
+}
