@@ -158,6 +158,20 @@ typedef struct mk_backend_ops {
                                const mk_real *w3, const mk_real *w2, const int *offs_host, int E,
                                int D, int F);
 
+    /* --- output layer, fused (optional) ------------------------------------------ */
+    /* logits [N, V] = x W^T with tied (W = wte [V, D]), else x W (W = lm_head [D, V]);
+     * losses as cross_entropy. When train, the logits buffer (or the backend) then keeps
+     * what output_backward needs, in a format of the backend's choosing, until the next
+     * output_forward; the op sequence keeps softmax - onehot there. NULL: the op sequence. */
+    int (*output_forward)(mk_backend *be, mk_real *losses, mk_real *logits, const mk_real *x,
+                          const mk_real *W, int tied, const int32_t *targets, int N, int V,
+                          int D, int train);
+    /* With dlogits = ce_scale (softmax - onehot) of the training forward: dx = dlogits W
+     * (tied) or dlogits W^T (written), dW += dlogits^T x (tied) or x^T dlogits. */
+    int (*output_backward)(mk_backend *be, mk_real *dx, mk_real *dW, const mk_real *x,
+                           const mk_real *W, int tied, mk_real *logits, int N, int V, int D,
+                           mk_real ce_scale);
+
     /* --- loss ---------------------------------------------------------------------- */
     /* losses[n] = logsumexp(logits[n]) - logits[n, targets[n]], 0 where targets[n] < 0
      * (ignored). When dlogits is not NULL it gets dscale * (softmax(logits[n]) - onehot)
@@ -200,6 +214,15 @@ int mk_expert_ffn_backward_ops(mk_backend *be, mk_real *dxp, mk_real *dw1, mk_re
                                const mk_real *a3, const mk_real *hact, const mk_real *w1,
                                const mk_real *w3, const mk_real *w2, const int *offs_host, int E,
                                int D, int F);
+
+/* The output layer as matmul + cross_entropy calls (the semantics of ops->output_forward
+ * / _backward, for backends without them). */
+int mk_output_forward_ops(mk_backend *be, mk_real *losses, mk_real *logits, const mk_real *x,
+                          const mk_real *W, int tied, const int32_t *targets, int N, int V, int D,
+                          int train);
+int mk_output_backward_ops(mk_backend *be, mk_real *dx, mk_real *dW, const mk_real *x,
+                           const mk_real *W, int tied, mk_real *logits, int N, int V, int D,
+                           mk_real ce_scale);
 
 /* The CPU reference backend. threads <= 0 means OpenMP's default. */
 int mk_backend_cpu_create(int threads, mk_backend **out);

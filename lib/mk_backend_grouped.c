@@ -1,6 +1,6 @@
-/* mk_backend_grouped.c - grouped expert GEMMs as one ops->matmul per expert, and the expert
- * FFN as a sequence of ops, shared by the backends that have no fused kernel of their own
- * (see mk_backend.h). */
+/* mk_backend_grouped.c - the composite ops of mk_backend.h as sequences of basic ops: grouped
+ * expert GEMMs as one ops->matmul per expert, the expert FFN and the output layer, shared
+ * by the backends that have no fused kernel of their own. */
 #ifdef HAVE_CONFIG_H
 #include "config.h"
 #endif
@@ -79,4 +79,25 @@ int mk_expert_ffn_backward_ops(mk_backend *be, mk_real *dxp, mk_real *dw1, mk_re
     MK_CHECK(o->grouped_matmul_wgrad(be, dw1, xp, da1, offs_host, E, D, F));
     MK_CHECK(o->grouped_matmul_wgrad(be, dw3, xp, da3, offs_host, E, D, F));
     return MK_OK;
+}
+
+int mk_output_forward_ops(mk_backend *be, mk_real *losses, mk_real *logits, const mk_real *x,
+                          const mk_real *W, int tied, const int32_t *targets, int N, int V, int D,
+                          int train)
+{
+    const mk_backend_ops *o = be->ops;
+    MK_CHECK(o->matmul(be, logits, x, W, N, V, D, 0, tied, 1, 0));
+    /* softmax - onehot in place for the backward, which applies ce_scale as its GEMMs'
+     * alpha: one pass over [N, V] instead of two. */
+    return o->cross_entropy(be, losses, train ? logits : NULL, logits, targets, N, V, 1);
+}
+
+int mk_output_backward_ops(mk_backend *be, mk_real *dx, mk_real *dW, const mk_real *x,
+                           const mk_real *W, int tied, mk_real *logits, int N, int V, int D,
+                           mk_real ce_scale)
+{
+    const mk_backend_ops *o = be->ops;
+    MK_CHECK(o->matmul(be, dx, logits, W, N, D, V, 0, !tied, ce_scale, 0));
+    if (tied) return o->matmul(be, dW, logits, x, V, D, N, 1, 0, ce_scale, 1);
+    return o->matmul(be, dW, x, logits, D, V, N, 1, 0, ce_scale, 1);
 }

@@ -47,6 +47,8 @@ enum {    OP_alloc,
     OP_swiglu_backward,
     OP_expert_ffn_forward,
     OP_expert_ffn_backward,
+    OP_output_forward,
+    OP_output_backward,
     OP_cross_entropy,
     OP_adamw,
     OP_COUNT
@@ -82,6 +84,8 @@ static const char *const op_names[OP_COUNT] = {
     "swiglu_backward",
     "expert_ffn_forward",
     "expert_ffn_backward",
+    "output_forward",
+    "output_backward",
     "cross_entropy",
     "adamw",
 };
@@ -303,6 +307,18 @@ static int p_expert_ffn_backward(mk_backend *be, mk_real *dxp, mk_real *dw1, mk_
     return done(P(be), OP_expert_ffn_backward, t0, P(be)->inner->ops->expert_ffn_backward(P(be)->inner, dxp, dw1, dw3, dw2, dhact, da1, da3, dy, xp, a1, a3, hact, w1, w3, w2, offs_host, E, D, F));
 }
 
+static int p_output_forward(mk_backend *be, mk_real *losses, mk_real *logits, const mk_real *x, const mk_real *W, int tied, const int32_t *targets, int N, int V, int D, int train)
+{
+    const double t0 = now_s();
+    return done(P(be), OP_output_forward, t0, P(be)->inner->ops->output_forward(P(be)->inner, losses, logits, x, W, tied, targets, N, V, D, train));
+}
+
+static int p_output_backward(mk_backend *be, mk_real *dx, mk_real *dW, const mk_real *x, const mk_real *W, int tied, mk_real *logits, int N, int V, int D, mk_real ce_scale)
+{
+    const double t0 = now_s();
+    return done(P(be), OP_output_backward, t0, P(be)->inner->ops->output_backward(P(be)->inner, dx, dW, x, W, tied, logits, N, V, D, ce_scale));
+}
+
 static int p_sync(mk_backend *be) { return P(be)->inner->ops->sync(P(be)->inner); }
 
 static void p_destroy(mk_backend *be)
@@ -356,6 +372,8 @@ int mk_backend_prof_create(mk_backend *inner, mk_backend **out)
     /* optional ops stay NULL when the inner backend has none */
     p->ops.expert_ffn_forward = inner->ops->expert_ffn_forward ? p_expert_ffn_forward : NULL;
     p->ops.expert_ffn_backward = inner->ops->expert_ffn_backward ? p_expert_ffn_backward : NULL;
+    p->ops.output_forward = inner->ops->output_forward ? p_output_forward : NULL;
+    p->ops.output_backward = inner->ops->output_backward ? p_output_backward : NULL;
     p->ops.cross_entropy = p_cross_entropy;
     p->ops.adamw = p_adamw;
     p->ops.free = p_free;

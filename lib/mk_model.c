@@ -562,16 +562,16 @@ int mk_model_forward(mk_model *m, const int32_t *tokens_host, const int32_t *tar
         m->lbl_host[l] = mk_lbl_value(a->f, a->psum_h, N, m->E);
     }
     MK_CHECK(o->rmsnorm_forward(be, m->s.lnf, m->s.rstdf, m->s.x_final, m->pv.final_norm, N, D));
-    if (m->pv.lm_head)
-        MK_CHECK(o->matmul(be, m->s.logits, m->s.lnf, m->pv.lm_head, N, V, D, 0, 0, 1, 0));
+    /* A training forward leaves in the logits buffer (or the backend) what the backward
+     * needs: one pass of cross-entropy per step, ce_scale applied by the backward. */
+    const int tied = m->pv.lm_head == NULL;
+    const mk_real *W = tied ? m->pv.wte : m->pv.lm_head;
+    if (o->output_forward)
+        MK_CHECK(o->output_forward(be, m->s.losses, m->s.logits, m->s.lnf, W, tied, m->s.targets,
+                                   N, V, D, train));
     else
-        MK_CHECK(o->matmul(be, m->s.logits, m->s.lnf, m->pv.wte, N, V, D, 0, 1, 1, 0));
-    /* A training forward leaves softmax - onehot in the logits buffer: the backward needs
-     * nothing else from them, and one pass over [N, V] instead of two saves a full read of
-     * the largest tensor of the step. ce_scale is not known yet; the backward's two GEMMs
-     * apply it as their alpha. */
-    MK_CHECK(o->cross_entropy(be, m->s.losses, train ? m->s.logits : NULL, m->s.logits,
-                              m->s.targets, N, V, 1));
+        MK_CHECK(mk_output_forward_ops(be, m->s.losses, m->s.logits, m->s.lnf, W, tied,
+                                       m->s.targets, N, V, D, train));
     MK_CHECK(o->to_host(be, m->host_n, m->s.losses, (size_t)N * sizeof(mk_real)));
     for (int n = 0; n < N; n++)
         if (targets_host[n] >= 0) {
@@ -663,15 +663,15 @@ int mk_model_backward(mk_model *m, double ce_scale, double aux_scale)
         return MK_FAIL(MK_ERR_INTERNAL, "model backward without a training forward");
     const int N = B * m->T, D = m->D, V = m->V;
 
-    /* s->logits holds softmax - onehot from the forward; dlogits = ce_scale times that. */
-    const mk_real cs = (mk_real)ce_scale;
-    if (m->pv.lm_head) {
-        MK_CHECK(o->matmul(be, s->dln, s->logits, m->pv.lm_head, N, D, V, 0, 1, cs, 0));
-        MK_CHECK(o->matmul(be, m->gv.lm_head, s->lnf, s->logits, D, V, N, 1, 0, cs, 1));
-    } else {
-        MK_CHECK(o->matmul(be, s->dln, s->logits, m->pv.wte, N, D, V, 0, 0, cs, 0));
-        MK_CHECK(o->matmul(be, m->gv.wte, s->logits, s->lnf, V, D, N, 1, 0, cs, 1));
-    }
+    const int tied = m->pv.lm_head == NULL;
+    const mk_real *W = tied ? m->pv.wte : m->pv.lm_head;
+    mk_real *dW = tied ? m->gv.wte : m->gv.lm_head;
+    if (o->output_backward)
+        MK_CHECK(o->output_backward(be, s->dln, dW, s->lnf, W, tied, s->logits, N, V, D,
+                                    (mk_real)ce_scale));
+    else
+        MK_CHECK(mk_output_backward_ops(be, s->dln, dW, s->lnf, W, tied, s->logits, N, V, D,
+                                        (mk_real)ce_scale));
     MK_CHECK(o->zero(be, s->dresid, (size_t)N * D * sizeof(mk_real)));
     MK_CHECK(o->rmsnorm_backward(be, s->dresid, m->gv.final_norm, s->dln, s->x_final,
                                  m->pv.final_norm, s->rstdf, N, D));

@@ -644,7 +644,7 @@ static void test_grouped_bf16(mk_backend *bf)
 /* The bf16 backend's fused expert FFN (mk_expert_ffn.cu) against the op sequence on the
  * fp32 CPU: outputs by relative L2 error; weight gradients accumulate onto what is there;
  * an expert without rows; a second run gives the same bits. The second shape has an
- * expert of 2,500 rows, whose weight gradient is reduced in chunks of 1,024 rows. */
+ * expert of 2,500 rows, whose weight gradient is reduced in chunks of 2,048 rows. */
 static void one_expert_ffn_bf16(mk_backend *bf, int E, int Dm, int F, const int *offs)
 {
     const size_t R = (size_t)offs[E], W = (size_t)E * Dm * F;
@@ -699,6 +699,50 @@ static void test_expert_ffn_bf16(mk_backend *bf)
     for (int e = 0; e < 16; e++)
         offs[e + 1] = offs[e] + (e == 3 ? 0 : e == 9 ? 2500 : 1 + rnd_below(400));
     one_expert_ffn_bf16(bf, 16, 256, 128, offs);
+}
+
+/* The bf16 backend's fused output layer (logits GEMM on bf16 operands, cross-entropy
+ * writing bf16 dlogits to the backend's workspace) against the op sequence on the fp32 CPU,
+ * tied and untied; ignored targets; a backward without a training forward is refused. */
+static void test_output_bf16(mk_backend *bf)
+{
+    const int N = 300, V = 1000, Dm = 64;
+    for (int tied = 0; tied < 2; tied++) {
+        const size_t nx = (size_t)N * Dm, nw = (size_t)V * Dm, nl = (size_t)N * V;
+        float *x = Hrand(nx, 1), *W = Hrand(nw, 0.3), *dW0 = Hrand(nw, 0.1);
+        int32_t tg[300];
+        for (int n = 0; n < N; n++) tg[n] = n % 17 == 5 ? -1 : rnd_below(V);
+        float *loss = Hf(N), *logits = Hf(nl), *dx = Hf(nx), *dW = Hcopy(dW0, nw);
+        int r1 = mk_output_forward_ops(cpu, loss, logits, x, W, tied, tg, N, V, Dm, 1);
+        if (r1 == MK_OK) r1 = mk_output_backward_ops(cpu, dx, dW, x, W, tied, logits, N, V, Dm, 0.01f);
+        float *gx = D(x, nx * 4), *gW = D(W, nw * 4), *gdW = D(dW0, nw * 4);
+        int32_t *gtg = (int32_t *)D(tg, sizeof tg);
+        float *gloss = Dz(N * 4), *glog = Dz(nl * 4), *gdx = Dz(nx * 4);
+        int r2 = bf->ops->output_forward(bf, gloss, glog, gx, gW, tied, gtg, N, V, Dm, 1);
+        float *l1 = Gf(gloss, N);
+        if (r2 == MK_OK) r2 = bf->ops->output_backward(bf, gdx, gdW, gx, gW, tied, glog, N, V, Dm, 0.01f);
+        if (both_ok(r1, r2, "bf16 output layer forward + backward")) {
+            double e[3] = {rel_l2(l1, loss, N), rel_l2(Gf(gdx, nx), dx, nx), rel_l2(Gf(gdW, nw), dW, nw)};
+            const char *what[3] = {"losses", "dx", "dW (accumulated)"};
+            for (int i = 0; i < 3; i++)
+                tap_ok(e[i] < 2e-2, "bf16 output layer (%s, N %d, V %d, D %d): %s relative L2 error %.2e < 2e-2",
+                       tied ? "tied" : "untied", N, V, Dm, what[i], e[i]);
+            float *gdx2 = Dz(nx * 4), *gdW2 = D(dW0, nw * 4), *gloss2 = Dz(N * 4);
+            r2 = bf->ops->output_forward(bf, gloss2, glog, gx, gW, tied, gtg, N, V, Dm, 1);
+            if (r2 == MK_OK) r2 = bf->ops->output_backward(bf, gdx2, gdW2, gx, gW, tied, glog, N, V, Dm, 0.01f);
+            tap_ok(r2 == MK_OK && memcmp(Gf(gloss2, N), l1, N * 4) == 0 &&
+                       memcmp(Gf(gdx2, nx), Gf(gdx, nx), nx * 4) == 0 &&
+                       memcmp(Gf(gdW2, nw), Gf(gdW, nw), nw * 4) == 0,
+                   "bf16 output layer (%s): a second run gives the same bits", tied ? "tied" : "untied");
+        }
+        /* an evaluation forward leaves nothing for a backward */
+        r2 = bf->ops->output_forward(bf, gloss, glog, gx, gW, tied, gtg, N, V, Dm, 0);
+        tap_ok(r2 == MK_OK && rel_l2(Gf(gloss, N), loss, N) < 2e-2 &&
+                   bf->ops->output_backward(bf, gdx, gdW, gx, gW, tied, glog, N, V, Dm, 0.01f) == MK_ERR_INTERNAL,
+               "bf16 output layer (%s): evaluation losses match; a backward after it is refused",
+               tied ? "tied" : "untied");
+        arena_free();
+    }
 }
 
 /* ------------------------------------------------------------------ router */
@@ -1113,6 +1157,7 @@ int main(void)
     test_attention_bf16(bf);
     test_grouped_bf16(bf);
     test_expert_ffn_bf16(bf);
+    test_output_bf16(bf);
     test_model_bf16(0, bf);
     test_model_bf16(1, bf);
     mk_backend_destroy(&bf);

@@ -34,6 +34,7 @@
 #include <string.h>
 
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 extern "C" {
@@ -42,6 +43,7 @@ extern "C" {
 }
 #include "mk_backend_cuda.h"
 #include "mk_flash_attn.h"
+#include "mk_bf16.h"
 #include "mk_expert_ffn.h"
 #include "mk_grouped_gemm.h"
 
@@ -55,7 +57,7 @@ extern "C" {
  * constant, never derived from the device: results stay the same on any GPU. */
 #define TPB 256
 /* Blocks of the first sumsq pass: fixed for the same reason. */
-#define SUMSQ_BLOCKS 256
+#define SUMSQ_BLOCKS 1024
 /* Upper bound on blocks of grid-stride kernels (they loop over the rest). */
 #define MAX_BLOCKS (1u << 20)
 /* Experts one grouped GEMM call takes; more fall back to one GEMM per expert. */
@@ -67,7 +69,7 @@ typedef struct cuda_impl {
     int device;
     int bf16;             /* GEMM operands rounded to bf16 on tensor cores (fp32 accumulate) */
     int grouped_ok;       /* 1 cublasGemmGroupedBatchedEx works here, 0 unknown, -1 it does not */
-    int own_grouped;      /* bf16 expert GEMMs through mk_grouped_gemm.cu (else cuBLAS per expert) */
+    int fused;            /* bf16: our grouped GEMMs, the fused expert FFN and output layer */
     cublasHandle_t blas;
     void **gptr;          /* device arrays of A, B, C pointers for grouped GEMMs */
     double *rope_cs;      /* RoPE cos/sin table of (rope_T, rope_hd, rope_theta) */
@@ -77,6 +79,10 @@ typedef struct cuda_impl {
     void *scratch;        /* device scratch for per-call tables (angles, index lists) */
     size_t scratch_bytes;
     mk_cuda_ffn *ffn;     /* the fused bf16 expert FFN's workspace, made on first use */
+    void *outb;           /* the fused output layer's bf16 x, W and dlogits, grown on demand */
+    size_t outb_bytes;
+    int out_ready;        /* a training output_forward left its state in outb, for: */
+    int out_N, out_V, out_D, out_tied;
 } cuda_impl;
 
 static cuda_impl *impl_of(mk_backend *be) { return (cuda_impl *)be->impl; }
@@ -351,7 +357,7 @@ static int cuda_grouped_matmul(mk_backend *be, mk_real *C, const mk_real *A, con
                                const int *offs_host, int E, int K, int N, int trans_w, mk_real beta)
 {
     cuda_impl *im = impl_of(be);
-    if (im->own_grouped && mk_grouped_gemm_supported(E, K, N, C, A, W))
+    if (im->fused && mk_grouped_gemm_supported(E, K, N, C, A, W))
         return mk_grouped_gemm_rows(C, A, W, offs_host, E, K, N, trans_w, beta);
     if (E <= MK_CUDA_MAX_GROUPS && im->grouped_ok >= 0 && K > 0) {
         group_call g;
@@ -377,7 +383,7 @@ static int cuda_grouped_matmul_wgrad(mk_backend *be, mk_real *dW, const mk_real 
                                      const int *offs_host, int E, int K, int N)
 {
     cuda_impl *im = impl_of(be);
-    if (im->own_grouped && mk_grouped_gemm_supported(E, K, N, dW, A, dC)) {
+    if (im->fused && mk_grouped_gemm_supported(E, K, N, dW, A, dC)) {
         const size_t wsn = mk_grouped_gemm_wgrad_ws_floats(offs_host, E, K, N);
         void *ws = NULL;
         if (wsn) MK_CHECK(scratch_get(im, wsn * sizeof(float), &ws));
@@ -453,22 +459,27 @@ static int cuda_scale(mk_backend *be, mk_real *x, size_t n, mk_real s)
     return MK_OK;
 }
 
-/* Pass 1: a fixed grid of SUMSQ_BLOCKS x TPB threads, element i to thread i mod the grid
+/* Pass 1: a fixed grid of SUMSQ_BLOCKS x TPB threads, four-element chunk i (where x is
+ * 16-byte aligned: n4 = n / 4 chunks, then the rest one by one) to thread i mod the grid
  * size, each block's tree sum to part[block]. Pass 2 (on the host) adds the partials in
- * block order. Both orders depend on n only. */
-__global__ static void k_sumsq(const float *x, size_t n, double *part)
+ * block order. Both orders depend on n and the alignment only. */
+__global__ static void k_sumsq(const float *x, size_t n, size_t n4, double *part)
 {
     __shared__ double sh[TPB];
     double s = 0;
-    GRID_STRIDE(i, n)
+    GRID_STRIDE(i, n4)
     {
-        double v = x[i];
+        const float4 v = ((const float4 *)x)[i];
+        s += (double)v.x * v.x + (double)v.y * v.y + (double)v.z * v.z + (double)v.w * v.w;
+    }
+    GRID_STRIDE(i, n - 4 * n4)
+    {
+        double v = x[4 * n4 + i];
         s += v * v;
     }
     double t = block_sum(s, sh);
     if (threadIdx.x == 0) part[blockIdx.x] = t;
 }
-
 static int cuda_sumsq(mk_backend *be, const mk_real *x, size_t n, double *out_host)
 {
     cuda_impl *im = impl_of(be);
@@ -477,7 +488,8 @@ static int cuda_sumsq(mk_backend *be, const mk_real *x, size_t n, double *out_ho
     void *sp;
     MK_CHECK(scratch_get(im, SUMSQ_BLOCKS * sizeof(double), &sp));
     double part[SUMSQ_BLOCKS];
-    LAUNCH(k_sumsq, SUMSQ_BLOCKS, "sumsq", x, n, (double *)sp);
+    const size_t n4 = ((uintptr_t)x & 15) == 0 ? n / 4 : 0;
+    LAUNCH(k_sumsq, SUMSQ_BLOCKS, "sumsq", x, n, n4, (double *)sp);
     CU_CHECK(cudaMemcpy(part, sp, sizeof part, cudaMemcpyDeviceToHost), "sumsq: partials");
     double s = 0;
     for (int b = 0; b < SUMSQ_BLOCKS; b++) s += part[b];
@@ -1308,7 +1320,7 @@ static int cuda_swiglu_backward(mk_backend *be, mk_real *da, mk_real *db, const 
 static int use_fused_ffn(const cuda_impl *im, int E, int D, int F, const void *a1, const void *a3,
                          const void *hact)
 {
-    return im->own_grouped && mk_cuda_ffn_supported(E, D, F) && ((uintptr_t)a1 & 15) == 0 &&
+    return im->fused && mk_cuda_ffn_supported(E, D, F) && ((uintptr_t)a1 & 15) == 0 &&
            ((uintptr_t)a3 & 15) == 0 && ((uintptr_t)hact & 15) == 0;
 }
 
@@ -1345,7 +1357,8 @@ static int cuda_expert_ffn_backward(mk_backend *be, mk_real *dxp, mk_real *dw1, 
 /* One block per row: max (exact), sum of exp in double by the block tree, then the loss
  * and the gradient. Every read of the row, the target logit included, happens before the
  * block_sum barrier and every write after it, so dlogits may alias logits. */
-__global__ static void k_cross_entropy(float *losses, float *dlogits, const float *logits,
+template <typename TD>
+__global__ static void k_cross_entropy(float *losses, TD *dlogits, const float *logits,
                                        const int32_t *targets, int V, float dscale)
 {
     __shared__ double sh[TPB];
@@ -1356,7 +1369,7 @@ __global__ static void k_cross_entropy(float *losses, float *dlogits, const floa
     if (tgt < 0) { /* uniform per block: no thread reaches a barrier alone */
         if (threadIdx.x == 0) losses[n] = 0;
         if (dlogits)
-            for (int i = threadIdx.x; i < V; i += blockDim.x) dlogits[n * V + i] = 0;
+            for (int i = threadIdx.x; i < V; i += blockDim.x) dlogits[n * V + i] = (TD)0.0f;
         return;
     }
     float mx = -INFINITY;
@@ -1369,23 +1382,18 @@ __global__ static void k_cross_entropy(float *losses, float *dlogits, const floa
     const double lse = mx + log(sum);
     if (threadIdx.x == 0) losses[n] = (float)(lse - lt);
     if (dlogits) {
-        float *d = dlogits + n * V;
+        TD *d = dlogits + n * V;
         const float lse_r = (float)lse;
         for (int i = threadIdx.x; i < V; i += blockDim.x) {
             float p = expf(l[i] - lse_r);
-            d[i] = dscale * (p - (float)(i == tgt));
+            d[i] = (TD)(dscale * (p - (float)(i == tgt)));
         }
     }
 }
 
-static int cuda_cross_entropy(mk_backend *be, mk_real *losses, mk_real *dlogits,
-                              const mk_real *logits, const int32_t *targets, int N, int V,
-                              mk_real dscale)
+/* Targets come to the host to be validated like the CPU does (N ints). */
+static int check_targets(const int32_t *targets, int N, int V)
 {
-    (void)be;
-    if (V <= 0) return MK_FAIL(MK_ERR_INTERNAL, "cross_entropy: vocabulary size %d", V);
-    if (N <= 0) return MK_OK;
-    /* Targets come to the host to be validated like the CPU does (N ints). */
     int32_t *tg = (int32_t *)malloc((size_t)N * sizeof *tg);
     if (!tg) return MK_FAIL(MK_ERR_NOMEM, "cross_entropy: out of host memory");
     cudaError_t e = cudaMemcpy(tg, targets, (size_t)N * sizeof *tg, cudaMemcpyDeviceToHost);
@@ -1397,8 +1405,104 @@ static int cuda_cross_entropy(mk_backend *be, mk_real *losses, mk_real *dlogits,
             rc = MK_FAIL(MK_ERR_INPUT, "cross_entropy: target %d at position %d outside "
                          "vocabulary %d", (int)tg[n], n, V);
     free(tg);
-    MK_CHECK(rc);
-    LAUNCH(k_cross_entropy, (unsigned)N, "cross_entropy", losses, dlogits, logits, targets, V, dscale);
+    return rc;
+}
+
+static int cuda_cross_entropy(mk_backend *be, mk_real *losses, mk_real *dlogits,
+                              const mk_real *logits, const int32_t *targets, int N, int V,
+                              mk_real dscale)
+{
+    (void)be;
+    if (V <= 0) return MK_FAIL(MK_ERR_INTERNAL, "cross_entropy: vocabulary size %d", V);
+    if (N <= 0) return MK_OK;
+    MK_CHECK(check_targets(targets, N, V));
+    LAUNCH(k_cross_entropy<float>, (unsigned)N, "cross_entropy", losses, dlogits, logits, targets, V, dscale);
+    return MK_OK;
+}
+
+/* ------------------------------------------------------------------ output layer */
+
+/* Row-major C[M, N] = alpha op(A) op(B) + beta C with bf16 A and B and fp32 C (tensor
+ * cores, fp32 accumulate); shapes and transposes as cuda_matmul. */
+static int matmul_bf16(cuda_impl *im, float *C, const void *A, const void *B, int M, int N, int K,
+                       int trans_a, int trans_b, float alpha, float beta, const char *what)
+{
+    const int lda = trans_a ? M : K, ldb = trans_b ? K : N;
+    BLAS_CHECK(cublasGemmEx(im->blas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+                            trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B, CUDA_R_16BF,
+                            ldb, A, CUDA_R_16BF, lda, &beta, C, CUDA_R_32F, N, CUBLAS_COMPUTE_32F,
+                            CUBLAS_GEMM_DEFAULT), what);
+    return MK_OK;
+}
+
+static size_t up256(size_t b)
+{
+    return (b + 255) & ~(size_t)255;
+}
+
+/* bf16 mode (fused): x and W rounded to bf16 once, the logits GEMM on bf16 operands, and
+ * cross-entropy writing dlogits as bf16 into the backend's workspace, where the backward's
+ * two GEMMs read them (half the bytes of fp32, and no rounding pass over [N, V]). Forward
+ * and backward decide alike from the shape, so they agree on where the state is. */
+static int use_fused_output(const cuda_impl *im, int N, int V, int D)
+{
+    return im->fused && N > 0 && V > 0 && D > 0 && V % 4 == 0 && D % 4 == 0;
+}
+
+static int cuda_output_forward(mk_backend *be, mk_real *losses, mk_real *logits, const mk_real *x,
+                               const mk_real *W, int tied, const int32_t *targets, int N, int V,
+                               int D, int train)
+{
+    cuda_impl *im = impl_of(be);
+    im->out_ready = 0;
+    if (!use_fused_output(im, N, V, D))
+        return mk_output_forward_ops(be, losses, logits, x, W, tied, targets, N, V, D, train);
+    const size_t sx = up256((size_t)N * D * 2), sw = up256((size_t)V * D * 2);
+    const size_t bytes = sx + sw + (train ? up256((size_t)N * V * 2) : 0);
+    if (bytes > im->outb_bytes) {
+        if (im->outb) {
+            CU_CHECK(cudaDeviceSynchronize(), "output layer workspace: synchronize");
+            CU_CHECK(cudaFree(im->outb), "output layer workspace: free");
+        }
+        im->outb = NULL;
+        im->outb_bytes = 0;
+        cudaError_t e = cudaMalloc(&im->outb, bytes);
+        if (e != cudaSuccess) {
+            im->outb = NULL;
+            return MK_FAIL(MK_ERR_NOMEM, "cuda: output layer workspace of %zu bytes: %s", bytes,
+                           cudaGetErrorString(e));
+        }
+        im->outb_bytes = bytes;
+    }
+    char *xb = (char *)im->outb, *wb = xb + sx;
+    __nv_bfloat16 *dlog = train ? (__nv_bfloat16 *)(wb + sw) : NULL;
+    MK_CHECK(mk_cuda_round_bf16(xb, x, (size_t)N * D, "output layer: input"));
+    MK_CHECK(mk_cuda_round_bf16(wb, W, (size_t)V * D, "output layer: weights"));
+    MK_CHECK(matmul_bf16(im, logits, xb, wb, N, V, D, 0, tied, 1, 0, "output layer: logits"));
+    MK_CHECK(check_targets(targets, N, V));
+    LAUNCH(k_cross_entropy<__nv_bfloat16>, (unsigned)N, "output layer: cross_entropy", losses,
+           dlog, logits, targets, V, 1.0f);
+    im->out_ready = train;
+    im->out_N = N, im->out_V = V, im->out_D = D, im->out_tied = tied;
+    return MK_OK;
+}
+
+static int cuda_output_backward(mk_backend *be, mk_real *dx, mk_real *dW, const mk_real *x,
+                                const mk_real *W, int tied, mk_real *logits, int N, int V, int D,
+                                mk_real ce_scale)
+{
+    cuda_impl *im = impl_of(be);
+    if (!use_fused_output(im, N, V, D))
+        return mk_output_backward_ops(be, dx, dW, x, W, tied, logits, N, V, D, ce_scale);
+    if (!im->out_ready || im->out_N != N || im->out_V != V || im->out_D != D || im->out_tied != tied)
+        return MK_FAIL(MK_ERR_INTERNAL, "output_backward without the training output_forward of "
+                       "this shape (%d x %d x %d)", N, V, D);
+    const size_t sx = up256((size_t)N * D * 2), sw = up256((size_t)V * D * 2);
+    const char *xb = (const char *)im->outb, *wb = xb + sx, *dlog = wb + sw;
+    MK_CHECK(matmul_bf16(im, dx, dlog, wb, N, D, V, 0, !tied, ce_scale, 0, "output layer: dx"));
+    if (tied) MK_CHECK(matmul_bf16(im, dW, dlog, xb, V, D, N, 1, 0, ce_scale, 1, "output layer: dW"));
+    else MK_CHECK(matmul_bf16(im, dW, xb, dlog, D, V, N, 1, 0, ce_scale, 1, "output layer: dW"));
+    im->out_ready = 0;
     return MK_OK;
 }
 
@@ -1446,6 +1550,7 @@ static void cuda_destroy(mk_backend *be)
     cuda_impl *im = impl_of(be);
     if (im) {
         mk_cuda_ffn_destroy(im->ffn);
+        if (im->outb) cudaFree(im->outb);
         if (im->blas) cublasDestroy(im->blas);
         if (im->gptr) cudaFree(im->gptr);
         if (im->rope_cs) cudaFree(im->rope_cs);
@@ -1490,6 +1595,8 @@ static void fill_ops(mk_backend_ops *o)
     o->swiglu_backward = cuda_swiglu_backward;
     o->expert_ffn_forward = cuda_expert_ffn_forward;
     o->expert_ffn_backward = cuda_expert_ffn_backward;
+    o->output_forward = cuda_output_forward;
+    o->output_backward = cuda_output_backward;
     o->cross_entropy = cuda_cross_entropy;
     o->adamw = cuda_adamw;
     o->sync = cuda_sync;
@@ -1521,10 +1628,11 @@ extern "C" int mk_backend_cuda_create(int device, int bf16, mk_backend **out)
     }
     im->device = device;
     im->bf16 = bf16 != 0;
-    /* MOEKIT_GROUPED_GEMM=cublas keeps the per-expert cuBLAS calls: a benchmarking switch,
-     * read once here so that the ops themselves never look at the environment. */
-    const char *gg = getenv("MOEKIT_GROUPED_GEMM");
-    im->own_grouped = im->bf16 && !(gg && strcmp(gg, "cublas") == 0);
+    /* MOEKIT_CUDA_FUSED=0 runs bf16 mode without our grouped GEMMs and fused ops (expert
+     * GEMMs as one cuBLAS call per expert, the output layer as matmul + cross_entropy): a
+     * benchmarking switch, read once here so that the ops never look at the environment. */
+    const char *fz = getenv("MOEKIT_CUDA_FUSED");
+    im->fused = im->bf16 && !(fz && strcmp(fz, "0") == 0);
     fill_ops(&im->ops);
     be->ops = &im->ops;
     be->impl = im;

@@ -26,6 +26,7 @@
 extern "C" {
 #include "mk_error.h"
 }
+#include "mk_bf16.h"
 #include "mk_expert_ffn.h"
 #include "mk_grouped_gemm.h"
 
@@ -56,27 +57,7 @@ static unsigned grid_for(size_t n)
     return (unsigned)(b > MAX_BLOCKS ? MAX_BLOCKS : b);
 }
 
-static int aligned16(const void *p)
-{
-    return ((uintptr_t)p & 15) == 0;
-}
-
 /* ------------------------------------------------------------------ kernels */
-
-__device__ __forceinline__ uint32_t pack2(float lo, float hi)
-{
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *(uint32_t *)&v;
-}
-
-/* y = bf16(x), four at a time (n4 = n / 4). */
-__global__ static void k_to_bf16(uint2 *y, const float4 *x, size_t n4)
-{
-    GRID_STRIDE(i, n4) {
-        const float4 v = x[i];
-        y[i] = make_uint2(pack2(v.x, v.y), pack2(v.z, v.w));
-    }
-}
 
 /* h = silu(a) b in fp32, rounded once; pairs (n2 = n / 2). */
 __global__ static void k_swiglu(__nv_bfloat162 *h, const __nv_bfloat162 *a, const __nv_bfloat162 *b,
@@ -149,13 +130,7 @@ static size_t up256(size_t b)
 
 static int to_bf16(bf16 *y, const float *x, size_t n, const char *what)
 {
-    if (n == 0) return MK_OK;
-    if (n % 4 || !aligned16(x))
-        return MK_FAIL(MK_ERR_INTERNAL, "expert FFN: %s: %zu floats at %p (need 16-byte aligned fours)",
-                       what, n, (const void *)x);
-    k_to_bf16<<<grid_for(n / 4), TPB>>>((uint2 *)y, (const float4 *)x, n / 4);
-    CU_CHECK(cudaGetLastError(), what);
-    return MK_OK;
+    return mk_cuda_round_bf16(y, x, n, what);
 }
 
 int mk_cuda_ffn_supported(int E, int D, int F)

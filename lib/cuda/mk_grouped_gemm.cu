@@ -324,7 +324,7 @@ __global__ static void __launch_bounds__(NT, 2) k_gg_rows(TC *C, const T *A, con
  * expert write their partial tiles to ws[u] and k_gg_wgrad_sum adds them up in chunk
  * order. The A operand is A_e transposed (element (m, r) at A[r*K + m]) and B is dC_e
  * (element (r, n) at dC[r*N + n]); both are outer-contiguous. */
-#define WG_CHUNK 1024
+#define WG_CHUNK 2048
 
 template <typename T>
 __global__ static void __launch_bounds__(NT, 2) k_gg_wgrad(float *dW, float *ws, const T *A,

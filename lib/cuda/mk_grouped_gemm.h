@@ -33,7 +33,7 @@ int mk_grouped_gemm_rows(float *C, const float *A, const float *W, const int *of
                          int K, int N, int trans_w, float beta);
 
 /* Floats of workspace the weight gradient needs for these offsets (0: none). Experts of
- * more than 1024 rows are reduced in chunks of 1024 rows by separate blocks, whose partial
+ * more than 2048 rows are reduced in chunks of 2048 rows by separate blocks, whose partial
  * sums are added in chunk order by a second kernel: fixed order, and no block runs much
  * longer than the rest however unbalanced the routing. */
 size_t mk_grouped_gemm_wgrad_ws_floats(const int *offs_host, int E, int K, int N);

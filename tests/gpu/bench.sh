@@ -55,10 +55,11 @@ bench() { # label ranks args...
   echo "|---|---|---|---|---|---|"
 } >>"$outfile"
 bench "1 GPU, lbl micro" 1 --set parallel.ep=1 --set lbl.mode=micro
-# MOEKIT_BENCH_CUBLAS_EXPERTS=1: the same run with the expert GEMMs as one cuBLAS call per
-# expert (the backend's path before mk_grouped_gemm.cu), for comparison on the same host.
-[ "${MOEKIT_BENCH_CUBLAS_EXPERTS:-0}" = 1 ] && (export MOEKIT_GROUPED_GEMM=cublas
-  bench "1 GPU, lbl micro, cuBLAS per-expert GEMMs" 1 --set parallel.ep=1 --set lbl.mode=micro)
+# MOEKIT_BENCH_UNFUSED=1: the same run without the backend's fused bf16 ops (expert GEMMs
+# as one cuBLAS call per expert, the output layer as matmul + cross_entropy: the path before
+# mk_grouped_gemm.cu), for comparison on the same host.
+[ "${MOEKIT_BENCH_UNFUSED:-0}" = 1 ] && (export MOEKIT_CUDA_FUSED=0
+  bench "1 GPU, lbl micro, unfused (MOEKIT_CUDA_FUSED=0)" 1 --set parallel.ep=1 --set lbl.mode=micro)
 # MOEKIT_BENCH_SBATCH_ONLY=1: one GPU as the reference, then only the launches through
 # jobs/train.sbatch below.
 [ "${MOEKIT_BENCH_SBATCH_ONLY:-0}" = 1 ] || bench "1 GPU, lbl global" 1 --set parallel.ep=1 --set lbl.mode=global
