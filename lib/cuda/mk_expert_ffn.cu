@@ -5,7 +5,7 @@
  *   forward   xb = bf16(xp); a1 = xb W1; a3 = xb W3 (bf16 out); h = silu(a1) a3 (bf16);
  *             y = h W2 (fp32 out)
  *   backward  dyb = bf16(dy); dh = dyb W2^T (bf16 out); dW2 += h^T dyb;
- *             da1, da3 = swiglu'(dh) (bf16); dxp = da1 W1^T + da3 W3^T (fp32 out);
+ *             da1, da3 = swiglu'(dh) (bf16); dxp = da1 W1^T + da3 W3^T (one pass, fp32 out);
  *             dW1 += xb^T da1; dW3 += xb^T da3
  *
  * in the order of the op sequence (mk_expert_ffn_backward_ops), so any aliasing of the
@@ -167,12 +167,12 @@ int mk_cuda_ffn_forward(mk_cuda_ffn *f, float *y, float *a1, float *a3, float *h
     MK_CHECK(to_bf16(w3b, w3, nw, "expert FFN forward: w3"));
     MK_CHECK(to_bf16(w2b, w2, nw, "expert FFN forward: w2"));
     bf16 *a1b = (bf16 *)a1, *a3b = (bf16 *)a3, *hb = (bf16 *)hact;
-    MK_CHECK(mk_grouped_gemm_rows_bf16(a1b, 1, xb, w1b, offs_host, E, D, F, 0, 0.f));
-    MK_CHECK(mk_grouped_gemm_rows_bf16(a3b, 1, xb, w3b, offs_host, E, D, F, 0, 0.f));
+    MK_CHECK(mk_grouped_gemm_rows_bf16(a1b, 1, xb, w1b, NULL, NULL, 0, offs_host, E, D, F, 0, 0.f));
+    MK_CHECK(mk_grouped_gemm_rows_bf16(a3b, 1, xb, w3b, NULL, NULL, 0, offs_host, E, D, F, 0, 0.f));
     k_swiglu<<<grid_for(nh / 2), TPB>>>((__nv_bfloat162 *)hb, (const __nv_bfloat162 *)a1b,
                                         (const __nv_bfloat162 *)a3b, nh / 2);
     CU_CHECK(cudaGetLastError(), "expert FFN forward: SwiGLU");
-    return mk_grouped_gemm_rows_bf16(y, 0, hb, w2b, offs_host, E, F, D, 0, 0.f);
+    return mk_grouped_gemm_rows_bf16(y, 0, hb, w2b, NULL, NULL, 0, offs_host, E, F, D, 0, 0.f);
 }
 
 int mk_cuda_ffn_backward(mk_cuda_ffn *f, float *dxp, float *dw1, float *dw3, float *dw2,
@@ -201,15 +201,15 @@ int mk_cuda_ffn_backward(mk_cuda_ffn *f, float *dxp, float *dw1, float *dw3, flo
     MK_CHECK(to_bf16(w2b, w2, nw, "expert FFN backward: w2"));
     const bf16 *a1b = (const bf16 *)a1, *a3b = (const bf16 *)a3, *hb = (const bf16 *)hact;
     bf16 *dhb = (bf16 *)dhact, *da1b = (bf16 *)da1, *da3b = (bf16 *)da3;
-    MK_CHECK(mk_grouped_gemm_rows_bf16(dhb, 1, dyb, w2b, offs_host, E, D, F, 1, 0.f));
+    MK_CHECK(mk_grouped_gemm_rows_bf16(dhb, 1, dyb, w2b, NULL, NULL, 0, offs_host, E, D, F, 1, 0.f));
     MK_CHECK(mk_grouped_gemm_wgrad_bf16(dw2, ws, wsn, hb, dyb, offs_host, E, F, D));
     k_swiglu_backward<<<grid_for(nh / 2), TPB>>>((__nv_bfloat162 *)da1b, (__nv_bfloat162 *)da3b,
                                                  (const __nv_bfloat162 *)dhb,
                                                  (const __nv_bfloat162 *)a1b,
                                                  (const __nv_bfloat162 *)a3b, nh / 2);
     CU_CHECK(cudaGetLastError(), "expert FFN backward: SwiGLU");
-    MK_CHECK(mk_grouped_gemm_rows_bf16(dxp, 0, da1b, w1b, offs_host, E, F, D, 1, 0.f));
-    MK_CHECK(mk_grouped_gemm_rows_bf16(dxp, 0, da3b, w3b, offs_host, E, F, D, 1, 1.f));
+    /* dxp = da1 W1^T + da3 W3^T as one product over 2F columns: no second pass over dxp */
+    MK_CHECK(mk_grouped_gemm_rows_bf16(dxp, 0, da1b, w1b, da3b, w3b, F, offs_host, E, F, D, 1, 0.f));
     MK_CHECK(mk_grouped_gemm_wgrad_bf16(dw1, ws, wsn, xb, da1b, offs_host, E, D, F));
     return mk_grouped_gemm_wgrad_bf16(dw3, ws, wsn, xb, da3b, offs_host, E, D, F);
 }

@@ -227,10 +227,26 @@ __device__ __forceinline__ void issue_step(bf16 *tile, const bf16 *P, int ld, in
     }
 }
 
+/* One source of the reduction: A (outer m) and B (outer n) over klim reduction indices. */
+typedef struct gg_src {
+    const bf16 *A, *B;
+    int lda, ldb, klim;
+} gg_src;
+
 template <bool A_KC, bool B_KC>
-__device__ __forceinline__ void tile_product(float acc[4][4][4], bf16 *smem, const bf16 *A, int lda,
-                                             int m0, int mlim, const bf16 *B, int ldb, int n0,
-                                             int nlim, int klim)
+__device__ __forceinline__ void issue_src(bf16 *st, const gg_src &s, int m0, int mlim, int n0, int nlim,
+                                          int k0)
+{
+    issue_step<A_KC>(st, s.A, s.lda, m0, mlim, k0, s.klim);
+    issue_step<B_KC>(st + TILE, s.B, s.ldb, n0, nlim, k0, s.klim);
+}
+
+/* The reduction runs over s1's steps, then s2's (s2.klim = 0: none): C = A1 B1 + A2 B2 in
+ * one pass, for products whose two halves sit in different buffers (dx = da1 W1^T +
+ * da3 W3^T). A partial last step of s1 is zero-filled past its bound. */
+template <bool A_KC, bool B_KC>
+__device__ __forceinline__ void tile_product(float acc[4][4][4], bf16 *smem, const gg_src &s1,
+                                             const gg_src &s2, int m0, int mlim, int n0, int nlim)
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int wm = warp >> 2, wn = warp & 3;
@@ -238,12 +254,12 @@ __device__ __forceinline__ void tile_product(float acc[4][4][4], bf16 *smem, con
     for (int i = 0; i < 4; i++)
 #pragma unroll
         for (int j = 0; j < 4; j++) acc[i][j][0] = acc[i][j][1] = acc[i][j][2] = acc[i][j][3] = 0.f;
-    const int nk = (klim + BK - 1) / BK;
+    const int nk1 = (s1.klim + BK - 1) / BK, nk = nk1 + (s2.klim + BK - 1) / BK;
 #pragma unroll
     for (int st = 0; st < STAGES - 1; st++) {
         if (st < nk) {
-            issue_step<A_KC>(smem + st * STAGE_ELEMS, A, lda, m0, mlim, st * BK, klim);
-            issue_step<B_KC>(smem + st * STAGE_ELEMS + TILE, B, ldb, n0, nlim, st * BK, klim);
+            if (st < nk1) issue_src<A_KC, B_KC>(smem + st * STAGE_ELEMS, s1, m0, mlim, n0, nlim, st * BK);
+            else issue_src<A_KC, B_KC>(smem + st * STAGE_ELEMS, s2, m0, mlim, n0, nlim, (st - nk1) * BK);
         }
         cp_async_commit();
     }
@@ -254,8 +270,8 @@ __device__ __forceinline__ void tile_product(float acc[4][4][4], bf16 *smem, con
         const int nxt = kt + STAGES - 1;
         if (nxt < nk) {
             bf16 *st = smem + (nxt % STAGES) * STAGE_ELEMS;
-            issue_step<A_KC>(st, A, lda, m0, mlim, nxt * BK, klim);
-            issue_step<B_KC>(st + TILE, B, ldb, n0, nlim, nxt * BK, klim);
+            if (nxt < nk1) issue_src<A_KC, B_KC>(st, s1, m0, mlim, n0, nlim, nxt * BK);
+            else issue_src<A_KC, B_KC>(st, s2, m0, mlim, n0, nlim, (nxt - nk1) * BK);
         }
         cp_async_commit();
         const bf16 *use = smem + (kt % STAGES) * STAGE_ELEMS;
@@ -283,8 +299,9 @@ __device__ __forceinline__ void put2(bf16 *p, float2 v, float beta)
 /* Accumulator (i, j, h) of this lane sits at row wm*64 + i*16 + g + 8*(h/2), columns
  * wn*32 + j*8 + 2q + {0, 1} of the tile, g = lane / 4, q = lane % 4. */
 template <typename T, typename TC, bool B_KC>
-__global__ static void __launch_bounds__(NT, 2) k_gg_rows(TC *C, const T *A, const T *W,
-                                                          const gg_table t, int K, int N, float beta)
+__global__ static void __launch_bounds__(NT, 2) k_gg_rows(TC *C, const T *A, const T *W, const T *A2,
+                                                          const T *W2, int K2, const gg_table t,
+                                                          int K, int N, float beta)
 {
     extern __shared__ __align__(16) bf16 smem[];
     const int b = blockIdx.x;
@@ -298,8 +315,15 @@ __global__ static void __launch_bounds__(NT, 2) k_gg_rows(TC *C, const T *A, con
     const int m0 = (local / nt) * BM, n0 = (local % nt) * BM;
     const int r0 = t.offs[e], rows = t.offs[e + 1] - r0;
     float acc[4][4][4];
-    tile_product<true, B_KC>(acc, smem, A + (size_t)r0 * K, K, m0, rows,
-                                           W + (size_t)e * K * N, B_KC ? K : N, n0, N, K);
+    if constexpr (sizeof(T) == 4) {
+        tile_product<true, B_KC>(acc, smem, A + (size_t)r0 * K, K, m0, rows, W + (size_t)e * K * N,
+                                 B_KC ? K : N, n0, N, K);
+    } else {
+        const gg_src s1 = {A + (size_t)r0 * K, W + (size_t)e * K * N, K, B_KC ? K : N, K};
+        const gg_src s2 = {A2 ? A2 + (size_t)r0 * K2 : A, W2 ? W2 + (size_t)e * K2 * N : W, K2,
+                           B_KC ? K2 : N, A2 ? K2 : 0};
+        tile_product<true, B_KC>(acc, smem, s1, s2, m0, rows, n0, N);
+    }
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int wm = warp >> 2, wn = warp & 3, g = lane >> 2, q = lane & 3;
 #pragma unroll
@@ -344,8 +368,14 @@ __global__ static void __launch_bounds__(NT, 2) k_gg_wgrad(float *dW, float *ws,
     const int r0 = t.offs[e] + (u - t.first[e]) * WG_CHUNK;
     const int rows = min(t.offs[e + 1] - r0, WG_CHUNK);
     float acc[4][4][4];
-    tile_product<false, false>(acc, smem, A + (size_t)r0 * K, K, m0, K, dC + (size_t)r0 * N, N, n0,
-                               N, rows);
+    if constexpr (sizeof(T) == 4) {
+        tile_product<false, false>(acc, smem, A + (size_t)r0 * K, K, m0, K, dC + (size_t)r0 * N, N,
+                                   n0, N, rows);
+    } else {
+        const gg_src s1 = {A + (size_t)r0 * K, dC + (size_t)r0 * N, K, N, rows};
+        const gg_src s2 = {A, dC, K, N, 0};
+        tile_product<false, false>(acc, smem, s1, s2, m0, K, n0, N);
+    }
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int wm = warp >> 2, wn = warp & 3, g = lane >> 2, q = lane & 3;
     float *out = chunks == 1 ? dW + (size_t)e * K * N : ws + (size_t)u * K * N;
@@ -428,8 +458,9 @@ template <typename K> static int smem_attr(K kernel, int bytes, const char *what
 }
 
 template <typename T, typename TC>
-static int rows_launch(TC *C, const T *A, const T *W, const int *offs_host, int E, int K, int N,
-                       int trans_w, float beta, const char *what)
+static int rows_launch(TC *C, const T *A, const T *W, const T *A2, const T *W2, int K2,
+                       const int *offs_host, int E, int K, int N, int trans_w, float beta,
+                       const char *what)
 {
     gg_table t;
     MK_CHECK(table_offs(&t, what, offs_host, E));
@@ -445,10 +476,10 @@ static int rows_launch(TC *C, const T *A, const T *W, const int *offs_host, int 
     const int smem = sizeof(T) == 4 ? SMEM_F32 : SMEM_BF16;
     if (trans_w) {
         MK_CHECK(smem_attr(k_gg_rows<T, TC, true>, smem, what));
-        k_gg_rows<T, TC, true><<<(unsigned)blocks, NT, smem>>>(C, A, W, t, K, N, beta);
+        k_gg_rows<T, TC, true><<<(unsigned)blocks, NT, smem>>>(C, A, W, A2, W2, K2, t, K, N, beta);
     } else {
         MK_CHECK(smem_attr(k_gg_rows<T, TC, false>, smem, what));
-        k_gg_rows<T, TC, false><<<(unsigned)blocks, NT, smem>>>(C, A, W, t, K, N, beta);
+        k_gg_rows<T, TC, false><<<(unsigned)blocks, NT, smem>>>(C, A, W, A2, W2, K2, t, K, N, beta);
     }
     return launched(what);
 }
@@ -503,7 +534,8 @@ static int wgrad_launch(float *dW, float *ws, size_t ws_floats, const T *A, cons
 int mk_grouped_gemm_rows(float *C, const float *A, const float *W, const int *offs_host, int E,
                          int K, int N, int trans_w, float beta)
 {
-    return rows_launch<float, float>(C, A, W, offs_host, E, K, N, trans_w, beta, "grouped_matmul");
+    return rows_launch<float, float>(C, A, W, NULL, NULL, 0, offs_host, E, K, N, trans_w, beta,
+                                     "grouped_matmul");
 }
 
 int mk_grouped_gemm_wgrad(float *dW, float *ws, size_t ws_floats, const float *A, const float *dC,
@@ -512,16 +544,21 @@ int mk_grouped_gemm_wgrad(float *dW, float *ws, size_t ws_floats, const float *A
     return wgrad_launch<float>(dW, ws, ws_floats, A, dC, offs_host, E, K, N, "grouped_matmul_wgrad");
 }
 
-int mk_grouped_gemm_rows_bf16(void *C, int c_bf16, const void *A, const void *W, const int *offs_host,
-                              int E, int K, int N, int trans_w, float beta)
+int mk_grouped_gemm_rows_bf16(void *C, int c_bf16, const void *A, const void *W, const void *A2,
+                              const void *W2, int K2, const int *offs_host, int E, int K, int N,
+                              int trans_w, float beta)
 {
     if (c_bf16 && beta != 0.f)
         return MK_FAIL(MK_ERR_INTERNAL, "grouped GEMM: a bf16 output cannot accumulate (beta %g)", beta);
+    if ((A2 == NULL) != (W2 == NULL) || (A2 && (K2 <= 0 || K2 % 8)))
+        return MK_FAIL(MK_ERR_INTERNAL, "grouped GEMM: second source of %d columns", K2);
+    if (!A2) K2 = 0;
+    const bf16 *a = (const bf16 *)A, *w = (const bf16 *)W, *a2 = (const bf16 *)A2, *w2 = (const bf16 *)W2;
     if (c_bf16)
-        return rows_launch<bf16, bf16>((bf16 *)C, (const bf16 *)A, (const bf16 *)W, offs_host, E, K,
-                                       N, trans_w, 0.f, "grouped GEMM (bf16)");
-    return rows_launch<bf16, float>((float *)C, (const bf16 *)A, (const bf16 *)W, offs_host, E, K, N,
-                                    trans_w, beta, "grouped GEMM (bf16)");
+        return rows_launch<bf16, bf16>((bf16 *)C, a, w, a2, w2, K2, offs_host, E, K, N, trans_w, 0.f,
+                                       "grouped GEMM (bf16)");
+    return rows_launch<bf16, float>((float *)C, a, w, a2, w2, K2, offs_host, E, K, N, trans_w, beta,
+                                    "grouped GEMM (bf16)");
 }
 
 int mk_grouped_gemm_wgrad_bf16(float *dW, float *ws, size_t ws_floats, const void *A, const void *dC,

@@ -46,10 +46,13 @@ int mk_grouped_gemm_wgrad(float *dW, float *ws, size_t ws_floats, const float *A
 /* The same with bf16 operands (A, W, dC: __nv_bfloat16 arrays, 16-byte aligned), copied
  * to shared memory with cp.async in a three-stage pipeline: what the fused expert FFN
  * (mk_expert_ffn.cu) runs. K and N multiples of 8. The rows form writes C as bf16 when
- * c_bf16 (beta must be 0 then), else fp32 with C = result + beta * C. */
+ * c_bf16 (beta must be 0 then), else fp32 with C = result + beta * C. With A2 and W2 (else
+ * NULL) it adds a second product over K2 more columns in the same pass: C = A W[e] +
+ * A2 W2[e] (A2 [R, K2]; W2[e] [K2, N], or [N, K2] when trans_w). */
 int mk_grouped_gemm_bf16_supported(int E, int K, int N);
-int mk_grouped_gemm_rows_bf16(void *C, int c_bf16, const void *A, const void *W, const int *offs_host,
-                              int E, int K, int N, int trans_w, float beta);
+int mk_grouped_gemm_rows_bf16(void *C, int c_bf16, const void *A, const void *W, const void *A2,
+                              const void *W2, int K2, const int *offs_host, int E, int K, int N,
+                              int trans_w, float beta);
 int mk_grouped_gemm_wgrad_bf16(float *dW, float *ws, size_t ws_floats, const void *A, const void *dC,
                                const int *offs_host, int E, int K, int N);
 
