@@ -2,11 +2,13 @@
  *
  * Every op of mk_backend.h on device memory of one GPU. GEMMs go through cuBLAS: pedantic
  * fp32 (no TF32), which matches the CPU to fp32 rounding, or, in bf16 mode, bf16 tensor-core
- * products with fp32 accumulation over fp32 storage. Attention in bf16 mode with head size
- * 64 is the fused kernel of mk_flash_attn.cu; otherwise it is cuBLAS batched GEMMs over the
- * [B, H, T, T] probabilities. Everything else is a plain CUDA kernel written to follow the
- * CPU reference (mk_backend_cpu.c) closely, so the two can be compared element by element
- * (tests/test_cuda_backend.c).
+ * products with fp32 accumulation over fp32 storage. bf16 mode also runs the fused ops:
+ * the expert FFN (mk_expert_ffn.cu, on the grouped kernels of mk_grouped_gemm.cu, bf16
+ * state), the output layer (bf16 operands, bf16 dlogits in the backend's workspace) and,
+ * with head size 64, attention (mk_flash_attn.cu); otherwise attention is cuBLAS batched
+ * GEMMs over the [B, H, T, T] probabilities. Everything else is a plain CUDA kernel
+ * written to follow the CPU reference (mk_backend_cpu.c) closely, so the two can be
+ * compared element by element (tests/test_cuda_backend.c).
  *
  * Determinism rule, as on the CPU: every output element is written by one thread, and
  * every reduction runs in a fixed order that depends on the shapes only -- either a serial
@@ -15,10 +17,10 @@
  * RMSNorm, sumsq, gate gradients). No atomics anywhere, so the same inputs give the same
  * bits on every call.
  *
- * Still slow (docs/performance.md): activations are stored in fp32, so bf16 GEMMs round
- * their operands on the fly; the expert GEMMs run one per expert (cuBLAS has no grouped
- * call for fp32 operands); several ops copy small int arrays to the host to validate them
- * like the CPU backend does.
+ * Still slow (docs/performance.md): activations outside the fused ops are stored in fp32,
+ * so the dense GEMMs round their operands on the fly; the fused ops round their fp32
+ * inputs in a pass of their own; several ops copy small int arrays to the host to validate
+ * them like the CPU backend does; the gradient all-reduce waits for the whole backward.
  *
  * All work is issued on the legacy default stream, so ops are ordered with each other and
  * with the synchronous cudaMemcpy of to_host/from_host; errors of asynchronous kernels show

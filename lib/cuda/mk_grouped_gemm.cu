@@ -1,20 +1,22 @@
 /* mk_grouped_gemm.cu - expert GEMMs on bf16 tensor cores in one launch: see mk_grouped_gemm.h.
  *
  * A block computes a 128 x 128 tile of one expert's output with 8 warps (2 x 4, each
- * 64 x 32) and mma.sync m16n8k16 (bf16 in, fp32 accumulate). The reduction runs in steps
- * of 32: each thread loads its share of the next step's fp32 operands into registers while
- * the warps multiply the current step out of shared memory, then rounds them to bf16 into
- * the other of two shared buffers. Operands are staged in their memory layout -- k
- * contiguous ([outer][k]) or outer contiguous ([k][outer]) -- and ldmatrix (.trans for the
- * second) turns either into mma fragments, so no form needs a transposing copy. Rows of
- * shared tiles are padded by 8 elements, which puts the 8 row addresses of every ldmatrix
- * phase on 8 different bank groups.
+ * 64 x 32) and mma.sync m16n8k16 (bf16 in, fp32 accumulate), two blocks per SM. The
+ * reduction runs in steps of 32. fp32 operands: each thread loads its share of the next
+ * step into registers while the warps multiply the current step out of shared memory,
+ * then rounds it to bf16 into the other of two shared buffers. bf16 operands (the fused
+ * expert FFN): cp.async copies them straight into shared memory, three steps in flight.
+ * Operands are staged in their memory layout -- k contiguous ([outer][k]) or outer
+ * contiguous ([k][outer]) -- and ldmatrix (.trans for the second) turns either into mma
+ * fragments, so no form needs a transposing copy. Rows of shared tiles are padded by 8
+ * elements, which puts the 8 row addresses of every ldmatrix phase on 8 bank groups.
  *
  * The forward forms (C = A W_e or A W_e^T) give every expert ceil(rows / 128) x ceil(N / 128)
  * blocks, numbered expert by expert; a block finds its expert by binary search in the
  * table of first blocks, which travels as a kernel argument (no upload). The weight
- * gradient reduces over an expert's rows inside one block, so experts are scheduled
- * largest first: the longest blocks start in the first wave instead of trailing the last.
+ * gradient reduces over an expert's rows, in chunks of at most 2048 rows per block so that
+ * no block runs far longer than the rest however unbalanced the routing; the chunks of an
+ * expert are added up in chunk order by a second kernel.
  */
 #ifdef HAVE_CONFIG_H
 #include "config.h"
