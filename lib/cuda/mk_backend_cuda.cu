@@ -46,6 +46,8 @@ extern "C" {
 #include "mk_backend_cuda.h"
 #include "mk_flash_attn.h"
 #include "mk_bf16.h"
+#include "mk_cuda_check.h"
+#include "mk_devbuf.h"
 #include "mk_expert_ffn.h"
 #include "mk_grouped_gemm.h"
 
@@ -78,11 +80,9 @@ typedef struct cuda_impl {
     int rope_T, rope_hd;
     double rope_theta;
     size_t gptr_n;
-    void *scratch;        /* device scratch for per-call tables (angles, index lists) */
-    size_t scratch_bytes;
+    mk_devbuf scratch;    /* device scratch for per-call tables (angles, index lists) */
     mk_cuda_ffn *ffn;     /* the fused bf16 expert FFN's workspace, made on first use */
-    void *outb;           /* the fused output layer's bf16 x, W and dlogits, grown on demand */
-    size_t outb_bytes;
+    mk_devbuf outb;       /* the fused output layer's bf16 x, W and dlogits */
     int out_ready;        /* a training output_forward left its state in outb, for: */
     int out_N, out_V, out_D, out_tied;
 } cuda_impl;
@@ -91,12 +91,6 @@ static cuda_impl *impl_of(mk_backend *be) { return (cuda_impl *)be->impl; }
 
 /* ------------------------------------------------------------------ error checks */
 
-#define CU_CHECK(call, what)                                                               \
-    do {                                                                                   \
-        cudaError_t e_ = (call);                                                           \
-        if (e_ != cudaSuccess)                                                             \
-            return MK_FAIL(MK_ERR_INTERNAL, "cuda: %s: %s", (what), cudaGetErrorString(e_)); \
-    } while (0)
 
 #define BLAS_CHECK(call, what)                                                             \
     do {                                                                                   \
@@ -130,33 +124,14 @@ static unsigned grid_for(size_t n)
     return (unsigned)(b > MAX_BLOCKS ? MAX_BLOCKS : b);
 }
 
-#define GRID_STRIDE(i, n)                                                                  \
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);                \
-         i += (size_t)gridDim.x * blockDim.x)
 
-/* Device scratch that grows on demand. Freeing waits for the device first: a kernel of an
- * earlier op may still read the old buffer. Reuse without a wait is safe because uploads
- * into it are synchronous cudaMemcpy calls on the default stream, ordered after every
- * kernel issued before them. */
+/* Device scratch for one op's tables (mk_devbuf: grows on demand, frees only when idle;
+ * uploads into it are synchronous cudaMemcpy calls on the default stream, ordered after
+ * every kernel issued before them). */
 static int scratch_get(cuda_impl *im, size_t bytes, void **out)
 {
-    if (bytes == 0) bytes = 1;
-    if (bytes > im->scratch_bytes) {
-        if (im->scratch) {
-            CU_CHECK(cudaDeviceSynchronize(), "scratch: synchronize");
-            CU_CHECK(cudaFree(im->scratch), "scratch: free");
-        }
-        im->scratch = NULL;
-        im->scratch_bytes = 0;
-        cudaError_t e = cudaMalloc(&im->scratch, bytes);
-        if (e != cudaSuccess) {
-            im->scratch = NULL;
-            return MK_FAIL(MK_ERR_NOMEM, "cuda: scratch of %zu bytes: %s", bytes,
-                           cudaGetErrorString(e));
-        }
-        im->scratch_bytes = bytes;
-    }
-    *out = im->scratch;
+    MK_CHECK(mk_devbuf_reserve(&im->scratch, bytes, "scratch"));
+    *out = im->scratch.p;
     return MK_OK;
 }
 
@@ -1047,59 +1022,80 @@ static int cuda_router_backward(mk_backend *be, mk_real *dz, const mk_real *dgat
  * order inside an expert is the choice order s -- the CPU's order -- with no atomics.
  * Pass 1 counts; pass 2 takes the offsets (a serial prefix over E, the same in every
  * block) and places the kept choices. */
-__global__ static void k_route_count(int32_t *fill, const int32_t *topk, size_t S)
+/* route_plan in three passes over chunks of ROUTE_CHUNK choices, each pass wide over the
+ * GPU: per-chunk expert counts; per expert, a serial prefix over chunks (and the offsets);
+ * then each chunk places its choices, one thread per expert walking the chunk in order.
+ * A choice's rank within its expert is the count before its chunk plus its order within
+ * the chunk, i.e. its order among all choices of the expert, as on the CPU. */
+#define ROUTE_CHUNK 2048
+
+/* This block's chunk of choices into shared memory; returns how many there are. */
+__device__ static int load_chunk(int32_t *sh, const int32_t *topk, size_t s0, size_t S)
 {
-    __shared__ double sh[TPB];
-    const int e = blockIdx.x;
-    double c = 0;
-    for (size_t s = threadIdx.x; s < S; s += blockDim.x) c += topk[s] == e;
-    c = block_sum(c, sh);
-    if (threadIdx.x == 0) fill[e] = (int32_t)c;
+    const int n = (int)(S - s0 < ROUTE_CHUNK ? S - s0 : ROUTE_CHUNK);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) sh[i] = topk[s0 + i];
+    __syncthreads();
+    return n;
 }
 
-__global__ static void k_route_place(int32_t *offs, int32_t *row_slot, int32_t *slot_row,
-                                     const int32_t *fill, const int32_t *topk, size_t S, int E,
-                                     int capacity)
+__global__ static void k_route_hist(int32_t *hist, const int32_t *topk, size_t S, int E)
 {
-    __shared__ int warp_tot[TPB / 32];
-    __shared__ int base_sh;
-    const int e = blockIdx.x, lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-    if (threadIdx.x == 0) {
-        int o = 0;
-        for (int i = 0; i < e; i++) o += capacity > 0 && fill[i] > capacity ? capacity : fill[i];
-        base_sh = o;
-        if (e == E - 1) {
-            /* the last block writes the whole offset table */
-            int q = 0;
-            offs[0] = 0;
-            for (int i = 0; i < E; i++) {
-                q += capacity > 0 && fill[i] > capacity ? capacity : fill[i];
-                offs[i + 1] = q;
-            }
+    __shared__ int32_t sh[ROUTE_CHUNK];
+    const size_t s0 = (size_t)blockIdx.x * ROUTE_CHUNK;
+    const int n = load_chunk(sh, topk, s0, S);
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+        int c = 0;
+        for (int i = 0; i < n; i++) c += sh[i] == e;
+        hist[(size_t)blockIdx.x * E + e] = c;
+    }
+}
+
+/* One block: fill[e] = choices of expert e; hist becomes the exclusive prefix over chunks;
+ * offs from the kept counts (capacity applied). */
+__global__ static void k_route_scan(int32_t *offs, int32_t *fill, int32_t *hist, int chunks, int E,
+                                    int capacity)
+{
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+        int run = 0;
+        for (int c = 0; c < chunks; c++) {
+            const int t = hist[(size_t)c * E + e];
+            hist[(size_t)c * E + e] = run;
+            run += t;
         }
+        fill[e] = run;
     }
     __syncthreads();
-    const int base = base_sh;
-    int running = 0;
-    for (size_t s0 = 0; s0 < S; s0 += blockDim.x) {
-        const size_t s = s0 + threadIdx.x;
-        const int mine = s < S && topk[s] == e;
-        const unsigned m = __ballot_sync(0xffffffffu, mine);
-        if (lane == 0) warp_tot[w] = __popc(m);
-        __syncthreads();
-        int before = running;
-        for (int i = 0; i < w; i++) before += warp_tot[i];
-        before += __popc(m & ((1u << lane) - 1u));
-        if (mine) {
-            if (capacity > 0 && before >= capacity) {
+    if (threadIdx.x == 0) {
+        int q = 0;
+        offs[0] = 0;
+        for (int e = 0; e < E; e++) {
+            q += capacity > 0 && fill[e] > capacity ? capacity : fill[e];
+            offs[e + 1] = q;
+        }
+    }
+}
+
+__global__ static void k_route_place(int32_t *row_slot, int32_t *slot_row, const int32_t *offs,
+                                     const int32_t *hist, const int32_t *topk, size_t S, int E,
+                                     int capacity)
+{
+    __shared__ int32_t sh[ROUTE_CHUNK];
+    const size_t s0 = (size_t)blockIdx.x * ROUTE_CHUNK;
+    const int n = load_chunk(sh, topk, s0, S);
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+        int rank = hist[(size_t)blockIdx.x * E + e];
+        const int base = offs[e];
+        for (int i = 0; i < n; i++) {
+            if (sh[i] != e) continue;
+            const size_t s = s0 + (size_t)i;
+            if (capacity > 0 && rank >= capacity) {
                 slot_row[s] = -1;
             } else {
-                row_slot[base + before] = (int32_t)s;
-                slot_row[s] = base + before;
+                row_slot[base + rank] = (int32_t)s;
+                slot_row[s] = base + rank;
             }
+            rank++;
         }
-        for (int i = 0; i < TPB / 32; i++) running += warp_tot[i];
-        __syncthreads();
     }
 }
 
@@ -1116,11 +1112,14 @@ static int cuda_route_plan(mk_backend *be, int32_t *offs, int32_t *row_slot, int
     if (E <= 0 || K <= 0 || N < 0 || capacity < 0)
         return MK_FAIL(MK_ERR_INTERNAL, "route_plan: N %d, E %d, K %d, capacity %d", N, E, K,
                        capacity);
-    const size_t S = (size_t)N * K;
+    const size_t S = (size_t)N * K, chunks = (S + ROUTE_CHUNK - 1) / ROUTE_CHUNK;
+    if (chunks > 0x7fffffffu)
+        return MK_FAIL(MK_ERR_INTERNAL, "route_plan: %zu choices", S);
     void *sp;
-    MK_CHECK(scratch_get(im, (size_t)E * sizeof(int32_t), &sp));
-    int32_t *fill = (int32_t *)sp;
-    LAUNCH(k_route_count, (unsigned)E, "route_plan (count)", fill, topk, S);
+    MK_CHECK(scratch_get(im, ((size_t)E + chunks * E) * sizeof(int32_t), &sp));
+    int32_t *fill = (int32_t *)sp, *hist = fill + E;
+    if (chunks) LAUNCH(k_route_hist, (unsigned)chunks, "route_plan (count)", hist, topk, S, E);
+    LAUNCH(k_route_scan, 1, "route_plan (scan)", offs, fill, hist, (int)chunks, E, capacity);
     /* Every choice must have landed in some expert: a topk entry outside 0..E-1 is a bug
      * upstream, caught here before it corrupts the expert GEMMs (one small copy; the model
      * reads the offsets back right after anyway). */
@@ -1133,8 +1132,9 @@ static int cuda_route_plan(mk_backend *be, int32_t *offs, int32_t *row_slot, int
             return MK_FAIL(MK_ERR_INTERNAL, "route_plan: %zu of %zu choices name an expert outside 0..%d",
                            S - tot, S, E - 1);
     }
-    LAUNCH(k_route_place, (unsigned)E, "route_plan (place)", offs, row_slot, slot_row, fill, topk,
-           S, E, capacity);
+    if (chunks)
+        LAUNCH(k_route_place, (unsigned)chunks, "route_plan (place)", row_slot, slot_row, offs, hist,
+               topk, S, E, capacity);
     if (S) LAUNCH(k_route_tail, grid_for(S), "route_plan (tail)", row_slot, offs, E, S);
     return MK_OK;
 }
@@ -1461,22 +1461,8 @@ static int cuda_output_forward(mk_backend *be, mk_real *losses, mk_real *logits,
         return mk_output_forward_ops(be, losses, logits, x, W, tied, targets, N, V, D, train);
     const size_t sx = up256((size_t)N * D * 2), sw = up256((size_t)V * D * 2);
     const size_t bytes = sx + sw + (train ? up256((size_t)N * V * 2) : 0);
-    if (bytes > im->outb_bytes) {
-        if (im->outb) {
-            CU_CHECK(cudaDeviceSynchronize(), "output layer workspace: synchronize");
-            CU_CHECK(cudaFree(im->outb), "output layer workspace: free");
-        }
-        im->outb = NULL;
-        im->outb_bytes = 0;
-        cudaError_t e = cudaMalloc(&im->outb, bytes);
-        if (e != cudaSuccess) {
-            im->outb = NULL;
-            return MK_FAIL(MK_ERR_NOMEM, "cuda: output layer workspace of %zu bytes: %s", bytes,
-                           cudaGetErrorString(e));
-        }
-        im->outb_bytes = bytes;
-    }
-    char *xb = (char *)im->outb, *wb = xb + sx;
+    MK_CHECK(mk_devbuf_reserve(&im->outb, bytes, "output layer workspace"));
+    char *xb = (char *)im->outb.p, *wb = xb + sx;
     __nv_bfloat16 *dlog = train ? (__nv_bfloat16 *)(wb + sw) : NULL;
     MK_CHECK(mk_cuda_round_bf16(xb, x, (size_t)N * D, "output layer: input"));
     MK_CHECK(mk_cuda_round_bf16(wb, W, (size_t)V * D, "output layer: weights"));
@@ -1500,7 +1486,7 @@ static int cuda_output_backward(mk_backend *be, mk_real *dx, mk_real *dW, const 
         return MK_FAIL(MK_ERR_INTERNAL, "output_backward without the training output_forward of "
                        "this shape (%d x %d x %d)", N, V, D);
     const size_t sx = up256((size_t)N * D * 2), sw = up256((size_t)V * D * 2);
-    const char *xb = (const char *)im->outb, *wb = xb + sx, *dlog = wb + sw;
+    const char *xb = (const char *)im->outb.p, *wb = xb + sx, *dlog = wb + sw;
     MK_CHECK(matmul_bf16(im, dx, dlog, wb, N, D, V, 0, !tied, ce_scale, 0, "output layer: dx"));
     if (tied) MK_CHECK(matmul_bf16(im, dW, dlog, xb, V, D, N, 1, 0, ce_scale, 1, "output layer: dW"));
     else MK_CHECK(matmul_bf16(im, dW, xb, dlog, D, V, N, 1, 0, ce_scale, 1, "output layer: dW"));
@@ -1552,11 +1538,11 @@ static void cuda_destroy(mk_backend *be)
     cuda_impl *im = impl_of(be);
     if (im) {
         mk_cuda_ffn_destroy(im->ffn);
-        if (im->outb) cudaFree(im->outb);
+        mk_devbuf_release(&im->outb);
         if (im->blas) cublasDestroy(im->blas);
         if (im->gptr) cudaFree(im->gptr);
         if (im->rope_cs) cudaFree(im->rope_cs);
-        if (im->scratch) cudaFree(im->scratch);
+        mk_devbuf_release(&im->scratch);
         free(im);
     }
     free(be);

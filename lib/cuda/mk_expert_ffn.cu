@@ -27,6 +27,8 @@ extern "C" {
 #include "mk_error.h"
 }
 #include "mk_bf16.h"
+#include "mk_cuda_check.h"
+#include "mk_devbuf.h"
 #include "mk_expert_ffn.h"
 #include "mk_grouped_gemm.h"
 
@@ -36,20 +38,10 @@ typedef __nv_bfloat16 bf16;
 #define MAX_BLOCKS 65536u
 
 struct mk_cuda_ffn {
-    void *buf;      /* device workspace: bf16 copies, then the weight gradient's fp32 partials */
-    size_t bytes;
+    mk_devbuf buf;  /* bf16 copies, then the weight gradient's fp32 partials */
 };
 
-#define CU_CHECK(call, what)                                                               \
-    do {                                                                                   \
-        cudaError_t e_ = (call);                                                           \
-        if (e_ != cudaSuccess)                                                             \
-            return MK_FAIL(MK_ERR_INTERNAL, "cuda: %s: %s", (what), cudaGetErrorString(e_)); \
-    } while (0)
 
-#define GRID_STRIDE(i, n)                                                                  \
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);                \
-         i += (size_t)gridDim.x * blockDim.x)
 
 static unsigned grid_for(size_t n)
 {
@@ -98,28 +90,8 @@ int mk_cuda_ffn_create(mk_cuda_ffn **out)
 void mk_cuda_ffn_destroy(mk_cuda_ffn *f)
 {
     if (!f) return;
-    if (f->buf) cudaFree(f->buf);
+    mk_devbuf_release(&f->buf);
     free(f);
-}
-
-/* Freeing waits for the device: kernels of the previous op may still read the old buffer. */
-static int ffn_grow(mk_cuda_ffn *f, size_t bytes)
-{
-    if (bytes <= f->bytes) return MK_OK;
-    if (f->buf) {
-        CU_CHECK(cudaDeviceSynchronize(), "expert FFN workspace: synchronize");
-        CU_CHECK(cudaFree(f->buf), "expert FFN workspace: free");
-    }
-    f->buf = NULL;
-    f->bytes = 0;
-    cudaError_t e = cudaMalloc(&f->buf, bytes);
-    if (e != cudaSuccess) {
-        f->buf = NULL;
-        return MK_FAIL(MK_ERR_NOMEM, "cuda expert FFN: workspace of %zu bytes: %s", bytes,
-                       cudaGetErrorString(e));
-    }
-    f->bytes = bytes;
-    return MK_OK;
 }
 
 /* Successive pieces of the workspace, each 256-byte aligned. */
@@ -158,8 +130,8 @@ int mk_cuda_ffn_forward(mk_cuda_ffn *f, float *y, float *a1, float *a3, float *h
     if (R == 0) return MK_OK;
     const size_t nx = R * D, nw = (size_t)E * D * F, nh = R * F;
     const size_t o_w = up256(nx * 2), bytes = o_w + 3 * up256(nw * 2);
-    MK_CHECK(ffn_grow(f, bytes));
-    char *base = (char *)f->buf;
+    MK_CHECK(mk_devbuf_reserve(&f->buf, bytes, "expert FFN workspace"));
+    char *base = (char *)f->buf.p;
     bf16 *xb = (bf16 *)base, *w1b = (bf16 *)(base + o_w);
     bf16 *w3b = (bf16 *)(base + o_w + up256(nw * 2)), *w2b = (bf16 *)(base + o_w + 2 * up256(nw * 2));
     MK_CHECK(to_bf16(xb, xp, nx, "expert FFN forward: input rows"));
@@ -188,8 +160,8 @@ int mk_cuda_ffn_backward(mk_cuda_ffn *f, float *dxp, float *dw1, float *dw3, flo
     const size_t wsn = mk_grouped_gemm_wgrad_ws_floats(offs_host, E, D, F);
     const size_t sx = up256(nx * 2), sw = up256(nw * 2);
     const size_t bytes = 2 * sx + 3 * sw + up256(wsn * sizeof(float));
-    MK_CHECK(ffn_grow(f, bytes));
-    char *base = (char *)f->buf;
+    MK_CHECK(mk_devbuf_reserve(&f->buf, bytes, "expert FFN workspace"));
+    char *base = (char *)f->buf.p;
     bf16 *xb = (bf16 *)base, *dyb = (bf16 *)(base + sx);
     bf16 *w1b = (bf16 *)(base + 2 * sx), *w3b = (bf16 *)(base + 2 * sx + sw);
     bf16 *w2b = (bf16 *)(base + 2 * sx + 2 * sw);

@@ -150,6 +150,14 @@ __device__ __forceinline__ void mma_step(float acc[4][4][4], const bf16 *As, con
     }
 }
 
+__device__ __forceinline__ void zero_acc(float acc[4][4][4])
+{
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) acc[i][j][0] = acc[i][j][1] = acc[i][j][2] = acc[i][j][3] = 0.f;
+}
+
 /* The block's tile: acc = A[m0.., :klim] B[:klim, n0..] in steps of BK, in order. */
 template <bool A_KC, bool B_KC>
 __device__ __forceinline__ void tile_product(float acc[4][4][4], bf16 *smem, const float *A, int lda,
@@ -158,10 +166,7 @@ __device__ __forceinline__ void tile_product(float acc[4][4][4], bf16 *smem, con
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int wm = warp >> 2, wn = warp & 3;
-#pragma unroll
-    for (int i = 0; i < 4; i++)
-#pragma unroll
-        for (int j = 0; j < 4; j++) acc[i][j][0] = acc[i][j][1] = acc[i][j][2] = acc[i][j][3] = 0.f;
+    zero_acc(acc);
     const int nk = (klim + BK - 1) / BK;
     if (nk == 0) return;
     /* buffer s: A at smem + 2 s TILE, B right after it */
@@ -252,10 +257,7 @@ __device__ __forceinline__ void tile_product(float acc[4][4][4], bf16 *smem, con
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int wm = warp >> 2, wn = warp & 3;
-#pragma unroll
-    for (int i = 0; i < 4; i++)
-#pragma unroll
-        for (int j = 0; j < 4; j++) acc[i][j][0] = acc[i][j][1] = acc[i][j][2] = acc[i][j][3] = 0.f;
+    zero_acc(acc);
     const int nk1 = (s1.klim + BK - 1) / BK, nk = nk1 + (s2.klim + BK - 1) / BK;
 #pragma unroll
     for (int st = 0; st < STAGES - 1; st++) {
