@@ -490,17 +490,15 @@ static int rows_launch(TC *C, const T *A, const T *W, const T *A2, const T *W2, 
 
 size_t mk_grouped_gemm_wgrad_ws_floats(const int *offs_host, int E, int K, int N)
 {
+    /* one slot per chunk (slots are indexed by chunk number), needed when any expert splits */
     size_t units = 0;
+    int split = 0;
     for (int e = 0; e < E; e++) {
-        const int rows = offs_host[e + 1] - offs_host[e];
-        const int chunks = (rows + WG_CHUNK - 1) / WG_CHUNK;
-        if (chunks > 1) units += (size_t)chunks;
+        const size_t chunks = (size_t)(offs_host[e + 1] - offs_host[e] + WG_CHUNK - 1) / WG_CHUNK;
+        split |= chunks > 1;
+        units += chunks;
     }
-    /* slots are indexed by unit number; size for all units when any expert splits */
-    if (units == 0) return 0;
-    units = 0;
-    for (int e = 0; e < E; e++) units += (size_t)((offs_host[e + 1] - offs_host[e] + WG_CHUNK - 1) / WG_CHUNK);
-    return units * (size_t)K * N;
+    return split ? units * (size_t)K * N : 0;
 }
 
 template <typename T>
@@ -519,7 +517,7 @@ static int wgrad_launch(float *dW, float *ws, size_t ws_floats, const T *A, cons
     }
     t.first[E] = (int)units;
     if (units == 0) return MK_OK;
-    if (split && ws_floats < mk_grouped_gemm_wgrad_ws_floats(offs_host, E, K, N))
+    if (split && ws_floats < (size_t)units * K * N)
         return MK_FAIL(MK_ERR_INTERNAL, "%s: workspace of %zu floats too small", what, ws_floats);
     const long tiles = (long)((K + BM - 1) / BM) * ((N + BM - 1) / BM);
     if (tiles * units > 0x7fffffffL) return MK_FAIL(MK_ERR_INTERNAL, "%s: %ld blocks", what, tiles * units);
