@@ -796,13 +796,14 @@ __global__ static void k_att_softmax(float *att, int T)
 }
 
 /* bf16 with head size 64 takes the fused kernels of mk_flash_attn.cu; they keep their
- * state (log-sum-exps, an output copy) in the [B, H, T, T] probability buffer, which is
- * large enough from T = 65 on. Forward and backward decide alike, so the backward always
- * finds what its forward left there. */
+ * state (log-sum-exps, an output copy, bf16 Q, K, V) in the [B, H, T, T] probability
+ * buffer and work in its gradient, which are large enough from T = 162 on. Forward and
+ * backward decide alike, so the backward always finds what its forward left there. */
 static int use_flash(const cuda_impl *im, int B, int T, int D, int H)
 {
+    const size_t att = (size_t)B * H * T * T;
     return im->bf16 && mk_flash_attn_supported(T, D, H) &&
-           mk_flash_attn_state_floats(B, T, H) <= (size_t)B * H * T * T;
+           mk_flash_attn_state_floats(B, T, H) <= att && mk_flash_attn_work_floats(B, T, H) <= att;
 }
 
 static int cuda_attention_forward(mk_backend *be, mk_real *out, mk_real *att, const mk_real *qkv,

@@ -6,9 +6,16 @@
  * operand of the next (rows g and g + 8 of the warp's 16, column pairs 2q and 2q + 1 with
  * g = lane / 4, q = lane % 4), so probabilities go from the score product to the value
  * product without leaving registers, and a row's statistics reduce over the 4 lanes that
- * share it. Tiles of the other operand sit in shared memory as bf16, row-major or
- * transposed so that each lane's pair of k-elements is one 32-bit word; rows are padded to
- * 72 elements, which puts the 32 lanes of a fragment load on 32 different banks.
+ * share it.
+ *
+ * The forward rounds Q, K and V to bf16 once (kept in its state for the backward), and
+ * the backward rounds dO once; the tiles streamed by the inner loops are then copied with
+ * cp.async into two alternating shared buffers, the next tile landing while this one is
+ * multiplied. Tiles stay in their memory layout ([row][head dim], rows padded to 72
+ * elements so that the 8 row addresses of an ldmatrix phase fall on different banks), and
+ * ldmatrix -- transposing where the tile is the B operand's k-major side -- turns them
+ * into fragments, so no product needs a transposed copy. Blocks start with the longest
+ * causal loops, so the short ones fill the last wave.
  *
  * No atomics and fixed loop orders: the same inputs give the same bits.
  */
@@ -25,48 +32,29 @@
 extern "C" {
 #include "mk_error.h"
 }
+#include "mk_bf16.h"
 #include "mk_flash_attn.h"
+#include "mk_mma.h"
 
 #define HD MK_FLASH_HD
 #define BR 64            /* rows per block (queries, or keys in the dK/dV pass) */
 #define BC 64            /* columns per step of the inner loop */
 #define NT 128           /* threads per block: 4 warps of 16 rows */
 #define LDS 72           /* padded shared-memory row, in bf16 elements */
+#define TILE (BC * LDS)  /* elements of one staged tile */
 #define LOG2E 1.4426950408889634
 
 typedef __nv_bfloat16 bf16;
 
-__device__ __forceinline__ void mma16816(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
-{
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-/* Two floats as one register of bf16 pairs: lo in the low half (the lower k index). */
-__device__ __forceinline__ uint32_t pack2(float lo, float hi)
-{
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *(uint32_t *)&v;
-}
-
-/* The pair at (r, c), (r, c + 1) of a padded shared tile. */
-__device__ __forceinline__ uint32_t lds32(const bf16 *tile, int r, int c)
-{
-    return *(const uint32_t *)(tile + r * LDS + c);
-}
-
-/* The pair at row t, columns c and c + 1 of a global fp32 matrix, 0 past the last row. */
-__device__ __forceinline__ uint32_t ldg_pair(const float *base, size_t ld, int t, int c, int T)
+/* The pair at row t, columns c and c + 1 of a bf16 matrix as one word, 0 past the last row. */
+__device__ __forceinline__ uint32_t ldg_pair(const bf16 *base, size_t ld, int t, int c, int T)
 {
     if (t >= T) return 0;
-    const float2 v = *(const float2 *)(base + (size_t)t * ld + c);
-    return pack2(v.x, v.y);
+    return *(const uint32_t *)(base + (size_t)t * ld + c);
 }
 
 /* A operand of the warp's 16 rows (r0 and r0 + 8 for this lane) over all HD columns. */
-__device__ __forceinline__ void load_a_rows(uint32_t a[HD / 16][4], const float *base, size_t ld,
+__device__ __forceinline__ void load_a_rows(uint32_t a[HD / 16][4], const bf16 *base, size_t ld,
                                             int r0, int T, int q)
 {
 #pragma unroll
@@ -79,58 +67,53 @@ __device__ __forceinline__ void load_a_rows(uint32_t a[HD / 16][4], const float 
     }
 }
 
-/* 64 rows x HD columns of a global fp32 matrix from row t0 into shared bf16 tiles: rm
- * row-major [row][col], tr transposed [col][row] (either may be NULL); rows past T are 0. */
-__device__ __forceinline__ void load_tile(bf16 *rm, bf16 *tr, const float *base, size_t ld, int t0, int T)
+/* Start copying 64 rows x HD columns of a bf16 matrix from row t0 into a shared tile;
+ * rows past T are zero-filled by the copy. */
+__device__ __forceinline__ void issue_tile(bf16 *tile, const bf16 *base, size_t ld, int t0, int T)
 {
-    for (int i = threadIdx.x; i < BC * (HD / 4); i += NT) {
-        const int r = i / (HD / 4), c = (i % (HD / 4)) * 4;
-        float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (t0 + r < T) v = *(const float4 *)(base + (size_t)(t0 + r) * ld + c);
-        if (rm) {
-            uint2 w;
-            w.x = pack2(v.x, v.y);
-            w.y = pack2(v.z, v.w);
-            *(uint2 *)(rm + r * LDS + c) = w;
-        }
-        if (tr) {
-            tr[(c + 0) * LDS + r] = __float2bfloat16_rn(v.x);
-            tr[(c + 1) * LDS + r] = __float2bfloat16_rn(v.y);
-            tr[(c + 2) * LDS + r] = __float2bfloat16_rn(v.z);
-            tr[(c + 3) * LDS + r] = __float2bfloat16_rn(v.w);
-        }
+#pragma unroll
+    for (int j = 0; j < BC * HD / 8 / NT; j++) {
+        const int c = threadIdx.x + j * NT, r = c / (HD / 8), col = (c % (HD / 8)) * 8;
+        const int ok = t0 + r < T;
+        mk_cp_async16(tile + r * LDS + col, ok ? base + (size_t)(t0 + r) * ld + col : base, ok ? 16 : 0);
     }
 }
 
-/* acc[j] (16 rows x 8 columns each, 8 of them: 64 columns) += A(16 x HD) B^T where row n
- * of the shared tile holds column n of B^T: the score product S = Q K^T and its kin. */
+/* acc[j] (16 rows x 8 columns each, 8 of them: 64 columns) += A(16 x HD) B where the tile
+ * holds B^T row-major (row n = column n of B): the score product S = Q K^T and its kin. */
 __device__ __forceinline__ void mma_rows_by_tile(float acc[BC / 8][4], const uint32_t a[HD / 16][4],
-                                                 const bf16 *tile, int g, int q)
+                                                 const bf16 *tile, int lane)
 {
 #pragma unroll
     for (int kc = 0; kc < HD / 16; kc++)
 #pragma unroll
-        for (int j = 0; j < BC / 8; j++)
-            mma16816(acc[j], a[kc], lds32(tile, 8 * j + g, kc * 16 + 2 * q),
-                     lds32(tile, 8 * j + g, kc * 16 + 8 + 2 * q));
+        for (int jj = 0; jj < BC / 16; jj++) {
+            uint32_t r[4];
+            mk_ldsm_x4(r, tile + (jj * 16 + (lane & 7) + (lane >> 4) * 8) * LDS + kc * 16 + ((lane >> 3) & 1) * 8);
+            mk_mma16816(acc[2 * jj], a[kc], r[0], r[1]);
+            mk_mma16816(acc[2 * jj + 1], a[kc], r[2], r[3]);
+        }
 }
 
-/* acc (16 rows x HD) += P(16 x BC, from accumulator fragments p) V where the shared tile
- * is V transposed: row d holds column d of V over the BC columns of P. */
+/* acc (16 rows x HD) += P(16 x BC, from accumulator fragments p) B where the tile holds B
+ * row-major (row k = the k-th of the BC rows P multiplies): O += P V and its kin. */
 __device__ __forceinline__ void mma_frags_by_tile(float acc[HD / 8][4], const float p[BC / 8][4],
-                                                  const bf16 *tile_t, int g, int q)
+                                                  const bf16 *tile, int lane)
 {
 #pragma unroll
     for (int kc = 0; kc < BC / 16; kc++) {
         uint32_t a[4];
-        a[0] = pack2(p[2 * kc][0], p[2 * kc][1]);
-        a[1] = pack2(p[2 * kc][2], p[2 * kc][3]);
-        a[2] = pack2(p[2 * kc + 1][0], p[2 * kc + 1][1]);
-        a[3] = pack2(p[2 * kc + 1][2], p[2 * kc + 1][3]);
+        a[0] = mk_pack_bf16x2(p[2 * kc][0], p[2 * kc][1]);
+        a[1] = mk_pack_bf16x2(p[2 * kc][2], p[2 * kc][3]);
+        a[2] = mk_pack_bf16x2(p[2 * kc + 1][0], p[2 * kc + 1][1]);
+        a[3] = mk_pack_bf16x2(p[2 * kc + 1][2], p[2 * kc + 1][3]);
 #pragma unroll
-        for (int dj = 0; dj < HD / 8; dj++)
-            mma16816(acc[dj], a, lds32(tile_t, 8 * dj + g, kc * 16 + 2 * q),
-                     lds32(tile_t, 8 * dj + g, kc * 16 + 8 + 2 * q));
+        for (int jj = 0; jj < HD / 16; jj++) {
+            uint32_t r[4];
+            mk_ldsm_x4_t(r, tile + (kc * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDS + jj * 16 + (lane >> 4) * 8);
+            mk_mma16816(acc[2 * jj], a, r[0], r[1]);
+            mk_mma16816(acc[2 * jj + 1], a, r[2], r[3]);
+        }
     }
 }
 
@@ -140,41 +123,63 @@ __device__ __forceinline__ void zero_acc(float acc[8][4])
     for (int j = 0; j < 8; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
 }
 
-/* Forward: grid (query blocks, B*H). sl2 = scale * log2(e): the softmax runs in base 2,
- * and lse is kept in that unit. */
-__global__ static void __launch_bounds__(NT) k_flash_fwd(float *out, float *lse, float *ostore,
-                                                         const float *qkv, int T, int D, int H, float sl2)
+/* Block id -> (row block, b*H + h) with the longest causal loops first: query blocks from
+ * the last (desc = 1, forward and dQ) or key blocks from the first (dK/dV). */
+__device__ __forceinline__ void block_of(int *rb, int *bh, int nrb, int BH, int desc)
 {
-    __shared__ __align__(16) bf16 Ks[BC * LDS];
-    __shared__ __align__(16) bf16 Vt[HD * LDS];
-    const int qb = blockIdx.x, bh = blockIdx.y, b = bh / H, h = bh % H;
+    const int i = (int)blockIdx.x / BH;
+    *bh = (int)blockIdx.x % BH;
+    *rb = desc ? nrb - 1 - i : i;
+}
+
+/* Forward: 1-D grid of (query blocks x B*H). sl2 = scale * log2(e): the softmax runs in
+ * base 2, and lse is kept in that unit. */
+__global__ static void __launch_bounds__(NT) k_flash_fwd(float *out, float *lse, float *ostore,
+                                                         const bf16 *qkv, int T, int D, int H,
+                                                         int nqb, float sl2)
+{
+    __shared__ __align__(16) bf16 Ks[2][TILE];
+    __shared__ __align__(16) bf16 Vs[2][TILE];
+    int qb, bh;
+    block_of(&qb, &bh, nqb, (int)gridDim.x / nqb, 1);
+    const int b = bh / H, h = bh % H;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
     const size_t ld = 3 * (size_t)D;
-    const float *base = qkv + (size_t)b * T * ld + h * HD;
+    const bf16 *base = qkv + (size_t)b * T * ld + h * HD;
     const int r0 = qb * BR + warp * 16 + g, r1 = r0 + 8;
 
+    issue_tile(Ks[0], base + D, ld, 0, T);
+    issue_tile(Vs[0], base + 2 * D, ld, 0, T);
+    mk_cp_async_commit();
     uint32_t qa[HD / 16][4];
     load_a_rows(qa, base, ld, r0, T, q);
     float o[HD / 8][4];
     zero_acc(o);
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
 
-    const int last = min(qb, (T - 1) / BC);
-    for (int kb = 0; kb <= last; kb++) {
-        __syncthreads();
-        load_tile(Ks, NULL, base + D, ld, kb * BC, T);
-        load_tile(NULL, Vt, base + 2 * D, ld, kb * BC, T);
+    /* BR == BC: the keys of blocks before qb are all at or before every row of this block,
+     * so only the diagonal block (which is also the one that can run past T) is masked. */
+    for (int kb = 0; kb <= qb; kb++) {
+        if (kb < qb) {
+            issue_tile(Ks[(kb + 1) & 1], base + D, ld, (kb + 1) * BC, T);
+            issue_tile(Vs[(kb + 1) & 1], base + 2 * D, ld, (kb + 1) * BC, T);
+        }
+        mk_cp_async_commit();
+        mk_cp_async_wait<1>();
         __syncthreads();
         float s[BC / 8][4];
         zero_acc(s);
-        mma_rows_by_tile(s, qa, Ks, g, q);
+        mma_rows_by_tile(s, qa, Ks[kb & 1], lane);
         float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
         for (int j = 0; j < BC / 8; j++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                const int key = kb * BC + 8 * j + 2 * q + (e & 1), row = e < 2 ? r0 : r1;
-                const float v = (key > row || key >= T) ? -INFINITY : s[j][e] * sl2;
+                float v = s[j][e] * sl2;
+                if (kb == qb) {
+                    const int key = kb * BC + 8 * j + 2 * q + (e & 1), row = e < 2 ? r0 : r1;
+                    if (key > row || key >= T) v = -INFINITY;
+                }
                 s[j][e] = v;
                 if (e < 2) mx0 = fmaxf(mx0, v);
                 else mx1 = fmaxf(mx1, v);
@@ -203,7 +208,8 @@ __global__ static void __launch_bounds__(NT) k_flash_fwd(float *out, float *lse,
             o[dj][0] *= al0, o[dj][1] *= al0;
             o[dj][2] *= al1, o[dj][3] *= al1;
         }
-        mma_frags_by_tile(o, s, Vt, g, q);
+        mma_frags_by_tile(o, s, Vs[kb & 1], lane);
+        __syncthreads(); /* every warp is done with this buffer before it is refilled */
     }
     l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
     l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
@@ -231,41 +237,46 @@ __global__ static void __launch_bounds__(NT) k_flash_fwd(float *out, float *lse,
     }
 }
 
-/* delta[bh, t] = sum_d dO[t, d] O[t, d]: one warp per row, a fixed shuffle tree. */
-__global__ static void k_flash_delta(float *delta, const float *dout, const float *ostore,
-                                     size_t rows, int T, int D, int H)
+/* delta[bh, t] = sum_d dO[t, d] O[t, d] (one warp per row, a fixed shuffle tree), and dO
+ * rounded to bf16 for the products. */
+__global__ static void k_flash_delta(float *delta, bf16 *dob, const float *dout,
+                                     const float *ostore, size_t rows, int T, int D, int H)
 {
     const size_t w = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
     const int lane = threadIdx.x % 32;
     if (w >= rows) return;
     const size_t bh = w / T, t = w % T, b = bh / H, h = bh % H;
-    const float *dO = dout + (b * T + t) * D + h * HD, *O = ostore + w * HD;
-    float acc = dO[lane] * O[lane] + dO[lane + 32] * O[lane + 32];
+    const size_t at = (b * T + t) * D + h * HD + 2 * lane;
+    const float2 dO = *(const float2 *)(dout + at), O = *(const float2 *)(ostore + w * HD + 2 * lane);
+    *(__nv_bfloat162 *)(dob + at) = __floats2bfloat162_rn(dO.x, dO.y);
+    float acc = dO.x * O.x + dO.y * O.y;
 #pragma unroll
     for (int off = 16; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
     if (lane == 0) delta[w] = acc;
 }
 
-/* dK, dV: grid (key blocks, B*H). The warp's 16 keys are the rows; the loop runs over the
- * query blocks at or after the key block (causal), with S^T = K Q^T recomputed and
- * P^T = exp2(S^T sl2 - lse). */
-__global__ static void __launch_bounds__(NT) k_flash_bwd_dkdv(float *dqkv, const float *qkv,
-                                                              const float *dout, const float *lse,
+/* dK, dV: 1-D grid of (key blocks x B*H). The warp's 16 keys are the rows; the loop runs
+ * over the query blocks at or after the key block (causal), with S^T = K Q^T recomputed
+ * and P^T = exp2(S^T sl2 - lse). */
+__global__ static void __launch_bounds__(NT) k_flash_bwd_dkdv(float *dqkv, const bf16 *qkv,
+                                                              const bf16 *dout, const float *lse,
                                                               const float *delta, int T, int D,
-                                                              int H, float sl2, float scale)
+                                                              int H, int nqb, float sl2, float scale)
 {
-    __shared__ __align__(16) bf16 Qs[BC * LDS];
-    __shared__ __align__(16) bf16 Qt[HD * LDS];
-    __shared__ __align__(16) bf16 Os[BC * LDS];
-    __shared__ __align__(16) bf16 Ot[HD * LDS];
-    __shared__ float sl[BC], sd[BC];
-    const int kb = blockIdx.x, bh = blockIdx.y, b = bh / H, h = bh % H;
+    __shared__ __align__(16) bf16 Qs[2][TILE];
+    __shared__ __align__(16) bf16 Os[2][TILE];
+    int kb, bh;
+    block_of(&kb, &bh, nqb, (int)gridDim.x / nqb, 0);
+    const int b = bh / H, h = bh % H;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
     const size_t ld = 3 * (size_t)D, srow = (size_t)bh * T;
-    const float *qbase = qkv + (size_t)b * T * ld + h * HD;
-    const float *dobase = dout + (size_t)b * T * D + h * HD;
+    const bf16 *qbase = qkv + (size_t)b * T * ld + h * HD;
+    const bf16 *dobase = dout + (size_t)b * T * D + h * HD;
     const int k0 = kb * BR + warp * 16 + g, k1 = k0 + 8;
 
+    issue_tile(Qs[0], qbase, ld, kb * BC, T);
+    issue_tile(Os[0], dobase, D, kb * BC, T);
+    mk_cp_async_commit();
     uint32_t ka[HD / 16][4], va[HD / 16][4];
     load_a_rows(ka, qbase + D, ld, k0, T, q);
     load_a_rows(va, qbase + 2 * D, ld, k0, T, q);
@@ -273,38 +284,46 @@ __global__ static void __launch_bounds__(NT) k_flash_bwd_dkdv(float *dqkv, const
     zero_acc(dk);
     zero_acc(dv);
 
-    const int nqb = (T + BC - 1) / BC;
     for (int qb = kb; qb < nqb; qb++) {
-        __syncthreads();
-        load_tile(Qs, Qt, qbase, ld, qb * BC, T);
-        load_tile(Os, Ot, dobase, D, qb * BC, T);
-        for (int i = threadIdx.x; i < BC; i += NT) {
-            const int t = qb * BC + i;
-            sl[i] = t < T ? lse[srow + t] : 0.f;
-            sd[i] = t < T ? delta[srow + t] : 0.f;
+        const int cur = (qb - kb) & 1;
+        if (qb + 1 < nqb) {
+            issue_tile(Qs[cur ^ 1], qbase, ld, (qb + 1) * BC, T);
+            issue_tile(Os[cur ^ 1], dobase, D, (qb + 1) * BC, T);
         }
+        mk_cp_async_commit();
+        /* this lane's queries 8j + 2q + {0, 1}: their lse and delta, 0 past T */
+        float sl[BC / 8][2], sd[BC / 8][2];
+#pragma unroll
+        for (int j = 0; j < BC / 8; j++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int qt = qb * BC + 8 * j + 2 * q + e;
+                sl[j][e] = qt < T ? lse[srow + qt] : 0.f;
+                sd[j][e] = qt < T ? delta[srow + qt] : 0.f;
+            }
+        mk_cp_async_wait<1>();
         __syncthreads();
+        const bf16 *Q = Qs[cur], *dO = Os[cur];
         float p[BC / 8][4], ds[BC / 8][4];
         zero_acc(p);
-        mma_rows_by_tile(p, ka, Qs, g, q);          /* S^T = K Q^T */
+        mma_rows_by_tile(p, ka, Q, lane);            /* S^T = K Q^T */
 #pragma unroll
         for (int j = 0; j < BC / 8; j++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                const int qi = 8 * j + 2 * q + (e & 1), qt = qb * BC + qi, key = e < 2 ? k0 : k1;
-                p[j][e] = (key > qt || qt >= T || key >= T) ? 0.f : exp2f(p[j][e] * sl2 - sl[qi]);
+                const int qt = qb * BC + 8 * j + 2 * q + (e & 1), key = e < 2 ? k0 : k1;
+                const int masked = (qb == kb && key > qt) || qt >= T || key >= T;
+                p[j][e] = masked ? 0.f : exp2f(p[j][e] * sl2 - sl[j][e & 1]);
             }
-        mma_frags_by_tile(dv, p, Ot, g, q);         /* dV += P^T dO */
+        mma_frags_by_tile(dv, p, dO, lane);          /* dV += P^T dO */
         zero_acc(ds);
-        mma_rows_by_tile(ds, va, Os, g, q);         /* dP^T = V dO^T */
+        mma_rows_by_tile(ds, va, dO, lane);          /* dP^T = V dO^T */
 #pragma unroll
         for (int j = 0; j < BC / 8; j++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int qi = 8 * j + 2 * q + (e & 1);
-                ds[j][e] = p[j][e] * (ds[j][e] - sd[qi]);
-            }
-        mma_frags_by_tile(dk, ds, Qt, g, q);        /* dK += dS^T Q (scale at the end) */
+            for (int e = 0; e < 4; e++) ds[j][e] = p[j][e] * (ds[j][e] - sd[j][e & 1]);
+        mma_frags_by_tile(dk, ds, Q, lane);          /* dK += dS^T Q (scale at the end) */
+        __syncthreads();
     }
 #pragma unroll
     for (int dj = 0; dj < HD / 8; dj++) {
@@ -322,23 +341,27 @@ __global__ static void __launch_bounds__(NT) k_flash_bwd_dkdv(float *dqkv, const
     }
 }
 
-/* dQ: grid (query blocks, B*H). The warp's 16 queries are the rows; the loop runs over the
- * key blocks up to the diagonal. */
-__global__ static void __launch_bounds__(NT) k_flash_bwd_dq(float *dqkv, const float *qkv,
-                                                            const float *dout, const float *lse,
+/* dQ: 1-D grid of (query blocks x B*H). The warp's 16 queries are the rows; the loop runs
+ * over the key blocks up to the diagonal. */
+__global__ static void __launch_bounds__(NT) k_flash_bwd_dq(float *dqkv, const bf16 *qkv,
+                                                            const bf16 *dout, const float *lse,
                                                             const float *delta, int T, int D,
-                                                            int H, float sl2, float scale)
+                                                            int H, int nqb, float sl2, float scale)
 {
-    __shared__ __align__(16) bf16 Ks[BC * LDS];
-    __shared__ __align__(16) bf16 Kt[HD * LDS];
-    __shared__ __align__(16) bf16 Vs[BC * LDS];
-    const int qb = blockIdx.x, bh = blockIdx.y, b = bh / H, h = bh % H;
+    __shared__ __align__(16) bf16 Ks[2][TILE];
+    __shared__ __align__(16) bf16 Vs[2][TILE];
+    int qb, bh;
+    block_of(&qb, &bh, nqb, (int)gridDim.x / nqb, 1);
+    const int b = bh / H, h = bh % H;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
     const size_t ld = 3 * (size_t)D, srow = (size_t)bh * T;
-    const float *qbase = qkv + (size_t)b * T * ld + h * HD;
-    const float *dobase = dout + (size_t)b * T * D + h * HD;
+    const bf16 *qbase = qkv + (size_t)b * T * ld + h * HD;
+    const bf16 *dobase = dout + (size_t)b * T * D + h * HD;
     const int r0 = qb * BR + warp * 16 + g, r1 = r0 + 8;
 
+    issue_tile(Ks[0], qbase + D, ld, 0, T);
+    issue_tile(Vs[0], qbase + 2 * D, ld, 0, T);
+    mk_cp_async_commit();
     uint32_t qa[HD / 16][4], da[HD / 16][4];
     load_a_rows(qa, qbase, ld, r0, T, q);
     load_a_rows(da, dobase, D, r0, T, q);
@@ -347,27 +370,31 @@ __global__ static void __launch_bounds__(NT) k_flash_bwd_dq(float *dqkv, const f
     float dq[HD / 8][4];
     zero_acc(dq);
 
-    const int last = min(qb, (T - 1) / BC);
-    for (int kb = 0; kb <= last; kb++) {
+    for (int kb = 0; kb <= qb; kb++) {
+        if (kb < qb) {
+            issue_tile(Ks[(kb + 1) & 1], qbase + D, ld, (kb + 1) * BC, T);
+            issue_tile(Vs[(kb + 1) & 1], qbase + 2 * D, ld, (kb + 1) * BC, T);
+        }
+        mk_cp_async_commit();
+        mk_cp_async_wait<1>();
         __syncthreads();
-        load_tile(Ks, Kt, qbase + D, ld, kb * BC, T);
-        load_tile(Vs, NULL, qbase + 2 * D, ld, kb * BC, T);
-        __syncthreads();
+        const bf16 *K = Ks[kb & 1], *V = Vs[kb & 1];
         float p[BC / 8][4], ds[BC / 8][4];
         zero_acc(p);
-        mma_rows_by_tile(p, qa, Ks, g, q);          /* S = Q K^T */
+        mma_rows_by_tile(p, qa, K, lane);            /* S = Q K^T */
         zero_acc(ds);
-        mma_rows_by_tile(ds, da, Vs, g, q);         /* dP = dO V^T */
+        mma_rows_by_tile(ds, da, V, lane);           /* dP = dO V^T */
 #pragma unroll
         for (int j = 0; j < BC / 8; j++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 const int key = kb * BC + 8 * j + 2 * q + (e & 1), row = e < 2 ? r0 : r1;
-                const float pv = (key > row || key >= T || row >= T)
-                                     ? 0.f : exp2f(p[j][e] * sl2 - (e < 2 ? lse0 : lse1));
+                const int masked = (kb == qb && (key > row || key >= T)) || row >= T;
+                const float pv = masked ? 0.f : exp2f(p[j][e] * sl2 - (e < 2 ? lse0 : lse1));
                 ds[j][e] = pv * (ds[j][e] - (e < 2 ? d0 : d1));
             }
-        mma_frags_by_tile(dq, ds, Kt, g, q);        /* dQ += dS K (scale at the end) */
+        mma_frags_by_tile(dq, ds, K, lane);          /* dQ += dS K (scale at the end) */
+        __syncthreads();
     }
 #pragma unroll
     for (int dj = 0; dj < HD / 8; dj++) {
@@ -388,12 +415,22 @@ __global__ static void __launch_bounds__(NT) k_flash_bwd_dq(float *dqkv, const f
             return MK_FAIL(MK_ERR_INTERNAL, "cuda: %s: %s", (what), cudaGetErrorString(e_)); \
     } while (0)
 
-/* The log-sum-exps, rounded up so that the output copy after them stays 16-byte aligned. */
-static size_t lse_floats(int B, int T, int H) { return ((size_t)B * H * T + 3) & ~(size_t)3; }
+/* Pieces of the state and of the backward's work area, each a multiple of 4 floats so that
+ * the ones after it stay 16-byte aligned: state = lse, output copy, bf16 qkv; work =
+ * delta, bf16 dO. */
+static size_t up4(size_t n) { return (n + 3) & ~(size_t)3; }
+static size_t lse_floats(int B, int T, int H) { return up4((size_t)B * H * T); }
+static size_t ostore_floats(int B, int T, int H) { return (size_t)B * H * T * HD; }
+static size_t bf16_floats(size_t elems) { return up4((elems + 1) / 2); }
 
 extern "C" size_t mk_flash_attn_state_floats(int B, int T, int H)
 {
-    return lse_floats(B, T, H) + (size_t)B * H * T * HD;
+    return lse_floats(B, T, H) + ostore_floats(B, T, H) + bf16_floats((size_t)B * T * 3 * H * HD);
+}
+
+extern "C" size_t mk_flash_attn_work_floats(int B, int T, int H)
+{
+    return lse_floats(B, T, H) + bf16_floats((size_t)B * T * H * HD);
 }
 
 extern "C" int mk_flash_attn_supported(int T, int D, int H)
@@ -401,8 +438,8 @@ extern "C" int mk_flash_attn_supported(int T, int D, int H)
     return H > 0 && T > 0 && D == H * HD;
 }
 
-/* float4 tile loads and float2 stores need 16-byte aligned rows (the model's arena aligns
- * every buffer to 64 bytes). */
+/* float2 and 16-byte copies need 16-byte aligned buffers (the model's arena aligns every
+ * buffer to 64 bytes). */
 static int check_aligned(const char *what, const void *a, const void *b, const void *c, const void *d)
 {
     if ((((uintptr_t)a | (uintptr_t)b | (uintptr_t)c | (uintptr_t)d) & 15) != 0)
@@ -416,8 +453,10 @@ extern "C" int mk_flash_attn_forward(float *out, float *state, const float *qkv,
     MK_CHECK(check_aligned("flash attention forward", out, state, qkv, qkv));
     const float sl2 = (float)(LOG2E / sqrt((double)HD));
     float *lse = state, *ostore = state + lse_floats(B, T, H);
-    dim3 grid((unsigned)((T + BR - 1) / BR), (unsigned)(B * H));
-    k_flash_fwd<<<grid, NT>>>(out, lse, ostore, qkv, T, D, H, sl2);
+    bf16 *qkvb = (bf16 *)(ostore + ostore_floats(B, T, H));
+    MK_CHECK(mk_cuda_round_bf16(qkvb, qkv, (size_t)B * T * 3 * D, "flash attention forward (bf16 qkv)"));
+    const int nqb = (T + BR - 1) / BR;
+    k_flash_fwd<<<(unsigned)nqb * B * H, NT>>>(out, lse, ostore, qkvb, T, D, H, nqb, sl2);
     FA_CHECK("flash attention forward");
     return MK_OK;
 }
@@ -425,18 +464,23 @@ extern "C" int mk_flash_attn_forward(float *out, float *state, const float *qkv,
 extern "C" int mk_flash_attn_backward(float *dqkv, float *work, const float *dout, const float *qkv,
                                       const float *state, int B, int T, int D, int H)
 {
+    (void)qkv; /* the forward's bf16 copy in state is what the products use */
     if (B <= 0 || T <= 0) return MK_OK;
-    MK_CHECK(check_aligned("flash attention backward", dqkv, dout, qkv, state));
+    MK_CHECK(check_aligned("flash attention backward", dqkv, dout, work, state));
     const double scale = 1.0 / sqrt((double)HD);
     const float sl2 = (float)(LOG2E * scale);
     const float *lse = state, *ostore = state + lse_floats(B, T, H);
+    const bf16 *qkvb = (const bf16 *)(ostore + ostore_floats(B, T, H));
+    float *delta = work;
+    bf16 *dob = (bf16 *)(work + lse_floats(B, T, H));
     const size_t rows = (size_t)B * H * T;
-    k_flash_delta<<<(unsigned)((rows * 32 + 255) / 256), 256>>>(work, dout, ostore, rows, T, D, H);
+    k_flash_delta<<<(unsigned)((rows * 32 + 255) / 256), 256>>>(delta, dob, dout, ostore, rows, T, D, H);
     FA_CHECK("flash attention backward (row sums)");
-    dim3 grid((unsigned)((T + BR - 1) / BR), (unsigned)(B * H));
-    k_flash_bwd_dkdv<<<grid, NT>>>(dqkv, qkv, dout, lse, work, T, D, H, sl2, (float)scale);
+    const int nqb = (T + BR - 1) / BR;
+    const unsigned blocks = (unsigned)nqb * B * H;
+    k_flash_bwd_dkdv<<<blocks, NT>>>(dqkv, qkvb, dob, lse, delta, T, D, H, nqb, sl2, (float)scale);
     FA_CHECK("flash attention backward (dK, dV)");
-    k_flash_bwd_dq<<<grid, NT>>>(dqkv, qkv, dout, lse, work, T, D, H, sl2, (float)scale);
+    k_flash_bwd_dq<<<blocks, NT>>>(dqkv, qkvb, dob, lse, delta, T, D, H, nqb, sl2, (float)scale);
     FA_CHECK("flash attention backward (dQ)");
     return MK_OK;
 }

@@ -24,8 +24,11 @@ extern "C" {
 #define MK_FLASH_HD 64
 
 /* Floats of per-layer state the forward keeps for the backward: the log-sum-exp of every
- * row (B*H*T) and a copy of the output per head (B*H*T*64). */
+ * row (B*H*T), a copy of the output per head (B*H*T*64) and Q, K, V rounded to bf16. */
 size_t mk_flash_attn_state_floats(int B, int T, int H);
+
+/* Floats of work area the backward needs: the row sums of dO * O and dO rounded to bf16. */
+size_t mk_flash_attn_work_floats(int B, int T, int H);
 
 /* 1 when the kernels take this shape (head size 64), 0 when the caller must use its
  * general path. Buffers must be 16-byte aligned (MK_ERR_INTERNAL otherwise). */
@@ -34,8 +37,8 @@ int mk_flash_attn_supported(int T, int D, int H);
 /* out = softmax(scale Q K^T, causal) V per head; state: mk_flash_attn_state_floats. */
 int mk_flash_attn_forward(float *out, float *state, const float *qkv, int B, int T, int D, int H);
 
-/* dqkv (every column written) from dout and the forward's qkv and state; work holds B*H*T
- * floats (the row sums of dO * O). */
+/* dqkv (every column written) from dout and the forward's state (its bf16 copy of qkv is
+ * what the products use; qkv itself is not read); work: mk_flash_attn_work_floats. */
 int mk_flash_attn_backward(float *dqkv, float *work, const float *dout, const float *qkv,
                            const float *state, int B, int T, int D, int H);
 

@@ -1,11 +1,14 @@
 /* mk_grouped_gemm.cu - expert GEMMs on bf16 tensor cores in one launch: see mk_grouped_gemm.h.
  *
- * A block computes a 128 x 128 tile of one expert's output with 8 warps (2 x 4, each
- * 64 x 32) and mma.sync m16n8k16 (bf16 in, fp32 accumulate), two blocks per SM. The
- * reduction runs in steps of 32. fp32 operands: each thread loads its share of the next
+ * A block computes a 128 x 128 tile of one expert's output with mma.sync m16n8k16 (bf16
+ * in, fp32 accumulate), two blocks per SM. bf16 operands: 4 warps (2 x 2) of 64 x 64 each;
+ * fp32 operands: 8 warps (2 x 4) of 64 x 32, which leaves registers for the staging. A
+ * 64 x 64 warp tile reads 8 fragments from shared memory per 32 products where 64 x 32
+ * reads 6 per 16: shared-memory bandwidth, not the tensor cores, bounds the narrower one.
+ * The reduction runs in steps of 32. fp32 operands: each thread loads its share of the next
  * step into registers while the warps multiply the current step out of shared memory,
  * then rounds it to bf16 into the other of two shared buffers. bf16 operands (the fused
- * expert FFN): cp.async copies them straight into shared memory, three steps in flight.
+ * expert FFN): cp.async copies them straight into shared memory, four steps in flight.
  * Operands are staged in their memory layout -- k contiguous ([outer][k]) or outer
  * contiguous ([k][outer]) -- and ldmatrix (.trans for the second) turns either into mma
  * fragments, so no form needs a transposing copy. Rows of shared tiles are padded by 8
@@ -32,10 +35,12 @@ extern "C" {
 #include "mk_error.h"
 }
 #include "mk_grouped_gemm.h"
+#include "mk_mma.h"
 
 #define BM 128          /* tile rows (m) and columns (n): the two outer extents are equal */
 #define BK 32           /* reduction step */
-#define NT 256          /* threads: 8 warps */
+#define NT 256          /* threads of the fp32-operand kernels: 8 warps of 64 x 32 */
+#define NT16 128        /* threads of the bf16-operand kernels: 4 warps of 64 x 64 */
 #define LDK (BK + 8)    /* padded row of a k-contiguous tile [outer][k] */
 #define LDO (BM + 8)    /* padded row of an outer-contiguous tile [k][outer] */
 #define TILE (BM * LDK) /* elements of one staged tile (the larger of BM*LDK and BK*LDO) */
@@ -53,36 +58,6 @@ typedef struct gg_table {
 
 static_assert(TILE >= BK * LDO, "a staged tile must fit either layout");
 static_assert(sizeof(gg_table) < 4000, "the expert table must fit the kernel argument space");
-
-__device__ __forceinline__ void mma16816(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
-{
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ void ldsm_x4(uint32_t r[4], const bf16 *p)
-{
-    const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a));
-}
-
-__device__ __forceinline__ void ldsm_x4_t(uint32_t r[4], const bf16 *p)
-{
-    const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a));
-}
-
-__device__ __forceinline__ uint32_t pack2(float lo, float hi)
-{
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *(uint32_t *)&v;
-}
 
 /* This thread's float4 chunks of one operand's step: outer index o0..o0+127 (bounded by
  * olim), reduction index k0..k0+31 (bounded by klim). KC: element (o, k) at P[o*ld + k];
@@ -110,52 +85,52 @@ __device__ __forceinline__ void store_step(bf16 *tile, const float4 r[CHUNKS])
     for (int j = 0; j < CHUNKS; j++) {
         const int c = threadIdx.x + j * NT;
         uint2 w;
-        w.x = pack2(r[j].x, r[j].y);
-        w.y = pack2(r[j].z, r[j].w);
+        w.x = mk_pack_bf16x2(r[j].x, r[j].y);
+        w.y = mk_pack_bf16x2(r[j].z, r[j].w);
         if (KC) *(uint2 *)(tile + (c >> 3) * LDK + (c & 7) * 4) = w;
         else *(uint2 *)(tile + (c >> 5) * LDO + (c & 31) * 4) = w;
     }
 }
 
-/* acc (the warp's 64 x 32) += the step's A (128 x 32) times B (32 x 128). Fragment layouts
- * of m16n8k16: A's four 8 x 8 pieces are (m 0-7, k 0-7), (m 8-15, k 0-7), (m 0-7, k 8-15),
- * (m 8-15, k 8-15); B's two are k 0-7 and k 8-15 of 8 columns. Lanes 8q..8q+7 give the row
- * addresses of piece q. */
-template <bool A_KC, bool B_KC>
-__device__ __forceinline__ void mma_step(float acc[4][4][4], const bf16 *As, const bf16 *Bs, int wm,
-                                         int wn, int lane)
+/* acc (the warp's 64 x 16 WJ) += the step's A (128 x 32) times B (32 x 128); warp (wm, wn)
+ * of a 2 x (8 / WJ) grid. Fragment layouts of m16n8k16: A's four 8 x 8 pieces are
+ * (m 0-7, k 0-7), (m 8-15, k 0-7), (m 0-7, k 8-15), (m 8-15, k 8-15); B's two are k 0-7
+ * and k 8-15 of 8 columns. Lanes 8q..8q+7 give the row addresses of piece q. */
+template <bool A_KC, bool B_KC, int WJ>
+__device__ __forceinline__ void mma_step(float acc[4][2 * WJ][4], const bf16 *As, const bf16 *Bs,
+                                         int wm, int wn, int lane)
 {
 #pragma unroll
     for (int kk = 0; kk < BK; kk += 16) {
-        uint32_t a[4][4], b[4][2];
+        uint32_t a[4][4], b[2 * WJ][2];
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             const int mb = wm * 64 + i * 16;
-            if (A_KC) ldsm_x4(a[i], As + (mb + (lane & 15)) * LDK + kk + (lane >> 4) * 8);
-            else ldsm_x4_t(a[i], As + (kk + (lane & 7) + (lane >> 4) * 8) * LDO + mb + ((lane >> 3) & 1) * 8);
+            if (A_KC) mk_ldsm_x4(a[i], As + (mb + (lane & 15)) * LDK + kk + (lane >> 4) * 8);
+            else mk_ldsm_x4_t(a[i], As + (kk + (lane & 7) + (lane >> 4) * 8) * LDO + mb + ((lane >> 3) & 1) * 8);
         }
 #pragma unroll
-        for (int j = 0; j < 2; j++) {
-            const int nb = wn * 32 + j * 16;
+        for (int j = 0; j < WJ; j++) {
+            const int nb = wn * 16 * WJ + j * 16;
             uint32_t r[4];
-            if (B_KC) ldsm_x4(r, Bs + (nb + (lane & 7) + (lane >> 4) * 8) * LDK + kk + ((lane >> 3) & 1) * 8);
-            else ldsm_x4_t(r, Bs + (kk + (lane & 7) + ((lane >> 3) & 1) * 8) * LDO + nb + (lane >> 4) * 8);
+            if (B_KC) mk_ldsm_x4(r, Bs + (nb + (lane & 7) + (lane >> 4) * 8) * LDK + kk + ((lane >> 3) & 1) * 8);
+            else mk_ldsm_x4_t(r, Bs + (kk + (lane & 7) + ((lane >> 3) & 1) * 8) * LDO + nb + (lane >> 4) * 8);
             b[2 * j][0] = r[0], b[2 * j][1] = r[1];
             b[2 * j + 1][0] = r[2], b[2 * j + 1][1] = r[3];
         }
 #pragma unroll
         for (int i = 0; i < 4; i++)
 #pragma unroll
-            for (int j = 0; j < 4; j++) mma16816(acc[i][j], a[i], b[j][0], b[j][1]);
+            for (int j = 0; j < 2 * WJ; j++) mk_mma16816(acc[i][j], a[i], b[j][0], b[j][1]);
     }
 }
 
-__device__ __forceinline__ void zero_acc(float acc[4][4][4])
+template <int NJ> __device__ __forceinline__ void zero_acc(float acc[4][NJ][4])
 {
 #pragma unroll
     for (int i = 0; i < 4; i++)
 #pragma unroll
-        for (int j = 0; j < 4; j++) acc[i][j][0] = acc[i][j][1] = acc[i][j][2] = acc[i][j][3] = 0.f;
+        for (int j = 0; j < NJ; j++) acc[i][j][0] = acc[i][j][1] = acc[i][j][2] = acc[i][j][3] = 0.f;
 }
 
 /* The block's tile: acc = A[m0.., :klim] B[:klim, n0..] in steps of BK, in order. */
@@ -166,7 +141,7 @@ __device__ __forceinline__ void tile_product(float acc[4][4][4], bf16 *smem, con
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int wm = warp >> 2, wn = warp & 3;
-    zero_acc(acc);
+    zero_acc<4>(acc);
     const int nk = (klim + BK - 1) / BK;
     if (nk == 0) return;
     /* buffer s: A at smem + 2 s TILE, B right after it */
@@ -184,7 +159,7 @@ __device__ __forceinline__ void tile_product(float acc[4][4][4], bf16 *smem, con
             load_step<B_KC>(rb, B, ldb, n0, nlim, (kt + 1) * BK, klim);
         }
         bf16 *use = smem + 2 * cur * TILE, *fill = smem + 2 * (cur ^ 1) * TILE;
-        mma_step<A_KC, B_KC>(acc, use, use + TILE, wm, wn, lane);
+        mma_step<A_KC, B_KC, 2>(acc, use, use + TILE, wm, wn, lane);
         if (more) {
             store_step<A_KC>(fill, ra);
             store_step<B_KC>(fill + TILE, rb);
@@ -196,41 +171,25 @@ __device__ __forceinline__ void tile_product(float acc[4][4][4], bf16 *smem, con
 /* bf16 operands: cp.async copies 16-byte chunks straight into shared memory (no register
  * staging), STAGES steps in flight, so the loads of later steps overlap the products of
  * this one. Chunks past a bound are zero-filled by the copy itself (source size 0). */
-#define STAGES 3
+#define STAGES 4
 #define STAGE_ELEMS (2 * TILE)
 #define SMEM_BF16 (STAGES * STAGE_ELEMS * (int)sizeof(bf16))
 #define SMEM_F32 (4 * TILE * (int)sizeof(bf16))
 
-__device__ __forceinline__ void cp_async16(bf16 *dst, const bf16 *src, int bytes)
-{
-    const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(bytes));
-}
-
-__device__ __forceinline__ void cp_async_commit(void)
-{
-    asm volatile("cp.async.commit_group;\n" ::);
-}
-
-template <int N> __device__ __forceinline__ void cp_async_wait(void)
-{
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
-/* One operand's step as 512 chunks of 8 elements, 2 per thread; layouts as load_step. */
+/* One operand's step as 512 chunks of 8 elements, 4 per thread; layouts as load_step. */
 template <bool KC>
 __device__ __forceinline__ void issue_step(bf16 *tile, const bf16 *P, int ld, int o0, int olim, int k0,
                                            int klim)
 {
 #pragma unroll
-    for (int j = 0; j < 2; j++) {
-        const int c = threadIdx.x + j * NT;
+    for (int j = 0; j < BM * BK / 8 / NT16; j++) {
+        const int c = threadIdx.x + j * NT16;
         int o, k, so;
         if (KC) o = o0 + (c >> 2), k = k0 + (c & 3) * 8, so = (c >> 2) * LDK + (c & 3) * 8;
         else k = k0 + (c >> 4), o = o0 + (c & 15) * 8, so = (c >> 4) * LDO + (c & 15) * 8;
         const int ok = o < olim && k < klim;
         const bf16 *src = ok ? P + (KC ? (size_t)o * ld + k : (size_t)k * ld + o) : P;
-        cp_async16(tile + so, src, ok ? 16 : 0);
+        mk_cp_async16(tile + so, src, ok ? 16 : 0);
     }
 }
 
@@ -252,12 +211,12 @@ __device__ __forceinline__ void issue_src(bf16 *st, const gg_src &s, int m0, int
  * one pass, for products whose two halves sit in different buffers (dx = da1 W1^T +
  * da3 W3^T). A partial last step of s1 is zero-filled past its bound. */
 template <bool A_KC, bool B_KC>
-__device__ __forceinline__ void tile_product(float acc[4][4][4], bf16 *smem, const gg_src &s1,
+__device__ __forceinline__ void tile_product(float acc[4][8][4], bf16 *smem, const gg_src &s1,
                                              const gg_src &s2, int m0, int mlim, int n0, int nlim)
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int wm = warp >> 2, wn = warp & 3;
-    zero_acc(acc);
+    const int wm = warp >> 1, wn = warp & 1;
+    zero_acc<8>(acc);
     const int nk1 = (s1.klim + BK - 1) / BK, nk = nk1 + (s2.klim + BK - 1) / BK;
 #pragma unroll
     for (int st = 0; st < STAGES - 1; st++) {
@@ -265,11 +224,11 @@ __device__ __forceinline__ void tile_product(float acc[4][4][4], bf16 *smem, con
             if (st < nk1) issue_src<A_KC, B_KC>(smem + st * STAGE_ELEMS, s1, m0, mlim, n0, nlim, st * BK);
             else issue_src<A_KC, B_KC>(smem + st * STAGE_ELEMS, s2, m0, mlim, n0, nlim, (st - nk1) * BK);
         }
-        cp_async_commit();
+        mk_cp_async_commit();
     }
     for (int kt = 0; kt < nk; kt++) {
         /* step kt has landed; every warp is done with the stage the next issue refills */
-        cp_async_wait<STAGES - 2>();
+        mk_cp_async_wait<STAGES - 2>();
         __syncthreads();
         const int nxt = kt + STAGES - 1;
         if (nxt < nk) {
@@ -277,11 +236,11 @@ __device__ __forceinline__ void tile_product(float acc[4][4][4], bf16 *smem, con
             if (nxt < nk1) issue_src<A_KC, B_KC>(st, s1, m0, mlim, n0, nlim, nxt * BK);
             else issue_src<A_KC, B_KC>(st, s2, m0, mlim, n0, nlim, (nxt - nk1) * BK);
         }
-        cp_async_commit();
+        mk_cp_async_commit();
         const bf16 *use = smem + (kt % STAGES) * STAGE_ELEMS;
-        mma_step<A_KC, B_KC>(acc, use, use + TILE, wm, wn, lane);
+        mma_step<A_KC, B_KC, 4>(acc, use, use + TILE, wm, wn, lane);
     }
-    cp_async_wait<0>();
+    mk_cp_async_wait<0>();
 }
 
 /* Output pair (v.x, v.y) at p: fp32 with C = v + beta C, or bf16 (beta is 0 there). */
@@ -300,10 +259,18 @@ __device__ __forceinline__ void put2(bf16 *p, float2 v, float beta)
     *(__nv_bfloat162 *)p = __floats2bfloat162_rn(v.x, v.y);
 }
 
+/* The warp layout of an operand type: threads, 8-column accumulator groups per warp (NJ)
+ * and warps along n (WN). */
+template <typename T> struct gg_cfg {
+    static constexpr int threads = sizeof(T) == 4 ? NT : NT16;
+    static constexpr int NJ = sizeof(T) == 4 ? 4 : 8;
+    static constexpr int WN = BM / (8 * NJ);
+};
+
 /* Accumulator (i, j, h) of this lane sits at row wm*64 + i*16 + g + 8*(h/2), columns
- * wn*32 + j*8 + 2q + {0, 1} of the tile, g = lane / 4, q = lane % 4. */
+ * wn*8*NJ + j*8 + 2q + {0, 1} of the tile, g = lane / 4, q = lane % 4. */
 template <typename T, typename TC, bool B_KC>
-__global__ static void __launch_bounds__(NT, 2) k_gg_rows(TC *C, const T *A, const T *W, const T *A2,
+__global__ static void __launch_bounds__(gg_cfg<T>::threads, 2) k_gg_rows(TC *C, const T *A, const T *W, const T *A2,
                                                           const T *W2, int K2, const gg_table t,
                                                           int K, int N, float beta)
 {
@@ -318,7 +285,8 @@ __global__ static void __launch_bounds__(NT, 2) k_gg_rows(TC *C, const T *A, con
     const int e = lo, nt = (N + BM - 1) / BM, local = b - t.first[e];
     const int m0 = (local / nt) * BM, n0 = (local % nt) * BM;
     const int r0 = t.offs[e], rows = t.offs[e + 1] - r0;
-    float acc[4][4][4];
+    constexpr int NJ = gg_cfg<T>::NJ, WN = gg_cfg<T>::WN;
+    float acc[4][NJ][4];
     if constexpr (sizeof(T) == 4) {
         tile_product<true, B_KC>(acc, smem, A + (size_t)r0 * K, K, m0, rows, W + (size_t)e * K * N,
                                  B_KC ? K : N, n0, N, K);
@@ -329,7 +297,7 @@ __global__ static void __launch_bounds__(NT, 2) k_gg_rows(TC *C, const T *A, con
         tile_product<true, B_KC>(acc, smem, s1, s2, m0, rows, n0, N);
     }
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int wm = warp >> 2, wn = warp & 3, g = lane >> 2, q = lane & 3;
+    const int wm = warp / WN, wn = warp % WN, g = lane >> 2, q = lane & 3;
 #pragma unroll
     for (int i = 0; i < 4; i++)
 #pragma unroll
@@ -338,8 +306,8 @@ __global__ static void __launch_bounds__(NT, 2) k_gg_rows(TC *C, const T *A, con
             if (row >= rows) continue;
             TC *Crow = C + (size_t)(r0 + row) * N;
 #pragma unroll
-            for (int j = 0; j < 4; j++) {
-                const int col = n0 + wn * 32 + j * 8 + 2 * q;
+            for (int j = 0; j < NJ; j++) {
+                const int col = n0 + wn * 8 * NJ + j * 8 + 2 * q;
                 if (col >= N) continue;
                 put2(Crow + col, make_float2(acc[i][j][2 * h], acc[i][j][2 * h + 1]), beta);
             }
@@ -355,7 +323,7 @@ __global__ static void __launch_bounds__(NT, 2) k_gg_rows(TC *C, const T *A, con
 #define WG_CHUNK 2048
 
 template <typename T>
-__global__ static void __launch_bounds__(NT, 2) k_gg_wgrad(float *dW, float *ws, const T *A,
+__global__ static void __launch_bounds__(gg_cfg<T>::threads, 2) k_gg_wgrad(float *dW, float *ws, const T *A,
                                                            const T *dC, const gg_table t, int K, int N)
 {
     extern __shared__ __align__(16) bf16 smem[];
@@ -371,7 +339,8 @@ __global__ static void __launch_bounds__(NT, 2) k_gg_wgrad(float *dW, float *ws,
     const int m0 = (local / nt) * BM, n0 = (local % nt) * BM;
     const int r0 = t.offs[e] + (u - t.first[e]) * WG_CHUNK;
     const int rows = min(t.offs[e + 1] - r0, WG_CHUNK);
-    float acc[4][4][4];
+    constexpr int NJ = gg_cfg<T>::NJ, WN = gg_cfg<T>::WN;
+    float acc[4][NJ][4];
     if constexpr (sizeof(T) == 4) {
         tile_product<false, false>(acc, smem, A + (size_t)r0 * K, K, m0, K, dC + (size_t)r0 * N, N,
                                    n0, N, rows);
@@ -381,7 +350,7 @@ __global__ static void __launch_bounds__(NT, 2) k_gg_wgrad(float *dW, float *ws,
         tile_product<false, false>(acc, smem, s1, s2, m0, K, n0, N);
     }
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int wm = warp >> 2, wn = warp & 3, g = lane >> 2, q = lane & 3;
+    const int wm = warp / WN, wn = warp % WN, g = lane >> 2, q = lane & 3;
     float *out = chunks == 1 ? dW + (size_t)e * K * N : ws + (size_t)u * K * N;
 #pragma unroll
     for (int i = 0; i < 4; i++)
@@ -390,8 +359,8 @@ __global__ static void __launch_bounds__(NT, 2) k_gg_wgrad(float *dW, float *ws,
             const int row = m0 + wm * 64 + i * 16 + g + 8 * h;
             if (row >= K) continue;
 #pragma unroll
-            for (int j = 0; j < 4; j++) {
-                const int col = n0 + wn * 32 + j * 8 + 2 * q;
+            for (int j = 0; j < NJ; j++) {
+                const int col = n0 + wn * 8 * NJ + j * 8 + 2 * q;
                 if (col >= N) continue;
                 float2 *p = (float2 *)(out + (size_t)row * N + col);
                 float2 v = make_float2(acc[i][j][2 * h], acc[i][j][2 * h + 1]);
@@ -480,10 +449,10 @@ static int rows_launch(TC *C, const T *A, const T *W, const T *A2, const T *W2, 
     const int smem = sizeof(T) == 4 ? SMEM_F32 : SMEM_BF16;
     if (trans_w) {
         MK_CHECK(smem_attr(k_gg_rows<T, TC, true>, smem, what));
-        k_gg_rows<T, TC, true><<<(unsigned)blocks, NT, smem>>>(C, A, W, A2, W2, K2, t, K, N, beta);
+        k_gg_rows<T, TC, true><<<(unsigned)blocks, gg_cfg<T>::threads, smem>>>(C, A, W, A2, W2, K2, t, K, N, beta);
     } else {
         MK_CHECK(smem_attr(k_gg_rows<T, TC, false>, smem, what));
-        k_gg_rows<T, TC, false><<<(unsigned)blocks, NT, smem>>>(C, A, W, A2, W2, K2, t, K, N, beta);
+        k_gg_rows<T, TC, false><<<(unsigned)blocks, gg_cfg<T>::threads, smem>>>(C, A, W, A2, W2, K2, t, K, N, beta);
     }
     return launched(what);
 }
@@ -523,7 +492,7 @@ static int wgrad_launch(float *dW, float *ws, size_t ws_floats, const T *A, cons
     if (tiles * units > 0x7fffffffL) return MK_FAIL(MK_ERR_INTERNAL, "%s: %ld blocks", what, tiles * units);
     const int smem = sizeof(T) == 4 ? SMEM_F32 : SMEM_BF16;
     MK_CHECK(smem_attr(k_gg_wgrad<T>, smem, what));
-    k_gg_wgrad<T><<<(unsigned)(tiles * units), NT, smem>>>(dW, ws, A, dC, t, K, N);
+    k_gg_wgrad<T><<<(unsigned)(tiles * units), gg_cfg<T>::threads, smem>>>(dW, ws, A, dC, t, K, N);
     MK_CHECK(launched(what));
     if (!split) return MK_OK;
     const size_t KN = (size_t)K * N;

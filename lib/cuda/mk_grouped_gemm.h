@@ -44,7 +44,7 @@ int mk_grouped_gemm_wgrad(float *dW, float *ws, size_t ws_floats, const float *A
                           const int *offs_host, int E, int K, int N);
 
 /* The same with bf16 operands (A, W, dC: __nv_bfloat16 arrays, 16-byte aligned), copied
- * to shared memory with cp.async in a three-stage pipeline: what the fused expert FFN
+ * to shared memory with cp.async in a four-stage pipeline: what the fused expert FFN
  * (mk_expert_ffn.cu) runs. K and N multiples of 8. The rows form writes C as bf16 when
  * c_bf16 (beta must be 0 then), else fp32 with C = result + beta * C. With A2 and W2 (else
  * NULL) it adds a second product over K2 more columns in the same pass: C = A W[e] +
