@@ -60,6 +60,12 @@ if [ "${MOEKIT_GEMM_BENCH:-0}" = 1 ]; then
     >>"$out/build.log" 2>&1 && ./tests/gpu/gemm_bench >"$out/gemm-bench.txt" 2>&1
   cat "$out/gemm-bench.txt"
 fi
+# MOEKIT_KERNEL_BENCH=1: the backend's own kernels at bench-s shapes (tests/gpu/kernel_bench.c).
+if [ "${MOEKIT_KERNEL_BENCH:-0}" = 1 ]; then
+  { make tests/gpu/kernel_bench >>"$out/build.log" 2>&1 && ./tests/gpu/kernel_bench &&
+    ./tests/gpu/kernel_bench skew; } >"$out/kernel-bench.txt" 2>&1
+  cat "$out/kernel-bench.txt"
+fi
 # The benchmark (MOEKIT_GPU_BENCH=0 skips it): bench-s.ini on 1 and 2 GPUs and PyTorch.
 if [ "${MOEKIT_GPU_BENCH:-1}" != 0 ]; then
   PYTHON_TORCH=$(sed -n 's/^PYTHON_TORCH = //p' Makefile) top_builddir=$PWD top_srcdir=$PWD \

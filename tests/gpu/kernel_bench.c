@@ -1,0 +1,158 @@
+/* kernel_bench.c - time the CUDA backend's own kernels at schedules/bench-s.ini's shapes.
+ *
+ * One layer's expert FFN products (64 experts, 8 of them for each of 16384 tokens, d_model
+ * 768, expert hidden size 256), the bf16 rounding they need, and the fused attention
+ * (16 x 1024 tokens, 12 heads of 64): ms per call and TFLOP/s, to see which kernel holds
+ * the step back (the op profile of moe-train only shows whole ops). Routing is uniform
+ * (2048 rows per expert) or, with "skew", one expert gets a quarter of the rows as in
+ * early training-> Not a test: numbers only. Built by `make tests/gpu/kernel_bench` in a
+ * CUDA build; tests/gpu/run.sh runs it with MOEKIT_KERNEL_BENCH=1.
+ */
+#ifdef HAVE_CONFIG_H
+#include "config->h"
+#endif
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string->h>
+
+#include <cuda_runtime.h>
+
+#include "mk_error.h"
+#include "mk_bf16.h"
+#include "mk_flash_attn.h"
+#include "mk_grouped_gemm.h"
+
+enum { E = 64, TOPK = 8, TOKENS = 16384, DM = 768, FF = 256, B = 16, T = 1024, H = 12, REPS = 10 };
+
+static void *dev(size_t bytes)
+{
+    void *p = NULL;
+    if (cudaMalloc(&p, bytes) != cudaSuccess) {
+        fprintf(stderr, "kernel_bench: cudaMalloc of %zu bytes failed\n", bytes);
+        exit(1);
+    }
+    cudaMemset(p, 0, bytes);
+    return p;
+}
+
+/* Random fp32 values in [-s, s) on the device. */
+static float *drand(size_t n, float s)
+{
+    float *h = malloc(n * sizeof *h), *d = dev(n * sizeof *h);
+    if (!h) exit(1);
+    unsigned x = 12345u + (unsigned)n;
+    for (size_t i = 0; i < n; i++) {
+        x = x * 1664525u + 1013904223u;
+        h[i] = ((x >> 8) / 16777216.0f - 0.5f) * 2 * s;
+    }
+    cudaMemcpy(d, h, n * sizeof *h, cudaMemcpyHostToDevice);
+    free(h);
+    return d;
+}
+
+/* The buffers every job reads or writes. */
+typedef struct bufs {
+    int offs[E + 1];
+    float *xp, *y, *dw, *ws, *qkv, *out, *state, *dqkv, *work, *dout;
+    void *xb, *wb, *w2b, *hb, *db, *d3b, *yb;
+    size_t wsn;
+} bufs;
+
+typedef int (*job_fn)(const bufs *g);
+typedef struct job {
+    const char *name;
+    double flop;
+    job_fn fn;
+} job;
+
+static int j_round(const bufs *g) { return mk_cuda_round_bf16(g->xb, g->xp, (size_t)g->offs[E] * DM, "round"); }
+static int j_a1(const bufs *g) { return mk_grouped_gemm_rows_bf16(g->hb, 1, g->xb, g->wb, NULL, NULL, 0, g->offs, E, DM, FF, 0, 0.f); }
+static int j_down(const bufs *g) { return mk_grouped_gemm_rows_bf16(g->y, 0, g->hb, g->w2b, NULL, NULL, 0, g->offs, E, FF, DM, 0, 0.f); }
+static int j_dh(const bufs *g) { return mk_grouped_gemm_rows_bf16(g->hb, 1, g->yb, g->w2b, NULL, NULL, 0, g->offs, E, DM, FF, 1, 0.f); }
+static int j_dx(const bufs *g) { return mk_grouped_gemm_rows_bf16(g->y, 0, g->db, g->wb, g->d3b, g->wb, FF, g->offs, E, FF, DM, 1, 0.f); }
+static int j_dw2(const bufs *g) { return mk_grouped_gemm_wgrad_bf16(g->dw, g->ws, g->wsn, g->hb, g->yb, g->offs, E, FF, DM); }
+static int j_dw1(const bufs *g) { return mk_grouped_gemm_wgrad_bf16(g->dw, g->ws, g->wsn, g->xb, g->db, g->offs, E, DM, FF); }
+static int j_att_f(const bufs *g) { return mk_flash_attn_forward(g->out, g->state, g->qkv, B, T, DM, H); }
+static int j_att_b(const bufs *g) { return mk_flash_attn_backward(g->dqkv, g->work, g->dout, g->qkv, g->state, B, T, DM, H); }
+
+static void run(const job *j, const bufs *g)
+{
+    cudaEvent_t a, b;
+    cudaEventCreate(&a);
+    cudaEventCreate(&b);
+    if (j->fn(g) != MK_OK || cudaDeviceSynchronize() != cudaSuccess) {
+        printf("%-44s failed\n", j->name);
+        return;
+    }
+    cudaEventRecord(a, 0);
+    for (int r = 0; r < REPS; r++) j->fn(g);
+    cudaEventRecord(b, 0);
+    cudaEventSynchronize(b);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, a, b);
+    ms /= REPS;
+    if (j->flop > 0) printf("%-44s %8.3f ms  %6.1f TFLOP/s\n", j->name, ms, j->flop / ms / 1e9);
+    else printf("%-44s %8.3f ms\n", j->name, ms);
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+}
+
+int main(int argc, char **argv)
+{
+    const int skew = argc > 1 && strcmp(argv[1], "skew") == 0;
+    bufs all, *g = &all;
+    memset(g, 0, sizeof *g);
+    const int R = TOKENS * TOPK;
+    g->offs[0] = 0;
+    for (int e = 0; e < E; e++) {
+        int rows = R / E;
+        if (skew) rows = e == 0 ? R / 4 : (R - R / 4) / (E - 1) + (e <= (R - R / 4) % (E - 1) ? 1 : 0);
+        g->offs[e + 1] = g->offs[e] + rows;
+    }
+    g->offs[E] = R;
+    const size_t nx = (size_t)R * DM, nh = (size_t)R * FF, nw = (size_t)E * DM * FF;
+    g->xp = drand(nx, 1);
+    g->y = dev(nx * 4);
+    g->xb = dev(nx * 2);
+    g->yb = dev(nx * 2);
+    g->hb = dev(nh * 2);
+    g->db = dev(nh * 2);
+    g->d3b = dev(nh * 2);
+    g->wb = dev(nw * 2);
+    g->w2b = dev(nw * 2);
+    g->dw = dev(nw * 4);
+    g->wsn = mk_grouped_gemm_wgrad_ws_floats(g->offs, E, DM, FF);
+    g->ws = dev((g->wsn ? g->wsn : 1) * 4);
+    mk_cuda_round_bf16(g->xb, g->xp, nx, "x");
+    mk_cuda_round_bf16(g->yb, g->xp, nx, "dy");
+    mk_cuda_round_bf16(g->wb, g->xp, nw, "w");
+    mk_cuda_round_bf16(g->w2b, g->xp + nw, nw, "w2");
+    mk_cuda_round_bf16(g->hb, g->xp, nh, "h");
+    mk_cuda_round_bf16(g->db, g->xp + nh, nh, "da1");
+    mk_cuda_round_bf16(g->d3b, g->xp + 2 * nh, nh, "da3");
+    const size_t nqkv = (size_t)B * T * 3 * DM, nout = (size_t)B * T * DM;
+    g->qkv = drand(nqkv, 1);
+    g->out = dev(nout * 4);
+    g->dout = drand(nout, 1);
+    g->dqkv = dev(nqkv * 4);
+    g->state = dev(mk_flash_attn_state_floats(B, T, H) * 4);
+    g->work = dev(mk_flash_attn_work_floats(B, T, H) * 4);
+
+    const double ffn = 2.0 * R * DM * FF;                 /* one of the three expert products */
+    const double att = 4.0 * B * H * (double)T * T * 64 / 2; /* causal: half the square */
+    const job jobs[] = {
+        {"round expert input rows to bf16 (R x 768)", 0, j_round},
+        {"fwd a1 = x W1 (bf16 out, K 768, N 256)", ffn, j_a1},
+        {"fwd y = h W2 (fp32 out, K 256, N 768)", ffn, j_down},
+        {"bwd dh = dy W2^T (bf16 out, K 768, N 256)", ffn, j_dh},
+        {"bwd dx = da1 W1^T + da3 W3^T (K 2x256)", 2 * ffn, j_dx},
+        {"bwd dW2 += h^T dy (K 256, N 768)", ffn, j_dw2},
+        {"bwd dW1 += x^T da1 (K 768, N 256)", ffn, j_dw1},
+        {"attention forward (16 x 1024, 12 heads)", att, j_att_f},
+        {"attention backward", 2.5 * att, j_att_b},
+    };
+    printf("kernel_bench: %s routing, %d rows over %d experts\n", skew ? "skewed (one expert 1/4)" : "uniform", R, E);
+    for (size_t i = 0; i < sizeof jobs / sizeof jobs[0]; i++) run(&jobs[i], g);
+    return 0;
+}
