@@ -5,16 +5,16 @@
  * (16 x 1024 tokens, 12 heads of 64): ms per call and TFLOP/s, to see which kernel holds
  * the step back (the op profile of moe-train only shows whole ops). Routing is uniform
  * (2048 rows per expert) or, with "skew", one expert gets a quarter of the rows as in
- * early training-> Not a test: numbers only. Built by `make tests/gpu/kernel_bench` in a
+ * early training. Not a test: numbers only. Built by `make tests/gpu/kernel_bench` in a
  * CUDA build; tests/gpu/run.sh runs it with MOEKIT_KERNEL_BENCH=1.
  */
 #ifdef HAVE_CONFIG_H
-#include "config->h"
+#include "config.h"
 #endif
 
 #include <stdio.h>
 #include <stdlib.h>
-#include <string->h>
+#include <string.h>
 
 #include <cuda_runtime.h>
 
