@@ -1,12 +1,10 @@
 /* mk_grouped_gemm.cu - expert GEMMs on bf16 tensor cores in one launch: see mk_grouped_gemm.h.
  *
- * A block of 8 warps (2 along m, 4 along n) computes a tile of one expert's output with
- * mma.sync m16n8k16 (bf16 in, fp32 accumulate). bf16 operands: 128 x 256 tiles, warps of
- * 64 x 64, one block per SM. The tile size is set by L2 bandwidth, not the tensor cores:
- * a block reads (128 + BN) k-columns from L2 per 2 x 128 x BN flops, and at 128 x 128 the
- * expert GEMMs ran at 70% of L2 throughput and 45% of SM throughput (Nsight Compute on an
- * H200); 128 x 256 cuts the L2 traffic per flop by a third. fp32 operands (staged through
- * registers, so fewer accumulators fit): 128 x 128 tiles, warps of 64 x 32, two blocks per SM.
+ * A block computes a 128 x 128 tile of one expert's output with mma.sync m16n8k16 (bf16
+ * in, fp32 accumulate), two blocks per SM. bf16 operands: 4 warps (2 x 2) of 64 x 64 each;
+ * fp32 operands: 8 warps (2 x 4) of 64 x 32, which leaves registers for the staging. A
+ * 64 x 64 warp tile reads 8 fragments from shared memory per 32 products where 64 x 32
+ * reads 6 per 16: shared-memory bandwidth, not the tensor cores, bounds the narrower one.
  * The reduction runs in steps of 32. fp32 operands: each thread loads its share of the next
  * step into registers while the warps multiply the current step out of shared memory,
  * then rounds it to bf16 into the other of two shared buffers. bf16 operands (the fused
@@ -16,7 +14,7 @@
  * fragments, so no form needs a transposing copy. Rows of shared tiles are padded by 8
  * elements, which puts the 8 row addresses of every ldmatrix phase on 8 bank groups.
  *
- * The forward forms (C = A W_e or A W_e^T) give every expert ceil(rows / 128) x ceil(N / BN)
+ * The forward forms (C = A W_e or A W_e^T) give every expert ceil(rows / 128) x ceil(N / 128)
  * blocks, numbered expert by expert; a block finds its expert by binary search in the
  * table of first blocks, which travels as a kernel argument (no upload). The weight
  * gradient reduces over an expert's rows, in chunks of at most 2048 rows per block so that
@@ -39,18 +37,14 @@ extern "C" {
 #include "mk_grouped_gemm.h"
 #include "mk_mma.h"
 
-#define BM 128          /* tile rows (m) */
-#define BN 128          /* tile columns (n) of the fp32-operand kernels */
-#define BN16 256        /* tile columns (n) of the bf16-operand kernels */
+#define BM 128          /* tile rows (m) and columns (n): the two outer extents are equal */
 #define BK 32           /* reduction step */
-#define NT 256          /* threads: 8 warps, 2 along m and 4 along n */
+#define NT 256          /* threads of the fp32-operand kernels: 8 warps of 64 x 32 */
+#define NT16 128        /* threads of the bf16-operand kernels: 4 warps of 64 x 64 */
 #define LDK (BK + 8)    /* padded row of a k-contiguous tile [outer][k] */
-#define LDO (BM + 8)    /* padded row of an outer-contiguous tile [k][outer] of 128 */
-#define TILE (BM * LDK) /* elements of one staged 128-wide tile (BM*LDK >= BK*LDO) */
+#define LDO (BM + 8)    /* padded row of an outer-contiguous tile [k][outer] */
+#define TILE (BM * LDK) /* elements of one staged tile (the larger of BM*LDK and BK*LDO) */
 #define CHUNKS (BM * BK / 4 / NT) /* float4 loads per thread per operand and step */
-
-/* Elements of a staged tile of `outer` rows or columns, either layout. */
-#define TILE_OF(outer) ((outer) * LDK > BK * ((outer) + 8) ? (outer) * LDK : BK * ((outer) + 8))
 
 typedef __nv_bfloat16 bf16;
 
@@ -62,7 +56,7 @@ typedef struct gg_table {
     int E;
 } gg_table;
 
-static_assert(TILE == TILE_OF(BM) && TILE_OF(BN) == TILE, "fp32 tiles are 128 x 128");
+static_assert(TILE >= BK * LDO, "a staged tile must fit either layout");
 static_assert(sizeof(gg_table) < 4000, "the expert table must fit the kernel argument space");
 
 /* This thread's float4 chunks of one operand's step: outer index o0..o0+127 (bounded by
@@ -98,13 +92,14 @@ __device__ __forceinline__ void store_step(bf16 *tile, const float4 r[CHUNKS])
     }
 }
 
-/* acc (the warp's 64 x 16 WJ) += the step's A (128 x 32) times B (32 x BN_); warp (wm, wn)
- * of a 2 x 4 grid. Lanes 8q..8q+7 give the row addresses of fragment piece q (mk_mma.h). */
-template <bool A_KC, bool B_KC, int WJ, int BN_>
+/* acc (the warp's 64 x 16 WJ) += the step's A (128 x 32) times B (32 x 128); warp (wm, wn)
+ * of a 2 x (8 / WJ) grid. Fragment layouts of m16n8k16: A's four 8 x 8 pieces are
+ * (m 0-7, k 0-7), (m 8-15, k 0-7), (m 0-7, k 8-15), (m 8-15, k 8-15); B's two are k 0-7
+ * and k 8-15 of 8 columns. Lanes 8q..8q+7 give the row addresses of piece q. */
+template <bool A_KC, bool B_KC, int WJ>
 __device__ __forceinline__ void mma_step(float acc[4][2 * WJ][4], const bf16 *As, const bf16 *Bs,
                                          int wm, int wn, int lane)
 {
-    constexpr int LDB = BN_ + 8;
 #pragma unroll
     for (int kk = 0; kk < BK; kk += 16) {
         uint32_t a[4][4], b[2 * WJ][2];
@@ -119,7 +114,7 @@ __device__ __forceinline__ void mma_step(float acc[4][2 * WJ][4], const bf16 *As
             const int nb = wn * 16 * WJ + j * 16;
             uint32_t r[4];
             if (B_KC) mk_ldsm_x4(r, Bs + (nb + (lane & 7) + (lane >> 4) * 8) * LDK + kk + ((lane >> 3) & 1) * 8);
-            else mk_ldsm_x4_t(r, Bs + (kk + (lane & 7) + ((lane >> 3) & 1) * 8) * LDB + nb + (lane >> 4) * 8);
+            else mk_ldsm_x4_t(r, Bs + (kk + (lane & 7) + ((lane >> 3) & 1) * 8) * LDO + nb + (lane >> 4) * 8);
             b[2 * j][0] = r[0], b[2 * j][1] = r[1];
             b[2 * j + 1][0] = r[2], b[2 * j + 1][1] = r[3];
         }
@@ -164,7 +159,7 @@ __device__ __forceinline__ void tile_product(float acc[4][4][4], bf16 *smem, con
             load_step<B_KC>(rb, B, ldb, n0, nlim, (kt + 1) * BK, klim);
         }
         bf16 *use = smem + 2 * cur * TILE, *fill = smem + 2 * (cur ^ 1) * TILE;
-        mma_step<A_KC, B_KC, 2, BN>(acc, use, use + TILE, wm, wn, lane);
+        mma_step<A_KC, B_KC, 2>(acc, use, use + TILE, wm, wn, lane);
         if (more) {
             store_step<A_KC>(fill, ra);
             store_step<B_KC>(fill + TILE, rb);
@@ -177,23 +172,21 @@ __device__ __forceinline__ void tile_product(float acc[4][4][4], bf16 *smem, con
  * staging), STAGES steps in flight, so the loads of later steps overlap the products of
  * this one. Chunks past a bound are zero-filled by the copy itself (source size 0). */
 #define STAGES 4
-#define TILE_B16 TILE_OF(BN16)
-#define STAGE_ELEMS (TILE + TILE_B16)
+#define STAGE_ELEMS (2 * TILE)
 #define SMEM_BF16 (STAGES * STAGE_ELEMS * (int)sizeof(bf16))
 #define SMEM_F32 (4 * TILE * (int)sizeof(bf16))
 
-/* One operand's step (OUTER x 32) as chunks of 8 elements; layouts as load_step. */
-template <bool KC, int OUTER>
+/* One operand's step as 512 chunks of 8 elements, 4 per thread; layouts as load_step. */
+template <bool KC>
 __device__ __forceinline__ void issue_step(bf16 *tile, const bf16 *P, int ld, int o0, int olim, int k0,
                                            int klim)
 {
-    constexpr int LD = OUTER + 8, ROW = OUTER / 8;
 #pragma unroll
-    for (int j = 0; j < OUTER * BK / 8 / NT; j++) {
-        const int c = threadIdx.x + j * NT;
+    for (int j = 0; j < BM * BK / 8 / NT16; j++) {
+        const int c = threadIdx.x + j * NT16;
         int o, k, so;
         if (KC) o = o0 + (c >> 2), k = k0 + (c & 3) * 8, so = (c >> 2) * LDK + (c & 3) * 8;
-        else k = k0 + c / ROW, o = o0 + (c % ROW) * 8, so = (c / ROW) * LD + (c % ROW) * 8;
+        else k = k0 + (c >> 4), o = o0 + (c & 15) * 8, so = (c >> 4) * LDO + (c & 15) * 8;
         const int ok = o < olim && k < klim;
         const bf16 *src = ok ? P + (KC ? (size_t)o * ld + k : (size_t)k * ld + o) : P;
         mk_cp_async16(tile + so, src, ok ? 16 : 0);
@@ -210,8 +203,8 @@ template <bool A_KC, bool B_KC>
 __device__ __forceinline__ void issue_src(bf16 *st, const gg_src &s, int m0, int mlim, int n0, int nlim,
                                           int k0)
 {
-    issue_step<A_KC, BM>(st, s.A, s.lda, m0, mlim, k0, s.klim);
-    issue_step<B_KC, BN16>(st + TILE, s.B, s.ldb, n0, nlim, k0, s.klim);
+    issue_step<A_KC>(st, s.A, s.lda, m0, mlim, k0, s.klim);
+    issue_step<B_KC>(st + TILE, s.B, s.ldb, n0, nlim, k0, s.klim);
 }
 
 /* The reduction runs over s1's steps, then s2's (s2.klim = 0: none): C = A1 B1 + A2 B2 in
@@ -222,7 +215,7 @@ __device__ __forceinline__ void tile_product(float acc[4][8][4], bf16 *smem, con
                                              const gg_src &s2, int m0, int mlim, int n0, int nlim)
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int wm = warp >> 2, wn = warp & 3;
+    const int wm = warp >> 1, wn = warp & 1;
     zero_acc<8>(acc);
     const int nk1 = (s1.klim + BK - 1) / BK, nk = nk1 + (s2.klim + BK - 1) / BK;
 #pragma unroll
@@ -245,7 +238,7 @@ __device__ __forceinline__ void tile_product(float acc[4][8][4], bf16 *smem, con
         }
         mk_cp_async_commit();
         const bf16 *use = smem + (kt % STAGES) * STAGE_ELEMS;
-        mma_step<A_KC, B_KC, 4, BN16>(acc, use, use + TILE, wm, wn, lane);
+        mma_step<A_KC, B_KC, 4>(acc, use, use + TILE, wm, wn, lane);
     }
     mk_cp_async_wait<0>();
 }
@@ -269,17 +262,15 @@ __device__ __forceinline__ void put2(bf16 *p, float2 v, float beta)
 /* The warp layout of an operand type: threads, 8-column accumulator groups per warp (NJ)
  * and warps along n (WN). */
 template <typename T> struct gg_cfg {
-    static constexpr int threads = NT;
-    static constexpr int BNT = sizeof(T) == 4 ? BN : BN16;  /* tile columns */
+    static constexpr int threads = sizeof(T) == 4 ? NT : NT16;
     static constexpr int NJ = sizeof(T) == 4 ? 4 : 8;
-    static constexpr int WN = 4;
-    static constexpr int blocks_per_sm = sizeof(T) == 4 ? 2 : 1;
+    static constexpr int WN = BM / (8 * NJ);
 };
 
 /* Accumulator (i, j, h) of this lane sits at row wm*64 + i*16 + g + 8*(h/2), columns
  * wn*8*NJ + j*8 + 2q + {0, 1} of the tile, g = lane / 4, q = lane % 4. */
 template <typename T, typename TC, bool B_KC>
-__global__ static void __launch_bounds__(gg_cfg<T>::threads, gg_cfg<T>::blocks_per_sm) k_gg_rows(TC *C, const T *A, const T *W, const T *A2,
+__global__ static void __launch_bounds__(gg_cfg<T>::threads, 2) k_gg_rows(TC *C, const T *A, const T *W, const T *A2,
                                                           const T *W2, int K2, const gg_table t,
                                                           int K, int N, float beta)
 {
@@ -291,9 +282,8 @@ __global__ static void __launch_bounds__(gg_cfg<T>::threads, gg_cfg<T>::blocks_p
         if (t.first[mid] <= b) lo = mid;
         else hi = mid;
     }
-    constexpr int BNT = gg_cfg<T>::BNT;
-    const int e = lo, nt = (N + BNT - 1) / BNT, local = b - t.first[e];
-    const int m0 = (local / nt) * BM, n0 = (local % nt) * BNT;
+    const int e = lo, nt = (N + BM - 1) / BM, local = b - t.first[e];
+    const int m0 = (local / nt) * BM, n0 = (local % nt) * BM;
     const int r0 = t.offs[e], rows = t.offs[e + 1] - r0;
     constexpr int NJ = gg_cfg<T>::NJ, WN = gg_cfg<T>::WN;
     float acc[4][NJ][4];
@@ -333,12 +323,11 @@ __global__ static void __launch_bounds__(gg_cfg<T>::threads, gg_cfg<T>::blocks_p
 #define WG_CHUNK 2048
 
 template <typename T>
-__global__ static void __launch_bounds__(gg_cfg<T>::threads, gg_cfg<T>::blocks_per_sm) k_gg_wgrad(float *dW, float *ws, const T *A,
+__global__ static void __launch_bounds__(gg_cfg<T>::threads, 2) k_gg_wgrad(float *dW, float *ws, const T *A,
                                                            const T *dC, const gg_table t, int K, int N)
 {
     extern __shared__ __align__(16) bf16 smem[];
-    constexpr int BNT = gg_cfg<T>::BNT;
-    const int nt = (N + BNT - 1) / BNT, tiles = ((K + BM - 1) / BM) * nt;
+    const int nt = (N + BM - 1) / BM, tiles = ((K + BM - 1) / BM) * nt;
     const int u = blockIdx.x / tiles, local = blockIdx.x % tiles;
     int lo = 0, hi = t.E;
     while (hi - lo > 1) {
@@ -347,7 +336,7 @@ __global__ static void __launch_bounds__(gg_cfg<T>::threads, gg_cfg<T>::blocks_p
         else hi = mid;
     }
     const int e = lo, chunks = t.first[e + 1] - t.first[e];
-    const int m0 = (local / nt) * BM, n0 = (local % nt) * BNT;
+    const int m0 = (local / nt) * BM, n0 = (local % nt) * BM;
     const int r0 = t.offs[e] + (u - t.first[e]) * WG_CHUNK;
     const int rows = min(t.offs[e + 1] - r0, WG_CHUNK);
     constexpr int NJ = gg_cfg<T>::NJ, WN = gg_cfg<T>::WN;
@@ -448,7 +437,7 @@ static int rows_launch(TC *C, const T *A, const T *W, const T *A2, const T *W2, 
 {
     gg_table t;
     MK_CHECK(table_offs(&t, what, offs_host, E));
-    const long nt = (N + gg_cfg<T>::BNT - 1) / gg_cfg<T>::BNT;
+    const long nt = (N + BM - 1) / BM;
     long blocks = 0;
     for (int e = 0; e < E; e++) {
         t.first[e] = (int)blocks;
@@ -499,7 +488,7 @@ static int wgrad_launch(float *dW, float *ws, size_t ws_floats, const T *A, cons
     if (units == 0) return MK_OK;
     if (split && ws_floats < (size_t)units * K * N)
         return MK_FAIL(MK_ERR_INTERNAL, "%s: workspace of %zu floats too small", what, ws_floats);
-    const long tiles = (long)((K + BM - 1) / BM) * ((N + gg_cfg<T>::BNT - 1) / gg_cfg<T>::BNT);
+    const long tiles = (long)((K + BM - 1) / BM) * ((N + BM - 1) / BM);
     if (tiles * units > 0x7fffffffL) return MK_FAIL(MK_ERR_INTERNAL, "%s: %ld blocks", what, tiles * units);
     const int smem = sizeof(T) == 4 ? SMEM_F32 : SMEM_BF16;
     MK_CHECK(smem_attr(k_gg_wgrad<T>, smem, what));
