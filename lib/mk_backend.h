@@ -32,6 +32,15 @@
 
 typedef struct mk_backend mk_backend;
 
+/* Rows gathered from token rows as permute_rows does: row r is w * src[row_slot[r] / K, :]
+ * with w = weights[row_slot[r]], or 1 when weights is NULL (the fused expert FFN's input). */
+typedef struct mk_rows_gather {
+    const mk_real *src;
+    const int32_t *row_slot;
+    const mk_real *weights;
+    int K;
+} mk_rows_gather;
+
 typedef struct mk_backend_ops {
     const char *name;
     int host_memory;    /* 1 when backend memory is ordinary host memory (the CPU backend) */
@@ -143,20 +152,23 @@ typedef struct mk_backend_ops {
 
     /* --- expert FFN, fused (optional) --------------------------------------------- */
     /* y = (silu(xp W1) * (xp W3)) W2 per expert, rows grouped by expert as in grouped_matmul
-     * (R = offs_host[E] rows; W1, W3 [E, D, F], W2 [E, F, D]); the same result as
-     * mk_expert_ffn_forward_ops. a1, a3, hact [R, F] hold what the backward needs, in a
-     * format of the backend's choosing. NULL: the model runs the op sequence. */
+     * (R = offs_host[E] rows; W1, W3 [E, D, F], W2 [E, F, D]), where the input rows xp
+     * [R, D] are gathered from the tokens as x says (permute_rows); the same result as
+     * mk_expert_ffn_forward_ops. xp, a1, a3, hact [R, F] hold what the backward needs, in a
+     * format of the backend's choosing (a backend that rounds its operands can gather
+     * straight into the rounded form). NULL: the model runs the op sequence. */
     int (*expert_ffn_forward)(mk_backend *be, mk_real *y, mk_real *a1, mk_real *a3, mk_real *hact,
-                              const mk_real *xp, const mk_real *w1, const mk_real *w3,
-                              const mk_real *w2, const int *offs_host, int E, int D, int F);
-    /* dxp written, dw1, dw3, dw2 accumulated (+=) from dy and the forward's state;
-     * dhact, da1, da3 [R, F] are scratch. */
+                              mk_real *xp, const mk_rows_gather *x, const mk_real *w1,
+                              const mk_real *w3, const mk_real *w2, const int *offs_host, int E,
+                              int D, int F);
+    /* dxp written, dw1, dw3, dw2 accumulated (+=) from the output gradient rows dy [R, D],
+     * gathered as dout says, and the forward's state; dy, dhact, da1, da3 are scratch. */
     int (*expert_ffn_backward)(mk_backend *be, mk_real *dxp, mk_real *dw1, mk_real *dw3,
                                mk_real *dw2, mk_real *dhact, mk_real *da1, mk_real *da3,
-                               const mk_real *dy, const mk_real *xp, const mk_real *a1,
-                               const mk_real *a3, const mk_real *hact, const mk_real *w1,
-                               const mk_real *w3, const mk_real *w2, const int *offs_host, int E,
-                               int D, int F);
+                               mk_real *dy, const mk_rows_gather *dout, const mk_real *xp,
+                               const mk_real *a1, const mk_real *a3, const mk_real *hact,
+                               const mk_real *w1, const mk_real *w3, const mk_real *w2,
+                               const int *offs_host, int E, int D, int F);
 
     /* --- output layer, fused (optional) ------------------------------------------ */
     /* logits [N, V] = x W^T with tied (W = wte [V, D]), else x W (W = lm_head [D, V]);
@@ -206,14 +218,15 @@ int mk_grouped_matmul_wgrad_by_expert(mk_backend *be, mk_real *dW, const mk_real
 /* The expert FFN as a sequence of grouped_matmul, swiglu and grouped_matmul_wgrad calls
  * (the semantics of ops->expert_ffn_forward / _backward, for backends without them). */
 int mk_expert_ffn_forward_ops(mk_backend *be, mk_real *y, mk_real *a1, mk_real *a3, mk_real *hact,
-                              const mk_real *xp, const mk_real *w1, const mk_real *w3,
-                              const mk_real *w2, const int *offs_host, int E, int D, int F);
+                              mk_real *xp, const mk_rows_gather *x, const mk_real *w1,
+                              const mk_real *w3, const mk_real *w2, const int *offs_host, int E,
+                              int D, int F);
 int mk_expert_ffn_backward_ops(mk_backend *be, mk_real *dxp, mk_real *dw1, mk_real *dw3,
                                mk_real *dw2, mk_real *dhact, mk_real *da1, mk_real *da3,
-                               const mk_real *dy, const mk_real *xp, const mk_real *a1,
-                               const mk_real *a3, const mk_real *hact, const mk_real *w1,
-                               const mk_real *w3, const mk_real *w2, const int *offs_host, int E,
-                               int D, int F);
+                               mk_real *dy, const mk_rows_gather *dout, const mk_real *xp,
+                               const mk_real *a1, const mk_real *a3, const mk_real *hact,
+                               const mk_real *w1, const mk_real *w3, const mk_real *w2,
+                               const int *offs_host, int E, int D, int F);
 
 /* The output layer as matmul + cross_entropy calls (the semantics of ops->output_forward
  * / _backward, for backends without them). */

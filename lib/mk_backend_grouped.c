@@ -48,12 +48,14 @@ int mk_grouped_matmul_wgrad_by_expert(mk_backend *be, mk_real *dW, const mk_real
 }
 
 int mk_expert_ffn_forward_ops(mk_backend *be, mk_real *y, mk_real *a1, mk_real *a3, mk_real *hact,
-                              const mk_real *xp, const mk_real *w1, const mk_real *w3,
-                              const mk_real *w2, const int *offs_host, int E, int D, int F)
+                              mk_real *xp, const mk_rows_gather *x, const mk_real *w1,
+                              const mk_real *w3, const mk_real *w2, const int *offs_host, int E,
+                              int D, int F)
 {
     const mk_backend_ops *o = be->ops;
     MK_CHECK(check_offs("expert_ffn_forward", offs_host, E));
     const size_t rows = E > 0 ? (size_t)offs_host[E] : 0;
+    MK_CHECK(o->permute_rows(be, xp, x->src, x->row_slot, x->weights, (int)rows, x->K, D));
     MK_CHECK(o->grouped_matmul(be, a1, xp, w1, offs_host, E, D, F, 0, 0));
     MK_CHECK(o->grouped_matmul(be, a3, xp, w3, offs_host, E, D, F, 0, 0));
     MK_CHECK(o->swiglu_forward(be, hact, a1, a3, rows * F));
@@ -63,14 +65,15 @@ int mk_expert_ffn_forward_ops(mk_backend *be, mk_real *y, mk_real *a1, mk_real *
 
 int mk_expert_ffn_backward_ops(mk_backend *be, mk_real *dxp, mk_real *dw1, mk_real *dw3,
                                mk_real *dw2, mk_real *dhact, mk_real *da1, mk_real *da3,
-                               const mk_real *dy, const mk_real *xp, const mk_real *a1,
-                               const mk_real *a3, const mk_real *hact, const mk_real *w1,
-                               const mk_real *w3, const mk_real *w2, const int *offs_host, int E,
-                               int D, int F)
+                               mk_real *dy, const mk_rows_gather *dout, const mk_real *xp,
+                               const mk_real *a1, const mk_real *a3, const mk_real *hact,
+                               const mk_real *w1, const mk_real *w3, const mk_real *w2,
+                               const int *offs_host, int E, int D, int F)
 {
     const mk_backend_ops *o = be->ops;
     MK_CHECK(check_offs("expert_ffn_backward", offs_host, E));
     const size_t rows = E > 0 ? (size_t)offs_host[E] : 0;
+    MK_CHECK(o->permute_rows(be, dy, dout->src, dout->row_slot, dout->weights, (int)rows, dout->K, D));
     MK_CHECK(o->grouped_matmul(be, dhact, dy, w2, offs_host, E, D, F, 1, 0));
     MK_CHECK(o->grouped_matmul_wgrad(be, dw2, hact, dy, offs_host, E, F, D));
     MK_CHECK(o->swiglu_backward(be, da1, da3, dhact, a1, a3, rows * F));

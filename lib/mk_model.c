@@ -404,32 +404,34 @@ int mk_model_zero_grad(mk_model *m)
 /* ------------------------------------------------------------------ experts */
 
 int mk_expert_ffn_forward(mk_model *m, const layer_params *p, const int *offs, int nexp, int rows,
-                          const mk_real *xp, mk_real *a1, mk_real *a3, mk_real *hact, mk_real *y)
+                          const mk_rows_gather *x, mk_real *xp, mk_real *a1, mk_real *a3,
+                          mk_real *hact, mk_real *y)
 {
     mk_backend *be = m->be;
     if (nexp > 0 && offs[nexp] != rows)
         return MK_FAIL(MK_ERR_INTERNAL, "expert FFN: %d rows, offsets end at %d", rows, offs[nexp]);
     if (be->ops->expert_ffn_forward)
-        return be->ops->expert_ffn_forward(be, y, a1, a3, hact, xp, p->w1, p->w3, p->w2, offs,
+        return be->ops->expert_ffn_forward(be, y, a1, a3, hact, xp, x, p->w1, p->w3, p->w2, offs,
                                            nexp, m->D, m->F);
-    return mk_expert_ffn_forward_ops(be, y, a1, a3, hact, xp, p->w1, p->w3, p->w2, offs, nexp,
+    return mk_expert_ffn_forward_ops(be, y, a1, a3, hact, xp, x, p->w1, p->w3, p->w2, offs, nexp,
                                      m->D, m->F);
 }
 
 int mk_expert_ffn_backward(mk_model *m, const layer_params *p, layer_params *g, const int *offs,
-                           int nexp, int rows, const mk_real *xp, const mk_real *a1, const mk_real *a3,
-                           const mk_real *hact, const mk_real *dy, mk_real *dhact, mk_real *da1,
-                           mk_real *da3, mk_real *dxp)
+                           int nexp, int rows, const mk_rows_gather *dout, mk_real *dy,
+                           const mk_real *xp, const mk_real *a1, const mk_real *a3,
+                           const mk_real *hact, mk_real *dhact, mk_real *da1, mk_real *da3,
+                           mk_real *dxp)
 {
     mk_backend *be = m->be;
     if (nexp > 0 && offs[nexp] != rows)
         return MK_FAIL(MK_ERR_INTERNAL, "expert FFN: %d rows, offsets end at %d", rows, offs[nexp]);
     if (be->ops->expert_ffn_backward)
-        return be->ops->expert_ffn_backward(be, dxp, g->w1, g->w3, g->w2, dhact, da1, da3, dy, xp,
-                                            a1, a3, hact, p->w1, p->w3, p->w2, offs, nexp, m->D,
-                                            m->F);
-    return mk_expert_ffn_backward_ops(be, dxp, g->w1, g->w3, g->w2, dhact, da1, da3, dy, xp, a1,
-                                      a3, hact, p->w1, p->w3, p->w2, offs, nexp, m->D, m->F);
+        return be->ops->expert_ffn_backward(be, dxp, g->w1, g->w3, g->w2, dhact, da1, da3, dy, dout,
+                                            xp, a1, a3, hact, p->w1, p->w3, p->w2, offs, nexp,
+                                            m->D, m->F);
+    return mk_expert_ffn_backward_ops(be, dxp, g->w1, g->w3, g->w2, dhact, da1, da3, dy, dout, xp,
+                                      a1, a3, hact, p->w1, p->w3, p->w2, offs, nexp, m->D, m->F);
 }
 
 /* ------------------------------------------------------------------ forward */
@@ -498,8 +500,9 @@ static int moe_block_forward(mk_model *m, int l, const layer_params *p, layer_ac
     if (m->ep > 1) {
         MK_CHECK(mk_moe_ep_forward(m, l, p, a, N, out));
     } else {
-        MK_CHECK(o->permute_rows(be, a->xp, a->ln2, a->row_slot, NULL, R, K, D));
-        MK_CHECK(mk_expert_ffn_forward(m, p, a->offs_host, E, R, a->xp, a->a1, a->a3, a->hact, a->y));
+        const mk_rows_gather x = {a->ln2, a->row_slot, NULL, K};
+        MK_CHECK(mk_expert_ffn_forward(m, p, a->offs_host, E, R, &x, a->xp, a->a1, a->a3, a->hact,
+                                       a->y));
         MK_CHECK(o->unpermute_add(be, out, a->y, a->slot_row, a->gates, N, K, D));
     }
     if (Fs > 0) {
@@ -614,9 +617,9 @@ static int moe_block_backward(mk_model *m, int l, const layer_params *p, layer_p
         MK_CHECK(mk_moe_ep_backward(m, l, p, g, a, N));
     } else {
         MK_CHECK(o->combine_backward_gates(be, s->dgates, s->dresid, a->y, a->slot_row, N, K, D));
-        MK_CHECK(o->permute_rows(be, s->dy, s->dresid, a->row_slot, a->gates, R, K, D));
-        MK_CHECK(mk_expert_ffn_backward(m, p, g, offs, E, R, a->xp, a->a1, a->a3, a->hact, s->dy,
-                                        s->dhact, s->da1, s->da3, s->dxp));
+        const mk_rows_gather dout = {s->dresid, a->row_slot, a->gates, K};
+        MK_CHECK(mk_expert_ffn_backward(m, p, g, offs, E, R, &dout, s->dy, a->xp, a->a1, a->a3,
+                                        a->hact, s->dhact, s->da1, s->da3, s->dxp));
         MK_CHECK(o->unpermute_add(be, s->dln, s->dxp, a->slot_row, NULL, N, K, D));
     }
 

@@ -102,14 +102,18 @@ struct mk_model {
 };
 
 
-/* Expert FFN over rows grouped by (local) expert: y = (silu(x w1) * (x w3)) w2. */
+/* Expert FFN over rows grouped by (local) expert: y = (silu(x w1) * (x w3)) w2, the rows
+ * gathered from tokens as x says into xp (kept, with a1, a3, hact, for the backward). */
 int mk_expert_ffn_forward(mk_model *m, const layer_params *p, const int *offs, int nexp, int rows,
-                          const mk_real *xp, mk_real *a1, mk_real *a3, mk_real *hact, mk_real *y);
-/* Its backward from dy: weight gradients accumulate into g, dxp is written. */
+                          const mk_rows_gather *x, mk_real *xp, mk_real *a1, mk_real *a3,
+                          mk_real *hact, mk_real *y);
+/* Its backward from the output gradient rows gathered as dout says (into the scratch dy):
+ * weight gradients accumulate into g, dxp is written. */
 int mk_expert_ffn_backward(mk_model *m, const layer_params *p, layer_params *g, const int *offs,
-                           int nexp, int rows, const mk_real *xp, const mk_real *a1, const mk_real *a3,
-                           const mk_real *hact, const mk_real *dy, mk_real *dhact, mk_real *da1,
-                           mk_real *da3, mk_real *dxp);
+                           int nexp, int rows, const mk_rows_gather *dout, mk_real *dy,
+                           const mk_real *xp, const mk_real *a1, const mk_real *a3,
+                           const mk_real *hact, mk_real *dhact, mk_real *da1, mk_real *da3,
+                           mk_real *dxp);
 
 /* Expert parallelism (mk_moe_ep.c). Forward: from the layer's routing (topk, gates,
  * slot_row of route_plan over all E experts), send tokens to the ranks of their experts,

@@ -648,23 +648,32 @@ static void test_grouped_bf16(mk_backend *bf)
 static void one_expert_ffn_bf16(mk_backend *bf, int E, int Dm, int F, const int *offs)
 {
     const size_t R = (size_t)offs[E], W = (size_t)E * Dm * F;
-    float *xp = Hrand(R * Dm, 1), *w1 = Hrand(W, 0.2), *w3 = Hrand(W, 0.2), *w2 = Hrand(W, 0.2);
-    float *dy = Hrand(R * Dm, 1), *dw0 = Hrand(3 * W, 0.1);
+    /* rows gathered from N tokens of K choices each, as the model's routing does; the
+     * output gradient rows weighted by gates */
+    const int K = 3, N = (int)R / 2 + 1;
+    int32_t *slot = (int32_t *)Hf(R > 0 ? R : 1);
+    for (size_t r = 0; r < R; r++) slot[r] = rnd_below(N * K);
+    float *x = Hrand((size_t)N * Dm, 1), *dout = Hrand((size_t)N * Dm, 1), *gates = Hrand((size_t)N * K, 1);
+    float *w1 = Hrand(W, 0.2), *w3 = Hrand(W, 0.2), *w2 = Hrand(W, 0.2), *dw0 = Hrand(3 * W, 0.1);
+    float *xp = Hf(R * Dm), *dy = Hf(R * Dm);
     float *y = Hf(R * Dm), *a1 = Hf(R * F), *a3 = Hf(R * F), *h = Hf(R * F), *dxp = Hf(R * Dm);
     float *dh = Hf(R * F), *da1 = Hf(R * F), *da3 = Hf(R * F), *dw = Hf(3 * W);
     memcpy(dw, dw0, 3 * W * sizeof *dw);
-    int r1 = mk_expert_ffn_forward_ops(cpu, y, a1, a3, h, xp, w1, w3, w2, offs, E, Dm, F);
+    const mk_rows_gather hx = {x, slot, NULL, K}, hd = {dout, slot, gates, K};
+    int r1 = mk_expert_ffn_forward_ops(cpu, y, a1, a3, h, xp, &hx, w1, w3, w2, offs, E, Dm, F);
     if (r1 == MK_OK)
-        r1 = mk_expert_ffn_backward_ops(cpu, dxp, dw, dw + W, dw + 2 * W, dh, da1, da3, dy, xp, a1,
-                                        a3, h, w1, w3, w2, offs, E, Dm, F);
-    float *gx = D(xp, R * Dm * 4), *g1 = D(w1, W * 4), *g3 = D(w3, W * 4), *g2 = D(w2, W * 4);
-    float *gdy = D(dy, R * Dm * 4), *gdw = D(dw0, 3 * W * 4);
+        r1 = mk_expert_ffn_backward_ops(cpu, dxp, dw, dw + W, dw + 2 * W, dh, da1, da3, dy, &hd, xp,
+                                        a1, a3, h, w1, w3, w2, offs, E, Dm, F);
+    float *g1 = D(w1, W * 4), *g3 = D(w3, W * 4), *g2 = D(w2, W * 4), *gdw = D(dw0, 3 * W * 4);
+    const mk_rows_gather gxs = {D(x, (size_t)N * Dm * 4), (const int32_t *)D(slot, R * 4 + 4), NULL, K};
+    const mk_rows_gather gds = {D(dout, (size_t)N * Dm * 4), gxs.row_slot, D(gates, (size_t)N * K * 4), K};
+    float *gx = Dz(R * Dm * 4), *gdy = Dz(R * Dm * 4);
     float *gy = Dz(R * Dm * 4), *ga1 = Dz(R * F * 4), *ga3 = Dz(R * F * 4), *gh = Dz(R * F * 4);
     float *gdx = Dz(R * Dm * 4), *gdh = Dz(R * F * 4), *gda1 = Dz(R * F * 4), *gda3 = Dz(R * F * 4);
-    int r2 = bf->ops->expert_ffn_forward(bf, gy, ga1, ga3, gh, gx, g1, g3, g2, offs, E, Dm, F);
+    int r2 = bf->ops->expert_ffn_forward(bf, gy, ga1, ga3, gh, gx, &gxs, g1, g3, g2, offs, E, Dm, F);
     if (r2 == MK_OK)
         r2 = bf->ops->expert_ffn_backward(bf, gdx, gdw, gdw + W, gdw + 2 * W, gdh, gda1, gda3, gdy,
-                                          gx, ga1, ga3, gh, g1, g3, g2, offs, E, Dm, F);
+                                          &gds, gx, ga1, ga3, gh, g1, g3, g2, offs, E, Dm, F);
     if (both_ok(r1, r2, "bf16 expert FFN forward + backward")) {
         const char *names[5] = {"y", "dx", "dw1 (accumulated)", "dw3 (accumulated)", "dw2 (accumulated)"};
         const float *got[5] = {Gf(gy, R * Dm), Gf(gdx, R * Dm), NULL, NULL, NULL};
@@ -678,10 +687,10 @@ static void one_expert_ffn_bf16(mk_backend *bf, int E, int Dm, int F, const int 
                    E, Dm, F, R, names[i], e);
         }
         float *gy2 = Dz(R * Dm * 4), *gdx2 = Dz(R * Dm * 4), *gdw2 = D(dw0, 3 * W * 4);
-        r2 = bf->ops->expert_ffn_forward(bf, gy2, ga1, ga3, gh, gx, g1, g3, g2, offs, E, Dm, F);
+        r2 = bf->ops->expert_ffn_forward(bf, gy2, ga1, ga3, gh, gx, &gxs, g1, g3, g2, offs, E, Dm, F);
         if (r2 == MK_OK)
             r2 = bf->ops->expert_ffn_backward(bf, gdx2, gdw2, gdw2 + W, gdw2 + 2 * W, gdh, gda1, gda3,
-                                              gdy, gx, ga1, ga3, gh, g1, g3, g2, offs, E, Dm, F);
+                                              gdy, &gds, gx, ga1, ga3, gh, g1, g3, g2, offs, E, Dm, F);
         tap_ok(r2 == MK_OK && memcmp(Gf(gy2, R * Dm), got[0], R * Dm * 4) == 0 &&
                    memcmp(Gf(gdx2, R * Dm), got[1], R * Dm * 4) == 0 &&
                    memcmp(Gf(gdw2, 3 * W), gw, 3 * W * 4) == 0,

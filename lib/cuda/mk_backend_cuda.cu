@@ -111,6 +111,7 @@ static cuda_impl *impl_of(mk_backend *be) { return (cuda_impl *)be->impl; }
 /* Kernels with one thread per token and a long serial body (the router's): blocks of one
  * warp, so that a few thousand tokens still spread over every SM. */
 #define TPB_TOKEN 32
+#define MK_ROUTER_GATES_MAX 32 /* gates the router keeps in registers; more are re-read */
 #define LAUNCH_PER_TOKEN(kernel, n, what, ...)                                             \
     do {                                                                                   \
         size_t b_ = ((size_t)(n) + TPB_TOKEN - 1) / TPB_TOKEN;                             \
@@ -888,46 +889,75 @@ static int cuda_attention_backward(mk_backend *be, mk_real *dqkv, mk_real *datt,
 
 /* ------------------------------------------------------------------ router */
 
-/* One thread per token: the CPU's loop body, line for line (softmax in double, the
- * selection in the total order prob descending, index ascending). */
+/* (p, e) ranks above (q, f) in the router's order: larger probability first, the lower
+ * expert index on ties. */
+__device__ __forceinline__ int router_above(float p, int e, float q, int f)
+{
+    return p > q || (p == q && e < f);
+}
+
+/* The best (p, e) of the warp in router order (e = -1: none), the same in every lane: the
+ * order is total, so the butterfly's result does not depend on the pairing. */
+__device__ __forceinline__ void warp_best(float *p, int *e)
+{
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) {
+        const float q = __shfl_xor_sync(0xffffffffu, *p, off);
+        const int f = __shfl_xor_sync(0xffffffffu, *e, off);
+        if (f >= 0 && (*e < 0 || router_above(q, f, *p, *e))) *p = q, *e = f;
+    }
+}
+
+/* One warp per token (lanes take experts lane, lane + 32, ...): softmax in double with a
+ * fixed shuffle tree, then K rounds of a warp-wide pick of the best expert ranking below
+ * the previous pick, which is the CPU's selection (descending probability, lower index
+ * first on ties). A non-finite logit makes the sum non-finite and sets *bad. */
 __global__ static void k_router_forward(float *probs, float *lse, int32_t *topk, float *gates,
                                         const float *z, int N, int E, int K, int norm_topk,
                                         int *bad)
 {
-    GRID_STRIDE(nn, (size_t)N)
-    {
-        const float *zr = z + nn * E;
-        float *p = probs + nn * E;
-        int32_t *tk = topk + nn * K;
-        float *gt = gates + nn * K;
-        double mx = zr[0];
-        for (int e = 1; e < E; e++)
-            if (zr[e] > mx) mx = zr[e];
-        double sum = 0;
-        for (int e = 0; e < E; e++) sum += exp((double)zr[e] - mx);
-        for (int e = 0; e < E; e++) p[e] = (float)(exp((double)zr[e] - mx) / sum);
-        lse[nn] = (float)(mx + log(sum));
-        for (int j = 0; j < K; j++) {
-            int best = -1;
-            for (int e = 0; e < E; e++) {
-                if (j > 0) {
-                    int prev = tk[j - 1];
-                    int below = p[e] < p[prev] || (p[e] == p[prev] && e > prev);
-                    if (!below) continue;
-                }
-                if (best < 0 || p[e] > p[best]) best = e;
-            }
-            if (best < 0) {
-                best = 0;
-                *bad = 1; /* same value from every writer: deterministic */
-            }
-            tk[j] = best;
+    const size_t nn = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    const int lane = threadIdx.x % 32;
+    if (nn >= (size_t)N) return;
+    const float *zr = z + nn * E;
+    float *p = probs + nn * E;
+    double mx = -INFINITY;
+    for (int e = lane; e < E; e += 32) mx = fmax(mx, (double)zr[e]);
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) mx = fmax(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+    double sum = 0;
+    for (int e = lane; e < E; e += 32) sum += exp((double)zr[e] - mx);
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    for (int e = lane; e < E; e += 32) p[e] = (float)(exp((double)zr[e] - mx) / sum);
+    if (lane == 0) lse[nn] = (float)(mx + log(sum));
+    if (!isfinite(sum) && lane == 0) *bad = 1; /* same value from every writer */
+    float pp = 0.f, gsel[MK_ROUTER_GATES_MAX];
+    int pe = -1;
+    double gs = 0;
+    for (int j = 0; j < K; j++) {
+        float bp = 0.f;
+        int be = -1;
+        for (int e = lane; e < E; e += 32) {
+            const float v = p[e];
+            if (pe >= 0 && !router_above(pp, pe, v, e)) continue;
+            if (be < 0 || router_above(v, e, bp, be)) bp = v, be = e;
         }
-        if (!isfinite(sum)) *bad = 1;
-        double gs = 0;
-        for (int j = 0; j < K; j++) gs += p[tk[j]];
-        for (int j = 0; j < K; j++) gt[j] = norm_topk ? (float)(p[tk[j]] / gs) : p[tk[j]];
+        warp_best(&bp, &be);
+        if (be < 0) { /* only when probabilities are NaN: flagged, any valid index */
+            be = 0, bp = p[0];
+            if (lane == 0) *bad = 1;
+        }
+        pp = bp, pe = be;
+        gs += bp;
+        if (lane == 0) topk[nn * K + j] = be;
+        if (j < MK_ROUTER_GATES_MAX) gsel[j] = bp;
     }
+    if (lane == 0)
+        for (int j = 0; j < K; j++) {
+            const float v = j < MK_ROUTER_GATES_MAX ? gsel[j] : p[topk[nn * K + j]];
+            gates[nn * K + j] = norm_topk ? (float)(v / gs) : v;
+        }
 }
 
 /* One block per expert: counts (exact integers) and psum, summed in double over a fixed
@@ -960,8 +990,10 @@ static int cuda_router_forward(mk_backend *be, mk_real *probs, mk_real *lse, int
         void *sp;
         MK_CHECK(scratch_get(im, sizeof(int), &sp));
         CU_CHECK(cudaMemset(sp, 0, sizeof(int)), "router_forward: clear flag");
-        LAUNCH_PER_TOKEN(k_router_forward, N, "router_forward", probs, lse, topk, gates, z,
-                         N, E, K, norm_topk, (int *)sp);
+        const size_t blocks = ((size_t)N * 32 + TPB - 1) / TPB;
+        k_router_forward<<<(unsigned)blocks, TPB>>>(probs, lse, topk, gates, z, N, E, K, norm_topk,
+                                                   (int *)sp);
+        CU_CHECK(cudaGetLastError(), "router_forward");
         int bad = 0;
         CU_CHECK(cudaMemcpy(&bad, sp, sizeof bad, cudaMemcpyDeviceToHost), "router_forward: flag");
         if (bad) return MK_FAIL(MK_ERR_NUMERIC, "router_forward: non-finite router logits");
@@ -1320,39 +1352,48 @@ static int cuda_swiglu_backward(mk_backend *be, mk_real *da, mk_real *db, const 
  * hold bf16 state, which only the fused backward reads). Otherwise the op sequence. Forward
  * and backward decide alike from the shape and the state buffers, so they always agree on
  * the state's format. */
-static int use_fused_ffn(const cuda_impl *im, int E, int D, int F, const void *a1, const void *a3,
-                         const void *hact)
+/* Forward and backward decide alike from the same buffers, so a backward always reads
+ * its forward's state in the format that forward wrote. */
+static int use_fused_ffn(const cuda_impl *im, int E, int D, int F, const void *xp, const void *a1,
+                         const void *a3, const void *hact)
 {
-    return im->fused && mk_cuda_ffn_supported(E, D, F) && ((uintptr_t)a1 & 15) == 0 &&
-           ((uintptr_t)a3 & 15) == 0 && ((uintptr_t)hact & 15) == 0;
+    return im->fused && mk_cuda_ffn_supported(E, D, F) &&
+           (((uintptr_t)xp | (uintptr_t)a1 | (uintptr_t)a3 | (uintptr_t)hact) & 15) == 0;
+}
+
+static mk_cuda_gather cuda_gather(const mk_rows_gather *g)
+{
+    mk_cuda_gather c = {g->src, g->row_slot, g->weights, g->K};
+    return c;
 }
 
 static int cuda_expert_ffn_forward(mk_backend *be, mk_real *y, mk_real *a1, mk_real *a3,
-                                   mk_real *hact, const mk_real *xp, const mk_real *w1,
-                                   const mk_real *w3, const mk_real *w2, const int *offs_host,
-                                   int E, int D, int F)
+                                   mk_real *hact, mk_real *xp, const mk_rows_gather *x,
+                                   const mk_real *w1, const mk_real *w3, const mk_real *w2,
+                                   const int *offs_host, int E, int D, int F)
 {
     cuda_impl *im = impl_of(be);
-    if (!use_fused_ffn(im, E, D, F, a1, a3, hact))
-        return mk_expert_ffn_forward_ops(be, y, a1, a3, hact, xp, w1, w3, w2, offs_host, E, D, F);
+    if (!use_fused_ffn(im, E, D, F, xp, a1, a3, hact))
+        return mk_expert_ffn_forward_ops(be, y, a1, a3, hact, xp, x, w1, w3, w2, offs_host, E, D, F);
     if (!im->ffn) MK_CHECK(mk_cuda_ffn_create(&im->ffn));
-    return mk_cuda_ffn_forward(im->ffn, y, a1, a3, hact, xp, w1, w3, w2, offs_host, E, D, F);
+    return mk_cuda_ffn_forward(im->ffn, y, a1, a3, hact, xp, cuda_gather(x), w1, w3, w2, offs_host,
+                               E, D, F);
 }
 
 static int cuda_expert_ffn_backward(mk_backend *be, mk_real *dxp, mk_real *dw1, mk_real *dw3,
                                     mk_real *dw2, mk_real *dhact, mk_real *da1, mk_real *da3,
-                                    const mk_real *dy, const mk_real *xp, const mk_real *a1,
-                                    const mk_real *a3, const mk_real *hact, const mk_real *w1,
-                                    const mk_real *w3, const mk_real *w2, const int *offs_host,
-                                    int E, int D, int F)
+                                    mk_real *dy, const mk_rows_gather *dout, const mk_real *xp,
+                                    const mk_real *a1, const mk_real *a3, const mk_real *hact,
+                                    const mk_real *w1, const mk_real *w3, const mk_real *w2,
+                                    const int *offs_host, int E, int D, int F)
 {
     cuda_impl *im = impl_of(be);
-    if (!use_fused_ffn(im, E, D, F, a1, a3, hact))
-        return mk_expert_ffn_backward_ops(be, dxp, dw1, dw3, dw2, dhact, da1, da3, dy, xp, a1, a3,
-                                          hact, w1, w3, w2, offs_host, E, D, F);
+    if (!use_fused_ffn(im, E, D, F, xp, a1, a3, hact))
+        return mk_expert_ffn_backward_ops(be, dxp, dw1, dw3, dw2, dhact, da1, da3, dy, dout, xp, a1,
+                                          a3, hact, w1, w3, w2, offs_host, E, D, F);
     if (!im->ffn) MK_CHECK(mk_cuda_ffn_create(&im->ffn));
-    return mk_cuda_ffn_backward(im->ffn, dxp, dw1, dw3, dw2, dhact, da1, da3, dy, xp, a1, a3, hact,
-                                w1, w3, w2, offs_host, E, D, F);
+    return mk_cuda_ffn_backward(im->ffn, dxp, dw1, dw3, dw2, dhact, da1, da3, cuda_gather(dout), xp,
+                                a1, a3, hact, w1, w3, w2, offs_host, E, D, F);
 }
 
 /* ------------------------------------------------------------------ loss */

@@ -2,9 +2,9 @@
  *
  * With R rows, D = d_model, F = the expert hidden size, per layer and step:
  *
- *   forward   xb = bf16(xp); a1 = xb W1; a3 = xb W3 (bf16 out); h = silu(a1) a3 (bf16);
- *             y = h W2 (fp32 out)
- *   backward  dyb = bf16(dy); dh = dyb W2^T (bf16 out); dW2 += h^T dyb;
+ *   forward   xb = bf16(gathered x), kept in xp; a1 = xb W1; a3 = xb W3 (bf16 out);
+ *             h = silu(a1) a3 (bf16); y = h W2 (fp32 out)
+ *   backward  dyb = bf16(gathered dout); dh = dyb W2^T (bf16 out); dW2 += h^T dyb;
  *             da1, da3 = swiglu'(dh) (bf16); dxp = da1 W1^T + da3 W3^T (one pass, fp32 out);
  *             dW1 += xb^T da1; dW3 += xb^T da3
  *
@@ -50,6 +50,32 @@ static unsigned grid_for(size_t n)
 }
 
 /* ------------------------------------------------------------------ kernels */
+
+/* out[r, :] = bf16(w * src[row_slot[r] / K, :]) (w = weights[row_slot[r]] or 1), 8 columns
+ * per thread (D8 = D / 8); the source row is read as float4 when vec (16-byte aligned).
+ * The product w * x is rounded once, as permute_rows followed by a rounding would. */
+__global__ static void k_gather_bf16(uint4 *out, const float *src, const int *row_slot,
+                                     const float *weights, int K, size_t R, int D8, int vec)
+{
+    GRID_STRIDE(i, R * D8) {
+        const size_t r = i / D8, c = (i % D8) * 8;
+        const int s = row_slot[r];
+        const float w = weights ? weights[s] : 1.0f;
+        const float *p = src + (size_t)(s / K) * D8 * 8 + c;
+        float v[8];
+        if (vec) {
+            const float4 a = *(const float4 *)p, b = *(const float4 *)(p + 4);
+            v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+        } else {
+#pragma unroll
+            for (int k = 0; k < 8; k++) v[k] = p[k];
+        }
+        __nv_bfloat162 h[4];
+#pragma unroll
+        for (int k = 0; k < 4; k++) h[k] = __floats2bfloat162_rn(w * v[2 * k], w * v[2 * k + 1]);
+        out[i] = *(const uint4 *)h;
+    }
+}
 
 /* h = silu(a) b in fp32, rounded once; pairs (n2 = n / 2). */
 __global__ static void k_swiglu(__nv_bfloat162 *h, const __nv_bfloat162 *a, const __nv_bfloat162 *b,
@@ -105,6 +131,16 @@ static int to_bf16(bf16 *y, const float *x, size_t n, const char *what)
     return mk_cuda_round_bf16(y, x, n, what);
 }
 
+static int gather_bf16(bf16 *out, mk_cuda_gather g, size_t R, int D, const char *what)
+{
+    if (R == 0) return MK_OK;
+    const int vec = ((uintptr_t)g.src & 15) == 0;
+    const size_t n = R * (size_t)(D / 8);
+    k_gather_bf16<<<grid_for(n), TPB>>>((uint4 *)out, g.src, g.row_slot, g.weights, g.K, R, D / 8, vec);
+    CU_CHECK(cudaGetLastError(), what);
+    return MK_OK;
+}
+
 int mk_cuda_ffn_supported(int E, int D, int F)
 {
     return mk_grouped_gemm_bf16_supported(E, D, F);
@@ -121,20 +157,20 @@ static int check_rows(const int *offs_host, int E, size_t *R)
 
 /* ------------------------------------------------------------------ the op */
 
-int mk_cuda_ffn_forward(mk_cuda_ffn *f, float *y, float *a1, float *a3, float *hact,
-                        const float *xp, const float *w1, const float *w3, const float *w2,
+int mk_cuda_ffn_forward(mk_cuda_ffn *f, float *y, float *a1, float *a3, float *hact, float *xp,
+                        mk_cuda_gather x, const float *w1, const float *w3, const float *w2,
                         const int *offs_host, int E, int D, int F)
 {
     size_t R;
     MK_CHECK(check_rows(offs_host, E, &R));
     if (R == 0) return MK_OK;
-    const size_t nx = R * D, nw = (size_t)E * D * F, nh = R * F;
-    const size_t o_w = up256(nx * 2), bytes = o_w + 3 * up256(nw * 2);
+    const size_t nw = (size_t)E * D * F, nh = R * F;
+    const size_t bytes = 3 * up256(nw * 2);
     MK_CHECK(mk_devbuf_reserve(&f->buf, bytes, "expert FFN workspace"));
     char *base = (char *)f->buf.p;
-    bf16 *xb = (bf16 *)base, *w1b = (bf16 *)(base + o_w);
-    bf16 *w3b = (bf16 *)(base + o_w + up256(nw * 2)), *w2b = (bf16 *)(base + o_w + 2 * up256(nw * 2));
-    MK_CHECK(to_bf16(xb, xp, nx, "expert FFN forward: input rows"));
+    bf16 *xb = (bf16 *)xp, *w1b = (bf16 *)base;
+    bf16 *w3b = (bf16 *)(base + up256(nw * 2)), *w2b = (bf16 *)(base + 2 * up256(nw * 2));
+    MK_CHECK(gather_bf16(xb, x, R, D, "expert FFN forward: input rows"));
     MK_CHECK(to_bf16(w1b, w1, nw, "expert FFN forward: w1"));
     MK_CHECK(to_bf16(w3b, w3, nw, "expert FFN forward: w3"));
     MK_CHECK(to_bf16(w2b, w2, nw, "expert FFN forward: w2"));
@@ -148,10 +184,10 @@ int mk_cuda_ffn_forward(mk_cuda_ffn *f, float *y, float *a1, float *a3, float *h
 }
 
 int mk_cuda_ffn_backward(mk_cuda_ffn *f, float *dxp, float *dw1, float *dw3, float *dw2,
-                         float *dhact, float *da1, float *da3, const float *dy, const float *xp,
-                         const float *a1, const float *a3, const float *hact, const float *w1,
-                         const float *w3, const float *w2, const int *offs_host, int E, int D,
-                         int F)
+                         float *dhact, float *da1, float *da3, mk_cuda_gather dout,
+                         const float *xp, const float *a1, const float *a3, const float *hact,
+                         const float *w1, const float *w3, const float *w2, const int *offs_host,
+                         int E, int D, int F)
 {
     size_t R;
     MK_CHECK(check_rows(offs_host, E, &R));
@@ -159,15 +195,15 @@ int mk_cuda_ffn_backward(mk_cuda_ffn *f, float *dxp, float *dw1, float *dw3, flo
     const size_t nx = R * D, nw = (size_t)E * D * F, nh = R * F;
     const size_t wsn = mk_grouped_gemm_wgrad_ws_floats(offs_host, E, D, F);
     const size_t sx = up256(nx * 2), sw = up256(nw * 2);
-    const size_t bytes = 2 * sx + 3 * sw + up256(wsn * sizeof(float));
+    const size_t bytes = sx + 3 * sw + up256(wsn * sizeof(float));
     MK_CHECK(mk_devbuf_reserve(&f->buf, bytes, "expert FFN workspace"));
     char *base = (char *)f->buf.p;
-    bf16 *xb = (bf16 *)base, *dyb = (bf16 *)(base + sx);
-    bf16 *w1b = (bf16 *)(base + 2 * sx), *w3b = (bf16 *)(base + 2 * sx + sw);
-    bf16 *w2b = (bf16 *)(base + 2 * sx + 2 * sw);
-    float *ws = (float *)(base + 2 * sx + 3 * sw);
-    MK_CHECK(to_bf16(xb, xp, nx, "expert FFN backward: input rows"));
-    MK_CHECK(to_bf16(dyb, dy, nx, "expert FFN backward: output gradient"));
+    const bf16 *xb = (const bf16 *)xp;
+    bf16 *dyb = (bf16 *)base;
+    bf16 *w1b = (bf16 *)(base + sx), *w3b = (bf16 *)(base + sx + sw);
+    bf16 *w2b = (bf16 *)(base + sx + 2 * sw);
+    float *ws = (float *)(base + sx + 3 * sw);
+    MK_CHECK(gather_bf16(dyb, dout, R, D, "expert FFN backward: output gradient rows"));
     MK_CHECK(to_bf16(w1b, w1, nw, "expert FFN backward: w1"));
     MK_CHECK(to_bf16(w3b, w3, nw, "expert FFN backward: w3"));
     MK_CHECK(to_bf16(w2b, w2, nw, "expert FFN backward: w2"));

@@ -1,9 +1,11 @@
 /* mk_expert_ffn.h - the expert FFN of the CUDA backend's bf16 mode, fused (CUDA C++ only).
  *
  * ops->expert_ffn_forward and _backward of mk_backend.h: the routed experts' SwiGLU over
- * rows grouped by expert, with bf16 operands end to end inside the op. The inputs (xp, dy)
- * are rounded to bf16 once per op, the weights once per op, and every product runs on the
- * bf16 grouped GEMMs of mk_grouped_gemm.cu. The state the backward needs (a1, a3 and hact)
+ * rows grouped by expert, with bf16 operands end to end inside the op. The input rows are
+ * gathered from the token rows and rounded to bf16 in one pass (no fp32 copy of the
+ * permuted rows is ever written), the output-gradient rows likewise, the weights are
+ * rounded once per op, and every product runs on the bf16 grouped GEMMs of
+ * mk_grouped_gemm.cu. The state the backward needs (the input rows xp, a1, a3 and hact)
  * is kept as bf16 in the first half of the model's fp32 buffers of the same shape; the
  * backward's scratch (dhact, da1, da3) likewise. Outputs (y, dxp) and weight gradients stay
  * fp32; weight gradients accumulate in fp32.
@@ -23,13 +25,24 @@ void mk_cuda_ffn_destroy(mk_cuda_ffn *f); /* NULL is fine */
  * MK_GG_MAX_EXPERTS experts, 16-byte aligned buffers); 0: the caller runs the op sequence. */
 int mk_cuda_ffn_supported(int E, int D, int F);
 
-int mk_cuda_ffn_forward(mk_cuda_ffn *f, float *y, float *a1, float *a3, float *hact,
-                        const float *xp, const float *w1, const float *w3, const float *w2,
+/* Rows gathered as permute_rows does: row r = w * src[row_slot[r] / K, :], w =
+ * weights[row_slot[r]] or 1 when weights is NULL. */
+typedef struct mk_cuda_gather {
+    const float *src;
+    const int *row_slot;
+    const float *weights;
+    int K;
+} mk_cuda_gather;
+
+/* xp (16-byte aligned, [R, D] floats) receives the gathered input rows as bf16. */
+int mk_cuda_ffn_forward(mk_cuda_ffn *f, float *y, float *a1, float *a3, float *hact, float *xp,
+                        mk_cuda_gather x, const float *w1, const float *w3, const float *w2,
                         const int *offs_host, int E, int D, int F);
+/* xp as the forward left it; the output-gradient rows are gathered from dout. */
 int mk_cuda_ffn_backward(mk_cuda_ffn *f, float *dxp, float *dw1, float *dw3, float *dw2,
-                         float *dhact, float *da1, float *da3, const float *dy, const float *xp,
-                         const float *a1, const float *a3, const float *hact, const float *w1,
-                         const float *w3, const float *w2, const int *offs_host, int E, int D,
-                         int F);
+                         float *dhact, float *da1, float *da3, mk_cuda_gather dout,
+                         const float *xp, const float *a1, const float *a3, const float *hact,
+                         const float *w1, const float *w3, const float *w2, const int *offs_host,
+                         int E, int D, int F);
 
 #endif
