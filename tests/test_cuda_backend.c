@@ -1098,13 +1098,26 @@ out:
     arena_free();
 }
 
+/* The layer of a tensor named "layers.L....", or -1 for the others (embeddings, norms). */
+static int tensor_layer(const char *name)
+{
+    int l = -1;
+    if (sscanf(name, "layers.%d.", &l) != 1) l = -1;
+    return l;
+}
+
 /* bf16 GEMMs against the fp32 CPU: the same model step, compared with bf16 tolerances. The
- * routing of a few tokens may flip where two router probabilities are within bf16 rounding,
- * so counts are compared in total and gradients by relative L2 error per tensor. */
+ * routing of a token may flip where two router probabilities are within bf16 rounding; with
+ * a capacity limit one flip also moves which later choices are dropped. So the choices are
+ * compared first: gradients that a flip reaches (its layer, the layers below it and the
+ * tensors outside the layers) get a loose bound, the rest the bf16 one, and the number of
+ * flips is reported. The data come from a seed of this test's own, not from the stream
+ * the earlier tests left. */
 static void test_model_bf16(int variant, mk_backend *bf)
 {
     mk_config cfg;
     model_config(&cfg, variant);
+    rng_state = 0x2545F4914F6CDD1Dull + (uint64_t)variant;
     const char *label = variant ? "bf16 model (untied, shared expert, norm_topk, z-loss, capacity, global LBL)"
                                 : "bf16 model (defaults)";
     side c, g;
@@ -1123,14 +1136,28 @@ static void test_model_bf16(int variant, mk_backend *bf)
     if (!both_ok(r1, r2, "bf16 model forward + backward")) goto out;
     tap_close(g.st.ce_sum, c.st.ce_sum, 1e-2, 0, "%s: CE sum within 1e-2", label);
     for (int l = 0; l < L; l++) tap_close(g.lbl_v[l], c.lbl_v[l], 3e-2, 1e-6, "%s: LBL of layer %d within 3e-2", label, l);
+    const int K = cfg.model.topk;
+    int top_flip = -1; /* the highest layer whose routing differs from the CPU's */
+    for (int l = 0; l < L; l++) {
+        int32_t *tc = Hi((size_t)N * K), *tg = Hi((size_t)N * K);
+        if (mk_model_topk_host(c.m, l, tc) || mk_model_topk_host(g.m, l, tg)) bail("topk_host");
+        int flips = 0;
+        for (size_t i = 0; i < (size_t)N * K; i++) flips += tc[i] != tg[i];
+        printf("# %s: layer %d: %d of %d routing choices differ from the CPU's\n", label, l, flips, N * K);
+        tap_ok(flips <= N * K / 20, "%s: layer %d routes as the CPU does but for %d of %d choices (at most 5%%)",
+               label, l, flips, N * K);
+        if (flips) top_flip = l;
+    }
     float *gc = host_block(cpu, mk_model_grads(c.m), np), *gg = host_block(bf, mk_model_grads(g.m), np);
     for (size_t i = 0; i < mk_model_tensor_count(c.m); i++) {
         const mk_tensor *t = mk_model_tensor(c.m, i);
         double den = 0;
         for (size_t j = t->offset; j < t->offset + t->numel; j++) den += (double)gc[j] * gc[j];
         double rel = rel_l2(gg + t->offset, gc + t->offset, t->numel);
-        tap_ok(rel < 5e-2 && den > 0, "%s: d/d %s within bf16 tolerance (relative L2 error %.2e < 5e-2)",
-               label, t->name, rel);
+        const int reached = top_flip >= 0 && tensor_layer(t->name) <= top_flip;
+        const double tol = reached ? 0.5 : 5e-2;
+        tap_ok(rel < tol && den > 0, "%s: d/d %s within %s tolerance (relative L2 error %.2e < %g)",
+               label, t->name, reached ? "a routing flip's" : "bf16", rel, tol);
     }
     check_repeat_bits(&g, bf, &cfg, tok, tgt, B, label, "forward + backward");
 out:
