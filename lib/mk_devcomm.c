@@ -88,6 +88,29 @@ int mk_devcomm_allreduce(mk_devcomm *d, mk_real *buf, size_t n)
     return d->be->ops->from_host(d->be, buf, d->stage_a, bytes);
 }
 
+int mk_devcomm_allreduce_start(mk_devcomm *d, mk_real *buf, size_t n)
+{
+    if (d->size == 1 || n == 0) return MK_OK;
+#ifdef MK_DEVCOMM_NCCL
+    if (d->nccl) return mk_nccl_allreduce_start_f32(d->nccl, buf, n);
+#endif
+    return mk_devcomm_allreduce(d, buf, n);
+}
+
+int mk_devcomm_wait(mk_devcomm *d)
+{
+#ifdef MK_DEVCOMM_NCCL
+    if (d->size > 1 && d->nccl) return mk_nccl_wait(d->nccl);
+#endif
+    (void)d;
+    return MK_OK;
+}
+
+int mk_devcomm_overlaps(const mk_devcomm *d)
+{
+    return d->size > 1 && d->nccl != NULL;
+}
+
 static size_t extent(const size_t *counts, const size_t *displs, int n)
 {
     size_t e = 0;

@@ -32,6 +32,15 @@ int mk_devcomm_size(const mk_devcomm *d);
 /* In place element-wise sum over the group of n reals of backend memory. */
 int mk_devcomm_allreduce(mk_devcomm *d, mk_real *buf, size_t n);
 
+/* The same, started behind the backend's queued work and left running while the caller
+ * queues more (NCCL: on a stream of its own; other transports finish it before returning).
+ * mk_devcomm_wait: the backend's later work sees every sum started. Every rank must start
+ * the same sums in the same order. */
+int mk_devcomm_allreduce_start(mk_devcomm *d, mk_real *buf, size_t n);
+int mk_devcomm_wait(mk_devcomm *d);
+/* 1 when a started sum really runs alongside the backend's work (NCCL). */
+int mk_devcomm_overlaps(const mk_devcomm *d);
+
 /* mk_comm_alltoallv (byte counts and displacements, host arrays) on backend buffers. */
 int mk_devcomm_alltoallv(mk_devcomm *d, const void *send, const size_t *send_counts,
                          const size_t *send_displs, void *recv, const size_t *recv_counts,

@@ -681,11 +681,18 @@ int mk_model_backward(mk_model *m, double ce_scale, double aux_scale)
     for (int l = m->L - 1; l >= 0; l--) {
         MK_CHECK(moe_block_backward(m, l, &m->pv.layers[l], &m->gv.layers[l], &m->acts[l], B, aux_scale));
         MK_CHECK(attention_block_backward(m, &m->pv.layers[l], &m->gv.layers[l], &m->acts[l], B));
+        if (m->layer_grads) MK_CHECK(m->layer_grads(m->layer_grads_ctx, l));
     }
     MK_CHECK(o->embedding_backward(be, m->gv.wte, s->tokens, s->dresid, N, D, V));
     /* The logits buffer now holds gradients: a second backward would be wrong. */
     m->last_train = 0;
     return MK_OK;
+}
+
+void mk_model_set_layer_grads_hook(mk_model *m, mk_layer_grads_fn fn, void *ctx)
+{
+    m->layer_grads = fn;
+    m->layer_grads_ctx = ctx;
 }
 
 int mk_model_topk_host(mk_model *m, int layer, int32_t *out_host)

@@ -95,6 +95,13 @@ int mk_model_forward(mk_model *m, const int32_t *tokens_host, const int32_t *tar
 /* Backward of the last forward (see the loss above); gradients accumulate. */
 int mk_model_backward(mk_model *m, double ce_scale, double aux_scale);
 
+/* Called by mk_model_backward as soon as the gradients of layer l's tensors are complete
+ * for this backward (queued on the backend, before the layers below it run), so that a
+ * trainer can start summing them over ranks while the rest of the backward runs. NULL
+ * (the default) turns it off; an error it returns ends the backward. */
+typedef int (*mk_layer_grads_fn)(void *ctx, int layer);
+void mk_model_set_layer_grads_hook(mk_model *m, mk_layer_grads_fn fn, void *ctx);
+
 int mk_model_zero_grad(mk_model *m);
 
 /* Top-k choices of layer l from the last forward: host-readable copy, [B*T, K]. */

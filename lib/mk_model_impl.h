@@ -98,6 +98,8 @@ struct mk_model {
     int32_t *targets_host;              /* [N] last forward's targets */
     int last_B;                         /* sequences in the last forward, 0 = none */
     int last_train;
+    mk_layer_grads_fn layer_grads;      /* mk_model_set_layer_grads_hook; NULL: none */
+    void *layer_grads_ctx;
     long step;                          /* optimizer step (1-based) for messages; 0 = none */
 };
 

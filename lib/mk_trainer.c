@@ -205,26 +205,33 @@ static int counting_pass(mk_trainer *tr, const int32_t *tokens, const int32_t *t
  * holding the same experts (expert-data-parallel group), everything else over the world.
  * Neighbouring tensors of the same group go as one call (the gradient block is contiguous
  * in tensor order), so with parallel.ep = 1 the whole block is one all-reduce. */
-static int allreduce_grads(mk_trainer *tr)
+/* Sum the gradients of tensors i0..i1-1 over their ranks, one call per run of neighbouring
+ * tensors on the same communicator; started (left running) when start, else finished. */
+static int allreduce_range(mk_trainer *tr, size_t i0, size_t i1, int start)
 {
-    MK_CHECK(mk_failpoint("allreduce"));
     if (tr->nranks == 1) return MK_OK;
     mk_real *g = mk_model_grads(tr->model);
-    const size_t nt = mk_model_tensor_count(tr->model);
-    size_t i = 0;
-    while (i < nt) {
+    size_t i = i0;
+    while (i < i1) {
         const mk_tensor *t = mk_model_tensor(tr->model, i);
         mk_devcomm *c = t->expert && tr->dedp ? tr->dedp : tr->dworld;
-        size_t start = t->offset, end = t->offset + t->numel, j = i + 1;
-        for (; j < nt; j++) {
+        size_t first = t->offset, end = t->offset + t->numel, j = i + 1;
+        for (; j < i1; j++) {
             const mk_tensor *u = mk_model_tensor(tr->model, j);
             if ((u->expert && tr->dedp ? tr->dedp : tr->dworld) != c || u->offset != end) break;
             end += u->numel;
         }
-        MK_CHECK(mk_devcomm_allreduce(c, g + start, end - start));
+        if (start) MK_CHECK(mk_devcomm_allreduce_start(c, g + first, end - first));
+        else MK_CHECK(mk_devcomm_allreduce(c, g + first, end - first));
         i = j;
     }
     return MK_OK;
+}
+
+static int allreduce_grads(mk_trainer *tr)
+{
+    MK_CHECK(mk_failpoint("allreduce"));
+    return allreduce_range(tr, 0, mk_model_tensor_count(tr->model), 0);
 }
 
 /* Test hook (tests/hostile/test_nonfinite.sh): MOEKIT_TEST_NAN_RANK and _STEP (1-based)
@@ -259,18 +266,21 @@ static int hook_poke(mk_trainer *tr, mk_real *block, const char *name, int secon
     return MK_FAIL(MK_ERR_INTERNAL, "test hook: no tensor %s", name ? name : "with experts");
 }
 
-/* This rank's gradient before the all-reduce: one pass over the block, and on failure a
- * second to say which tensor (and expert) it was, so the message names the rank that
- * produced the NaN rather than every rank that received it. */
-static int check_grads(mk_trainer *tr, long step)
+/* This rank's gradient of tensors i0..i1-1 (neighbours in the block) before the
+ * all-reduce: one pass over them, and on failure a second to say which tensor (and expert)
+ * it was, so the message names the rank that produced the NaN rather than every rank that
+ * received it. */
+static int check_grads_range(mk_trainer *tr, long step, size_t i0, size_t i1)
 {
     mk_model *m = tr->model;
     mk_backend *be = mk_model_backend(m);
     const mk_real *g = mk_model_grads(m);
+    if (i1 <= i0) return MK_OK;
+    const mk_tensor *a = mk_model_tensor(m, i0), *z = mk_model_tensor(m, i1 - 1);
     int bad = 0;
-    MK_CHECK(be->ops->nonfinite(be, g, mk_model_param_count(m), &bad));
+    MK_CHECK(be->ops->nonfinite(be, g + a->offset, z->offset + z->numel - a->offset, &bad));
     if (!bad) return MK_OK;
-    for (size_t i = 0; i < mk_model_tensor_count(m); i++) {
+    for (size_t i = i0; i < i1; i++) {
         const mk_tensor *t = mk_model_tensor(m, i);
         MK_CHECK(be->ops->nonfinite(be, g + t->offset, t->numel, &bad));
         if (!bad) continue;
@@ -288,6 +298,53 @@ static int check_grads(mk_trainer *tr, long step)
                        " all-reduce", step + 1, t->name, v, at);
     }
     return MK_FAIL(MK_ERR_NUMERIC, "step %ld: the gradient holds a NaN or Inf", step + 1);
+}
+
+static int check_grads(mk_trainer *tr, long step)
+{
+    return check_grads_range(tr, step, 0, mk_model_tensor_count(tr->model));
+}
+
+/* Overlapped gradient sums (NCCL, data parallelism only): as soon as the last micro-step's
+ * backward has finished a layer, its gradients are checked on this rank and their sum over
+ * the ranks starts on the communicator's stream while the layers below run; what is left
+ * (embeddings, final norm, output head) follows the backward, then the update waits for
+ * all of it. The same checks and sums as check_grads + allreduce_grads, in layer order on
+ * every rank. */
+typedef struct overlap_ctx {
+    mk_trainer *tr;
+    long step;
+} overlap_ctx;
+
+static int layer_grads_ready(void *ctx, int layer)
+{
+    overlap_ctx *o = ctx;
+    mk_model *m = o->tr->model;
+    const size_t nt = mk_model_tensor_count(m);
+    size_t i0 = 0;
+    while (i0 < nt && mk_model_tensor(m, i0)->layer != layer) i0++;
+    size_t i1 = i0;
+    while (i1 < nt && mk_model_tensor(m, i1)->layer == layer) i1++;
+    MK_CHECK(check_grads_range(o->tr, o->step, i0, i1));
+    return allreduce_range(o->tr, i0, i1, 1);
+}
+
+/* The tensors outside the layers, then the wait: the end of an overlapped step. */
+static int finish_overlap(mk_trainer *tr, long step)
+{
+    mk_model *m = tr->model;
+    const size_t nt = mk_model_tensor_count(m);
+    for (size_t i = 0; i < nt;) {
+        size_t j = i;
+        while (j < nt && mk_model_tensor(m, j)->layer < 0) j++;
+        if (j > i) {
+            MK_CHECK(check_grads_range(tr, step, i, j));
+            MK_CHECK(allreduce_range(tr, i, j, 1));
+        }
+        i = j;
+        while (i < nt && mk_model_tensor(m, i)->layer >= 0) i++;
+    }
+    return mk_devcomm_wait(tr->dworld);
 }
 
 int mk_trainer_grads(mk_trainer *tr, long step, const int32_t *tokens, const int32_t *targets,
@@ -322,6 +379,9 @@ int mk_trainer_grads(mk_trainer *tr, long step, const int32_t *tokens, const int
      * Megatron-LM issue 3672). */
     const double aux_scale = 1.0 / ((double)G * tr->nranks);
     double ce = 0;
+    const int overlap = tr->nranks > 1 && !tr->dedp && mk_devcomm_overlaps(tr->dworld) &&
+                        hook != HOOK_GRAD && !getenv("MOEKIT_NO_OVERLAP");
+    overlap_ctx octx = {tr, step};
     for (int g = 0; g < G; g++) {
         mk_forward_stats st;
         MK_CHECK(mk_failpoint("forward"));
@@ -331,7 +391,13 @@ int mk_trainer_grads(mk_trainer *tr, long step, const int32_t *tokens, const int
         if (!isfinite(st.ce_sum))
             return MK_FAIL(MK_ERR_NUMERIC, "step %ld: the loss (cross-entropy) of micro-step %d is %g",
                            step + 1, g + 1, st.ce_sum);
-        MK_CHECK(mk_model_backward(tr->model, 1.0 / (double)ntargets, aux_scale));
+        if (overlap && g == G - 1) {
+            MK_CHECK(mk_failpoint("allreduce"));
+            mk_model_set_layer_grads_hook(tr->model, layer_grads_ready, &octx);
+        }
+        const int rc = mk_model_backward(tr->model, 1.0 / (double)ntargets, aux_scale);
+        mk_model_set_layer_grads_hook(tr->model, NULL, NULL);
+        MK_CHECK(rc);
         ce += st.ce_sum;
         for (int i = 0; i < L * E; i++) tr->counts[i] += st.counts[i];
         for (int l = 0; l < L; l++) tr->lbl_sum[l] += st.lbl[l] * aux_scale;
@@ -339,8 +405,12 @@ int mk_trainer_grads(mk_trainer *tr, long step, const int32_t *tokens, const int
     }
     mk_model_set_step(tr->model, 0);
     if (hook == HOOK_GRAD) MK_CHECK(hook_poke(tr, mk_model_grads(tr->model), NULL, 1, hook_value));
-    MK_CHECK(check_grads(tr, step));
-    MK_CHECK(allreduce_grads(tr));
+    if (overlap) {
+        MK_CHECK(finish_overlap(tr, step));
+    } else {
+        MK_CHECK(check_grads(tr, step));
+        MK_CHECK(allreduce_grads(tr));
+    }
     MK_CHECK(mk_comm_allreduce_f64(tr->world, &ce, 1));
     MK_CHECK(mk_comm_allreduce_f64(tr->world, tr->lbl_sum, (size_t)L));
     MK_CHECK(mk_comm_allreduce_i64(tr->world, tr->counts, (size_t)L * E));

@@ -16,7 +16,16 @@ extern "C" {
 struct mk_nccl {
     ncclComm_t comm;
     int rank, size;
+    cudaStream_t stream;    /* non-blocking: the legacy default stream does not wait on it */
+    cudaEvent_t queued, done;
 };
+
+#define CUDA_CHECK(call, what)                                                             \
+    do {                                                                                   \
+        cudaError_t e_ = (call);                                                           \
+        if (e_ != cudaSuccess)                                                             \
+            return MK_FAIL(MK_ERR_INTERNAL, "nccl: %s: %s", what, cudaGetErrorString(e_)); \
+    } while (0)
 
 #define NCCL_CHECK(call, what)                                                              \
     do {                                                                                   \
@@ -41,6 +50,13 @@ extern "C" int mk_nccl_create(const mk_comm *c, mk_nccl **out)
         return MK_FAIL(MK_ERR_COMM, "nccl: init of a %d-rank communicator: %s", mk_comm_size(c),
                        ncclGetErrorString(r));
     }
+    cudaError_t e = cudaStreamCreateWithFlags(&n->stream, cudaStreamNonBlocking);
+    if (e == cudaSuccess) e = cudaEventCreateWithFlags(&n->queued, cudaEventDisableTiming);
+    if (e == cudaSuccess) e = cudaEventCreateWithFlags(&n->done, cudaEventDisableTiming);
+    if (e != cudaSuccess) {
+        mk_nccl_free(&n);
+        return MK_FAIL(MK_ERR_INTERNAL, "nccl: stream for overlapped sums: %s", cudaGetErrorString(e));
+    }
     *out = n;
     return MK_OK;
 }
@@ -49,6 +65,9 @@ extern "C" void mk_nccl_free(mk_nccl **np)
 {
     if (!np || !*np) return;
     ncclCommDestroy((*np)->comm);
+    if ((*np)->stream) cudaStreamDestroy((*np)->stream);
+    if ((*np)->queued) cudaEventDestroy((*np)->queued);
+    if ((*np)->done) cudaEventDestroy((*np)->done);
     free(*np);
     *np = NULL;
 }
@@ -56,6 +75,21 @@ extern "C" void mk_nccl_free(mk_nccl **np)
 extern "C" int mk_nccl_allreduce_f32(mk_nccl *n, float *buf, size_t count)
 {
     NCCL_CHECK(ncclAllReduce(buf, buf, count, ncclFloat32, ncclSum, n->comm, 0), "all-reduce");
+    return MK_OK;
+}
+
+extern "C" int mk_nccl_allreduce_start_f32(mk_nccl *n, float *buf, size_t count)
+{
+    CUDA_CHECK(cudaEventRecord(n->queued, 0), "all-reduce: mark the queued work");
+    CUDA_CHECK(cudaStreamWaitEvent(n->stream, n->queued, 0), "all-reduce: order after it");
+    NCCL_CHECK(ncclAllReduce(buf, buf, count, ncclFloat32, ncclSum, n->comm, n->stream), "all-reduce");
+    return MK_OK;
+}
+
+extern "C" int mk_nccl_wait(mk_nccl *n)
+{
+    CUDA_CHECK(cudaEventRecord(n->done, n->stream), "all-reduce: mark the sums");
+    CUDA_CHECK(cudaStreamWaitEvent(0, n->done, 0), "all-reduce: wait for the sums");
     return MK_OK;
 }
 

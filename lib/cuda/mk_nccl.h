@@ -20,6 +20,11 @@ extern "C" {
 int mk_nccl_create(const mk_comm *c, mk_nccl **out);
 void mk_nccl_free(mk_nccl **n);
 int mk_nccl_allreduce_f32(mk_nccl *n, float *buf, size_t count);
+/* The same on a stream of the communicator's own, ordered after the work already queued
+ * on the default stream, so that later default-stream work (the rest of a backward) runs
+ * alongside it; mk_nccl_wait makes later default-stream work wait for every sum started. */
+int mk_nccl_allreduce_start_f32(mk_nccl *n, float *buf, size_t count);
+int mk_nccl_wait(mk_nccl *n);
 /* Grouped ncclSend/ncclRecv of bytes to and from every rank of the group. */
 int mk_nccl_alltoallv(mk_nccl *n, const void *send, const size_t *send_counts,
                       const size_t *send_displs, void *recv, const size_t *recv_counts,
