@@ -1373,12 +1373,6 @@ static int use_fused_ffn(const cuda_impl *im, int E, int D, int F, const void *x
            (((uintptr_t)xp | (uintptr_t)a1 | (uintptr_t)a3 | (uintptr_t)hact) & 15) == 0;
 }
 
-static mk_cuda_gather cuda_gather(const mk_rows_gather *g)
-{
-    mk_cuda_gather c = {g->src, g->row_slot, g->weights, g->K};
-    return c;
-}
-
 static int cuda_expert_ffn_forward(mk_backend *be, mk_real *y, mk_real *a1, mk_real *a3,
                                    mk_real *hact, mk_real *xp, const mk_rows_gather *x,
                                    const mk_real *w1, const mk_real *w3, const mk_real *w2,
@@ -1388,7 +1382,7 @@ static int cuda_expert_ffn_forward(mk_backend *be, mk_real *y, mk_real *a1, mk_r
     if (!use_fused_ffn(im, E, D, F, xp, a1, a3, hact))
         return mk_expert_ffn_forward_ops(be, y, a1, a3, hact, xp, x, w1, w3, w2, offs_host, E, D, F);
     if (!im->ffn) MK_CHECK(mk_cuda_ffn_create(&im->ffn));
-    return mk_cuda_ffn_forward(im->ffn, y, a1, a3, hact, xp, cuda_gather(x), w1, w3, w2, offs_host,
+    return mk_cuda_ffn_forward(im->ffn, y, a1, a3, hact, xp, x, w1, w3, w2, offs_host,
                                E, D, F);
 }
 
@@ -1404,7 +1398,7 @@ static int cuda_expert_ffn_backward(mk_backend *be, mk_real *dxp, mk_real *dw1, 
         return mk_expert_ffn_backward_ops(be, dxp, dw1, dw3, dw2, dhact, da1, da3, dy, dout, xp, a1,
                                           a3, hact, w1, w3, w2, offs_host, E, D, F);
     if (!im->ffn) MK_CHECK(mk_cuda_ffn_create(&im->ffn));
-    return mk_cuda_ffn_backward(im->ffn, dxp, dw1, dw3, dw2, dhact, da1, da3, cuda_gather(dout), xp,
+    return mk_cuda_ffn_backward(im->ffn, dxp, dw1, dw3, dw2, dhact, da1, da3, dout, xp,
                                 a1, a3, hact, w1, w3, w2, offs_host, E, D, F);
 }
 

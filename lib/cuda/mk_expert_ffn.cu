@@ -131,12 +131,13 @@ static int to_bf16(bf16 *y, const float *x, size_t n, const char *what)
     return mk_cuda_round_bf16(y, x, n, what);
 }
 
-static int gather_bf16(bf16 *out, mk_cuda_gather g, size_t R, int D, const char *what)
+static int gather_bf16(bf16 *out, const mk_rows_gather *g, size_t R, int D, const char *what)
 {
     if (R == 0) return MK_OK;
-    const int vec = ((uintptr_t)g.src & 15) == 0;
+    const int vec = ((uintptr_t)g->src & 15) == 0;
     const size_t n = R * (size_t)(D / 8);
-    k_gather_bf16<<<grid_for(n), TPB>>>((uint4 *)out, g.src, g.row_slot, g.weights, g.K, R, D / 8, vec);
+    k_gather_bf16<<<grid_for(n), TPB>>>((uint4 *)out, g->src, g->row_slot, g->weights, g->K, R, D / 8,
+                                        vec);
     CU_CHECK(cudaGetLastError(), what);
     return MK_OK;
 }
@@ -158,7 +159,7 @@ static int check_rows(const int *offs_host, int E, size_t *R)
 /* ------------------------------------------------------------------ the op */
 
 int mk_cuda_ffn_forward(mk_cuda_ffn *f, float *y, float *a1, float *a3, float *hact, float *xp,
-                        mk_cuda_gather x, const float *w1, const float *w3, const float *w2,
+                        const mk_rows_gather *x, const float *w1, const float *w3, const float *w2,
                         const int *offs_host, int E, int D, int F)
 {
     size_t R;
@@ -184,7 +185,7 @@ int mk_cuda_ffn_forward(mk_cuda_ffn *f, float *y, float *a1, float *a3, float *h
 }
 
 int mk_cuda_ffn_backward(mk_cuda_ffn *f, float *dxp, float *dw1, float *dw3, float *dw2,
-                         float *dhact, float *da1, float *da3, mk_cuda_gather dout,
+                         float *dhact, float *da1, float *da3, const mk_rows_gather *dout,
                          const float *xp, const float *a1, const float *a3, const float *hact,
                          const float *w1, const float *w3, const float *w2, const int *offs_host,
                          int E, int D, int F)

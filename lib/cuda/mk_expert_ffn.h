@@ -15,6 +15,10 @@
 #ifndef MK_EXPERT_FFN_H
 #define MK_EXPERT_FFN_H
 
+extern "C" {
+#include "mk_backend.h" /* mk_rows_gather; the CUDA build has mk_real = float */
+}
+
 typedef struct mk_cuda_ffn mk_cuda_ffn;
 
 /* Workspace of one backend (bf16 copies of inputs and weights), grown on demand. */
@@ -25,22 +29,13 @@ void mk_cuda_ffn_destroy(mk_cuda_ffn *f); /* NULL is fine */
  * MK_GG_MAX_EXPERTS experts, 16-byte aligned buffers); 0: the caller runs the op sequence. */
 int mk_cuda_ffn_supported(int E, int D, int F);
 
-/* Rows gathered as permute_rows does: row r = w * src[row_slot[r] / K, :], w =
- * weights[row_slot[r]] or 1 when weights is NULL. */
-typedef struct mk_cuda_gather {
-    const float *src;
-    const int *row_slot;
-    const float *weights;
-    int K;
-} mk_cuda_gather;
-
-/* xp (16-byte aligned, [R, D] floats) receives the gathered input rows as bf16. */
+/* xp (16-byte aligned, [R, D] floats) receives the input rows gathered as x says, as bf16. */
 int mk_cuda_ffn_forward(mk_cuda_ffn *f, float *y, float *a1, float *a3, float *hact, float *xp,
-                        mk_cuda_gather x, const float *w1, const float *w3, const float *w2,
+                        const mk_rows_gather *x, const float *w1, const float *w3, const float *w2,
                         const int *offs_host, int E, int D, int F);
 /* xp as the forward left it; the output-gradient rows are gathered from dout. */
 int mk_cuda_ffn_backward(mk_cuda_ffn *f, float *dxp, float *dw1, float *dw3, float *dw2,
-                         float *dhact, float *da1, float *da3, mk_cuda_gather dout,
+                         float *dhact, float *da1, float *da3, const mk_rows_gather *dout,
                          const float *xp, const float *a1, const float *a3, const float *hact,
                          const float *w1, const float *w3, const float *w2, const int *offs_host,
                          int E, int D, int F);

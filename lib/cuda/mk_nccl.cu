@@ -11,6 +11,7 @@ extern "C" {
 #include "mk_comm.h"
 #include "mk_error.h"
 }
+#include "mk_cuda_check.h"
 #include "mk_nccl.h"
 
 struct mk_nccl {
@@ -19,13 +20,6 @@ struct mk_nccl {
     cudaStream_t stream;    /* non-blocking: the legacy default stream does not wait on it */
     cudaEvent_t queued, done;
 };
-
-#define CUDA_CHECK(call, what)                                                             \
-    do {                                                                                   \
-        cudaError_t e_ = (call);                                                           \
-        if (e_ != cudaSuccess)                                                             \
-            return MK_FAIL(MK_ERR_INTERNAL, "nccl: %s: %s", what, cudaGetErrorString(e_)); \
-    } while (0)
 
 #define NCCL_CHECK(call, what)                                                              \
     do {                                                                                   \
@@ -80,16 +74,16 @@ extern "C" int mk_nccl_allreduce_f32(mk_nccl *n, float *buf, size_t count)
 
 extern "C" int mk_nccl_allreduce_start_f32(mk_nccl *n, float *buf, size_t count)
 {
-    CUDA_CHECK(cudaEventRecord(n->queued, 0), "all-reduce: mark the queued work");
-    CUDA_CHECK(cudaStreamWaitEvent(n->stream, n->queued, 0), "all-reduce: order after it");
+    CU_CHECK(cudaEventRecord(n->queued, 0), "all-reduce: mark the queued work");
+    CU_CHECK(cudaStreamWaitEvent(n->stream, n->queued, 0), "all-reduce: order after it");
     NCCL_CHECK(ncclAllReduce(buf, buf, count, ncclFloat32, ncclSum, n->comm, n->stream), "all-reduce");
     return MK_OK;
 }
 
 extern "C" int mk_nccl_wait(mk_nccl *n)
 {
-    CUDA_CHECK(cudaEventRecord(n->done, n->stream), "all-reduce: mark the sums");
-    CUDA_CHECK(cudaStreamWaitEvent(0, n->done, 0), "all-reduce: wait for the sums");
+    CU_CHECK(cudaEventRecord(n->done, n->stream), "all-reduce: mark the sums");
+    CU_CHECK(cudaStreamWaitEvent(0, n->done, 0), "all-reduce: wait for the sums");
     return MK_OK;
 }
 
