@@ -7,7 +7,7 @@ AC_DEFUN([MK_CHECK_CUDA], [
     [], [with_cuda=auto])
   AC_ARG_VAR([NVCC], [CUDA compiler])
   AC_ARG_VAR([NVCCFLAGS], [extra flags for nvcc])
-  AC_ARG_VAR([CUDA_ARCH], [nvcc -gencode flags (default: sm_90)])
+  AC_ARG_VAR([CUDA_ARCH], [nvcc -gencode flags (default: sm_90a code, for the wgmma kernels of H100/H200, and sm_90 PTX)])
   mk_have_cuda=no
   AS_IF([test "x$with_cuda" != xno], [
     AS_CASE([$with_cuda], [yes|auto], [mk_cuda_prefix=/usr/local/cuda], [mk_cuda_prefix=$with_cuda])
@@ -27,7 +27,7 @@ AC_DEFUN([MK_CHECK_CUDA], [
   AS_IF([test "x$with_cuda" != xno && test "x$with_cuda" != xauto && test "x$mk_have_cuda" != xyes],
     [AC_MSG_ERROR([--with-cuda was given but nvcc, cudart, cuBLAS or NCCL is missing under $mk_cuda_prefix])])
   AS_IF([test -z "$CUDA_ARCH"],
-    [CUDA_ARCH="-gencode=arch=compute_90,code=sm_90 -gencode=arch=compute_90,code=compute_90"])
+    [CUDA_ARCH="-gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_90,code=compute_90"])
   AS_IF([test "x$mk_have_cuda" = xyes], [
     CUDA_LIBS="-lnccl -lcublasLt -lcublas -lcudart -lstdc++"
     AC_DEFINE([MK_HAVE_CUDA], [1], [Define if the CUDA backend is built])])

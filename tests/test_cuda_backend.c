@@ -27,6 +27,7 @@
 #include <cuda_runtime_api.h>
 
 #include "cuda/mk_backend_cuda.h"
+#include "cuda/mk_grouped_gemm.h"
 #include "mk_backend.h"
 #include "mk_config.h"
 #include "mk_error.h"
@@ -641,6 +642,115 @@ static void test_grouped_bf16(mk_backend *bf)
     }
 }
 
+/* bf16 values (exact in bf16, as Hbf16 makes them) as a device array of bf16. */
+static void *Dbf16(const float *x, size_t n)
+{
+    uint16_t *h = H(n * sizeof *h);
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &x[i], sizeof u);
+        h[i] = (uint16_t)(u >> 16);
+    }
+    return D(h, n * sizeof *h);
+}
+
+static float *Gbf16(const void *dev, size_t n)
+{
+    const uint16_t *h = G(dev, n * sizeof *h);
+    float *x = Hf(n);
+    for (size_t i = 0; i < n; i++) {
+        const uint32_t u = (uint32_t)h[i] << 16;
+        memcpy(&x[i], &u, sizeof u);
+    }
+    return x;
+}
+
+/* The bf16-operand grouped kernels (what the fused expert FFN runs) against the CPU on
+ * the same bf16 values, for one kernel kind: every form the FFN uses -- W and W^T, fp32
+ * output accumulating (beta 0.5) with and without a second source of K2 = K columns,
+ * bf16 output (one rounding more: rtol 5e-3), the weight gradient accumulating onto dW;
+ * a second run gives the same bits. */
+static void one_grouped_kernel(mk_gg_kernel kern, const char *kname, int E, int K, int N, const int *offs)
+{
+    const size_t R = (size_t)offs[E], na = R * K, nw = (size_t)E * K * N, nc = R * N;
+    float *A = Hbf16(Hrand(na, 1), na), *A2 = Hbf16(Hrand(na, 1), na);
+    float *W = Hbf16(Hrand(nw, 0.1), nw), *W2 = Hbf16(Hrand(nw, 0.1), nw);
+    void *gA = Dbf16(A, na), *gA2 = Dbf16(A2, na), *gW = Dbf16(W, nw), *gW2 = Dbf16(W2, nw);
+    const double atol = AT_GEMM * sqrt(2.0 * K);
+    for (int tw = 0; tw < 2; tw++)
+        for (int two = 0; two < 2; two++) {
+            float *C0 = Hrand(nc, 1), *want = Hcopy(C0, nc), *gC = D(C0, nc * 4);
+            int r1 = cpu->ops->grouped_matmul(cpu, want, A, W, offs, E, K, N, tw, 0.5f);
+            if (r1 == MK_OK && two) r1 = cpu->ops->grouped_matmul(cpu, want, A2, W2, offs, E, K, N, tw, 1.f);
+            int r2 = mk_grouped_gemm_rows_bf16(kern, gC, 0, gA, gW, two ? gA2 : NULL, two ? gW2 : NULL,
+                                               two ? K : 0, offs, E, K, N, tw, 0.5f);
+            if (both_ok(r1, r2, "grouped GEMM kernel (fp32 out)"))
+                check_arr(Gf(gC, nc), want, nc, RT_GEMM, atol,
+                          "%s grouped GEMM E %d K %d N %d (%zu rows) trans_w %d%s, fp32 out, beta 0.5",
+                          kname, E, K, N, R, tw, two ? " + second source" : "");
+        }
+    for (int tw = 0; tw < 2; tw++) {
+        float *want = Hf(nc);
+        void *gC = Dz(nc * 2 + 16);
+        int r1 = cpu->ops->grouped_matmul(cpu, want, A, W, offs, E, K, N, tw, 0.f);
+        int r2 = mk_grouped_gemm_rows_bf16(kern, gC, 1, gA, gW, NULL, NULL, 0, offs, E, K, N, tw, 0.f);
+        if (both_ok(r1, r2, "grouped GEMM kernel (bf16 out)")) {
+            float *got = Gbf16(gC, nc);
+            check_arr(got, want, nc, 5e-3, atol, "%s grouped GEMM E %d K %d N %d trans_w %d, bf16 out",
+                      kname, E, K, N, tw);
+            r2 = mk_grouped_gemm_rows_bf16(kern, gC, 1, gA, gW, NULL, NULL, 0, offs, E, K, N, tw, 0.f);
+            tap_ok(r2 == MK_OK && memcmp(Gbf16(gC, nc), got, nc * 4) == 0,
+                   "%s grouped GEMM E %d K %d N %d trans_w %d: a second run gives the same bits", kname,
+                   E, K, N, tw);
+        }
+    }
+    float *dC = Hbf16(Hrand(nc, 1), nc), *dW0 = Hrand(nw, 1), *want = Hcopy(dW0, nw);
+    void *gdC = Dbf16(dC, nc);
+    float *gdW = D(dW0, nw * 4), *gdW2 = D(dW0, nw * 4);
+    const size_t wsn = mk_grouped_gemm_wgrad_ws_floats(offs, E, K, N);
+    float *ws = Dz((wsn ? wsn : 1) * 4);
+    int r1 = cpu->ops->grouped_matmul_wgrad(cpu, want, A, dC, offs, E, K, N);
+    int r2 = mk_grouped_gemm_wgrad_bf16(kern, gdW, ws, wsn, gA, gdC, offs, E, K, N);
+    if (both_ok(r1, r2, "grouped weight gradient kernel")) {
+        float *got = Gf(gdW, nw);
+        check_arr(got, want, nw, RT_GEMM, AT_GEMM * sqrt((double)R),
+                  "%s grouped weight gradient E %d K %d N %d (%zu rows%s) accumulates", kname, E, K, N,
+                  R, wsn ? ", chunked" : "");
+        r2 = mk_grouped_gemm_wgrad_bf16(kern, gdW2, ws, wsn, gA, gdC, offs, E, K, N);
+        tap_ok(r2 == MK_OK && memcmp(Gf(gdW2, nw), got, nw * 4) == 0,
+               "%s grouped weight gradient E %d K %d N %d: a second run gives the same bits", kname, E,
+               K, N);
+    }
+    arena_free();
+}
+
+/* Shapes cross every tile edge (rows, K and N not multiples of 128 or of the 32- and
+ * 64-wide reduction steps), with empty and single-row experts and one expert of 2,500 rows
+ * (the weight gradient's chunks of 2,048), and bench-s's 768 <-> 256. wgmma must be there
+ * on an sm_90 GPU: its absence would be a build without sm_90a code. */
+static void test_grouped_kernels_bf16(void)
+{
+    int dev = 0, major = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    const int wg = mk_grouped_gemm_wgmma_available();
+    if (major == 9) tap_ok(wg, "wgmma grouped kernels available on this sm_90 GPU");
+    enum { NCASE = 4 };
+    const int shapes[NCASE][3] = {{5, 24, 16}, {7, 200, 136}, {64, 768, 256}, {64, 256, 768}}; /* E K N */
+    for (int k = 0; k < 1 + wg; k++)
+        for (int c = 0; c < NCASE; c++) {
+            const int E = shapes[c][0], K = shapes[c][1], N = shapes[c][2];
+            int offs[65];
+            offs[0] = 0;
+            for (int e = 0; e < E; e++) {
+                int rows = e == 1 ? 0 : e == 2 ? 1 : 1 + rnd_below(150);
+                if (e == E - 1) rows = E > 8 ? 2500 : 333;
+                offs[e + 1] = offs[e] + rows;
+            }
+            one_grouped_kernel(k ? MK_GG_WGMMA : MK_GG_MMA, k ? "wgmma" : "mma.sync", E, K, N, offs);
+        }
+}
+
 /* The bf16 backend's fused expert FFN (mk_expert_ffn.cu) against the op sequence on the
  * fp32 CPU: outputs by relative L2 error; weight gradients accumulate onto what is there;
  * an expert without rows; a second run gives the same bits. The second shape has an
@@ -1192,6 +1302,7 @@ int main(void)
     if (mk_backend_cuda_create(0, 1, &bf) != MK_OK) bail("cuda backend (bf16)");
     test_attention_bf16(bf);
     test_grouped_bf16(bf);
+    test_grouped_kernels_bf16();
     test_expert_ffn_bf16(bf);
     test_output_bf16(bf);
     test_model_bf16(0, bf);

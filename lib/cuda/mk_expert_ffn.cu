@@ -19,6 +19,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -38,10 +39,9 @@ typedef __nv_bfloat16 bf16;
 #define MAX_BLOCKS 65536u
 
 struct mk_cuda_ffn {
-    mk_devbuf buf;  /* bf16 copies, then the weight gradient's fp32 partials */
+    mk_devbuf buf;     /* bf16 copies, then the weight gradient's fp32 partials */
+    mk_gg_kernel kern; /* wgmma where the GPU has it, unless MOEKIT_NO_WGMMA=1 */
 };
-
-
 
 static unsigned grid_for(size_t n)
 {
@@ -110,6 +110,9 @@ int mk_cuda_ffn_create(mk_cuda_ffn **out)
 {
     *out = (mk_cuda_ffn *)calloc(1, sizeof **out);
     if (!*out) return MK_FAIL(MK_ERR_NOMEM, "cuda expert FFN: cannot allocate its state");
+    const char *off = getenv("MOEKIT_NO_WGMMA");
+    const int no = off && strcmp(off, "1") == 0;
+    (*out)->kern = !no && mk_grouped_gemm_wgmma_available() ? MK_GG_WGMMA : MK_GG_MMA;
     return MK_OK;
 }
 
@@ -176,12 +179,12 @@ int mk_cuda_ffn_forward(mk_cuda_ffn *f, float *y, float *a1, float *a3, float *h
     MK_CHECK(to_bf16(w3b, w3, nw, "expert FFN forward: w3"));
     MK_CHECK(to_bf16(w2b, w2, nw, "expert FFN forward: w2"));
     bf16 *a1b = (bf16 *)a1, *a3b = (bf16 *)a3, *hb = (bf16 *)hact;
-    MK_CHECK(mk_grouped_gemm_rows_bf16(a1b, 1, xb, w1b, NULL, NULL, 0, offs_host, E, D, F, 0, 0.f));
-    MK_CHECK(mk_grouped_gemm_rows_bf16(a3b, 1, xb, w3b, NULL, NULL, 0, offs_host, E, D, F, 0, 0.f));
+    MK_CHECK(mk_grouped_gemm_rows_bf16(f->kern, a1b, 1, xb, w1b, NULL, NULL, 0, offs_host, E, D, F, 0, 0.f));
+    MK_CHECK(mk_grouped_gemm_rows_bf16(f->kern, a3b, 1, xb, w3b, NULL, NULL, 0, offs_host, E, D, F, 0, 0.f));
     k_swiglu<<<grid_for(nh / 2), TPB>>>((__nv_bfloat162 *)hb, (const __nv_bfloat162 *)a1b,
                                         (const __nv_bfloat162 *)a3b, nh / 2);
     CU_CHECK(cudaGetLastError(), "expert FFN forward: SwiGLU");
-    return mk_grouped_gemm_rows_bf16(y, 0, hb, w2b, NULL, NULL, 0, offs_host, E, F, D, 0, 0.f);
+    return mk_grouped_gemm_rows_bf16(f->kern, y, 0, hb, w2b, NULL, NULL, 0, offs_host, E, F, D, 0, 0.f);
 }
 
 int mk_cuda_ffn_backward(mk_cuda_ffn *f, float *dxp, float *dw1, float *dw3, float *dw2,
@@ -210,15 +213,15 @@ int mk_cuda_ffn_backward(mk_cuda_ffn *f, float *dxp, float *dw1, float *dw3, flo
     MK_CHECK(to_bf16(w2b, w2, nw, "expert FFN backward: w2"));
     const bf16 *a1b = (const bf16 *)a1, *a3b = (const bf16 *)a3, *hb = (const bf16 *)hact;
     bf16 *dhb = (bf16 *)dhact, *da1b = (bf16 *)da1, *da3b = (bf16 *)da3;
-    MK_CHECK(mk_grouped_gemm_rows_bf16(dhb, 1, dyb, w2b, NULL, NULL, 0, offs_host, E, D, F, 1, 0.f));
-    MK_CHECK(mk_grouped_gemm_wgrad_bf16(dw2, ws, wsn, hb, dyb, offs_host, E, F, D));
+    MK_CHECK(mk_grouped_gemm_rows_bf16(f->kern, dhb, 1, dyb, w2b, NULL, NULL, 0, offs_host, E, D, F, 1, 0.f));
+    MK_CHECK(mk_grouped_gemm_wgrad_bf16(f->kern, dw2, ws, wsn, hb, dyb, offs_host, E, F, D));
     k_swiglu_backward<<<grid_for(nh / 2), TPB>>>((__nv_bfloat162 *)da1b, (__nv_bfloat162 *)da3b,
                                                  (const __nv_bfloat162 *)dhb,
                                                  (const __nv_bfloat162 *)a1b,
                                                  (const __nv_bfloat162 *)a3b, nh / 2);
     CU_CHECK(cudaGetLastError(), "expert FFN backward: SwiGLU");
     /* dxp = da1 W1^T + da3 W3^T as one product over 2F columns: no second pass over dxp */
-    MK_CHECK(mk_grouped_gemm_rows_bf16(dxp, 0, da1b, w1b, da3b, w3b, F, offs_host, E, F, D, 1, 0.f));
-    MK_CHECK(mk_grouped_gemm_wgrad_bf16(dw1, ws, wsn, xb, da1b, offs_host, E, D, F));
-    return mk_grouped_gemm_wgrad_bf16(dw3, ws, wsn, xb, da3b, offs_host, E, D, F);
+    MK_CHECK(mk_grouped_gemm_rows_bf16(f->kern, dxp, 0, da1b, w1b, da3b, w3b, F, offs_host, E, F, D, 1, 0.f));
+    MK_CHECK(mk_grouped_gemm_wgrad_bf16(f->kern, dw1, ws, wsn, xb, da1b, offs_host, E, D, F));
+    return mk_grouped_gemm_wgrad_bf16(f->kern, dw3, ws, wsn, xb, da3b, offs_host, E, D, F);
 }

@@ -39,6 +39,7 @@ extern "C" {
 }
 #include "mk_grouped_gemm.h"
 #include "mk_mma.h"
+#include "mk_wgmma.h"
 
 #define BM 128          /* tile rows (m) and columns (n): the two outer extents are equal */
 #define BK 32           /* reduction step */
@@ -262,6 +263,19 @@ __device__ __forceinline__ void put2(bf16 *p, float2 v, float beta)
     *(__nv_bfloat162 *)p = __floats2bfloat162_rn(v.x, v.y);
 }
 
+/* The expert whose blocks (or chunks) include b: first[e] <= b < first[e + 1], found by
+ * binary search; ends at the expert with rows when empty experts share its first. */
+__device__ __forceinline__ int find_expert(const gg_table &t, int b)
+{
+    int lo = 0, hi = t.E;
+    while (hi - lo > 1) {
+        const int mid = (lo + hi) >> 1;
+        if (t.first[mid] <= b) lo = mid;
+        else hi = mid;
+    }
+    return lo;
+}
+
 /* The warp layout of an operand type: threads, 8-column accumulator groups per warp (NJ)
  * and warps along n (WN). */
 template <typename T> struct gg_cfg {
@@ -279,13 +293,7 @@ __global__ static void __launch_bounds__(gg_cfg<T>::threads, 2) k_gg_rows(TC *C,
 {
     extern __shared__ __align__(16) bf16 smem[];
     const int b = blockIdx.x;
-    int lo = 0, hi = t.E; /* first[lo] <= b < first[hi]; ends at the expert with rows */
-    while (hi - lo > 1) {
-        const int mid = (lo + hi) >> 1;
-        if (t.first[mid] <= b) lo = mid;
-        else hi = mid;
-    }
-    const int e = lo, nt = (N + BM - 1) / BM, local = b - t.first[e];
+    const int e = find_expert(t, b), nt = (N + BM - 1) / BM, local = b - t.first[e];
     const int m0 = (local / nt) * BM, n0 = (local % nt) * BM;
     const int r0 = t.offs[e], rows = t.offs[e + 1] - r0;
     constexpr int NJ = gg_cfg<T>::NJ, WN = gg_cfg<T>::WN;
@@ -332,13 +340,7 @@ __global__ static void __launch_bounds__(gg_cfg<T>::threads, 2) k_gg_wgrad(float
     extern __shared__ __align__(16) bf16 smem[];
     const int nt = (N + BM - 1) / BM, tiles = ((K + BM - 1) / BM) * nt;
     const int u = blockIdx.x / tiles, local = blockIdx.x % tiles;
-    int lo = 0, hi = t.E;
-    while (hi - lo > 1) {
-        const int mid = (lo + hi) >> 1;
-        if (t.first[mid] <= u) lo = mid;
-        else hi = mid;
-    }
-    const int e = lo, chunks = t.first[e + 1] - t.first[e];
+    const int e = find_expert(t, u), chunks = t.first[e + 1] - t.first[e];
     const int m0 = (local / nt) * BM, n0 = (local % nt) * BM;
     const int r0 = t.offs[e] + (u - t.first[e]) * WG_CHUNK;
     const int rows = min(t.offs[e + 1] - r0, WG_CHUNK);
@@ -389,6 +391,214 @@ __global__ static void k_gg_wgrad_sum(float *dW, const float *ws, const gg_table
     }
 }
 
+/* ------------------------------------------------------------------ wgmma (sm_90a)
+ *
+ * The same tiles (128 x 128 of one expert's output, the same block numbering and row
+ * chunks) on Hopper's warpgroup MMA: two warpgroups of 64 rows each multiply straight out
+ * of shared memory (mk_wgmma.h), so no fragment passes through registers and a warp
+ * issues one instruction per 64 x 128 x 16 product where mma.sync needed 32 plus their
+ * ldmatrix loads. Operands are copied with cp.async into 128-byte-swizzled tiles in their
+ * memory layout (k-major lines of 64 k, or mn-major lines of 64 rows or columns), three
+ * steps of 64 in flight; two blocks per SM, so one block's loads and epilogue overlap the
+ * other's products. Each warpgroup waits for its products before the barrier that lets
+ * the block refill that stage, the simple order that needs no second barrier. */
+#define WBK 64        /* reduction step: one 128-byte line of bf16 */
+#define WSTAGES 3
+#define WNT 256       /* two warpgroups */
+#define WTILE (BM * WBK)
+#define WSMEM (WSTAGES * 2 * WTILE * (int)sizeof(bf16) + 1024) /* + room to align to the atom */
+
+/* One operand's step into a swizzled tile, 1024 chunks of 8 elements, 4 per thread. KC: the
+ * step is 128 lines (outer index) of 64 k; otherwise two slabs of 64 k lines, each line 64
+ * consecutive outer indices. Chunks past a bound are zero-filled (olim and klim are
+ * multiples of 8, so a chunk is wholly in or out). */
+template <bool KC>
+__device__ __forceinline__ void wg_issue(bf16 *tile, const bf16 *P, int ld, int o0, int olim, int k0,
+                                         int klim)
+{
+#pragma unroll
+    for (int j = 0; j < BM * WBK / 8 / WNT; j++) {
+        const int c = threadIdx.x + j * WNT;
+        int o, k, so;
+        if (KC) o = c >> 3, k = (c & 7) * 8, so = mk_sw128(o, c & 7);
+        else k = c >> 4, o = (c & 15) * 8, so = mk_sw128((o >> 6) * WBK + k, c & 7);
+        o += o0, k += k0;
+        const int ok = o < olim && k < klim;
+        const bf16 *src = ok ? P + (KC ? (size_t)o * ld + k : (size_t)k * ld + o) : P;
+        mk_cp_async16(tile + so, src, ok ? 16 : 0);
+    }
+}
+
+template <bool A_KC, bool B_KC>
+__device__ __forceinline__ void wg_issue_src(bf16 *st, const gg_src &s, int m0, int mlim, int n0, int nlim,
+                                             int k0)
+{
+    wg_issue<A_KC>(st, s.A, s.lda, m0, mlim, k0, s.klim);
+    wg_issue<B_KC>(st + WTILE, s.B, s.ldb, n0, nlim, k0, s.klim);
+}
+
+/* Descriptor of k16 step kk of a staged tile: k-major lines advance 32 bytes, mn-major
+ * ones 16 lines; mn-major slabs of 64 are 64 lines apart. */
+template <bool KC> __device__ __forceinline__ uint64_t wg_desc(const bf16 *tile, int kk)
+{
+    return KC ? mk_wgmma_desc(tile + kk * 16, 16, 1024) : mk_wgmma_desc(tile + kk * 16 * 64, WBK * 128, 1024);
+}
+
+/* acc = this warpgroup's 64 x 128 of the block's tile, C = A1 B1 + A2 B2 as tile_product. */
+template <bool A_KC, bool B_KC>
+__device__ __forceinline__ void wg_tile_product(float acc[64], bf16 *smem, const gg_src &s1, const gg_src &s2,
+                                                int m0, int mlim, int n0, int nlim)
+{
+#ifdef MK_HAVE_WGMMA
+    const int wg = threadIdx.x >> 7;
+#pragma unroll
+    for (int i = 0; i < 64; i++) acc[i] = 0.f;
+    const int nk1 = (s1.klim + WBK - 1) / WBK, nk = nk1 + (s2.klim + WBK - 1) / WBK;
+#pragma unroll
+    for (int st = 0; st < WSTAGES - 1; st++) {
+        if (st < nk) {
+            if (st < nk1) wg_issue_src<A_KC, B_KC>(smem + st * 2 * WTILE, s1, m0, mlim, n0, nlim, st * WBK);
+            else wg_issue_src<A_KC, B_KC>(smem + st * 2 * WTILE, s2, m0, mlim, n0, nlim, (st - nk1) * WBK);
+        }
+        mk_cp_async_commit();
+    }
+    for (int kt = 0; kt < nk; kt++) {
+        /* step kt has landed for every thread, and every warpgroup is done with the stage
+         * the next issue refills (its products were waited for in the last iteration) */
+        mk_cp_async_wait<WSTAGES - 2>();
+        mk_fence_proxy_async();
+        __syncthreads();
+        const int nxt = kt + WSTAGES - 1;
+        if (nxt < nk) {
+            bf16 *st = smem + (nxt % WSTAGES) * 2 * WTILE;
+            if (nxt < nk1) wg_issue_src<A_KC, B_KC>(st, s1, m0, mlim, n0, nlim, nxt * WBK);
+            else wg_issue_src<A_KC, B_KC>(st, s2, m0, mlim, n0, nlim, (nxt - nk1) * WBK);
+        }
+        mk_cp_async_commit();
+        const bf16 *As = smem + (kt % WSTAGES) * 2 * WTILE, *Bs = As + WTILE;
+        const bf16 *Aw = As + wg * 64 * WBK; /* this warpgroup's 64 rows: 64 lines in, either layout */
+        mk_wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < WBK / 16; kk++)
+            mk_wgmma_m64n128k16<A_KC ? 0 : 1, B_KC ? 0 : 1>(acc, wg_desc<A_KC>(Aw, kk), wg_desc<B_KC>(Bs, kk));
+        mk_wgmma_commit();
+        mk_wgmma_wait<0>();
+    }
+    mk_cp_async_wait<0>();
+#else
+    (void)acc, (void)smem, (void)s1, (void)s2, (void)m0, (void)mlim, (void)n0, (void)nlim;
+#endif
+}
+
+/* Dynamic shared memory rounded up to the 1024-byte swizzle atom. */
+__device__ __forceinline__ bf16 *wg_smem(unsigned char *raw)
+{
+    return (bf16 *)(((uintptr_t)raw + 1023) & ~(uintptr_t)1023);
+}
+
+/* Accumulator d[4 j + 2 h + c] of this thread is row 16 w + g + 8 h of its warpgroup's 64,
+ * column 8 j + 2 q + c (mk_wgmma.h). */
+template <typename TC, bool B_KC>
+__global__ static void __launch_bounds__(WNT, 2) k_wg_rows(TC *C, const bf16 *A, const bf16 *W, const bf16 *A2,
+                                                          const bf16 *W2, int K2, const gg_table t, int K,
+                                                          int N, float beta)
+{
+#ifdef MK_HAVE_WGMMA
+    extern __shared__ unsigned char wg_raw[];
+    bf16 *smem = wg_smem(wg_raw);
+    const int b = blockIdx.x;
+    const int e = find_expert(t, b), nt = (N + BM - 1) / BM, local = b - t.first[e];
+    const int m0 = (local / nt) * BM, n0 = (local % nt) * BM;
+    const int r0 = t.offs[e], rows = t.offs[e + 1] - r0;
+    const gg_src s1 = {A + (size_t)r0 * K, W + (size_t)e * K * N, K, B_KC ? K : N, K};
+    const gg_src s2 = {A2 ? A2 + (size_t)r0 * K2 : A, W2 ? W2 + (size_t)e * K2 * N : W, K2, B_KC ? K2 : N,
+                       A2 ? K2 : 0};
+    float acc[64];
+    wg_tile_product<true, B_KC>(acc, smem, s1, s2, m0, rows, n0, N);
+    const int lane = threadIdx.x & 31, w = (threadIdx.x >> 5) & 3, wg = threadIdx.x >> 7;
+    const int g = lane >> 2, q = lane & 3;
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const int row = m0 + wg * 64 + w * 16 + g + 8 * h;
+        if (row >= rows) continue;
+        TC *Crow = C + (size_t)(r0 + row) * N;
+#pragma unroll
+        for (int j = 0; j < 16; j++) {
+            const int col = n0 + j * 8 + 2 * q;
+            if (col < N) put2(Crow + col, make_float2(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]), beta);
+        }
+    }
+#else
+    (void)C, (void)A, (void)W, (void)A2, (void)W2, (void)K2, (void)t, (void)K, (void)N, (void)beta;
+#endif
+}
+
+/* The weight gradient's chunks as k_gg_wgrad, on wgmma: both operands mn-major. */
+__global__ static void __launch_bounds__(WNT, 2) k_wg_wgrad(float *dW, float *ws, const bf16 *A, const bf16 *dC,
+                                                           const gg_table t, int K, int N)
+{
+#ifdef MK_HAVE_WGMMA
+    extern __shared__ unsigned char wg_raw[];
+    bf16 *smem = wg_smem(wg_raw);
+    const int nt = (N + BM - 1) / BM, tiles = ((K + BM - 1) / BM) * nt;
+    const int u = blockIdx.x / tiles, local = blockIdx.x % tiles;
+    const int e = find_expert(t, u), chunks = t.first[e + 1] - t.first[e];
+    const int m0 = (local / nt) * BM, n0 = (local % nt) * BM;
+    const int r0 = t.offs[e] + (u - t.first[e]) * WG_CHUNK;
+    const int rows = min(t.offs[e + 1] - r0, WG_CHUNK);
+    const gg_src s1 = {A + (size_t)r0 * K, dC + (size_t)r0 * N, K, N, rows};
+    const gg_src s2 = {A, dC, K, N, 0};
+    float acc[64];
+    wg_tile_product<false, false>(acc, smem, s1, s2, m0, K, n0, N);
+    const int lane = threadIdx.x & 31, w = (threadIdx.x >> 5) & 3, wg = threadIdx.x >> 7;
+    const int g = lane >> 2, q = lane & 3;
+    float *out = chunks == 1 ? dW + (size_t)e * K * N : ws + (size_t)u * K * N;
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const int row = m0 + wg * 64 + w * 16 + g + 8 * h;
+        if (row >= K) continue;
+#pragma unroll
+        for (int j = 0; j < 16; j++) {
+            const int col = n0 + j * 8 + 2 * q;
+            if (col >= N) continue;
+            float2 *p = (float2 *)(out + (size_t)row * N + col);
+            float2 v = make_float2(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
+            if (chunks == 1) {
+                const float2 old = *p;
+                v.x += old.x, v.y += old.y;
+            }
+            *p = v;
+        }
+    }
+#else
+    (void)dW, (void)ws, (void)A, (void)dC, (void)t, (void)K, (void)N;
+#endif
+}
+
+/* 1 in the sm_90a pass, where the kernels above are real. */
+__global__ static void k_wgmma_probe(int *out)
+{
+#ifdef MK_HAVE_WGMMA
+    *out = 1;
+#else
+    *out = 0;
+#endif
+}
+
+int mk_grouped_gemm_wgmma_available(void)
+{
+    int dev = 0, major = 0, minor = 0, have = 0, *d = NULL;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess)
+        return 0;
+    if (major != 9 || minor != 0 || cudaMalloc(&d, sizeof *d) != cudaSuccess) return 0;
+    k_wgmma_probe<<<1, 1>>>(d);
+    if (cudaMemcpy(&have, d, sizeof have, cudaMemcpyDeviceToHost) != cudaSuccess) have = 0;
+    cudaFree(d);
+    return have == 1;
+}
+
 static int aligned16(const void *p)
 {
     return ((uintptr_t)p & 15) == 0;
@@ -436,7 +646,7 @@ template <typename K> static int smem_attr(K kernel, int bytes, const char *what
 template <typename T, typename TC>
 static int rows_launch(TC *C, const T *A, const T *W, const T *A2, const T *W2, int K2,
                        const int *offs_host, int E, int K, int N, int trans_w, float beta,
-                       const char *what)
+                       int wg, const char *what)
 {
     gg_table t;
     MK_CHECK(table_offs(&t, what, offs_host, E));
@@ -449,6 +659,18 @@ static int rows_launch(TC *C, const T *A, const T *W, const T *A2, const T *W2, 
     }
     t.first[E] = (int)blocks;
     if (blocks == 0) return MK_OK;
+    if constexpr (sizeof(T) == 2) {
+        if (wg) {
+            if (trans_w) {
+                MK_CHECK(smem_attr(k_wg_rows<TC, true>, WSMEM, what));
+                k_wg_rows<TC, true><<<(unsigned)blocks, WNT, WSMEM>>>(C, A, W, A2, W2, K2, t, K, N, beta);
+            } else {
+                MK_CHECK(smem_attr(k_wg_rows<TC, false>, WSMEM, what));
+                k_wg_rows<TC, false><<<(unsigned)blocks, WNT, WSMEM>>>(C, A, W, A2, W2, K2, t, K, N, beta);
+            }
+            return launched(what);
+        }
+    }
     const int smem = sizeof(T) == 4 ? SMEM_F32 : SMEM_BF16;
     if (trans_w) {
         MK_CHECK(smem_attr(k_gg_rows<T, TC, true>, smem, what));
@@ -475,7 +697,7 @@ size_t mk_grouped_gemm_wgrad_ws_floats(const int *offs_host, int E, int K, int N
 
 template <typename T>
 static int wgrad_launch(float *dW, float *ws, size_t ws_floats, const T *A, const T *dC,
-                        const int *offs_host, int E, int K, int N, const char *what)
+                        const int *offs_host, int E, int K, int N, int wg, const char *what)
 {
     gg_table t;
     MK_CHECK(table_offs(&t, what, offs_host, E));
@@ -494,8 +716,16 @@ static int wgrad_launch(float *dW, float *ws, size_t ws_floats, const T *A, cons
     const long tiles = (long)((K + BM - 1) / BM) * ((N + BM - 1) / BM);
     if (tiles * units > 0x7fffffffL) return MK_FAIL(MK_ERR_INTERNAL, "%s: %ld blocks", what, tiles * units);
     const int smem = sizeof(T) == 4 ? SMEM_F32 : SMEM_BF16;
-    MK_CHECK(smem_attr(k_gg_wgrad<T>, smem, what));
-    k_gg_wgrad<T><<<(unsigned)(tiles * units), gg_cfg<T>::threads, smem>>>(dW, ws, A, dC, t, K, N);
+    if constexpr (sizeof(T) == 2) {
+        if (wg) {
+            MK_CHECK(smem_attr(k_wg_wgrad, WSMEM, what));
+            k_wg_wgrad<<<(unsigned)(tiles * units), WNT, WSMEM>>>(dW, ws, A, dC, t, K, N);
+        }
+    }
+    if (!wg || sizeof(T) == 4) {
+        MK_CHECK(smem_attr(k_gg_wgrad<T>, smem, what));
+        k_gg_wgrad<T><<<(unsigned)(tiles * units), gg_cfg<T>::threads, smem>>>(dW, ws, A, dC, t, K, N);
+    }
     MK_CHECK(launched(what));
     if (!split) return MK_OK;
     const size_t KN = (size_t)K * N;
@@ -508,17 +738,17 @@ static int wgrad_launch(float *dW, float *ws, size_t ws_floats, const T *A, cons
 int mk_grouped_gemm_rows(float *C, const float *A, const float *W, const int *offs_host, int E,
                          int K, int N, int trans_w, float beta)
 {
-    return rows_launch<float, float>(C, A, W, NULL, NULL, 0, offs_host, E, K, N, trans_w, beta,
+    return rows_launch<float, float>(C, A, W, NULL, NULL, 0, offs_host, E, K, N, trans_w, beta, 0,
                                      "grouped_matmul");
 }
 
 int mk_grouped_gemm_wgrad(float *dW, float *ws, size_t ws_floats, const float *A, const float *dC,
                           const int *offs_host, int E, int K, int N)
 {
-    return wgrad_launch<float>(dW, ws, ws_floats, A, dC, offs_host, E, K, N, "grouped_matmul_wgrad");
+    return wgrad_launch<float>(dW, ws, ws_floats, A, dC, offs_host, E, K, N, 0, "grouped_matmul_wgrad");
 }
 
-int mk_grouped_gemm_rows_bf16(void *C, int c_bf16, const void *A, const void *W, const void *A2,
+int mk_grouped_gemm_rows_bf16(mk_gg_kernel kern, void *C, int c_bf16, const void *A, const void *W, const void *A2,
                               const void *W2, int K2, const int *offs_host, int E, int K, int N,
                               int trans_w, float beta)
 {
@@ -527,17 +757,18 @@ int mk_grouped_gemm_rows_bf16(void *C, int c_bf16, const void *A, const void *W,
     if ((A2 == NULL) != (W2 == NULL) || (A2 && (K2 <= 0 || K2 % 8)))
         return MK_FAIL(MK_ERR_INTERNAL, "grouped GEMM: second source of %d columns", K2);
     if (!A2) K2 = 0;
+    const int wg = kern == MK_GG_WGMMA;
     const bf16 *a = (const bf16 *)A, *w = (const bf16 *)W, *a2 = (const bf16 *)A2, *w2 = (const bf16 *)W2;
     if (c_bf16)
-        return rows_launch<bf16, bf16>((bf16 *)C, a, w, a2, w2, K2, offs_host, E, K, N, trans_w, 0.f,
+        return rows_launch<bf16, bf16>((bf16 *)C, a, w, a2, w2, K2, offs_host, E, K, N, trans_w, 0.f, wg,
                                        "grouped GEMM (bf16)");
-    return rows_launch<bf16, float>((float *)C, a, w, a2, w2, K2, offs_host, E, K, N, trans_w, beta,
+    return rows_launch<bf16, float>((float *)C, a, w, a2, w2, K2, offs_host, E, K, N, trans_w, beta, wg,
                                     "grouped GEMM (bf16)");
 }
 
-int mk_grouped_gemm_wgrad_bf16(float *dW, float *ws, size_t ws_floats, const void *A, const void *dC,
+int mk_grouped_gemm_wgrad_bf16(mk_gg_kernel kern, float *dW, float *ws, size_t ws_floats, const void *A, const void *dC,
                                const int *offs_host, int E, int K, int N)
 {
     return wgrad_launch<bf16>(dW, ws, ws_floats, (const bf16 *)A, (const bf16 *)dC, offs_host, E, K,
-                              N, "grouped weight gradient (bf16)");
+                              N, kern == MK_GG_WGMMA, "grouped weight gradient (bf16)");
 }

@@ -43,6 +43,16 @@ size_t mk_grouped_gemm_wgrad_ws_floats(const int *offs_host, int E, int K, int N
 int mk_grouped_gemm_wgrad(float *dW, float *ws, size_t ws_floats, const float *A, const float *dC,
                           const int *offs_host, int E, int K, int N);
 
+/* Which kernels run the bf16 products: mma.sync (any GPU from sm_80), or Hopper's
+ * warpgroup MMA, two warpgroups reading their operands straight from shared memory (an
+ * sm_90 GPU and a library built with sm_90a code: mk_grouped_gemm_wgmma_available). Each
+ * is deterministic (fixed tiles, one writer per element, a fixed order of products); their
+ * bits differ from each other's in the last places. */
+typedef enum mk_gg_kernel { MK_GG_MMA = 0, MK_GG_WGMMA = 1 } mk_gg_kernel;
+
+/* 1 when MK_GG_WGMMA can run on the current device (it launches a probe kernel once). */
+int mk_grouped_gemm_wgmma_available(void);
+
 /* The same with bf16 operands (A, W, dC: __nv_bfloat16 arrays, 16-byte aligned), copied
  * to shared memory with cp.async in a four-stage pipeline: what the fused expert FFN
  * (mk_expert_ffn.cu) runs. K and N multiples of 8. The rows form writes C as bf16 when
@@ -50,10 +60,10 @@ int mk_grouped_gemm_wgrad(float *dW, float *ws, size_t ws_floats, const float *A
  * NULL) it adds a second product over K2 more columns in the same pass: C = A W[e] +
  * A2 W2[e] (A2 [R, K2]; W2[e] [K2, N], or [N, K2] when trans_w). */
 int mk_grouped_gemm_bf16_supported(int E, int K, int N);
-int mk_grouped_gemm_rows_bf16(void *C, int c_bf16, const void *A, const void *W, const void *A2,
+int mk_grouped_gemm_rows_bf16(mk_gg_kernel kern, void *C, int c_bf16, const void *A, const void *W, const void *A2,
                               const void *W2, int K2, const int *offs_host, int E, int K, int N,
                               int trans_w, float beta);
-int mk_grouped_gemm_wgrad_bf16(float *dW, float *ws, size_t ws_floats, const void *A, const void *dC,
+int mk_grouped_gemm_wgrad_bf16(mk_gg_kernel kern, float *dW, float *ws, size_t ws_floats, const void *A, const void *dC,
                                const int *offs_host, int E, int K, int N);
 
 #ifdef __cplusplus

@@ -57,6 +57,7 @@ typedef struct bufs {
     float *xp, *y, *dw, *ws, *qkv, *out, *state, *dqkv, *work, *dout;
     void *xb, *wb, *w2b, *hb, *db, *d3b, *yb;
     size_t wsn;
+    mk_gg_kernel kern;
 } bufs;
 
 typedef int (*job_fn)(const bufs *g);
@@ -67,12 +68,12 @@ typedef struct job {
 } job;
 
 static int j_round(const bufs *g) { return mk_cuda_round_bf16(g->xb, g->xp, (size_t)g->offs[E] * DM, "round"); }
-static int j_a1(const bufs *g) { return mk_grouped_gemm_rows_bf16(g->hb, 1, g->xb, g->wb, NULL, NULL, 0, g->offs, E, DM, FF, 0, 0.f); }
-static int j_down(const bufs *g) { return mk_grouped_gemm_rows_bf16(g->y, 0, g->hb, g->w2b, NULL, NULL, 0, g->offs, E, FF, DM, 0, 0.f); }
-static int j_dh(const bufs *g) { return mk_grouped_gemm_rows_bf16(g->hb, 1, g->yb, g->w2b, NULL, NULL, 0, g->offs, E, DM, FF, 1, 0.f); }
-static int j_dx(const bufs *g) { return mk_grouped_gemm_rows_bf16(g->y, 0, g->db, g->wb, g->d3b, g->wb, FF, g->offs, E, FF, DM, 1, 0.f); }
-static int j_dw2(const bufs *g) { return mk_grouped_gemm_wgrad_bf16(g->dw, g->ws, g->wsn, g->hb, g->yb, g->offs, E, FF, DM); }
-static int j_dw1(const bufs *g) { return mk_grouped_gemm_wgrad_bf16(g->dw, g->ws, g->wsn, g->xb, g->db, g->offs, E, DM, FF); }
+static int j_a1(const bufs *g) { return mk_grouped_gemm_rows_bf16(g->kern, g->hb, 1, g->xb, g->wb, NULL, NULL, 0, g->offs, E, DM, FF, 0, 0.f); }
+static int j_down(const bufs *g) { return mk_grouped_gemm_rows_bf16(g->kern, g->y, 0, g->hb, g->w2b, NULL, NULL, 0, g->offs, E, FF, DM, 0, 0.f); }
+static int j_dh(const bufs *g) { return mk_grouped_gemm_rows_bf16(g->kern, g->hb, 1, g->yb, g->w2b, NULL, NULL, 0, g->offs, E, DM, FF, 1, 0.f); }
+static int j_dx(const bufs *g) { return mk_grouped_gemm_rows_bf16(g->kern, g->y, 0, g->db, g->wb, g->d3b, g->wb, FF, g->offs, E, FF, DM, 1, 0.f); }
+static int j_dw2(const bufs *g) { return mk_grouped_gemm_wgrad_bf16(g->kern, g->dw, g->ws, g->wsn, g->hb, g->yb, g->offs, E, FF, DM); }
+static int j_dw1(const bufs *g) { return mk_grouped_gemm_wgrad_bf16(g->kern, g->dw, g->ws, g->wsn, g->xb, g->db, g->offs, E, DM, FF); }
 static int j_att_f(const bufs *g) { return mk_flash_attn_forward(g->out, g->state, g->qkv, B, T, DM, H); }
 static int j_att_b(const bufs *g) { return mk_flash_attn_backward(g->dqkv, g->work, g->dout, g->qkv, g->state, B, T, DM, H); }
 
@@ -153,6 +154,13 @@ int main(int argc, char **argv)
         {"attention backward", 2.5 * att, j_att_b},
     };
     printf("kernel_bench: %s routing, %d rows over %d experts\n", skew ? "skewed (one expert 1/4)" : "uniform", R, E);
-    for (size_t i = 0; i < sizeof jobs / sizeof jobs[0]; i++) run(&jobs[i], g);
+    const int wg = mk_grouped_gemm_wgmma_available();
+    for (int k = 0; k < 1 + wg; k++) {
+        g->kern = k ? MK_GG_WGMMA : MK_GG_MMA;
+        printf("expert GEMMs on %s:\n", k ? "wgmma" : "mma.sync");
+        for (size_t i = 1; i < 7; i++) run(&jobs[i], g);
+    }
+    run(&jobs[0], g);
+    for (size_t i = 7; i < sizeof jobs / sizeof jobs[0]; i++) run(&jobs[i], g);
     return 0;
 }
