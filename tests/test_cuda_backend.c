@@ -737,7 +737,9 @@ static void test_grouped_kernels_bf16(void)
     if (major == 9) tap_ok(wg, "wgmma grouped kernels available on this sm_90 GPU");
     enum { NCASE = 4 };
     const int shapes[NCASE][3] = {{5, 24, 16}, {7, 200, 136}, {64, 768, 256}, {64, 256, 768}}; /* E K N */
-    for (int k = 0; k < 1 + wg; k++)
+    const mk_gg_kernel kinds[3] = {MK_GG_MMA, MK_GG_WGMMA, MK_GG_WGMMA_N128};
+    const char *names[3] = {"mma.sync", "wgmma 128x256", "wgmma 128x128"};
+    for (int k = 0; k < (wg ? 3 : 1); k++)
         for (int c = 0; c < NCASE; c++) {
             const int E = shapes[c][0], K = shapes[c][1], N = shapes[c][2];
             int offs[65];
@@ -747,7 +749,7 @@ static void test_grouped_kernels_bf16(void)
                 if (e == E - 1) rows = E > 8 ? 2500 : 333;
                 offs[e + 1] = offs[e] + rows;
             }
-            one_grouped_kernel(k ? MK_GG_WGMMA : MK_GG_MMA, k ? "wgmma" : "mma.sync", E, K, N, offs);
+            one_grouped_kernel(kinds[k], names[k], E, K, N, offs);
         }
 }
 
