@@ -192,10 +192,12 @@ typedef struct mk_backend_ops {
                          const int32_t *targets, int N, int V, mk_real dscale);
 
     /* --- optimizer ----------------------------------------------------------------- */
-    /* AdamW step t (1-based, for bias correction) on n elements:
+    /* AdamW step t (1-based, for bias correction) on n elements, with the gradient
+     * g = gscale * g_stored (rounded to mk_real, as scale() followed by this op would; 1:
+     * as stored; gradient clipping passes its factor here instead of rewriting g):
      * m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; p -= lr * (mhat / (sqrt(vhat) + eps) + wd * p). */
     int (*adamw)(mk_backend *be, mk_real *p, const mk_real *g, mk_real *m, mk_real *v, size_t n,
-                 double lr, double beta1, double beta2, double eps, double wd, long t);
+                 mk_real gscale, double lr, double beta1, double beta2, double eps, double wd, long t);
 
     /* Wait until every op issued so far has finished (timing; a no-op on the CPU). */
     int (*sync)(mk_backend *be);

@@ -690,14 +690,15 @@ static int cpu_cross_entropy(mk_backend *be, mk_real *losses, mk_real *dlogits,
 /* ------------------------------------------------------------------ optimizer */
 
 static int cpu_adamw(mk_backend *be, mk_real *p, const mk_real *g, mk_real *m, mk_real *v,
-                     size_t n, double lr, double beta1, double beta2, double eps, double wd, long t)
+                     size_t n, mk_real gscale, double lr, double beta1, double beta2, double eps,
+                     double wd, long t)
 {
     if (t < 1) return MK_FAIL(MK_ERR_INTERNAL, "adamw: step %ld, steps start at 1", t);
     double bc1 = 1.0 - pow(beta1, (double)t), bc2 = 1.0 - pow(beta2, (double)t);
     int nt = cpu_threads(be);
     MK_PARALLEL_FOR(nt)
     for (size_t i = 0; i < n; i++) {
-        double gi = g[i];
+        double gi = (mk_real)(gscale * g[i]);
         double mi = beta1 * m[i] + (1.0 - beta1) * gi;
         double vi = beta2 * v[i] + (1.0 - beta2) * gi * gi;
         m[i] = (mk_real)mi;

@@ -287,10 +287,10 @@ static int p_cross_entropy(mk_backend *be, mk_real *losses, mk_real *dlogits, co
     return done(P(be), OP_cross_entropy, t0, P(be)->inner->ops->cross_entropy(P(be)->inner, losses, dlogits, logits, targets, N, V, dscale));
 }
 
-static int p_adamw(mk_backend *be, mk_real *p, const mk_real *g, mk_real *m, mk_real *v, size_t n, double lr, double beta1, double beta2, double eps, double wd, long t)
+static int p_adamw(mk_backend *be, mk_real *p, const mk_real *g, mk_real *m, mk_real *v, size_t n, mk_real gscale, double lr, double beta1, double beta2, double eps, double wd, long t)
 {
     const double t0 = now_s();
-    return done(P(be), OP_adamw, t0, P(be)->inner->ops->adamw(P(be)->inner, p, g, m, v, n, lr, beta1, beta2, eps, wd, t));
+    return done(P(be), OP_adamw, t0, P(be)->inner->ops->adamw(P(be)->inner, p, g, m, v, n, gscale, lr, beta1, beta2, eps, wd, t));
 }
 
 static void p_free(mk_backend *be, void *ptr) { P(be)->inner->ops->free(P(be)->inner, ptr); }

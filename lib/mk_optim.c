@@ -52,8 +52,11 @@ int mk_optim_step(mk_model *m, long t, double lr, double gnorm)
             *vv = mk_model_adam_v(m);
     if (!isfinite(gnorm))
         return MK_FAIL(MK_ERR_NUMERIC, "step %ld: gradient norm is %g; stopping before the update", t, gnorm);
+    /* Clipping scales the gradient inside the update (one pass over memory less); the
+     * stored gradient keeps its unclipped values. */
+    mk_real gscale = 1;
     if (cfg->train.grad_clip > 0 && gnorm > cfg->train.grad_clip)
-        MK_CHECK(o->scale(be, g, mk_model_param_count(m), (mk_real)(cfg->train.grad_clip / gnorm)));
+        gscale = (mk_real)(cfg->train.grad_clip / gnorm);
     /* One call per run of neighbouring tensors with the same weight decay: the update is
      * element-wise, so the runs change nothing but the number of launches (about half of
      * one per tensor: norms break the runs). */
@@ -69,7 +72,7 @@ int mk_optim_step(mk_model *m, long t, double lr, double gnorm)
         }
         double wd = first->decay ? cfg->train.weight_decay : 0.0;
         MK_CHECK(o->adamw(be, p + first->offset, g + first->offset, mm + first->offset,
-                          vv + first->offset, end - first->offset, lr, cfg->train.beta1,
+                          vv + first->offset, end - first->offset, gscale, lr, cfg->train.beta1,
                           cfg->train.beta2, cfg->train.eps, wd, t));
         i = j;
     }

@@ -845,6 +845,11 @@ static void test_cross_entropy(void)
 
 /* ------------------------------------------------------------------ optimizer */
 
+static mk_real scaled_037(mk_real g)
+{
+    return (mk_real)0.37 * g;
+}
+
 static void test_adamw(void)
 {
     enum { n = 3 };
@@ -862,7 +867,7 @@ static void test_adamw(void)
             double mh = M[i] / (1 - pow(b1, t)), vh = Vv[i] / (1 - pow(b2, t));
             P[i] -= lr * (mh / (sqrt(vh) + eps) + wd * P[i]);
         }
-        CALL(be->ops->adamw(be, p, g, m, v, n, lr, b1, b2, eps, wd, t));
+        CALL(be->ops->adamw(be, p, g, m, v, n, 1, lr, b1, b2, eps, wd, t));
         for (int i = 0; i < n; i++) tap_close(p[i], P[i], 1e-14, 1e-16, "adamw step %ld p[%d]", t, i);
         if (t == 1) {
             /* By hand: mhat = g, vhat = g^2, so p -= lr (g / (|g| + eps) + wd p). */
@@ -872,7 +877,15 @@ static void test_adamw(void)
     }
     tap_close(m[1], 0.9 * 0.1 * -0.2 + 0.1 * 0.4, 1e-14, 0, "adamw first moment after two steps");
     tap_close(v[1], 0.999 * 0.001 * 0.04 + 0.001 * 0.16, 1e-14, 0, "adamw second moment after two steps");
-    tap_ok(be->ops->adamw(be, p, g, m, v, n, lr, b1, b2, eps, wd, 0) != MK_OK, "adamw rejects step 0");
+    tap_ok(be->ops->adamw(be, p, g, m, v, n, 1, lr, b1, b2, eps, wd, 0) != MK_OK, "adamw rejects step 0");
+    /* A gradient scale inside the update gives the bits of scaling the gradient first. */
+    mk_real *pq = RB(n), *gq = RB(n), *mq = RB(n), *vq = RB(n);
+    for (int i = 0; i < n; i++) pq[i] = p[i], mq[i] = m[i], vq[i] = v[i], gq[i] = scaled_037(g[i]);
+    CALL(be->ops->adamw(be, p, g, m, v, n, (mk_real)0.37, lr, b1, b2, eps, wd, 3));
+    CALL(be->ops->adamw(be, pq, gq, mq, vq, n, 1, lr, b1, b2, eps, wd, 3));
+    int same = 1;
+    for (int i = 0; i < n; i++) same &= p[i] == pq[i] && m[i] == mq[i] && v[i] == vq[i];
+    tap_ok(same, "adamw with gscale 0.37 = adamw of the gradient scaled by 0.37 first, bit for bit");
     arena_free();
 }
 

@@ -395,29 +395,23 @@ __global__ static void k_gg_wgrad_sum(float *dW, const float *ws, const gg_table
  *
  * The same products on Hopper's warpgroup MMA: two warpgroups of 64 rows each multiply
  * straight out of shared memory (mk_wgmma.h), so no fragment passes through registers and
- * a warpgroup issues one instruction per 64 x BN x 16 product where mma.sync needed a
+ * a warpgroup issues one instruction per 64 x 128 x 16 product where mma.sync needed a
  * warp instruction per 16 x 8 x 16 plus its ldmatrix loads. Operands are copied with
  * cp.async into 128-byte-swizzled tiles in their memory layout (k-major lines of 64 k, or
- * mn-major lines of 64 rows or columns). Two tile widths:
- *   BN 128: three steps of 64 in flight, two blocks per SM (one block's loads and epilogue
- *           overlap the other's products); a warpgroup waits for its products before the
- *           barrier that lets the block refill that stage.
- *   BN 256: four stages, one block per SM; a warpgroup keeps one step's products in flight
- *           while it issues the next, and a stage is refilled two steps after its use,
- *           when every warpgroup has waited for it. Twice the columns per instruction
- *           halves the shared-memory reads of A per product.
- * Tiles are numbered like the mma.sync kernels' (experts in order, m tiles, then n tiles
- * of BN), and the weight gradient uses the same row chunks and partial-sum workspace. */
+ * mn-major lines of 64 rows or columns), three steps of 64 in flight, two blocks per SM
+ * (one block's loads and epilogue overlap the other's products); a warpgroup waits for its
+ * products before the barrier that lets the block refill that stage. Tiles are numbered
+ * like the mma.sync kernels' and the weight gradient uses the same row chunks and
+ * partial-sum workspace. (Tried on an H200 and dropped: 128 x 256 tiles with m64n256k16,
+ * four stages, one block per SM and one step of products kept in flight -- the same
+ * speed, 10% slower for the weight gradient.) */
 #define WBK 64  /* reduction step: one 128-byte line of bf16 */
 #define WNT 256 /* two warpgroups */
 
-template <int BN_> struct wg_cfg {
-    static constexpr int stages = BN_ == 256 ? 4 : 3;
-    static constexpr int blocks = BN_ == 256 ? 1 : 2; /* per SM */
-    static constexpr int a_elems = BM * WBK, stage_elems = (BM + BN_) * WBK;
-    static constexpr int smem = stages * stage_elems * (int)sizeof(bf16) + 1024; /* + atom alignment */
-    static constexpr int nacc = BN_ / 2; /* 64 x BN_ per warpgroup over its 128 threads */
-};
+#define WSTAGES 3
+#define WA_ELEMS (BM * WBK)     /* A's part of a stage; B's (128 columns) follows */
+#define WSTAGE (2 * BM * WBK)
+#define WSMEM (WSTAGES * WSTAGE * (int)sizeof(bf16) + 1024) /* + room to align to the atom */
 
 /* One operand's step into a swizzled tile: OUTER (rows or columns) x 64 k as chunks of 8
  * elements. KC: OUTER lines of 64 k; otherwise slabs of 64 k lines (8192 bytes apart),
@@ -441,21 +435,21 @@ __device__ __forceinline__ void wg_issue(bf16 *tile, const bf16 *P, int ld, int 
     }
 }
 
-template <bool A_KC, bool B_KC, int BN_>
+template <bool A_KC, bool B_KC>
 __device__ __forceinline__ void wg_issue_src(bf16 *st, const gg_src &s, int m0, int mlim, int n0, int nlim,
                                              int k0)
 {
     wg_issue<A_KC, BM>(st, s.A, s.lda, m0, mlim, k0, s.klim);
-    wg_issue<B_KC, BN_>(st + wg_cfg<BN_>::a_elems, s.B, s.ldb, n0, nlim, k0, s.klim);
+    wg_issue<B_KC, BM>(st + WA_ELEMS, s.B, s.ldb, n0, nlim, k0, s.klim);
 }
 
 /* Step i of the reduction (s1's steps, then s2's) into stage buffer st. */
-template <bool A_KC, bool B_KC, int BN_>
+template <bool A_KC, bool B_KC>
 __device__ __forceinline__ void wg_issue_step(bf16 *st, int i, int nk1, const gg_src &s1, const gg_src &s2,
                                               int m0, int mlim, int n0, int nlim)
 {
-    if (i < nk1) wg_issue_src<A_KC, B_KC, BN_>(st, s1, m0, mlim, n0, nlim, i * WBK);
-    else wg_issue_src<A_KC, B_KC, BN_>(st, s2, m0, mlim, n0, nlim, (i - nk1) * WBK);
+    if (i < nk1) wg_issue_src<A_KC, B_KC>(st, s1, m0, mlim, n0, nlim, i * WBK);
+    else wg_issue_src<A_KC, B_KC>(st, s2, m0, mlim, n0, nlim, (i - nk1) * WBK);
 }
 
 /* Descriptor of k16 step kk of a staged tile: k-major lines advance 32 bytes, mn-major
@@ -467,87 +461,45 @@ template <bool KC> __device__ __forceinline__ uint64_t wg_desc(const bf16 *tile,
 
 #ifdef MK_HAVE_WGMMA
 /* This warpgroup's products of one staged step (four k16 instructions), committed as a group. */
-template <bool A_KC, bool B_KC, int BN_>
-__device__ __forceinline__ void wg_products(float *acc, const bf16 *st, int first)
+template <bool A_KC, bool B_KC>
+__device__ __forceinline__ void wg_products(float acc[64], const bf16 *st)
 {
     const bf16 *Aw = st + (threadIdx.x >> 7) * 64 * WBK; /* its 64 rows: 64 lines in, either layout */
-    const bf16 *Bs = st + wg_cfg<BN_>::a_elems;
-    mk_wgmma_fence_acc<wg_cfg<BN_>::nacc>(acc);
+    const bf16 *Bs = st + WA_ELEMS;
     mk_wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < WBK / 16; kk++) {
-        if constexpr (BN_ == 256)
-            mk_wgmma_m64n256k16<A_KC ? 0 : 1, B_KC ? 0 : 1>(acc, wg_desc<A_KC>(Aw, kk), wg_desc<B_KC>(Bs, kk),
-                                                             !first || kk > 0);
-        else
-            mk_wgmma_m64n128k16<A_KC ? 0 : 1, B_KC ? 0 : 1>(acc, wg_desc<A_KC>(Aw, kk), wg_desc<B_KC>(Bs, kk));
-    }
+    for (int kk = 0; kk < WBK / 16; kk++)
+        mk_wgmma_m64n128k16<A_KC ? 0 : 1, B_KC ? 0 : 1>(acc, wg_desc<A_KC>(Aw, kk), wg_desc<B_KC>(Bs, kk));
     mk_wgmma_commit();
-    mk_wgmma_fence_acc<wg_cfg<BN_>::nacc>(acc);
 }
 #endif
 
-/* acc = this warpgroup's 64 x BN_ of the block's tile, C = A1 B1 + A2 B2 as tile_product. */
-template <bool A_KC, bool B_KC, int BN_>
-__device__ __forceinline__ void wg_tile_product(float *acc, bf16 *smem, const gg_src &s1, const gg_src &s2,
+/* acc = this warpgroup's 64 x 128 of the block's tile, C = A1 B1 + A2 B2 as tile_product. */
+template <bool A_KC, bool B_KC>
+__device__ __forceinline__ void wg_tile_product(float acc[64], bf16 *smem, const gg_src &s1, const gg_src &s2,
                                                 int m0, int mlim, int n0, int nlim)
 {
 #ifdef MK_HAVE_WGMMA
-    typedef wg_cfg<BN_> cfg;
-    constexpr int S = cfg::stages, SE = cfg::stage_elems;
-    if constexpr (BN_ == 128) {
 #pragma unroll
-        for (int i = 0; i < cfg::nacc; i++) acc[i] = 0.f;
-    }
+    for (int i = 0; i < 64; i++) acc[i] = 0.f;
     const int nk1 = (s1.klim + WBK - 1) / WBK, nk = nk1 + (s2.klim + WBK - 1) / WBK;
-    if constexpr (BN_ == 256) {
-        /* steps kt + 1 and kt + 2 in flight while kt is multiplied; the stage of kt - 2 is
-         * free once every warpgroup has passed the barrier of kt (each waited for its
-         * products of kt - 2 before it). The first product overwrites the accumulators
-         * (scale-d 0) rather than adding to zeros set by ordinary instructions, which
-         * would make ptxas serialise the whole pipeline. */
 #pragma unroll
-        for (int st = 0; st < S - 2; st++) {
-            if (st < nk) wg_issue_step<A_KC, B_KC, BN_>(smem + st * SE, st, nk1, s1, s2, m0, mlim, n0, nlim);
-            mk_cp_async_commit();
-        }
-        for (int kt = 0; kt < nk; kt++) {
-            mk_cp_async_wait<S - 3>();
-            mk_fence_proxy_async();
-            __syncthreads();
-            const int nxt = kt + S - 2;
-            if (nxt < nk)
-                wg_issue_step<A_KC, B_KC, BN_>(smem + (nxt % S) * SE, nxt, nk1, s1, s2, m0, mlim, n0, nlim);
-            mk_cp_async_commit();
-            wg_products<A_KC, B_KC, BN_>(acc, smem + (kt % S) * SE, kt == 0);
-            mk_wgmma_wait<1>();
-            mk_wgmma_fence_acc<cfg::nacc>(acc);
-        }
+    for (int st = 0; st < WSTAGES - 1; st++) {
+        if (st < nk) wg_issue_step<A_KC, B_KC>(smem + st * WSTAGE, st, nk1, s1, s2, m0, mlim, n0, nlim);
+        mk_cp_async_commit();
+    }
+    for (int kt = 0; kt < nk; kt++) {
+        /* step kt has landed for every thread, and every warpgroup is done with the stage
+         * the next issue refills (its products were waited for in the last iteration) */
+        mk_cp_async_wait<WSTAGES - 2>();
+        mk_fence_proxy_async();
+        __syncthreads();
+        const int nxt = kt + WSTAGES - 1;
+        if (nxt < nk)
+            wg_issue_step<A_KC, B_KC>(smem + (nxt % WSTAGES) * WSTAGE, nxt, nk1, s1, s2, m0, mlim, n0, nlim);
+        mk_cp_async_commit();
+        wg_products<A_KC, B_KC>(acc, smem + (kt % WSTAGES) * WSTAGE);
         mk_wgmma_wait<0>();
-        mk_wgmma_fence_acc<cfg::nacc>(acc);
-        if (nk == 0) {
-#pragma unroll
-            for (int i = 0; i < cfg::nacc; i++) acc[i] = 0.f;
-        }
-    } else {
-#pragma unroll
-        for (int st = 0; st < S - 1; st++) {
-            if (st < nk) wg_issue_step<A_KC, B_KC, BN_>(smem + st * SE, st, nk1, s1, s2, m0, mlim, n0, nlim);
-            mk_cp_async_commit();
-        }
-        for (int kt = 0; kt < nk; kt++) {
-            /* step kt has landed for every thread, and every warpgroup is done with the
-             * stage the next issue refills (its products were waited for last iteration) */
-            mk_cp_async_wait<S - 2>();
-            mk_fence_proxy_async();
-            __syncthreads();
-            const int nxt = kt + S - 1;
-            if (nxt < nk)
-                wg_issue_step<A_KC, B_KC, BN_>(smem + (nxt % S) * SE, nxt, nk1, s1, s2, m0, mlim, n0, nlim);
-            mk_cp_async_commit();
-            wg_products<A_KC, B_KC, BN_>(acc, smem + (kt % S) * SE, 0);
-            mk_wgmma_wait<0>();
-        }
     }
     mk_cp_async_wait<0>();
 #else
@@ -563,8 +515,8 @@ __device__ __forceinline__ bf16 *wg_smem(unsigned char *raw)
 
 /* Accumulator d[4 j + 2 h + c] of this thread is row 16 w + g + 8 h of its warpgroup's 64,
  * column 8 j + 2 q + c (mk_wgmma.h). */
-template <typename TC, bool B_KC, int BN_>
-__global__ static void __launch_bounds__(WNT, wg_cfg<BN_>::blocks)
+template <typename TC, bool B_KC>
+__global__ static void __launch_bounds__(WNT, 2)
     k_wg_rows(TC *C, const bf16 *A, const bf16 *W, const bf16 *A2, const bf16 *W2, int K2, const gg_table t,
               int K, int N, float beta)
 {
@@ -572,14 +524,14 @@ __global__ static void __launch_bounds__(WNT, wg_cfg<BN_>::blocks)
     extern __shared__ unsigned char wg_raw[];
     bf16 *smem = wg_smem(wg_raw);
     const int b = blockIdx.x;
-    const int e = find_expert(t, b), nt = (N + BN_ - 1) / BN_, local = b - t.first[e];
-    const int m0 = (local / nt) * BM, n0 = (local % nt) * BN_;
+    const int e = find_expert(t, b), nt = (N + BM - 1) / BM, local = b - t.first[e];
+    const int m0 = (local / nt) * BM, n0 = (local % nt) * BM;
     const int r0 = t.offs[e], rows = t.offs[e + 1] - r0;
     const gg_src s1 = {A + (size_t)r0 * K, W + (size_t)e * K * N, K, B_KC ? K : N, K};
     const gg_src s2 = {A2 ? A2 + (size_t)r0 * K2 : A, W2 ? W2 + (size_t)e * K2 * N : W, K2, B_KC ? K2 : N,
                        A2 ? K2 : 0};
-    float acc[wg_cfg<BN_>::nacc];
-    wg_tile_product<true, B_KC, BN_>(acc, smem, s1, s2, m0, rows, n0, N);
+    float acc[64];
+    wg_tile_product<true, B_KC>(acc, smem, s1, s2, m0, rows, n0, N);
     const int lane = threadIdx.x & 31, w = (threadIdx.x >> 5) & 3, wg = threadIdx.x >> 7;
     const int g = lane >> 2, q = lane & 3;
 #pragma unroll
@@ -588,7 +540,7 @@ __global__ static void __launch_bounds__(WNT, wg_cfg<BN_>::blocks)
         if (row >= rows) continue;
         TC *Crow = C + (size_t)(r0 + row) * N;
 #pragma unroll
-        for (int j = 0; j < BN_ / 8; j++) {
+        for (int j = 0; j < 16; j++) {
             const int col = n0 + j * 8 + 2 * q;
             if (col < N) put2(Crow + col, make_float2(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]), beta);
         }
@@ -599,23 +551,22 @@ __global__ static void __launch_bounds__(WNT, wg_cfg<BN_>::blocks)
 }
 
 /* The weight gradient's chunks as k_gg_wgrad, on wgmma: both operands mn-major. */
-template <int BN_>
-__global__ static void __launch_bounds__(WNT, wg_cfg<BN_>::blocks)
+__global__ static void __launch_bounds__(WNT, 2)
     k_wg_wgrad(float *dW, float *ws, const bf16 *A, const bf16 *dC, const gg_table t, int K, int N)
 {
 #ifdef MK_HAVE_WGMMA
     extern __shared__ unsigned char wg_raw[];
     bf16 *smem = wg_smem(wg_raw);
-    const int nt = (N + BN_ - 1) / BN_, tiles = ((K + BM - 1) / BM) * nt;
+    const int nt = (N + BM - 1) / BM, tiles = ((K + BM - 1) / BM) * nt;
     const int u = blockIdx.x / tiles, local = blockIdx.x % tiles;
     const int e = find_expert(t, u), chunks = t.first[e + 1] - t.first[e];
-    const int m0 = (local / nt) * BM, n0 = (local % nt) * BN_;
+    const int m0 = (local / nt) * BM, n0 = (local % nt) * BM;
     const int r0 = t.offs[e] + (u - t.first[e]) * WG_CHUNK;
     const int rows = min(t.offs[e + 1] - r0, WG_CHUNK);
     const gg_src s1 = {A + (size_t)r0 * K, dC + (size_t)r0 * N, K, N, rows};
     const gg_src s2 = {A, dC, K, N, 0};
-    float acc[wg_cfg<BN_>::nacc];
-    wg_tile_product<false, false, BN_>(acc, smem, s1, s2, m0, K, n0, N);
+    float acc[64];
+    wg_tile_product<false, false>(acc, smem, s1, s2, m0, K, n0, N);
     const int lane = threadIdx.x & 31, w = (threadIdx.x >> 5) & 3, wg = threadIdx.x >> 7;
     const int g = lane >> 2, q = lane & 3;
     float *out = chunks == 1 ? dW + (size_t)e * K * N : ws + (size_t)u * K * N;
@@ -624,7 +575,7 @@ __global__ static void __launch_bounds__(WNT, wg_cfg<BN_>::blocks)
         const int row = m0 + wg * 64 + w * 16 + g + 8 * h;
         if (row >= K) continue;
 #pragma unroll
-        for (int j = 0; j < BN_ / 8; j++) {
+        for (int j = 0; j < 16; j++) {
             const int col = n0 + j * 8 + 2 * q;
             if (col >= N) continue;
             float2 *p = (float2 *)(out + (size_t)row * N + col);
@@ -709,22 +660,6 @@ template <typename K> static int smem_attr(K kernel, int bytes, const char *what
     return MK_OK;
 }
 
-template <typename TC, int BN_>
-static int wg_rows_launch(TC *C, const bf16 *A, const bf16 *W, const bf16 *A2, const bf16 *W2, int K2,
-                          const gg_table &t, long blocks, int K, int N, int trans_w, float beta,
-                          const char *what)
-{
-    constexpr int smem = wg_cfg<BN_>::smem;
-    if (trans_w) {
-        MK_CHECK(smem_attr(k_wg_rows<TC, true, BN_>, smem, what));
-        k_wg_rows<TC, true, BN_><<<(unsigned)blocks, WNT, smem>>>(C, A, W, A2, W2, K2, t, K, N, beta);
-    } else {
-        MK_CHECK(smem_attr(k_wg_rows<TC, false, BN_>, smem, what));
-        k_wg_rows<TC, false, BN_><<<(unsigned)blocks, WNT, smem>>>(C, A, W, A2, W2, K2, t, K, N, beta);
-    }
-    return launched(what);
-}
-
 template <typename T, typename TC>
 static int rows_launch(TC *C, const T *A, const T *W, const T *A2, const T *W2, int K2,
                        const int *offs_host, int E, int K, int N, int trans_w, float beta,
@@ -732,8 +667,7 @@ static int rows_launch(TC *C, const T *A, const T *W, const T *A2, const T *W2, 
 {
     gg_table t;
     MK_CHECK(table_offs(&t, what, offs_host, E));
-    const int bn = wg == MK_GG_WGMMA ? 256 : BM; /* tile columns */
-    const long nt = (N + bn - 1) / bn;
+    const long nt = (N + BM - 1) / BM;
     long blocks = 0;
     for (int e = 0; e < E; e++) {
         t.first[e] = (int)blocks;
@@ -743,10 +677,16 @@ static int rows_launch(TC *C, const T *A, const T *W, const T *A2, const T *W2, 
     t.first[E] = (int)blocks;
     if (blocks == 0) return MK_OK;
     if constexpr (sizeof(T) == 2) {
-        if (wg == MK_GG_WGMMA)
-            return wg_rows_launch<TC, 256>(C, A, W, A2, W2, K2, t, blocks, K, N, trans_w, beta, what);
-        if (wg == MK_GG_WGMMA_N128)
-            return wg_rows_launch<TC, 128>(C, A, W, A2, W2, K2, t, blocks, K, N, trans_w, beta, what);
+        if (wg) {
+            if (trans_w) {
+                MK_CHECK(smem_attr(k_wg_rows<TC, true>, WSMEM, what));
+                k_wg_rows<TC, true><<<(unsigned)blocks, WNT, WSMEM>>>(C, A, W, A2, W2, K2, t, K, N, beta);
+            } else {
+                MK_CHECK(smem_attr(k_wg_rows<TC, false>, WSMEM, what));
+                k_wg_rows<TC, false><<<(unsigned)blocks, WNT, WSMEM>>>(C, A, W, A2, W2, K2, t, K, N, beta);
+            }
+            return launched(what);
+        }
     }
     const int smem = sizeof(T) == 4 ? SMEM_F32 : SMEM_BF16;
     if (trans_w) {
@@ -790,17 +730,13 @@ static int wgrad_launch(float *dW, float *ws, size_t ws_floats, const T *A, cons
     if (units == 0) return MK_OK;
     if (split && ws_floats < (size_t)units * K * N)
         return MK_FAIL(MK_ERR_INTERNAL, "%s: workspace of %zu floats too small", what, ws_floats);
-    const int bn = wg == MK_GG_WGMMA ? 256 : BM; /* tile columns */
-    const long tiles = (long)((K + BM - 1) / BM) * ((N + bn - 1) / bn);
+    const long tiles = (long)((K + BM - 1) / BM) * ((N + BM - 1) / BM);
     if (tiles * units > 0x7fffffffL) return MK_FAIL(MK_ERR_INTERNAL, "%s: %ld blocks", what, tiles * units);
     const int smem = sizeof(T) == 4 ? SMEM_F32 : SMEM_BF16;
     if constexpr (sizeof(T) == 2) {
-        if (wg == MK_GG_WGMMA) {
-            MK_CHECK(smem_attr(k_wg_wgrad<256>, wg_cfg<256>::smem, what));
-            k_wg_wgrad<256><<<(unsigned)(tiles * units), WNT, wg_cfg<256>::smem>>>(dW, ws, A, dC, t, K, N);
-        } else if (wg == MK_GG_WGMMA_N128) {
-            MK_CHECK(smem_attr(k_wg_wgrad<128>, wg_cfg<128>::smem, what));
-            k_wg_wgrad<128><<<(unsigned)(tiles * units), WNT, wg_cfg<128>::smem>>>(dW, ws, A, dC, t, K, N);
+        if (wg) {
+            MK_CHECK(smem_attr(k_wg_wgrad, WSMEM, what));
+            k_wg_wgrad<<<(unsigned)(tiles * units), WNT, WSMEM>>>(dW, ws, A, dC, t, K, N);
         }
     }
     if (wg == MK_GG_MMA || sizeof(T) == 4) {

@@ -48,11 +48,7 @@ int mk_grouped_gemm_wgrad(float *dW, float *ws, size_t ws_floats, const float *A
  * sm_90 GPU and a library built with sm_90a code: mk_grouped_gemm_wgmma_available). Each
  * is deterministic (fixed tiles, one writer per element, a fixed order of products); their
  * bits differ from each other's in the last places. */
-typedef enum mk_gg_kernel {
-    MK_GG_MMA = 0,       /* mma.sync, 128 x 128 tiles */
-    MK_GG_WGMMA = 1,     /* wgmma, 128 x 256 tiles */
-    MK_GG_WGMMA_N128 = 2 /* wgmma, 128 x 128 tiles */
-} mk_gg_kernel;
+typedef enum mk_gg_kernel { MK_GG_MMA = 0, MK_GG_WGMMA = 1 } mk_gg_kernel;
 
 /* 1 when MK_GG_WGMMA can run on the current device (it launches a probe kernel once). */
 int mk_grouped_gemm_wgmma_available(void);

@@ -155,9 +155,9 @@ int main(int argc, char **argv)
     };
     printf("kernel_bench: %s routing, %d rows over %d experts\n", skew ? "skewed (one expert 1/4)" : "uniform", R, E);
     const int wg = mk_grouped_gemm_wgmma_available();
-    const mk_gg_kernel kinds[3] = {MK_GG_MMA, MK_GG_WGMMA, MK_GG_WGMMA_N128};
-    const char *names[3] = {"mma.sync 128x128", "wgmma 128x256", "wgmma 128x128"};
-    for (int k = 0; k < (wg ? 3 : 1); k++) {
+    const mk_gg_kernel kinds[2] = {MK_GG_MMA, MK_GG_WGMMA};
+    const char *names[2] = {"mma.sync", "wgmma"};
+    for (int k = 0; k < 1 + wg; k++) {
         g->kern = kinds[k];
         printf("expert GEMMs on %s:\n", names[k]);
         for (size_t i = 1; i < 7; i++) run(&jobs[i], g);
