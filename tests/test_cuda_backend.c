@@ -366,6 +366,16 @@ static void test_elementwise(void)
         r2 = gpu->ops->nonfinite(gpu, gx, big, &f2);
         tap_ok(r2 == MK_OK && f2 == 1, "nonfinite: %s gives 1", k ? "NaN" : "Inf");
     }
+    /* from an unaligned start (one element at a time), then a NaN in the last element */
+    const size_t from = 777778, len = big - from;
+    r2 = gpu->ops->nonfinite(gpu, gx + from, len, &f2);
+    tap_ok(r2 == MK_OK && f2 == 0, "nonfinite: finite unaligned data gives 0");
+    float nan = NAN;
+    if (gpu->ops->from_host(gpu, gx + big - 1, &nan, sizeof nan) != MK_OK) bail("from_host");
+    r2 = gpu->ops->nonfinite(gpu, gx + from, len, &f2);
+    tap_ok(r2 == MK_OK && f2 == 1, "nonfinite: a NaN in the last of %zu unaligned elements gives 1", len);
+    r2 = gpu->ops->nonfinite(gpu, gx, big, &f2);
+    tap_ok(r2 == MK_OK && f2 == 1, "nonfinite: a NaN in the last of %zu aligned elements gives 1", (size_t)big);
 
     /* SwiGLU, with large |a| where exp over/underflows. */
     float *sa = Hrand(n, 8), *sb = Hrand(n, 2), *dh = Hrand(n, 1);
