@@ -668,7 +668,7 @@ __global__ static void k_rmsnorm_backward_dx(float *dx, const float *dout, const
  * partial sums per column (threads over columns, so reads are coalesced), then one thread
  * per column adds the partials in chunk order. Same order every call; the CPU sums in plain
  * token order, so the two agree to rounding of the double sums. */
-#define RMS_CHUNKS 128
+#define RMS_CHUNKS 512 /* enough blocks to fill the GPU at d_model 768; short chunks */
 __global__ static void k_rmsnorm_dg_partial(double *part, const float *dout, const float *x,
                                             const float *rstd, int N, int D)
 {
@@ -677,6 +677,7 @@ __global__ static void k_rmsnorm_dg_partial(double *part, const float *dout, con
     const int per = (N + RMS_CHUNKS - 1) / RMS_CHUNKS;
     const int n0 = blockIdx.y * per, n1 = n0 + per < N ? n0 + per : N;
     double acc = 0;
+#pragma unroll 4
     for (int n = n0; n < n1; n++) {
         const size_t o = (size_t)n * D + c;
         acc += (double)dout[o] * x[o] * (double)rstd[n];
@@ -684,13 +685,24 @@ __global__ static void k_rmsnorm_dg_partial(double *part, const float *dout, con
     part[(size_t)blockIdx.y * D + c] = acc;
 }
 
+/* 32 columns per block (coalesced), 8 threads per column each adding every 8th chunk,
+ * then the 8 sums in a fixed order: the partials' loads are in flight together instead
+ * of one column's 512 one after another. */
 __global__ static void k_rmsnorm_dg_final(float *dg, const double *part, int D)
 {
-    GRID_STRIDE(c, (size_t)D)
-    {
-        double acc = 0;
-        for (int k = 0; k < RMS_CHUNKS; k++) acc += part[(size_t)k * D + c];
-        dg[c] += (float)acc;
+    __shared__ double sh[8][32];
+    const int c = blockIdx.x * 32 + threadIdx.x;
+    double acc = 0;
+    if (c < D) {
+#pragma unroll 8
+        for (int k = threadIdx.y; k < RMS_CHUNKS; k += 8) acc += part[(size_t)k * D + c];
+    }
+    sh[threadIdx.y][threadIdx.x] = acc;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < D) {
+        double sum = 0;
+        for (int y = 0; y < 8; y++) sum += sh[y][threadIdx.x];
+        dg[c] += (float)sum;
     }
 }
 
@@ -706,7 +718,8 @@ static int cuda_rmsnorm_backward(mk_backend *be, mk_real *dx, mk_real *dg, const
     k_rmsnorm_dg_partial<<<dim3((unsigned)((D + TPB - 1) / TPB), RMS_CHUNKS), TPB>>>(
         (double *)sp, dout, x, rstd, N, D);
     CU_CHECK(cudaGetLastError(), "rmsnorm_backward (dg partials)");
-    LAUNCH(k_rmsnorm_dg_final, grid_for((size_t)D), "rmsnorm_backward (dg)", dg, (const double *)sp, D);
+    k_rmsnorm_dg_final<<<(unsigned)((D + 31) / 32), dim3(32, 8)>>>(dg, (const double *)sp, D);
+    CU_CHECK(cudaGetLastError(), "rmsnorm_backward (dg)");
     return MK_OK;
 }
 
