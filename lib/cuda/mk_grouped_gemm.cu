@@ -276,6 +276,80 @@ __device__ __forceinline__ int find_expert(const gg_table &t, int b)
     return lo;
 }
 
+/* Where a block's tile lies: expert e, the tile's first row r0 of the rows it may read
+ * (rows of them), its origin (m0, n0) in the output; for the weight gradient also its
+ * chunk u and the expert's chunk count. */
+typedef struct gg_tile {
+    int e, r0, rows, m0, n0, u, chunks;
+} gg_tile;
+
+/* Rows form: every expert's blocks in turn, m tiles then n tiles of 128. */
+__device__ __forceinline__ gg_tile rows_tile(const gg_table &t, int N)
+{
+    gg_tile x;
+    const int b = blockIdx.x, nt = (N + BM - 1) / BM;
+    x.e = find_expert(t, b);
+    const int local = b - t.first[x.e];
+    x.m0 = (local / nt) * BM, x.n0 = (local % nt) * BM;
+    x.r0 = t.offs[x.e], x.rows = t.offs[x.e + 1] - x.r0;
+    x.u = b, x.chunks = 1;
+    return x;
+}
+
+/* Weight gradient: every chunk's K x N tiles in turn (chunks of WG_CHUNK rows). */
+#define WG_CHUNK 2048
+
+__device__ __forceinline__ gg_tile wgrad_tile(const gg_table &t, int K, int N)
+{
+    gg_tile x;
+    const int nt = (N + BM - 1) / BM, tiles = ((K + BM - 1) / BM) * nt;
+    x.u = blockIdx.x / tiles;
+    const int local = blockIdx.x % tiles;
+    x.e = find_expert(t, x.u), x.chunks = t.first[x.e + 1] - t.first[x.e];
+    x.m0 = (local / nt) * BM, x.n0 = (local % nt) * BM;
+    x.r0 = t.offs[x.e] + (x.u - t.first[x.e]) * WG_CHUNK;
+    x.rows = min(t.offs[x.e + 1] - x.r0, WG_CHUNK);
+    return x;
+}
+
+/* The rows form's reduction sources for tile x: A W_e, plus A2 W2_e when A2 is given. */
+template <bool B_KC>
+__device__ __forceinline__ void rows_srcs(gg_src *s1, gg_src *s2, const gg_tile &x, const bf16 *A,
+                                          const bf16 *W, const bf16 *A2, const bf16 *W2, int K2, int K,
+                                          int N)
+{
+    *s1 = {A + (size_t)x.r0 * K, W + (size_t)x.e * K * N, K, B_KC ? K : N, K};
+    *s2 = {A2 ? A2 + (size_t)x.r0 * K2 : A, W2 ? W2 + (size_t)x.e * K2 * N : W, K2, B_KC ? K2 : N,
+           A2 ? K2 : 0};
+}
+
+/* The output pair at (row, col) of tile x, if inside the output: rows form (C = v + beta C,
+ * or bf16), or weight gradient (added to dW for an expert of one chunk, else the chunk's
+ * partial: wgrad_out). */
+template <typename TC>
+__device__ __forceinline__ void rows_put(TC *C, const gg_tile &x, int N, int row, int col, float a, float b,
+                                         float beta)
+{
+    if (row < x.rows && col < N) put2(C + (size_t)(x.r0 + row) * N + col, make_float2(a, b), beta);
+}
+
+__device__ __forceinline__ float *wgrad_out(float *dW, float *ws, const gg_tile &x, int K, int N)
+{
+    return x.chunks == 1 ? dW + (size_t)x.e * K * N : ws + (size_t)x.u * K * N;
+}
+
+__device__ __forceinline__ void wgrad_put(float *out, int add, int K, int N, int row, int col, float a, float b)
+{
+    if (row >= K || col >= N) return;
+    float2 *p = (float2 *)(out + (size_t)row * N + col);
+    float2 v = make_float2(a, b);
+    if (add) {
+        const float2 old = *p;
+        v.x += old.x, v.y += old.y;
+    }
+    *p = v;
+}
+
 /* The warp layout of an operand type: threads, 8-column accumulator groups per warp (NJ)
  * and warps along n (WN). */
 template <typename T> struct gg_cfg {
@@ -292,37 +366,27 @@ __global__ static void __launch_bounds__(gg_cfg<T>::threads, 2) k_gg_rows(TC *C,
                                                           int K, int N, float beta)
 {
     extern __shared__ __align__(16) bf16 smem[];
-    const int b = blockIdx.x;
-    const int e = find_expert(t, b), nt = (N + BM - 1) / BM, local = b - t.first[e];
-    const int m0 = (local / nt) * BM, n0 = (local % nt) * BM;
-    const int r0 = t.offs[e], rows = t.offs[e + 1] - r0;
+    const gg_tile x = rows_tile(t, N);
     constexpr int NJ = gg_cfg<T>::NJ, WN = gg_cfg<T>::WN;
     float acc[4][NJ][4];
     if constexpr (sizeof(T) == 4) {
-        tile_product<true, B_KC>(acc, smem, A + (size_t)r0 * K, K, m0, rows, W + (size_t)e * K * N,
-                                 B_KC ? K : N, n0, N, K);
+        tile_product<true, B_KC>(acc, smem, A + (size_t)x.r0 * K, K, x.m0, x.rows, W + (size_t)x.e * K * N,
+                                 B_KC ? K : N, x.n0, N, K);
     } else {
-        const gg_src s1 = {A + (size_t)r0 * K, W + (size_t)e * K * N, K, B_KC ? K : N, K};
-        const gg_src s2 = {A2 ? A2 + (size_t)r0 * K2 : A, W2 ? W2 + (size_t)e * K2 * N : W, K2,
-                           B_KC ? K2 : N, A2 ? K2 : 0};
-        tile_product<true, B_KC>(acc, smem, s1, s2, m0, rows, n0, N);
+        gg_src s1, s2;
+        rows_srcs<B_KC>(&s1, &s2, x, A, W, A2, W2, K2, K, N);
+        tile_product<true, B_KC>(acc, smem, s1, s2, x.m0, x.rows, x.n0, N);
     }
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int wm = warp / WN, wn = warp % WN, g = lane >> 2, q = lane & 3;
 #pragma unroll
     for (int i = 0; i < 4; i++)
 #pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const int row = m0 + wm * 64 + i * 16 + g + 8 * h;
-            if (row >= rows) continue;
-            TC *Crow = C + (size_t)(r0 + row) * N;
+        for (int h = 0; h < 2; h++)
 #pragma unroll
-            for (int j = 0; j < NJ; j++) {
-                const int col = n0 + wn * 8 * NJ + j * 8 + 2 * q;
-                if (col >= N) continue;
-                put2(Crow + col, make_float2(acc[i][j][2 * h], acc[i][j][2 * h + 1]), beta);
-            }
-        }
+            for (int j = 0; j < NJ; j++)
+                rows_put(C, x, N, x.m0 + wm * 64 + i * 16 + g + 8 * h, x.n0 + wn * 8 * NJ + j * 8 + 2 * q,
+                         acc[i][j][2 * h], acc[i][j][2 * h + 1], beta);
 }
 
 /* Weight gradient over row chunks: unit u is chunk u - first[e] of expert e (at most
@@ -331,50 +395,36 @@ __global__ static void __launch_bounds__(gg_cfg<T>::threads, 2) k_gg_rows(TC *C,
  * expert write their partial tiles to ws[u] and k_gg_wgrad_sum adds them up in chunk
  * order. The A operand is A_e transposed (element (m, r) at A[r*K + m]) and B is dC_e
  * (element (r, n) at dC[r*N + n]); both are outer-contiguous. */
-#define WG_CHUNK 2048
 
 template <typename T>
 __global__ static void __launch_bounds__(gg_cfg<T>::threads, 2) k_gg_wgrad(float *dW, float *ws, const T *A,
                                                            const T *dC, const gg_table t, int K, int N)
 {
     extern __shared__ __align__(16) bf16 smem[];
-    const int nt = (N + BM - 1) / BM, tiles = ((K + BM - 1) / BM) * nt;
-    const int u = blockIdx.x / tiles, local = blockIdx.x % tiles;
-    const int e = find_expert(t, u), chunks = t.first[e + 1] - t.first[e];
-    const int m0 = (local / nt) * BM, n0 = (local % nt) * BM;
-    const int r0 = t.offs[e] + (u - t.first[e]) * WG_CHUNK;
-    const int rows = min(t.offs[e + 1] - r0, WG_CHUNK);
+    const gg_tile x = wgrad_tile(t, K, N);
     constexpr int NJ = gg_cfg<T>::NJ, WN = gg_cfg<T>::WN;
     float acc[4][NJ][4];
     if constexpr (sizeof(T) == 4) {
-        tile_product<false, false>(acc, smem, A + (size_t)r0 * K, K, m0, K, dC + (size_t)r0 * N, N,
-                                   n0, N, rows);
+        tile_product<false, false>(acc, smem, A + (size_t)x.r0 * K, K, x.m0, K, dC + (size_t)x.r0 * N, N,
+                                   x.n0, N, x.rows);
     } else {
-        const gg_src s1 = {A + (size_t)r0 * K, dC + (size_t)r0 * N, K, N, rows};
+        const gg_src s1 = {A + (size_t)x.r0 * K, dC + (size_t)x.r0 * N, K, N, x.rows};
         const gg_src s2 = {A, dC, K, N, 0};
-        tile_product<false, false>(acc, smem, s1, s2, m0, K, n0, N);
+        tile_product<false, false>(acc, smem, s1, s2, x.m0, K, x.n0, N);
     }
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int wm = warp / WN, wn = warp % WN, g = lane >> 2, q = lane & 3;
-    float *out = chunks == 1 ? dW + (size_t)e * K * N : ws + (size_t)u * K * N;
+    float *out = wgrad_out(dW, ws, x, K, N);
 #pragma unroll
     for (int i = 0; i < 4; i++)
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-            const int row = m0 + wm * 64 + i * 16 + g + 8 * h;
-            if (row >= K) continue;
+            const int row = x.m0 + wm * 64 + i * 16 + g + 8 * h;
+            if (row >= K) continue; /* hoisted: without it this kernel spills */
 #pragma unroll
-            for (int j = 0; j < NJ; j++) {
-                const int col = n0 + wn * 8 * NJ + j * 8 + 2 * q;
-                if (col >= N) continue;
-                float2 *p = (float2 *)(out + (size_t)row * N + col);
-                float2 v = make_float2(acc[i][j][2 * h], acc[i][j][2 * h + 1]);
-                if (chunks == 1) {
-                    const float2 old = *p;
-                    v.x += old.x, v.y += old.y;
-                }
-                *p = v;
-            }
+            for (int j = 0; j < NJ; j++)
+                wgrad_put(out, x.chunks == 1, K, N, row, x.n0 + wn * 8 * NJ + j * 8 + 2 * q, acc[i][j][2 * h],
+                          acc[i][j][2 * h + 1]);
         }
 }
 
@@ -523,28 +573,19 @@ __global__ static void __launch_bounds__(WNT, 2)
 #ifdef MK_HAVE_WGMMA
     extern __shared__ unsigned char wg_raw[];
     bf16 *smem = wg_smem(wg_raw);
-    const int b = blockIdx.x;
-    const int e = find_expert(t, b), nt = (N + BM - 1) / BM, local = b - t.first[e];
-    const int m0 = (local / nt) * BM, n0 = (local % nt) * BM;
-    const int r0 = t.offs[e], rows = t.offs[e + 1] - r0;
-    const gg_src s1 = {A + (size_t)r0 * K, W + (size_t)e * K * N, K, B_KC ? K : N, K};
-    const gg_src s2 = {A2 ? A2 + (size_t)r0 * K2 : A, W2 ? W2 + (size_t)e * K2 * N : W, K2, B_KC ? K2 : N,
-                       A2 ? K2 : 0};
+    const gg_tile x = rows_tile(t, N);
+    gg_src s1, s2;
+    rows_srcs<B_KC>(&s1, &s2, x, A, W, A2, W2, K2, K, N);
     float acc[64];
-    wg_tile_product<true, B_KC>(acc, smem, s1, s2, m0, rows, n0, N);
+    wg_tile_product<true, B_KC>(acc, smem, s1, s2, x.m0, x.rows, x.n0, N);
     const int lane = threadIdx.x & 31, w = (threadIdx.x >> 5) & 3, wg = threadIdx.x >> 7;
     const int g = lane >> 2, q = lane & 3;
 #pragma unroll
-    for (int h = 0; h < 2; h++) {
-        const int row = m0 + wg * 64 + w * 16 + g + 8 * h;
-        if (row >= rows) continue;
-        TC *Crow = C + (size_t)(r0 + row) * N;
+    for (int h = 0; h < 2; h++)
 #pragma unroll
-        for (int j = 0; j < 16; j++) {
-            const int col = n0 + j * 8 + 2 * q;
-            if (col < N) put2(Crow + col, make_float2(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]), beta);
-        }
-    }
+        for (int j = 0; j < 16; j++)
+            rows_put(C, x, N, x.m0 + wg * 64 + w * 16 + g + 8 * h, x.n0 + j * 8 + 2 * q, acc[4 * j + 2 * h],
+                     acc[4 * j + 2 * h + 1], beta);
 #else
     (void)C, (void)A, (void)W, (void)A2, (void)W2, (void)K2, (void)t, (void)K, (void)N, (void)beta;
 #endif
@@ -557,36 +598,20 @@ __global__ static void __launch_bounds__(WNT, 2)
 #ifdef MK_HAVE_WGMMA
     extern __shared__ unsigned char wg_raw[];
     bf16 *smem = wg_smem(wg_raw);
-    const int nt = (N + BM - 1) / BM, tiles = ((K + BM - 1) / BM) * nt;
-    const int u = blockIdx.x / tiles, local = blockIdx.x % tiles;
-    const int e = find_expert(t, u), chunks = t.first[e + 1] - t.first[e];
-    const int m0 = (local / nt) * BM, n0 = (local % nt) * BM;
-    const int r0 = t.offs[e] + (u - t.first[e]) * WG_CHUNK;
-    const int rows = min(t.offs[e + 1] - r0, WG_CHUNK);
-    const gg_src s1 = {A + (size_t)r0 * K, dC + (size_t)r0 * N, K, N, rows};
+    const gg_tile x = wgrad_tile(t, K, N);
+    const gg_src s1 = {A + (size_t)x.r0 * K, dC + (size_t)x.r0 * N, K, N, x.rows};
     const gg_src s2 = {A, dC, K, N, 0};
     float acc[64];
-    wg_tile_product<false, false>(acc, smem, s1, s2, m0, K, n0, N);
+    wg_tile_product<false, false>(acc, smem, s1, s2, x.m0, K, x.n0, N);
     const int lane = threadIdx.x & 31, w = (threadIdx.x >> 5) & 3, wg = threadIdx.x >> 7;
     const int g = lane >> 2, q = lane & 3;
-    float *out = chunks == 1 ? dW + (size_t)e * K * N : ws + (size_t)u * K * N;
+    float *out = wgrad_out(dW, ws, x, K, N);
 #pragma unroll
-    for (int h = 0; h < 2; h++) {
-        const int row = m0 + wg * 64 + w * 16 + g + 8 * h;
-        if (row >= K) continue;
+    for (int h = 0; h < 2; h++)
 #pragma unroll
-        for (int j = 0; j < 16; j++) {
-            const int col = n0 + j * 8 + 2 * q;
-            if (col >= N) continue;
-            float2 *p = (float2 *)(out + (size_t)row * N + col);
-            float2 v = make_float2(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
-            if (chunks == 1) {
-                const float2 old = *p;
-                v.x += old.x, v.y += old.y;
-            }
-            *p = v;
-        }
-    }
+        for (int j = 0; j < 16; j++)
+            wgrad_put(out, x.chunks == 1, K, N, x.m0 + wg * 64 + w * 16 + g + 8 * h, x.n0 + j * 8 + 2 * q,
+                      acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
 #else
     (void)dW, (void)ws, (void)A, (void)dC, (void)t, (void)K, (void)N;
 #endif
