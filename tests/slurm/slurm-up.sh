@@ -29,6 +29,21 @@ for p in munged slurmctld slurmd sbatch; do
 done
 PATH=$PATH:/usr/sbin:/sbin; export PATH
 
+# port_in_use P: true when a TCP socket on this host has local port P (any state). A port
+# taken by another program makes slurmctld or slurmd exit at start; better to say so now.
+port_in_use() {
+  hex=$(printf ':%04X ' "$1")
+  cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk '{ print $2 " " }' | grep -q "$hex"
+}
+p=$PORT
+while [ "$p" -le $((PORT + NODES)) ]; do
+  if port_in_use "$p"; then
+    echo "slurm-up.sh: TCP port $p is in use on this host (slurmctld takes $PORT, slurmd $((PORT + 1))-$((PORT + NODES))); choose another with SLURM_CI_PORT" >&2
+    exit 3
+  fi
+  p=$((p + 1))
+done
+
 # munged runs as user munge and must reach DIR (mktemp -d makes it 0700).
 chmod 755 "$DIR"
 runuser -u munge -- test -x "$DIR" || {
@@ -122,11 +137,26 @@ while [ $i -le "$NODES" ]; do
   i=$((i + 1))
 done
 
-# --- wait until every node is idle (at most 60 s)
-t=0
-until [ "$(sinfo -h -p debug -t idle -o %D 2>/dev/null)" = "$NODES" ]; do
-  t=$((t + 1))
-  [ $t -le 120 ] || { echo "slurm-up.sh: the cluster did not come up; logs in $DIR/log" >&2; sinfo >&2 || true; exit 1; }
+# --- wait until every node is idle (at most 60 s). sinfo is bounded by timeout(1): when
+# slurmctld is gone a client retries for many seconds, and 120 such tries took 19 minutes.
+# A daemon writes its pid file a moment after it forks; no file yet counts as alive.
+alive() { [ ! -s "$1" ] || kill -0 "$(cat "$1")" 2>/dev/null; }
+died() {
+  echo "slurm-up.sh: $1 exited while the cluster came up; the end of its log $2:" >&2
+  tail -n 15 "$2" >&2 2>/dev/null
+  exit 1
+}
+end=$(( $(date +%s) + 60 ))
+until [ "$(timeout 5 sinfo -h -p debug -t idle -o %D 2>/dev/null)" = "$NODES" ]; do
   sleep 0.5
+  alive "$DIR/run/slurmctld.pid" || died slurmctld "$DIR/log/slurmctld.log"
+  i=1
+  while [ $i -le "$NODES" ]; do
+    alive "$DIR/run/slurmd-n$i.pid" || died "slurmd n$i" "$DIR/log/slurmd-n$i.log"
+    i=$((i + 1))
+  done
+  [ "$(date +%s)" -lt $end ] || {
+    echo "slurm-up.sh: the cluster did not come up in 60 s; logs in $DIR/log" >&2
+    timeout 5 sinfo >&2 || true; exit 1; }
 done
 sinfo

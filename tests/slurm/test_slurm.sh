@@ -51,13 +51,21 @@ diag() { sed 's/^/# /'; }
 bail() { echo "# $1"; tail -n 20 "$tmp/cluster/log/slurmctld.log" 2>/dev/null | diag; echo "1..$n"; exit 1; }
 
 # ------------------------------------------------------------------ the cluster
-# A port of its own, so two runs on one machine do not meet (slurmd ports follow it).
-SLURM_CI_PORT=${SLURM_CI_PORT:-$((20000 + ($$ % 5000) * 4))}; export SLURM_CI_PORT
+# A port of its own, so two runs on one machine do not meet (slurmd ports follow it), below
+# Linux's ephemeral range (32768-60999) where the MPI tests running beside it take theirs. A
+# start that fails (a port taken after all) is tried twice more on other ports.
+base=${SLURM_CI_PORT:-$((20000 + ($$ % 3000) * 4))}
 t0=$(date +%s)
-sh "$here/slurm-up.sh" "$tmp/cluster" >"$tmp/up.log" 2>&1
-rc=$?
-diag <"$tmp/up.log"
-ok $rc "slurm-up.sh: munged, slurmctld, slurmd n1 and n2 up in $(( $(date +%s) - t0 )) s"
+for try in 1 2 3; do
+  SLURM_CI_PORT=$(( base + (try - 1) * 40 )); export SLURM_CI_PORT
+  sh "$here/slurm-up.sh" "$tmp/cluster" >"$tmp/up.log" 2>&1
+  rc=$?
+  diag <"$tmp/up.log"
+  [ $rc -ne 0 ] || break
+  sh "$here/slurm-down.sh" "$tmp/cluster" >/dev/null 2>&1
+  rm -rf "$tmp/cluster"
+done
+ok $rc "slurm-up.sh: munged, slurmctld, slurmd n1 and n2 up on port $SLURM_CI_PORT (try $try) in $(( $(date +%s) - t0 )) s"
 [ $rc -eq 0 ] || bail "the cluster did not start"
 . "$tmp/cluster/env.sh"
 export OMP_NUM_THREADS=1
