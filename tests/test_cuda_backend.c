@@ -605,6 +605,54 @@ static float *Hbf16(const float *x, size_t n)
     return y;
 }
 
+/* The bf16 backend's dense matmul: operands it rounds itself (aligned, counts in fours)
+ * against the CPU on the operands rounded to bf16 (only the fp32 summation order differs);
+ * ones that go to cuBLAS's FAST_16BF (an odd count; an operand 4 bytes off alignment), which
+ * may or may not round them, within bf16 error of the fp32 product. Every transpose, alpha and
+ * beta; a second run gives the same bits. */
+static void one_matmul_bf16(mk_backend *bf, int M, int N, int K, int ta, int tb, float alpha,
+                            float beta, int misalign)
+{
+    size_t na = (size_t)M * K, nb = (size_t)K * N, nc = (size_t)M * N;
+    float *A = Hrand(na, 1), *B = Hrand(nb, 1), *C = Hrand(nc, 1);
+    float *Ar = Hbf16(A, na), *Br = Hbf16(B, nb);
+    float *dA = (float *)Dz((na + 1) * 4) + misalign, *dB = D(B, nb * 4), *dC = D(C, nc * 4),
+          *dC2 = D(C, nc * 4);
+    if (gpu->ops->from_host(gpu, dA, A, na * 4) != MK_OK) bail("from_host");
+    const int rounded = !misalign && na % 4 == 0 && nb % 4 == 0;
+    const char *path = misalign ? "FAST_16BF, A misaligned" : rounded ? "rounded" : "FAST_16BF";
+    int r1 = cpu->ops->matmul(cpu, C, rounded ? Ar : A, rounded ? Br : B, M, N, K, ta, tb, alpha, beta);
+    int r2 = bf->ops->matmul(bf, dC, dA, dB, M, N, K, ta, tb, alpha, beta);
+    if (!both_ok(r1, r2, "bf16 matmul")) return;
+    float *got = Gf(dC, nc);
+    if (rounded) {
+        check_arr(got, C, nc, RT_GEMM, AT_GEMM * sqrt((double)K + 1),
+                  "bf16 matmul (%s) %dx%dx%d trans_a %d trans_b %d alpha %g beta %g", path, M, N,
+                  K, ta, tb, alpha, beta);
+    } else {
+        const double e = rel_l2(got, C, nc);
+        tap_ok(e < 1e-2, "bf16 matmul (%s) %dx%dx%d trans_a %d trans_b %d alpha %g beta %g: "
+               "relative L2 error %.2e to fp32 < 1e-2", path, M, N, K, ta, tb, alpha, beta, e);
+    }
+    r2 = bf->ops->matmul(bf, dC2, dA, dB, M, N, K, ta, tb, alpha, beta);
+    tap_ok(r2 == MK_OK && memcmp(Gf(dC2, nc), got, nc * 4) == 0,
+           "bf16 matmul (%s) %dx%dx%d trans_a %d trans_b %d: a second run gives the same bits",
+           path, M, N, K, ta, tb);
+}
+
+static void test_matmul_bf16(mk_backend *bf)
+{
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++) {
+            one_matmul_bf16(bf, 40, 36, 52, ta, tb, 0.7f, -0.3f, 0);
+            one_matmul_bf16(bf, 37, 29, 53, ta, tb, 1, 0, 0);
+        }
+    one_matmul_bf16(bf, 256, 192, 768, 0, 1, 1, 0, 0);  /* x W^T, a projection */
+    one_matmul_bf16(bf, 192, 256, 512, 1, 0, 1, 1, 0);  /* dW += dy^T x */
+    one_matmul_bf16(bf, 64, 48, 32, 0, 0, 1, 0, 1);
+    arena_free();
+}
+
 /* The bf16 backend's expert GEMMs (mk_grouped_gemm.cu) against the CPU on the same
  * operands rounded to bf16: only the fp32 summation order differs, so the tolerance is
  * fp32's. Shapes cross every tile edge (rows, K and N not multiples of the 128 x 128 x 32
@@ -839,19 +887,20 @@ static void test_expert_ffn_bf16(mk_backend *bf)
 /* The bf16 backend's fused output layer (logits GEMM on bf16 operands, cross-entropy
  * writing bf16 dlogits to the backend's workspace) against the op sequence on the fp32 CPU,
  * tied and untied; ignored targets; a backward without a training forward is refused. */
-static void test_output_bf16(mk_backend *bf)
+static void one_output_bf16(mk_backend *bf, int N, int V, int Dm)
 {
-    const int N = 300, V = 1000, Dm = 64;
     for (int tied = 0; tied < 2; tied++) {
         const size_t nx = (size_t)N * Dm, nw = (size_t)V * Dm, nl = (size_t)N * V;
         float *x = Hrand(nx, 1), *W = Hrand(nw, 0.3), *dW0 = Hrand(nw, 0.1);
         int32_t tg[300];
+        if (N > 300) bail("one_output_bf16: at most 300 rows");
         for (int n = 0; n < N; n++) tg[n] = n % 17 == 5 ? -1 : rnd_below(V);
+        if (N > 2) tg[1] = V - 1, tg[2] = 0; /* the first and last logit of a row */
         float *loss = Hf(N), *logits = Hf(nl), *dx = Hf(nx), *dW = Hcopy(dW0, nw);
         int r1 = mk_output_forward_ops(cpu, loss, logits, x, W, tied, tg, N, V, Dm, 1);
         if (r1 == MK_OK) r1 = mk_output_backward_ops(cpu, dx, dW, x, W, tied, logits, N, V, Dm, 0.01f);
         float *gx = D(x, nx * 4), *gW = D(W, nw * 4), *gdW = D(dW0, nw * 4);
-        int32_t *gtg = (int32_t *)D(tg, sizeof tg);
+        int32_t *gtg = (int32_t *)D(tg, (size_t)N * sizeof *tg);
         float *gloss = Dz(N * 4), *glog = Dz(nl * 4), *gdx = Dz(nx * 4);
         int r2 = bf->ops->output_forward(bf, gloss, glog, gx, gW, tied, gtg, N, V, Dm, 1);
         float *l1 = Gf(gloss, N);
@@ -868,16 +917,25 @@ static void test_output_bf16(mk_backend *bf)
             tap_ok(r2 == MK_OK && memcmp(Gf(gloss2, N), l1, N * 4) == 0 &&
                        memcmp(Gf(gdx2, nx), Gf(gdx, nx), nx * 4) == 0 &&
                        memcmp(Gf(gdW2, nw), Gf(gdW, nw), nw * 4) == 0,
-                   "bf16 output layer (%s): a second run gives the same bits", tied ? "tied" : "untied");
+                   "bf16 output layer (%s, V %d): a second run gives the same bits", tied ? "tied" : "untied", V);
         }
         /* an evaluation forward leaves nothing for a backward */
         r2 = bf->ops->output_forward(bf, gloss, glog, gx, gW, tied, gtg, N, V, Dm, 0);
         tap_ok(r2 == MK_OK && rel_l2(Gf(gloss, N), loss, N) < 2e-2 &&
                    bf->ops->output_backward(bf, gdx, gdW, gx, gW, tied, glog, N, V, Dm, 0.01f) == MK_ERR_INTERNAL,
-               "bf16 output layer (%s): evaluation losses match; a backward after it is refused",
-               tied ? "tied" : "untied");
+               "bf16 output layer (%s, V %d): evaluation losses match; a backward after it is refused",
+               tied ? "tied" : "untied", V);
         arena_free();
     }
+}
+
+/* V 1000; GPT-2's padded 50,304 (a row of logits fills most of the shared memory the
+ * cross-entropy stages it in); 60,000 (more than fits: the three-pass kernel). */
+static void test_output_bf16(mk_backend *bf)
+{
+    one_output_bf16(bf, 300, 1000, 64);
+    one_output_bf16(bf, 40, 50304, 32);
+    one_output_bf16(bf, 12, 60000, 32);
 }
 
 /* ------------------------------------------------------------------ router */
@@ -1316,6 +1374,7 @@ int main(void)
 
     mk_backend *bf = NULL;
     if (mk_backend_cuda_create(0, 1, &bf) != MK_OK) bail("cuda backend (bf16)");
+    test_matmul_bf16(bf);
     test_attention_bf16(bf);
     test_grouped_bf16(bf);
     test_grouped_kernels_bf16();

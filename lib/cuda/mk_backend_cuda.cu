@@ -83,8 +83,10 @@ typedef struct cuda_impl {
     mk_devbuf scratch;    /* device scratch for per-call tables (angles, index lists) */
     mk_cuda_ffn *ffn;     /* the fused bf16 expert FFN's workspace, made on first use */
     mk_devbuf outb;       /* the fused output layer's bf16 x, W and dlogits */
+    mk_devbuf mmb;        /* dense matmul's operands rounded to bf16 */
     int out_ready;        /* a training output_forward left its state in outb, for: */
     int out_N, out_V, out_D, out_tied;
+    size_t ce_smem;       /* the longest row of logits (bytes) k_cross_entropy_row stages */
 } cuda_impl;
 
 static cuda_impl *impl_of(mk_backend *be) { return (cuda_impl *)be->impl; }
@@ -263,6 +265,24 @@ static int gemm_cm(cuda_impl *im, cublasOperation_t ta, cublasOperation_t tb, in
     return MK_OK;
 }
 
+/* Row-major C[M, N] = alpha op(A) op(B) + beta C with bf16 A and B and fp32 C (tensor
+ * cores, fp32 accumulate); shapes and transposes as cuda_matmul. */
+static int matmul_bf16(cuda_impl *im, float *C, const void *A, const void *B, int M, int N, int K,
+                       int trans_a, int trans_b, float alpha, float beta, const char *what)
+{
+    const int lda = trans_a ? M : K, ldb = trans_b ? K : N;
+    BLAS_CHECK(cublasGemmEx(im->blas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+                            trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B, CUDA_R_16BF,
+                            ldb, A, CUDA_R_16BF, lda, &beta, C, CUDA_R_32F, N, CUBLAS_COMPUTE_32F,
+                            CUBLAS_GEMM_DEFAULT), what);
+    return MK_OK;
+}
+
+static size_t up256(size_t b)
+{
+    return (b + 255) & ~(size_t)255;
+}
+
 /* The same over `batch` matrices at fixed strides (attention: one per head). */
 static int gemm_cm_batched(cuda_impl *im, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
                            int k, float alpha, const float *A, int lda, long long sa, const float *B,
@@ -391,6 +411,15 @@ __global__ static void k_beta_only(float *C, size_t n, float beta)
     GRID_STRIDE(i, n) C[i] = beta == 0 ? 0.0f : beta * C[i];
 }
 
+/* bf16 mode with the fused paths: operands whose rounding kernel applies (16-byte aligned,
+ * element counts in fours). Anything else takes FAST_16BF on the fp32 operands. */
+static int use_bf16_operands(const cuda_impl *im, const float *A, const float *B, int M, int N,
+                             int K)
+{
+    return im->fused && ((size_t)M * K) % 4 == 0 && ((size_t)K * N) % 4 == 0 &&
+           (((uintptr_t)A | (uintptr_t)B) & 15) == 0;
+}
+
 static int cuda_matmul(mk_backend *be, mk_real *C, const mk_real *A, const mk_real *B, int M,
                        int N, int K, int trans_a, int trans_b, mk_real alpha, mk_real beta)
 {
@@ -407,6 +436,18 @@ static int cuda_matmul(mk_backend *be, mk_real *C, const mk_real *A, const mk_re
     /* cuBLAS is column-major: a row-major [R, C] matrix is its transpose. Row-major
      * C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T, i.e. the same call with A and B
      * swapped and M and N swapped; the leading dimensions are the row-major row lengths. */
+    if (use_bf16_operands(im, A, B, M, N, K)) {
+        /* The dense projections' fp32 activations and weights rounded to bf16 here, then a
+         * bf16 GEMM: cuBLAS's FAST_16BF kernels on fp32 operands move twice the bytes and
+         * ran the step's 108 dense products at about 200 TFLOP/s. The rounding is the same
+         * (to nearest even), so the products are the ones FAST_16BF computes. */
+        const size_t sa = up256((size_t)M * K * 2);
+        MK_CHECK(mk_devbuf_reserve(&im->mmb, sa + up256((size_t)K * N * 2), "matmul: bf16 operands"));
+        char *ab = (char *)im->mmb.p, *bb = ab + sa;
+        MK_CHECK(mk_cuda_round_bf16(ab, A, (size_t)M * K, "matmul: A to bf16"));
+        MK_CHECK(mk_cuda_round_bf16(bb, B, (size_t)K * N, "matmul: B to bf16"));
+        return matmul_bf16(im, C, ab, bb, M, N, K, trans_a, trans_b, alpha, beta, "matmul");
+    }
     const int lda = trans_a ? M : K, ldb = trans_b ? K : N;
     const cublasOperation_t ta = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
     const cublasOperation_t tb = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -1463,6 +1504,86 @@ __global__ static void k_cross_entropy(float *losses, TD *dlogits, const float *
     }
 }
 
+/* The fused output layer's cross-entropy: one row per block of CE_TPB threads with the row
+ * of logits staged in shared memory, so HBM is read once instead of three times (max, sum,
+ * dlogits over a 201 KB row of GPT-2's vocabulary, which does not stay in L1 or L2 between
+ * passes with thousands of rows in flight). The reductions run in a fixed order (warp
+ * shuffles, then the 32 warp results by warp 0): the same bits on every call. */
+#define CE_TPB 1024
+/* Static shared memory the kernel needs beside the row (rounded up). */
+#define CE_STATIC_SMEM 1024
+
+__device__ __forceinline__ float warp_max(float v)
+{
+    for (int o = 16; o > 0; o >>= 1) {
+        const float w = __shfl_xor_sync(0xffffffffu, v, o);
+        v = w > v ? w : v;
+    }
+    return v;
+}
+
+__device__ __forceinline__ double warp_sum(double v)
+{
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__global__ static void __launch_bounds__(CE_TPB)
+k_cross_entropy_row(float *losses, __nv_bfloat16 *dlogits, const float *logits,
+                    const int32_t *targets, int V, float dscale)
+{
+    extern __shared__ float4 row4[];
+    __shared__ float shf[32];
+    __shared__ double shd[32];
+    const size_t n = blockIdx.x;
+    const int V4 = V / 4, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int tgt = targets[n];
+    uint2 *d = dlogits ? (uint2 *)(dlogits + n * V) : NULL;
+    if (tgt < 0) { /* uniform per block: no thread reaches a barrier alone */
+        if (threadIdx.x == 0) losses[n] = 0;
+        if (dlogits)
+            for (int i = threadIdx.x; i < V4; i += CE_TPB) d[i] = make_uint2(0, 0);
+        return;
+    }
+    const float4 *l4 = (const float4 *)(logits + n * V);
+    float mx = -INFINITY;
+#pragma unroll 4
+    for (int i = threadIdx.x; i < V4; i += CE_TPB) {
+        const float4 v = l4[i];
+        row4[i] = v;
+        /* comparisons that skip NaN, like the other cross-entropy kernels */
+        mx = v.x > mx ? v.x : mx, mx = v.y > mx ? v.y : mx;
+        mx = v.z > mx ? v.z : mx, mx = v.w > mx ? v.w : mx;
+    }
+    mx = warp_max(mx);
+    if (lane == 0) shf[warp] = mx;
+    __syncthreads();
+    mx = warp_max(lane < CE_TPB / 32 ? shf[lane] : -INFINITY);
+    double sum = 0;
+    for (int i = threadIdx.x; i < V4; i += CE_TPB) {
+        const float4 v = row4[i];
+        sum += (double)(expf(v.x - mx) + expf(v.y - mx)) + (double)(expf(v.z - mx) + expf(v.w - mx));
+    }
+    sum = warp_sum(sum);
+    if (lane == 0) shd[warp] = sum;
+    __syncthreads();
+    sum = warp_sum(lane < CE_TPB / 32 ? shd[lane] : 0.0);
+    const double lse = mx + log(sum);
+    const float lt = ((const float *)row4)[tgt];
+    if (threadIdx.x == 0) losses[n] = (float)(lse - lt);
+    if (!dlogits) return;
+    const float lse_r = (float)lse;
+    for (int i = threadIdx.x; i < V4; i += CE_TPB) {
+        const float4 v = row4[i];
+        const int j = 4 * i;
+        const __nv_bfloat162 a = __floats2bfloat162_rn(dscale * (expf(v.x - lse_r) - (float)(j == tgt)),
+                                                       dscale * (expf(v.y - lse_r) - (float)(j + 1 == tgt)));
+        const __nv_bfloat162 b = __floats2bfloat162_rn(dscale * (expf(v.z - lse_r) - (float)(j + 2 == tgt)),
+                                                       dscale * (expf(v.w - lse_r) - (float)(j + 3 == tgt)));
+        d[i] = make_uint2(*(const uint32_t *)&a, *(const uint32_t *)&b);
+    }
+}
+
 /* Targets come to the host to be validated like the CPU does (N ints). */
 static int check_targets(const int32_t *targets, int N, int V)
 {
@@ -1494,24 +1615,6 @@ static int cuda_cross_entropy(mk_backend *be, mk_real *losses, mk_real *dlogits,
 
 /* ------------------------------------------------------------------ output layer */
 
-/* Row-major C[M, N] = alpha op(A) op(B) + beta C with bf16 A and B and fp32 C (tensor
- * cores, fp32 accumulate); shapes and transposes as cuda_matmul. */
-static int matmul_bf16(cuda_impl *im, float *C, const void *A, const void *B, int M, int N, int K,
-                       int trans_a, int trans_b, float alpha, float beta, const char *what)
-{
-    const int lda = trans_a ? M : K, ldb = trans_b ? K : N;
-    BLAS_CHECK(cublasGemmEx(im->blas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
-                            trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B, CUDA_R_16BF,
-                            ldb, A, CUDA_R_16BF, lda, &beta, C, CUDA_R_32F, N, CUBLAS_COMPUTE_32F,
-                            CUBLAS_GEMM_DEFAULT), what);
-    return MK_OK;
-}
-
-static size_t up256(size_t b)
-{
-    return (b + 255) & ~(size_t)255;
-}
-
 /* bf16 mode (fused): x and W rounded to bf16 once, the logits GEMM on bf16 operands, and
  * cross-entropy writing dlogits as bf16 into the backend's workspace, where the backward's
  * two GEMMs read them (half the bytes of fp32, and no rounding pass over [N, V]). Forward
@@ -1538,8 +1641,14 @@ static int cuda_output_forward(mk_backend *be, mk_real *losses, mk_real *logits,
     MK_CHECK(mk_cuda_round_bf16(wb, W, (size_t)V * D, "output layer: weights"));
     MK_CHECK(matmul_bf16(im, logits, xb, wb, N, V, D, 0, tied, 1, 0, "output layer: logits"));
     MK_CHECK(check_targets(targets, N, V));
-    LAUNCH(k_cross_entropy<__nv_bfloat16>, (unsigned)N, "output layer: cross_entropy", losses,
-           dlog, logits, targets, V, 1.0f);
+    if ((size_t)V * sizeof(float) <= im->ce_smem) {
+        k_cross_entropy_row<<<(unsigned)N, CE_TPB, (size_t)V * sizeof(float)>>>(losses, dlog, logits,
+                                                                              targets, V, 1.0f);
+        CU_CHECK(cudaGetLastError(), "output layer: cross_entropy");
+    } else {
+        LAUNCH(k_cross_entropy<__nv_bfloat16>, (unsigned)N, "output layer: cross_entropy", losses,
+               dlog, logits, targets, V, 1.0f);
+    }
     im->out_ready = train;
     im->out_N = N, im->out_V = V, im->out_D = D, im->out_tied = tied;
     return MK_OK;
@@ -1637,6 +1746,7 @@ static void cuda_destroy(mk_backend *be)
     if (im) {
         mk_cuda_ffn_destroy(im->ffn);
         mk_devbuf_release(&im->outb);
+        mk_devbuf_release(&im->mmb);
         if (im->blas) cublasDestroy(im->blas);
         if (im->gptr) cudaFree(im->gptr);
         if (im->rope_cs) cudaFree(im->rope_cs);
@@ -1739,6 +1849,15 @@ extern "C" int mk_backend_cuda_create(int device, int bf16, mk_backend **out)
         cuda_destroy(be);
         return MK_FAIL(MK_ERR_INTERNAL, "cuda: cuBLAS setup: %s", cublasGetStatusString(s));
     }
+    /* The output layer's cross-entropy keeps a row of logits in shared memory: as much as
+     * the device lets one block opt in to (0 when it cannot: the three-pass kernel then). */
+    int optin = 0;
+    if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) == cudaSuccess &&
+        optin > CE_STATIC_SMEM &&
+        cudaFuncSetAttribute(k_cross_entropy_row, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             optin - CE_STATIC_SMEM) == cudaSuccess)
+        im->ce_smem = (size_t)(optin - CE_STATIC_SMEM);
+    cudaGetLastError();
     *out = be;
     return MK_OK;
 }
