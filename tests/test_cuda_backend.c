@@ -451,8 +451,10 @@ static void test_embedding(void)
 
 static void test_rmsnorm(void)
 {
-    const int shapes[2][2] = {{13, 300}, {40, 8}};
-    for (int c = 0; c < 2; c++) {
+    /* one warp per row (300, 8, 768, 1024 wide), the block-per-row kernels (30: not in
+     * fours; 1100: more than a warp keeps in registers) */
+    const int shapes[6][2] = {{13, 300}, {40, 8}, {50, 768}, {9, 1024}, {7, 30}, {3, 1100}};
+    for (int c = 0; c < 6; c++) {
         const int N = shapes[c][0], Dm = shapes[c][1];
         const size_t nd = (size_t)N * Dm;
         float *x = Hrand(nd, 2), *g = Hrand(Dm, 1), *out = Hf(nd), *rstd = Hf(N);
@@ -481,8 +483,10 @@ static void test_rmsnorm(void)
 
 static void test_rope(void)
 {
-    const int cases[2][4] = {{2, 9, 32, 4}, {1, 600, 16, 2}}; /* B, T, D, H */
-    for (int c = 0; c < 2; c++) {
+    /* B, T, D, H: a block per token (D in fours; head size 6 puts a head edge inside a
+     * 16-byte load), and the per-pair kernel (D 6) */
+    const int cases[5][4] = {{2, 9, 32, 4}, {1, 600, 16, 2}, {2, 64, 768, 12}, {3, 5, 12, 2}, {2, 7, 6, 1}};
+    for (int c = 0; c < 5; c++) {
         const int B = cases[c][0], T = cases[c][1], Dm = cases[c][2], H = cases[c][3];
         const size_t n = (size_t)B * T * 3 * Dm;
         float *q = Hrand(n, 1), *gq = D(q, n * 4);

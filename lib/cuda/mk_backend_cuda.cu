@@ -172,6 +172,23 @@ __device__ static float block_max(float v, float *sh)
     return r;
 }
 
+/* Warp-wide max and sum over a butterfly: every lane ends with the same bits (each step adds
+ * the same two values, in either order), and the order is fixed. */
+__device__ __forceinline__ float warp_max(float v)
+{
+    for (int o = 16; o > 0; o >>= 1) {
+        const float w = __shfl_xor_sync(0xffffffffu, v, o);
+        v = w > v ? w : v;
+    }
+    return v;
+}
+
+__device__ __forceinline__ double warp_sum(double v)
+{
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
 /* ------------------------------------------------------------------ memory */
 
 static int cuda_alloc(mk_backend *be, size_t bytes, void **out)
@@ -681,11 +698,61 @@ __global__ static void k_rmsnorm_forward(float *out, float *rstd, const float *x
     for (int i = threadIdx.x; i < D; i += blockDim.x) o[i] = xr[i] * r * g[i];
 }
 
+/* One warp per row, for rows of at most RMS_NV float4 per lane (d_model <= 1024, a multiple
+ * of 4, 16-byte aligned): the row stays in registers between the sum of squares and the
+ * scaling, and no block barrier is needed -- a block per 768-wide row left most of its
+ * time in the shared-memory tree. Sums in double, in a fixed order. */
+#define RMS_NV 8
+#define RMS_ROWS_PER_BLOCK (TPB / 32)
+
+static int rms_warp_fits(int D, const void *a, const void *b, const void *c, const void *d)
+{
+    return D % 4 == 0 && D <= 4 * 32 * RMS_NV &&
+           (((uintptr_t)a | (uintptr_t)b | (uintptr_t)c | (uintptr_t)d) & 15) == 0;
+}
+
+__global__ static void k_rmsnorm_forward_warp(float *out, float *rstd, const float *x,
+                                              const float *g, int N, int D)
+{
+    const size_t n = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    const int lane = threadIdx.x & 31, D4 = D / 4;
+    if (n >= (size_t)N) return; /* whole warps: no shuffle is left short */
+    const float4 *xr = (const float4 *)(x + n * D);
+    float4 v[RMS_NV];
+    double ss = 0;
+#pragma unroll
+    for (int t = 0; t < RMS_NV; t++) {
+        const int j = lane + 32 * t;
+        if (j < D4) {
+            v[t] = xr[j];
+            ss += (double)v[t].x * v[t].x + (double)v[t].y * v[t].y + (double)v[t].z * v[t].z +
+                  (double)v[t].w * v[t].w;
+        }
+    }
+    ss = warp_sum(ss);
+    const float r = (float)(1.0 / sqrt(ss / D + MK_RMS_EPS));
+    if (lane == 0) rstd[n] = r;
+    float4 *o = (float4 *)(out + n * D);
+#pragma unroll
+    for (int t = 0; t < RMS_NV; t++) {
+        const int j = lane + 32 * t;
+        if (j < D4) {
+            const float4 G = ((const float4 *)g)[j];
+            o[j] = make_float4(v[t].x * r * G.x, v[t].y * r * G.y, v[t].z * r * G.z, v[t].w * r * G.w);
+        }
+    }
+}
+
 static int cuda_rmsnorm_forward(mk_backend *be, mk_real *out, mk_real *rstd, const mk_real *x,
                                 const mk_real *g, int N, int D)
 {
     (void)be;
-    if (N > 0) LAUNCH(k_rmsnorm_forward, (unsigned)N, "rmsnorm_forward", out, rstd, x, g, D);
+    if (N <= 0) return MK_OK;
+    if (rms_warp_fits(D, out, x, g, x))
+        LAUNCH(k_rmsnorm_forward_warp, (unsigned)((N + RMS_ROWS_PER_BLOCK - 1) / RMS_ROWS_PER_BLOCK),
+               "rmsnorm_forward", out, rstd, x, g, N, D);
+    else
+        LAUNCH(k_rmsnorm_forward, (unsigned)N, "rmsnorm_forward", out, rstd, x, g, D);
     return MK_OK;
 }
 
@@ -703,6 +770,50 @@ __global__ static void k_rmsnorm_backward_dx(float *dx, const float *dout, const
     dot = block_sum(dot, sh);
     const double c = r * r * r * dot / D;
     for (int i = threadIdx.x; i < D; i += blockDim.x) dxr[i] += (float)(r * g[i] * dy[i] - c * xr[i]);
+}
+
+/* The same, one warp per row (see k_rmsnorm_forward_warp). x and dy are read again for the
+ * update, from L1 where the first pass just left them: kept in registers they took 162 per
+ * thread and one block per SM. */
+__device__ __forceinline__ float rms_dx1(float dx, double r, float g, float dy, double c, float x)
+{
+    return dx + (float)(r * g * dy - c * x);
+}
+
+__global__ static void k_rmsnorm_backward_dx_warp(float *dx, const float *dout, const float *x,
+                                                  const float *g, const float *rstd, int N, int D)
+{
+    const size_t n = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    const int lane = threadIdx.x & 31, D4 = D / 4;
+    if (n >= (size_t)N) return;
+    const float4 *xr = (const float4 *)(x + n * D), *dyr = (const float4 *)(dout + n * D);
+    const float4 *g4 = (const float4 *)g;
+    double dot = 0;
+#pragma unroll
+    for (int t = 0; t < RMS_NV; t++) {
+        const int j = lane + 32 * t;
+        if (j < D4) {
+            const float4 X = xr[j], Y = dyr[j], G = g4[j];
+            dot += (double)G.x * Y.x * X.x + (double)G.y * Y.y * X.y + (double)G.z * Y.z * X.z +
+                   (double)G.w * Y.w * X.w;
+        }
+    }
+    dot = warp_sum(dot);
+    const double r = rstd[n], c = r * r * r * dot / D;
+    float4 *o = (float4 *)(dx + n * D);
+#pragma unroll 2
+    for (int t = 0; t < RMS_NV; t++) {
+        const int j = lane + 32 * t;
+        if (j < D4) {
+            const float4 X = xr[j], Y = dyr[j], G = g4[j];
+            float4 a = o[j];
+            a.x = rms_dx1(a.x, r, G.x, Y.x, c, X.x);
+            a.y = rms_dx1(a.y, r, G.y, Y.y, c, X.y);
+            a.z = rms_dx1(a.z, r, G.z, Y.z, c, X.z);
+            a.w = rms_dx1(a.w, r, G.w, Y.w, c, X.w);
+            o[j] = a;
+        }
+    }
 }
 
 /* dg sums over tokens in two fixed stages: RMS_CHUNKS blocks of consecutive tokens give
@@ -753,7 +864,11 @@ static int cuda_rmsnorm_backward(mk_backend *be, mk_real *dx, mk_real *dg, const
 {
     (void)be;
     if (N <= 0 || D <= 0) return MK_OK;
-    LAUNCH(k_rmsnorm_backward_dx, (unsigned)N, "rmsnorm_backward (dx)", dx, dout, x, g, rstd, D);
+    if (rms_warp_fits(D, dx, dout, x, g))
+        LAUNCH(k_rmsnorm_backward_dx_warp, (unsigned)((N + RMS_ROWS_PER_BLOCK - 1) / RMS_ROWS_PER_BLOCK),
+               "rmsnorm_backward (dx)", dx, dout, x, g, rstd, N, D);
+    else
+        LAUNCH(k_rmsnorm_backward_dx, (unsigned)N, "rmsnorm_backward (dx)", dx, dout, x, g, rstd, D);
     void *sp;
     MK_CHECK(scratch_get(impl_of(be), (size_t)RMS_CHUNKS * D * sizeof(double), &sp));
     k_rmsnorm_dg_partial<<<dim3((unsigned)((D + TPB - 1) / TPB), RMS_CHUNKS), TPB>>>(
@@ -793,6 +908,30 @@ __global__ static void k_rope(float *qkv, const double *cs, int N, int T, int D,
     }
 }
 
+/* The same, one block per token and two pairs per thread (16-byte loads, no 64-bit division
+ * per element); for D a multiple of 4 and an aligned qkv. */
+__device__ __forceinline__ void rope1(float &a, float &b, const double *cp, double sign)
+{
+    const double c = cp[0], s = sign * cp[1], x0 = a, x1 = b;
+    a = (float)(x0 * c - x1 * s);
+    b = (float)(x0 * s + x1 * c);
+}
+
+__global__ static void k_rope_row(float *qkv, const double *cs, int T, int D, int hd, double sign)
+{
+    const size_t n = blockIdx.x;
+    const int half = hd / 2;
+    float4 *row = (float4 *)(qkv + n * 3 * D);
+    const double *ct = cs + (size_t)(n % T) * half * 2;
+    for (int j = threadIdx.x; j < D / 2; j += blockDim.x) { /* q and k: 2D columns */
+        const int col = 4 * j;
+        float4 v = row[j];
+        rope1(v.x, v.y, ct + (col % hd), sign);
+        rope1(v.z, v.w, ct + ((col + 2) % hd), sign);
+        row[j] = v;
+    }
+}
+
 static int rope_apply(mk_backend *be, const char *op, mk_real *qkv, int B, int T, int D, int H,
                       double theta, double sign)
 {
@@ -828,7 +967,10 @@ static int rope_apply(mk_backend *be, const char *op, mk_real *qkv, int B, int T
         }
         im->rope_T = T, im->rope_hd = hd, im->rope_theta = theta;
     }
-    LAUNCH(k_rope, grid_for((size_t)N * D), op, qkv, (const double *)im->rope_cs, N, T, D, hd, sign);
+    if (D % 4 == 0 && ((uintptr_t)qkv & 15) == 0)
+        LAUNCH(k_rope_row, (unsigned)N, op, qkv, (const double *)im->rope_cs, T, D, hd, sign);
+    else
+        LAUNCH(k_rope, grid_for((size_t)N * D), op, qkv, (const double *)im->rope_cs, N, T, D, hd, sign);
     return MK_OK;
 }
 
@@ -1512,21 +1654,6 @@ __global__ static void k_cross_entropy(float *losses, TD *dlogits, const float *
 #define CE_TPB 1024
 /* Static shared memory the kernel needs beside the row (rounded up). */
 #define CE_STATIC_SMEM 1024
-
-__device__ __forceinline__ float warp_max(float v)
-{
-    for (int o = 16; o > 0; o >>= 1) {
-        const float w = __shfl_xor_sync(0xffffffffu, v, o);
-        v = w > v ? w : v;
-    }
-    return v;
-}
-
-__device__ __forceinline__ double warp_sum(double v)
-{
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
 
 __global__ static void __launch_bounds__(CE_TPB)
 k_cross_entropy_row(float *losses, __nv_bfloat16 *dlogits, const float *logits,
