@@ -334,6 +334,10 @@ static void test_elementwise(void)
     r1 = cpu->ops->add(cpu, a2, a2, b, n);
     r2 = gpu->ops->add(gpu, ga, ga, gb, n);
     if (both_ok(r1, r2, "add (aliased)")) check_arr(Gf(ga, n), a2, n, 0, 0, "add with y aliasing a");
+    /* 4 bytes off 16-byte alignment: the element-by-element path */
+    r1 = cpu->ops->add(cpu, y + 1, a2 + 1, b + 1, n - 1);
+    r2 = gpu->ops->add(gpu, gy + 1, ga + 1, gb + 1, n - 1);
+    if (both_ok(r1, r2, "add (unaligned)")) check_arr(Gf(gy + 1, n - 1), y + 1, n - 1, 0, 0, "add, unaligned");
 
     r1 = cpu->ops->scale(cpu, b, n, -0.37f);
     r2 = gpu->ops->scale(gpu, gb, n, -0.37f);
@@ -946,8 +950,10 @@ static void test_output_bf16(mk_backend *bf)
 
 static void test_router(void)
 {
-    const int cases[3][3] = {{64, 8, 2}, {37, 16, 4}, {5, 3, 3}}; /* N, E, K */
-    for (int c = 0; c < 3; c++)
+    /* N, E, K: counts and psum over one chunk of 64 tokens, a part of one, five with a
+     * short last one, and more experts than threads in a block */
+    const int cases[5][3] = {{64, 8, 2}, {37, 16, 4}, {5, 3, 3}, {300, 64, 8}, {70, 300, 2}};
+    for (int c = 0; c < 5; c++)
         for (int norm = 0; norm < 2; norm++) {
             const int N = cases[c][0], E = cases[c][1], K = cases[c][2];
             const size_t ne = (size_t)N * E, nk = (size_t)N * K;

@@ -471,15 +471,22 @@ static int cuda_matmul(mk_backend *be, mk_real *C, const mk_real *A, const mk_re
     return gemm_cm(im, tb, ta, N, M, K, alpha, B, ldb, A, lda, beta, C, N, "matmul");
 }
 
-__global__ static void k_add(float *y, const float *a, const float *b, size_t n)
+/* 16-byte loads over the first n4 fours where all three are aligned, then the rest. */
+__global__ static void k_add(float *y, const float *a, const float *b, size_t n, size_t n4)
 {
-    GRID_STRIDE(i, n) y[i] = a[i] + b[i];
+    GRID_STRIDE(i, n4)
+    {
+        const float4 A = ((const float4 *)a)[i], B = ((const float4 *)b)[i];
+        ((float4 *)y)[i] = make_float4(A.x + B.x, A.y + B.y, A.z + B.z, A.w + B.w);
+    }
+    GRID_STRIDE(i, n - 4 * n4) y[4 * n4 + i] = a[4 * n4 + i] + b[4 * n4 + i];
 }
 
 static int cuda_add(mk_backend *be, mk_real *y, const mk_real *a, const mk_real *b, size_t n)
 {
     (void)be;
-    if (n) LAUNCH(k_add, grid_for(n), "add", y, a, b, n);
+    const size_t n4 = (((uintptr_t)y | (uintptr_t)a | (uintptr_t)b) & 15) == 0 ? n / 4 : 0;
+    if (n) LAUNCH(k_add, grid_for(n4 ? n4 : n), "add", y, a, b, n, n4);
     return MK_OK;
 }
 
@@ -1177,20 +1184,37 @@ __global__ static void k_router_forward(float *probs, float *lse, int32_t *topk,
         }
 }
 
-/* One block per expert: counts (exact integers) and psum, summed in double over a fixed
- * block tree (the CPU sums in token order; the float results agree to rounding). */
-__global__ static void k_router_stats(int32_t *counts, float *psum, const int32_t *topk,
-                                      const float *probs, int N, int E, int K)
+/* Counts (exact integers) and psum in two fixed stages, like RMSNorm's gain gradient:
+ * RS_CHUNK tokens per block, one thread per expert counting its choices among the chunk's
+ * N*K (every thread reads the same entries: broadcasts) and summing its column of probs in
+ * double (coalesced over experts); then per expert the chunks' partials in chunk order. One
+ * block per expert scanning all N*K choices left 64 blocks on 132 SMs. */
+#define RS_CHUNK 64
+__global__ static void k_router_stats_partial(int32_t *cpart, double *ppart, const int32_t *topk,
+                                              const float *probs, int N, int E, int K)
 {
-    __shared__ double sh[TPB];
-    const int e = blockIdx.x;
-    const size_t S = (size_t)N * K;
-    double c = 0, acc = 0;
-    for (size_t s = threadIdx.x; s < S; s += blockDim.x) c += topk[s] == e;
-    for (int n = threadIdx.x; n < N; n += blockDim.x) acc += probs[(size_t)n * E + e];
-    c = block_sum(c, sh);
-    acc = block_sum(acc, sh);
-    if (threadIdx.x == 0) {
+    const int n0 = blockIdx.x * RS_CHUNK, n1 = n0 + RS_CHUNK < N ? n0 + RS_CHUNK : N;
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+        int c = 0;
+        double acc = 0;
+        for (size_t s = (size_t)n0 * K; s < (size_t)n1 * K; s++) c += topk[s] == e;
+        for (int n = n0; n < n1; n++) acc += probs[(size_t)n * E + e];
+        cpart[(size_t)blockIdx.x * E + e] = c;
+        ppart[(size_t)blockIdx.x * E + e] = acc;
+    }
+}
+
+__global__ static void k_router_stats_final(int32_t *counts, float *psum, const int32_t *cpart,
+                                            const double *ppart, int chunks, int E)
+{
+    GRID_STRIDE(e, (size_t)E)
+    {
+        long c = 0;
+        double acc = 0;
+        for (int k = 0; k < chunks; k++) {
+            c += cpart[(size_t)k * E + e];
+            acc += ppart[(size_t)k * E + e];
+        }
         counts[e] = (int32_t)c;
         psum[e] = (float)acc;
     }
@@ -1215,8 +1239,21 @@ static int cuda_router_forward(mk_backend *be, mk_real *probs, mk_real *lse, int
         CU_CHECK(cudaMemcpy(&bad, sp, sizeof bad, cudaMemcpyDeviceToHost), "router_forward: flag");
         if (bad) return MK_FAIL(MK_ERR_NUMERIC, "router_forward: non-finite router logits");
     }
-    LAUNCH(k_router_stats, (unsigned)E, "router_forward (counts, psum)", counts, psum,
-           topk, probs, N, E, K);
+    if (N <= 0) { /* no tokens: zero counts and psum, as on the CPU */
+        CU_CHECK(cudaMemset(counts, 0, (size_t)E * sizeof *counts), "router_forward (counts)");
+        CU_CHECK(cudaMemset(psum, 0, (size_t)E * sizeof *psum), "router_forward (psum)");
+        return MK_OK;
+    }
+    const int chunks = (N + RS_CHUNK - 1) / RS_CHUNK;
+    const size_t cb = ((size_t)chunks * E * sizeof(int32_t) + 15) & ~(size_t)15;
+    void *sp;
+    MK_CHECK(scratch_get(im, cb + (size_t)chunks * E * sizeof(double), &sp));
+    int32_t *cpart = (int32_t *)sp;
+    double *ppart = (double *)((char *)sp + cb);
+    LAUNCH(k_router_stats_partial, (unsigned)chunks, "router_forward (count partials)", cpart,
+           ppart, topk, probs, N, E, K);
+    LAUNCH(k_router_stats_final, grid_for((size_t)E), "router_forward (counts, psum)", counts,
+           psum, cpart, ppart, chunks, E);
     return MK_OK;
 }
 
