@@ -7,6 +7,7 @@
 #include "config.h"
 #endif
 
+#include <fcntl.h>
 #include <getopt.h>
 #include <mpi.h>
 #include <signal.h>
@@ -70,7 +71,18 @@ static void help_settings(void)
     }
 }
 
-static int run(int argc, char **argv, int rank);
+/* What the command line asks for: settings to train with, or done (help, version or
+ * --print-config answered it). */
+typedef struct train_args {
+    mk_config cfg;
+    const char *resume;
+    int quiet;
+    int done;
+} train_args;
+
+static int parse_args(int argc, char **argv, int rank, train_args *a);
+static int parse_args_once(int argc, char **argv, int rank, int size, train_args *a, int *agreed);
+static int train(const train_args *a, int rank);
 
 /* Under mpirun or srun every rank runs this; a rank that fails ends the whole job at once
  * (MPI_Abort) after its one error line, so no rank waits forever in a collective. */
@@ -90,11 +102,15 @@ int main(int argc, char **argv)
         fprintf(stderr, "moe-train: MPI_Init failed\n");
         return MK_ERR_COMM;
     }
-    int rank = 0, size = 1;
+    int rank = 0, size = 1, agreed = 0;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
-    int rc = run(argc, argv, rank);
-    if (rc != MK_OK && rc != MK_EXIT_REQUEUE && size > 1) {
+    train_args a;
+    int rc = parse_args_once(argc, argv, rank, size, &a, &agreed);
+    if (rc == MK_OK && !a.done) rc = train(&a, rank);
+    /* A failure every rank already knows of (the command line or schedule) needs no abort:
+     * each rank leaves with its status. */
+    if (rc != MK_OK && rc != MK_EXIT_REQUEUE && size > 1 && !agreed) {
         fprintf(stderr, "moe-train: rank %d stops the job (status %d: %s)\n", rank, rc, mk_status_name(rc));
         fflush(stderr);
         MPI_Abort(MPI_COMM_WORLD, rc);
@@ -112,7 +128,59 @@ int main(int argc, char **argv)
     return rc;
 }
 
-static int run(int argc, char **argv, int rank)
+/* stderr to /dev/null; returns the saved descriptor to give to unmute_stderr, or -1 when it
+ * could not (then nothing is muted). */
+static int mute_stderr(void)
+{
+    fflush(stderr);
+    int saved = dup(STDERR_FILENO), null = open("/dev/null", O_WRONLY);
+    if (saved < 0 || null < 0 || dup2(null, STDERR_FILENO) < 0) {
+        if (saved >= 0) close(saved);
+        if (null >= 0) close(null);
+        return -1;
+    }
+    close(null);
+    return saved;
+}
+
+static void unmute_stderr(int saved)
+{
+    if (saved < 0) return;
+    fflush(stderr);
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+}
+
+/* Every rank parses the same command line and schedule, so a mistake in them is the same
+ * mistake on every rank: rank 0 reports it and the others parse with stderr muted, instead
+ * of one identical line per rank. A rank whose outcome differs from rank 0's (a schedule
+ * only it cannot read) parses again aloud, and then every rank stops. *agreed = 1 when the
+ * outcome is known to all ranks (no MPI_Abort needed). */
+static int parse_args_once(int argc, char **argv, int rank, int size, train_args *a, int *agreed)
+{
+    *agreed = 0;
+    if (size == 1) return parse_args(argc, argv, rank, a);
+    const int saved = rank ? mute_stderr() : -1;
+    int rc = parse_args(argc, argv, rank, a);
+    unmute_stderr(saved);
+    int rc0 = rc;
+    if (MPI_Bcast(&rc0, 1, MPI_INT, 0, MPI_COMM_WORLD) != MPI_SUCCESS) return MK_ERR_COMM;
+    if (rank && rc != MK_OK && rc != rc0) rc = parse_args(argc, argv, rank, a);
+    /* the lowest failing rank, or size when none failed */
+    int first = rc != MK_OK ? rank : size;
+    if (MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD) != MPI_SUCCESS)
+        return MK_ERR_COMM;
+    if (first == size) return MK_OK;
+    *agreed = 1;
+    if (rc == MK_OK) {
+        if (rank == 0)
+            fprintf(stderr, "moe-train: rank %d could not read its settings (above); the job stops\n", first);
+        rc = MK_ERR_COMM;
+    }
+    return rc;
+}
+
+static int parse_args(int argc, char **argv, int rank, train_args *a)
 {
     enum { OPT_PRINT_CONFIG = 256, OPT_HELP_SETTINGS };
     static const struct option longopts[] = {
@@ -128,19 +196,21 @@ static int run(int argc, char **argv, int rank)
         { "version", no_argument, NULL, 'V' },
         { NULL, 0, NULL, 0 },
     };
-    mk_config cfg;
-    mk_config_defaults(&cfg);
-    int quiet = 0, print_config = 0, rc;
-    const char *schedule = NULL, *resume = NULL;
+    mk_config *cfg = &a->cfg;
+    mk_config_defaults(cfg);
+    a->resume = NULL, a->quiet = 0, a->done = 0;
+    int print_config = 0, rc;
+    const char *schedule = NULL;
 
     /* First pass: only the schedule, so --set always wins over it whatever the order. */
     int c;
     opterr = 0;
+    optind = 0; /* a fresh scan (GNU getopt): this may be the second parse of the same argv */
     while ((c = getopt_long(argc, argv, ":s:S:d:j:r:qhV", longopts, NULL)) != -1) {
         if (c == 's') schedule = optarg;
-        else if (c == 'h') { if (!rank) usage(stdout); return 0; }
-        else if (c == 'V') { if (!rank) printf("moe-train (moekit) %s\n", PACKAGE_VERSION); return 0; }
-        else if (c == OPT_HELP_SETTINGS) { if (!rank) help_settings(); return 0; }
+        else if (c == 'h') { if (!rank) usage(stdout); a->done = 1; return 0; }
+        else if (c == 'V') { if (!rank) printf("moe-train (moekit) %s\n", PACKAGE_VERSION); a->done = 1; return 0; }
+        else if (c == OPT_HELP_SETTINGS) { if (!rank) help_settings(); a->done = 1; return 0; }
         else if (c == '?' || c == ':') {
             /* One line, like every other error (the hint rides along at its end). */
             if (c == ':')
@@ -156,7 +226,7 @@ static int run(int argc, char **argv, int rank)
         fprintf(stderr, "moe-train: unexpected argument '%s' (try 'moe-train --help')\n", argv[optind]);
         return MK_ERR_USAGE;
     }
-    if (schedule && (rc = mk_config_load_ini(&cfg, schedule)) != MK_OK) return rc;
+    if (schedule && (rc = mk_config_load_ini(cfg, schedule)) != MK_OK) return rc;
 
     int overrides = 0;
     optind = 0;
@@ -165,20 +235,20 @@ static int run(int argc, char **argv, int rank)
         switch (c) {
         case 'S':
             overrides++;
-            if ((rc = mk_config_set(&cfg, optarg, "--set")) != MK_OK) return rc;
+            if ((rc = mk_config_set(cfg, optarg, "--set")) != MK_OK) return rc;
             break;
         case 'd':
             overrides++;
             snprintf(buf, sizeof buf, "data.path=%s", optarg);
-            if ((rc = mk_config_set(&cfg, buf, "--data")) != MK_OK) return rc;
+            if ((rc = mk_config_set(cfg, buf, "--data")) != MK_OK) return rc;
             break;
         case 'j':
             overrides++;
             snprintf(buf, sizeof buf, "train.threads=%s", optarg);
-            if ((rc = mk_config_set(&cfg, buf, "--threads")) != MK_OK) return rc;
+            if ((rc = mk_config_set(cfg, buf, "--threads")) != MK_OK) return rc;
             break;
-        case 'q': quiet = 1; break;
-        case 'r': resume = optarg; break;
+        case 'q': a->quiet = 1; break;
+        case 'r': a->resume = optarg; break;
         case OPT_PRINT_CONFIG: print_config = 1; break;
         default: break;
         }
@@ -187,15 +257,23 @@ static int run(int argc, char **argv, int rank)
     char origin[MK_PATH_MAX + 32];
     snprintf(origin, sizeof origin, "%s%s%s", schedule ? schedule : "", schedule && overrides ? " + " : "",
              overrides ? "command-line settings" : "");
-    if ((rc = mk_config_validate_in(&cfg, origin[0] ? origin : "defaults")) != MK_OK) return rc;
-    if (print_config) return rank ? MK_OK : mk_config_write_ini(&cfg, stdout);
+    if ((rc = mk_config_validate_in(cfg, origin[0] ? origin : "defaults")) != MK_OK) return rc;
+    if (print_config) {
+        a->done = 1;
+        return rank ? MK_OK : mk_config_write_ini(cfg, stdout);
+    }
+    return MK_OK;
+}
 
+static int train(const train_args *a, int rank)
+{
     mk_comm *world = NULL;
-    if ((rc = mk_comm_world(&world)) != MK_OK) return rc;
-    mk_train_opts opts = { .data_path = NULL, .out = quiet || rank != 0 ? NULL : stdout, .world = world,
-                           .resume = resume, .stop = &stop_requested };
+    int rc = mk_comm_world(&world);
+    if (rc != MK_OK) return rc;
+    mk_train_opts opts = { .data_path = NULL, .out = a->quiet || rank != 0 ? NULL : stdout, .world = world,
+                           .resume = a->resume, .stop = &stop_requested };
     mk_train_result res;
-    rc = mk_train_run(&cfg, &opts, &res);
+    rc = mk_train_run(&a->cfg, &opts, &res);
     if (rc == MK_OK && res.stopped) rc = MK_EXIT_REQUEUE;
     mk_comm_free(&world);
     return rc;

@@ -1,8 +1,9 @@
 #!/bin/sh
 # test_mpi_train.sh - distributed training under mpirun (2 and 4 ranks, oversubscribed):
 # global/global-exact/padding equivalences (tests/mpi_train), expert parallelism ep = 2 and
-# 4 giving the losses of ep = 1 over 20 steps, repeatable multi-rank runs, and a failing
-# rank ending a 4-rank job quickly with a message naming it.
+# 4 giving the losses of ep = 1 over 20 steps, repeatable multi-rank runs, a failing
+# rank ending a 4-rank job quickly with a message naming it, and a settings mistake
+# reported once rather than once per rank.
 if [ -z "$MPIEXEC" ]; then echo "1..0 # SKIP no MPI launcher"; exit 0; fi
 train=$top_builddir/bin/moe-train
 tmp=$(mktemp -d) || exit 99
@@ -45,5 +46,24 @@ el=$(( $(date +%s) - start ))
 sed 's/^/# /' "$tmp/err" | head -5
 [ $rc -ne 0 ] && [ $el -lt 10 ] && grep -q "rank 2" "$tmp/err"
 ok $? "rank 2 failing at step 3 ends the 4-rank job: exit $rc after ${el}s, message names rank 2"
+# a mistake in the settings is every rank's: one error line (rank 0's) and no abort
+mpi 4 $train $common --set train.warmup=50 --set run.dir="$tmp/bad" 2>"$tmp/err" >/dev/null
+rc=$?
+sed 's/^/# /' "$tmp/err" | grep 'moe' | head -3
+[ $rc -eq 2 ] && [ "$(grep -c '^moekit: error:' "$tmp/err")" -eq 1 ] && ! grep -q 'stops the job' "$tmp/err" &&
+  grep -q 'train.warmup = 50' "$tmp/err"
+ok $? "4 ranks, train.warmup over train.steps: exit $rc (usage), the error said once, not once per rank"
+mpi 2 $train --help >"$tmp/help" 2>&1
+[ "$(grep -c '^Usage: moe-train' "$tmp/help")" -eq 1 ]
+ok $? "2 ranks, --help: the usage printed once"
+# ... unless only one rank gets it wrong: that rank says why, rank 0 says the job stops
+mpi 3 sh -c 'w=2; [ "${OMPI_COMM_WORLD_RANK:-${PMI_RANK:-0}}" = 1 ] && w=500
+  exec "$0" "$@" --set train.warmup=$w' $train $common --set run.dir="$tmp/bad1" 2>"$tmp/err" >/dev/null
+rc=$?
+sed 's/^/# /' "$tmp/err" | grep 'moe' | head -3
+[ $rc -ne 0 ] && [ "$(grep -c '^moekit: error:' "$tmp/err")" -eq 1 ] &&
+  grep -q '^moekit: error: rank 1: .*train.warmup = 500' "$tmp/err" &&
+  grep -q '^moe-train: rank 1 could not read its settings' "$tmp/err"
+ok $? "3 ranks, a bad setting on rank 1 only: exit $rc, its error named once, rank 0 says the job stops"
 echo "1..$n"
 [ $fails -eq 0 ]
