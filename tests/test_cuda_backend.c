@@ -1006,6 +1006,26 @@ static void test_router(void)
 
 /* ------------------------------------------------------------------ dispatch and combine */
 
+/* Gate gradients with 16-byte loads (D 768, 24) and element by element (D 30: not in
+ * fours), dropped choices (slot_row -1) giving 0. */
+static void test_combine_gates(void)
+{
+    const int shapes[3][3] = {{50, 3, 768}, {20, 2, 30}, {9, 4, 24}}; /* N K D */
+    for (int c = 0; c < 3; c++) {
+        const int N = shapes[c][0], K = shapes[c][1], Dm = shapes[c][2], S = N * K;
+        float *dout = Hrand((size_t)N * Dm, 1), *y = Hrand((size_t)S * Dm, 1), *dg = Hf(S);
+        int32_t *slot_row = Hi(S);
+        for (int i = 0; i < S; i++) slot_row[i] = i % 7 == 3 ? -1 : (i * 5) % S;
+        float *gdout = D(dout, (size_t)N * Dm * 4), *gy = D(y, (size_t)S * Dm * 4), *gdg = Dz(S * 4);
+        int32_t *gsr = D(slot_row, S * 4);
+        int r1 = cpu->ops->combine_backward_gates(cpu, dg, dout, y, slot_row, N, K, Dm);
+        int r2 = gpu->ops->combine_backward_gates(gpu, gdg, gdout, gy, gsr, N, K, Dm);
+        if (both_ok(r1, r2, "combine_backward_gates"))
+            check_arr(Gf(gdg, S), dg, S, RT_EW, AT_EW, "combine_backward_gates N %d K %d D %d", N, K, Dm);
+    }
+    arena_free();
+}
+
 static void test_dispatch(void)
 {
     enum { N = 40, E = 6, K = 2, Dm = 24 };
@@ -1378,6 +1398,7 @@ int main(void)
     test_attention();
     test_router();
     test_dispatch();
+    test_combine_gates();
     test_cross_entropy();
     test_model(0);
     test_model(1);

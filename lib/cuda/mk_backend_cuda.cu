@@ -11,14 +11,15 @@
  * compared element by element (tests/test_cuda_backend.c).
  *
  * Determinism rule, as on the CPU: every output element is written by one thread, and
- * every reduction runs in a fixed order that depends on the shapes only -- either a serial
- * loop in one thread (token-order sums: embedding and RMSNorm weight gradients, router
- * counts and psum) or a tree over a block or warp of fixed size (row sums of softmax,
- * RMSNorm, sumsq, gate gradients). No atomics anywhere, so the same inputs give the same
- * bits on every call.
+ * every reduction runs in a fixed order that depends on the shapes only -- a serial loop
+ * in one thread (the embedding gradient in token order), fixed chunks then their partials
+ * in chunk order (RMSNorm gain gradient, router counts and psum), or a tree over a block or
+ * warp of fixed size (row sums of softmax and cross-entropy, RMSNorm, sumsq, gate
+ * gradients, the router's). No atomics anywhere, so the same inputs give the same bits on
+ * every call.
  *
  * Still slow (docs/performance.md): activations outside the fused ops are stored in fp32,
- * so the dense GEMMs round their operands on the fly; the fused ops round their fp32
+ * so the dense GEMMs round their operands in a pass of their own; the fused ops round their fp32
  * inputs in a pass of their own; several ops copy small int arrays to the host to validate
  * them like the CPU backend does; the gradient all-reduce waits for the whole backward.
  *
@@ -110,16 +111,7 @@ static cuda_impl *impl_of(mk_backend *be) { return (cuda_impl *)be->impl; }
         CU_CHECK(cudaGetLastError(), what);                                                \
     } while (0)
 
-/* Kernels with one thread per token and a long serial body (the router's): blocks of one
- * warp, so that a few thousand tokens still spread over every SM. */
-#define TPB_TOKEN 32
 #define MK_ROUTER_GATES_MAX 32 /* gates the router keeps in registers; more are re-read */
-#define LAUNCH_PER_TOKEN(kernel, n, what, ...)                                             \
-    do {                                                                                   \
-        size_t b_ = ((size_t)(n) + TPB_TOKEN - 1) / TPB_TOKEN;                             \
-        kernel<<<(unsigned)(b_ > MAX_BLOCKS ? MAX_BLOCKS : b_), TPB_TOKEN>>>(__VA_ARGS__); \
-        CU_CHECK(cudaGetLastError(), what);                                                \
-    } while (0)
 
 static unsigned grid_for(size_t n)
 {
@@ -1257,35 +1249,41 @@ static int cuda_router_forward(mk_backend *be, mk_real *probs, mk_real *lse, int
     return MK_OK;
 }
 
-/* One thread per token, the CPU's loop body: the dz row holds dL/dprobs first (in float,
- * as the CPU stores it), then becomes dL/dz in place. */
+/* One warp per token, the CPU's loop body with lanes over the experts (e = lane, lane + 32,
+ * ...; each dz element is only ever touched by its lane): the dz row holds dL/dprobs first
+ * (in float, as the CPU stores it, the K gate terms added in the CPU's order), then becomes
+ * dL/dz in place. The dot product is summed per lane and over the warp in a fixed order. One
+ * thread per token walked its 64-wide row alone, with scattered loads. */
 __global__ static void k_router_backward(float *dz, const float *dgates, const float *lbl_ds,
                                          float zloss_scale, const float *probs, const float *lse,
                                          const int32_t *topk, const float *gates, int N, int E,
                                          int K, int norm_topk)
 {
-    GRID_STRIDE(nn, (size_t)N)
-    {
-        const float *p = probs + nn * E;
-        const float *dg = dgates + nn * K, *gt = gates + nn * K;
-        const int32_t *tk = topk + nn * K;
-        float *d = dz + nn * E;
-        for (int e = 0; e < E; e++) d[e] = lbl_ds ? lbl_ds[e] : 0.0f;
-        if (norm_topk) {
-            double S = 0, c = 0;
-            for (int j = 0; j < K; j++) {
-                S += p[tk[j]];
-                c += (double)dg[j] * gt[j];
-            }
-            for (int j = 0; j < K; j++) d[tk[j]] += (float)(((double)dg[j] - c) / S);
-        } else {
-            for (int j = 0; j < K; j++) d[tk[j]] += dg[j];
+    const size_t nn = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    const int lane = threadIdx.x % 32;
+    if (nn >= (size_t)N) return; /* whole warps */
+    const float *p = probs + nn * E;
+    const float *dg = dgates + nn * K, *gt = gates + nn * K;
+    const int32_t *tk = topk + nn * K;
+    float *d = dz + nn * E;
+    for (int e = lane; e < E; e += 32) d[e] = lbl_ds ? lbl_ds[e] : 0.0f;
+    if (norm_topk) {
+        double S = 0, c = 0;
+        for (int j = 0; j < K; j++) {
+            S += p[tk[j]];
+            c += (double)dg[j] * gt[j];
         }
-        double dot = 0;
-        for (int e = 0; e < E; e++) dot += (double)p[e] * d[e];
-        double zl = 2.0 * (double)zloss_scale * lse[nn];
-        for (int e = 0; e < E; e++) d[e] = (float)(p[e] * ((double)d[e] - dot + zl));
+        for (int j = 0; j < K; j++)
+            if (tk[j] % 32 == lane) d[tk[j]] += (float)(((double)dg[j] - c) / S);
+    } else {
+        for (int j = 0; j < K; j++)
+            if (tk[j] % 32 == lane) d[tk[j]] += dg[j];
     }
+    double dot = 0;
+    for (int e = lane; e < E; e += 32) dot += (double)p[e] * d[e];
+    dot = warp_sum(dot);
+    const double zl = 2.0 * (double)zloss_scale * lse[nn];
+    for (int e = lane; e < E; e += 32) d[e] = (float)(p[e] * ((double)d[e] - dot + zl));
 }
 
 static int cuda_router_backward(mk_backend *be, mk_real *dz, const mk_real *dgates,
@@ -1297,8 +1295,8 @@ static int cuda_router_backward(mk_backend *be, mk_real *dz, const mk_real *dgat
     if (E <= 0 || K <= 0 || K > E)
         return MK_FAIL(MK_ERR_INTERNAL, "router_backward: top-%d of %d experts", K, E);
     if (N > 0)
-        LAUNCH_PER_TOKEN(k_router_backward, N, "router_backward", dz, dgates, lbl_ds,
-                         zloss_scale, probs, lse, topk, gates, N, E, K, norm_topk);
+        LAUNCH(k_router_backward, (unsigned)(((size_t)N * 32 + TPB - 1) / TPB), "router_backward", dz,
+               dgates, lbl_ds, zloss_scale, probs, lse, topk, gates, N, E, K, norm_topk);
     return MK_OK;
 }
 
@@ -1532,7 +1530,8 @@ static int cuda_unpermute_add(mk_backend *be, mk_real *dst, const mk_real *src,
 /* One warp per choice: the dot product in double, lanes over strided columns, then a fixed
  * shuffle tree (the CPU sums in column order; the float results agree to rounding). */
 __global__ static void k_combine_backward_gates(float *dgates, const float *dout, const float *y,
-                                                const int32_t *slot_row, int N, int K, int D)
+                                                const int32_t *slot_row, int N, int K, int D,
+                                                int vec)
 {
     const size_t s = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
     const int lane = threadIdx.x % 32;
@@ -1540,11 +1539,17 @@ __global__ static void k_combine_backward_gates(float *dgates, const float *dout
     const float *dy = dout + (s / K) * D;
     const int32_t r = slot_row[s];
     double acc = 0;
-    if (r >= 0) {
+    if (r >= 0 && vec) { /* 16-byte loads: D in fours, rows aligned */
+        const float4 *x4 = (const float4 *)(y + (size_t)r * D), *d4 = (const float4 *)dy;
+        for (int i = lane; i < D / 4; i += 32) {
+            const float4 a = d4[i], b = x4[i];
+            acc += (double)a.x * b.x + (double)a.y * b.y + (double)a.z * b.z + (double)a.w * b.w;
+        }
+    } else if (r >= 0) {
         const float *x = y + (size_t)r * D;
         for (int i = lane; i < D; i += 32) acc += (double)dy[i] * x[i];
     }
-    for (int off = 16; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+    acc = warp_sum(acc);
     if (lane == 0) dgates[s] = (float)acc;
 }
 
@@ -1555,8 +1560,9 @@ static int cuda_combine_backward_gates(mk_backend *be, mk_real *dgates, const mk
     (void)be;
     if (N > 0 && K > 0) {
         const size_t warps = (size_t)N * K, per_block = TPB / 32;
+        const int vec = D % 4 == 0 && (((uintptr_t)dout | (uintptr_t)y) & 15) == 0;
         LAUNCH(k_combine_backward_gates, (unsigned)((warps + per_block - 1) / per_block),
-               "combine_backward_gates", dgates, dout, y, slot_row, N, K, D);
+               "combine_backward_gates", dgates, dout, y, slot_row, N, K, D, vec);
     }
     return MK_OK;
 }
@@ -1687,7 +1693,8 @@ __global__ static void k_cross_entropy(float *losses, TD *dlogits, const float *
  * of logits staged in shared memory, so HBM is read once instead of three times (max, sum,
  * dlogits over a 201 KB row of GPT-2's vocabulary, which does not stay in L1 or L2 between
  * passes with thousands of rows in flight). The reductions run in a fixed order (warp
- * shuffles, then the 32 warp results by warp 0): the same bits on every call. */
+ * shuffles, then the 32 warp results by warp 0): the same bits on every call. Rows longer
+ * than the shared memory, or logits off 16-byte alignment, take k_cross_entropy. */
 #define CE_TPB 1024
 /* Static shared memory the kernel needs beside the row (rounded up). */
 #define CE_STATIC_SMEM 1024
@@ -1805,7 +1812,7 @@ static int cuda_output_forward(mk_backend *be, mk_real *losses, mk_real *logits,
     MK_CHECK(mk_cuda_round_bf16(wb, W, (size_t)V * D, "output layer: weights"));
     MK_CHECK(matmul_bf16(im, logits, xb, wb, N, V, D, 0, tied, 1, 0, "output layer: logits"));
     MK_CHECK(check_targets(targets, N, V));
-    if ((size_t)V * sizeof(float) <= im->ce_smem) {
+    if ((size_t)V * sizeof(float) <= im->ce_smem && ((uintptr_t)logits & 15) == 0) {
         k_cross_entropy_row<<<(unsigned)N, CE_TPB, (size_t)V * sizeof(float)>>>(losses, dlog, logits,
                                                                               targets, V, 1.0f);
         CU_CHECK(cudaGetLastError(), "output layer: cross_entropy");

@@ -77,31 +77,72 @@ __global__ static void k_gather_bf16(uint4 *out, const float *src, const int *ro
     }
 }
 
-/* h = silu(a) b in fp32, rounded once; pairs (n2 = n / 2). */
-__global__ static void k_swiglu(__nv_bfloat162 *h, const __nv_bfloat162 *a, const __nv_bfloat162 *b,
-                                size_t n2)
+/* h = silu(a) b in fp32, rounded once, for one pair. */
+__device__ __forceinline__ __nv_bfloat162 swiglu2(__nv_bfloat162 a, __nv_bfloat162 b)
 {
-    GRID_STRIDE(i, n2) {
-        const float2 x = __bfloat1622float2(a[i]), u = __bfloat1622float2(b[i]);
-        const float s0 = 1.0f / (1.0f + expf(-x.x)), s1 = 1.0f / (1.0f + expf(-x.y));
-        h[i] = __floats2bfloat162_rn(x.x * s0 * u.x, x.y * s1 * u.y);
+    const float2 x = __bfloat1622float2(a), u = __bfloat1622float2(b);
+    const float s0 = 1.0f / (1.0f + expf(-x.x)), s1 = 1.0f / (1.0f + expf(-x.y));
+    return __floats2bfloat162_rn(x.x * s0 * u.x, x.y * s1 * u.y);
+}
+
+/* silu'(x) = s + x s (1 - s), for one pair: da and db from dh, a and b. */
+__device__ __forceinline__ void swiglu2_backward(__nv_bfloat162 *da, __nv_bfloat162 *db,
+                                                 __nv_bfloat162 dh, __nv_bfloat162 a,
+                                                 __nv_bfloat162 b)
+{
+    const float2 x = __bfloat1622float2(a), u = __bfloat1622float2(b), g = __bfloat1622float2(dh);
+    const float s0 = 1.0f / (1.0f + expf(-x.x)), s1 = 1.0f / (1.0f + expf(-x.y));
+    *da = __floats2bfloat162_rn(g.x * u.x * (s0 + x.x * s0 * (1 - s0)),
+                                g.y * u.y * (s1 + x.y * s1 * (1 - s1)));
+    *db = __floats2bfloat162_rn(g.x * x.x * s0, g.y * x.y * s1);
+}
+
+/* Pairs (n2 = n / 2), four pairs per 16-byte load over the first n8 = n2 / 4 when vec (all
+ * operands 16-byte aligned), then one pair at a time: 4-byte accesses left the pass at
+ * about half the memory bandwidth. */
+__global__ static void k_swiglu(__nv_bfloat162 *h, const __nv_bfloat162 *a, const __nv_bfloat162 *b,
+                                size_t n2, size_t n8)
+{
+    GRID_STRIDE(i, n8) {
+        uint4 A = ((const uint4 *)a)[i], B = ((const uint4 *)b)[i], H;
+        const __nv_bfloat162 *pa = (const __nv_bfloat162 *)&A, *pb = (const __nv_bfloat162 *)&B;
+        __nv_bfloat162 *ph = (__nv_bfloat162 *)&H;
+#pragma unroll
+        for (int k = 0; k < 4; k++) ph[k] = swiglu2(pa[k], pb[k]);
+        ((uint4 *)h)[i] = H;
+    }
+    GRID_STRIDE(i, n2 - 4 * n8) h[4 * n8 + i] = swiglu2(a[4 * n8 + i], b[4 * n8 + i]);
+}
+
+/* Everything is read before da or db is written (they may alias a or b, as in the op
+ * sequence). */
+__global__ static void k_swiglu_backward(__nv_bfloat162 *da, __nv_bfloat162 *db,
+                                         const __nv_bfloat162 *dh, const __nv_bfloat162 *a,
+                                         const __nv_bfloat162 *b, size_t n2, size_t n8)
+{
+    GRID_STRIDE(i, n8) {
+        const uint4 G = ((const uint4 *)dh)[i], A = ((const uint4 *)a)[i], B = ((const uint4 *)b)[i];
+        const __nv_bfloat162 *pg = (const __nv_bfloat162 *)&G, *pa = (const __nv_bfloat162 *)&A;
+        const __nv_bfloat162 *pb = (const __nv_bfloat162 *)&B;
+        uint4 DA, DB;
+        __nv_bfloat162 *pda = (__nv_bfloat162 *)&DA, *pdb = (__nv_bfloat162 *)&DB;
+#pragma unroll
+        for (int k = 0; k < 4; k++) swiglu2_backward(&pda[k], &pdb[k], pg[k], pa[k], pb[k]);
+        ((uint4 *)da)[i] = DA, ((uint4 *)db)[i] = DB;
+    }
+    GRID_STRIDE(i, n2 - 4 * n8) {
+        const size_t j = 4 * n8 + i;
+        __nv_bfloat162 x, y;
+        swiglu2_backward(&x, &y, dh[j], a[j], b[j]);
+        da[j] = x, db[j] = y;
     }
 }
 
-/* silu'(x) = s + x s (1 - s); everything is read before da or db is written (they may
- * alias a or b, as in the op sequence). */
-__global__ static void k_swiglu_backward(__nv_bfloat162 *da, __nv_bfloat162 *db,
-                                         const __nv_bfloat162 *dh, const __nv_bfloat162 *a,
-                                         const __nv_bfloat162 *b, size_t n2)
+/* n8 for the kernels above: the fours of pairs when every pointer is 16-byte aligned. */
+static size_t quads(size_t n2, const void *p, const void *q, const void *r, const void *s, const void *t)
 {
-    GRID_STRIDE(i, n2) {
-        const float2 x = __bfloat1622float2(a[i]), u = __bfloat1622float2(b[i]);
-        const float2 g = __bfloat1622float2(dh[i]);
-        const float s0 = 1.0f / (1.0f + expf(-x.x)), s1 = 1.0f / (1.0f + expf(-x.y));
-        da[i] = __floats2bfloat162_rn(g.x * u.x * (s0 + x.x * s0 * (1 - s0)),
-                                      g.y * u.y * (s1 + x.y * s1 * (1 - s1)));
-        db[i] = __floats2bfloat162_rn(g.x * x.x * s0, g.y * x.y * s1);
-    }
+    const uintptr_t u = (uintptr_t)p | (uintptr_t)q | (uintptr_t)r | (uintptr_t)s | (uintptr_t)t;
+    return (u & 15) ? 0 : n2 / 4;
 }
 
 /* ------------------------------------------------------------------ workspace */
@@ -181,8 +222,9 @@ int mk_cuda_ffn_forward(mk_cuda_ffn *f, float *y, float *a1, float *a3, float *h
     bf16 *a1b = (bf16 *)a1, *a3b = (bf16 *)a3, *hb = (bf16 *)hact;
     MK_CHECK(mk_grouped_gemm_rows_bf16(f->kern, a1b, 1, xb, w1b, NULL, NULL, 0, offs_host, E, D, F, 0, 0.f));
     MK_CHECK(mk_grouped_gemm_rows_bf16(f->kern, a3b, 1, xb, w3b, NULL, NULL, 0, offs_host, E, D, F, 0, 0.f));
-    k_swiglu<<<grid_for(nh / 2), TPB>>>((__nv_bfloat162 *)hb, (const __nv_bfloat162 *)a1b,
-                                        (const __nv_bfloat162 *)a3b, nh / 2);
+    const size_t n8f = quads(nh / 2, hb, a1b, a3b, hb, hb);
+    k_swiglu<<<grid_for(n8f ? n8f : nh / 2), TPB>>>((__nv_bfloat162 *)hb, (const __nv_bfloat162 *)a1b,
+                                                  (const __nv_bfloat162 *)a3b, nh / 2, n8f);
     CU_CHECK(cudaGetLastError(), "expert FFN forward: SwiGLU");
     return mk_grouped_gemm_rows_bf16(f->kern, y, 0, hb, w2b, NULL, NULL, 0, offs_host, E, F, D, 0, 0.f);
 }
@@ -215,10 +257,11 @@ int mk_cuda_ffn_backward(mk_cuda_ffn *f, float *dxp, float *dw1, float *dw3, flo
     bf16 *dhb = (bf16 *)dhact, *da1b = (bf16 *)da1, *da3b = (bf16 *)da3;
     MK_CHECK(mk_grouped_gemm_rows_bf16(f->kern, dhb, 1, dyb, w2b, NULL, NULL, 0, offs_host, E, D, F, 1, 0.f));
     MK_CHECK(mk_grouped_gemm_wgrad_bf16(f->kern, dw2, ws, wsn, hb, dyb, offs_host, E, F, D));
-    k_swiglu_backward<<<grid_for(nh / 2), TPB>>>((__nv_bfloat162 *)da1b, (__nv_bfloat162 *)da3b,
-                                                 (const __nv_bfloat162 *)dhb,
-                                                 (const __nv_bfloat162 *)a1b,
-                                                 (const __nv_bfloat162 *)a3b, nh / 2);
+    const size_t n8b = quads(nh / 2, da1b, da3b, dhb, a1b, a3b);
+    k_swiglu_backward<<<grid_for(n8b ? n8b : nh / 2), TPB>>>((__nv_bfloat162 *)da1b, (__nv_bfloat162 *)da3b,
+                                                           (const __nv_bfloat162 *)dhb,
+                                                           (const __nv_bfloat162 *)a1b,
+                                                           (const __nv_bfloat162 *)a3b, nh / 2, n8b);
     CU_CHECK(cudaGetLastError(), "expert FFN backward: SwiGLU");
     /* dxp = da1 W1^T + da3 W3^T as one product over 2F columns: no second pass over dxp */
     MK_CHECK(mk_grouped_gemm_rows_bf16(f->kern, dxp, 0, da1b, w1b, da3b, w3b, F, offs_host, E, F, D, 1, 0.f));
