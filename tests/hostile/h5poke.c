@@ -3,6 +3,8 @@
  *   h5poke FILE str OBJ NAME VALUE    set string attribute NAME of OBJ to VALUE
  *   h5poke FILE int OBJ NAME VALUE    set 64-bit integer attribute NAME of OBJ to VALUE
  *   h5poke FILE delete PATH           unlink dataset or group PATH
+ *   h5poke FILE delattr OBJ NAME      delete attribute NAME of OBJ (e.g. / integrity: the
+ *                                     file then reads as one from before the checksum)
  *   h5poke FILE nan DATASET           first element of a float dataset := NaN
  *   h5poke FILE inf DATASET           first element of a float dataset := +Inf
  *   h5poke FILE reshape DATASET       replace a dataset by a float32 [1, 1] one
@@ -75,7 +77,7 @@ static int reshape(hid_t f, const char *path)
 int main(int argc, char **argv)
 {
     if (argc < 4) {
-        fprintf(stderr, "usage: h5poke FILE str|int|delete|nan|inf|reshape ...\n");
+        fprintf(stderr, "usage: h5poke FILE str|int|delete|delattr|nan|inf|reshape ...\n");
         return 2;
     }
     hid_t f = H5Fopen(argv[1], H5F_ACC_RDWR, H5P_DEFAULT);
@@ -85,6 +87,7 @@ int main(int argc, char **argv)
     if ((strcmp(op, "str") == 0 || strcmp(op, "int") == 0) && argc == 6)
         bad = set_attr(f, argv[3], argv[4], argv[5], op[0] == 'i');
     else if (strcmp(op, "delete") == 0) bad = H5Ldelete(f, argv[3], H5P_DEFAULT) < 0;
+    else if (strcmp(op, "delattr") == 0 && argc == 5) bad = H5Adelete_by_name(f, argv[3], argv[4], H5P_DEFAULT) < 0;
     else if (strcmp(op, "nan") == 0) bad = poke_first(f, argv[3], NAN);
     else if (strcmp(op, "inf") == 0) bad = poke_first(f, argv[3], INFINITY);
     else if (strcmp(op, "reshape") == 0) bad = reshape(f, argv[3]);
