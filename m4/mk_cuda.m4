@@ -31,6 +31,23 @@ AC_DEFUN([MK_CHECK_CUDA], [
   AS_IF([test "x$mk_have_cuda" = xyes], [
     CUDA_LIBS="-lnccl -lcublasLt -lcublas -lcudart -lstdc++"
     AC_DEFINE([MK_HAVE_CUDA], [1], [Define if the CUDA backend is built])])
+  # CUTLASS (headers only) for the Hopper grouped expert GEMMs: --with-cutlass=DIR names a
+  # directory holding include/cutlass; auto looks in .deps/cutlass, where
+  # tests/gpu/fetch-deps.sh unpacks it. Without it our own grouped kernels run.
+  AC_ARG_WITH([cutlass],
+    [AS_HELP_STRING([--with-cutlass@<:@=DIR@:>@], [CUTLASS 3/4 headers under DIR/include for the sm_90 grouped GEMMs (default: auto, .deps/cutlass)])],
+    [], [with_cutlass=auto])
+  mk_have_cutlass=no
+  CUTLASS_NVCCFLAGS=
+  AS_IF([test "x$mk_have_cuda" = xyes && test "x$with_cutlass" != xno], [
+    AS_CASE([$with_cutlass], [yes|auto], [mk_cutlass_dir=`cd "$srcdir" && pwd`/.deps/cutlass], [mk_cutlass_dir=$with_cutlass])
+    AS_IF([test -f "$mk_cutlass_dir/include/cutlass/gemm/group_array_problem_shape.hpp"], [
+      mk_have_cutlass=yes
+      CUTLASS_NVCCFLAGS="-I$mk_cutlass_dir/include --expt-relaxed-constexpr"
+      AC_DEFINE([MK_HAVE_CUTLASS], [1], [Define if the CUDA backend uses CUTLASS's grouped GEMMs])])])
+  AS_IF([test "x$with_cutlass" != xno && test "x$with_cutlass" != xauto && test "x$mk_have_cutlass" != xyes],
+    [AC_MSG_ERROR([--with-cutlass was given but no CUTLASS grouped GEMM headers under $mk_cutlass_dir/include (or no CUDA)])])
+  AC_SUBST([CUTLASS_NVCCFLAGS])
   AC_SUBST([CUDA_CPPFLAGS])
   AC_SUBST([CUDA_LDFLAGS])
   AC_SUBST([CUDA_LIBS])

@@ -17,6 +17,12 @@
  * mk_model.c, mk_moe_ep.c, mk_lbl.c, mk_rng.c and mk_error.c alone: BLAS + CUDA, no
  * libinih, no MPI.
  */
+#define _POSIX_C_SOURCE 200809L /* setenv */
+
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
+
 #include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -27,6 +33,7 @@
 #include <cuda_runtime_api.h>
 
 #include "cuda/mk_backend_cuda.h"
+#include "cuda/mk_gg_cutlass.h"
 #include "cuda/mk_grouped_gemm.h"
 #include "mk_backend.h"
 #include "mk_config.h"
@@ -823,11 +830,100 @@ static void test_grouped_kernels_bf16(void)
         }
 }
 
+/* CUTLASS's grouped GEMMs (mk_gg_cutlass.cu) against the CPU on bf16-rounded operands, in
+ * the forms the fused expert FFN uses: B as [K, N] and as [N, K], fp32 output accumulating
+ * (beta 0.5), bf16 output into the first N of rows of 2N + 8 (a strided C), and the weight
+ * gradient accumulating onto dW from the second half of dC rows of 2N (a strided,
+ * offset dC); a second run gives the same bits. */
+static void one_cutlass_kernel(mk_gg_cutlass *g, int E, int K, int N, const int *offs)
+{
+    const size_t R = (size_t)offs[E], na = R * K, nw = (size_t)E * K * N, nc = R * N;
+    float *A = Hbf16(Hrand(na, 1), na), *W = Hbf16(Hrand(nw, 0.1), nw);
+    void *gA = Dbf16(A, na), *gW = Dbf16(W, nw);
+    const double atol = AT_GEMM * sqrt(2.0 * K);
+    for (int tw = 0; tw < 2; tw++) {
+        float *C0 = Hrand(nc, 1), *want = Hcopy(C0, nc), *gC = D(C0, nc * 4);
+        int r1 = cpu->ops->grouped_matmul(cpu, want, A, W, offs, E, K, N, tw, 0.5f);
+        int r2 = mk_gg_cutlass_rows(g, gC, 0, N, gA, K, gW, (size_t)K * N, tw ? K : N, tw, offs, E, K, N, 0.5f);
+        if (both_ok(r1, r2, "CUTLASS grouped GEMM (fp32 out)"))
+            check_arr(Gf(gC, nc), want, nc, RT_GEMM, atol,
+                      "CUTLASS grouped GEMM E %d K %d N %d (%zu rows) trans_w %d, fp32 out, beta 0.5", E, K, N, R,
+                      tw);
+    }
+    const int ldc = 2 * N + 8;
+    for (int tw = 0; tw < 2; tw++) {
+        float *want = Hf(nc), *got = Hf(nc);
+        void *gC = Dz(R * ldc * 2 + 16);
+        int r1 = cpu->ops->grouped_matmul(cpu, want, A, W, offs, E, K, N, tw, 0.f);
+        int r2 = mk_gg_cutlass_rows(g, gC, 1, ldc, gA, K, gW, (size_t)K * N, tw ? K : N, tw, offs, E, K, N, 0.f);
+        if (both_ok(r1, r2, "CUTLASS grouped GEMM (bf16 out)")) {
+            const float *rows = Gbf16(gC, R * ldc);
+            for (size_t r = 0; r < R; r++) memcpy(got + r * N, rows + r * ldc, N * sizeof *got);
+            check_arr(got, want, nc, 5e-3, atol,
+                      "CUTLASS grouped GEMM E %d K %d N %d trans_w %d, bf16 out into rows of %d", E, K, N, tw, ldc);
+            r2 = mk_gg_cutlass_rows(g, gC, 1, ldc, gA, K, gW, (size_t)K * N, tw ? K : N, tw, offs, E, K, N, 0.f);
+            tap_ok(r2 == MK_OK && memcmp(Gbf16(gC, R * ldc), rows, R * ldc * 4) == 0,
+                   "CUTLASS grouped GEMM E %d K %d N %d trans_w %d: a second run gives the same bits", E, K, N, tw);
+        }
+    }
+    float *dC = Hbf16(Hrand(nc, 1), nc), *dW0 = Hrand(nw, 1), *want = Hcopy(dW0, nw);
+    float *wide = Hrand(2 * nc, 1);
+    for (size_t r = 0; r < R; r++) memcpy(wide + r * 2 * N + N, dC + r * N, N * sizeof *dC);
+    void *gwide = Dbf16(wide, 2 * nc);
+    float *gdW = D(dW0, nw * 4), *gdW2 = D(dW0, nw * 4);
+    const void *gdC = (const char *)gwide + (size_t)N * 2;
+    int r1 = cpu->ops->grouped_matmul_wgrad(cpu, want, A, dC, offs, E, K, N);
+    int r2 = mk_gg_cutlass_wgrad(g, gdW, gA, K, gdC, 2 * N, offs, E, K, N);
+    if (both_ok(r1, r2, "CUTLASS grouped weight gradient")) {
+        float *got = Gf(gdW, nw);
+        check_arr(got, want, nw, RT_GEMM, AT_GEMM * sqrt((double)R),
+                  "CUTLASS grouped weight gradient E %d K %d N %d (%zu rows, dC rows of %d) accumulates", E, K, N, R,
+                  2 * N);
+        r2 = mk_gg_cutlass_wgrad(g, gdW2, gA, K, gdC, 2 * N, offs, E, K, N);
+        tap_ok(r2 == MK_OK && memcmp(Gf(gdW2, nw), got, nw * 4) == 0,
+               "CUTLASS grouped weight gradient E %d K %d N %d: a second run gives the same bits", E, K, N);
+    }
+    arena_free();
+}
+
+/* Where CUTLASS is built in, it must run on an sm_90 GPU; shapes as the kernels above, with
+ * empty experts at the start, middle and end. */
+static void test_cutlass_kernels(void)
+{
+    int dev = 0, major = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    mk_gg_cutlass *g = NULL;
+    const int have = mk_gg_cutlass_available();
+#ifdef MK_HAVE_CUTLASS
+    if (major == 9) tap_ok(have, "CUTLASS grouped GEMMs available on this sm_90 GPU");
+#endif
+    if (!have) return;
+    if (mk_gg_cutlass_create(&g) != MK_OK) bail("CUTLASS grouped GEMM state");
+    enum { NCASE = 4 };
+    const int shapes[NCASE][3] = {{5, 24, 16}, {7, 200, 136}, {64, 768, 512}, {64, 256, 768}}; /* E K N */
+    for (int c = 0; c < NCASE; c++) {
+        const int E = shapes[c][0], K = shapes[c][1], N = shapes[c][2];
+        int offs[65];
+        offs[0] = 0;
+        for (int e = 0; e < E; e++) {
+            int rows = e == 0 || e == 3 ? 0 : e == 2 ? 1 : 1 + rnd_below(150);
+            if (e == E - 1) rows = E > 8 ? 2500 : 0;
+            offs[e + 1] = offs[e] + rows;
+        }
+        one_cutlass_kernel(g, E, K, N, offs);
+    }
+    const int none[3] = {0, 0, 0};
+    tap_ok(mk_gg_cutlass_rows(g, NULL, 0, 16, NULL, 16, NULL, 0, 16, 0, none, 2, 16, 16, 0.f) == MK_OK,
+           "CUTLASS grouped GEMM with no rows at all does nothing");
+    mk_gg_cutlass_destroy(g);
+}
+
 /* The bf16 backend's fused expert FFN (mk_expert_ffn.cu) against the op sequence on the
  * fp32 CPU: outputs by relative L2 error; weight gradients accumulate onto what is there;
  * an expert without rows; a second run gives the same bits. The second shape has an
  * expert of 2,500 rows, whose weight gradient is reduced in chunks of 2,048 rows. */
-static void one_expert_ffn_bf16(mk_backend *bf, int E, int Dm, int F, const int *offs)
+static void one_expert_ffn_bf16(mk_backend *bf, const char *path, int E, int Dm, int F, const int *offs)
 {
     const size_t R = (size_t)offs[E], W = (size_t)E * Dm * F;
     /* rows gathered from N tokens of K choices each, as the model's routing does; the
@@ -865,8 +961,8 @@ static void one_expert_ffn_bf16(mk_backend *bf, int E, int Dm, int F, const int 
         got[2] = gw, got[3] = gw + W, got[4] = gw + 2 * W;
         for (int i = 0; i < 5; i++) {
             double e = rel_l2(got[i], want[i], n[i]);
-            tap_ok(e < 3e-2, "bf16 expert FFN (E %d, D %d, F %d, %zu rows, one expert empty): %s relative L2 error %.2e < 3e-2",
-                   E, Dm, F, R, names[i], e);
+            tap_ok(e < 3e-2, "bf16 expert FFN%s (E %d, D %d, F %d, %zu rows, one expert empty): %s relative L2 error %.2e < 3e-2",
+                   path, E, Dm, F, R, names[i], e);
         }
         float *gy2 = Dz(R * Dm * 4), *gdx2 = Dz(R * Dm * 4), *gdw2 = D(dw0, 3 * W * 4);
         r2 = bf->ops->expert_ffn_forward(bf, gy2, ga1, ga3, gh, gx, &gxs, g1, g3, g2, offs, E, Dm, F);
@@ -876,20 +972,20 @@ static void one_expert_ffn_bf16(mk_backend *bf, int E, int Dm, int F, const int 
         tap_ok(r2 == MK_OK && memcmp(Gf(gy2, R * Dm), got[0], R * Dm * 4) == 0 &&
                    memcmp(Gf(gdx2, R * Dm), got[1], R * Dm * 4) == 0 &&
                    memcmp(Gf(gdw2, 3 * W), gw, 3 * W * 4) == 0,
-               "bf16 expert FFN (E %d, D %d, F %d): a second run gives the same bits", E, Dm, F);
+               "bf16 expert FFN%s (E %d, D %d, F %d): a second run gives the same bits", path, E, Dm, F);
     }
     arena_free();
 }
 
-static void test_expert_ffn_bf16(mk_backend *bf)
+static void test_expert_ffn_bf16(mk_backend *bf, const char *path)
 {
     const int small[6] = {0, 7, 7, 20, 21, 41};
-    one_expert_ffn_bf16(bf, 5, 64, 32, small);
+    one_expert_ffn_bf16(bf, path, 5, 64, 32, small);
     int offs[17];
     offs[0] = 0;
     for (int e = 0; e < 16; e++)
         offs[e + 1] = offs[e] + (e == 3 ? 0 : e == 9 ? 2500 : 1 + rnd_below(400));
-    one_expert_ffn_bf16(bf, 16, 256, 128, offs);
+    one_expert_ffn_bf16(bf, path, 16, 256, 128, offs);
 }
 
 /* The bf16 backend's fused output layer (logits GEMM on bf16 operands, cross-entropy
@@ -1409,7 +1505,17 @@ int main(void)
     test_attention_bf16(bf);
     test_grouped_bf16(bf);
     test_grouped_kernels_bf16();
-    test_expert_ffn_bf16(bf);
+    test_cutlass_kernels();
+    test_expert_ffn_bf16(bf, "");
+    if (mk_gg_cutlass_available()) {
+        /* the same op on our own grouped kernels (the state is made on first use) */
+        mk_backend *own = NULL;
+        setenv("MOEKIT_NO_CUTLASS", "1", 1);
+        if (mk_backend_cuda_create(0, 1, &own) != MK_OK) bail("cuda backend (bf16, no CUTLASS)");
+        test_expert_ffn_bf16(own, " (own kernels)");
+        mk_backend_destroy(&own);
+        unsetenv("MOEKIT_NO_CUTLASS");
+    }
     test_output_bf16(bf);
     test_model_bf16(0, bf);
     test_model_bf16(1, bf);

@@ -31,6 +31,7 @@ extern "C" {
 #include "mk_cuda_check.h"
 #include "mk_devbuf.h"
 #include "mk_expert_ffn.h"
+#include "mk_gg_cutlass.h"
 #include "mk_grouped_gemm.h"
 
 typedef __nv_bfloat16 bf16;
@@ -41,6 +42,8 @@ typedef __nv_bfloat16 bf16;
 struct mk_cuda_ffn {
     mk_devbuf buf;     /* bf16 copies, then the weight gradient's fp32 partials */
     mk_gg_kernel kern; /* wgmma where the GPU has it, unless MOEKIT_NO_WGMMA=1 */
+    mk_gg_cutlass *cl; /* CUTLASS's grouped GEMMs where built and the GPU is sm_90, unless
+                        * MOEKIT_NO_CUTLASS=1; NULL: our own kernels */
 };
 
 static unsigned grid_for(size_t n)
@@ -138,6 +141,64 @@ __global__ static void k_swiglu_backward(__nv_bfloat162 *da, __nv_bfloat162 *db,
     }
 }
 
+/* The CUTLASS path keeps gate and up side by side: w13 [E][D][2F] (row d of expert e is
+ * w1's row then w3's), so a13 = x w13 is one GEMM of 2F columns whose rows hold a1 then a3,
+ * and dx = da13 w13^T is one GEMM reducing over 2F. Chunks of 8 columns (F8 = F / 8);
+ * float4 loads when vec. */
+__global__ static void k_pack13_bf16(uint4 *out, const float *w1, const float *w3, size_t rows, int F8,
+                                     int vec)
+{
+    GRID_STRIDE(i, rows * 2 * F8) {
+        const size_t row = i / (2 * F8);
+        const int j = (int)(i % (2 * F8));
+        const float *p = (j < F8 ? w1 : w3) + row * F8 * 8 + (size_t)(j % F8) * 8;
+        float v[8];
+        if (vec) {
+            const float4 a = *(const float4 *)p, b = *(const float4 *)(p + 4);
+            v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+        } else {
+#pragma unroll
+            for (int k = 0; k < 8; k++) v[k] = p[k];
+        }
+        __nv_bfloat162 h[4];
+#pragma unroll
+        for (int k = 0; k < 4; k++) h[k] = __floats2bfloat162_rn(v[2 * k], v[2 * k + 1]);
+        out[i] = *(const uint4 *)h;
+    }
+}
+
+/* h [R][F] = silu(a1) a3 from a13 [R][2F], 8 columns per thread. */
+__global__ static void k_swiglu13(uint4 *h, const uint4 *a13, size_t R, int F8)
+{
+    GRID_STRIDE(i, R * F8) {
+        const size_t r = i / F8, c = i % F8;
+        const uint4 A = a13[r * 2 * F8 + c], B = a13[r * 2 * F8 + F8 + c];
+        uint4 H;
+        const __nv_bfloat162 *pa = (const __nv_bfloat162 *)&A, *pb = (const __nv_bfloat162 *)&B;
+        __nv_bfloat162 *ph = (__nv_bfloat162 *)&H;
+#pragma unroll
+        for (int k = 0; k < 4; k++) ph[k] = swiglu2(pa[k], pb[k]);
+        h[i] = H;
+    }
+}
+
+/* da13 [R][2F] from dh [R][F] and a13; a thread reads its chunks of a13 before it writes
+ * the same chunks of da13, so da13 may be a13. */
+__global__ static void k_swiglu13_backward(uint4 *da13, const uint4 *dh, const uint4 *a13, size_t R, int F8)
+{
+    GRID_STRIDE(i, R * F8) {
+        const size_t r = i / F8, c = i % F8, ia = r * 2 * F8 + c;
+        const uint4 G = dh[i], A = a13[ia], B = a13[ia + F8];
+        uint4 DA, DB;
+        const __nv_bfloat162 *pg = (const __nv_bfloat162 *)&G, *pa = (const __nv_bfloat162 *)&A;
+        const __nv_bfloat162 *pb = (const __nv_bfloat162 *)&B;
+        __nv_bfloat162 *pda = (__nv_bfloat162 *)&DA, *pdb = (__nv_bfloat162 *)&DB;
+#pragma unroll
+        for (int k = 0; k < 4; k++) swiglu2_backward(&pda[k], &pdb[k], pg[k], pa[k], pb[k]);
+        da13[ia] = DA, da13[ia + F8] = DB;
+    }
+}
+
 /* n8 for the kernels above: the fours of pairs when every pointer is 16-byte aligned. */
 static size_t quads(size_t n2, const void *p, const void *q, const void *r, const void *s, const void *t)
 {
@@ -154,6 +215,15 @@ int mk_cuda_ffn_create(mk_cuda_ffn **out)
     const char *off = getenv("MOEKIT_NO_WGMMA");
     const int no = off && strcmp(off, "1") == 0;
     (*out)->kern = !no && mk_grouped_gemm_wgmma_available() ? MK_GG_WGMMA : MK_GG_MMA;
+    const char *nocl = getenv("MOEKIT_NO_CUTLASS");
+    if (!(nocl && strcmp(nocl, "1") == 0) && mk_gg_cutlass_available()) {
+        const int rc = mk_gg_cutlass_create(&(*out)->cl);
+        if (rc != MK_OK) {
+            mk_cuda_ffn_destroy(*out);
+            *out = NULL;
+            return rc;
+        }
+    }
     return MK_OK;
 }
 
@@ -161,6 +231,7 @@ void mk_cuda_ffn_destroy(mk_cuda_ffn *f)
 {
     if (!f) return;
     mk_devbuf_release(&f->buf);
+    mk_gg_cutlass_destroy(f->cl);
     free(f);
 }
 
@@ -200,6 +271,78 @@ static int check_rows(const int *offs_host, int E, size_t *R)
     return MK_OK;
 }
 
+/* ------------------------------------------------------------------ the CUTLASS path
+ *
+ *   forward   xb = bf16(gathered x); w13 = bf16(w1 | w3); a13 = xb w13 (bf16, in a1's
+ *             buffer: R x 2F bf16 fill its R x F floats); h = silu(a1) a3; y = h W2 (fp32)
+ *   backward  dyb; dh = dyb W2^T; dW2 += h^T dyb; da13 = swiglu'(dh) (in da1's buffer);
+ *             dxp = da13 w13^T (one GEMM over 2F); dW1 += xb^T da13[:, :F]; dW3 likewise
+ *             with da13[:, F:]
+ *
+ * a3's buffer is not used. Which path runs is fixed when the op's state is made, so a
+ * backward always reads the a13 its forward wrote. */
+
+static int pack13(bf16 *w13, const float *w1, const float *w3, int E, int D, int F, const char *what)
+{
+    const size_t rows = (size_t)E * D, n = rows * 2 * (F / 8);
+    const int vec = (((uintptr_t)w1 | (uintptr_t)w3) & 15) == 0;
+    k_pack13_bf16<<<grid_for(n), TPB>>>((uint4 *)w13, w1, w3, rows, F / 8, vec);
+    CU_CHECK(cudaGetLastError(), what);
+    return MK_OK;
+}
+
+static int cl_aligned(const void *p, const void *q, const void *r, const void *s, const void *t)
+{
+    if ((((uintptr_t)p | (uintptr_t)q | (uintptr_t)r | (uintptr_t)s | (uintptr_t)t) & 15) == 0) return MK_OK;
+    return MK_FAIL(MK_ERR_INTERNAL, "expert FFN: a buffer is not 16-byte aligned (CUTLASS's TMA needs it)");
+}
+
+static int cl_forward(mk_cuda_ffn *f, float *y, float *a1, float *hact, float *xp, const mk_rows_gather *x,
+                      const float *w1, const float *w3, const float *w2, const int *offs_host, int E, int D,
+                      int F, size_t R)
+{
+    MK_CHECK(cl_aligned(y, a1, hact, xp, w2));
+    const size_t nw = (size_t)E * D * F;
+    MK_CHECK(mk_devbuf_reserve(&f->buf, up256(2 * nw * 2) + up256(nw * 2), "expert FFN workspace"));
+    bf16 *w13b = (bf16 *)f->buf.p, *w2b = (bf16 *)((char *)f->buf.p + up256(2 * nw * 2));
+    bf16 *xb = (bf16 *)xp, *a13 = (bf16 *)a1, *hb = (bf16 *)hact;
+    MK_CHECK(gather_bf16(xb, x, R, D, "expert FFN forward: input rows"));
+    MK_CHECK(pack13(w13b, w1, w3, E, D, F, "expert FFN forward: w1 | w3"));
+    MK_CHECK(to_bf16(w2b, w2, nw, "expert FFN forward: w2"));
+    MK_CHECK(mk_gg_cutlass_rows(f->cl, a13, 1, 2 * F, xb, D, w13b, (size_t)D * 2 * F, 2 * F, 0, offs_host, E, D,
+                                2 * F, 0.f));
+    k_swiglu13<<<grid_for(R * (F / 8)), TPB>>>((uint4 *)hb, (const uint4 *)a13, R, F / 8);
+    CU_CHECK(cudaGetLastError(), "expert FFN forward: SwiGLU");
+    return mk_gg_cutlass_rows(f->cl, y, 0, D, hb, F, w2b, (size_t)F * D, D, 0, offs_host, E, F, D, 0.f);
+}
+
+static int cl_backward(mk_cuda_ffn *f, float *dxp, float *dw1, float *dw3, float *dw2, float *dhact, float *da1,
+                       const mk_rows_gather *dout, const float *xp, const float *a1, const float *hact,
+                       const float *w1, const float *w3, const float *w2, const int *offs_host, int E, int D,
+                       int F, size_t R)
+{
+    MK_CHECK(cl_aligned(dxp, dhact, da1, dw2, dw1));
+    MK_CHECK(cl_aligned(dw3, xp, a1, hact, w2));
+    const size_t nw = (size_t)E * D * F, sx = up256(R * D * 2), s13 = up256(2 * nw * 2);
+    MK_CHECK(mk_devbuf_reserve(&f->buf, sx + s13 + up256(nw * 2), "expert FFN workspace"));
+    char *base = (char *)f->buf.p;
+    bf16 *dyb = (bf16 *)base, *w13b = (bf16 *)(base + sx), *w2b = (bf16 *)(base + sx + s13);
+    const bf16 *xb = (const bf16 *)xp, *a13 = (const bf16 *)a1, *hb = (const bf16 *)hact;
+    bf16 *dhb = (bf16 *)dhact, *da13 = (bf16 *)da1;
+    MK_CHECK(gather_bf16(dyb, dout, R, D, "expert FFN backward: output gradient rows"));
+    MK_CHECK(pack13(w13b, w1, w3, E, D, F, "expert FFN backward: w1 | w3"));
+    MK_CHECK(to_bf16(w2b, w2, nw, "expert FFN backward: w2"));
+    MK_CHECK(mk_gg_cutlass_rows(f->cl, dhb, 1, F, dyb, D, w2b, (size_t)F * D, D, 1, offs_host, E, D, F, 0.f));
+    MK_CHECK(mk_gg_cutlass_wgrad(f->cl, dw2, hb, F, dyb, D, offs_host, E, F, D));
+    k_swiglu13_backward<<<grid_for(R * (F / 8)), TPB>>>((uint4 *)da13, (const uint4 *)dhb, (const uint4 *)a13, R,
+                                                        F / 8);
+    CU_CHECK(cudaGetLastError(), "expert FFN backward: SwiGLU");
+    MK_CHECK(mk_gg_cutlass_rows(f->cl, dxp, 0, D, da13, 2 * F, w13b, (size_t)D * 2 * F, 2 * F, 1, offs_host, E,
+                                2 * F, D, 0.f));
+    MK_CHECK(mk_gg_cutlass_wgrad(f->cl, dw1, xb, D, da13, 2 * F, offs_host, E, D, F));
+    return mk_gg_cutlass_wgrad(f->cl, dw3, xb, D, da13 + F, 2 * F, offs_host, E, D, F);
+}
+
 /* ------------------------------------------------------------------ the op */
 
 int mk_cuda_ffn_forward(mk_cuda_ffn *f, float *y, float *a1, float *a3, float *hact, float *xp,
@@ -209,6 +352,7 @@ int mk_cuda_ffn_forward(mk_cuda_ffn *f, float *y, float *a1, float *a3, float *h
     size_t R;
     MK_CHECK(check_rows(offs_host, E, &R));
     if (R == 0) return MK_OK;
+    if (f->cl) return cl_forward(f, y, a1, hact, xp, x, w1, w3, w2, offs_host, E, D, F, R);
     const size_t nw = (size_t)E * D * F, nh = R * F;
     const size_t bytes = 3 * up256(nw * 2);
     MK_CHECK(mk_devbuf_reserve(&f->buf, bytes, "expert FFN workspace"));
@@ -238,6 +382,9 @@ int mk_cuda_ffn_backward(mk_cuda_ffn *f, float *dxp, float *dw1, float *dw3, flo
     size_t R;
     MK_CHECK(check_rows(offs_host, E, &R));
     if (R == 0) return MK_OK;
+    if (f->cl)
+        return cl_backward(f, dxp, dw1, dw3, dw2, dhact, da1, dout, xp, a1, hact, w1, w3, w2, offs_host, E, D, F,
+                           R);
     const size_t nx = R * D, nw = (size_t)E * D * F, nh = R * F;
     const size_t wsn = mk_grouped_gemm_wgrad_ws_floats(offs_host, E, D, F);
     const size_t sx = up256(nx * 2), sw = up256(nw * 2);

@@ -21,6 +21,7 @@
 #include "mk_error.h"
 #include "mk_bf16.h"
 #include "mk_flash_attn.h"
+#include "mk_gg_cutlass.h"
 #include "mk_grouped_gemm.h"
 
 enum { E = 64, TOPK = 8, TOKENS = 16384, DM = 768, FF = 256, B = 16, T = 1024, H = 12, REPS = 10 };
@@ -56,8 +57,10 @@ typedef struct bufs {
     int offs[E + 1];
     float *xp, *y, *dw, *ws, *qkv, *out, *state, *dqkv, *work, *dout;
     void *xb, *wb, *w2b, *hb, *db, *d3b, *yb;
+    void *w13b, *a13b, *da13b; /* CUTLASS path: gate and up side by side ([.., 2F]) */
     size_t wsn;
     mk_gg_kernel kern;
+    mk_gg_cutlass *cl;
 } bufs;
 
 typedef int (*job_fn)(const bufs *g);
@@ -74,6 +77,12 @@ static int j_dh(const bufs *g) { return mk_grouped_gemm_rows_bf16(g->kern, g->hb
 static int j_dx(const bufs *g) { return mk_grouped_gemm_rows_bf16(g->kern, g->y, 0, g->db, g->wb, g->d3b, g->wb, FF, g->offs, E, FF, DM, 1, 0.f); }
 static int j_dw2(const bufs *g) { return mk_grouped_gemm_wgrad_bf16(g->kern, g->dw, g->ws, g->wsn, g->hb, g->yb, g->offs, E, FF, DM); }
 static int j_dw1(const bufs *g) { return mk_grouped_gemm_wgrad_bf16(g->kern, g->dw, g->ws, g->wsn, g->xb, g->db, g->offs, E, DM, FF); }
+static int c_a13(const bufs *g) { return mk_gg_cutlass_rows(g->cl, g->a13b, 1, 2 * FF, g->xb, DM, g->w13b, (size_t)DM * 2 * FF, 2 * FF, 0, g->offs, E, DM, 2 * FF, 0.f); }
+static int c_down(const bufs *g) { return mk_gg_cutlass_rows(g->cl, g->y, 0, DM, g->hb, FF, g->w2b, (size_t)FF * DM, DM, 0, g->offs, E, FF, DM, 0.f); }
+static int c_dh(const bufs *g) { return mk_gg_cutlass_rows(g->cl, g->hb, 1, FF, g->yb, DM, g->w2b, (size_t)FF * DM, DM, 1, g->offs, E, DM, FF, 0.f); }
+static int c_dx(const bufs *g) { return mk_gg_cutlass_rows(g->cl, g->y, 0, DM, g->da13b, 2 * FF, g->w13b, (size_t)DM * 2 * FF, 2 * FF, 1, g->offs, E, 2 * FF, DM, 0.f); }
+static int c_dw2(const bufs *g) { return mk_gg_cutlass_wgrad(g->cl, g->dw, g->hb, FF, g->yb, DM, g->offs, E, FF, DM); }
+static int c_dw1(const bufs *g) { return mk_gg_cutlass_wgrad(g->cl, g->dw, g->xb, DM, g->da13b, 2 * FF, g->offs, E, DM, FF); }
 static int j_att_f(const bufs *g) { return mk_flash_attn_forward(g->out, g->state, g->qkv, B, T, DM, H); }
 static int j_att_b(const bufs *g) { return mk_flash_attn_backward(g->dqkv, g->work, g->dout, g->qkv, g->state, B, T, DM, H); }
 
@@ -123,6 +132,11 @@ int main(int argc, char **argv)
     g->wb = dev(nw * 2);
     g->w2b = dev(nw * 2);
     g->dw = dev(nw * 4);
+    g->w13b = dev(2 * nw * 2);
+    g->a13b = dev(2 * nh * 2);
+    g->da13b = dev(2 * nh * 2);
+    mk_cuda_round_bf16(g->w13b, g->xp, 2 * nw, "w13");
+    mk_cuda_round_bf16(g->da13b, g->xp + nh, 2 * nh, "da13");
     g->wsn = mk_grouped_gemm_wgrad_ws_floats(g->offs, E, DM, FF);
     g->ws = dev((g->wsn ? g->wsn : 1) * 4);
     mk_cuda_round_bf16(g->xb, g->xp, nx, "x");
@@ -161,6 +175,19 @@ int main(int argc, char **argv)
         g->kern = kinds[k];
         printf("expert GEMMs on %s:\n", names[k]);
         for (size_t i = 1; i < 7; i++) run(&jobs[i], g);
+    }
+    if (mk_gg_cutlass_available() && mk_gg_cutlass_create(&g->cl) == MK_OK) {
+        const job cjobs[] = {
+            {"fwd a13 = x W13 (bf16 out, K 768, N 512)", 2 * ffn, c_a13},
+            {"fwd y = h W2 (fp32 out, K 256, N 768)", ffn, c_down},
+            {"bwd dh = dy W2^T (bf16 out, K 768, N 256)", ffn, c_dh},
+            {"bwd dx = da13 W13^T (K 512)", 2 * ffn, c_dx},
+            {"bwd dW2 += h^T dy (K 256, N 768)", ffn, c_dw2},
+            {"bwd dW1 += x^T da13[:, :F] (K 768, N 256)", ffn, c_dw1},
+        };
+        printf("expert GEMMs on CUTLASS (TMA, warp-specialised):\n");
+        for (size_t i = 0; i < sizeof cjobs / sizeof cjobs[0]; i++) run(&cjobs[i], g);
+        mk_gg_cutlass_destroy(g->cl);
     }
     run(&jobs[0], g);
     for (size_t i = 7; i < sizeof jobs / sizeof jobs[0]; i++) run(&jobs[i], g);
