@@ -887,36 +887,43 @@ static void one_cutlass_kernel(mk_gg_cutlass *g, int E, int K, int N, const int 
 }
 
 /* Where CUTLASS is built in, it must run on an sm_90 GPU; shapes as the kernels above, with
- * empty experts at the start, middle and end. */
+ * empty experts at the start, middle and end, on the default schedule table and on each
+ * schedule forced by MOEKIT_GG_SCHED. */
 static void test_cutlass_kernels(void)
 {
     int dev = 0, major = 0;
     cudaGetDevice(&dev);
     cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-    mk_gg_cutlass *g = NULL;
     const int have = mk_gg_cutlass_available();
 #ifdef MK_HAVE_CUTLASS
     if (major == 9) tap_ok(have, "CUTLASS grouped GEMMs available on this sm_90 GPU");
 #endif
     if (!have) return;
-    if (mk_gg_cutlass_create(&g) != MK_OK) bail("CUTLASS grouped GEMM state");
-    enum { NCASE = 4 };
-    const int shapes[NCASE][3] = {{5, 24, 16}, {7, 200, 136}, {64, 768, 512}, {64, 256, 768}}; /* E K N */
-    for (int c = 0; c < NCASE; c++) {
-        const int E = shapes[c][0], K = shapes[c][1], N = shapes[c][2];
-        int offs[65];
-        offs[0] = 0;
-        for (int e = 0; e < E; e++) {
-            int rows = e == 0 || e == 3 ? 0 : e == 2 ? 1 : 1 + rnd_below(150);
-            if (e == E - 1) rows = E > 8 ? 2500 : 0;
-            offs[e + 1] = offs[e] + rows;
+    static const char *scheds[] = {"", "coop", "pingpong", "wide", "cluster2"};
+    for (size_t s = 0; s < sizeof scheds / sizeof scheds[0]; s++) {
+        mk_gg_cutlass *g = NULL;
+        setenv("MOEKIT_GG_SCHED", scheds[s], 1);
+        if (mk_gg_cutlass_create(&g) != MK_OK) bail("CUTLASS grouped GEMM state");
+        tap_diag("CUTLASS schedule: %s", *scheds[s] ? scheds[s] : "default table");
+        enum { NCASE = 4 };
+        const int shapes[NCASE][3] = {{5, 24, 16}, {7, 200, 136}, {64, 768, 512}, {64, 256, 768}}; /* E K N */
+        for (int c = 0; c < NCASE; c++) {
+            const int E = shapes[c][0], K = shapes[c][1], N = shapes[c][2];
+            int offs[65];
+            offs[0] = 0;
+            for (int e = 0; e < E; e++) {
+                int rows = e == 0 || e == 3 ? 0 : e == 2 ? 1 : 1 + rnd_below(150);
+                if (e == E - 1) rows = E > 8 ? 5000 : 0; /* 5,000: a weight gradient in chunks */
+                offs[e + 1] = offs[e] + rows;
+            }
+            one_cutlass_kernel(g, E, K, N, offs);
         }
-        one_cutlass_kernel(g, E, K, N, offs);
+        const int none[3] = {0, 0, 0};
+        tap_ok(mk_gg_cutlass_rows(g, NULL, 0, 16, NULL, 16, NULL, 0, 16, 0, none, 2, 16, 16, 0.f) == MK_OK,
+               "CUTLASS grouped GEMM with no rows at all does nothing");
+        mk_gg_cutlass_destroy(g);
     }
-    const int none[3] = {0, 0, 0};
-    tap_ok(mk_gg_cutlass_rows(g, NULL, 0, 16, NULL, 16, NULL, 0, 16, 0, none, 2, 16, 16, 0.f) == MK_OK,
-           "CUTLASS grouped GEMM with no rows at all does nothing");
-    mk_gg_cutlass_destroy(g);
+    unsetenv("MOEKIT_GG_SCHED");
 }
 
 /* The bf16 backend's fused expert FFN (mk_expert_ffn.cu) against the op sequence on the

@@ -8,6 +8,8 @@
  * early training. Not a test: numbers only. Built by `make tests/gpu/kernel_bench` in a
  * CUDA build; tests/gpu/run.sh runs it with MOEKIT_KERNEL_BENCH=1.
  */
+#define _POSIX_C_SOURCE 200809L /* setenv */
+
 #ifdef HAVE_CONFIG_H
 #include "config.h"
 #endif
@@ -176,7 +178,10 @@ int main(int argc, char **argv)
         printf("expert GEMMs on %s:\n", names[k]);
         for (size_t i = 1; i < 7; i++) run(&jobs[i], g);
     }
-    if (mk_gg_cutlass_available() && mk_gg_cutlass_create(&g->cl) == MK_OK) {
+    static const char *scheds[] = {"coop", "pingpong", "wide", "cluster2"};
+    for (size_t s = 0; s < sizeof scheds / sizeof scheds[0] && mk_gg_cutlass_available(); s++) {
+        setenv("MOEKIT_GG_SCHED", scheds[s], 1);
+        if (mk_gg_cutlass_create(&g->cl) != MK_OK) continue;
         const job cjobs[] = {
             {"fwd a13 = x W13 (bf16 out, K 768, N 512)", 2 * ffn, c_a13},
             {"fwd y = h W2 (fp32 out, K 256, N 768)", ffn, c_down},
@@ -185,10 +190,11 @@ int main(int argc, char **argv)
             {"bwd dW2 += h^T dy (K 256, N 768)", ffn, c_dw2},
             {"bwd dW1 += x^T da13[:, :F] (K 768, N 256)", ffn, c_dw1},
         };
-        printf("expert GEMMs on CUTLASS (TMA, warp-specialised):\n");
+        printf("expert GEMMs on CUTLASS, schedule %s:\n", scheds[s]);
         for (size_t i = 0; i < sizeof cjobs / sizeof cjobs[0]; i++) run(&cjobs[i], g);
         mk_gg_cutlass_destroy(g->cl);
     }
+    unsetenv("MOEKIT_GG_SCHED");
     run(&jobs[0], g);
     for (size_t i = 7; i < sizeof jobs / sizeof jobs[0]; i++) run(&jobs[i], g);
     return 0;
