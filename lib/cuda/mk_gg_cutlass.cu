@@ -58,16 +58,16 @@ struct mk_gg_cutlass {
     gg_sched_fn sched[GG_FORMS]; /* the schedule each operand form runs on */
 };
 
-/* The schedule of every form: MOEKIT_GG_SCHED=coop|pingpong|wide|cluster2 forces one (for
- * tests/gpu/kernel_bench). */
+/* The schedule of every form: 128 x 256 tiles, measured fastest at bench-s shapes on an H200
+ * (docs/performance.md: 128 x 128 tiles cooperative or ping-pong, and clusters of two,
+ * ran 4-25% slower). MOEKIT_GG_SCHED=coop|wide|wide2 forces one (tests, kernel_bench). */
 static int gg_pick(mk_gg_cutlass *g)
 {
     static const struct {
         const char *name;
         gg_sched_fn fn;
-    } all[] = {{"coop", mk_gg_cl_coop}, {"pingpong", mk_gg_cl_pingpong}, {"wide", mk_gg_cl_wide},
-               {"cluster2", mk_gg_cl_cluster2}};
-    for (int f = 0; f < GG_FORMS; f++) g->sched[f] = mk_gg_cl_coop;
+    } all[] = {{"coop", mk_gg_cl_coop}, {"wide", mk_gg_cl_wide}, {"wide2", mk_gg_cl_wide2}};
+    for (int f = 0; f < GG_FORMS; f++) g->sched[f] = mk_gg_cl_wide;
     const char *want = getenv("MOEKIT_GG_SCHED");
     if (!want || !*want) return MK_OK;
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
@@ -75,7 +75,7 @@ static int gg_pick(mk_gg_cutlass *g)
             for (int f = 0; f < GG_FORMS; f++) g->sched[f] = all[i].fn;
             return MK_OK;
         }
-    return MK_FAIL(MK_ERR_USAGE, "MOEKIT_GG_SCHED=%s: not coop, pingpong, wide or cluster2", want);
+    return MK_FAIL(MK_ERR_USAGE, "MOEKIT_GG_SCHED=%s: not coop, wide or wide2", want);
 }
 
 static int gg_go(mk_gg_cutlass *g, int form, const gg_groups &t, float beta, const char *what)

@@ -78,20 +78,14 @@ struct gg_coop {
     using Kernel = cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative;
     using Epi = cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative;
 };
-struct gg_pingpong {
-    using Tile = cute::Shape<cute::_64, cute::_128, cute::_64>;
-    using Cluster = cute::Shape<cute::_1, cute::_1, cute::_1>;
-    using Kernel = cutlass::gemm::KernelPtrArrayTmaWarpSpecializedPingpong;
-    using Epi = cutlass::epilogue::PtrArrayTmaWarpSpecializedPingpong;
-};
 struct gg_wide {
     using Tile = cute::Shape<cute::_128, cute::_256, cute::_64>;
     using Cluster = cute::Shape<cute::_1, cute::_1, cute::_1>;
     using Kernel = cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative;
     using Epi = cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative;
 };
-struct gg_cluster2 {
-    using Tile = cute::Shape<cute::_128, cute::_128, cute::_64>;
+struct gg_wide2 { /* gg_wide in clusters of two blocks along m, which share B's tile (TMA multicast) */
+    using Tile = cute::Shape<cute::_128, cute::_256, cute::_64>;
     using Cluster = cute::Shape<cute::_2, cute::_1, cute::_1>;
     using Kernel = cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative;
     using Epi = cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative;
@@ -141,7 +135,7 @@ __global__ static void k_gg_tables(gg_shape *shapes, const void **pa, const void
     const long long es = 2; /* bf16 operands */
     if (t.wgrad) {
         const int r0 = t.offs[e] + c * t.chunk, end = t.offs[e + 1];
-        const int rows = end - r0 < t.chunk ? end - r0 : t.chunk;
+        const int rows = t.slot[e] < 0 || end - r0 < t.chunk ? end - r0 : t.chunk; /* a whole expert may exceed chunk */
         shapes[g] = gg_shape(t.K, t.N, rows);
         pa[g] = t.A + (long long)r0 * t.lda * es;
         pb[g] = t.B + (long long)r0 * t.ldb * es;
@@ -223,8 +217,7 @@ template <class S> static int gg_run_form(int form, const gg_ctx *c, const gg_gr
 
 /* One per schedule file. */
 int mk_gg_cl_coop(int form, const gg_ctx *c, const gg_groups &t, float beta, const char *what);
-int mk_gg_cl_pingpong(int form, const gg_ctx *c, const gg_groups &t, float beta, const char *what);
 int mk_gg_cl_wide(int form, const gg_ctx *c, const gg_groups &t, float beta, const char *what);
-int mk_gg_cl_cluster2(int form, const gg_ctx *c, const gg_groups &t, float beta, const char *what);
+int mk_gg_cl_wide2(int form, const gg_ctx *c, const gg_groups &t, float beta, const char *what);
 
 #endif
