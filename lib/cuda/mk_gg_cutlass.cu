@@ -53,20 +53,23 @@ struct mk_gg_cutlass {
     mk_devbuf tables;    /* shapes, pointers and strides of up to MK_GG_MAX_EXPERTS groups */
     mk_devbuf workspace; /* CUTLASS's (tensor maps of the groups in flight) */
     mk_devbuf partials;  /* the weight gradient's partial sums of split experts */
+    mk_devbuf zeros;     /* K x N zeros, the C of those partial sums */
+    size_t zeros_floats; /* how many of them are cleared */
     gg_shape host_shapes[GG_MAX_GROUPS];
     int sm_count, device;
     gg_sched_fn sched[GG_FORMS]; /* the schedule each operand form runs on */
 };
 
 /* The schedule of every form: 128 x 256 tiles, measured fastest at bench-s shapes on an H200
- * (docs/performance.md: 128 x 128 tiles cooperative or ping-pong, and clusters of two,
- * ran 4-25% slower). MOEKIT_GG_SCHED=coop|wide|wide2 forces one (tests, kernel_bench). */
+ * (docs/performance.md: 128 x 128 tiles, cooperative or ping-pong, ran 4-25% slower;
+ * clusters of two blocks gained 1-6% with uniform routing and lost 2-5% with skewed).
+ * MOEKIT_GG_SCHED=coop|wide forces one (tests, kernel_bench). */
 static int gg_pick(mk_gg_cutlass *g)
 {
     static const struct {
         const char *name;
         gg_sched_fn fn;
-    } all[] = {{"coop", mk_gg_cl_coop}, {"wide", mk_gg_cl_wide}, {"wide2", mk_gg_cl_wide2}};
+    } all[] = {{"coop", mk_gg_cl_coop}, {"wide", mk_gg_cl_wide}};
     for (int f = 0; f < GG_FORMS; f++) g->sched[f] = mk_gg_cl_wide;
     const char *want = getenv("MOEKIT_GG_SCHED");
     if (!want || !*want) return MK_OK;
@@ -75,7 +78,7 @@ static int gg_pick(mk_gg_cutlass *g)
             for (int f = 0; f < GG_FORMS; f++) g->sched[f] = all[i].fn;
             return MK_OK;
         }
-    return MK_FAIL(MK_ERR_USAGE, "MOEKIT_GG_SCHED=%s: not coop, wide or wide2", want);
+    return MK_FAIL(MK_ERR_USAGE, "MOEKIT_GG_SCHED=%s: not coop or wide", want);
 }
 
 static int gg_go(mk_gg_cutlass *g, int form, const gg_groups &t, float beta, const char *what)
@@ -85,11 +88,14 @@ static int gg_go(mk_gg_cutlass *g, int form, const gg_groups &t, float beta, con
 }
 
 /* The groups of a call and their shapes for the host side (t->wgrad, K, N set). Rows
- * form: one group per expert with rows. Weight gradient: experts of more than twice
- * `chunk` rows are split into chunks of `chunk` rows -- at least 2048 and the mean rows of
- * an expert with rows, more when the groups would not fit -- so that no block reduces far
- * more rows than the rest, however unbalanced the routing; t->slot numbers their partial
- * sums. Returns the partial-sum slots in *slots. */
+ * form: one group per expert with rows. Weight gradient: an expert of more than three times
+ * `chunk` rows -- at least 2048 and the mean rows of an expert with rows, more when the
+ * groups would not fit -- is split into chunks of `chunk` rows, so that no block reduces
+ * far more rows than the rest, however unbalanced the routing. (A tile's time grows with
+ * the rows it reduces, and the tiles of all experts fill about three waves of an H200 at
+ * bench-s shapes: only an expert beyond three means lengthens the launch. Splitting more
+ * cost more in partial sums than it saved.) t->slot numbers the partial sums of chunks
+ * after the first; their count is returned in *slots. */
 static int gg_list(mk_gg_cutlass *g, gg_groups *t, const int *offs_host, int E, int *slots, const char *what)
 {
     if (E < 1 || E > MK_GG_MAX_EXPERTS)
@@ -116,8 +122,8 @@ static int gg_list(mk_gg_cutlass *g, gg_groups *t, const int *offs_host, int E, 
             g->host_shapes[t->n++] = gg_shape(rows, t->N, t->K);
             continue;
         }
-        const int parts = rows > 2 * chunk ? (int)((rows + chunk - 1) / chunk) : 1;
-        if (parts > 1) t->slot[e] = *slots, *slots += parts;
+        const int parts = rows > 3 * chunk ? (int)((rows + chunk - 1) / chunk) : 1;
+        if (parts > 1) t->slot[e] = *slots, *slots += parts - 1;
         for (int c = 0; c < parts; c++) {
             const int r = parts == 1 ? rows : (int)(c + 1 < parts ? chunk : rows - c * chunk);
             g->host_shapes[t->n++] = gg_shape(t->K, t->N, r);
@@ -127,15 +133,16 @@ static int gg_list(mk_gg_cutlass *g, gg_groups *t, const int *offs_host, int E, 
     return MK_OK;
 }
 
-/* dW_e += the partial sums of split expert e, in chunk order (blockIdx.y = e). */
+/* dW_e += the partial sums of split expert e's chunks after the first (which went into
+ * dW_e), in chunk order (blockIdx.y = e). */
 __global__ static void k_gg_partials_sum(float *dW, const float *ws, const gg_groups t, size_t KN)
 {
     const int e = blockIdx.y;
     if (t.slot[e] < 0) return;
-    const int parts = t.first[e + 1] - t.first[e];
+    const int more = t.first[e + 1] - t.first[e] - 1;
     GRID_STRIDE(i, KN) {
         float s = dW[(size_t)e * KN + i];
-        for (int c = 0; c < parts; c++) s += ws[(size_t)(t.slot[e] + c) * KN + i];
+        for (int c = 0; c < more; c++) s += ws[(size_t)(t.slot[e] + c) * KN + i];
         dW[(size_t)e * KN + i] = s;
     }
 }
@@ -159,7 +166,7 @@ int mk_gg_cutlass_create(mk_gg_cutlass **out)
     if (cudaGetDevice(&g->device) != cudaSuccess ||
         cudaDeviceGetAttribute(&g->sm_count, cudaDevAttrMultiProcessorCount, g->device) != cudaSuccess)
         rc = MK_FAIL(MK_ERR_INTERNAL, "cuda: grouped GEMM: no device");
-    if (rc == MK_OK) rc = mk_devbuf_reserve(&g->tables, 7 * GG_TABLE_BYTES, "grouped GEMM tables");
+    if (rc == MK_OK) rc = mk_devbuf_reserve(&g->tables, 8 * GG_TABLE_BYTES, "grouped GEMM tables");
     if (rc == MK_OK) rc = gg_pick(g);
     if (rc != MK_OK) {
         mk_gg_cutlass_destroy(g);
@@ -175,6 +182,7 @@ void mk_gg_cutlass_destroy(mk_gg_cutlass *g)
     mk_devbuf_release(&g->tables);
     mk_devbuf_release(&g->workspace);
     mk_devbuf_release(&g->partials);
+    mk_devbuf_release(&g->zeros);
     free(g);
 }
 
@@ -189,7 +197,7 @@ int mk_gg_cutlass_rows(mk_gg_cutlass *g, void *C, int c_bf16, int ldc, const voi
     t.wgrad = 0, t.K = K, t.N = N;
     MK_CHECK(gg_list(g, &t, offs_host, E, &slots, what));
     if (t.n == 0) return MK_OK;
-    t.ws = NULL;
+    t.ws = NULL, t.zeros = NULL;
     t.A = (const char *)A, t.B = (const char *)B, t.D = (char *)C;
     t.lda = lda, t.ldb = ldb, t.ldd = ldc, t.b_stride = (long long)b_stride;
     t.d_size = c_bf16 ? 2 : 4;
@@ -207,11 +215,15 @@ int mk_gg_cutlass_wgrad(mk_gg_cutlass *g, float *dW, const void *A, int lda, con
     MK_CHECK(gg_list(g, &t, offs_host, E, &slots, what));
     if (t.n == 0) return MK_OK;
     const size_t KN = (size_t)K * N;
-    t.ws = NULL;
+    t.ws = NULL, t.zeros = NULL;
     if (slots > 0) {
         MK_CHECK(mk_devbuf_reserve(&g->partials, slots * KN * sizeof(float), "grouped weight gradient partial sums"));
-        t.ws = (float *)g->partials.p;
-        CU_CHECK(cudaMemsetAsync(t.ws, 0, slots * KN * sizeof(float), 0), what);
+        if (g->zeros_floats < KN) {
+            MK_CHECK(mk_devbuf_reserve(&g->zeros, KN * sizeof(float), "grouped weight gradient zeros"));
+            CU_CHECK(cudaMemsetAsync(g->zeros.p, 0, KN * sizeof(float), 0), what);
+            g->zeros_floats = KN;
+        }
+        t.ws = (float *)g->partials.p, t.zeros = (const float *)g->zeros.p;
     }
     t.A = (const char *)A, t.B = (const char *)dC, t.D = (char *)dW;
     t.lda = lda, t.ldb = ldc, t.ldd = N, t.b_stride = 0, t.d_size = 4;

@@ -36,19 +36,21 @@ typedef cutlass::gemm::GroupProblemShape<cute::Shape<int, int, int>> gg_problem;
 typedef gg_problem::UnderlyingProblemShape gg_shape;
 
 /* The groups of one call. Rows form: one group per expert with rows. Weight gradient: an
- * expert of many rows is reduced in chunks of `chunk` rows, one group each, into partial
- * sums (slots of K x N floats in ws, zeroed first) that mk_gg_cutlass.cu adds up in chunk
- * order; a group of a whole expert accumulates straight into dW. Group g belongs to the
+ * expert of many rows is reduced in chunks of `chunk` rows, one group each: the first
+ * accumulates into dW_e, the others write partial sums (slots of K x N floats in ws, from
+ * C = the zeros slab, so nothing needs clearing) that mk_gg_cutlass.cu then adds to dW_e
+ * in chunk order; a whole expert accumulates straight into dW_e. Group g belongs to the
  * expert e with first[e] <= g < first[e + 1]. Operands are byte addresses with leading
  * dimensions in elements. */
 typedef struct gg_groups {
     int offs[MK_GG_MAX_EXPERTS + 1];  /* first row of each expert */
     int first[MK_GG_MAX_EXPERTS + 1]; /* first group of each expert; first[E] groups in all */
-    int slot[MK_GG_MAX_EXPERTS];      /* weight gradient: first partial-sum slot, -1: whole */
+    int slot[MK_GG_MAX_EXPERTS];      /* weight gradient: slot of its second chunk, -1: whole */
     int E, n, K, N, wgrad, chunk;
     const char *A, *B;
     char *D;
-    float *ws;
+    float *ws;          /* partial sums */
+    const float *zeros; /* K x N zeros: the C of a partial sum */
     long long lda, ldb, ldd, b_stride; /* b_stride: elements between experts' B (rows form) */
     int d_size;                        /* bytes of an output element */
 } gg_groups;
@@ -84,13 +86,6 @@ struct gg_wide {
     using Kernel = cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative;
     using Epi = cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative;
 };
-struct gg_wide2 { /* gg_wide in clusters of two blocks along m, which share B's tile (TMA multicast) */
-    using Tile = cute::Shape<cute::_128, cute::_256, cute::_64>;
-    using Cluster = cute::Shape<cute::_2, cute::_1, cute::_1>;
-    using Kernel = cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative;
-    using Epi = cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative;
-};
-
 /* The kernel of one operand layout pair, output type and schedule. */
 template <class LayoutA, class LayoutB, class ElementD, class S> struct gg_kernel {
     using Element = cutlass::bfloat16_t;
@@ -119,8 +114,8 @@ template <class St> __device__ __forceinline__ void gg_set_ld(St &s, long long l
 }
 
 template <class K>
-__global__ static void k_gg_tables(gg_shape *shapes, const void **pa, const void **pb, void **pd,
-                                   typename K::StrideA *sa, typename K::StrideB *sb, typename K::StrideD *sd,
+__global__ static void k_gg_tables(gg_shape *shapes, const void **pa, const void **pb, const void **pc,
+                                   void **pd, typename K::StrideA *sa, typename K::StrideB *sb, typename K::StrideD *sd,
                                    const gg_groups t)
 {
     const int g = blockIdx.x * blockDim.x + threadIdx.x;
@@ -139,14 +134,20 @@ __global__ static void k_gg_tables(gg_shape *shapes, const void **pa, const void
         shapes[g] = gg_shape(t.K, t.N, rows);
         pa[g] = t.A + (long long)r0 * t.lda * es;
         pb[g] = t.B + (long long)r0 * t.ldb * es;
-        pd[g] = t.slot[e] < 0 ? (void *)(t.D + (long long)e * t.K * t.N * t.d_size)
-                              : (void *)(t.ws + (long long)(t.slot[e] + c) * t.K * t.N);
+        if (t.slot[e] < 0 || c == 0) {
+            pd[g] = t.D + (long long)e * t.K * t.N * t.d_size;
+            pc[g] = pd[g];
+        } else {
+            pd[g] = t.ws + (long long)(t.slot[e] + c - 1) * t.K * t.N;
+            pc[g] = t.zeros;
+        }
     } else {
         const int r0 = t.offs[e];
         shapes[g] = gg_shape(t.offs[e + 1] - r0, t.N, t.K);
         pa[g] = t.A + (long long)r0 * t.lda * es;
         pb[g] = t.B + (long long)e * t.b_stride * es;
         pd[g] = t.D + (long long)r0 * t.ldd * t.d_size;
+        pc[g] = pd[g];
     }
     typename K::StrideA a{};
     typename K::StrideB b{};
@@ -157,8 +158,8 @@ __global__ static void k_gg_tables(gg_shape *shapes, const void **pa, const void
 
 #define GG_TABLE_BYTES (GG_MAX_GROUPS * 64) /* one slice per table, 64 bytes per group at most */
 
-/* Write the groups' tables on the device, then launch CUTLASS's kernel on them (C = D, so
- * beta accumulates onto the output in place). */
+/* Write the groups' tables on the device, then launch CUTLASS's kernel on them (C = D but
+ * for partial sums, so beta accumulates onto the output in place). */
 template <class K> static int gg_run(const gg_ctx *c, const gg_groups &t, float beta, const char *what)
 {
     using Gemm = typename K::Gemm;
@@ -171,7 +172,8 @@ template <class K> static int gg_run(const gg_ctx *c, const gg_groups &t, float 
     auto *sa = (typename K::StrideA *)(base + 4 * GG_TABLE_BYTES);
     auto *sb = (typename K::StrideB *)(base + 5 * GG_TABLE_BYTES);
     auto *sd = (typename K::StrideD *)(base + 6 * GG_TABLE_BYTES);
-    k_gg_tables<K><<<(t.n + 127) / 128, 128>>>(shapes, pa, pb, pd, sa, sb, sd, t);
+    const void **pc = (const void **)(base + 7 * GG_TABLE_BYTES);
+    k_gg_tables<K><<<(t.n + 127) / 128, 128>>>(shapes, pa, pb, pc, pd, sa, sb, sd, t);
     CU_CHECK(cudaGetLastError(), what);
 
     typename Gemm::Arguments args;
@@ -185,7 +187,7 @@ template <class K> static int gg_run(const gg_ctx *c, const gg_groups &t, float 
         cutlass::gemm::GemmUniversalMode::kGrouped,
         {t.n, shapes, c->host_shapes},
         {(const typename Gemm::ElementA **)pa, sa, (const typename Gemm::ElementB **)pb, sb},
-        {fusion, (const typename Gemm::ElementC **)pd, sd, (typename Gemm::ElementD **)pd, sd},
+        {fusion, (const typename Gemm::ElementC **)pc, sd, (typename Gemm::ElementD **)pd, sd},
         hw};
     Gemm gemm;
     cutlass::Status st = gemm.can_implement(args);
@@ -218,6 +220,5 @@ template <class S> static int gg_run_form(int form, const gg_ctx *c, const gg_gr
 /* One per schedule file. */
 int mk_gg_cl_coop(int form, const gg_ctx *c, const gg_groups &t, float beta, const char *what);
 int mk_gg_cl_wide(int form, const gg_ctx *c, const gg_groups &t, float beta, const char *what);
-int mk_gg_cl_wide2(int form, const gg_ctx *c, const gg_groups &t, float beta, const char *what);
 
 #endif

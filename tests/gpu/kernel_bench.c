@@ -178,7 +178,7 @@ int main(int argc, char **argv)
         printf("expert GEMMs on %s:\n", names[k]);
         for (size_t i = 1; i < 7; i++) run(&jobs[i], g);
     }
-    static const char *scheds[] = {"coop", "wide", "wide2"};
+    static const char *scheds[] = {"coop", "wide"};
     for (size_t s = 0; s < sizeof scheds / sizeof scheds[0] && mk_gg_cutlass_available(); s++) {
         setenv("MOEKIT_GG_SCHED", scheds[s], 1);
         if (mk_gg_cutlass_create(&g->cl) != MK_OK) continue;
