@@ -899,7 +899,7 @@ static void test_cutlass_kernels(void)
     if (major == 9) tap_ok(have, "CUTLASS grouped GEMMs available on this sm_90 GPU");
 #endif
     if (!have) return;
-    static const char *scheds[] = {"", "coop"};
+    static const char *scheds[] = {"", "coop", "wide"};
     for (size_t s = 0; s < sizeof scheds / sizeof scheds[0]; s++) {
         mk_gg_cutlass *g = NULL;
         setenv("MOEKIT_GG_SCHED", scheds[s], 1);
@@ -913,7 +913,7 @@ static void test_cutlass_kernels(void)
             offs[0] = 0;
             for (int e = 0; e < E; e++) {
                 int rows = e == 0 || e == 3 ? 0 : e == 2 ? 1 : 1 + rnd_below(150);
-                if (e == E - 1) rows = E > 8 ? 7000 : 0; /* 7,000: a weight gradient in chunks */
+                if (e == E - 1) rows = E > 8 ? 5000 : 0; /* 5,000: a weight gradient in chunks */
                 if (E == 7 && e == 5) rows = 3000;       /* whole, more rows than a chunk */
                 offs[e + 1] = offs[e] + rows;
             }

@@ -60,17 +60,22 @@ struct mk_gg_cutlass {
     gg_sched_fn sched[GG_FORMS]; /* the schedule each operand form runs on */
 };
 
-/* The schedule of every form: 128 x 256 tiles, measured fastest at bench-s shapes on an H200
- * (docs/performance.md: 128 x 128 tiles, cooperative or ping-pong, ran 4-25% slower;
- * clusters of two blocks gained 1-6% with uniform routing and lost 2-5% with skewed).
- * MOEKIT_GG_SCHED=coop|wide forces one (tests, kernel_bench). */
+/* The schedule of every form. Rows products: 128 x 256 tiles, measured fastest at
+ * bench-s shapes on an H200 (docs/performance.md: 128 x 128 tiles, cooperative or
+ * ping-pong, ran 4-25% slower; clusters of two blocks gained 1-6% with uniform routing and
+ * lost 2-5% with skewed). Weight gradients: 128 x 128 tiles. A tile there reduces all of
+ * its group's rows, and the persistent scheduler deals tiles to blocks in a fixed stride,
+ * so a hot expert's tiles set the launch's length: tiles half as wide halve it (the
+ * expert FFN backward of a training run took 14.5 ms per step with 128 x 256 tiles, 12.8
+ * with 128 x 128). MOEKIT_GG_SCHED=coop|wide forces one for every form (tests,
+ * kernel_bench). */
 static int gg_pick(mk_gg_cutlass *g)
 {
     static const struct {
         const char *name;
         gg_sched_fn fn;
     } all[] = {{"coop", mk_gg_cl_coop}, {"wide", mk_gg_cl_wide}};
-    for (int f = 0; f < GG_FORMS; f++) g->sched[f] = mk_gg_cl_wide;
+    for (int f = 0; f < GG_FORMS; f++) g->sched[f] = f == GG_TN_F32 ? mk_gg_cl_coop : mk_gg_cl_wide;
     const char *want = getenv("MOEKIT_GG_SCHED");
     if (!want || !*want) return MK_OK;
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
@@ -88,14 +93,12 @@ static int gg_go(mk_gg_cutlass *g, int form, const gg_groups &t, float beta, con
 }
 
 /* The groups of a call and their shapes for the host side (t->wgrad, K, N set). Rows
- * form: one group per expert with rows. Weight gradient: an expert of more than three times
+ * form: one group per expert with rows. Weight gradient: an expert of more than twice
  * `chunk` rows -- at least 2048 and the mean rows of an expert with rows, more when the
  * groups would not fit -- is split into chunks of `chunk` rows, so that no block reduces
- * far more rows than the rest, however unbalanced the routing. (A tile's time grows with
- * the rows it reduces, and the tiles of all experts fill about three waves of an H200 at
- * bench-s shapes: only an expert beyond three means lengthens the launch. Splitting more
- * cost more in partial sums than it saved.) t->slot numbers the partial sums of chunks
- * after the first; their count is returned in *slots. */
+ * far more rows than the rest, however unbalanced the routing (a tile's time grows with
+ * the rows it reduces). t->slot numbers the partial sums of chunks after the first; their
+ * count is returned in *slots (each costs a write and a read of K x N floats). */
 static int gg_list(mk_gg_cutlass *g, gg_groups *t, const int *offs_host, int E, int *slots, const char *what)
 {
     if (E < 1 || E > MK_GG_MAX_EXPERTS)
@@ -122,7 +125,7 @@ static int gg_list(mk_gg_cutlass *g, gg_groups *t, const int *offs_host, int E, 
             g->host_shapes[t->n++] = gg_shape(rows, t->N, t->K);
             continue;
         }
-        const int parts = rows > 3 * chunk ? (int)((rows + chunk - 1) / chunk) : 1;
+        const int parts = rows > 2 * chunk ? (int)((rows + chunk - 1) / chunk) : 1;
         if (parts > 1) t->slot[e] = *slots, *slots += parts - 1;
         for (int c = 0; c < parts; c++) {
             const int r = parts == 1 ? rows : (int)(c + 1 < parts ? chunk : rows - c * chunk);
