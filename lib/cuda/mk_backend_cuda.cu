@@ -1610,10 +1610,8 @@ static int cuda_swiglu_backward(mk_backend *be, mk_real *da, mk_real *db, const 
 
 /* bf16 with our own grouped GEMMs: the fused op of mk_expert_ffn.cu (a1, a3 and hact then
  * hold bf16 state, which only the fused backward reads). Otherwise the op sequence. Forward
- * and backward decide alike from the shape and the state buffers, so they always agree on
- * the state's format. */
-/* Forward and backward decide alike from the same buffers, so a backward always reads
- * its forward's state in the format that forward wrote. */
+ * and backward decide alike from the shape and the state buffers, so a backward always
+ * reads its forward's state in the format that forward wrote. */
 static int use_fused_ffn(const cuda_impl *im, int E, int D, int F, const void *xp, const void *a1,
                          const void *a3, const void *hact)
 {

@@ -10,7 +10,9 @@
  *
  * in the order of the op sequence (mk_expert_ffn_backward_ops), so any aliasing of the
  * model's buffers that the sequence allows is safe here too. All products are the grouped
- * kernels of mk_grouped_gemm.cu (one launch per product, however unbalanced the experts).
+ * kernels of mk_grouped_gemm.cu (one launch per product, however unbalanced the experts),
+ * or, on an sm_90 GPU in a build with CUTLASS, CUTLASS's grouped GEMMs with gate and up as
+ * one product (the CUTLASS path below).
  */
 #ifdef HAVE_CONFIG_H
 #include "config.h"

@@ -5,10 +5,13 @@
  * gathered from the token rows and rounded to bf16 in one pass (no fp32 copy of the
  * permuted rows is ever written), the output-gradient rows likewise, the weights are
  * rounded once per op, and every product runs on the bf16 grouped GEMMs of
- * mk_grouped_gemm.cu. The state the backward needs (the input rows xp, a1, a3 and hact)
- * is kept as bf16 in the first half of the model's fp32 buffers of the same shape; the
- * backward's scratch (dhact, da1, da3) likewise. Outputs (y, dxp) and weight gradients stay
- * fp32; weight gradients accumulate in fp32.
+ * mk_grouped_gemm.cu or, where built and on an sm_90 GPU, CUTLASS's (mk_gg_cutlass.h;
+ * MOEKIT_NO_CUTLASS=1 keeps ours). The state the backward needs (the input rows xp, a1, a3
+ * and hact) is kept as bf16 in the first half of the model's fp32 buffers of the same
+ * shape; the backward's scratch (dhact, da1, da3) likewise. (The CUTLASS path keeps gate
+ * and up side by side as a13 [R][2F] in all of a1's buffer, and da13 in da1's; a3 and da3
+ * are not used.) Outputs (y, dxp) and weight gradients stay fp32; weight gradients
+ * accumulate in fp32.
  *
  * Deterministic: every kernel writes each output element from one thread, in a fixed order.
  */
