@@ -375,6 +375,9 @@ static void test_values(void)
            "get_text of an unknown key is a usage error");
     tap_ok(mk_config_get_text(&c, "model.vocab", buf, 3) == MK_ERR_INTERNAL,
            "get_text into a buffer too small is an internal error");
+    tap_ok(mk_config_get_text(&c, "model.vocab", buf, 0) == MK_ERR_INTERNAL &&
+               mk_config_get_text(&c, NULL, buf, sizeof buf) == MK_ERR_INTERNAL,
+           "get_text with no room or no key is an internal error");
     static const struct { const char *key, *in, *out; } prints[] = {
         { "train.lr", "1e-3", "0.001" }, { "train.lr", "0.1", "0.1" },
         { "train.grad_clip", "100", "100" }, { "train.grad_clip", "1.0", "1" },

@@ -649,6 +649,28 @@ static void test_writer_failures(void)
     unlink(blk);
     path_of(q, sizeof q, "half", ".idx");
     rmdir(q);
+
+    /* The first rename fails (prefix.bin is a non-empty directory): nothing is published. */
+    path_of(p, sizeof p, "binblk", "");
+    path_of(q, sizeof q, "binblk", ".bin");
+    snprintf(blk, sizeof blk, "%s/keep", q);
+    mkdir(q, 0700);
+    spit(blk, (const unsigned char *)"x", 1);
+    rc = mk_indexed_writer_open(p, MK_DTYPE_UINT16, 100, &w);
+    if (rc == MK_OK) rc = mk_indexed_writer_add(w, t3, 3);
+    capture_begin(&c);
+    rc2 = rc == MK_OK ? mk_indexed_writer_finish(w) : rc;
+    capture_end(&c);
+    path_of(q, sizeof q, "binblk", ".idx");
+    tap_ok(rc2 == MK_ERR_IO && strstr(c.text, "binblk.bin.tmp") && strstr(c.text, "cannot rename"),
+           "finish fails at the .bin rename -> MK_ERR_IO naming the file");
+    tap_ok(!exists(q) && exists(blk), "the failed .bin rename publishes no .idx");
+    if (rc == MK_OK) mk_indexed_writer_abort(w);
+    path_of(q, sizeof q, "binblk", ".bin.tmp");
+    tap_ok(!exists(q), "abort after it removes the .bin.tmp");
+    unlink(blk);
+    path_of(q, sizeof q, "binblk", ".bin");
+    rmdir(q);
 }
 
 /* ------------------------------------------------------------------ main */

@@ -56,6 +56,24 @@ static unsigned grid_for(size_t n)
 
 /* ------------------------------------------------------------------ kernels */
 
+/* bf16(w * p[0..7]) as one 16-byte store; p read as two float4 when vec (16-byte
+ * aligned). Each product is rounded once. */
+__device__ __forceinline__ uint4 round8(const float *p, float w, int vec)
+{
+    float v[8];
+    if (vec) {
+        const float4 a = *(const float4 *)p, b = *(const float4 *)(p + 4);
+        v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+    } else {
+#pragma unroll
+        for (int k = 0; k < 8; k++) v[k] = p[k];
+    }
+    __nv_bfloat162 h[4];
+#pragma unroll
+    for (int k = 0; k < 4; k++) h[k] = __floats2bfloat162_rn(w * v[2 * k], w * v[2 * k + 1]);
+    return *(const uint4 *)h;
+}
+
 /* out[r, :] = bf16(w * src[row_slot[r] / K, :]) (w = weights[row_slot[r]] or 1), 8 columns
  * per thread (D8 = D / 8); the source row is read as float4 when vec (16-byte aligned).
  * The product w * x is rounded once, as permute_rows followed by a rounding would. */
@@ -66,19 +84,7 @@ __global__ static void k_gather_bf16(uint4 *out, const float *src, const int *ro
         const size_t r = i / D8, c = (i % D8) * 8;
         const int s = row_slot[r];
         const float w = weights ? weights[s] : 1.0f;
-        const float *p = src + (size_t)(s / K) * D8 * 8 + c;
-        float v[8];
-        if (vec) {
-            const float4 a = *(const float4 *)p, b = *(const float4 *)(p + 4);
-            v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
-        } else {
-#pragma unroll
-            for (int k = 0; k < 8; k++) v[k] = p[k];
-        }
-        __nv_bfloat162 h[4];
-#pragma unroll
-        for (int k = 0; k < 4; k++) h[k] = __floats2bfloat162_rn(w * v[2 * k], w * v[2 * k + 1]);
-        out[i] = *(const uint4 *)h;
+        out[i] = round8(src + (size_t)(s / K) * D8 * 8 + c, w, vec);
     }
 }
 
@@ -153,19 +159,7 @@ __global__ static void k_pack13_bf16(uint4 *out, const float *w1, const float *w
     GRID_STRIDE(i, rows * 2 * F8) {
         const size_t row = i / (2 * F8);
         const int j = (int)(i % (2 * F8));
-        const float *p = (j < F8 ? w1 : w3) + row * F8 * 8 + (size_t)(j % F8) * 8;
-        float v[8];
-        if (vec) {
-            const float4 a = *(const float4 *)p, b = *(const float4 *)(p + 4);
-            v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
-        } else {
-#pragma unroll
-            for (int k = 0; k < 8; k++) v[k] = p[k];
-        }
-        __nv_bfloat162 h[4];
-#pragma unroll
-        for (int k = 0; k < 4; k++) h[k] = __floats2bfloat162_rn(v[2 * k], v[2 * k + 1]);
-        out[i] = *(const uint4 *)h;
+        out[i] = round8((j < F8 ? w1 : w3) + row * F8 * 8 + (size_t)(j % F8) * 8, 1.0f, vec);
     }
 }
 
