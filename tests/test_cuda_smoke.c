@@ -14,10 +14,11 @@ int main(void)
     if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) tap_skip_all("no CUDA device");
     struct cudaDeviceProp prop;
     int sms = 0;
-    /* The attribute query, not the struct field: the struct's layout changes across CUDA versions. */
-    tap_ok(cudaGetDeviceProperties(&prop, 0) == cudaSuccess &&
-               cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0) == cudaSuccess && sms > 0,
-           "device 0: %s, %d SMs", prop.name, sms);
+    /* The attribute query, not the struct field: the struct's layout changes across CUDA
+     * versions. Queried before tap_ok, whose arguments may be evaluated in any order. */
+    const int found = cudaGetDeviceProperties(&prop, 0) == cudaSuccess &&
+                      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0) == cudaSuccess && sms > 0;
+    tap_ok(found, "device 0: %s, %d SMs", found ? prop.name : "?", sms);
     enum { M = 4, K = 3, N = 2 };
     float a[M * K], b[K * N], c[M * N], want[M * N];
     for (int i = 0; i < M * K; i++) a[i] = (float)(i % 5) - 2.0f;

@@ -1,7 +1,9 @@
 #!/bin/sh
 # tests/gpu/run.sh - everything a GPU machine session needs in one call: configure with
 # CUDA against the libraries carried in .deps/ (see docs/gpu-machine.md), build, run the GPU
-# tests, and leave the results in $OUT (gpu-results.md, the TAP output, the build logs).
+# tests and the benchmark, and leave the results in $OUT (gpu-results.md, the TAP output,
+# bench.md, the build logs, and performance.md: docs/performance.md with this call's
+# results added at the top by tests/gpu/perf-entry.sh).
 #
 # From the project root on this machine, with the device tool:
 #   ./autogen.sh && sh tests/gpu/fetch-deps.sh        # once: generated files and .deps/
@@ -71,4 +73,8 @@ if [ "${MOEKIT_GPU_BENCH:-1}" != 0 ]; then
   PYTHON_TORCH=$(sed -n 's/^PYTHON_TORCH = //p' Makefile) top_builddir=$PWD top_srcdir=$PWD \
     sh tests/gpu/bench.sh "$out/bench.md" "${MOEKIT_BENCH_STEPS:-40}" 2>"$out/bench.log"
 fi
+# The results as a dated entry at the top of docs/performance.md; the updated file comes
+# back in $out/performance.md (copy it over the local one).
+cmd="$(env | grep '^MOEKIT_' | LC_ALL=C sort | sed 's/=\(.*\)/="\1"/' | tr '\n' ' ')sh tests/gpu/run.sh"
+sh tests/gpu/perf-entry.sh "$out" docs/performance.md "$cmd" && cp docs/performance.md "$out/performance.md"
 exit $fails
