@@ -33,24 +33,12 @@ extern "C" {
 #include "mk_gg_cutlass.h"
 #include "mk_grouped_gemm.h"
 
-static int aligned16(const void *p)
-{
-    return ((uintptr_t)p & 15) == 0;
-}
-
-int mk_gg_cutlass_shapes_ok(int K, int N, int ld1, int ld2, int ld3, const void *p1, const void *p2,
-                            const void *p3)
-{
-    return K > 0 && N > 0 && K % 8 == 0 && N % 8 == 0 && ld1 % 8 == 0 && ld2 % 8 == 0 && ld3 % 8 == 0 &&
-           aligned16(p1) && aligned16(p2) && aligned16(p3);
-}
-
 #ifdef MK_HAVE_CUTLASS
 
 typedef int (*gg_sched_fn)(int form, const gg_ctx *c, const gg_groups &t, float beta, const char *what);
 
 struct mk_gg_cutlass {
-    mk_devbuf tables;    /* shapes, pointers and strides of up to MK_GG_MAX_EXPERTS groups */
+    mk_devbuf tables;    /* shapes, pointers and strides of up to GG_MAX_GROUPS groups */
     mk_devbuf workspace; /* CUTLASS's (tensor maps of the groups in flight) */
     mk_devbuf partials;  /* the weight gradient's partial sums of split experts */
     mk_devbuf zeros;     /* K x N zeros, the C of those partial sums */

@@ -33,19 +33,17 @@ void mk_gg_cutlass_destroy(mk_gg_cutlass *g);
  * A: bf16 rows of lda elements (K used); B_e = B + e * b_stride elements: [K, N] with
  * rows of ldb, or [N, K] with rows of ldb when trans_b; C: rows of ldc elements, bf16 when
  * c_bf16 (beta must be 0 then), else fp32. Leading dimensions are multiples of 8 and the
- * pointers 16-byte aligned (mk_gg_cutlass_shapes_ok). */
+ * pointers 16-byte aligned (TMA's rule; the caller checks). */
 int mk_gg_cutlass_rows(mk_gg_cutlass *g, void *C, int c_bf16, int ldc, const void *A, int lda,
                        const void *B, size_t b_stride, int ldb, int trans_b, const int *offs_host,
                        int E, int K, int N, float beta);
 
 /* For each expert e: dW_e += A_e^T dC_e, reducing over its rows: A [R, K] (rows of lda),
- * dC [R, N] (rows of ldc), both bf16; dW [E, K, N] fp32. */
+ * dC [R, N] (rows of ldc), both bf16; dW [E, K, N] fp32. An expert of many more rows than
+ * the mean is reduced in chunks whose partial sums are added in chunk order (the same
+ * order every call). */
 int mk_gg_cutlass_wgrad(mk_gg_cutlass *g, float *dW, const void *A, int lda, const void *dC, int ldc,
                         const int *offs_host, int E, int K, int N);
-
-/* 1 when these extents and pointers meet TMA's rules (16-byte alignment of every row). */
-int mk_gg_cutlass_shapes_ok(int K, int N, int ld1, int ld2, int ld3, const void *p1, const void *p2,
-                            const void *p3);
 
 #ifdef __cplusplus
 }
