@@ -140,7 +140,13 @@ typedef struct mk_backend_ops {
      * w = weights[n*K+j] or 1 when NULL. (Forward: combine. Backward of permute.) */
     int (*unpermute_add)(mk_backend *be, mk_real *dst, const mk_real *src, const int32_t *slot_row,
                          const mk_real *weights, int N, int K, int D);
-    /* dgates[n*K+j] = dot(dout[n, :], y[slot_row[n*K+j], :]), 0 for dropped choices. */
+    /* unpermute_add over expert rows: src [R, D] is the output of the expert FFN (its y, or
+     * its dxp) in the backend's expert-row format (see expert_ffn_forward). (Forward: the
+     * combine of y. Backward: the expert input rows' gradient back to the tokens.) */
+    int (*combine_rows)(mk_backend *be, mk_real *dst, const mk_real *src, const int32_t *slot_row,
+                        const mk_real *weights, int N, int K, int D);
+    /* dgates[n*K+j] = dot(dout[n, :], y[slot_row[n*K+j], :]), 0 for dropped choices; y is
+     * expert rows in the backend's expert-row format. */
     int (*combine_backward_gates)(mk_backend *be, mk_real *dgates, const mk_real *dout,
                                   const mk_real *y, const int32_t *slot_row, int N, int K, int D);
 
@@ -156,13 +162,18 @@ typedef struct mk_backend_ops {
      * [R, D] are gathered from the tokens as x says (permute_rows); the same result as
      * mk_expert_ffn_forward_ops. xp, a1, a3, hact [R, F] hold what the backward needs, in a
      * format of the backend's choosing (a backend that rounds its operands can gather
-     * straight into the rounded form). NULL: the model runs the op sequence. */
+     * straight into the rounded form). y [R, D] is written in the backend's expert-row
+     * format, which only combine_rows and combine_backward_gates read: fp32 [R, D] unless
+     * the backend says otherwise (the CUDA backend's bf16 mode: bf16 rows of D, in the first
+     * half of the buffer), so a backend may store its outputs at the precision it computes
+     * them. NULL: the model runs the op sequence (whose rows are fp32). */
     int (*expert_ffn_forward)(mk_backend *be, mk_real *y, mk_real *a1, mk_real *a3, mk_real *hact,
                               mk_real *xp, const mk_rows_gather *x, const mk_real *w1,
                               const mk_real *w3, const mk_real *w2, const int *offs_host, int E,
                               int D, int F);
-    /* dxp written, dw1, dw3, dw2 accumulated (+=) from the output gradient rows dy [R, D],
-     * gathered as dout says, and the forward's state; dy, dhact, da1, da3 are scratch. */
+    /* dxp written (expert rows, in the format y has), dw1, dw3, dw2 accumulated (+=) from
+     * the output gradient rows dy [R, D], gathered as dout says, and the forward's state;
+     * dy, dhact, da1, da3 are scratch. */
     int (*expert_ffn_backward)(mk_backend *be, mk_real *dxp, mk_real *dw1, mk_real *dw3,
                                mk_real *dw2, mk_real *dhact, mk_real *da1, mk_real *da3,
                                mk_real *dy, const mk_rows_gather *dout, const mk_real *xp,

@@ -754,6 +754,7 @@ static const mk_backend_ops cpu_ops = {
     .route_plan = cpu_route_plan,
     .permute_rows = cpu_permute_rows,
     .unpermute_add = cpu_unpermute_add,
+    .combine_rows = cpu_unpermute_add, /* expert rows are fp32 here */
     .combine_backward_gates = cpu_combine_backward_gates,
     .swiglu_forward = cpu_swiglu_forward,
     .swiglu_backward = cpu_swiglu_backward,

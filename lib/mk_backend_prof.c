@@ -42,6 +42,7 @@ enum {    OP_alloc,
     OP_route_plan,
     OP_permute_rows,
     OP_unpermute_add,
+    OP_combine_rows,
     OP_combine_backward_gates,
     OP_swiglu_forward,
     OP_swiglu_backward,
@@ -79,6 +80,7 @@ static const char *const op_names[OP_COUNT] = {
     "route_plan",
     "permute_rows",
     "unpermute_add",
+    "combine_rows",
     "combine_backward_gates",
     "swiglu_forward",
     "swiglu_backward",
@@ -263,6 +265,12 @@ static int p_unpermute_add(mk_backend *be, mk_real *dst, const mk_real *src, con
     return done(P(be), OP_unpermute_add, t0, P(be)->inner->ops->unpermute_add(P(be)->inner, dst, src, slot_row, weights, N, K, D));
 }
 
+static int p_combine_rows(mk_backend *be, mk_real *dst, const mk_real *src, const int32_t *slot_row, const mk_real *weights, int N, int K, int D)
+{
+    const double t0 = now_s();
+    return done(P(be), OP_combine_rows, t0, P(be)->inner->ops->combine_rows(P(be)->inner, dst, src, slot_row, weights, N, K, D));
+}
+
 static int p_combine_backward_gates(mk_backend *be, mk_real *dgates, const mk_real *dout, const mk_real *y, const int32_t *slot_row, int N, int K, int D)
 {
     const double t0 = now_s();
@@ -366,6 +374,7 @@ int mk_backend_prof_create(mk_backend *inner, mk_backend **out)
     p->ops.route_plan = p_route_plan;
     p->ops.permute_rows = p_permute_rows;
     p->ops.unpermute_add = p_unpermute_add;
+    p->ops.combine_rows = p_combine_rows;
     p->ops.combine_backward_gates = p_combine_backward_gates;
     p->ops.swiglu_forward = p_swiglu_forward;
     p->ops.swiglu_backward = p_swiglu_backward;

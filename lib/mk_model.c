@@ -503,7 +503,7 @@ static int moe_block_forward(mk_model *m, int l, const layer_params *p, layer_ac
         const mk_rows_gather x = {a->ln2, a->row_slot, NULL, K};
         MK_CHECK(mk_expert_ffn_forward(m, p, a->offs_host, E, R, &x, a->xp, a->a1, a->a3, a->hact,
                                        a->y));
-        MK_CHECK(o->unpermute_add(be, out, a->y, a->slot_row, a->gates, N, K, D));
+        MK_CHECK(o->combine_rows(be, out, a->y, a->slot_row, a->gates, N, K, D));
     }
     if (Fs > 0) {
         MK_CHECK(o->matmul(be, a->sa1, a->ln2, p->shared_w1, N, Fs, D, 0, 0, 1, 0));
@@ -620,7 +620,7 @@ static int moe_block_backward(mk_model *m, int l, const layer_params *p, layer_p
         const mk_rows_gather dout = {s->dresid, a->row_slot, a->gates, K};
         MK_CHECK(mk_expert_ffn_backward(m, p, g, offs, E, R, &dout, s->dy, a->xp, a->a1, a->a3,
                                         a->hact, s->dhact, s->da1, s->da3, s->dxp));
-        MK_CHECK(o->unpermute_add(be, s->dln, s->dxp, a->slot_row, NULL, N, K, D));
+        MK_CHECK(o->combine_rows(be, s->dln, s->dxp, a->slot_row, NULL, N, K, D));
     }
 
     /* dLBL/dprobs_{n,i} = E f_i / N for every token; f is a constant of the scope. */

@@ -227,7 +227,7 @@ int mk_moe_ep_forward(mk_model *m, int l, const layer_params *p, layer_acts *a, 
     MK_CHECK(mk_expert_ffn_forward(m, p, e->offs, El, (int)rows, &x, e->xp, e->a1, e->a3, e->hact,
                                    e->y));
     MK_CHECK(o->zero(be, e->partial, R_recv * D * sizeof(mk_real)));
-    MK_CHECK(o->unpermute_add(be, e->partial, e->y, e->slot_row, e->recv_g, (int)R_recv, K, D));
+    MK_CHECK(o->combine_rows(be, e->partial, e->y, e->slot_row, e->recv_g, (int)R_recv, K, D));
 
     /* 4. Back to the senders; each token adds its destinations' rows in rank order. */
     MK_CHECK(exchange(m, e, 1, e->partial, e->back, (size_t)D * sizeof(mk_real), 1));
@@ -257,7 +257,7 @@ int mk_moe_ep_backward(mk_model *m, int l, const layer_params *p, layer_params *
     MK_CHECK(mk_expert_ffn_backward(m, p, g, e->offs, El, rows, &dout, e->dy, e->xp, e->a1, e->a3,
                                     e->hact, e->dhact, e->da1, e->da3, e->dxp));
     MK_CHECK(o->zero(be, e->partial, R_recv * D * sizeof(mk_real)));
-    MK_CHECK(o->unpermute_add(be, e->partial, e->dxp, e->slot_row, NULL, (int)R_recv, K, D));
+    MK_CHECK(o->combine_rows(be, e->partial, e->dxp, e->slot_row, NULL, (int)R_recv, K, D));
 
     /* dx rows and gate gradients back to the senders. */
     MK_CHECK(exchange(m, e, 1, e->partial, e->back, (size_t)D * sizeof(mk_real), 1));

@@ -723,6 +723,11 @@ static void test_permute_combine(void)
         }
     CALL(be->ops->unpermute_add(be, Z, Y, slot_row, w, N, K, D));
     check_arr(Z, wz, (size_t)N * D, EXACT_RTOL, EXACT_ATOL, "unpermute_add accumulates weighted rows");
+    /* the CPU's expert rows are fp32: combine_rows is unpermute_add */
+    mk_real *Z2 = copy_buf(Z, (size_t)N * D);
+    CALL(be->ops->combine_rows(be, Z2, Y, slot_row, w, N, K, D));
+    CALL(be->ops->unpermute_add(be, Z, Y, slot_row, w, N, K, D));
+    tap_ok(memcmp(Z2, Z, sizeof(mk_real) * N * D) == 0, "combine_rows on fp32 expert rows gives unpermute_add's bits");
 
     mk_real *U = RB((size_t)N * D);
     CALL(be->ops->unpermute_add(be, U, Y, slot_row, w, N, K, D));

@@ -142,6 +142,32 @@ static void *G(const void *dev, size_t bytes)
 }
 
 static float *Gf(const float *dev, size_t n) { return G(dev, n * sizeof(float)); }
+
+/* bf16 (round to nearest even; no NaN in these tests) and back. */
+static uint16_t bf16_of(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u += 0x7FFFu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+static float float_of_bf16(uint16_t h)
+{
+    const uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* n bf16 on the device (the bf16 mode's expert rows), widened. */
+static float *Gbf(const void *dev, size_t n)
+{
+    const uint16_t *h = G(dev, n * 2);
+    float *f = Hf(n);
+    for (size_t i = 0; i < n; i++) f[i] = float_of_bf16(h[i]);
+    return f;
+}
 static int32_t *Gi(const int32_t *dev, size_t n) { return G(dev, n * sizeof(int32_t)); }
 
 static void arena_free(void)
@@ -462,10 +488,11 @@ static void test_embedding(void)
 
 static void test_rmsnorm(void)
 {
-    /* one warp per row (300, 8, 768, 1024 wide), the block-per-row kernels (30: not in
+    /* one warp per row (300, 8, 768, 1024 wide; the backward's dg over blocks of 64 rows:
+     * 300 and 130 rows end in a partial block), the block-per-row kernels (30: not in
      * fours; 1100: more than a warp keeps in registers) */
-    const int shapes[6][2] = {{13, 300}, {40, 8}, {50, 768}, {9, 1024}, {7, 30}, {3, 1100}};
-    for (int c = 0; c < 6; c++) {
+    const int shapes[8][2] = {{13, 300}, {40, 8}, {50, 768}, {9, 1024}, {300, 768}, {130, 1024}, {7, 30}, {3, 1100}};
+    for (int c = 0; c < 8; c++) {
         const int N = shapes[c][0], Dm = shapes[c][1];
         const size_t nd = (size_t)N * Dm;
         float *x = Hrand(nd, 2), *g = Hrand(Dm, 1), *out = Hf(nd), *rstd = Hf(N);
@@ -962,7 +989,8 @@ static void one_expert_ffn_bf16(mk_backend *bf, const char *path, int E, int Dm,
                                           &gds, gx, ga1, ga3, gh, g1, g3, g2, offs, E, Dm, F);
     if (both_ok(r1, r2, "bf16 expert FFN forward + backward")) {
         const char *names[5] = {"y", "dx", "dw1 (accumulated)", "dw3 (accumulated)", "dw2 (accumulated)"};
-        const float *got[5] = {Gf(gy, R * Dm), Gf(gdx, R * Dm), NULL, NULL, NULL};
+        /* y and dx are expert rows: bf16 in this mode */
+        const float *got[5] = {Gbf(gy, R * Dm), Gbf(gdx, R * Dm), NULL, NULL, NULL};
         const float *want[5] = {y, dxp, dw, dw + W, dw + 2 * W};
         const size_t n[5] = {R * Dm, R * Dm, W, W, W};
         float *gw = Gf(gdw, 3 * W);
@@ -977,8 +1005,8 @@ static void one_expert_ffn_bf16(mk_backend *bf, const char *path, int E, int Dm,
         if (r2 == MK_OK)
             r2 = bf->ops->expert_ffn_backward(bf, gdx2, gdw2, gdw2 + W, gdw2 + 2 * W, gdh, gda1, gda3,
                                               gdy, &gds, gx, ga1, ga3, gh, g1, g3, g2, offs, E, Dm, F);
-        tap_ok(r2 == MK_OK && memcmp(Gf(gy2, R * Dm), got[0], R * Dm * 4) == 0 &&
-                   memcmp(Gf(gdx2, R * Dm), got[1], R * Dm * 4) == 0 &&
+        tap_ok(r2 == MK_OK && memcmp(Gbf(gy2, R * Dm), got[0], R * Dm * 4) == 0 &&
+                   memcmp(Gbf(gdx2, R * Dm), got[1], R * Dm * 4) == 0 &&
                    memcmp(Gf(gdw2, 3 * W), gw, 3 * W * 4) == 0,
                "bf16 expert FFN%s (E %d, D %d, F %d): a second run gives the same bits", path, E, Dm, F);
     }
@@ -1126,6 +1154,48 @@ static void test_combine_gates(void)
         int r2 = gpu->ops->combine_backward_gates(gpu, gdg, gdout, gy, gsr, N, K, Dm);
         if (both_ok(r1, r2, "combine_backward_gates"))
             check_arr(Gf(gdg, S), dg, S, RT_EW, AT_EW, "combine_backward_gates N %d K %d D %d", N, K, Dm);
+    }
+    arena_free();
+}
+
+/* The bf16 mode's expert rows (what its expert FFN writes): combine_rows and the gate
+ * gradients read bf16 rows of D when D is a multiple of 8 (16-byte loads, and element by
+ * element off 16-byte alignment), against the CPU on the widened rows; D 30 keeps fp32
+ * rows. Accumulates onto dst; weights given and NULL; dropped choices. */
+static void test_expert_rows_bf16(mk_backend *bf)
+{
+    const int shapes[4][4] = {{50, 3, 768, 0}, {9, 4, 24, 0}, {9, 4, 24, 1}, {20, 2, 30, 0}}; /* N K D off */
+    for (int c = 0; c < 4; c++) {
+        const int N = shapes[c][0], K = shapes[c][1], Dm = shapes[c][2], off = shapes[c][3], S = N * K;
+        const int b16 = Dm % 8 == 0;
+        const size_t ny = (size_t)S * Dm;
+        float *dout = Hrand((size_t)N * Dm, 1), *y = Hrand(ny, 1), *w = Hrand(S, 1);
+        float *acc0 = Hrand((size_t)N * Dm, 1), *acc = Hcopy(acc0, (size_t)N * Dm), *dg = Hf(S);
+        uint16_t *yb = H(ny * 2 + 16);
+        for (size_t i = 0; i < ny; i++) yb[i] = bf16_of(y[i]), y[i] = b16 ? float_of_bf16(yb[i]) : y[i];
+        int32_t *slot_row = Hi(S);
+        for (int i = 0; i < S; i++) slot_row[i] = i % 7 == 3 ? -1 : (i * 5) % S;
+        /* off: every operand 4 bytes past 16-byte alignment */
+        char *gyb = Dz(ny * 4 + 16), *gout = Dz((size_t)N * Dm * 4 + 16), *gacc = Dz((size_t)N * Dm * 4 + 16);
+        float *gy = (float *)(gyb + 4 * off), *gdout = (float *)(gout + 4 * off), *gdst = (float *)(gacc + 4 * off);
+        cudaMemcpy(gy, b16 ? (const void *)yb : (const void *)y, b16 ? ny * 2 : ny * 4, cudaMemcpyHostToDevice);
+        cudaMemcpy(gdout, dout, (size_t)N * Dm * 4, cudaMemcpyHostToDevice);
+        cudaMemcpy(gdst, acc0, (size_t)N * Dm * 4, cudaMemcpyHostToDevice);
+        float *gw = D(w, S * 4), *gdg = Dz(S * 4);
+        int32_t *gsr = D(slot_row, S * 4);
+        for (int withw = 0; withw < 2; withw++) {
+            int r1 = cpu->ops->combine_rows(cpu, acc, y, slot_row, withw ? w : NULL, N, K, Dm);
+            int r2 = bf->ops->combine_rows(bf, gdst, gy, gsr, withw ? gw : NULL, N, K, Dm);
+            if (both_ok(r1, r2, "combine_rows"))
+                check_arr(Gf(gdst, (size_t)N * Dm), acc, (size_t)N * Dm, RT_EW, AT_EW,
+                          "bf16 mode combine_rows (%s rows, N %d K %d D %d%s, weights %s, accumulates)",
+                          b16 ? "bf16" : "fp32", N, K, Dm, off ? ", unaligned" : "", withw ? "given" : "NULL");
+        }
+        int r1 = cpu->ops->combine_backward_gates(cpu, dg, dout, y, slot_row, N, K, Dm);
+        int r2 = bf->ops->combine_backward_gates(bf, gdg, gdout, gy, gsr, N, K, Dm);
+        if (both_ok(r1, r2, "combine_backward_gates"))
+            check_arr(Gf(gdg, S), dg, S, RT_EW, AT_EW, "bf16 mode combine_backward_gates (%s rows, N %d K %d D %d%s)",
+                      b16 ? "bf16" : "fp32", N, K, Dm, off ? ", unaligned" : "");
     }
     arena_free();
 }
@@ -1514,6 +1584,7 @@ int main(void)
     test_grouped_bf16(bf);
     test_grouped_kernels_bf16();
     test_cutlass_kernels();
+    test_expert_rows_bf16(bf);
     test_expert_ffn_bf16(bf, "");
     if (mk_gg_cutlass_available()) {
         /* the same op on our own grouped kernels (the state is made on first use) */

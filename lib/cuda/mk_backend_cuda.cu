@@ -771,48 +771,77 @@ __global__ static void k_rmsnorm_backward_dx(float *dx, const float *dout, const
     for (int i = threadIdx.x; i < D; i += blockDim.x) dxr[i] += (float)(r * g[i] * dy[i] - c * xr[i]);
 }
 
-/* The same, one warp per row (see k_rmsnorm_forward_warp). x and dy are read again for the
- * update, from L1 where the first pass just left them: kept in registers they took 162 per
- * thread and one block per SM. */
 __device__ __forceinline__ float rms_dx1(float dx, double r, float g, float dy, double c, float x)
 {
     return dx + (float)(r * g * dy - c * x);
 }
 
-__global__ static void k_rmsnorm_backward_dx_warp(float *dx, const float *dout, const float *x,
-                                                  const float *g, const float *rstd, int N, int D)
+/* One warp per row (see k_rmsnorm_forward_warp), and dg's partial sums in the same pass:
+ * block b takes the RMS_FUSED_ROWS rows from b * RMS_FUSED_ROWS, its warps rows w, w + 8,
+ * ...; each lane sums dout x rstd for its columns over its warp's rows in double, then the
+ * warps' sums are added in warp order into part[b, :]. dout and x are read once for both
+ * (a separate dg pass read them again: a third of the op's traffic). x and dy are read
+ * twice, the second time from L1: kept in registers they took 162 per thread and one block
+ * per SM. NV float4 per lane (D <= 128 NV). */
+#define RMS_FUSED_ROWS 64
+
+template <int NV>
+__global__ static void __launch_bounds__(TPB)
+k_rmsnorm_backward_fused(float *dx, double *part, const float *dout, const float *x, const float *g,
+                         const float *rstd, int N, int D)
 {
-    const size_t n = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
-    const int lane = threadIdx.x & 31, D4 = D / 4;
-    if (n >= (size_t)N) return;
-    const float4 *xr = (const float4 *)(x + n * D), *dyr = (const float4 *)(dout + n * D);
+    __shared__ double sh[4 * 32 * NV];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x / 32, D4 = D / 4;
     const float4 *g4 = (const float4 *)g;
-    double dot = 0;
+    double dg[4 * NV];
 #pragma unroll
-    for (int t = 0; t < RMS_NV; t++) {
-        const int j = lane + 32 * t;
-        if (j < D4) {
-            const float4 X = xr[j], Y = dyr[j], G = g4[j];
-            dot += (double)G.x * Y.x * X.x + (double)G.y * Y.y * X.y + (double)G.z * Y.z * X.z +
-                   (double)G.w * Y.w * X.w;
+    for (int k = 0; k < 4 * NV; k++) dg[k] = 0;
+    const int n0 = blockIdx.x * RMS_FUSED_ROWS, n1 = min(n0 + RMS_FUSED_ROWS, N);
+    for (int n = n0 + warp; n < n1; n += TPB / 32) {
+        const float4 *xr = (const float4 *)(x + (size_t)n * D), *dyr = (const float4 *)(dout + (size_t)n * D);
+        double dot = 0;
+#pragma unroll
+        for (int t = 0; t < NV; t++) {
+            const int j = lane + 32 * t;
+            if (j < D4) {
+                const float4 X = xr[j], Y = dyr[j], G = g4[j];
+                dot += (double)G.x * Y.x * X.x + (double)G.y * Y.y * X.y + (double)G.z * Y.z * X.z +
+                       (double)G.w * Y.w * X.w;
+            }
+        }
+        dot = warp_sum(dot);
+        const double r = rstd[n], c = r * r * r * dot / D;
+        float4 *o = (float4 *)(dx + (size_t)n * D);
+#pragma unroll
+        for (int t = 0; t < NV; t++) {
+            const int j = lane + 32 * t;
+            if (j < D4) {
+                const float4 X = xr[j], Y = dyr[j], G = g4[j];
+                float4 a = o[j];
+                a.x = rms_dx1(a.x, r, G.x, Y.x, c, X.x);
+                a.y = rms_dx1(a.y, r, G.y, Y.y, c, X.y);
+                a.z = rms_dx1(a.z, r, G.z, Y.z, c, X.z);
+                a.w = rms_dx1(a.w, r, G.w, Y.w, c, X.w);
+                o[j] = a;
+                dg[4 * t] += (double)Y.x * X.x * r;
+                dg[4 * t + 1] += (double)Y.y * X.y * r;
+                dg[4 * t + 2] += (double)Y.z * X.z * r;
+                dg[4 * t + 3] += (double)Y.w * X.w * r;
+            }
         }
     }
-    dot = warp_sum(dot);
-    const double r = rstd[n], c = r * r * r * dot / D;
-    float4 *o = (float4 *)(dx + n * D);
-#pragma unroll 2
-    for (int t = 0; t < RMS_NV; t++) {
-        const int j = lane + 32 * t;
-        if (j < D4) {
-            const float4 X = xr[j], Y = dyr[j], G = g4[j];
-            float4 a = o[j];
-            a.x = rms_dx1(a.x, r, G.x, Y.x, c, X.x);
-            a.y = rms_dx1(a.y, r, G.y, Y.y, c, X.y);
-            a.z = rms_dx1(a.z, r, G.z, Y.z, c, X.z);
-            a.w = rms_dx1(a.w, r, G.w, Y.w, c, X.w);
-            o[j] = a;
+    for (int w = 0; w < TPB / 32; w++) {
+        if (warp == w) {
+#pragma unroll
+            for (int t = 0; t < NV; t++) {
+                const int j = lane + 32 * t;
+                if (j < D4)
+                    for (int k = 0; k < 4; k++) sh[4 * j + k] = (w ? sh[4 * j + k] : 0.0) + dg[4 * t + k];
+            }
         }
+        __syncthreads();
     }
+    for (int cidx = threadIdx.x; cidx < D; cidx += TPB) part[(size_t)blockIdx.x * D + cidx] = sh[cidx];
 }
 
 /* dg sums over tokens in two fixed stages: RMS_CHUNKS blocks of consecutive tokens give
@@ -839,14 +868,14 @@ __global__ static void k_rmsnorm_dg_partial(double *part, const float *dout, con
 /* 32 columns per block (coalesced), 8 threads per column each adding every 8th chunk,
  * then the 8 sums in a fixed order: the partials' loads are in flight together instead
  * of one column's 512 one after another. */
-__global__ static void k_rmsnorm_dg_final(float *dg, const double *part, int D)
+__global__ static void k_rmsnorm_dg_final(float *dg, const double *part, int chunks, int D)
 {
     __shared__ double sh[8][32];
     const int c = blockIdx.x * 32 + threadIdx.x;
     double acc = 0;
     if (c < D) {
 #pragma unroll 8
-        for (int k = threadIdx.y; k < RMS_CHUNKS; k += 8) acc += part[(size_t)k * D + c];
+        for (int k = threadIdx.y; k < chunks; k += 8) acc += part[(size_t)k * D + c];
     }
     sh[threadIdx.y][threadIdx.x] = acc;
     __syncthreads();
@@ -861,19 +890,26 @@ static int cuda_rmsnorm_backward(mk_backend *be, mk_real *dx, mk_real *dg, const
                                  const mk_real *x, const mk_real *g, const mk_real *rstd, int N,
                                  int D)
 {
-    (void)be;
     if (N <= 0 || D <= 0) return MK_OK;
-    if (rms_warp_fits(D, dx, dout, x, g))
-        LAUNCH(k_rmsnorm_backward_dx_warp, (unsigned)((N + RMS_ROWS_PER_BLOCK - 1) / RMS_ROWS_PER_BLOCK),
-               "rmsnorm_backward (dx)", dx, dout, x, g, rstd, N, D);
-    else
-        LAUNCH(k_rmsnorm_backward_dx, (unsigned)N, "rmsnorm_backward (dx)", dx, dout, x, g, rstd, D);
     void *sp;
-    MK_CHECK(scratch_get(impl_of(be), (size_t)RMS_CHUNKS * D * sizeof(double), &sp));
-    k_rmsnorm_dg_partial<<<dim3((unsigned)((D + TPB - 1) / TPB), RMS_CHUNKS), TPB>>>(
-        (double *)sp, dout, x, rstd, N, D);
-    CU_CHECK(cudaGetLastError(), "rmsnorm_backward (dg partials)");
-    k_rmsnorm_dg_final<<<(unsigned)((D + 31) / 32), dim3(32, 8)>>>(dg, (const double *)sp, D);
+    int chunks = RMS_CHUNKS;
+    if (rms_warp_fits(D, dx, dout, x, g)) {
+        chunks = (N + RMS_FUSED_ROWS - 1) / RMS_FUSED_ROWS;
+        MK_CHECK(scratch_get(impl_of(be), (size_t)chunks * D * sizeof(double), &sp));
+        if (D <= 4 * 32 * 6)
+            LAUNCH(k_rmsnorm_backward_fused<6>, (unsigned)chunks, "rmsnorm_backward", dx, (double *)sp, dout, x,
+                   g, rstd, N, D);
+        else
+            LAUNCH(k_rmsnorm_backward_fused<RMS_NV>, (unsigned)chunks, "rmsnorm_backward", dx, (double *)sp,
+                   dout, x, g, rstd, N, D);
+    } else {
+        LAUNCH(k_rmsnorm_backward_dx, (unsigned)N, "rmsnorm_backward (dx)", dx, dout, x, g, rstd, D);
+        MK_CHECK(scratch_get(impl_of(be), (size_t)RMS_CHUNKS * D * sizeof(double), &sp));
+        k_rmsnorm_dg_partial<<<dim3((unsigned)((D + TPB - 1) / TPB), RMS_CHUNKS), TPB>>>(
+            (double *)sp, dout, x, rstd, N, D);
+        CU_CHECK(cudaGetLastError(), "rmsnorm_backward (dg partials)");
+    }
+    k_rmsnorm_dg_final<<<(unsigned)((D + 31) / 32), dim3(32, 8)>>>(dg, (const double *)sp, chunks, D);
     CU_CHECK(cudaGetLastError(), "rmsnorm_backward (dg)");
     return MK_OK;
 }
@@ -1527,6 +1563,95 @@ static int cuda_unpermute_add(mk_backend *be, mk_real *dst, const mk_real *src,
     return MK_OK;
 }
 
+/* ------------------------------------------------------------------ expert rows
+ *
+ * The expert FFN's outputs (y, dxp) are expert rows: in bf16 mode with the fused ops, bf16
+ * rows of D (D a multiple of 8), as the grouped GEMMs' epilogues write them; otherwise fp32.
+ * Only combine_rows and combine_backward_gates read them; both widen each element exactly,
+ * so they do in the same order what the fp32 kernels do on the widened rows. */
+static int rows_bf16(const cuda_impl *im, int D)
+{
+    return im->fused && D % 8 == 0;
+}
+
+/* Eight bf16 as floats. */
+__device__ __forceinline__ void widen8(float *v, uint4 x)
+{
+    const __nv_bfloat162 *h = (const __nv_bfloat162 *)&x;
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        const float2 f = __bfloat1622float2(h[k]);
+        v[2 * k] = f.x, v[2 * k + 1] = f.y;
+    }
+}
+
+/* k_unpermute_add over bf16 rows, eight columns per thread (D8 = D / 8; dst and src
+ * 16-byte aligned). */
+__global__ static void k_combine_rows_bf16(float4 *dst, const uint4 *src, const int32_t *slot_row,
+                                           const float *weights, int N, int K, int D8)
+{
+    GRID_STRIDE(i, (size_t)N * D8)
+    {
+        const size_t n = i / D8, c = i % D8;
+        float4 y0 = dst[2 * i], y1 = dst[2 * i + 1];
+        for (int j = 0; j < K; j++) {
+            const size_t s = n * K + j;
+            const int32_t r = slot_row[s];
+            if (r < 0) continue;
+            const float w = weights ? weights[s] : 1.0f;
+            float x[8];
+            widen8(x, src[(size_t)r * D8 + c]);
+            y0.x += w * x[0], y0.y += w * x[1], y0.z += w * x[2], y0.w += w * x[3];
+            y1.x += w * x[4], y1.y += w * x[5], y1.z += w * x[6], y1.w += w * x[7];
+        }
+        dst[2 * i] = y0, dst[2 * i + 1] = y1;
+    }
+}
+
+/* The same one column at a time, for buffers off 16-byte alignment. */
+__global__ static void k_combine_rows_bf16_1(float *dst, const __nv_bfloat16 *src, const int32_t *slot_row,
+                                             const float *weights, int N, int K, int D)
+{
+    GRID_STRIDE(i, (size_t)N * D)
+    {
+        const size_t n = i / D, c = i % D;
+        float y = dst[i];
+        for (int j = 0; j < K; j++) {
+            const size_t s = n * K + j;
+            const int32_t r = slot_row[s];
+            if (r < 0) continue;
+            y += (weights ? weights[s] : 1.0f) * __bfloat162float(src[(size_t)r * D + c]);
+        }
+        dst[i] = y;
+    }
+}
+
+static int cuda_combine_rows(mk_backend *be, mk_real *dst, const mk_real *src, const int32_t *slot_row,
+                             const mk_real *weights, int N, int K, int D)
+{
+    if (!rows_bf16(impl_of(be), D)) return cuda_unpermute_add(be, dst, src, slot_row, weights, N, K, D);
+    if (N <= 0) return MK_OK;
+    if ((((uintptr_t)dst | (uintptr_t)src) & 15) == 0)
+        LAUNCH(k_combine_rows_bf16, grid_for((size_t)N * D / 8), "combine_rows", (float4 *)dst,
+               (const uint4 *)src, slot_row, weights, N, K, D / 8);
+    else
+        LAUNCH(k_combine_rows_bf16_1, grid_for((size_t)N * D), "combine_rows", dst,
+               (const __nv_bfloat16 *)src, slot_row, weights, N, K, D);
+    return MK_OK;
+}
+
+/* fp32 rows made by the op sequence, rounded in place into the bf16 expert-row format (for
+ * shapes the fused op does not take). */
+static int rows_round(cuda_impl *im, float *p, size_t n, const char *what)
+{
+    if (n == 0) return MK_OK;
+    void *tmp;
+    MK_CHECK(scratch_get(im, n * 2, &tmp));
+    MK_CHECK(mk_cuda_round_bf16(tmp, p, n, what));
+    CU_CHECK(cudaMemcpyAsync(p, tmp, n * 2, cudaMemcpyDeviceToDevice, 0), what);
+    return MK_OK;
+}
+
 /* One warp per choice: the dot product in double, lanes over strided columns, then a fixed
  * shuffle tree (the CPU sums in column order; the float results agree to rounding). */
 __global__ static void k_combine_backward_gates(float *dgates, const float *dout, const float *y,
@@ -1553,12 +1678,44 @@ __global__ static void k_combine_backward_gates(float *dgates, const float *dout
     if (lane == 0) dgates[s] = (float)acc;
 }
 
+/* The same over bf16 rows, eight columns per lane step when vec (dout and y 16-byte
+ * aligned, D a multiple of 8). */
+__global__ static void k_combine_backward_gates_bf16(float *dgates, const float *dout, const __nv_bfloat16 *y,
+                                                     const int32_t *slot_row, int N, int K, int D, int vec)
+{
+    const size_t s = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    const int lane = threadIdx.x % 32;
+    if (s >= (size_t)N * K) return;
+    const float *dy = dout + (s / K) * D;
+    const int32_t r = slot_row[s];
+    double acc = 0;
+    if (r >= 0 && vec) {
+        const uint4 *x8 = (const uint4 *)(y + (size_t)r * D);
+        for (int i = lane; i < D / 8; i += 32) {
+            float b[8];
+            widen8(b, x8[i]);
+            const float4 a0 = ((const float4 *)dy)[2 * i], a1 = ((const float4 *)dy)[2 * i + 1];
+            acc += (double)a0.x * b[0] + (double)a0.y * b[1] + (double)a0.z * b[2] + (double)a0.w * b[3];
+            acc += (double)a1.x * b[4] + (double)a1.y * b[5] + (double)a1.z * b[6] + (double)a1.w * b[7];
+        }
+    } else if (r >= 0) {
+        const __nv_bfloat16 *x = y + (size_t)r * D;
+        for (int i = lane; i < D; i += 32) acc += (double)dy[i] * __bfloat162float(x[i]);
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) dgates[s] = (float)acc;
+}
+
 static int cuda_combine_backward_gates(mk_backend *be, mk_real *dgates, const mk_real *dout,
                                        const mk_real *y, const int32_t *slot_row, int N, int K,
                                        int D)
 {
-    (void)be;
-    if (N > 0 && K > 0) {
+    if (N > 0 && K > 0 && rows_bf16(impl_of(be), D)) {
+        const size_t warps = (size_t)N * K, per_block = TPB / 32;
+        const int vec = (((uintptr_t)dout | (uintptr_t)y) & 15) == 0;
+        LAUNCH(k_combine_backward_gates_bf16, (unsigned)((warps + per_block - 1) / per_block),
+               "combine_backward_gates", dgates, dout, (const __nv_bfloat16 *)y, slot_row, N, K, D, vec);
+    } else if (N > 0 && K > 0) {
         const size_t warps = (size_t)N * K, per_block = TPB / 32;
         const int vec = D % 4 == 0 && (((uintptr_t)dout | (uintptr_t)y) & 15) == 0;
         LAUNCH(k_combine_backward_gates, (unsigned)((warps + per_block - 1) / per_block),
@@ -1625,8 +1782,10 @@ static int cuda_expert_ffn_forward(mk_backend *be, mk_real *y, mk_real *a1, mk_r
                                    const int *offs_host, int E, int D, int F)
 {
     cuda_impl *im = impl_of(be);
-    if (!use_fused_ffn(im, E, D, F, xp, a1, a3, hact))
-        return mk_expert_ffn_forward_ops(be, y, a1, a3, hact, xp, x, w1, w3, w2, offs_host, E, D, F);
+    if (!use_fused_ffn(im, E, D, F, xp, a1, a3, hact)) {
+        MK_CHECK(mk_expert_ffn_forward_ops(be, y, a1, a3, hact, xp, x, w1, w3, w2, offs_host, E, D, F));
+        return rows_bf16(im, D) ? rows_round(im, y, (size_t)offs_host[E] * D, "expert FFN forward: y rows") : MK_OK;
+    }
     if (!im->ffn) MK_CHECK(mk_cuda_ffn_create(&im->ffn));
     return mk_cuda_ffn_forward(im->ffn, y, a1, a3, hact, xp, x, w1, w3, w2, offs_host,
                                E, D, F);
@@ -1640,9 +1799,12 @@ static int cuda_expert_ffn_backward(mk_backend *be, mk_real *dxp, mk_real *dw1, 
                                     const int *offs_host, int E, int D, int F)
 {
     cuda_impl *im = impl_of(be);
-    if (!use_fused_ffn(im, E, D, F, xp, a1, a3, hact))
-        return mk_expert_ffn_backward_ops(be, dxp, dw1, dw3, dw2, dhact, da1, da3, dy, dout, xp, a1,
-                                          a3, hact, w1, w3, w2, offs_host, E, D, F);
+    if (!use_fused_ffn(im, E, D, F, xp, a1, a3, hact)) {
+        MK_CHECK(mk_expert_ffn_backward_ops(be, dxp, dw1, dw3, dw2, dhact, da1, da3, dy, dout, xp, a1,
+                                            a3, hact, w1, w3, w2, offs_host, E, D, F));
+        return rows_bf16(im, D) ? rows_round(im, dxp, (size_t)offs_host[E] * D, "expert FFN backward: dxp rows")
+                                : MK_OK;
+    }
     if (!im->ffn) MK_CHECK(mk_cuda_ffn_create(&im->ffn));
     return mk_cuda_ffn_backward(im->ffn, dxp, dw1, dw3, dw2, dhact, da1, da3, dout, xp,
                                 a1, a3, hact, w1, w3, w2, offs_host, E, D, F);
@@ -1955,6 +2117,7 @@ static void fill_ops(mk_backend_ops *o)
     o->route_plan = cuda_route_plan;
     o->permute_rows = cuda_permute_rows;
     o->unpermute_add = cuda_unpermute_add;
+    o->combine_rows = cuda_combine_rows;
     o->combine_backward_gates = cuda_combine_backward_gates;
     o->swiglu_forward = cuda_swiglu_forward;
     o->swiglu_backward = cuda_swiglu_backward;

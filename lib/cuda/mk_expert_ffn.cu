@@ -3,9 +3,9 @@
  * With R rows, D = d_model, F = the expert hidden size, per layer and step:
  *
  *   forward   xb = bf16(gathered x), kept in xp; a1 = xb W1; a3 = xb W3 (bf16 out);
- *             h = silu(a1) a3 (bf16); y = h W2 (fp32 out)
+ *             h = silu(a1) a3 (bf16); y = h W2 (bf16 out)
  *   backward  dyb = bf16(gathered dout); dh = dyb W2^T (bf16 out); dW2 += h^T dyb;
- *             da1, da3 = swiglu'(dh) (bf16); dxp = da1 W1^T + da3 W3^T (one pass, fp32 out);
+ *             da1, da3 = swiglu'(dh) (bf16); dxp = da1 W1^T + da3 W3^T (one pass, bf16 out);
  *             dW1 += xb^T da1; dW3 += xb^T da3
  *
  * in the order of the op sequence (mk_expert_ffn_backward_ops), so any aliasing of the
@@ -270,7 +270,7 @@ static int check_rows(const int *offs_host, int E, size_t *R)
 /* ------------------------------------------------------------------ the CUTLASS path
  *
  *   forward   xb = bf16(gathered x); w13 = bf16(w1 | w3); a13 = xb w13 (bf16, in a1's
- *             buffer: R x 2F bf16 fill its R x F floats); h = silu(a1) a3; y = h W2 (fp32)
+ *             buffer: R x 2F bf16 fill its R x F floats); h = silu(a1) a3; y = h W2 (bf16)
  *   backward  dyb; dh = dyb W2^T; dW2 += h^T dyb; da13 = swiglu'(dh) (in da1's buffer);
  *             dxp = da13 w13^T (one GEMM over 2F); dW1 += xb^T da13[:, :F]; dW3 likewise
  *             with da13[:, F:]
@@ -309,7 +309,7 @@ static int cl_forward(mk_cuda_ffn *f, float *y, float *a1, float *hact, float *x
                                 2 * F, 0.f));
     k_swiglu13<<<grid_for(R * (F / 8)), TPB>>>((uint4 *)hb, (const uint4 *)a13, R, F / 8);
     CU_CHECK(cudaGetLastError(), "expert FFN forward: SwiGLU");
-    return mk_gg_cutlass_rows(f->cl, y, 0, D, hb, F, w2b, (size_t)F * D, D, 0, offs_host, E, F, D, 0.f);
+    return mk_gg_cutlass_rows(f->cl, y, 1, D, hb, F, w2b, (size_t)F * D, D, 0, offs_host, E, F, D, 0.f);
 }
 
 static int cl_backward(mk_cuda_ffn *f, float *dxp, float *dw1, float *dw3, float *dw2, float *dhact, float *da1,
@@ -333,7 +333,7 @@ static int cl_backward(mk_cuda_ffn *f, float *dxp, float *dw1, float *dw3, float
     k_swiglu13_backward<<<grid_for(R * (F / 8)), TPB>>>((uint4 *)da13, (const uint4 *)dhb, (const uint4 *)a13, R,
                                                         F / 8);
     CU_CHECK(cudaGetLastError(), "expert FFN backward: SwiGLU");
-    MK_CHECK(mk_gg_cutlass_rows(f->cl, dxp, 0, D, da13, 2 * F, w13b, (size_t)D * 2 * F, 2 * F, 1, offs_host, E,
+    MK_CHECK(mk_gg_cutlass_rows(f->cl, dxp, 1, D, da13, 2 * F, w13b, (size_t)D * 2 * F, 2 * F, 1, offs_host, E,
                                 2 * F, D, 0.f));
     MK_CHECK(mk_gg_cutlass_wgrad(f->cl, dw1, xb, D, da13, 2 * F, offs_host, E, D, F));
     return mk_gg_cutlass_wgrad(f->cl, dw3, xb, D, da13 + F, 2 * F, offs_host, E, D, F);
@@ -366,7 +366,7 @@ int mk_cuda_ffn_forward(mk_cuda_ffn *f, float *y, float *a1, float *a3, float *h
     k_swiglu<<<grid_for(n8f ? n8f : nh / 2), TPB>>>((__nv_bfloat162 *)hb, (const __nv_bfloat162 *)a1b,
                                                   (const __nv_bfloat162 *)a3b, nh / 2, n8f);
     CU_CHECK(cudaGetLastError(), "expert FFN forward: SwiGLU");
-    return mk_grouped_gemm_rows_bf16(f->kern, y, 0, hb, w2b, NULL, NULL, 0, offs_host, E, F, D, 0, 0.f);
+    return mk_grouped_gemm_rows_bf16(f->kern, y, 1, hb, w2b, NULL, NULL, 0, offs_host, E, F, D, 0, 0.f);
 }
 
 int mk_cuda_ffn_backward(mk_cuda_ffn *f, float *dxp, float *dw1, float *dw3, float *dw2,
@@ -407,7 +407,7 @@ int mk_cuda_ffn_backward(mk_cuda_ffn *f, float *dxp, float *dw1, float *dw3, flo
                                                            (const __nv_bfloat162 *)a3b, nh / 2, n8b);
     CU_CHECK(cudaGetLastError(), "expert FFN backward: SwiGLU");
     /* dxp = da1 W1^T + da3 W3^T as one product over 2F columns: no second pass over dxp */
-    MK_CHECK(mk_grouped_gemm_rows_bf16(f->kern, dxp, 0, da1b, w1b, da3b, w3b, F, offs_host, E, F, D, 1, 0.f));
+    MK_CHECK(mk_grouped_gemm_rows_bf16(f->kern, dxp, 1, da1b, w1b, da3b, w3b, F, offs_host, E, F, D, 1, 0.f));
     MK_CHECK(mk_grouped_gemm_wgrad_bf16(f->kern, dw1, ws, wsn, xb, da1b, offs_host, E, D, F));
     return mk_grouped_gemm_wgrad_bf16(f->kern, dw3, ws, wsn, xb, da3b, offs_host, E, D, F);
 }

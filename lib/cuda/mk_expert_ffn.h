@@ -10,8 +10,10 @@
  * and hact) is kept as bf16 in the first half of the model's fp32 buffers of the same
  * shape; the backward's scratch (dhact, da1, da3) likewise. (The CUTLASS path keeps gate
  * and up side by side as a13 [R][2F] in all of a1's buffer, and da13 in da1's; a3 and da3
- * are not used.) Outputs (y, dxp) and weight gradients stay fp32; weight gradients
- * accumulate in fp32.
+ * are not used.) The outputs y and dxp are expert rows in the bf16 mode's format (bf16 rows
+ * of D in the first half of the buffer, as the products' epilogues round them: half the
+ * bytes for the GEMM to write and for the combine and gate gradients to read); weight
+ * gradients accumulate in fp32.
  *
  * Deterministic: every kernel writes each output element from one thread, in a fixed order.
  */

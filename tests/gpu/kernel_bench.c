@@ -74,15 +74,15 @@ typedef struct job {
 
 static int j_round(const bufs *g) { return mk_cuda_round_bf16(g->xb, g->xp, (size_t)g->offs[E] * DM, "round"); }
 static int j_a1(const bufs *g) { return mk_grouped_gemm_rows_bf16(g->kern, g->hb, 1, g->xb, g->wb, NULL, NULL, 0, g->offs, E, DM, FF, 0, 0.f); }
-static int j_down(const bufs *g) { return mk_grouped_gemm_rows_bf16(g->kern, g->y, 0, g->hb, g->w2b, NULL, NULL, 0, g->offs, E, FF, DM, 0, 0.f); }
+static int j_down(const bufs *g) { return mk_grouped_gemm_rows_bf16(g->kern, g->y, 1, g->hb, g->w2b, NULL, NULL, 0, g->offs, E, FF, DM, 0, 0.f); }
 static int j_dh(const bufs *g) { return mk_grouped_gemm_rows_bf16(g->kern, g->hb, 1, g->yb, g->w2b, NULL, NULL, 0, g->offs, E, DM, FF, 1, 0.f); }
-static int j_dx(const bufs *g) { return mk_grouped_gemm_rows_bf16(g->kern, g->y, 0, g->db, g->wb, g->d3b, g->wb, FF, g->offs, E, FF, DM, 1, 0.f); }
+static int j_dx(const bufs *g) { return mk_grouped_gemm_rows_bf16(g->kern, g->y, 1, g->db, g->wb, g->d3b, g->wb, FF, g->offs, E, FF, DM, 1, 0.f); }
 static int j_dw2(const bufs *g) { return mk_grouped_gemm_wgrad_bf16(g->kern, g->dw, g->ws, g->wsn, g->hb, g->yb, g->offs, E, FF, DM); }
 static int j_dw1(const bufs *g) { return mk_grouped_gemm_wgrad_bf16(g->kern, g->dw, g->ws, g->wsn, g->xb, g->db, g->offs, E, DM, FF); }
 static int c_a13(const bufs *g) { return mk_gg_cutlass_rows(g->cl, g->a13b, 1, 2 * FF, g->xb, DM, g->w13b, (size_t)DM * 2 * FF, 2 * FF, 0, g->offs, E, DM, 2 * FF, 0.f); }
-static int c_down(const bufs *g) { return mk_gg_cutlass_rows(g->cl, g->y, 0, DM, g->hb, FF, g->w2b, (size_t)FF * DM, DM, 0, g->offs, E, FF, DM, 0.f); }
+static int c_down(const bufs *g) { return mk_gg_cutlass_rows(g->cl, g->y, 1, DM, g->hb, FF, g->w2b, (size_t)FF * DM, DM, 0, g->offs, E, FF, DM, 0.f); }
 static int c_dh(const bufs *g) { return mk_gg_cutlass_rows(g->cl, g->hb, 1, FF, g->yb, DM, g->w2b, (size_t)FF * DM, DM, 1, g->offs, E, DM, FF, 0.f); }
-static int c_dx(const bufs *g) { return mk_gg_cutlass_rows(g->cl, g->y, 0, DM, g->da13b, 2 * FF, g->w13b, (size_t)DM * 2 * FF, 2 * FF, 1, g->offs, E, 2 * FF, DM, 0.f); }
+static int c_dx(const bufs *g) { return mk_gg_cutlass_rows(g->cl, g->y, 1, DM, g->da13b, 2 * FF, g->w13b, (size_t)DM * 2 * FF, 2 * FF, 1, g->offs, E, 2 * FF, DM, 0.f); }
 static int c_dw2(const bufs *g) { return mk_gg_cutlass_wgrad(g->cl, g->dw, g->hb, FF, g->yb, DM, g->offs, E, FF, DM); }
 static int c_dw1(const bufs *g) { return mk_gg_cutlass_wgrad(g->cl, g->dw, g->xb, DM, g->da13b, 2 * FF, g->offs, E, DM, FF); }
 static int j_att_f(const bufs *g) { return mk_flash_attn_forward(g->out, g->state, g->qkv, B, T, DM, H); }
@@ -161,9 +161,9 @@ int main(int argc, char **argv)
     const job jobs[] = {
         {"round expert input rows to bf16 (R x 768)", 0, j_round},
         {"fwd a1 = x W1 (bf16 out, K 768, N 256)", ffn, j_a1},
-        {"fwd y = h W2 (fp32 out, K 256, N 768)", ffn, j_down},
+        {"fwd y = h W2 (bf16 out, K 256, N 768)", ffn, j_down},
         {"bwd dh = dy W2^T (bf16 out, K 768, N 256)", ffn, j_dh},
-        {"bwd dx = da1 W1^T + da3 W3^T (K 2x256)", 2 * ffn, j_dx},
+        {"bwd dx = da1 W1^T + da3 W3^T (bf16 out, K 2x256)", 2 * ffn, j_dx},
         {"bwd dW2 += h^T dy (K 256, N 768)", ffn, j_dw2},
         {"bwd dW1 += x^T da1 (K 768, N 256)", ffn, j_dw1},
         {"attention forward (16 x 1024, 12 heads)", att, j_att_f},
@@ -184,9 +184,9 @@ int main(int argc, char **argv)
         if (mk_gg_cutlass_create(&g->cl) != MK_OK) continue;
         const job cjobs[] = {
             {"fwd a13 = x W13 (bf16 out, K 768, N 512)", 2 * ffn, c_a13},
-            {"fwd y = h W2 (fp32 out, K 256, N 768)", ffn, c_down},
+            {"fwd y = h W2 (bf16 out, K 256, N 768)", ffn, c_down},
             {"bwd dh = dy W2^T (bf16 out, K 768, N 256)", ffn, c_dh},
-            {"bwd dx = da13 W13^T (K 512)", 2 * ffn, c_dx},
+            {"bwd dx = da13 W13^T (bf16 out, K 512)", 2 * ffn, c_dx},
             {"bwd dW2 += h^T dy (K 256, N 768)", ffn, c_dw2},
             {"bwd dW1 += x^T da13[:, :F] (K 768, N 256)", ffn, c_dw1},
         };
