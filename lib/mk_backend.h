@@ -59,6 +59,13 @@ typedef struct mk_backend_ops {
     int (*matmul)(mk_backend *be, mk_real *C, const mk_real *A, const mk_real *B,
                   int M, int N, int K, int trans_a, int trans_b, mk_real alpha, mk_real beta);
 
+    /* Backward of a projection Y [M, N] = X [M, K] W [K, N], both products over the one dY
+     * [M, N]: dW += X^T dY (accumulates), then dX = dY W^T + beta dX. The same results as
+     * those two matmul calls (mk_linear_backward_ops); a backend that rounds its operands
+     * rounds dY once for both. NULL: the model makes the two calls. */
+    int (*linear_backward)(mk_backend *be, mk_real *dX, mk_real *dW, const mk_real *X,
+                           const mk_real *W, const mk_real *dY, int M, int K, int N, mk_real beta);
+
     /* Per-expert GEMMs over rows grouped by expert: rows offs[e]..offs[e+1]-1 of A use
      * W[e]. W is [E, K, N] (C_e = A_e @ W[e]), or [E, N, K] when trans_w (C_e = A_e @ W[e]^T).
      * A is [R, K], C is [R, N], R = offs_host[E]. C = result + beta * C. */
@@ -140,11 +147,13 @@ typedef struct mk_backend_ops {
      * w = weights[n*K+j] or 1 when NULL. (Forward: combine. Backward of permute.) */
     int (*unpermute_add)(mk_backend *be, mk_real *dst, const mk_real *src, const int32_t *slot_row,
                          const mk_real *weights, int N, int K, int D);
-    /* unpermute_add over expert rows: src [R, D] is the output of the expert FFN (its y, or
-     * its dxp) in the backend's expert-row format (see expert_ffn_forward). (Forward: the
-     * combine of y. Backward: the expert input rows' gradient back to the tokens.) */
-    int (*combine_rows)(mk_backend *be, mk_real *dst, const mk_real *src, const int32_t *slot_row,
-                        const mk_real *weights, int N, int K, int D);
+    /* dst[n, :] = base[n, :] + sum_j w * src[slot_row[n*K+j], :] as unpermute_add sums
+     * (base may be dst: accumulate; NULL: from 0), where src [R, D] is the output of the
+     * expert FFN (its y, or its dxp) in the backend's expert-row format (see
+     * expert_ffn_forward). (Forward: the residual plus the combine of y. Backward: the
+     * expert input rows' gradient back to the tokens.) */
+    int (*combine_rows)(mk_backend *be, mk_real *dst, const mk_real *base, const mk_real *src,
+                        const int32_t *slot_row, const mk_real *weights, int N, int K, int D);
     /* dgates[n*K+j] = dot(dout[n, :], y[slot_row[n*K+j], :]), 0 for dropped choices; y is
      * expert rows in the backend's expert-row format. */
     int (*combine_backward_gates)(mk_backend *be, mk_real *dgates, const mk_real *dout,
@@ -227,6 +236,10 @@ int mk_grouped_matmul_by_expert(mk_backend *be, mk_real *C, const mk_real *A, co
                                 const int *offs_host, int E, int K, int N, int trans_w, mk_real beta);
 int mk_grouped_matmul_wgrad_by_expert(mk_backend *be, mk_real *dW, const mk_real *A, const mk_real *dC,
                                       const int *offs_host, int E, int K, int N);
+
+/* linear_backward as two matmul calls (the semantics of ops->linear_backward). */
+int mk_linear_backward_ops(mk_backend *be, mk_real *dX, mk_real *dW, const mk_real *X, const mk_real *W,
+                           const mk_real *dY, int M, int K, int N, mk_real beta);
 
 /* The expert FFN as a sequence of grouped_matmul, swiglu and grouped_matmul_wgrad calls
  * (the semantics of ops->expert_ffn_forward / _backward, for backends without them). */

@@ -592,6 +592,15 @@ static int cpu_unpermute_add(mk_backend *be, mk_real *dst, const mk_real *src,
     return MK_OK;
 }
 
+/* Expert rows are fp32 here: unpermute_add onto base. */
+static int cpu_combine_rows(mk_backend *be, mk_real *dst, const mk_real *base, const mk_real *src,
+                            const int32_t *slot_row, const mk_real *weights, int N, int K, int D)
+{
+    if (base && base != dst) memcpy(dst, base, (size_t)N * D * sizeof *dst);
+    if (!base) memset(dst, 0, (size_t)N * D * sizeof *dst);
+    return cpu_unpermute_add(be, dst, src, slot_row, weights, N, K, D);
+}
+
 static int cpu_combine_backward_gates(mk_backend *be, mk_real *dgates, const mk_real *dout,
                                       const mk_real *y, const int32_t *slot_row, int N, int K,
                                       int D)
@@ -754,7 +763,7 @@ static const mk_backend_ops cpu_ops = {
     .route_plan = cpu_route_plan,
     .permute_rows = cpu_permute_rows,
     .unpermute_add = cpu_unpermute_add,
-    .combine_rows = cpu_unpermute_add, /* expert rows are fp32 here */
+    .combine_rows = cpu_combine_rows,
     .combine_backward_gates = cpu_combine_backward_gates,
     .swiglu_forward = cpu_swiglu_forward,
     .swiglu_backward = cpu_swiglu_backward,

@@ -47,6 +47,13 @@ int mk_grouped_matmul_wgrad_by_expert(mk_backend *be, mk_real *dW, const mk_real
     return MK_OK;
 }
 
+int mk_linear_backward_ops(mk_backend *be, mk_real *dX, mk_real *dW, const mk_real *X, const mk_real *W,
+                           const mk_real *dY, int M, int K, int N, mk_real beta)
+{
+    MK_CHECK(be->ops->matmul(be, dW, X, dY, K, N, M, 1, 0, 1, 1));
+    return be->ops->matmul(be, dX, dY, W, M, K, N, 0, 1, 1, beta);
+}
+
 int mk_expert_ffn_forward_ops(mk_backend *be, mk_real *y, mk_real *a1, mk_real *a3, mk_real *hact,
                               mk_real *xp, const mk_rows_gather *x, const mk_real *w1,
                               const mk_real *w3, const mk_real *w2, const int *offs_host, int E,

@@ -23,6 +23,7 @@ enum {    OP_alloc,
     OP_to_host,
     OP_from_host,
     OP_matmul,
+    OP_linear_backward,
     OP_grouped_matmul,
     OP_grouped_matmul_wgrad,
     OP_add,
@@ -61,6 +62,7 @@ static const char *const op_names[OP_COUNT] = {
     "to_host",
     "from_host",
     "matmul",
+    "linear_backward",
     "grouped_matmul",
     "grouped_matmul_wgrad",
     "add",
@@ -149,6 +151,12 @@ static int p_matmul(mk_backend *be, mk_real *C, const mk_real *A, const mk_real 
 {
     const double t0 = now_s();
     return done(P(be), OP_matmul, t0, P(be)->inner->ops->matmul(P(be)->inner, C, A, B, M, N, K, trans_a, trans_b, alpha, beta));
+}
+
+static int p_linear_backward(mk_backend *be, mk_real *dX, mk_real *dW, const mk_real *X, const mk_real *W, const mk_real *dY, int M, int K, int N, mk_real beta)
+{
+    const double t0 = now_s();
+    return done(P(be), OP_linear_backward, t0, P(be)->inner->ops->linear_backward(P(be)->inner, dX, dW, X, W, dY, M, K, N, beta));
 }
 
 static int p_grouped_matmul(mk_backend *be, mk_real *C, const mk_real *A, const mk_real *W, const int *offs_host, int E, int K, int N, int trans_w, mk_real beta)
@@ -265,10 +273,10 @@ static int p_unpermute_add(mk_backend *be, mk_real *dst, const mk_real *src, con
     return done(P(be), OP_unpermute_add, t0, P(be)->inner->ops->unpermute_add(P(be)->inner, dst, src, slot_row, weights, N, K, D));
 }
 
-static int p_combine_rows(mk_backend *be, mk_real *dst, const mk_real *src, const int32_t *slot_row, const mk_real *weights, int N, int K, int D)
+static int p_combine_rows(mk_backend *be, mk_real *dst, const mk_real *base, const mk_real *src, const int32_t *slot_row, const mk_real *weights, int N, int K, int D)
 {
     const double t0 = now_s();
-    return done(P(be), OP_combine_rows, t0, P(be)->inner->ops->combine_rows(P(be)->inner, dst, src, slot_row, weights, N, K, D));
+    return done(P(be), OP_combine_rows, t0, P(be)->inner->ops->combine_rows(P(be)->inner, dst, base, src, slot_row, weights, N, K, D));
 }
 
 static int p_combine_backward_gates(mk_backend *be, mk_real *dgates, const mk_real *dout, const mk_real *y, const int32_t *slot_row, int N, int K, int D)
@@ -355,6 +363,7 @@ int mk_backend_prof_create(mk_backend *inner, mk_backend **out)
     p->ops.to_host = p_to_host;
     p->ops.from_host = p_from_host;
     p->ops.matmul = p_matmul;
+    p->ops.linear_backward = inner->ops->linear_backward ? p_linear_backward : NULL;
     p->ops.grouped_matmul = p_grouped_matmul;
     p->ops.grouped_matmul_wgrad = p_grouped_matmul_wgrad;
     p->ops.add = p_add;

@@ -401,6 +401,14 @@ int mk_model_zero_grad(mk_model *m)
     return m->be->ops->zero(m->be, m->grads, m->nparams * sizeof(mk_real));
 }
 
+/* The backend's linear_backward where it has one, else the two matmul calls. */
+static int linear_backward(mk_backend *be, mk_real *dX, mk_real *dW, const mk_real *X, const mk_real *W,
+                           const mk_real *dY, int M, int K, int N, mk_real beta)
+{
+    if (be->ops->linear_backward) return be->ops->linear_backward(be, dX, dW, X, W, dY, M, K, N, beta);
+    return mk_linear_backward_ops(be, dX, dW, X, W, dY, M, K, N, beta);
+}
+
 /* ------------------------------------------------------------------ experts */
 
 int mk_expert_ffn_forward(mk_model *m, const layer_params *p, const int *offs, int nexp, int rows,
@@ -496,14 +504,14 @@ static int moe_block_forward(mk_model *m, int l, const layer_params *p, layer_ac
     const int R = a->offs_host[E];
     st->dropped += (long)N * K - R;
 
-    MK_CHECK(o->copy(be, out, a->h, (size_t)N * D * sizeof(mk_real)));
     if (m->ep > 1) {
+        MK_CHECK(o->copy(be, out, a->h, (size_t)N * D * sizeof(mk_real)));
         MK_CHECK(mk_moe_ep_forward(m, l, p, a, N, out));
     } else {
         const mk_rows_gather x = {a->ln2, a->row_slot, NULL, K};
         MK_CHECK(mk_expert_ffn_forward(m, p, a->offs_host, E, R, &x, a->xp, a->a1, a->a3, a->hact,
                                        a->y));
-        MK_CHECK(o->combine_rows(be, out, a->y, a->slot_row, a->gates, N, K, D));
+        MK_CHECK(o->combine_rows(be, out, a->h, a->y, a->slot_row, a->gates, N, K, D));
     }
     if (Fs > 0) {
         MK_CHECK(o->matmul(be, a->sa1, a->ln2, p->shared_w1, N, Fs, D, 0, 0, 1, 0));
@@ -609,9 +617,9 @@ static int moe_block_backward(mk_model *m, int l, const layer_params *p, layer_p
         MK_CHECK(o->matmul(be, s->dln, s->dsa3, p->shared_w3, N, D, Fs, 0, 1, 1, 1));
         MK_CHECK(o->matmul(be, g->shared_w1, a->ln2, s->dsa1, D, Fs, N, 1, 0, 1, 1));
         MK_CHECK(o->matmul(be, g->shared_w3, a->ln2, s->dsa3, D, Fs, N, 1, 0, 1, 1));
-    } else {
+    } else if (m->ep > 1) {
         MK_CHECK(o->zero(be, s->dln, (size_t)N * D * sizeof(mk_real)));
-    }
+    } /* else the combine below writes dln from 0 */
 
     if (m->ep > 1) {
         MK_CHECK(mk_moe_ep_backward(m, l, p, g, a, N));
@@ -620,7 +628,7 @@ static int moe_block_backward(mk_model *m, int l, const layer_params *p, layer_p
         const mk_rows_gather dout = {s->dresid, a->row_slot, a->gates, K};
         MK_CHECK(mk_expert_ffn_backward(m, p, g, offs, E, R, &dout, s->dy, a->xp, a->a1, a->a3,
                                         a->hact, s->dhact, s->da1, s->da3, s->dxp));
-        MK_CHECK(o->combine_rows(be, s->dln, s->dxp, a->slot_row, NULL, N, K, D));
+        MK_CHECK(o->combine_rows(be, s->dln, Fs > 0 ? s->dln : NULL, s->dxp, a->slot_row, NULL, N, K, D));
     }
 
     /* dLBL/dprobs_{n,i} = E f_i / N for every token; f is a constant of the scope. */
@@ -632,8 +640,7 @@ static int moe_block_backward(mk_model *m, int l, const layer_params *p, layer_p
     const mk_real zscale = (mk_real)(m->cfg.router.zloss_coeff * aux_scale / N);
     MK_CHECK(o->router_backward(be, s->dz, s->dgates, s->lbl_ds, zscale, a->probs, a->lse, a->topk,
                                 a->gates, N, E, K, m->cfg.router.norm_topk));
-    MK_CHECK(o->matmul(be, g->router, a->ln2, s->dz, D, E, N, 1, 0, 1, 1));
-    MK_CHECK(o->matmul(be, s->dln, s->dz, p->router, N, D, E, 0, 1, 1, 1));
+    MK_CHECK(linear_backward(be, s->dln, g->router, a->ln2, p->router, s->dz, N, D, E, 1));
     MK_CHECK(o->rmsnorm_backward(be, s->dresid, g->mlp_norm, s->dln, a->h, p->mlp_norm, a->rstd2, N, D));
     return MK_OK;
 }
@@ -646,12 +653,10 @@ static int attention_block_backward(mk_model *m, const layer_params *p, layer_pa
     const mk_backend_ops *o = be->ops;
     scratch *s = &m->s;
     const int N = B * m->T, D = m->D;
-    MK_CHECK(o->matmul(be, s->datty, s->dresid, p->attn_out, N, D, D, 0, 1, 1, 0));
-    MK_CHECK(o->matmul(be, g->attn_out, a->atty, s->dresid, D, D, N, 1, 0, 1, 1));
+    MK_CHECK(linear_backward(be, s->datty, g->attn_out, a->atty, p->attn_out, s->dresid, N, D, D, 0));
     MK_CHECK(o->attention_backward(be, s->dqkv, s->datt, s->datty, a->qkv, a->att, B, m->T, D, m->H));
     MK_CHECK(o->rope_backward(be, s->dqkv, B, m->T, D, m->H, MK_ROPE_THETA));
-    MK_CHECK(o->matmul(be, g->qkv, a->ln1, s->dqkv, D, 3 * D, N, 1, 0, 1, 1));
-    MK_CHECK(o->matmul(be, s->dln, s->dqkv, p->qkv, N, D, 3 * D, 0, 1, 1, 0));
+    MK_CHECK(linear_backward(be, s->dln, g->qkv, a->ln1, p->qkv, s->dqkv, N, D, 3 * D, 0));
     MK_CHECK(o->rmsnorm_backward(be, s->dresid, g->attn_norm, s->dln, a->x_in, p->attn_norm, a->rstd1, N, D));
     return MK_OK;
 }

@@ -226,8 +226,7 @@ int mk_moe_ep_forward(mk_model *m, int l, const layer_params *p, layer_acts *a, 
     const mk_rows_gather x = {e->recv_x, e->row_slot, NULL, K};
     MK_CHECK(mk_expert_ffn_forward(m, p, e->offs, El, (int)rows, &x, e->xp, e->a1, e->a3, e->hact,
                                    e->y));
-    MK_CHECK(o->zero(be, e->partial, R_recv * D * sizeof(mk_real)));
-    MK_CHECK(o->combine_rows(be, e->partial, e->y, e->slot_row, e->recv_g, (int)R_recv, K, D));
+    MK_CHECK(o->combine_rows(be, e->partial, NULL, e->y, e->slot_row, e->recv_g, (int)R_recv, K, D));
 
     /* 4. Back to the senders; each token adds its destinations' rows in rank order. */
     MK_CHECK(exchange(m, e, 1, e->partial, e->back, (size_t)D * sizeof(mk_real), 1));
@@ -256,8 +255,7 @@ int mk_moe_ep_backward(mk_model *m, int l, const layer_params *p, layer_params *
     const mk_rows_gather dout = {e->recv_x, e->row_slot, e->recv_g, K};
     MK_CHECK(mk_expert_ffn_backward(m, p, g, e->offs, El, rows, &dout, e->dy, e->xp, e->a1, e->a3,
                                     e->hact, e->dhact, e->da1, e->da3, e->dxp));
-    MK_CHECK(o->zero(be, e->partial, R_recv * D * sizeof(mk_real)));
-    MK_CHECK(o->combine_rows(be, e->partial, e->dxp, e->slot_row, NULL, (int)R_recv, K, D));
+    MK_CHECK(o->combine_rows(be, e->partial, NULL, e->dxp, e->slot_row, NULL, (int)R_recv, K, D));
 
     /* dx rows and gate gradients back to the senders. */
     MK_CHECK(exchange(m, e, 1, e->partial, e->back, (size_t)D * sizeof(mk_real), 1));

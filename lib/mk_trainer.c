@@ -407,10 +407,10 @@ int mk_trainer_grads(mk_trainer *tr, long step, const int32_t *tokens, const int
     if (hook == HOOK_GRAD) MK_CHECK(hook_poke(tr, mk_model_grads(tr->model), NULL, 1, hook_value));
     if (overlap) {
         MK_CHECK(finish_overlap(tr, step));
-    } else {
+    } else if (tr->nranks > 1) {
         MK_CHECK(check_grads(tr, step));
         MK_CHECK(allreduce_grads(tr));
-    }
+    } /* one rank: no sum to keep a NaN out of; the update's norm finds it (a pass less) */
     MK_CHECK(mk_comm_allreduce_f64(tr->world, &ce, 1));
     MK_CHECK(mk_comm_allreduce_f64(tr->world, tr->lbl_sum, (size_t)L));
     MK_CHECK(mk_comm_allreduce_i64(tr->world, tr->counts, (size_t)L * E));
@@ -462,6 +462,9 @@ int mk_trainer_update(mk_trainer *tr, long step, mk_step_stats *st)
     if (!isfinite(st->loss)) return MK_FAIL(MK_ERR_NUMERIC, "step %ld: loss is %g", step + 1, st->loss);
     st->lr = mk_lr_at(tr->cfg, step);
     MK_CHECK(global_grad_norm(tr, &st->gnorm));
+    /* One rank: its gradient was not checked in the step; a norm that is not finite names
+     * the tensor here (check_grads fails on it). */
+    if (!isfinite(st->gnorm) && tr->nranks == 1) MK_CHECK(check_grads(tr, step));
     /* Every rank's gradient was finite before the all-reduce; a sum can still overflow. */
     if (!isfinite(st->gnorm))
         return MK_FAIL(MK_ERR_NUMERIC, "step %ld: the global gradient norm is %g", step + 1, st->gnorm);

@@ -723,11 +723,20 @@ static void test_permute_combine(void)
         }
     CALL(be->ops->unpermute_add(be, Z, Y, slot_row, w, N, K, D));
     check_arr(Z, wz, (size_t)N * D, EXACT_RTOL, EXACT_ATOL, "unpermute_add accumulates weighted rows");
-    /* the CPU's expert rows are fp32: combine_rows is unpermute_add */
-    mk_real *Z2 = copy_buf(Z, (size_t)N * D);
-    CALL(be->ops->combine_rows(be, Z2, Y, slot_row, w, N, K, D));
-    CALL(be->ops->unpermute_add(be, Z, Y, slot_row, w, N, K, D));
-    tap_ok(memcmp(Z2, Z, sizeof(mk_real) * N * D) == 0, "combine_rows on fp32 expert rows gives unpermute_add's bits");
+    /* the CPU's expert rows are fp32: combine_rows is unpermute_add onto its base (dst
+     * itself, another buffer, or zeros) */
+    {
+        const size_t nd = (size_t)N * D;
+        mk_real *Z2 = copy_buf(Z, nd), *Z3 = rand_buf(nd, 1), *Z4 = rand_buf(nd, 1), *O = RB(nd);
+        CALL(be->ops->combine_rows(be, Z2, Z2, Y, slot_row, w, N, K, D));
+        CALL(be->ops->combine_rows(be, Z3, Z, Y, slot_row, w, N, K, D));
+        CALL(be->ops->combine_rows(be, Z4, NULL, Y, slot_row, NULL, N, K, D));
+        CALL(be->ops->unpermute_add(be, Z, Y, slot_row, w, N, K, D));
+        CALL(be->ops->unpermute_add(be, O, Y, slot_row, NULL, N, K, D));
+        tap_ok(memcmp(Z2, Z, sizeof(mk_real) * nd) == 0 && memcmp(Z3, Z, sizeof(mk_real) * nd) == 0,
+               "combine_rows on fp32 expert rows onto dst or another base gives unpermute_add's bits");
+        tap_ok(memcmp(Z4, O, sizeof(mk_real) * nd) == 0, "combine_rows from a NULL base sums onto zeros");
+    }
 
     mk_real *U = RB((size_t)N * D);
     CALL(be->ops->unpermute_add(be, U, Y, slot_row, w, N, K, D));

@@ -695,6 +695,38 @@ static void test_matmul_bf16(mk_backend *bf)
     arena_free();
 }
 
+/* linear_backward of the bf16 backend (dY rounded once for dW and dX) gives the bits of the
+ * two matmul calls it replaces, and matches the fp32 CPU's two products to bf16 rounding;
+ * 37 x 29 x 53 (counts not in fours) takes the calls themselves. dW accumulates, dX with
+ * beta 0 and 1. */
+static void one_linear_backward_bf16(mk_backend *bf, int M, int K, int N, float beta)
+{
+    const size_t mk = (size_t)M * K, kn = (size_t)K * N, mn = (size_t)M * N;
+    float *X = Hrand(mk, 1), *W = Hrand(kn, 0.3), *dY = Hrand(mn, 1);
+    float *dW = Hrand(kn, 0.5), *dX = Hrand(mk, 0.5);
+    float *gX = D(X, mk * 4), *gW = D(W, kn * 4), *gY = D(dY, mn * 4);
+    float *gdW = D(dW, kn * 4), *gdX = D(dX, mk * 4), *gdW2 = D(dW, kn * 4), *gdX2 = D(dX, mk * 4);
+    int r1 = mk_linear_backward_ops(cpu, dX, dW, X, W, dY, M, K, N, beta);
+    int r2 = bf->ops->linear_backward(bf, gdX, gdW, gX, gW, gY, M, K, N, beta);
+    if (both_ok(r1, r2, "linear_backward")) {
+        const float *gw = Gf(gdW, kn), *gx = Gf(gdX, mk);
+        tap_ok(rel_l2(gw, dW, kn) < 1e-2 && rel_l2(gx, dX, mk) < 1e-2,
+               "bf16 linear_backward %dx%dx%d beta %g: dW (accumulated) and dX match the CPU (rel. L2 %.2e, %.2e)",
+               M, K, N, beta, rel_l2(gw, dW, kn), rel_l2(gx, dX, mk));
+        r2 = mk_linear_backward_ops(bf, gdX2, gdW2, gX, gW, gY, M, K, N, beta);
+        tap_ok(r2 == MK_OK && memcmp(Gf(gdW2, kn), gw, kn * 4) == 0 && memcmp(Gf(gdX2, mk), gx, mk * 4) == 0,
+               "bf16 linear_backward %dx%dx%d beta %g: the bits of the two matmul calls", M, K, N, beta);
+    }
+}
+
+static void test_linear_backward_bf16(mk_backend *bf)
+{
+    one_linear_backward_bf16(bf, 256, 192, 576, 0);
+    one_linear_backward_bf16(bf, 256, 192, 64, 1);
+    one_linear_backward_bf16(bf, 37, 29, 53, 1);
+    arena_free();
+}
+
 /* The bf16 backend's expert GEMMs (mk_grouped_gemm.cu) against the CPU on the same
  * operands rounded to bf16: only the fp32 summation order differs, so the tolerance is
  * fp32's. Shapes cross every tile edge (rows, K and N not multiples of the 128 x 128 x 32
@@ -1183,13 +1215,21 @@ static void test_expert_rows_bf16(mk_backend *bf)
         cudaMemcpy(gdst, acc0, (size_t)N * Dm * 4, cudaMemcpyHostToDevice);
         float *gw = D(w, S * 4), *gdg = Dz(S * 4);
         int32_t *gsr = D(slot_row, S * 4);
-        for (int withw = 0; withw < 2; withw++) {
-            int r1 = cpu->ops->combine_rows(cpu, acc, y, slot_row, withw ? w : NULL, N, K, Dm);
-            int r2 = bf->ops->combine_rows(bf, gdst, gy, gsr, withw ? gw : NULL, N, K, Dm);
+        /* onto dst itself (with and without weights), from a NULL base, from another buffer */
+        char *gbase = Dz((size_t)N * Dm * 4 + 16);
+        float *gb = (float *)(gbase + 4 * off), *base = Hrand((size_t)N * Dm, 1);
+        cudaMemcpy(gb, base, (size_t)N * Dm * 4, cudaMemcpyHostToDevice);
+        static const char *how[4] = {"accumulates, weights given", "accumulates, weights NULL",
+                                     "NULL base, weights given", "another base, weights given"};
+        for (int v = 0; v < 4; v++) {
+            const int withw = v != 1;
+            const float *hb = v < 2 ? acc : v == 2 ? NULL : base, *db = v < 2 ? gdst : v == 2 ? NULL : gb;
+            int r1 = cpu->ops->combine_rows(cpu, acc, hb, y, slot_row, withw ? w : NULL, N, K, Dm);
+            int r2 = bf->ops->combine_rows(bf, gdst, db, gy, gsr, withw ? gw : NULL, N, K, Dm);
             if (both_ok(r1, r2, "combine_rows"))
                 check_arr(Gf(gdst, (size_t)N * Dm), acc, (size_t)N * Dm, RT_EW, AT_EW,
-                          "bf16 mode combine_rows (%s rows, N %d K %d D %d%s, weights %s, accumulates)",
-                          b16 ? "bf16" : "fp32", N, K, Dm, off ? ", unaligned" : "", withw ? "given" : "NULL");
+                          "bf16 mode combine_rows (%s rows, N %d K %d D %d%s, %s)", b16 ? "bf16" : "fp32", N, K,
+                          Dm, off ? ", unaligned" : "", how[v]);
         }
         int r1 = cpu->ops->combine_backward_gates(cpu, dg, dout, y, slot_row, N, K, Dm);
         int r2 = bf->ops->combine_backward_gates(bf, gdg, gdout, gy, gsr, N, K, Dm);
@@ -1580,6 +1620,7 @@ int main(void)
     mk_backend *bf = NULL;
     if (mk_backend_cuda_create(0, 1, &bf) != MK_OK) bail("cuda backend (bf16)");
     test_matmul_bf16(bf);
+    test_linear_backward_bf16(bf);
     test_attention_bf16(bf);
     test_grouped_bf16(bf);
     test_grouped_kernels_bf16();

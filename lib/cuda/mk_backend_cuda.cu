@@ -463,6 +463,27 @@ static int cuda_matmul(mk_backend *be, mk_real *C, const mk_real *A, const mk_re
     return gemm_cm(im, tb, ta, N, M, K, alpha, B, ldb, A, lda, beta, C, N, "matmul");
 }
 
+/* dW += X^T dY and dX = dY W^T + beta dX with dY rounded to bf16 once for both products
+ * (the two matmul calls rounded it twice: for the qkv projection, 226 MB of traffic per
+ * layer at bench-s). The products are those of the two calls. */
+static int cuda_linear_backward(mk_backend *be, mk_real *dX, mk_real *dW, const mk_real *X, const mk_real *W,
+                                const mk_real *dY, int M, int K, int N, mk_real beta)
+{
+    cuda_impl *im = impl_of(be);
+    const size_t mk = (size_t)M * K, mn = (size_t)M * N, kn = (size_t)K * N;
+    if (M <= 0 || K <= 0 || N <= 0 || !im->fused || mk % 4 || mn % 4 || kn % 4 ||
+        (((uintptr_t)X | (uintptr_t)W | (uintptr_t)dY) & 15))
+        return mk_linear_backward_ops(be, dX, dW, X, W, dY, M, K, N, beta);
+    const size_t sy = up256(mn * 2), sx = up256(mk * 2);
+    MK_CHECK(mk_devbuf_reserve(&im->mmb, sy + sx + up256(kn * 2), "linear_backward: bf16 operands"));
+    char *yb = (char *)im->mmb.p, *xb = yb + sy, *wb = xb + sx;
+    MK_CHECK(mk_cuda_round_bf16(yb, dY, mn, "linear_backward: dY to bf16"));
+    MK_CHECK(mk_cuda_round_bf16(xb, X, mk, "linear_backward: X to bf16"));
+    MK_CHECK(mk_cuda_round_bf16(wb, W, kn, "linear_backward: W to bf16"));
+    MK_CHECK(matmul_bf16(im, dW, xb, yb, K, N, M, 1, 0, 1, 1, "linear_backward: dW"));
+    return matmul_bf16(im, dX, yb, wb, M, K, N, 0, 1, 1, beta, "linear_backward: dX");
+}
+
 /* 16-byte loads over the first n4 fours where all three are aligned, then the rest. */
 __global__ static void k_add(float *y, const float *a, const float *b, size_t n, size_t n4)
 {
@@ -1585,15 +1606,17 @@ __device__ __forceinline__ void widen8(float *v, uint4 x)
     }
 }
 
-/* k_unpermute_add over bf16 rows, eight columns per thread (D8 = D / 8; dst and src
- * 16-byte aligned). */
-__global__ static void k_combine_rows_bf16(float4 *dst, const uint4 *src, const int32_t *slot_row,
-                                           const float *weights, int N, int K, int D8)
+/* dst = base + k_unpermute_add's sum over bf16 rows (base NULL: 0; base may be dst), eight
+ * columns per thread (D8 = D / 8; dst, base and src 16-byte aligned). */
+__global__ static void k_combine_rows_bf16(float4 *dst, const float4 *base, const uint4 *src,
+                                           const int32_t *slot_row, const float *weights, int N, int K,
+                                           int D8)
 {
     GRID_STRIDE(i, (size_t)N * D8)
     {
         const size_t n = i / D8, c = i % D8;
-        float4 y0 = dst[2 * i], y1 = dst[2 * i + 1];
+        float4 y0 = make_float4(0.f, 0.f, 0.f, 0.f), y1 = y0;
+        if (base) y0 = base[2 * i], y1 = base[2 * i + 1];
         for (int j = 0; j < K; j++) {
             const size_t s = n * K + j;
             const int32_t r = slot_row[s];
@@ -1609,13 +1632,14 @@ __global__ static void k_combine_rows_bf16(float4 *dst, const uint4 *src, const 
 }
 
 /* The same one column at a time, for buffers off 16-byte alignment. */
-__global__ static void k_combine_rows_bf16_1(float *dst, const __nv_bfloat16 *src, const int32_t *slot_row,
-                                             const float *weights, int N, int K, int D)
+__global__ static void k_combine_rows_bf16_1(float *dst, const float *base, const __nv_bfloat16 *src,
+                                             const int32_t *slot_row, const float *weights, int N, int K,
+                                             int D)
 {
     GRID_STRIDE(i, (size_t)N * D)
     {
         const size_t n = i / D, c = i % D;
-        float y = dst[i];
+        float y = base ? base[i] : 0.f;
         for (int j = 0; j < K; j++) {
             const size_t s = n * K + j;
             const int32_t r = slot_row[s];
@@ -1626,16 +1650,20 @@ __global__ static void k_combine_rows_bf16_1(float *dst, const __nv_bfloat16 *sr
     }
 }
 
-static int cuda_combine_rows(mk_backend *be, mk_real *dst, const mk_real *src, const int32_t *slot_row,
-                             const mk_real *weights, int N, int K, int D)
+static int cuda_combine_rows(mk_backend *be, mk_real *dst, const mk_real *base, const mk_real *src,
+                             const int32_t *slot_row, const mk_real *weights, int N, int K, int D)
 {
-    if (!rows_bf16(impl_of(be), D)) return cuda_unpermute_add(be, dst, src, slot_row, weights, N, K, D);
-    if (N <= 0) return MK_OK;
-    if ((((uintptr_t)dst | (uintptr_t)src) & 15) == 0)
+    if (N <= 0 || D <= 0) return MK_OK;
+    if (!rows_bf16(impl_of(be), D)) {
+        if (base && base != dst) MK_CHECK(cuda_copy(be, dst, base, (size_t)N * D * sizeof(float)));
+        if (!base) MK_CHECK(cuda_zero(be, dst, (size_t)N * D * sizeof(float)));
+        return cuda_unpermute_add(be, dst, src, slot_row, weights, N, K, D);
+    }
+    if ((((uintptr_t)dst | (uintptr_t)base | (uintptr_t)src) & 15) == 0)
         LAUNCH(k_combine_rows_bf16, grid_for((size_t)N * D / 8), "combine_rows", (float4 *)dst,
-               (const uint4 *)src, slot_row, weights, N, K, D / 8);
+               (const float4 *)base, (const uint4 *)src, slot_row, weights, N, K, D / 8);
     else
-        LAUNCH(k_combine_rows_bf16_1, grid_for((size_t)N * D), "combine_rows", dst,
+        LAUNCH(k_combine_rows_bf16_1, grid_for((size_t)N * D), "combine_rows", dst, base,
                (const __nv_bfloat16 *)src, slot_row, weights, N, K, D);
     return MK_OK;
 }
@@ -2117,6 +2145,7 @@ static void fill_ops(mk_backend_ops *o)
     o->route_plan = cuda_route_plan;
     o->permute_rows = cuda_permute_rows;
     o->unpermute_add = cuda_unpermute_add;
+    o->linear_backward = cuda_linear_backward;
     o->combine_rows = cuda_combine_rows;
     o->combine_backward_gates = cuda_combine_backward_gates;
     o->swiglu_forward = cuda_swiglu_forward;
