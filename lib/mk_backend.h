@@ -33,12 +33,14 @@
 typedef struct mk_backend mk_backend;
 
 /* Rows gathered from token rows as permute_rows does: row r is w * src[row_slot[r] / K, :]
- * with w = weights[row_slot[r]], or 1 when weights is NULL (the fused expert FFN's input). */
+ * with w = weights[row_slot[r]], or 1 when weights is NULL (the fused expert FFN's input).
+ * src holds N rows (row_slot[r] / K < N). */
 typedef struct mk_rows_gather {
     const mk_real *src;
     const int32_t *row_slot;
     const mk_real *weights;
     int K;
+    int N;
 } mk_rows_gather;
 
 typedef struct mk_backend_ops {

@@ -508,7 +508,7 @@ static int moe_block_forward(mk_model *m, int l, const layer_params *p, layer_ac
         MK_CHECK(o->copy(be, out, a->h, (size_t)N * D * sizeof(mk_real)));
         MK_CHECK(mk_moe_ep_forward(m, l, p, a, N, out));
     } else {
-        const mk_rows_gather x = {a->ln2, a->row_slot, NULL, K};
+        const mk_rows_gather x = {a->ln2, a->row_slot, NULL, K, N};
         MK_CHECK(mk_expert_ffn_forward(m, p, a->offs_host, E, R, &x, a->xp, a->a1, a->a3, a->hact,
                                        a->y));
         MK_CHECK(o->combine_rows(be, out, a->h, a->y, a->slot_row, a->gates, N, K, D));
@@ -625,7 +625,7 @@ static int moe_block_backward(mk_model *m, int l, const layer_params *p, layer_p
         MK_CHECK(mk_moe_ep_backward(m, l, p, g, a, N));
     } else {
         MK_CHECK(o->combine_backward_gates(be, s->dgates, s->dresid, a->y, a->slot_row, N, K, D));
-        const mk_rows_gather dout = {s->dresid, a->row_slot, a->gates, K};
+        const mk_rows_gather dout = {s->dresid, a->row_slot, a->gates, K, N};
         MK_CHECK(mk_expert_ffn_backward(m, p, g, offs, E, R, &dout, s->dy, a->xp, a->a1, a->a3,
                                         a->hact, s->dhact, s->da1, s->da3, s->dxp));
         MK_CHECK(o->combine_rows(be, s->dln, Fs > 0 ? s->dln : NULL, s->dxp, a->slot_row, NULL, N, K, D));

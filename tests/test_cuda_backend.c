@@ -1004,14 +1004,14 @@ static void one_expert_ffn_bf16(mk_backend *bf, const char *path, int E, int Dm,
     float *y = Hf(R * Dm), *a1 = Hf(R * F), *a3 = Hf(R * F), *h = Hf(R * F), *dxp = Hf(R * Dm);
     float *dh = Hf(R * F), *da1 = Hf(R * F), *da3 = Hf(R * F), *dw = Hf(3 * W);
     memcpy(dw, dw0, 3 * W * sizeof *dw);
-    const mk_rows_gather hx = {x, slot, NULL, K}, hd = {dout, slot, gates, K};
+    const mk_rows_gather hx = {x, slot, NULL, K, N}, hd = {dout, slot, gates, K, N};
     int r1 = mk_expert_ffn_forward_ops(cpu, y, a1, a3, h, xp, &hx, w1, w3, w2, offs, E, Dm, F);
     if (r1 == MK_OK)
         r1 = mk_expert_ffn_backward_ops(cpu, dxp, dw, dw + W, dw + 2 * W, dh, da1, da3, dy, &hd, xp,
                                         a1, a3, h, w1, w3, w2, offs, E, Dm, F);
     float *g1 = D(w1, W * 4), *g3 = D(w3, W * 4), *g2 = D(w2, W * 4), *gdw = D(dw0, 3 * W * 4);
-    const mk_rows_gather gxs = {D(x, (size_t)N * Dm * 4), (const int32_t *)D(slot, R * 4 + 4), NULL, K};
-    const mk_rows_gather gds = {D(dout, (size_t)N * Dm * 4), gxs.row_slot, D(gates, (size_t)N * K * 4), K};
+    const mk_rows_gather gxs = {D(x, (size_t)N * Dm * 4), (const int32_t *)D(slot, R * 4 + 4), NULL, K, N};
+    const mk_rows_gather gds = {D(dout, (size_t)N * Dm * 4), gxs.row_slot, D(gates, (size_t)N * K * 4), K, N};
     float *gx = Dz(R * Dm * 4), *gdy = Dz(R * Dm * 4);
     float *gy = Dz(R * Dm * 4), *ga1 = Dz(R * F * 4), *ga3 = Dz(R * F * 4), *gh = Dz(R * F * 4);
     float *gdx = Dz(R * Dm * 4), *gdh = Dz(R * F * 4), *gda1 = Dz(R * F * 4), *gda3 = Dz(R * F * 4);

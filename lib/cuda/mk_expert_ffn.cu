@@ -88,6 +88,30 @@ __global__ static void k_gather_bf16(uint4 *out, const float *src, const int *ro
     }
 }
 
+/* The same from a bf16 copy of the token rows (srcb, D8 chunks of 8 per row): without
+ * weights the bits of k_gather_bf16 (bf16(x) either way); with them bf16(w * bf16(x)), the
+ * product rounded after x was. The copy (half the bytes of the fp32 rows) stays in L2
+ * while the K reads of each row come back for it. */
+__global__ static void k_gather_rows_bf16(uint4 *out, const uint4 *srcb, const int *row_slot,
+                                          const float *weights, int K, size_t R, int D8)
+{
+    GRID_STRIDE(i, R * D8) {
+        const size_t r = i / D8, c = i % D8;
+        const int s = row_slot[r];
+        uint4 v = srcb[(size_t)(s / K) * D8 + c];
+        if (weights) {
+            const float w = weights[s];
+            __nv_bfloat162 *h = (__nv_bfloat162 *)&v;
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                const float2 f = __bfloat1622float2(h[k]);
+                h[k] = __floats2bfloat162_rn(w * f.x, w * f.y);
+            }
+        }
+        out[i] = v;
+    }
+}
+
 /* h = silu(a) b in fp32, rounded once, for one pair. */
 __device__ __forceinline__ __nv_bfloat162 swiglu2(__nv_bfloat162 a, __nv_bfloat162 b)
 {
@@ -242,13 +266,29 @@ static int to_bf16(bf16 *y, const float *x, size_t n, const char *what)
     return mk_cuda_round_bf16(y, x, n, what);
 }
 
-static int gather_bf16(bf16 *out, const mk_rows_gather *g, size_t R, int D, const char *what)
+/* Bytes of workspace gather_bf16 uses for a bf16 copy of the token rows (0: it gathers
+ * from the fp32 rows). */
+static size_t gather_ws(const mk_rows_gather *g, int D)
+{
+    const int ok = g->N > 0 && ((uintptr_t)g->src & 15) == 0;
+    return ok ? up256((size_t)g->N * D * 2) : 0;
+}
+
+/* The rows gathered and rounded: through a bf16 copy of the token rows in ws (gather_ws
+ * bytes) where there is one, else straight from the fp32 rows (each of the R reads of a row
+ * then brings its fp32 bytes from memory: the whole gather took about twice as long). */
+static int gather_bf16(bf16 *out, const mk_rows_gather *g, size_t R, int D, void *ws, const char *what)
 {
     if (R == 0) return MK_OK;
-    const int vec = ((uintptr_t)g->src & 15) == 0;
     const size_t n = R * (size_t)(D / 8);
-    k_gather_bf16<<<grid_for(n), TPB>>>((uint4 *)out, g->src, g->row_slot, g->weights, g->K, R, D / 8,
-                                        vec);
+    if (gather_ws(g, D)) {
+        MK_CHECK(mk_cuda_round_bf16(ws, g->src, (size_t)g->N * D, what));
+        k_gather_rows_bf16<<<grid_for(n), TPB>>>((uint4 *)out, (const uint4 *)ws, g->row_slot, g->weights, g->K,
+                                                 R, D / 8);
+    } else {
+        const int vec = ((uintptr_t)g->src & 15) == 0;
+        k_gather_bf16<<<grid_for(n), TPB>>>((uint4 *)out, g->src, g->row_slot, g->weights, g->K, R, D / 8, vec);
+    }
     CU_CHECK(cudaGetLastError(), what);
     return MK_OK;
 }
@@ -299,10 +339,11 @@ static int cl_forward(mk_cuda_ffn *f, float *y, float *a1, float *hact, float *x
 {
     MK_CHECK(cl_aligned(y, a1, hact, xp, w2));
     const size_t nw = (size_t)E * D * F;
-    MK_CHECK(mk_devbuf_reserve(&f->buf, up256(2 * nw * 2) + up256(nw * 2), "expert FFN workspace"));
-    bf16 *w13b = (bf16 *)f->buf.p, *w2b = (bf16 *)((char *)f->buf.p + up256(2 * nw * 2));
+    const size_t s13 = up256(2 * nw * 2), s2 = up256(nw * 2);
+    MK_CHECK(mk_devbuf_reserve(&f->buf, s13 + s2 + gather_ws(x, D), "expert FFN workspace"));
+    bf16 *w13b = (bf16 *)f->buf.p, *w2b = (bf16 *)((char *)f->buf.p + s13);
     bf16 *xb = (bf16 *)xp, *a13 = (bf16 *)a1, *hb = (bf16 *)hact;
-    MK_CHECK(gather_bf16(xb, x, R, D, "expert FFN forward: input rows"));
+    MK_CHECK(gather_bf16(xb, x, R, D, (char *)f->buf.p + s13 + s2, "expert FFN forward: input rows"));
     MK_CHECK(pack13(w13b, w1, w3, E, D, F, "expert FFN forward: w1 | w3"));
     MK_CHECK(to_bf16(w2b, w2, nw, "expert FFN forward: w2"));
     MK_CHECK(mk_gg_cutlass_rows(f->cl, a13, 1, 2 * F, xb, D, w13b, (size_t)D * 2 * F, 2 * F, 0, offs_host, E, D,
@@ -320,12 +361,13 @@ static int cl_backward(mk_cuda_ffn *f, float *dxp, float *dw1, float *dw3, float
     MK_CHECK(cl_aligned(dxp, dhact, da1, dw2, dw1));
     MK_CHECK(cl_aligned(dw3, xp, a1, hact, w2));
     const size_t nw = (size_t)E * D * F, sx = up256(R * D * 2), s13 = up256(2 * nw * 2);
-    MK_CHECK(mk_devbuf_reserve(&f->buf, sx + s13 + up256(nw * 2), "expert FFN workspace"));
+    MK_CHECK(mk_devbuf_reserve(&f->buf, sx + s13 + up256(nw * 2) + gather_ws(dout, D), "expert FFN workspace"));
     char *base = (char *)f->buf.p;
     bf16 *dyb = (bf16 *)base, *w13b = (bf16 *)(base + sx), *w2b = (bf16 *)(base + sx + s13);
     const bf16 *xb = (const bf16 *)xp, *a13 = (const bf16 *)a1, *hb = (const bf16 *)hact;
     bf16 *dhb = (bf16 *)dhact, *da13 = (bf16 *)da1;
-    MK_CHECK(gather_bf16(dyb, dout, R, D, "expert FFN backward: output gradient rows"));
+    MK_CHECK(gather_bf16(dyb, dout, R, D, base + sx + s13 + up256(nw * 2),
+                         "expert FFN backward: output gradient rows"));
     MK_CHECK(pack13(w13b, w1, w3, E, D, F, "expert FFN backward: w1 | w3"));
     MK_CHECK(to_bf16(w2b, w2, nw, "expert FFN backward: w2"));
     MK_CHECK(mk_gg_cutlass_rows(f->cl, dhb, 1, F, dyb, D, w2b, (size_t)F * D, D, 1, offs_host, E, D, F, 0.f));
@@ -345,17 +387,17 @@ int mk_cuda_ffn_forward(mk_cuda_ffn *f, float *y, float *a1, float *a3, float *h
                         const mk_rows_gather *x, const float *w1, const float *w3, const float *w2,
                         const int *offs_host, int E, int D, int F)
 {
-    size_t R;
+    size_t R = 0;
     MK_CHECK(check_rows(offs_host, E, &R));
     if (R == 0) return MK_OK;
     if (f->cl) return cl_forward(f, y, a1, hact, xp, x, w1, w3, w2, offs_host, E, D, F, R);
     const size_t nw = (size_t)E * D * F, nh = R * F;
     const size_t bytes = 3 * up256(nw * 2);
-    MK_CHECK(mk_devbuf_reserve(&f->buf, bytes, "expert FFN workspace"));
+    MK_CHECK(mk_devbuf_reserve(&f->buf, bytes + gather_ws(x, D), "expert FFN workspace"));
     char *base = (char *)f->buf.p;
     bf16 *xb = (bf16 *)xp, *w1b = (bf16 *)base;
     bf16 *w3b = (bf16 *)(base + up256(nw * 2)), *w2b = (bf16 *)(base + 2 * up256(nw * 2));
-    MK_CHECK(gather_bf16(xb, x, R, D, "expert FFN forward: input rows"));
+    MK_CHECK(gather_bf16(xb, x, R, D, base + bytes, "expert FFN forward: input rows"));
     MK_CHECK(to_bf16(w1b, w1, nw, "expert FFN forward: w1"));
     MK_CHECK(to_bf16(w3b, w3, nw, "expert FFN forward: w3"));
     MK_CHECK(to_bf16(w2b, w2, nw, "expert FFN forward: w2"));
@@ -375,7 +417,7 @@ int mk_cuda_ffn_backward(mk_cuda_ffn *f, float *dxp, float *dw1, float *dw3, flo
                          const float *w1, const float *w3, const float *w2, const int *offs_host,
                          int E, int D, int F)
 {
-    size_t R;
+    size_t R = 0;
     MK_CHECK(check_rows(offs_host, E, &R));
     if (R == 0) return MK_OK;
     if (f->cl)
@@ -385,14 +427,14 @@ int mk_cuda_ffn_backward(mk_cuda_ffn *f, float *dxp, float *dw1, float *dw3, flo
     const size_t wsn = mk_grouped_gemm_wgrad_ws_floats(offs_host, E, D, F);
     const size_t sx = up256(nx * 2), sw = up256(nw * 2);
     const size_t bytes = sx + 3 * sw + up256(wsn * sizeof(float));
-    MK_CHECK(mk_devbuf_reserve(&f->buf, bytes, "expert FFN workspace"));
+    MK_CHECK(mk_devbuf_reserve(&f->buf, bytes + gather_ws(dout, D), "expert FFN workspace"));
     char *base = (char *)f->buf.p;
     const bf16 *xb = (const bf16 *)xp;
     bf16 *dyb = (bf16 *)base;
     bf16 *w1b = (bf16 *)(base + sx), *w3b = (bf16 *)(base + sx + sw);
     bf16 *w2b = (bf16 *)(base + sx + 2 * sw);
     float *ws = (float *)(base + sx + 3 * sw);
-    MK_CHECK(gather_bf16(dyb, dout, R, D, "expert FFN backward: output gradient rows"));
+    MK_CHECK(gather_bf16(dyb, dout, R, D, base + bytes, "expert FFN backward: output gradient rows"));
     MK_CHECK(to_bf16(w1b, w1, nw, "expert FFN backward: w1"));
     MK_CHECK(to_bf16(w3b, w3, nw, "expert FFN backward: w3"));
     MK_CHECK(to_bf16(w2b, w2, nw, "expert FFN backward: w2"));
