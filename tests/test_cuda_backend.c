@@ -1041,6 +1041,16 @@ static void one_expert_ffn_bf16(mk_backend *bf, const char *path, int E, int Dm,
                    memcmp(Gbf(gdx2, R * Dm), got[1], R * Dm * 4) == 0 &&
                    memcmp(Gf(gdw2, 3 * W), gw, 3 * W * 4) == 0,
                "bf16 expert FFN%s (E %d, D %d, F %d): a second run gives the same bits", path, E, Dm, F);
+        /* N = 0: the input rows gathered straight from the fp32 rows, not through the bf16
+         * copy of the token rows: the same bits */
+        mk_rows_gather direct = gxs;
+        direct.N = 0;
+        float *gx3 = Dz(R * Dm * 4), *gy3 = Dz(R * Dm * 4);
+        r2 = bf->ops->expert_ffn_forward(bf, gy3, ga1, ga3, gh, gx3, &direct, g1, g3, g2, offs, E, Dm, F);
+        tap_ok(r2 == MK_OK && memcmp(G(gx3, R * Dm * 2), G(gx, R * Dm * 2), R * Dm * 2) == 0 &&
+                   memcmp(Gbf(gy3, R * Dm), got[0], R * Dm * 4) == 0,
+               "bf16 expert FFN%s (E %d, D %d, F %d): input rows through the bf16 copy of the tokens = gathered from fp32",
+               path, E, Dm, F);
     }
     arena_free();
 }

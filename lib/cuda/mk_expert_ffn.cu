@@ -88,27 +88,15 @@ __global__ static void k_gather_bf16(uint4 *out, const float *src, const int *ro
     }
 }
 
-/* The same from a bf16 copy of the token rows (srcb, D8 chunks of 8 per row): without
- * weights the bits of k_gather_bf16 (bf16(x) either way); with them bf16(w * bf16(x)), the
- * product rounded after x was. The copy (half the bytes of the fp32 rows) stays in L2
- * while the K reads of each row come back for it. */
-__global__ static void k_gather_rows_bf16(uint4 *out, const uint4 *srcb, const int *row_slot,
-                                          const float *weights, int K, size_t R, int D8)
+/* The unweighted gather from a bf16 copy of the token rows (srcb, D8 chunks of 8 per row):
+ * the bits of k_gather_bf16 (bf16(x) either way), with half the bytes for the K reads of
+ * each row. */
+__global__ static void k_gather_rows_bf16(uint4 *out, const uint4 *srcb, const int *row_slot, int K, size_t R,
+                                          int D8)
 {
     GRID_STRIDE(i, R * D8) {
         const size_t r = i / D8, c = i % D8;
-        const int s = row_slot[r];
-        uint4 v = srcb[(size_t)(s / K) * D8 + c];
-        if (weights) {
-            const float w = weights[s];
-            __nv_bfloat162 *h = (__nv_bfloat162 *)&v;
-#pragma unroll
-            for (int k = 0; k < 4; k++) {
-                const float2 f = __bfloat1622float2(h[k]);
-                h[k] = __floats2bfloat162_rn(w * f.x, w * f.y);
-            }
-        }
-        out[i] = v;
+        out[i] = srcb[(size_t)(row_slot[r] / K) * D8 + c];
     }
 }
 
@@ -267,24 +255,24 @@ static int to_bf16(bf16 *y, const float *x, size_t n, const char *what)
 }
 
 /* Bytes of workspace gather_bf16 uses for a bf16 copy of the token rows (0: it gathers
- * from the fp32 rows). */
+ * from the fp32 rows). Weighted rows (the output gradient's, by the gates) are gathered
+ * from the fp32 rows, so that w x is rounded once: from a rounded copy it would be rounded
+ * twice, for about 0.1 ms per step at bench-s. */
 static size_t gather_ws(const mk_rows_gather *g, int D)
 {
-    const int ok = g->N > 0 && ((uintptr_t)g->src & 15) == 0;
+    const int ok = !g->weights && g->N > 0 && ((uintptr_t)g->src & 15) == 0;
     return ok ? up256((size_t)g->N * D * 2) : 0;
 }
 
 /* The rows gathered and rounded: through a bf16 copy of the token rows in ws (gather_ws
- * bytes) where there is one, else straight from the fp32 rows (each of the R reads of a row
- * then brings its fp32 bytes from memory: the whole gather took about twice as long). */
+ * bytes) where there is one, else straight from the fp32 rows. */
 static int gather_bf16(bf16 *out, const mk_rows_gather *g, size_t R, int D, void *ws, const char *what)
 {
     if (R == 0) return MK_OK;
     const size_t n = R * (size_t)(D / 8);
     if (gather_ws(g, D)) {
         MK_CHECK(mk_cuda_round_bf16(ws, g->src, (size_t)g->N * D, what));
-        k_gather_rows_bf16<<<grid_for(n), TPB>>>((uint4 *)out, (const uint4 *)ws, g->row_slot, g->weights, g->K,
-                                                 R, D / 8);
+        k_gather_rows_bf16<<<grid_for(n), TPB>>>((uint4 *)out, (const uint4 *)ws, g->row_slot, g->K, R, D / 8);
     } else {
         const int vec = ((uintptr_t)g->src & 15) == 0;
         k_gather_bf16<<<grid_for(n), TPB>>>((uint4 *)out, g->src, g->row_slot, g->weights, g->K, R, D / 8, vec);

@@ -3,9 +3,8 @@
  * ops->expert_ffn_forward and _backward of mk_backend.h: the routed experts' SwiGLU over
  * rows grouped by expert, with bf16 operands end to end inside the op. The token rows are
  * rounded to bf16 once, then gathered into the input rows (no fp32 copy of the permuted
- * rows is ever written); the output-gradient rows likewise, each gate weight applied to
- * the rounded row and the product rounded again (as frameworks whose activations are bf16
- * do); the weights are
+ * rows is ever written); the output-gradient rows are gathered and rounded in one pass
+ * (each row times its gate weight, rounded once); the weights are
  * rounded once per op, and every product runs on the bf16 grouped GEMMs of
  * mk_grouped_gemm.cu or, where built and on an sm_90 GPU, CUTLASS's (mk_gg_cutlass.h;
  * MOEKIT_NO_CUTLASS=1 keeps ours). The state the backward needs (the input rows xp, a1, a3
