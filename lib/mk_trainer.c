@@ -407,10 +407,11 @@ int mk_trainer_grads(mk_trainer *tr, long step, const int32_t *tokens, const int
     if (hook == HOOK_GRAD) MK_CHECK(hook_poke(tr, mk_model_grads(tr->model), NULL, 1, hook_value));
     if (overlap) {
         MK_CHECK(finish_overlap(tr, step));
-    } else if (tr->nranks > 1) {
-        MK_CHECK(check_grads(tr, step));
+    } else {
+        /* One rank: no sum to keep a NaN out of; the update's norm finds it (a pass less). */
+        if (tr->nranks > 1) MK_CHECK(check_grads(tr, step));
         MK_CHECK(allreduce_grads(tr));
-    } /* one rank: no sum to keep a NaN out of; the update's norm finds it (a pass less) */
+    }
     MK_CHECK(mk_comm_allreduce_f64(tr->world, &ce, 1));
     MK_CHECK(mk_comm_allreduce_f64(tr->world, tr->lbl_sum, (size_t)L));
     MK_CHECK(mk_comm_allreduce_i64(tr->world, tr->counts, (size_t)L * E));

@@ -21,6 +21,10 @@ n_ok=$(grep -c '^ok ' "$tap")
 n_skip=$(grep -c '^ok .*# SKIP' "$tap")
 n_bad=$(grep -c '^not ok ' "$tap")
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo "not a git checkout")
+# The device tool copies the working tree, but its copy of .git can lag it: say when the
+# tracked files are not HEAD's.
+changed=$(git diff --name-only HEAD 2>/dev/null | wc -l)
+[ "${changed:-0}" -gt 0 ] && commit="$commit with $changed tracked files changed"
 
 entry=$(mktemp) || exit 1
 new=$perf.tmp.$$
