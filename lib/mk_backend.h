@@ -184,8 +184,7 @@ typedef struct mk_backend_ops {
                               int D, int F);
     /* dxp written (expert rows, in the format y has), dw1, dw3, dw2 accumulated (+=) from
      * the output gradient rows dy [R, D], gathered as dout says, and the forward's state;
-     * dy, dhact, da1, da3 are scratch. w1, w3, w2 hold the values the forward of that
-     * state saw (a backend may keep what it derived from them in the state). */
+     * dy, dhact, da1, da3 are scratch. */
     int (*expert_ffn_backward)(mk_backend *be, mk_real *dxp, mk_real *dw1, mk_real *dw3,
                                mk_real *dw2, mk_real *dhact, mk_real *da1, mk_real *da3,
                                mk_real *dy, const mk_rows_gather *dout, const mk_real *xp,
