@@ -175,9 +175,10 @@ typedef struct mk_backend_ops {
      * format of the backend's choosing (a backend that rounds its operands can gather
      * straight into the rounded form). y [R, D] is written in the backend's expert-row
      * format, which only combine_rows and combine_backward_gates read: fp32 [R, D] unless
-     * the backend says otherwise (the CUDA backend's bf16 mode: bf16 rows of D, in the first
-     * half of the buffer), so a backend may store its outputs at the precision it computes
-     * them. NULL: the model runs the op sequence (whose rows are fp32). */
+     * the backend says otherwise (the CUDA backend's bf16 mode: bf16 rows when D is a
+     * multiple of 8, in the first half of the buffer), so a backend may store its outputs
+     * at the precision it computes them. NULL: the model runs the op sequence (whose rows
+     * are fp32). */
     int (*expert_ffn_forward)(mk_backend *be, mk_real *y, mk_real *a1, mk_real *a3, mk_real *hact,
                               mk_real *xp, const mk_rows_gather *x, const mk_real *w1,
                               const mk_real *w3, const mk_real *w2, const int *offs_host, int E,
