@@ -290,12 +290,14 @@ static int check_grads_range(mk_trainer *tr, long step, size_t i0, size_t i1)
             while (at < t->numel && isfinite(h[at])) at++;
         double v = h && at < t->numel ? (double)h[at] : NAN;
         free(h);
+        /* one rank has no all-reduce to name */
+        const char *when = tr->nranks > 1 ? " before the all-reduce" : "";
         if (t->expert)
-            return MK_FAIL(MK_ERR_NUMERIC, "step %ld: the gradient of %s holds %g (element %zu, expert %d)"
-                           " before the all-reduce", step + 1, t->name, v, at,
-                           t->dim0_offset + (int)(at / (t->numel / (size_t)t->shape[0])));
-        return MK_FAIL(MK_ERR_NUMERIC, "step %ld: the gradient of %s holds %g (element %zu) before the"
-                       " all-reduce", step + 1, t->name, v, at);
+            return MK_FAIL(MK_ERR_NUMERIC, "step %ld: the gradient of %s holds %g (element %zu, expert %d)%s",
+                           step + 1, t->name, v, at,
+                           t->dim0_offset + (int)(at / (t->numel / (size_t)t->shape[0])), when);
+        return MK_FAIL(MK_ERR_NUMERIC, "step %ld: the gradient of %s holds %g (element %zu)%s", step + 1,
+                       t->name, v, at, when);
     }
     return MK_FAIL(MK_ERR_NUMERIC, "step %ld: the gradient holds a NaN or Inf", step + 1);
 }
