@@ -120,10 +120,14 @@ typedef struct mk_backend_ops {
      * log-sum-exp of each row, topk [N, K] int32 the K experts with the largest probs in
      * descending order (ties to the lower index), gates [N, K] = their probs (renormalised
      * to sum 1 when norm_topk), counts [E] int32 = tokens that chose each expert among their
-     * top-K, psum [E] = sum over tokens of probs (in token order). */
+     * top-K, psum [E] = sum over tokens of probs (in token order). A logit that is not
+     * finite (NaN, +-Inf): with bad NULL the op fails with MK_ERR_NUMERIC; else it writes 1
+     * to bad (backend memory, one int32; 0 when all are finite), keeps every topk entry a
+     * valid expert index and returns MK_OK, so that the caller reads the flag with the
+     * statistics it copies to the host anyway (no wait for the GPU of its own). */
     int (*router_forward)(mk_backend *be, mk_real *probs, mk_real *lse, int32_t *topk,
-                          mk_real *gates, int32_t *counts, mk_real *psum, const mk_real *z,
-                          int N, int E, int K, int norm_topk);
+                          mk_real *gates, int32_t *counts, mk_real *psum, int32_t *bad,
+                          const mk_real *z, int N, int E, int K, int norm_topk);
     /* dz [N, E] (written) from: dgates [N, K] (dL/dgate), the LBL term lbl_ds [E] added to
      * dL/dprobs of every token (may be NULL), and the z-loss term zloss_scale * lse^2
      * (dz += zloss_scale * 2 * lse * probs). */
@@ -185,7 +189,8 @@ typedef struct mk_backend_ops {
                               int D, int F);
     /* dxp written (expert rows, in the format y has), dw1, dw3, dw2 accumulated (+=) from
      * the output gradient rows dy [R, D], gathered as dout says, and the forward's state;
-     * dy, dhact, da1, da3 are scratch. */
+     * dy, dhact, da1, da3 are scratch. w1, w3, w2 hold the values the forward of that
+     * state saw (a backend may keep what it derived from them in the state). */
     int (*expert_ffn_backward)(mk_backend *be, mk_real *dxp, mk_real *dw1, mk_real *dw3,
                                mk_real *dw2, mk_real *dhact, mk_real *da1, mk_real *da3,
                                mk_real *dy, const mk_rows_gather *dout, const mk_real *xp,

@@ -418,8 +418,8 @@ static int cpu_attention_backward(mk_backend *be, mk_real *dqkv, mk_real *datt,
 /* ------------------------------------------------------------------ router */
 
 static int cpu_router_forward(mk_backend *be, mk_real *probs, mk_real *lse, int32_t *topk,
-                              mk_real *gates, int32_t *counts, mk_real *psum, const mk_real *z,
-                              int N, int E, int K, int norm_topk)
+                              mk_real *gates, int32_t *counts, mk_real *psum, int32_t *bad_out,
+                              const mk_real *z, int N, int E, int K, int norm_topk)
 {
     if (E <= 0 || K <= 0 || K > E)
         return MK_FAIL(MK_ERR_INTERNAL, "router_forward: top-%d of %d experts", K, E);
@@ -432,8 +432,10 @@ static int cpu_router_forward(mk_backend *be, mk_real *probs, mk_real *lse, int3
         mk_real *gt = gates + (size_t)n * K;
         /* Softmax and lse in double whatever mk_real is: the router is fp32-or-wider. */
         double mx = zr[0];
-        for (int e = 1; e < E; e++)
+        for (int e = 0; e < E; e++) {
             if (zr[e] > mx) mx = zr[e];
+            if (!isfinite(zr[e])) bad = 1; /* -Inf too: the sum below stays finite */
+        }
         double sum = 0;
         for (int e = 0; e < E; e++) sum += exp((double)zr[e] - mx);
         for (int e = 0; e < E; e++) p[e] = (mk_real)(exp((double)zr[e] - mx) / sum);
@@ -463,7 +465,8 @@ static int cpu_router_forward(mk_backend *be, mk_real *probs, mk_real *lse, int3
         for (int j = 0; j < K; j++)
             gt[j] = norm_topk ? (mk_real)(p[tk[j]] / gs) : p[tk[j]];
     }
-    if (bad) return MK_FAIL(MK_ERR_NUMERIC, "router_forward: non-finite router logits");
+    if (bad && !bad_out) return MK_FAIL(MK_ERR_NUMERIC, "router_forward: non-finite router logits");
+    if (bad_out) *bad_out = bad;
     /* Token-order sums: O(N E), cheap next to the router GEMM, and serial keeps the order. */
     for (int e = 0; e < E; e++) counts[e] = 0;
     for (size_t s = 0; s < (size_t)N * K; s++) counts[topk[s]]++;

@@ -243,10 +243,10 @@ static int p_attention_backward(mk_backend *be, mk_real *dqkv, mk_real *datt, co
     return done(P(be), OP_attention_backward, t0, P(be)->inner->ops->attention_backward(P(be)->inner, dqkv, datt, dout, qkv, att, B, T, D, H));
 }
 
-static int p_router_forward(mk_backend *be, mk_real *probs, mk_real *lse, int32_t *topk, mk_real *gates, int32_t *counts, mk_real *psum, const mk_real *z, int N, int E, int K, int norm_topk)
+static int p_router_forward(mk_backend *be, mk_real *probs, mk_real *lse, int32_t *topk, mk_real *gates, int32_t *counts, mk_real *psum, int32_t *bad, const mk_real *z, int N, int E, int K, int norm_topk)
 {
     const double t0 = now_s();
-    return done(P(be), OP_router_forward, t0, P(be)->inner->ops->router_forward(P(be)->inner, probs, lse, topk, gates, counts, psum, z, N, E, K, norm_topk));
+    return done(P(be), OP_router_forward, t0, P(be)->inner->ops->router_forward(P(be)->inner, probs, lse, topk, gates, counts, psum, bad, z, N, E, K, norm_topk));
 }
 
 static int p_router_backward(mk_backend *be, mk_real *dz, const mk_real *dgates, const mk_real *lbl_ds, mk_real zloss_scale, const mk_real *probs, const mk_real *lse, const int32_t *topk, const mk_real *gates, int N, int E, int K, int norm_topk)

@@ -130,6 +130,27 @@ static void *carve(carver *c, size_t bytes)
 #define CARVE_R(c, n) ((mk_real *)carve((c), (size_t)(n) * sizeof(mk_real)))
 #define CARVE_I(c, n) ((int32_t *)carve((c), (size_t)(n) * sizeof(int32_t)))
 
+/* Where the router's statistics lie in their per-layer block (byte offsets, each a multiple
+ * of 16): the forward copies offs, the non-finite flag, counts, psum and lse to the host in
+ * one copy, the only wait for the GPU in the layer (the expert GEMMs' sizes are needed on
+ * the host). One copy each cost a round trip to the GPU, five per layer. */
+typedef struct stats_layout { size_t bad, counts, psum, lse, bytes; } stats_layout;
+
+_Static_assert(sizeof(int) == sizeof(int32_t), "offs_host (int) aliases the int32 offsets");
+
+static size_t up16(size_t b) { return (b + 15) & ~(size_t)15; }
+
+static stats_layout route_stats_layout(size_t E, size_t N)
+{
+    stats_layout s;
+    s.bad = (E + 1) * sizeof(int32_t);
+    s.counts = up16(s.bad + sizeof(int32_t));
+    s.psum = up16(s.counts + E * sizeof(int32_t));
+    s.lse = up16(s.psum + E * sizeof(mk_real));
+    s.bytes = up16(s.lse + N * sizeof(mk_real));
+    return s;
+}
+
 static void carve_acts(mk_model *m, carver *c)
 {
     const size_t N = (size_t)m->Bmax * m->T, D = m->D, E = m->E, K = m->K, F = m->F,
@@ -147,12 +168,15 @@ static void carve_acts(mk_model *m, carver *c)
         a->rstd2 = CARVE_R(c, N);
         a->z = CARVE_R(c, N * E);
         a->probs = CARVE_R(c, N * E);
-        a->lse = CARVE_R(c, N);
         a->gates = CARVE_R(c, N * K);
-        a->psum = CARVE_R(c, E);
         a->topk = CARVE_I(c, N * K);
-        a->counts = CARVE_I(c, E);
-        a->offs = CARVE_I(c, E + 1);
+        const stats_layout sl = route_stats_layout(E, N);
+        char *st = carve(c, sl.bytes);
+        a->offs = (int32_t *)st;
+        a->bad = (int32_t *)(st + sl.bad);
+        a->counts = (int32_t *)(st + sl.counts);
+        a->psum = (mk_real *)(st + sl.psum);
+        a->lse = (mk_real *)(st + sl.lse);
         a->row_slot = CARVE_I(c, R);
         a->slot_row = CARVE_I(c, R);
         a->xp = CARVE_R(c, R * D);
@@ -254,7 +278,9 @@ int mk_model_create_ep(const mk_config *cfg, mk_backend *be, const mk_comm *ep, 
     const size_t N = (size_t)m->Bmax * m->T;
     for (int l = 0; l < m->L; l++) {
         layer_acts *a = &m->acts[l];
-        a->offs_host = calloc((size_t)m->E + 1, sizeof *a->offs_host);
+        a->stats_bytes = route_stats_layout((size_t)m->E, N).bytes;
+        a->stats_host = calloc(1, a->stats_bytes);
+        a->offs_host = a->stats_host;
         a->f = calloc((size_t)m->E, sizeof *a->f);
         a->f_micro = calloc((size_t)m->E, sizeof *a->f_micro);
         a->psum_h = calloc((size_t)m->E, sizeof *a->psum_h);
@@ -262,7 +288,6 @@ int mk_model_create_ep(const mk_config *cfg, mk_backend *be, const mk_comm *ep, 
     }
     m->lbl_host = calloc((size_t)m->L, sizeof *m->lbl_host);
     m->counts_host = calloc((size_t)m->L * m->E, sizeof *m->counts_host);
-    m->psum_host = calloc((size_t)m->E, sizeof *m->psum_host);
     m->host_n = calloc(N, sizeof *m->host_n);
     m->lbl_ds_host = calloc((size_t)m->E, sizeof *m->lbl_ds_host);
     m->targets_host = calloc(N, sizeof *m->targets_host);
@@ -272,7 +297,7 @@ int mk_model_create_ep(const mk_config *cfg, mk_backend *be, const mk_comm *ep, 
     m->dgates_h = calloc(N * m->K, sizeof *m->dgates_h);
     if (m->ep > 1 && !(m->epl = calloc((size_t)m->L, sizeof *m->epl))) goto nomem;
     if (!m->topk_h || !m->slot_h || !m->gates_h || !m->dgates_h) goto nomem;
-    if (!m->lbl_host || !m->counts_host || !m->psum_host || !m->host_n || !m->lbl_ds_host ||
+    if (!m->lbl_host || !m->counts_host || !m->host_n || !m->lbl_ds_host ||
         !m->targets_host)
         goto nomem;
     *out = m;
@@ -297,7 +322,7 @@ void mk_model_destroy(mk_model **mp)
     ops->free(m->be, m->arena);
     if (m->acts)
         for (int l = 0; l < m->L; l++) {
-            free(m->acts[l].offs_host);
+            free(m->acts[l].stats_host);
             free(m->acts[l].f);
             free(m->acts[l].f_micro);
             free(m->acts[l].psum_h);
@@ -309,7 +334,6 @@ void mk_model_destroy(mk_model **mp)
     free(m->roles);
     free(m->lbl_host);
     free(m->counts_host);
-    free(m->psum_host);
     free(m->host_n);
     free(m->lbl_ds_host);
     free(m->targets_host);
@@ -488,19 +512,19 @@ static int moe_block_forward(mk_model *m, int l, const layer_params *p, layer_ac
 
     MK_CHECK(o->rmsnorm_forward(be, a->ln2, a->rstd2, a->h, p->mlp_norm, N, D));
     MK_CHECK(o->matmul(be, a->z, a->ln2, p->router, N, E, D, 0, 0, 1, 0));
-    /* One pass over [N, E] logits per layer: a NaN or Inf here would otherwise turn into
-     * routing by whatever order NaN compares in, long before the loss shows it. */
-    int bad = 0;
-    MK_CHECK(o->nonfinite(be, a->z, (size_t)N * E, &bad));
-    if (bad) return fail_logits(m, l, a->z, N, E);
-    MK_CHECK(o->router_forward(be, a->probs, a->lse, a->topk, a->gates, a->counts, a->psum, a->z,
-                               N, E, K, m->cfg.router.norm_topk));
+    MK_CHECK(o->router_forward(be, a->probs, a->lse, a->topk, a->gates, a->counts, a->psum, a->bad,
+                               a->z, N, E, K, m->cfg.router.norm_topk));
 
     int capacity = 0;
     if (m->cfg.router.capacity_factor > 0)
         capacity = (int)ceil(m->cfg.router.capacity_factor * (double)N * K / E);
     MK_CHECK(o->route_plan(be, a->offs, a->row_slot, a->slot_row, a->topk, N, E, K, capacity));
-    MK_CHECK(o->to_host(be, a->offs_host, a->offs, (size_t)(E + 1) * sizeof(int32_t)));
+    /* offs, the flag, counts, psum, lse: one copy. A NaN or Inf logit would otherwise turn
+     * into routing by whatever order NaN compares in, long before the loss shows it; the
+     * router kept every choice a valid expert, and nothing has used them yet. */
+    const stats_layout sl = route_stats_layout((size_t)E, (size_t)N);
+    MK_CHECK(o->to_host(be, a->stats_host, a->offs, sl.lse + (size_t)N * sizeof(mk_real)));
+    if (*(const int32_t *)((const char *)a->stats_host + sl.bad)) return fail_logits(m, l, a->z, N, E);
     const int R = a->offs_host[E];
     st->dropped += (long)N * K - R;
 
@@ -522,9 +546,10 @@ static int moe_block_forward(mk_model *m, int l, const layer_params *p, layer_ac
 
     /* Statistics: counts and mean router probabilities make the LBL of the scope. */
     int32_t *counts = m->counts_host + (size_t)l * E;
-    MK_CHECK(o->to_host(be, counts, a->counts, (size_t)E * sizeof(int32_t)));
-    MK_CHECK(o->to_host(be, m->psum_host, a->psum, (size_t)E * sizeof(mk_real)));
-    for (int i = 0; i < E; i++) a->psum_h[i] = m->psum_host[i];
+    const char *sh = a->stats_host;
+    memcpy(counts, sh + sl.counts, (size_t)E * sizeof(int32_t));
+    const mk_real *psum = (const mk_real *)(sh + sl.psum), *lse = (const mk_real *)(sh + sl.lse);
+    for (int i = 0; i < E; i++) a->psum_h[i] = psum[i];
     /* The scope's f comes after the last layer (mk_lbl_commit: one all-reduce for all). */
     if (lbl)
         MK_CHECK(mk_lbl_record(lbl, l, counts, N, a->f_micro));
@@ -532,9 +557,8 @@ static int moe_block_forward(mk_model *m, int l, const layer_params *p, layer_ac
         for (int i = 0; i < E; i++) a->f_micro[i] = (double)counts[i] / ((double)K * N);
 
     /* Reported even when its coefficient is 0: large router logits show up here first. */
-    MK_CHECK(o->to_host(be, m->host_n, a->lse, (size_t)N * sizeof(mk_real)));
     double z2 = 0;
-    for (int n = 0; n < N; n++) z2 += (double)m->host_n[n] * m->host_n[n];
+    for (int n = 0; n < N; n++) z2 += (double)lse[n] * lse[n];
     st->zloss += z2 / N;
     return MK_OK;
 }

@@ -30,9 +30,12 @@ typedef struct layer_acts {
     mk_real *ln1, *rstd1, *qkv, *att, *atty, *h, *ln2, *rstd2;
     mk_real *z, *probs, *lse, *gates, *psum;
     int32_t *topk, *counts, *offs, *row_slot, *slot_row;
+    int32_t *bad;                       /* router logits not finite (flag), beside offs */
     mk_real *xp, *a1, *a3, *hact, *y;   /* [N*K, D|F] rows grouped by expert */
     mk_real *sa1, *sa3, *sh;            /* shared expert [N, Fs] */
-    int *offs_host;                     /* [E+1] host copy, sizes of the expert GEMMs */
+    void *stats_host;                   /* host copy of the routing statistics block */
+    size_t stats_bytes;                 /* (offs, bad, counts, psum, lse: one copy per layer) */
+    int *offs_host;                     /* [E+1] in stats_host, sizes of the expert GEMMs */
     double *f, *f_micro;                /* [E] host: LBL f of the scope, and of the micro-batch */
     double *psum_h;                     /* [E] host: sum of router probabilities over tokens */
 } layer_acts;
@@ -92,8 +95,7 @@ struct mk_model {
     /* host side */
     double *lbl_host;                   /* [L] */
     int32_t *counts_host;               /* [L, E] */
-    mk_real *psum_host;                 /* [E] */
-    mk_real *host_n;                    /* [N] lse or losses */
+    mk_real *host_n;                    /* [N] losses */
     mk_real *lbl_ds_host;               /* [E] */
     int32_t *targets_host;              /* [N] last forward's targets */
     int last_B;                         /* sequences in the last forward, 0 = none */

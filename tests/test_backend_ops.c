@@ -521,7 +521,7 @@ static void test_router_forward(mk_backend *be3)
         for (int n = 0; n < N; n++) wpsum[e] += wp[n * E + e];
     for (int norm = 0; norm < 2; norm++) {
         for (int e = 0; e < E; e++) counts[e] = -5;
-        CALL(be->ops->router_forward(be, probs, lse, topk, gates, counts, psum, z, N, E, K, norm));
+        CALL(be->ops->router_forward(be, probs, lse, topk, gates, counts, psum, NULL, z, N, E, K, norm));
         tap_ok(same_bits(topk, want_topk, sizeof want_topk), "router_forward norm_topk %d: topk order and ties", norm);
         tap_ok(same_bits(counts, want_counts, sizeof want_counts), "router_forward norm_topk %d: counts", norm);
         check_arr(probs, wp, N * E, 1e-14, 1e-16, "router_forward probs");
@@ -539,20 +539,40 @@ static void test_router_forward(mk_backend *be3)
     /* Large logits: the max is subtracted, nothing overflows. */
     mk_real zb[3] = {1000, 999, -1000}, pb[3], lb[1], gb[1], sb[3];
     int32_t tb[1], cb[3];
-    CALL(be->ops->router_forward(be, pb, lb, tb, gb, cb, sb, zb, 1, 3, 1, 0));
+    CALL(be->ops->router_forward(be, pb, lb, tb, gb, cb, sb, NULL, zb, 1, 3, 1, 0));
     tap_close(lb[0], 1000 + log1p(exp(-1.0)), 1e-15, 0, "router_forward lse of large logits");
     tap_close(pb[1], exp(-1.0) / (1 + exp(-1.0)), 1e-14, 0, "router_forward probs of large logits");
     zb[1] = NAN;
-    tap_ok(be->ops->router_forward(be, pb, lb, tb, gb, cb, sb, zb, 1, 3, 1, 0) == MK_ERR_NUMERIC,
+    tap_ok(be->ops->router_forward(be, pb, lb, tb, gb, cb, sb, NULL, zb, 1, 3, 1, 0) == MK_ERR_NUMERIC,
            "router_forward reports NaN logits");
+    /* Given a flag: 1 for NaN, +Inf and a lone -Inf (whose softmax sum stays finite), every
+     * choice still a valid expert and the counts complete; 0 again for finite logits. */
+    const mk_real nonfin[3] = {NAN, INFINITY, -INFINITY};
+    for (int i = 0; i < 3; i++) {
+        mk_real zf[2 * 3] = {1, 2, 3, 0.5, 0.25, 0};
+        int32_t tf[2 * 2], cf[3], flag = -1;
+        mk_real pf[2 * 3], lf[2], gf[2 * 2], sf[3];
+        zf[4] = nonfin[i];
+        int rc = be->ops->router_forward(be, pf, lf, tf, gf, cf, sf, &flag, zf, 2, 3, 2, 0);
+        int valid = 1;
+        for (int j = 0; j < 4; j++) valid &= tf[j] >= 0 && tf[j] < 3;
+        tap_ok(rc == MK_OK && flag == 1 && valid && cf[0] + cf[1] + cf[2] == 4,
+               "router_forward with a flag: logit %g sets it (rc %d, flag %d), choices valid and counted", (double)nonfin[i], rc,
+               (int)flag);
+    }
+    zb[1] = 999;
+    int32_t flag = -1;
+    tap_ok(be->ops->router_forward(be, pb, lb, tb, gb, cb, sb, &flag, zb, 1, 3, 1, 0) == MK_OK && flag == 0 &&
+               tb[0] == 0,
+           "router_forward with a flag: 0 for finite logits");
 
     /* Random case: the topk are the K largest, descending; 3 threads give the same bits. */
     enum { N2 = 50, E2 = 8, K2 = 3 };
     mk_real *z2 = rand_buf(N2 * E2, 3), *p2 = RB(N2 * E2), *l2 = RB(N2), *g2 = RB(N2 * K2), *s2 = RB(E2);
     mk_real *p3 = RB(N2 * E2), *l3 = RB(N2), *g3 = RB(N2 * K2), *s3 = RB(E2);
     int32_t *t2 = IB(N2 * K2), *c2 = IB(E2), *t3 = IB(N2 * K2), *c3 = IB(E2);
-    CALL(be->ops->router_forward(be, p2, l2, t2, g2, c2, s2, z2, N2, E2, K2, 1));
-    CALL(be3->ops->router_forward(be3, p3, l3, t3, g3, c3, s3, z2, N2, E2, K2, 1));
+    CALL(be->ops->router_forward(be, p2, l2, t2, g2, c2, s2, NULL, z2, N2, E2, K2, 1));
+    CALL(be3->ops->router_forward(be3, p3, l3, t3, g3, c3, s3, NULL, z2, N2, E2, K2, 1));
     int good = 1;
     for (int n = 0; n < N2; n++) {
         const mk_real *p = p2 + n * E2;
@@ -582,7 +602,7 @@ typedef struct {
 static double rb_loss(void *p)
 {
     rb_ctx *c = p;
-    CALL(be->ops->router_forward(be, c->probs, c->lse, c->topk, c->gates, c->counts, c->psum, c->z,
+    CALL(be->ops->router_forward(be, c->probs, c->lse, c->topk, c->gates, c->counts, c->psum, NULL, c->z,
                                  c->N, c->E, c->K, c->norm));
     if (memcmp(c->topk, c->topk0, sizeof(int32_t) * c->N * c->K)) c->topk_changed = 1;
     double L = dot(c->dgates, c->gates, (size_t)c->N * c->K);
@@ -602,7 +622,7 @@ static void router_backward_case(int N, int E, int K, int norm, int with_lbl, mk
     c.topk = IB((size_t)N * K), c.topk0 = IB((size_t)N * K), c.counts = IB(E);
     c.dgates = rand_buf((size_t)N * K, 1);
     c.lbl_ds = with_lbl ? rand_buf(E, 1) : NULL;
-    CALL(be->ops->router_forward(be, c.probs, c.lse, c.topk, c.gates, c.counts, c.psum, c.z, N, E, K, norm));
+    CALL(be->ops->router_forward(be, c.probs, c.lse, c.topk, c.gates, c.counts, c.psum, NULL, c.z, N, E, K, norm));
     memcpy(c.topk0, c.topk, sizeof(int32_t) * N * K);
     mk_real *dz = rand_buf((size_t)N * E, 5); /* written, not accumulated */
     CALL(be->ops->router_backward(be, dz, c.dgates, c.lbl_ds, zloss, c.probs, c.lse, c.topk, c.gates,
@@ -634,7 +654,7 @@ static void test_router_backward(void)
         f[e] = 0.1 + 0.05 * e;
         lds[e] = (mk_real)E * f[e] / N;
     }
-    CALL(be->ops->router_forward(be, probs, lse, topk, gates, counts, psum, z, N, E, K, 0));
+    CALL(be->ops->router_forward(be, probs, lse, topk, gates, counts, psum, NULL, z, N, E, K, 0));
     CALL(be->ops->router_backward(be, dz, dg0, lds, 0, probs, lse, topk, gates, N, E, K, 0));
     for (int n = 0; n < N; n++) {
         double sf = 0;

@@ -1051,6 +1051,18 @@ static void one_expert_ffn_bf16(mk_backend *bf, const char *path, int E, int Dm,
                    memcmp(Gbf(gy3, R * Dm), got[0], R * Dm * 4) == 0,
                "bf16 expert FFN%s (E %d, D %d, F %d): input rows through the bf16 copy of the tokens = gathered from fp32",
                path, E, Dm, F);
+        /* a backward given the same weights in other buffers rounds them itself (the
+         * forward may have left its rounded weights in the state): the same bits */
+        float *c1 = D(w1, W * 4), *c3 = D(w3, W * 4), *c2 = D(w2, W * 4), *gdw3 = D(dw0, 3 * W * 4);
+        float *gdx3 = Dz(R * Dm * 4);
+        r2 = bf->ops->expert_ffn_forward(bf, gy3, ga1, ga3, gh, gx, &gxs, g1, g3, g2, offs, E, Dm, F);
+        if (r2 == MK_OK)
+            r2 = bf->ops->expert_ffn_backward(bf, gdx3, gdw3, gdw3 + W, gdw3 + 2 * W, gdh, gda1, gda3, gdy, &gds, gx,
+                                              ga1, ga3, gh, c1, c3, c2, offs, E, Dm, F);
+        tap_ok(r2 == MK_OK && memcmp(Gbf(gdx3, R * Dm), got[1], R * Dm * 4) == 0 &&
+                   memcmp(Gf(gdw3, 3 * W), gw, 3 * W * 4) == 0,
+               "bf16 expert FFN%s (E %d, D %d, F %d, %zu rows): a backward with the weights in other buffers gives the same bits",
+               path, E, Dm, F, R);
     }
     arena_free();
 }
@@ -1059,6 +1071,9 @@ static void test_expert_ffn_bf16(mk_backend *bf, const char *path)
 {
     const int small[6] = {0, 7, 7, 20, 21, 41};
     one_expert_ffn_bf16(bf, path, 5, 64, 32, small);
+    /* rows enough for the rounded weights (49,152 bytes) to fit in a3's 640 x 32 floats */
+    const int fits[5] = {0, 150, 150, 420, 640};
+    one_expert_ffn_bf16(bf, path, 4, 64, 32, fits);
     int offs[17];
     offs[0] = 0;
     for (int e = 0; e < 16; e++)
@@ -1140,8 +1155,8 @@ static void test_router(void)
             float *gz = D(z, ne * 4), *gprobs = Dz(ne * 4), *glse = Dz(N * 4), *ggates = Dz(nk * 4);
             float *gpsum = Dz(E * 4);
             int32_t *gtopk = Dz(nk * 4), *gcounts = Dz(E * 4);
-            int r1 = cpu->ops->router_forward(cpu, probs, lse, topk, gates, counts, psum, z, N, E, K, norm);
-            int r2 = gpu->ops->router_forward(gpu, gprobs, glse, gtopk, ggates, gcounts, gpsum, gz, N,
+            int r1 = cpu->ops->router_forward(cpu, probs, lse, topk, gates, counts, psum, NULL, z, N, E, K, norm);
+            int r2 = gpu->ops->router_forward(gpu, gprobs, glse, gtopk, ggates, gcounts, gpsum, NULL, gz, N,
                                               E, K, norm);
             if (!both_ok(r1, r2, "router_forward")) continue;
             check_arr(Gf(gprobs, ne), probs, ne, RT_EW, 1e-7, "router_forward N %d E %d K %d norm %d: probs", N, E, K, norm);
@@ -1172,9 +1187,22 @@ static void test_router(void)
     int32_t tk[2], cn[4];
     float *gz = D(z, sizeof z), *gp = Dz(sizeof pr), *gl = Dz(sizeof ls), *gg = Dz(sizeof gt), *gps = Dz(sizeof ps);
     int32_t *gtk = Dz(sizeof tk), *gcn = Dz(sizeof cn);
-    int r1 = cpu->ops->router_forward(cpu, pr, ls, tk, gt, cn, ps, z, 2, 4, 1, 0);
-    int r2 = gpu->ops->router_forward(gpu, gp, gl, gtk, gg, gcn, gps, gz, 2, 4, 1, 0);
+    int r1 = cpu->ops->router_forward(cpu, pr, ls, tk, gt, cn, ps, NULL, z, 2, 4, 1, 0);
+    int r2 = gpu->ops->router_forward(gpu, gp, gl, gtk, gg, gcn, gps, NULL, gz, 2, 4, 1, 0);
     tap_ok(r1 == MK_ERR_NUMERIC && r2 == MK_ERR_NUMERIC, "router_forward: NaN logits are MK_ERR_NUMERIC on both (cpu %d, cuda %d)", r1, r2);
+    /* Given a flag in device memory: set for NaN, +Inf and a lone -Inf, cleared for finite
+     * logits (the flag holds 1 from the call before), counts complete either way. */
+    const float nonfin[4] = {NAN, INFINITY, -INFINITY, 0.5f};
+    int32_t *gflag = Dz(4);
+    for (int i = 0; i < 4; i++) {
+        z[2] = nonfin[i];
+        float *gz2 = D(z, sizeof z);
+        r2 = gpu->ops->router_forward(gpu, gp, gl, gtk, gg, gcn, gps, gflag, gz2, 2, 4, 1, 0);
+        const int32_t *fl = Gi(gflag, 1), *c = Gi(gcn, 4);
+        tap_ok(r2 == MK_OK && *fl == (i < 3) && c[0] + c[1] + c[2] + c[3] == 2,
+               "router_forward with a device flag: logit %g gives flag %d (rc %d), counts complete", (double)nonfin[i],
+               (int)*fl, r2);
+    }
     arena_free();
 }
 

@@ -114,7 +114,7 @@ static void test_router_gradient_formula(void)
     be->ops->alloc(be, N * K * sizeof(int32_t), (void **)&topk);
     be->ops->alloc(be, E * sizeof(int32_t), (void **)&counts);
     be->ops->from_host(be, zd, z, sizeof z);
-    be->ops->router_forward(be, probs, lse, topk, gates, counts, psum, zd, N, E, K, 0);
+    be->ops->router_forward(be, probs, lse, topk, gates, counts, psum, NULL, zd, N, E, K, 0);
     double f[E];
     for (int i = 0; i < E; i++) f[i] = (double)counts[i] / (K * N);
     for (int i = 0; i < E; i++) lbl_ds[i] = (mk_real)(E * f[i] / N);

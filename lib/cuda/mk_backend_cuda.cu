@@ -1195,7 +1195,12 @@ __global__ static void k_router_forward(float *probs, float *lse, int32_t *topk,
     const float *zr = z + nn * E;
     float *p = probs + nn * E;
     double mx = -INFINITY;
-    for (int e = lane; e < E; e += 32) mx = fmax(mx, (double)zr[e]);
+    int nonfin = 0;
+    for (int e = lane; e < E; e += 32) {
+        mx = fmax(mx, (double)zr[e]);
+        nonfin |= !isfinite(zr[e]); /* -Inf too: the sum below stays finite */
+    }
+    if (__any_sync(0xffffffffu, nonfin) && lane == 0) *bad = 1;
 #pragma unroll
     for (int off = 16; off > 0; off /= 2) mx = fmax(mx, __shfl_xor_sync(0xffffffffu, mx, off));
     double sum = 0;
@@ -1270,23 +1275,30 @@ __global__ static void k_router_stats_final(int32_t *counts, float *psum, const 
 }
 
 static int cuda_router_forward(mk_backend *be, mk_real *probs, mk_real *lse, int32_t *topk,
-                               mk_real *gates, int32_t *counts, mk_real *psum, const mk_real *z,
-                               int N, int E, int K, int norm_topk)
+                               mk_real *gates, int32_t *counts, mk_real *psum, int32_t *bad_out,
+                               const mk_real *z, int N, int E, int K, int norm_topk)
 {
     cuda_impl *im = impl_of(be);
     if (E <= 0 || K <= 0 || K > E)
         return MK_FAIL(MK_ERR_INTERNAL, "router_forward: top-%d of %d experts", K, E);
+    /* Given a flag in device memory the op does not wait for the GPU: the model reads the
+     * flag with the routing statistics, one copy per layer instead of one per check. */
+    if (bad_out) CU_CHECK(cudaMemsetAsync(bad_out, 0, sizeof *bad_out), "router_forward: clear flag");
     if (N > 0) {
-        void *sp;
-        MK_CHECK(scratch_get(im, sizeof(int), &sp));
-        CU_CHECK(cudaMemset(sp, 0, sizeof(int)), "router_forward: clear flag");
+        void *sp = bad_out;
+        if (!bad_out) {
+            MK_CHECK(scratch_get(im, sizeof(int), &sp));
+            CU_CHECK(cudaMemset(sp, 0, sizeof(int)), "router_forward: clear flag");
+        }
         const size_t blocks = ((size_t)N * 32 + TPB - 1) / TPB;
         k_router_forward<<<(unsigned)blocks, TPB>>>(probs, lse, topk, gates, z, N, E, K, norm_topk,
                                                    (int *)sp);
         CU_CHECK(cudaGetLastError(), "router_forward");
-        int bad = 0;
-        CU_CHECK(cudaMemcpy(&bad, sp, sizeof bad, cudaMemcpyDeviceToHost), "router_forward: flag");
-        if (bad) return MK_FAIL(MK_ERR_NUMERIC, "router_forward: non-finite router logits");
+        if (!bad_out) {
+            int bad = 0;
+            CU_CHECK(cudaMemcpy(&bad, sp, sizeof bad, cudaMemcpyDeviceToHost), "router_forward: flag");
+            if (bad) return MK_FAIL(MK_ERR_NUMERIC, "router_forward: non-finite router logits");
+        }
     }
     if (N <= 0) { /* no tokens: zero counts and psum, as on the CPU */
         CU_CHECK(cudaMemset(counts, 0, (size_t)E * sizeof *counts), "router_forward (counts)");

@@ -41,7 +41,18 @@ typedef __nv_bfloat16 bf16;
 #define TPB 256
 #define MAX_BLOCKS 65536u
 
+/* Forwards whose rounded weights were left in their a3 buffer (the CUTLASS path), for the
+ * backward that reads that state: one per layer, found by the buffer's address. */
+#define FFN_KEPT 128
+typedef struct ffn_kept {
+    const void *state;               /* the forward's a3 buffer */
+    const float *w1, *w3, *w2;       /* the weights it rounded */
+    int E, D, F;
+} ffn_kept;
+
 struct mk_cuda_ffn {
+    ffn_kept kept[FFN_KEPT];
+    int nkept;
     mk_devbuf buf;     /* bf16 copies, then the weight gradient's fp32 partials */
     mk_gg_kernel kern; /* wgmma where the GPU has it, unless MOEKIT_NO_WGMMA=1 */
     mk_gg_cutlass *cl; /* CUTLASS's grouped GEMMs where built and the GPU is sm_90, unless
@@ -303,8 +314,9 @@ static int check_rows(const int *offs_host, int E, size_t *R)
  *             dxp = da13 w13^T (one GEMM over 2F); dW1 += xb^T da13[:, :F]; dW3 likewise
  *             with da13[:, F:]
  *
- * a3's buffer is not used. Which path runs is fixed when the op's state is made, so a
- * backward always reads the a13 its forward wrote. */
+ * a3's buffer holds the forward's rounded weights w13 | w2 where they fit, for its backward.
+ * Which path runs is fixed when the op's state is made, so a backward always reads the a13
+ * its forward wrote. */
 
 static int pack13(bf16 *w13, const float *w1, const float *w3, int E, int D, int F, const char *what)
 {
@@ -321,17 +333,48 @@ static int cl_aligned(const void *p, const void *q, const void *r, const void *s
     return MK_FAIL(MK_ERR_INTERNAL, "expert FFN: a buffer is not 16-byte aligned (CUTLASS's TMA needs it)");
 }
 
-static int cl_forward(mk_cuda_ffn *f, float *y, float *a1, float *hact, float *xp, const mk_rows_gather *x,
-                      const float *w1, const float *w3, const float *w2, const int *offs_host, int E, int D,
-                      int F, size_t R)
+/* The entry of the forward whose state is a3 (NULL: none), and a free or reusable one. */
+static ffn_kept *kept_find(mk_cuda_ffn *f, const void *a3, int add)
+{
+    for (int i = 0; i < f->nkept; i++)
+        if (f->kept[i].state == a3) return &f->kept[i];
+    if (!add) return NULL;
+    ffn_kept *k = &f->kept[f->nkept < FFN_KEPT ? f->nkept++ : (int)((uintptr_t)a3 / 256 % FFN_KEPT)];
+    k->state = a3;
+    return k;
+}
+
+/* The rounded weights w13 | w2 fit in a3's R x F floats (at bench-s: 75 MB of 134). */
+static int kept_fits(size_t R, int E, int D, int F, const void *a3)
+{
+    const size_t nw = (size_t)E * D * F;
+    return ((uintptr_t)a3 & 15) == 0 && up256(2 * nw * 2) + up256(nw * 2) <= R * F * sizeof(float);
+}
+
+static int cl_forward(mk_cuda_ffn *f, float *y, float *a1, float *a3, float *hact, float *xp,
+                      const mk_rows_gather *x, const float *w1, const float *w3, const float *w2,
+                      const int *offs_host, int E, int D, int F, size_t R)
 {
     MK_CHECK(cl_aligned(y, a1, hact, xp, w2));
     const size_t nw = (size_t)E * D * F;
     const size_t s13 = up256(2 * nw * 2), s2 = up256(nw * 2);
-    MK_CHECK(mk_devbuf_reserve(&f->buf, s13 + s2 + gather_ws(x, D), "expert FFN workspace"));
-    bf16 *w13b = (bf16 *)f->buf.p, *w2b = (bf16 *)((char *)f->buf.p + s13);
+    /* The rounded weights go to a3's buffer, unused on this path, where they fit: the
+     * backward, whose weights are the forward's, then reads them instead of rounding the
+     * same weights again (225 MB of traffic per layer at bench-s). */
+    const int keep = kept_fits(R, E, D, F, a3);
+    const size_t wbytes = keep ? 0 : s13 + s2;
+    MK_CHECK(mk_devbuf_reserve(&f->buf, wbytes + gather_ws(x, D), "expert FFN workspace"));
+    char *wbase = keep ? (char *)a3 : (char *)f->buf.p;
+    bf16 *w13b = (bf16 *)wbase, *w2b = (bf16 *)(wbase + s13);
     bf16 *xb = (bf16 *)xp, *a13 = (bf16 *)a1, *hb = (bf16 *)hact;
-    MK_CHECK(gather_bf16(xb, x, R, D, (char *)f->buf.p + s13 + s2, "expert FFN forward: input rows"));
+    ffn_kept *k = kept_find(f, a3, keep);
+    if (k && keep) {
+        k->w1 = w1, k->w3 = w3, k->w2 = w2;
+        k->E = E, k->D = D, k->F = F;
+    } else if (k) {
+        k->state = NULL;
+    }
+    MK_CHECK(gather_bf16(xb, x, R, D, (char *)f->buf.p + wbytes, "expert FFN forward: input rows"));
     MK_CHECK(pack13(w13b, w1, w3, E, D, F, "expert FFN forward: w1 | w3"));
     MK_CHECK(to_bf16(w2b, w2, nw, "expert FFN forward: w2"));
     MK_CHECK(mk_gg_cutlass_rows(f->cl, a13, 1, 2 * F, xb, D, w13b, (size_t)D * 2 * F, 2 * F, 0, offs_host, E, D,
@@ -342,22 +385,29 @@ static int cl_forward(mk_cuda_ffn *f, float *y, float *a1, float *hact, float *x
 }
 
 static int cl_backward(mk_cuda_ffn *f, float *dxp, float *dw1, float *dw3, float *dw2, float *dhact, float *da1,
-                       const mk_rows_gather *dout, const float *xp, const float *a1, const float *hact,
-                       const float *w1, const float *w3, const float *w2, const int *offs_host, int E, int D,
-                       int F, size_t R)
+                       const mk_rows_gather *dout, const float *xp, const float *a1, const float *a3,
+                       const float *hact, const float *w1, const float *w3, const float *w2, const int *offs_host,
+                       int E, int D, int F, size_t R)
 {
     MK_CHECK(cl_aligned(dxp, dhact, da1, dw2, dw1));
     MK_CHECK(cl_aligned(dw3, xp, a1, hact, w2));
     const size_t nw = (size_t)E * D * F, sx = up256(R * D * 2), s13 = up256(2 * nw * 2);
-    MK_CHECK(mk_devbuf_reserve(&f->buf, sx + s13 + up256(nw * 2) + gather_ws(dout, D), "expert FFN workspace"));
-    char *base = (char *)f->buf.p;
-    bf16 *dyb = (bf16 *)base, *w13b = (bf16 *)(base + sx), *w2b = (bf16 *)(base + sx + s13);
+    /* The forward's rounded weights where it left them in a3 (the same weight buffers and
+     * shape), else rounded here. */
+    const ffn_kept *k = kept_find(f, a3, 0);
+    const int kept = k && k->w1 == w1 && k->w3 == w3 && k->w2 == w2 && k->E == E && k->D == D && k->F == F &&
+                     kept_fits(R, E, D, F, a3);
+    const size_t wbytes = kept ? 0 : s13 + up256(nw * 2);
+    MK_CHECK(mk_devbuf_reserve(&f->buf, sx + wbytes + gather_ws(dout, D), "expert FFN workspace"));
+    char *base = (char *)f->buf.p, *wbase = kept ? (char *)a3 : base + sx;
+    bf16 *dyb = (bf16 *)base, *w13b = (bf16 *)wbase, *w2b = (bf16 *)(wbase + s13);
     const bf16 *xb = (const bf16 *)xp, *a13 = (const bf16 *)a1, *hb = (const bf16 *)hact;
     bf16 *dhb = (bf16 *)dhact, *da13 = (bf16 *)da1;
-    MK_CHECK(gather_bf16(dyb, dout, R, D, base + sx + s13 + up256(nw * 2),
-                         "expert FFN backward: output gradient rows"));
-    MK_CHECK(pack13(w13b, w1, w3, E, D, F, "expert FFN backward: w1 | w3"));
-    MK_CHECK(to_bf16(w2b, w2, nw, "expert FFN backward: w2"));
+    MK_CHECK(gather_bf16(dyb, dout, R, D, base + sx + wbytes, "expert FFN backward: output gradient rows"));
+    if (!kept) {
+        MK_CHECK(pack13(w13b, w1, w3, E, D, F, "expert FFN backward: w1 | w3"));
+        MK_CHECK(to_bf16(w2b, w2, nw, "expert FFN backward: w2"));
+    }
     MK_CHECK(mk_gg_cutlass_rows(f->cl, dhb, 1, F, dyb, D, w2b, (size_t)F * D, D, 1, offs_host, E, D, F, 0.f));
     MK_CHECK(mk_gg_cutlass_wgrad(f->cl, dw2, hb, F, dyb, D, offs_host, E, F, D));
     k_swiglu13_backward<<<grid_for(R * (F / 8)), TPB>>>((uint4 *)da13, (const uint4 *)dhb, (const uint4 *)a13, R,
@@ -378,7 +428,7 @@ int mk_cuda_ffn_forward(mk_cuda_ffn *f, float *y, float *a1, float *a3, float *h
     size_t R = 0;
     MK_CHECK(check_rows(offs_host, E, &R));
     if (R == 0) return MK_OK;
-    if (f->cl) return cl_forward(f, y, a1, hact, xp, x, w1, w3, w2, offs_host, E, D, F, R);
+    if (f->cl) return cl_forward(f, y, a1, a3, hact, xp, x, w1, w3, w2, offs_host, E, D, F, R);
     const size_t nw = (size_t)E * D * F, nh = R * F;
     const size_t bytes = 3 * up256(nw * 2);
     MK_CHECK(mk_devbuf_reserve(&f->buf, bytes + gather_ws(x, D), "expert FFN workspace"));
@@ -409,7 +459,7 @@ int mk_cuda_ffn_backward(mk_cuda_ffn *f, float *dxp, float *dw1, float *dw3, flo
     MK_CHECK(check_rows(offs_host, E, &R));
     if (R == 0) return MK_OK;
     if (f->cl)
-        return cl_backward(f, dxp, dw1, dw3, dw2, dhact, da1, dout, xp, a1, hact, w1, w3, w2, offs_host, E, D, F,
+        return cl_backward(f, dxp, dw1, dw3, dw2, dhact, da1, dout, xp, a1, a3, hact, w1, w3, w2, offs_host, E, D, F,
                            R);
     const size_t nx = R * D, nw = (size_t)E * D * F, nh = R * F;
     const size_t wsn = mk_grouped_gemm_wgrad_ws_floats(offs_host, E, D, F);

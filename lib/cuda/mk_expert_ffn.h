@@ -10,8 +10,9 @@
  * MOEKIT_NO_CUTLASS=1 keeps ours). The state the backward needs (the input rows xp, a1, a3
  * and hact) is kept as bf16 in the first half of the model's fp32 buffers of the same
  * shape; the backward's scratch (dhact, da1, da3) likewise. (The CUTLASS path keeps gate
- * and up side by side as a13 [R][2F] in all of a1's buffer, and da13 in da1's; a3 and da3
- * are not used.) The outputs y and dxp are expert rows in the bf16 mode's format (bf16 rows
+ * and up side by side as a13 [R][2F] in all of a1's buffer, and da13 in da1's; da3 is not
+ * used, and a3's buffer keeps the forward's rounded weights for the backward where they fit
+ * in it, so that the backward does not round the same weights again.) The outputs y and dxp are expert rows in the bf16 mode's format (bf16 rows
  * of D in the first half of the buffer, as the products' epilogues round them: half the
  * bytes for the GEMM to write and for the combine and gate gradients to read); weight
  * gradients accumulate in fp32.
