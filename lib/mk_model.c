@@ -215,7 +215,7 @@ static void carve_acts(mk_model *m, carver *c)
         s->dsa1 = CARVE_R(c, N * Fs);
         s->dsa3 = CARVE_R(c, N * Fs);
     }
-    s->lbl_ds = CARVE_R(c, E);
+    s->lbl_ds = CARVE_R(c, (size_t)m->L * E);
 }
 
 /* ------------------------------------------------------------------ create / destroy */
@@ -289,7 +289,7 @@ int mk_model_create_ep(const mk_config *cfg, mk_backend *be, const mk_comm *ep, 
     m->lbl_host = calloc((size_t)m->L, sizeof *m->lbl_host);
     m->counts_host = calloc((size_t)m->L * m->E, sizeof *m->counts_host);
     m->host_n = calloc(N, sizeof *m->host_n);
-    m->lbl_ds_host = calloc((size_t)m->E, sizeof *m->lbl_ds_host);
+    m->lbl_ds_host = calloc((size_t)m->L * m->E, sizeof *m->lbl_ds_host);
     m->targets_host = calloc(N, sizeof *m->targets_host);
     m->topk_h = calloc(N * m->K, sizeof *m->topk_h);
     m->slot_h = calloc(N * m->K, sizeof *m->slot_h);
@@ -655,14 +655,8 @@ static int moe_block_backward(mk_model *m, int l, const layer_params *p, layer_p
         MK_CHECK(o->combine_rows(be, s->dln, Fs > 0 ? s->dln : NULL, s->dxp, a->slot_row, NULL, N, K, D));
     }
 
-    /* dLBL/dprobs_{n,i} = E f_i / N for every token; f is a constant of the scope. */
-    const double lbl_coeff = m->cfg.lbl.mode == MK_LBL_NONE ? 0.0 : m->cfg.lbl.coeff;
-    const double c = aux_scale * (double)E / N;
-    for (int i = 0; i < E; i++)
-        m->lbl_ds_host[i] = (mk_real)(c * (lbl_coeff * a->f[i] + m->cfg.lbl.micro_coeff * a->f_micro[i]));
-    MK_CHECK(o->from_host(be, s->lbl_ds, m->lbl_ds_host, (size_t)E * sizeof(mk_real)));
     const mk_real zscale = (mk_real)(m->cfg.router.zloss_coeff * aux_scale / N);
-    MK_CHECK(o->router_backward(be, s->dz, s->dgates, s->lbl_ds, zscale, a->probs, a->lse, a->topk,
+    MK_CHECK(o->router_backward(be, s->dz, s->dgates, s->lbl_ds + (size_t)l * E, zscale, a->probs, a->lse, a->topk,
                                 a->gates, N, E, K, m->cfg.router.norm_topk));
     MK_CHECK(linear_backward(be, s->dln, g->router, a->ln2, p->router, s->dz, N, D, E, 1));
     MK_CHECK(o->rmsnorm_backward(be, s->dresid, g->mlp_norm, s->dln, a->h, p->mlp_norm, a->rstd2, N, D));
@@ -704,6 +698,18 @@ int mk_model_backward(mk_model *m, double ce_scale, double aux_scale)
     else
         MK_CHECK(mk_output_backward_ops(be, s->dln, dW, s->lnf, W, tied, s->logits, N, V, D,
                                         (mk_real)ce_scale));
+    /* dLBL/dprobs_{n,i} = E f_i / N for every token; f is a constant of the scope. Every
+     * layer's in one copy: a copy from the host waits for the GPU. */
+    const int E = m->E;
+    const double lbl_coeff = m->cfg.lbl.mode == MK_LBL_NONE ? 0.0 : m->cfg.lbl.coeff;
+    const double c = aux_scale * (double)E / N;
+    for (int l = 0; l < m->L; l++) {
+        const layer_acts *a = &m->acts[l];
+        for (int i = 0; i < E; i++)
+            m->lbl_ds_host[(size_t)l * E + i] =
+                (mk_real)(c * (lbl_coeff * a->f[i] + m->cfg.lbl.micro_coeff * a->f_micro[i]));
+    }
+    MK_CHECK(o->from_host(be, s->lbl_ds, m->lbl_ds_host, (size_t)m->L * E * sizeof(mk_real)));
     MK_CHECK(o->zero(be, s->dresid, (size_t)N * D * sizeof(mk_real)));
     MK_CHECK(o->rmsnorm_backward(be, s->dresid, m->gv.final_norm, s->dln, s->x_final,
                                  m->pv.final_norm, s->rstdf, N, D));

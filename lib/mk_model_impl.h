@@ -44,7 +44,7 @@ typedef struct scratch {
     int32_t *tokens, *targets;          /* [N] */
     mk_real *x_final, *lnf, *rstdf, *logits, *losses;
     mk_real *dresid, *dln, *dqkv, *datt, *datty, *dz, *dgates, *dxp, *dy, *dhact, *da1, *da3;
-    mk_real *dsh, *dsa1, *dsa3, *lbl_ds;
+    mk_real *dsh, *dsa1, *dsa3, *lbl_ds;     /* lbl_ds [L, E]: every layer's, one copy */
 } scratch;
 
 /* Expert parallelism, per layer: who gets which token, and the buffers the all-to-alls
@@ -96,7 +96,7 @@ struct mk_model {
     double *lbl_host;                   /* [L] */
     int32_t *counts_host;               /* [L, E] */
     mk_real *host_n;                    /* [N] losses */
-    mk_real *lbl_ds_host;               /* [E] */
+    mk_real *lbl_ds_host;               /* [L, E] */
     int32_t *targets_host;              /* [N] last forward's targets */
     int last_B;                         /* sequences in the last forward, 0 = none */
     int last_train;
