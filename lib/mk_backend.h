@@ -145,6 +145,11 @@ typedef struct mk_backend_ops {
      * s, or -1 when dropped). */
     int (*route_plan)(mk_backend *be, int32_t *offs, int32_t *row_slot, int32_t *slot_row,
                       const int32_t *topk, int N, int E, int K, int capacity);
+    /* counts [B, E] int32 (written): how many of sequence b's S choices topk[b*S .. b*S+S-1]
+     * (S = tokens x K) picked expert e, every choice counted (capacity drops none here).
+     * The per-domain routing statistics are sums of these rows. */
+    int (*sequence_counts)(mk_backend *be, int32_t *counts, const int32_t *topk, int B, int S,
+                           int E);
     /* dst[r, :] = w * src[row_slot[r] / K, :] for r < R, with w = weights[row_slot[r]] or 1
      * when weights is NULL. (Forward: gather tokens to expert rows. Backward of combine.) */
     int (*permute_rows)(mk_backend *be, mk_real *dst, const mk_real *src, const int32_t *row_slot,

@@ -516,6 +516,22 @@ static int cpu_router_backward(mk_backend *be, mk_real *dz, const mk_real *dgate
 
 /* ------------------------------------------------------------------ dispatch and combine */
 
+static int cpu_sequence_counts(mk_backend *be, int32_t *counts, const int32_t *topk, int B, int S, int E)
+{
+    (void)be;
+    if (B < 0 || S < 0 || E <= 0)
+        return MK_FAIL(MK_ERR_INTERNAL, "sequence_counts: B %d, S %d, E %d", B, S, E);
+    memset(counts, 0, (size_t)B * E * sizeof *counts);
+    for (int b = 0; b < B; b++)
+        for (size_t i = (size_t)b * S; i < (size_t)(b + 1) * S; i++) {
+            if (topk[i] < 0 || topk[i] >= E)
+                return MK_FAIL(MK_ERR_INTERNAL, "sequence_counts: expert %d of choice %zu outside 0..%d",
+                               topk[i], i, E - 1);
+            counts[(size_t)b * E + topk[i]]++;
+        }
+    return MK_OK;
+}
+
 static int cpu_route_plan(mk_backend *be, int32_t *offs, int32_t *row_slot, int32_t *slot_row,
                           const int32_t *topk, int N, int E, int K, int capacity)
 {
@@ -764,6 +780,7 @@ static const mk_backend_ops cpu_ops = {
     .router_forward = cpu_router_forward,
     .router_backward = cpu_router_backward,
     .route_plan = cpu_route_plan,
+    .sequence_counts = cpu_sequence_counts,
     .permute_rows = cpu_permute_rows,
     .unpermute_add = cpu_unpermute_add,
     .combine_rows = cpu_combine_rows,

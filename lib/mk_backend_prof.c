@@ -41,6 +41,7 @@ enum {    OP_alloc,
     OP_router_forward,
     OP_router_backward,
     OP_route_plan,
+    OP_sequence_counts,
     OP_permute_rows,
     OP_unpermute_add,
     OP_combine_rows,
@@ -80,6 +81,7 @@ static const char *const op_names[OP_COUNT] = {
     "router_forward",
     "router_backward",
     "route_plan",
+    "sequence_counts",
     "permute_rows",
     "unpermute_add",
     "combine_rows",
@@ -255,6 +257,12 @@ static int p_router_backward(mk_backend *be, mk_real *dz, const mk_real *dgates,
     return done(P(be), OP_router_backward, t0, P(be)->inner->ops->router_backward(P(be)->inner, dz, dgates, lbl_ds, zloss_scale, probs, lse, topk, gates, N, E, K, norm_topk));
 }
 
+static int p_sequence_counts(mk_backend *be, int32_t *counts, const int32_t *topk, int B, int S, int E)
+{
+    const double t0 = now_s();
+    return done(P(be), OP_sequence_counts, t0, P(be)->inner->ops->sequence_counts(P(be)->inner, counts, topk, B, S, E));
+}
+
 static int p_route_plan(mk_backend *be, int32_t *offs, int32_t *row_slot, int32_t *slot_row, const int32_t *topk, int N, int E, int K, int capacity)
 {
     const double t0 = now_s();
@@ -381,6 +389,7 @@ int mk_backend_prof_create(mk_backend *inner, mk_backend **out)
     p->ops.router_forward = p_router_forward;
     p->ops.router_backward = p_router_backward;
     p->ops.route_plan = p_route_plan;
+    p->ops.sequence_counts = p_sequence_counts;
     p->ops.permute_rows = p_permute_rows;
     p->ops.unpermute_add = p_unpermute_add;
     p->ops.combine_rows = p_combine_rows;

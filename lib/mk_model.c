@@ -131,22 +131,26 @@ static void *carve(carver *c, size_t bytes)
 #define CARVE_I(c, n) ((int32_t *)carve((c), (size_t)(n) * sizeof(int32_t)))
 
 /* Where the router's statistics lie in their per-layer block (byte offsets, each a multiple
- * of 16): the forward copies offs, the non-finite flag, counts, psum and lse to the host in
- * one copy, the only wait for the GPU in the layer (the expert GEMMs' sizes are needed on
- * the host). One copy each cost a round trip to the GPU, five per layer. */
-typedef struct stats_layout { size_t bad, counts, psum, lse, bytes; } stats_layout;
+ * of 16): the forward copies offs, the non-finite flag, counts, psum, the counts of each
+ * sequence and lse to the host in one copy, the only wait for the GPU in the layer (the
+ * expert GEMMs' sizes are needed on the host). One copy each cost a round trip to the GPU,
+ * five per layer, and the per-domain counts were made on the host from all N x K choices
+ * of every layer (6 MB per step at bench-s) while the GPU waited. */
+typedef struct stats_layout { size_t bad, counts, psum, seqc, lse, bytes; } stats_layout;
 
 _Static_assert(sizeof(int) == sizeof(int32_t), "offs_host (int) aliases the int32 offsets");
 
 static size_t up16(size_t b) { return (b + 15) & ~(size_t)15; }
 
-static stats_layout route_stats_layout(size_t E, size_t N)
+static stats_layout route_stats_layout(const mk_model *m)
 {
+    const size_t E = (size_t)m->E, N = (size_t)m->Bmax * m->T;
     stats_layout s;
     s.bad = (E + 1) * sizeof(int32_t);
     s.counts = up16(s.bad + sizeof(int32_t));
     s.psum = up16(s.counts + E * sizeof(int32_t));
-    s.lse = up16(s.psum + E * sizeof(mk_real));
+    s.seqc = up16(s.psum + E * sizeof(mk_real));
+    s.lse = up16(s.seqc + (size_t)m->Bmax * E * sizeof(int32_t));
     s.bytes = up16(s.lse + N * sizeof(mk_real));
     return s;
 }
@@ -170,12 +174,13 @@ static void carve_acts(mk_model *m, carver *c)
         a->probs = CARVE_R(c, N * E);
         a->gates = CARVE_R(c, N * K);
         a->topk = CARVE_I(c, N * K);
-        const stats_layout sl = route_stats_layout(E, N);
+        const stats_layout sl = route_stats_layout(m);
         char *st = carve(c, sl.bytes);
         a->offs = (int32_t *)st;
         a->bad = (int32_t *)(st + sl.bad);
         a->counts = (int32_t *)(st + sl.counts);
         a->psum = (mk_real *)(st + sl.psum);
+        a->seqc = (int32_t *)(st + sl.seqc);
         a->lse = (mk_real *)(st + sl.lse);
         a->row_slot = CARVE_I(c, R);
         a->slot_row = CARVE_I(c, R);
@@ -278,7 +283,7 @@ int mk_model_create_ep(const mk_config *cfg, mk_backend *be, const mk_comm *ep, 
     const size_t N = (size_t)m->Bmax * m->T;
     for (int l = 0; l < m->L; l++) {
         layer_acts *a = &m->acts[l];
-        a->stats_bytes = route_stats_layout((size_t)m->E, N).bytes;
+        a->stats_bytes = route_stats_layout(m).bytes;
         a->stats_host = calloc(1, a->stats_bytes);
         a->offs_host = a->stats_host;
         a->f = calloc((size_t)m->E, sizeof *a->f);
@@ -519,10 +524,11 @@ static int moe_block_forward(mk_model *m, int l, const layer_params *p, layer_ac
     if (m->cfg.router.capacity_factor > 0)
         capacity = (int)ceil(m->cfg.router.capacity_factor * (double)N * K / E);
     MK_CHECK(o->route_plan(be, a->offs, a->row_slot, a->slot_row, a->topk, N, E, K, capacity));
-    /* offs, the flag, counts, psum, lse: one copy. A NaN or Inf logit would otherwise turn
+    MK_CHECK(o->sequence_counts(be, a->seqc, a->topk, B, m->T * K, E));
+    /* offs, the flag, counts, psum, the sequences' counts, lse: one copy. A NaN or Inf logit would otherwise turn
      * into routing by whatever order NaN compares in, long before the loss shows it; the
      * router kept every choice a valid expert, and nothing has used them yet. */
-    const stats_layout sl = route_stats_layout((size_t)E, (size_t)N);
+    const stats_layout sl = route_stats_layout(m);
     MK_CHECK(o->to_host(be, a->stats_host, a->offs, sl.lse + (size_t)N * sizeof(mk_real)));
     if (*(const int32_t *)((const char *)a->stats_host + sl.bad)) return fail_logits(m, l, a->z, N, E);
     const int R = a->offs_host[E];
@@ -728,6 +734,12 @@ void mk_model_set_layer_grads_hook(mk_model *m, mk_layer_grads_fn fn, void *ctx)
 {
     m->layer_grads = fn;
     m->layer_grads_ctx = ctx;
+}
+
+const int32_t *mk_model_sequence_counts(const mk_model *m, int layer)
+{
+    if (layer < 0 || layer >= m->L || m->last_B == 0) return NULL;
+    return (const int32_t *)((const char *)m->acts[layer].stats_host + route_stats_layout(m).seqc);
 }
 
 int mk_model_topk_host(mk_model *m, int layer, int32_t *out_host)

@@ -107,6 +107,11 @@ int mk_model_zero_grad(mk_model *m);
 /* Top-k choices of layer l from the last forward: host-readable copy, [B*T, K]. */
 int mk_model_topk_host(mk_model *m, int layer, int32_t *out_host);
 
+/* [B, E] host counts of layer l from the last forward: row b counts how many of sequence
+ * b's T x K choices picked each expert (the forward copied them with the routing
+ * statistics); NULL before a forward or for a layer out of range. */
+const int32_t *mk_model_sequence_counts(const mk_model *m, int layer);
+
 /* Seconds spent in expert-parallel all-to-alls since the model was made (0 with ep = 1). */
 double mk_model_a2a_seconds(const mk_model *m);
 

@@ -31,6 +31,7 @@ typedef struct layer_acts {
     mk_real *z, *probs, *lse, *gates, *psum;
     int32_t *topk, *counts, *offs, *row_slot, *slot_row;
     int32_t *bad;                       /* router logits not finite (flag), beside offs */
+    int32_t *seqc;                      /* [B, E] choices of each expert in each sequence */
     mk_real *xp, *a1, *a3, *hact, *y;   /* [N*K, D|F] rows grouped by expert */
     mk_real *sa1, *sa3, *sh;            /* shared expert [N, Fs] */
     void *stats_host;                   /* host copy of the routing statistics block */

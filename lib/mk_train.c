@@ -190,7 +190,7 @@ static int eval_pass(run *r, long step)
 {
     const mk_config *cfg = r->cfg;
     const int B = cfg->train.micro_batch, T = cfg->model.seq_len, L = cfg->model.layers,
-              E = cfg->model.experts, K = cfg->model.topk, Dm = r->ndomains;
+              E = cfg->model.experts, Dm = r->ndomains;
     const int rank = mk_trainer_rank(r->tr), ranks = mk_trainer_ranks(r->tr);
     const uint64_t eval_cap = 256;
     mk_model *m = mk_trainer_model(r->tr);
@@ -198,8 +198,7 @@ static int eval_pass(run *r, long step)
     /* counts [L, Dm, E], tokens [Dm], then loss sums [Dm] and lbl sums [L] and batches */
     int64_t *ci = calloc(nc + Dm, sizeof *ci);
     double *cd = calloc((size_t)Dm + L + 1, sizeof *cd);
-    int32_t *topk = malloc((size_t)B * T * K * sizeof *topk);
-    int rc = ci && cd && topk ? MK_OK : MK_FAIL(MK_ERR_NOMEM, "eval: out of memory");
+    int rc = ci && cd ? MK_OK : MK_FAIL(MK_ERR_NOMEM, "eval: out of memory");
     for (int d = 0; rc == MK_OK && d < Dm; d++) {
         uint64_t W = mk_dataset_val_windows(r->ds, d);
         if (W > eval_cap) W = eval_cap;
@@ -221,8 +220,12 @@ static int eval_pass(run *r, long step)
             for (int l = 0; l < L; l++) cd[Dm + l] += st.lbl[l];
             cd[Dm + L] += 1;
             for (int l = 0; rc == MK_OK && l < L; l++) {
-                rc = mk_model_topk_host(m, l, topk);
-                for (int i = 0; rc == MK_OK && i < nb * T * K; i++) ci[((size_t)l * Dm + d) * E + topk[i]]++;
+                const int32_t *sc = mk_model_sequence_counts(m, l);
+                if (!sc) {
+                    rc = MK_FAIL(MK_ERR_INTERNAL, "evaluation: no routing counts of layer %d", l);
+                    break;
+                }
+                for (int i = 0; i < nb * E; i++) ci[((size_t)l * Dm + d) * E + i % E] += sc[i];
             }
         }
     }
@@ -244,7 +247,6 @@ static int eval_pass(run *r, long step)
     }
     free(ci);
     free(cd);
-    free(topk);
     return rc;
 }
 

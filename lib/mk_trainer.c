@@ -34,7 +34,6 @@ struct mk_trainer {
     double *lbl_sum;                /* [L] */
     int ndomains;
     int64_t *dcounts;               /* [L, ndomains, E] then [ndomains] token counts */
-    int32_t *topk;                  /* [B T K] host */
 };
 
 static int lbl_allreduce(void *ctx, int64_t *counts, int n)
@@ -102,8 +101,7 @@ int mk_trainer_create(const mk_config *cfg, const mk_comm *world, mk_trainer **o
     mk_lbl_set_allreduce(tr->lbl, lbl_allreduce, (void *)tr->world);
     tr->counts = malloc((size_t)L * E * sizeof *tr->counts);
     tr->lbl_sum = malloc((size_t)L * sizeof *tr->lbl_sum);
-    tr->topk = malloc((size_t)cfg->train.micro_batch * cfg->model.seq_len * cfg->model.topk * sizeof *tr->topk);
-    if (!tr->counts || !tr->lbl_sum || !tr->topk || (rc = mk_trainer_set_domains(tr, 1)) != MK_OK) {
+    if (!tr->counts || !tr->lbl_sum || (rc = mk_trainer_set_domains(tr, 1)) != MK_OK) {
         rc = MK_FAIL(MK_ERR_NOMEM, "trainer: out of memory");
         goto fail;
     }
@@ -129,7 +127,6 @@ void mk_trainer_free(mk_trainer **trp)
     free(tr->counts);
     free(tr->lbl_sum);
     free(tr->dcounts);
-    free(tr->topk);
     free(tr);
     *trp = NULL;
 }
@@ -150,7 +147,7 @@ int mk_trainer_set_domains(mk_trainer *tr, int ndomains)
 static int count_domains(mk_trainer *tr, const int32_t *domain, int B)
 {
     const mk_config *cfg = tr->cfg;
-    const int L = cfg->model.layers, E = cfg->model.experts, K = cfg->model.topk, T = cfg->model.seq_len;
+    const int L = cfg->model.layers, E = cfg->model.experts, T = cfg->model.seq_len;
     const int Dm = tr->ndomains;
     int64_t *tok = tr->dcounts + (size_t)L * Dm * E;
     for (int b = 0; b < B; b++) {
@@ -159,11 +156,12 @@ static int count_domains(mk_trainer *tr, const int32_t *domain, int B)
         tok[d] += T;
     }
     for (int l = 0; l < L; l++) {
-        MK_CHECK(mk_model_topk_host(tr->model, l, tr->topk));
+        const int32_t *sc = mk_model_sequence_counts(tr->model, l);
+        if (!sc) return MK_FAIL(MK_ERR_INTERNAL, "trainer: no routing counts of layer %d", l);
         int64_t *c = tr->dcounts + (size_t)l * Dm * E;
         for (int b = 0; b < B; b++) {
             const int d = domain ? domain[b] : 0;
-            for (int i = 0; i < T * K; i++) c[(size_t)d * E + tr->topk[(size_t)b * T * K + i]]++;
+            for (int e = 0; e < E; e++) c[(size_t)d * E + e] += sc[(size_t)b * E + e];
         }
     }
     return MK_OK;

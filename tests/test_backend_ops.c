@@ -692,9 +692,16 @@ static void test_route_plan(void)
                same_bits(slot_row, cases[c].slot_row, sizeof(int32_t) * S),
                "route_plan capacity %d: offs, row_slot, slot_row", cases[c].cap);
     }
+    /* Sequences of 2 tokens (S = 4 choices): {0,1,1,2} and {0,2,1,0}. */
+    int32_t *sc = IB(2 * E);
+    const int32_t want_sc[2 * E] = {1, 2, 1, 2, 1, 1};
+    CALL(be->ops->sequence_counts(be, sc, topk, 2, 2 * K, E));
+    tap_ok(same_bits(sc, want_sc, sizeof want_sc), "sequence_counts: each sequence's choices of each expert");
     topk[3] = E;
     tap_ok(be->ops->route_plan(be, offs, row_slot, slot_row, topk, N, E, K, 0) != MK_OK,
            "route_plan rejects an expert index out of range");
+    tap_ok(be->ops->sequence_counts(be, sc, topk, 2, 2 * K, E) == MK_ERR_INTERNAL,
+           "sequence_counts rejects an expert index out of range");
     arena_free();
 }
 

@@ -1330,6 +1330,18 @@ static void test_dispatch(void)
         if (both_ok(r1, r2, "combine_backward_gates"))
             check_arr(Gf(gdg, S), dg, S, RT_EW, AT_EW, "combine_backward_gates capacity %d", cap);
     }
+    /* Per-sequence counts: 5 sequences of 8 tokens, and E = 300 (more experts than a
+     * block has threads), against the CPU. */
+    for (int ei = 0; ei < 2; ei++) {
+        const int E2 = ei ? 300 : E, B2 = 5, S2 = 8 * K;
+        int32_t *tk = Hi((size_t)B2 * S2), *sc = Hi((size_t)B2 * E2);
+        for (int i = 0; i < B2 * S2; i++) tk[i] = rnd_below(i < S2 ? 2 : E2);
+        int32_t *gtk = D(tk, (size_t)B2 * S2 * 4), *gsc = Dz((size_t)B2 * E2 * 4);
+        int r1 = cpu->ops->sequence_counts(cpu, sc, tk, B2, S2, E2);
+        int r2 = gpu->ops->sequence_counts(gpu, gsc, gtk, B2, S2, E2);
+        if (both_ok(r1, r2, "sequence_counts"))
+            check_ints(Gi(gsc, (size_t)B2 * E2), sc, (size_t)B2 * E2, "sequence_counts (B %d, S %d, E %d)", B2, S2, E2);
+    }
     int32_t bad[4] = {0, 1, 6, 2};
     int32_t *gbad = D(bad, sizeof bad), *go = Dz(7 * 4), *g1 = Dz(16), *g2 = Dz(16);
     tap_ok(gpu->ops->route_plan(gpu, go, g1, g2, gbad, 2, 6, 2, 0) == MK_ERR_INTERNAL,

@@ -1458,6 +1458,32 @@ __global__ static void k_route_tail(int32_t *row_slot, const int32_t *offs, int 
     GRID_STRIDE(r, S) if (r >= (size_t)offs[E]) row_slot[r] = -1;
 }
 
+/* One block per sequence, a histogram of its choices in shared memory. Integer additions
+ * in any order give the same counts, so the shared-memory atomics keep the op
+ * deterministic. */
+__global__ static void k_sequence_counts(int32_t *counts, const int32_t *topk, int S, int E)
+{
+    extern __shared__ int hist_sc[];
+    for (int e = threadIdx.x; e < E; e += blockDim.x) hist_sc[e] = 0;
+    __syncthreads();
+    const int32_t *t = topk + (size_t)blockIdx.x * S;
+    for (int i = threadIdx.x; i < S; i += blockDim.x) atomicAdd(&hist_sc[t[i]], 1);
+    __syncthreads();
+    for (int e = threadIdx.x; e < E; e += blockDim.x) counts[(size_t)blockIdx.x * E + e] = hist_sc[e];
+}
+
+/* topk comes from router_forward, which only writes experts 0..E-1. */
+static int cuda_sequence_counts(mk_backend *be, int32_t *counts, const int32_t *topk, int B, int S, int E)
+{
+    (void)be;
+    if (B < 0 || S < 0 || E <= 0 || (size_t)E * sizeof(int) > 48 * 1024)
+        return MK_FAIL(MK_ERR_INTERNAL, "sequence_counts: B %d, S %d, E %d", B, S, E);
+    if (B == 0) return MK_OK;
+    k_sequence_counts<<<(unsigned)B, TPB, (size_t)E * sizeof(int)>>>(counts, topk, S, E);
+    CU_CHECK(cudaGetLastError(), "sequence_counts");
+    return MK_OK;
+}
+
 /* topk comes from router_forward, which only writes experts 0..E-1. */
 static int cuda_route_plan(mk_backend *be, int32_t *offs, int32_t *row_slot, int32_t *slot_row,
                            const int32_t *topk, int N, int E, int K, int capacity)
@@ -2155,6 +2181,7 @@ static void fill_ops(mk_backend_ops *o)
     o->router_forward = cuda_router_forward;
     o->router_backward = cuda_router_backward;
     o->route_plan = cuda_route_plan;
+    o->sequence_counts = cuda_sequence_counts;
     o->permute_rows = cuda_permute_rows;
     o->unpermute_add = cuda_unpermute_add;
     o->linear_backward = cuda_linear_backward;
