@@ -722,7 +722,9 @@ static int cpu_adamw(mk_backend *be, mk_real *p, const mk_real *g, mk_real *m, m
                      double wd, long t)
 {
     if (t < 1) return MK_FAIL(MK_ERR_INTERNAL, "adamw: step %ld, steps start at 1", t);
-    double bc1 = 1.0 - pow(beta1, (double)t), bc2 = 1.0 - pow(beta2, (double)t);
+    /* Reciprocals of the bias corrections, multiplied in: two divisions per element less
+     * (the CUDA backend's update, bandwidth-bound on the GPU, does the same arithmetic). */
+    const double ibc1 = 1.0 / (1.0 - pow(beta1, (double)t)), ibc2 = 1.0 / (1.0 - pow(beta2, (double)t));
     int nt = cpu_threads(be);
     MK_PARALLEL_FOR(nt)
     for (size_t i = 0; i < n; i++) {
@@ -733,7 +735,7 @@ static int cpu_adamw(mk_backend *be, mk_real *p, const mk_real *g, mk_real *m, m
         v[i] = (mk_real)vi;
         double pi = p[i];
         /* Decoupled weight decay on the old p, in the same update. */
-        p[i] = (mk_real)(pi - lr * ((mi / bc1) / (sqrt(vi / bc2) + eps) + wd * pi));
+        p[i] = (mk_real)(pi - lr * ((mi * ibc1) / (sqrt(vi * ibc2) + eps) + wd * pi));
     }
     return MK_OK;
 }

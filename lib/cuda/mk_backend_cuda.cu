@@ -2075,7 +2075,7 @@ static int cuda_output_backward(mk_backend *be, mk_real *dx, mk_real *dW, const 
 /* The CPU's update in the CPU's double arithmetic, element by element (the same bits). */
 typedef struct adamw_args {
     float gscale;
-    double lr, beta1, beta2, eps, wd, bc1, bc2;
+    double lr, beta1, beta2, eps, wd, ibc1, ibc2; /* reciprocal bias corrections */
 } adamw_args;
 
 __device__ __forceinline__ void adamw1(float &p, float g, float &m, float &v, const adamw_args &a)
@@ -2086,7 +2086,7 @@ __device__ __forceinline__ void adamw1(float &p, float g, float &m, float &v, co
     m = (float)mi;
     v = (float)vi;
     const double pi = p;
-    p = (float)(pi - a.lr * ((mi / a.bc1) / (sqrt(vi / a.bc2) + a.eps) + a.wd * pi));
+    p = (float)(pi - a.lr * ((mi * a.ibc1) / (sqrt(vi * a.ibc2) + a.eps) + a.wd * pi));
 }
 
 /* Four elements per thread with 16-byte loads where all four arrays are 16-byte aligned
@@ -2119,8 +2119,8 @@ static int cuda_adamw(mk_backend *be, mk_real *p, const mk_real *g, mk_real *m, 
     (void)be;
     if (t < 1) return MK_FAIL(MK_ERR_INTERNAL, "adamw: step %ld, steps start at 1", t);
     /* Bias corrections on the host with the host's pow, as on the CPU. */
-    const adamw_args a = {gscale, lr, beta1, beta2, eps, wd, 1.0 - pow(beta1, (double)t),
-                          1.0 - pow(beta2, (double)t)};
+    const adamw_args a = {gscale, lr, beta1, beta2, eps, wd, 1.0 / (1.0 - pow(beta1, (double)t)),
+                          1.0 / (1.0 - pow(beta2, (double)t))};
     const int vec = (((uintptr_t)p | (uintptr_t)g | (uintptr_t)m | (uintptr_t)v) & 15) == 0;
     const size_t n4 = vec ? n / 4 : 0;
     if (n) LAUNCH(k_adamw, grid_for(n4 ? n4 : n), "adamw", p, g, m, v, n, n4, a);
