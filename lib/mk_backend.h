@@ -205,9 +205,10 @@ typedef struct mk_backend_ops {
 
     /* --- output layer, fused (optional) ------------------------------------------ */
     /* logits [N, V] = x W^T with tied (W = wte [V, D]), else x W (W = lm_head [D, V]);
-     * losses as cross_entropy. When train, the logits buffer (or the backend) then keeps
-     * what output_backward needs, in a format of the backend's choosing, until the next
-     * output_forward; the op sequence keeps softmax - onehot there. NULL: the op sequence. */
+     * losses as cross_entropy. The logits buffer is the op's work area: the logits may be
+     * kept there in a backend's format (the CUDA bf16 mode: bf16), and when train it (or
+     * the backend) then keeps what output_backward needs, until the next output_forward;
+     * the op sequence keeps fp32 softmax - onehot there. NULL: the op sequence. */
     int (*output_forward)(mk_backend *be, mk_real *losses, mk_real *logits, const mk_real *x,
                           const mk_real *W, int tied, const int32_t *targets, int N, int V,
                           int D, int train);

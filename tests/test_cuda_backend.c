@@ -1081,9 +1081,10 @@ static void test_expert_ffn_bf16(mk_backend *bf, const char *path)
     one_expert_ffn_bf16(bf, path, 16, 256, 128, offs);
 }
 
-/* The bf16 backend's fused output layer (logits GEMM on bf16 operands, cross-entropy
- * writing bf16 dlogits to the backend's workspace) against the op sequence on the fp32 CPU,
- * tied and untied; ignored targets; a backward without a training forward is refused. */
+/* The bf16 backend's fused output layer (logits GEMM on bf16 operands to bf16 logits,
+ * cross-entropy writing bf16 dlogits to the backend's workspace) against the op sequence on
+ * the fp32 CPU, tied and untied; ignored targets; a backward without a training forward is
+ * refused. */
 static void one_output_bf16(mk_backend *bf, int N, int V, int Dm)
 {
     for (int tied = 0; tied < 2; tied++) {
@@ -1126,13 +1127,13 @@ static void one_output_bf16(mk_backend *bf, int N, int V, int Dm)
     }
 }
 
-/* V 1000; GPT-2's padded 50,304 (a row of logits fills most of the shared memory the
- * cross-entropy stages it in); 60,000 (more than fits: the three-pass kernel). */
+/* V 1000; GPT-2's padded 50,304 (a row of bf16 logits in half of the shared memory the
+ * cross-entropy stages it in); 120,000 (more than fits: the three-pass kernel). */
 static void test_output_bf16(mk_backend *bf)
 {
     one_output_bf16(bf, 300, 1000, 64);
     one_output_bf16(bf, 40, 50304, 32);
-    one_output_bf16(bf, 12, 60000, 32);
+    one_output_bf16(bf, 12, 120000, 32);
 }
 
 /* ------------------------------------------------------------------ router */

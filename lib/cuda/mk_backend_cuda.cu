@@ -87,7 +87,7 @@ typedef struct cuda_impl {
     mk_devbuf mmb;        /* dense matmul's operands rounded to bf16 */
     int out_ready;        /* a training output_forward left its state in outb, for: */
     int out_N, out_V, out_D, out_tied;
-    size_t ce_smem;       /* the longest row of logits (bytes) k_cross_entropy_row stages */
+    size_t ce_smem_bf16;  /* the longest row of bf16 logits (bytes) k_cross_entropy_row stages */
 } cuda_impl;
 
 static cuda_impl *impl_of(mk_backend *be) { return (cuda_impl *)be->impl; }
@@ -276,15 +276,21 @@ static int gemm_cm(cuda_impl *im, cublasOperation_t ta, cublasOperation_t tb, in
 
 /* Row-major C[M, N] = alpha op(A) op(B) + beta C with bf16 A and B and fp32 C (tensor
  * cores, fp32 accumulate); shapes and transposes as cuda_matmul. */
-static int matmul_bf16(cuda_impl *im, float *C, const void *A, const void *B, int M, int N, int K,
-                       int trans_a, int trans_b, float alpha, float beta, const char *what)
+static int matmul_bf16_to(cuda_impl *im, void *C, cudaDataType_t ctype, const void *A, const void *B, int M,
+                          int N, int K, int trans_a, int trans_b, float alpha, float beta, const char *what)
 {
     const int lda = trans_a ? M : K, ldb = trans_b ? K : N;
     BLAS_CHECK(cublasGemmEx(im->blas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
                             trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B, CUDA_R_16BF,
-                            ldb, A, CUDA_R_16BF, lda, &beta, C, CUDA_R_32F, N, CUBLAS_COMPUTE_32F,
+                            ldb, A, CUDA_R_16BF, lda, &beta, C, ctype, N, CUBLAS_COMPUTE_32F,
                             CUBLAS_GEMM_DEFAULT), what);
     return MK_OK;
+}
+
+static int matmul_bf16(cuda_impl *im, float *C, const void *A, const void *B, int M, int N, int K,
+                       int trans_a, int trans_b, float alpha, float beta, const char *what)
+{
+    return matmul_bf16_to(im, C, CUDA_R_32F, A, B, M, N, K, trans_a, trans_b, alpha, beta, what);
 }
 
 static size_t up256(size_t b)
@@ -1881,14 +1887,17 @@ static int cuda_expert_ffn_backward(mk_backend *be, mk_real *dxp, mk_real *dw1, 
 /* One block per row: max (exact), sum of exp in double by the block tree, then the loss
  * and the gradient. Every read of the row, the target logit included, happens before the
  * block_sum barrier and every write after it, so dlogits may alias logits. */
-template <typename TD>
-__global__ static void k_cross_entropy(float *losses, TD *dlogits, const float *logits,
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename TL, typename TD>
+__global__ static void k_cross_entropy(float *losses, TD *dlogits, const TL *logits,
                                        const int32_t *targets, int V, float dscale)
 {
     __shared__ double sh[TPB];
     __shared__ float shf[TPB];
     const size_t n = blockIdx.x;
-    const float *l = logits + n * V;
+    const TL *l = logits + n * V;
     const int tgt = targets[n];
     if (tgt < 0) { /* uniform per block: no thread reaches a barrier alone */
         if (threadIdx.x == 0) losses[n] = 0;
@@ -1897,11 +1906,11 @@ __global__ static void k_cross_entropy(float *losses, TD *dlogits, const float *
         return;
     }
     float mx = -INFINITY;
-    for (int i = threadIdx.x; i < V; i += blockDim.x) mx = l[i] > mx ? l[i] : mx;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) mx = to_f32(l[i]) > mx ? to_f32(l[i]) : mx;
     mx = block_max(mx, shf);
-    const float lt = l[tgt];
+    const float lt = to_f32(l[tgt]);
     double sum = 0;
-    for (int i = threadIdx.x; i < V; i += blockDim.x) sum += expf(l[i] - mx);
+    for (int i = threadIdx.x; i < V; i += blockDim.x) sum += expf(to_f32(l[i]) - mx);
     sum = block_sum(sum, sh);
     const double lse = mx + log(sum);
     if (threadIdx.x == 0) losses[n] = (float)(lse - lt);
@@ -1909,7 +1918,7 @@ __global__ static void k_cross_entropy(float *losses, TD *dlogits, const float *
         TD *d = dlogits + n * V;
         const float lse_r = (float)lse;
         for (int i = threadIdx.x; i < V; i += blockDim.x) {
-            float p = expf(l[i] - lse_r);
+            float p = expf(to_f32(l[i]) - lse_r);
             d[i] = (TD)(dscale * (p - (float)(i == tgt)));
         }
     }
@@ -1925,11 +1934,30 @@ __global__ static void k_cross_entropy(float *losses, TD *dlogits, const float *
 /* Static shared memory the kernel needs beside the row (rounded up). */
 #define CE_STATIC_SMEM 1024
 
+/* Four logits of a row as one load: float4 of fp32 logits, uint2 of bf16 ones. */
+template <typename TL> struct ce_chunk;
+template <> struct ce_chunk<float> {
+    typedef float4 T;
+    static __device__ __forceinline__ float4 f4(float4 v) { return v; }
+};
+template <> struct ce_chunk<__nv_bfloat16> {
+    typedef uint2 T;
+    static __device__ __forceinline__ float4 f4(uint2 u)
+    {
+        const float2 a = __bfloat1622float2(*(const __nv_bfloat162 *)&u.x);
+        const float2 b = __bfloat1622float2(*(const __nv_bfloat162 *)&u.y);
+        return make_float4(a.x, a.y, b.x, b.y);
+    }
+};
+
+template <typename TL>
 __global__ static void __launch_bounds__(CE_TPB)
-k_cross_entropy_row(float *losses, __nv_bfloat16 *dlogits, const float *logits,
+k_cross_entropy_row(float *losses, __nv_bfloat16 *dlogits, const TL *logits,
                     const int32_t *targets, int V, float dscale)
 {
-    extern __shared__ float4 row4[];
+    typedef typename ce_chunk<TL>::T chunk;
+    extern __shared__ float4 row_smem[];
+    chunk *row4 = (chunk *)row_smem;
     __shared__ float shf[32];
     __shared__ double shd[32];
     const size_t n = blockIdx.x;
@@ -1942,12 +1970,13 @@ k_cross_entropy_row(float *losses, __nv_bfloat16 *dlogits, const float *logits,
             for (int i = threadIdx.x; i < V4; i += CE_TPB) d[i] = make_uint2(0, 0);
         return;
     }
-    const float4 *l4 = (const float4 *)(logits + n * V);
+    const chunk *l4 = (const chunk *)(logits + n * V);
     float mx = -INFINITY;
 #pragma unroll 4
     for (int i = threadIdx.x; i < V4; i += CE_TPB) {
-        const float4 v = l4[i];
-        row4[i] = v;
+        const chunk c = l4[i];
+        row4[i] = c;
+        const float4 v = ce_chunk<TL>::f4(c);
         /* comparisons that skip NaN, like the other cross-entropy kernels */
         mx = v.x > mx ? v.x : mx, mx = v.y > mx ? v.y : mx;
         mx = v.z > mx ? v.z : mx, mx = v.w > mx ? v.w : mx;
@@ -1958,7 +1987,7 @@ k_cross_entropy_row(float *losses, __nv_bfloat16 *dlogits, const float *logits,
     mx = warp_max(lane < CE_TPB / 32 ? shf[lane] : -INFINITY);
     double sum = 0;
     for (int i = threadIdx.x; i < V4; i += CE_TPB) {
-        const float4 v = row4[i];
+        const float4 v = ce_chunk<TL>::f4(row4[i]);
         sum += (double)(expf(v.x - mx) + expf(v.y - mx)) + (double)(expf(v.z - mx) + expf(v.w - mx));
     }
     sum = warp_sum(sum);
@@ -1966,12 +1995,12 @@ k_cross_entropy_row(float *losses, __nv_bfloat16 *dlogits, const float *logits,
     __syncthreads();
     sum = warp_sum(lane < CE_TPB / 32 ? shd[lane] : 0.0);
     const double lse = mx + log(sum);
-    const float lt = ((const float *)row4)[tgt];
+    const float lt = to_f32(((const TL *)row4)[tgt]);
     if (threadIdx.x == 0) losses[n] = (float)(lse - lt);
     if (!dlogits) return;
     const float lse_r = (float)lse;
     for (int i = threadIdx.x; i < V4; i += CE_TPB) {
-        const float4 v = row4[i];
+        const float4 v = ce_chunk<TL>::f4(row4[i]);
         const int j = 4 * i;
         const __nv_bfloat162 a = __floats2bfloat162_rn(dscale * (expf(v.x - lse_r) - (float)(j == tgt)),
                                                        dscale * (expf(v.y - lse_r) - (float)(j + 1 == tgt)));
@@ -2006,7 +2035,8 @@ static int cuda_cross_entropy(mk_backend *be, mk_real *losses, mk_real *dlogits,
     if (V <= 0) return MK_FAIL(MK_ERR_INTERNAL, "cross_entropy: vocabulary size %d", V);
     if (N <= 0) return MK_OK;
     MK_CHECK(check_targets(targets, N, V));
-    LAUNCH(k_cross_entropy<float>, (unsigned)N, "cross_entropy", losses, dlogits, logits, targets, V, dscale);
+    k_cross_entropy<float, float><<<(unsigned)N, TPB>>>(losses, dlogits, logits, targets, V, dscale);
+    CU_CHECK(cudaGetLastError(), "cross_entropy");
     return MK_OK;
 }
 
@@ -2036,15 +2066,19 @@ static int cuda_output_forward(mk_backend *be, mk_real *losses, mk_real *logits,
     __nv_bfloat16 *dlog = train ? (__nv_bfloat16 *)(wb + sw) : NULL;
     MK_CHECK(mk_cuda_round_bf16(xb, x, (size_t)N * D, "output layer: input"));
     MK_CHECK(mk_cuda_round_bf16(wb, W, (size_t)V * D, "output layer: weights"));
-    MK_CHECK(matmul_bf16(im, logits, xb, wb, N, V, D, 0, tied, 1, 0, "output layer: logits"));
+    /* The logits leave the GEMM as bf16 (in the first half of the logits buffer, which
+     * holds what the backend chooses): half the bytes to write and to read back, like
+     * autocast's bf16 logits; the cross-entropy widens them and sums in fp32 and double. */
+    __nv_bfloat16 *logb = (__nv_bfloat16 *)logits;
+    MK_CHECK(matmul_bf16_to(im, logb, CUDA_R_16BF, xb, wb, N, V, D, 0, tied, 1, 0, "output layer: logits"));
     MK_CHECK(check_targets(targets, N, V));
-    if ((size_t)V * sizeof(float) <= im->ce_smem && ((uintptr_t)logits & 15) == 0) {
-        k_cross_entropy_row<<<(unsigned)N, CE_TPB, (size_t)V * sizeof(float)>>>(losses, dlog, logits,
-                                                                              targets, V, 1.0f);
+    if ((size_t)V * sizeof *logb <= im->ce_smem_bf16 && ((uintptr_t)logits & 15) == 0) {
+        k_cross_entropy_row<__nv_bfloat16><<<(unsigned)N, CE_TPB, (size_t)V * sizeof *logb>>>(losses, dlog, logb,
+                                                                                           targets, V, 1.0f);
         CU_CHECK(cudaGetLastError(), "output layer: cross_entropy");
     } else {
-        LAUNCH(k_cross_entropy<__nv_bfloat16>, (unsigned)N, "output layer: cross_entropy", losses,
-               dlog, logits, targets, V, 1.0f);
+        k_cross_entropy<__nv_bfloat16, __nv_bfloat16><<<(unsigned)N, TPB>>>(losses, dlog, logb, targets, V, 1.0f);
+        CU_CHECK(cudaGetLastError(), "output layer: cross_entropy");
     }
     im->out_ready = train;
     im->out_N = N, im->out_V = V, im->out_D = D, im->out_tied = tied;
@@ -2254,9 +2288,9 @@ extern "C" int mk_backend_cuda_create(int device, int bf16, mk_backend **out)
     int optin = 0;
     if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) == cudaSuccess &&
         optin > CE_STATIC_SMEM &&
-        cudaFuncSetAttribute(k_cross_entropy_row, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        cudaFuncSetAttribute(k_cross_entropy_row<__nv_bfloat16>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              optin - CE_STATIC_SMEM) == cudaSuccess)
-        im->ce_smem = (size_t)(optin - CE_STATIC_SMEM);
+        im->ce_smem_bf16 = (size_t)(optin - CE_STATIC_SMEM);
     cudaGetLastError();
     *out = be;
     return MK_OK;
