@@ -90,7 +90,9 @@ typedef struct mk_backend_ops {
     /* out[n, :] = wte[tokens[n], :]; tokens is int32 backend memory. */
     int (*embedding_forward)(mk_backend *be, mk_real *out, const int32_t *tokens,
                              const mk_real *wte, int N, int D);
-    /* dwte[tokens[n], :] += dout[n, :] (deterministic: fixed order per vocabulary row). */
+    /* dwte[tokens[n], :] += dout[n, :] (deterministic: fixed order per vocabulary row).
+     * tokens hold what the last embedding_forward given them saw, if any (a backend may
+     * start copying them there). */
     int (*embedding_backward)(mk_backend *be, mk_real *dwte, const int32_t *tokens,
                               const mk_real *dout, int N, int D, int V);
 

@@ -475,12 +475,23 @@ static void test_embedding(void)
     r2 = gpu->ops->embedding_backward(gpu, gdwte, gtok, gdout, N, Dm, V);
     if (both_ok(r1, r2, "embedding_backward"))
         check_arr(Gf(gdwte, (size_t)V * Dm), dwte, (size_t)V * Dm, 0, 0,
-                  "embedding_backward accumulates in token order (bit-exact)");
+                  "embedding_backward after the forward (its early copy of the tokens) accumulates in token order (bit-exact)");
+    /* A second backward, no forward before it: the tokens are copied then; the same sums. */
+    r1 = cpu->ops->embedding_backward(cpu, dwte, tok, dout, N, Dm, V);
+    r2 = gpu->ops->embedding_backward(gpu, gdwte, gtok, gdout, N, Dm, V);
+    if (both_ok(r1, r2, "embedding_backward"))
+        check_arr(Gf(gdwte, (size_t)V * Dm), dwte, (size_t)V * Dm, 0, 0,
+                  "embedding_backward without a forward before it (bit-exact)");
 
     int32_t badtok[3] = {1, V, 2};
     int32_t *gbad = D(badtok, sizeof badtok);
     tap_ok(gpu->ops->embedding_backward(gpu, gdwte, gbad, gdout, 3, Dm, V) == MK_ERR_INPUT,
            "embedding_backward rejects a token outside the vocabulary");
+    /* a forward of other tokens at the same address: the backward groups those */
+    float *gout2 = Dz(sizeof(float) * 3 * Dm);
+    r2 = gpu->ops->embedding_forward(gpu, gout2, gbad, gwte, 2, Dm);
+    tap_ok(r2 == MK_OK && gpu->ops->embedding_backward(gpu, gdwte, gbad, gdout, 3, Dm, V) == MK_ERR_INPUT,
+           "embedding_backward: a forward of 2 tokens, then a backward of 3 at that address, copies them again");
     arena_free();
 }
 

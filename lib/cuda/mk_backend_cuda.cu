@@ -88,6 +88,11 @@ typedef struct cuda_impl {
     int out_ready;        /* a training output_forward left its state in outb, for: */
     int out_N, out_V, out_D, out_tied;
     size_t ce_smem_bf16;  /* the longest row of bf16 logits (bytes) k_cross_entropy_row stages */
+    int32_t *emb_h;       /* pinned: the embedding's tokens, then the backward's index list */
+    size_t emb_cap;       /* int32s emb_h holds */
+    const int32_t *emb_tok; /* the tokens whose copy the last embedding_forward started */
+    int emb_N, emb_up_pending;
+    cudaEvent_t emb_tok_ev, emb_up_ev; /* that copy; the backward's upload of the list */
 } cuda_impl;
 
 static cuda_impl *impl_of(mk_backend *be) { return (cuda_impl *)be->impl; }
@@ -603,12 +608,40 @@ __global__ static void k_embedding_forward(float *out, const int32_t *tokens, co
     }
 }
 
+/* Pinned host room for the embedding backward: the tokens (N) then its index list
+ * (3N + 1). A pending upload from it completes before it is written again. */
+static int emb_host_reserve(cuda_impl *im, int N)
+{
+    const size_t need = (size_t)4 * N + 1;
+    if (im->emb_up_pending) {
+        CU_CHECK(cudaEventSynchronize(im->emb_up_ev), "embedding: upload");
+        im->emb_up_pending = 0;
+    }
+    if (need <= im->emb_cap) return MK_OK;
+    if (im->emb_h) cudaFreeHost(im->emb_h);
+    im->emb_h = NULL, im->emb_cap = 0, im->emb_tok = NULL;
+    CU_CHECK(cudaMallocHost((void **)&im->emb_h, need * sizeof *im->emb_h), "embedding: pinned host buffer");
+    im->emb_cap = need;
+    return MK_OK;
+}
+
 static int cuda_embedding_forward(mk_backend *be, mk_real *out, const int32_t *tokens,
                                   const mk_real *wte, int N, int D)
 {
-    (void)be;
+    cuda_impl *im = impl_of(be);
     size_t n = (size_t)N * D;
     if (N > 0 && D > 0) LAUNCH(k_embedding_forward, grid_for(n), "embedding_forward", out, tokens, wte, N, D);
+    /* The backward groups the tokens by row on the host: they start on their way now,
+     * while the GPU is idle at the start of the step, so that the backward does not wait
+     * at its end for the whole backward to finish before it can copy them. */
+    im->emb_tok = NULL;
+    if (N > 0) {
+        MK_CHECK(emb_host_reserve(im, N));
+        CU_CHECK(cudaMemcpyAsync(im->emb_h, tokens, (size_t)N * sizeof *tokens, cudaMemcpyDeviceToHost, 0),
+                 "embedding_forward: tokens to the host");
+        CU_CHECK(cudaEventRecord(im->emb_tok_ev, 0), "embedding_forward: event");
+        im->emb_tok = tokens, im->emb_N = N;
+    }
     return MK_OK;
 }
 
@@ -644,66 +677,57 @@ static int cuda_embedding_backward(mk_backend *be, mk_real *dwte, const int32_t 
 {
     cuda_impl *im = impl_of(be);
     if (N <= 0 || D <= 0) return MK_OK;
-    /* The tokens come to the host to be validated as on the CPU and grouped by row: a
-     * counting sort, stable, so each row's tokens stay in token order. */
-    int32_t *tok = (int32_t *)malloc((size_t)N * sizeof *tok);
+    /* The tokens, on the host, are validated as on the CPU and grouped by row: a counting
+     * sort, stable, so each row's tokens stay in token order. They are the copy the
+     * forward started where it saw these tokens, else copied now. */
+    const int kept = im->emb_tok == tokens && im->emb_N == N;
+    if (kept) {
+        CU_CHECK(cudaEventSynchronize(im->emb_tok_ev), "embedding_backward: tokens");
+    } else {
+        MK_CHECK(emb_host_reserve(im, N));
+        CU_CHECK(cudaMemcpy(im->emb_h, tokens, (size_t)N * sizeof *tokens, cudaMemcpyDeviceToHost),
+                 "embedding_backward: tokens");
+    }
+    im->emb_tok = NULL; /* one backward per forward's copy; another call copies again */
+    const int32_t *tok = im->emb_h;
+    for (int n = 0; n < N; n++)
+        if (tok[n] < 0 || tok[n] >= V)
+            return MK_FAIL(MK_ERR_INPUT, "embedding: token %d at position %d outside vocabulary %d", (int)tok[n], n,
+                           V);
     int32_t *cnt = (int32_t *)calloc((size_t)V + 1, sizeof *cnt);
-    int32_t *list = (int32_t *)malloc(((size_t)2 * N + 1 + N) * sizeof *list);
-    int rc = MK_OK;
-    if (!tok || !cnt || !list) {
-        rc = MK_FAIL(MK_ERR_NOMEM, "embedding_backward: out of host memory");
-        goto done;
+    if (!cnt) return MK_FAIL(MK_ERR_NOMEM, "embedding_backward: out of host memory");
+    for (int n = 0; n < N; n++) cnt[tok[n]]++;
+    int nu = 0;
+    for (int v = 0; v < V; v++) nu += cnt[v] > 0;
+    int32_t *list = im->emb_h + N;
+    int32_t *rows = list, *start = list + nu, *idx = list + 2 * nu + 1;
+    /* cnt becomes each row's first position in idx; rows in vocabulary order. */
+    int pos = 0, u = 0;
+    for (int v = 0; v < V; v++) {
+        int c = cnt[v];
+        cnt[v] = pos;
+        if (c) {
+            rows[u] = v;
+            start[u] = pos;
+            u++;
+        }
+        pos += c;
     }
-    {
-        cudaError_t e = cudaMemcpy(tok, tokens, (size_t)N * sizeof *tok, cudaMemcpyDeviceToHost);
-        if (e != cudaSuccess) {
-            rc = MK_FAIL(MK_ERR_INTERNAL, "cuda: embedding_backward: tokens: %s", cudaGetErrorString(e));
-            goto done;
-        }
-        for (int n = 0; n < N; n++)
-            if (tok[n] < 0 || tok[n] >= V) {
-                rc = MK_FAIL(MK_ERR_INPUT, "embedding: token %d at position %d outside vocabulary %d",
-                             (int)tok[n], n, V);
-                goto done;
-            }
-        for (int n = 0; n < N; n++) cnt[tok[n]]++;
-        int nu = 0;
-        for (int v = 0; v < V; v++) nu += cnt[v] > 0;
-        int32_t *rows = list, *start = list + nu, *idx = list + 2 * nu + 1;
-        /* cnt becomes each row's first position in idx; rows in vocabulary order. */
-        int pos = 0, u = 0;
-        for (int v = 0; v < V; v++) {
-            int c = cnt[v];
-            cnt[v] = pos;
-            if (c) {
-                rows[u] = v;
-                start[u] = pos;
-                u++;
-            }
-            pos += c;
-        }
-        start[nu] = pos;
-        for (int n = 0; n < N; n++) idx[cnt[tok[n]]++] = n;
-        size_t bytes = ((size_t)2 * nu + 1 + N) * sizeof *list;
-        void *sp;
-        rc = scratch_get(im, bytes, &sp);
-        if (rc != MK_OK) goto done;
-        e = cudaMemcpy(sp, list, bytes, cudaMemcpyHostToDevice);
-        if (e != cudaSuccess) {
-            rc = MK_FAIL(MK_ERR_INTERNAL, "cuda: embedding_backward: upload: %s", cudaGetErrorString(e));
-            goto done;
-        }
-        k_embedding_backward<<<dim3((unsigned)nu, (unsigned)((D + TPB - 1) / TPB)), TPB>>>(
-            dwte, dout, (const int32_t *)sp, nu, D);
-        e = cudaGetLastError();
-        if (e != cudaSuccess)
-            rc = MK_FAIL(MK_ERR_INTERNAL, "cuda: embedding_backward: %s", cudaGetErrorString(e));
-    }
-done:
-    free(tok);
+    start[nu] = pos;
+    for (int n = 0; n < N; n++) idx[cnt[tok[n]]++] = n;
     free(cnt);
-    free(list);
-    return rc;
+    /* From pinned memory the upload does not wait for the GPU; the buffer is not written
+     * again before it is done (emb_host_reserve). */
+    const size_t bytes = ((size_t)2 * nu + 1 + N) * sizeof *list;
+    void *sp;
+    MK_CHECK(scratch_get(im, bytes, &sp));
+    CU_CHECK(cudaMemcpyAsync(sp, list, bytes, cudaMemcpyHostToDevice, 0), "embedding_backward: upload");
+    CU_CHECK(cudaEventRecord(im->emb_up_ev, 0), "embedding_backward: event");
+    im->emb_up_pending = 1;
+    k_embedding_backward<<<dim3((unsigned)nu, (unsigned)((D + TPB - 1) / TPB)), TPB>>>(dwte, dout,
+                                                                                   (const int32_t *)sp, nu, D);
+    CU_CHECK(cudaGetLastError(), "embedding_backward");
+    return MK_OK;
 }
 
 /* ------------------------------------------------------------------ RMSNorm */
@@ -2182,6 +2206,10 @@ static void cuda_destroy(mk_backend *be)
         if (im->gptr) cudaFree(im->gptr);
         if (im->rope_cs) cudaFree(im->rope_cs);
         mk_devbuf_release(&im->scratch);
+        if (im->emb_up_pending) cudaEventSynchronize(im->emb_up_ev);
+        if (im->emb_h) cudaFreeHost(im->emb_h);
+        if (im->emb_tok_ev) cudaEventDestroy(im->emb_tok_ev);
+        if (im->emb_up_ev) cudaEventDestroy(im->emb_up_ev);
         free(im);
     }
     free(be);
@@ -2271,6 +2299,12 @@ extern "C" int mk_backend_cuda_create(int device, int bf16, mk_backend **out)
         im->blas = NULL;
         cuda_destroy(be);
         return MK_FAIL(MK_ERR_INTERNAL, "cuda: cublasCreate: %s", cublasGetStatusString(s));
+    }
+    cudaError_t ev = cudaEventCreateWithFlags(&im->emb_tok_ev, cudaEventDisableTiming);
+    if (ev == cudaSuccess) ev = cudaEventCreateWithFlags(&im->emb_up_ev, cudaEventDisableTiming);
+    if (ev != cudaSuccess) {
+        cuda_destroy(be);
+        return MK_FAIL(MK_ERR_INTERNAL, "cuda: cudaEventCreate: %s", cudaGetErrorString(ev));
     }
     /* Pedantic fp32: no TF32 or other reduced-precision shortcuts (not even through
      * NVIDIA_TF32_OVERRIDE), so GEMMs match the CPU to fp32 round-off. No atomics: cuBLAS
