@@ -487,10 +487,12 @@ static void test_embedding(void)
     int32_t *gbad = D(badtok, sizeof badtok);
     tap_ok(gpu->ops->embedding_backward(gpu, gdwte, gbad, gdout, 3, Dm, V) == MK_ERR_INPUT,
            "embedding_backward rejects a token outside the vocabulary");
-    /* a forward of other tokens at the same address: the backward groups those */
+    /* a forward of the first 2 tokens (valid), a backward of all 3 at that address */
+    int32_t bad3[3] = {1, 2, V};
+    int32_t *gbad3 = D(bad3, sizeof bad3);
     float *gout2 = Dz(sizeof(float) * 3 * Dm);
-    r2 = gpu->ops->embedding_forward(gpu, gout2, gbad, gwte, 2, Dm);
-    tap_ok(r2 == MK_OK && gpu->ops->embedding_backward(gpu, gdwte, gbad, gdout, 3, Dm, V) == MK_ERR_INPUT,
+    r2 = gpu->ops->embedding_forward(gpu, gout2, gbad3, gwte, 2, Dm);
+    tap_ok(r2 == MK_OK && gpu->ops->embedding_backward(gpu, gdwte, gbad3, gdout, 3, Dm, V) == MK_ERR_INPUT,
            "embedding_backward: a forward of 2 tokens, then a backward of 3 at that address, copies them again");
     arena_free();
 }
