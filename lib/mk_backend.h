@@ -116,6 +116,15 @@ typedef struct mk_backend_ops {
     /* dqkv = (written, all 3D columns), datt is scratch of the size of att. */
     int (*attention_backward)(mk_backend *be, mk_real *dqkv, mk_real *datt, const mk_real *dout,
                               const mk_real *qkv, const mk_real *att, int B, int T, int D, int H);
+    /* Optional, one op each: rope_forward(qkv) then attention_forward, and
+     * attention_backward then rope_backward(dqkv) of that state. After the forward, qkv's q
+     * and k may be rotated or not (the backend's choice: only this backward reads them).
+     * NULL: the model calls the two ops. */
+    int (*attention_rope_forward)(mk_backend *be, mk_real *out, mk_real *att, mk_real *qkv, int B,
+                                  int T, int D, int H, double theta);
+    int (*attention_rope_backward)(mk_backend *be, mk_real *dqkv, mk_real *datt,
+                                   const mk_real *dout, const mk_real *qkv, const mk_real *att,
+                                   int B, int T, int D, int H, double theta);
 
     /* --- router ------------------------------------------------------------------- */
     /* From logits z [N, E] (always fp32 or wider): probs = softmax(z) [N, E], lse [N] the

@@ -480,8 +480,12 @@ static int attention_block_forward(mk_model *m, const layer_params *p, layer_act
     const int N = B * m->T, D = m->D;
     MK_CHECK(o->rmsnorm_forward(be, a->ln1, a->rstd1, a->x_in, p->attn_norm, N, D));
     MK_CHECK(o->matmul(be, a->qkv, a->ln1, p->qkv, N, 3 * D, D, 0, 0, 1, 0));
-    MK_CHECK(o->rope_forward(be, a->qkv, B, m->T, D, m->H, MK_ROPE_THETA));
-    MK_CHECK(o->attention_forward(be, a->atty, a->att, a->qkv, B, m->T, D, m->H));
+    if (o->attention_rope_forward) {
+        MK_CHECK(o->attention_rope_forward(be, a->atty, a->att, a->qkv, B, m->T, D, m->H, MK_ROPE_THETA));
+    } else {
+        MK_CHECK(o->rope_forward(be, a->qkv, B, m->T, D, m->H, MK_ROPE_THETA));
+        MK_CHECK(o->attention_forward(be, a->atty, a->att, a->qkv, B, m->T, D, m->H));
+    }
     MK_CHECK(o->matmul(be, a->h, a->atty, p->attn_out, N, D, D, 0, 0, 1, 0));
     MK_CHECK(o->add(be, a->h, a->h, a->x_in, (size_t)N * D));
     return MK_OK;
@@ -678,8 +682,13 @@ static int attention_block_backward(mk_model *m, const layer_params *p, layer_pa
     scratch *s = &m->s;
     const int N = B * m->T, D = m->D;
     MK_CHECK(linear_backward(be, s->datty, g->attn_out, a->atty, p->attn_out, s->dresid, N, D, D, 0));
-    MK_CHECK(o->attention_backward(be, s->dqkv, s->datt, s->datty, a->qkv, a->att, B, m->T, D, m->H));
-    MK_CHECK(o->rope_backward(be, s->dqkv, B, m->T, D, m->H, MK_ROPE_THETA));
+    if (o->attention_rope_backward) {
+        MK_CHECK(o->attention_rope_backward(be, s->dqkv, s->datt, s->datty, a->qkv, a->att, B, m->T, D, m->H,
+                                            MK_ROPE_THETA));
+    } else {
+        MK_CHECK(o->attention_backward(be, s->dqkv, s->datt, s->datty, a->qkv, a->att, B, m->T, D, m->H));
+        MK_CHECK(o->rope_backward(be, s->dqkv, B, m->T, D, m->H, MK_ROPE_THETA));
+    }
     MK_CHECK(linear_backward(be, s->dln, g->qkv, a->ln1, p->qkv, s->dqkv, N, D, 3 * D, 0));
     MK_CHECK(o->rmsnorm_backward(be, s->dresid, g->attn_norm, s->dln, a->x_in, p->attn_norm, a->rstd1, N, D));
     return MK_OK;

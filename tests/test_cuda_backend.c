@@ -576,6 +576,19 @@ static void test_attention(void)
         if (both_ok(r1, r2, "attention_backward"))
             check_arr(Gf(gdqkv, nqkv), dqkv, nqkv, RT_GEMM, AT_GEMM,
                       "attention_backward B %d T %d D %d H %d dqkv (all columns written)", B, T, Dm, H);
+        /* RoPE with attention as one op (here: the two ops in turn) against the CPU's four */
+        float *cq = Hcopy(qkv, nqkv), *cd = Hf(nqkv), *gq = D(qkv, nqkv * 4), *gd = Dz(nqkv * 4);
+        r1 = cpu->ops->rope_forward(cpu, cq, B, T, Dm, H, 10000.0);
+        if (r1 == MK_OK) r1 = cpu->ops->attention_forward(cpu, out, att, cq, B, T, Dm, H);
+        if (r1 == MK_OK) r1 = cpu->ops->attention_backward(cpu, cd, datt, dout, cq, att, B, T, Dm, H);
+        if (r1 == MK_OK) r1 = cpu->ops->rope_backward(cpu, cd, B, T, Dm, H, 10000.0);
+        r2 = gpu->ops->attention_rope_forward(gpu, gout, gatt, gq, B, T, Dm, H, 10000.0);
+        if (r2 == MK_OK) r2 = gpu->ops->attention_rope_backward(gpu, gd, gdatt, gdout, gq, gatt, B, T, Dm, H, 10000.0);
+        if (both_ok(r1, r2, "attention_rope")) {
+            check_arr(Gf(gout, nout), out, nout, RT_GEMM, AT_GEMM, "attention_rope_forward B %d T %d D %d H %d out", B, T, Dm, H);
+            check_arr(Gf(gd, nqkv), cd, nqkv, RT_GEMM, AT_GEMM, "attention_rope_backward B %d T %d D %d H %d dqkv", B, T, Dm,
+                      H);
+        }
     }
     arena_free();
 }
@@ -638,6 +651,22 @@ static void test_attention_bf16(mk_backend *bf)
                        memcmp(Gf(gdqkv2, nqkv), g1, nqkv * 4) == 0,
                    "bf16 attention B %d T %d D %d H %d: a second run gives the same bits", B, T, Dm, H);
         }
+        /* RoPE fused into the attention (rotation as the forward rounds q and k, back as
+         * the backward writes dq and dk) = rope_forward, attention, attention_backward,
+         * rope_backward: the same bits. */
+        float *q1 = D(qkv, nqkv * 4), *q2 = D(qkv, nqkv * 4), *o1 = Dz(nout * 4), *o2 = Dz(nout * 4);
+        float *a1 = Dz(natt * 4), *a2 = Dz(natt * 4), *d1 = Dz(nqkv * 4), *d2 = Dz(nqkv * 4);
+        float *w1 = Dz(natt * 4), *w2 = Dz(natt * 4);
+        r2 = bf->ops->rope_forward(bf, q1, B, T, Dm, H, 10000.0);
+        if (r2 == MK_OK) r2 = bf->ops->attention_forward(bf, o1, a1, q1, B, T, Dm, H);
+        if (r2 == MK_OK) r2 = bf->ops->attention_backward(bf, d1, w1, gdout, q1, a1, B, T, Dm, H);
+        if (r2 == MK_OK) r2 = bf->ops->rope_backward(bf, d1, B, T, Dm, H, 10000.0);
+        int r3 = bf->ops->attention_rope_forward(bf, o2, a2, q2, B, T, Dm, H, 10000.0);
+        if (r3 == MK_OK) r3 = bf->ops->attention_rope_backward(bf, d2, w2, gdout, q2, a2, B, T, Dm, H, 10000.0);
+        tap_ok(r2 == MK_OK && r3 == MK_OK && memcmp(Gf(o1, nout), Gf(o2, nout), nout * 4) == 0 &&
+                   memcmp(Gf(d1, nqkv), Gf(d2, nqkv), nqkv * 4) == 0,
+               "bf16 attention with RoPE fused B %d T %d D %d H %d: out and dqkv = the four ops' bits (rc %d, %d)", B, T,
+               Dm, H, r2, r3);
         arena_free();
     }
 }

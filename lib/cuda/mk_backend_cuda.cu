@@ -985,23 +985,13 @@ __global__ static void k_rope(float *qkv, const double *cs, int N, int T, int D,
         const size_t n = i / D;
         const int col = 2 * (int)(i % D); /* even column in 0 .. 2D-1: q, then k */
         const int p = (col % hd) / 2;
-        const double *cp = cs + ((size_t)(n % T) * half + p) * 2;
-        const double c = cp[0], s = sign * cp[1];
         float *row = qkv + n * 3 * D;
-        const double x0 = row[col], x1 = row[col + 1];
-        row[col] = (float)(x0 * c - x1 * s);
-        row[col + 1] = (float)(x0 * s + x1 * c);
+        mk_rope_rotate(row[col], row[col + 1], cs + ((size_t)(n % T) * half + p) * 2, sign);
     }
 }
 
 /* The same, one block per token and two pairs per thread (16-byte loads, no 64-bit division
  * per element); for D a multiple of 4 and an aligned qkv. */
-__device__ __forceinline__ void rope1(float &a, float &b, const double *cp, double sign)
-{
-    const double c = cp[0], s = sign * cp[1], x0 = a, x1 = b;
-    a = (float)(x0 * c - x1 * s);
-    b = (float)(x0 * s + x1 * c);
-}
 
 __global__ static void k_rope_row(float *qkv, const double *cs, int T, int D, int hd, double sign)
 {
@@ -1012,23 +1002,21 @@ __global__ static void k_rope_row(float *qkv, const double *cs, int T, int D, in
     for (int j = threadIdx.x; j < D / 2; j += blockDim.x) { /* q and k: 2D columns */
         const int col = 4 * j;
         float4 v = row[j];
-        rope1(v.x, v.y, ct + (col % hd), sign);
-        rope1(v.z, v.w, ct + ((col + 2) % hd), sign);
+        mk_rope_rotate(v.x, v.y, ct + (col % hd), sign);
+        mk_rope_rotate(v.z, v.w, ct + ((col + 2) % hd), sign);
         row[j] = v;
     }
 }
 
-static int rope_apply(mk_backend *be, const char *op, mk_real *qkv, int B, int T, int D, int H,
-                      double theta, double sign)
+/* im->rope_cs for (T, hd, theta); the arguments checked as rope_forward does. */
+static int rope_table(cuda_impl *im, const char *op, int T, int D, int H, double theta)
 {
-    cuda_impl *im = impl_of(be);
     MK_CHECK(check_heads(op, D, H));
-    int hd = D / H;
+    const int hd = D / H;
     if (hd % 2 != 0) return MK_FAIL(MK_ERR_INTERNAL, "%s: head size %d is odd", op, hd);
     if (T <= 0 || !(theta > 0))
         return MK_FAIL(MK_ERR_INTERNAL, "%s: sequence length %d, theta %g", op, T, theta);
-    const int N = B * T, half = hd / 2;
-    if (N <= 0) return MK_OK;
+    const int half = hd / 2;
     /* The angle table depends on (T, hd, theta) only: made once, kept on the device. */
     if (!im->rope_cs || im->rope_T != T || im->rope_hd != hd || im->rope_theta != theta) {
         size_t bytes = (size_t)T * half * 2 * sizeof(double);
@@ -1053,6 +1041,16 @@ static int rope_apply(mk_backend *be, const char *op, mk_real *qkv, int B, int T
         }
         im->rope_T = T, im->rope_hd = hd, im->rope_theta = theta;
     }
+    return MK_OK;
+}
+
+static int rope_apply(mk_backend *be, const char *op, mk_real *qkv, int B, int T, int D, int H,
+                      double theta, double sign)
+{
+    cuda_impl *im = impl_of(be);
+    MK_CHECK(rope_table(im, op, T, D, H, theta));
+    const int N = B * T, hd = D / H;
+    if (N <= 0) return MK_OK;
     if (D % 4 == 0 && ((uintptr_t)qkv & 15) == 0)
         LAUNCH(k_rope_row, (unsigned)N, op, qkv, (const double *)im->rope_cs, T, D, hd, sign);
     else
@@ -1116,7 +1114,7 @@ static int cuda_attention_forward(mk_backend *be, mk_real *out, mk_real *att, co
     cuda_impl *im = impl_of(be);
     MK_CHECK(check_heads("attention_forward", D, H));
     if (B <= 0 || T <= 0) return MK_OK;
-    if (use_flash(im, B, T, D, H)) return mk_flash_attn_forward(out, att, qkv, B, T, D, H);
+    if (use_flash(im, B, T, D, H)) return mk_flash_attn_forward(out, att, qkv, NULL, B, T, D, H);
     const int hd = D / H, ld = 3 * D;
     const float scale = (float)(1.0 / sqrt((double)hd));
     const long long TT = (long long)T * T;
@@ -1162,7 +1160,7 @@ static int cuda_attention_backward(mk_backend *be, mk_real *dqkv, mk_real *datt,
     MK_CHECK(check_heads("attention_backward", D, H));
     if (B <= 0 || T <= 0) return MK_OK;
     if (use_flash(im, B, T, D, H))
-        return mk_flash_attn_backward(dqkv, datt, dout, qkv, att, B, T, D, H);
+        return mk_flash_attn_backward(dqkv, datt, dout, qkv, att, NULL, B, T, D, H);
     const int hd = D / H, ld = 3 * D;
     const float scale = (float)(1.0 / sqrt((double)hd));
     const long long TT = (long long)T * T;
@@ -1188,6 +1186,39 @@ static int cuda_attention_backward(mk_backend *be, mk_real *dqkv, mk_real *datt,
                                  0.0f, dv, ld, hd, H, "attention_backward (dV)"));
     }
     return MK_OK;
+}
+
+/* RoPE and attention as one op: where the fused kernels run, q and k are rotated as the
+ * forward rounds them (qkv keeps its unrotated values; only the backward below reads this
+ * state) and the backward rotates dq and dk back as it writes them: two passes over qkv
+ * and dqkv less per layer. Elsewhere the two ops in turn. */
+static int cuda_attention_rope_forward(mk_backend *be, mk_real *out, mk_real *att, mk_real *qkv, int B, int T,
+                                       int D, int H, double theta)
+{
+    cuda_impl *im = impl_of(be);
+    MK_CHECK(check_heads("attention_rope_forward", D, H));
+    if (B <= 0 || T <= 0) return MK_OK;
+    if (!use_flash(im, B, T, D, H)) {
+        MK_CHECK(cuda_rope_forward(be, qkv, B, T, D, H, theta));
+        return cuda_attention_forward(be, out, att, qkv, B, T, D, H);
+    }
+    MK_CHECK(rope_table(im, "attention_rope_forward", T, D, H, theta));
+    return mk_flash_attn_forward(out, att, qkv, im->rope_cs, B, T, D, H);
+}
+
+static int cuda_attention_rope_backward(mk_backend *be, mk_real *dqkv, mk_real *datt, const mk_real *dout,
+                                        const mk_real *qkv, const mk_real *att, int B, int T, int D, int H,
+                                        double theta)
+{
+    cuda_impl *im = impl_of(be);
+    MK_CHECK(check_heads("attention_rope_backward", D, H));
+    if (B <= 0 || T <= 0) return MK_OK;
+    if (!use_flash(im, B, T, D, H)) {
+        MK_CHECK(cuda_attention_backward(be, dqkv, datt, dout, qkv, att, B, T, D, H));
+        return cuda_rope_backward(be, dqkv, B, T, D, H, theta);
+    }
+    MK_CHECK(rope_table(im, "attention_rope_backward", T, D, H, theta));
+    return mk_flash_attn_backward(dqkv, datt, dout, qkv, att, im->rope_cs, B, T, D, H);
 }
 
 /* ------------------------------------------------------------------ router */
@@ -2240,6 +2271,8 @@ static void fill_ops(mk_backend_ops *o)
     o->rope_backward = cuda_rope_backward;
     o->attention_forward = cuda_attention_forward;
     o->attention_backward = cuda_attention_backward;
+    o->attention_rope_forward = cuda_attention_rope_forward;
+    o->attention_rope_backward = cuda_attention_rope_backward;
     o->router_forward = cuda_router_forward;
     o->router_backward = cuda_router_backward;
     o->route_plan = cuda_route_plan;

@@ -85,17 +85,31 @@ __device__ __forceinline__ uint4 round8(const float *p, float w, int vec)
     return *(const uint4 *)h;
 }
 
+/* The gathers run one warp per row, its lanes over the row's 16-byte chunks: the row's
+ * choice (and gate) is read once, and no 64-bit division per chunk finds the row (one
+ * thread per chunk spent about as long on the index arithmetic as on the copy). */
+#define GATHER_WARPS (TPB / 32)
+
+static unsigned gather_grid(size_t R)
+{
+    const size_t b = (R + GATHER_WARPS - 1) / GATHER_WARPS;
+    return (unsigned)(b > MAX_BLOCKS ? MAX_BLOCKS : b);
+}
+
 /* out[r, :] = bf16(w * src[row_slot[r] / K, :]) (w = weights[row_slot[r]] or 1), 8 columns
- * per thread (D8 = D / 8); the source row is read as float4 when vec (16-byte aligned).
+ * per chunk (D8 = D / 8); the source row is read as float4 when vec (16-byte aligned).
  * The product w * x is rounded once, as permute_rows followed by a rounding would. */
 __global__ static void k_gather_bf16(uint4 *out, const float *src, const int *row_slot,
                                      const float *weights, int K, size_t R, int D8, int vec)
 {
-    GRID_STRIDE(i, R * D8) {
-        const size_t r = i / D8, c = (i % D8) * 8;
+    const int lane = threadIdx.x % 32;
+    for (size_t r = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32; r < R;
+         r += (size_t)gridDim.x * GATHER_WARPS) {
         const int s = row_slot[r];
         const float w = weights ? weights[s] : 1.0f;
-        out[i] = round8(src + (size_t)(s / K) * D8 * 8 + c, w, vec);
+        const float *row = src + (size_t)(s / K) * D8 * 8;
+        uint4 *o = out + r * D8;
+        for (int c = lane; c < D8; c += 32) o[c] = round8(row + (size_t)c * 8, w, vec);
     }
 }
 
@@ -105,9 +119,12 @@ __global__ static void k_gather_bf16(uint4 *out, const float *src, const int *ro
 __global__ static void k_gather_rows_bf16(uint4 *out, const uint4 *srcb, const int *row_slot, int K, size_t R,
                                           int D8)
 {
-    GRID_STRIDE(i, R * D8) {
-        const size_t r = i / D8, c = i % D8;
-        out[i] = srcb[(size_t)(row_slot[r] / K) * D8 + c];
+    const int lane = threadIdx.x % 32;
+    for (size_t r = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32; r < R;
+         r += (size_t)gridDim.x * GATHER_WARPS) {
+        const uint4 *row = srcb + (size_t)(row_slot[r] / K) * D8;
+        uint4 *o = out + r * D8;
+        for (int c = lane; c < D8; c += 32) o[c] = row[c];
     }
 }
 
@@ -280,13 +297,12 @@ static size_t gather_ws(const mk_rows_gather *g, int D)
 static int gather_bf16(bf16 *out, const mk_rows_gather *g, size_t R, int D, void *ws, const char *what)
 {
     if (R == 0) return MK_OK;
-    const size_t n = R * (size_t)(D / 8);
     if (gather_ws(g, D)) {
         MK_CHECK(mk_cuda_round_bf16(ws, g->src, (size_t)g->N * D, what));
-        k_gather_rows_bf16<<<grid_for(n), TPB>>>((uint4 *)out, (const uint4 *)ws, g->row_slot, g->K, R, D / 8);
+        k_gather_rows_bf16<<<gather_grid(R), TPB>>>((uint4 *)out, (const uint4 *)ws, g->row_slot, g->K, R, D / 8);
     } else {
         const int vec = ((uintptr_t)g->src & 15) == 0;
-        k_gather_bf16<<<grid_for(n), TPB>>>((uint4 *)out, g->src, g->row_slot, g->weights, g->K, R, D / 8, vec);
+        k_gather_bf16<<<gather_grid(R), TPB>>>((uint4 *)out, g->src, g->row_slot, g->weights, g->K, R, D / 8, vec);
     }
     CU_CHECK(cudaGetLastError(), what);
     return MK_OK;

@@ -260,8 +260,9 @@ __global__ static void k_flash_delta(float *delta, bf16 *dob, const float *dout,
  * and P^T = exp2(S^T sl2 - lse). */
 __global__ static void __launch_bounds__(NT) k_flash_bwd_dkdv(float *dqkv, const bf16 *qkv,
                                                               const bf16 *dout, const float *lse,
-                                                              const float *delta, int T, int D,
-                                                              int H, int nqb, float sl2, float scale)
+                                                              const float *delta, const double *rope_cs,
+                                                              int T, int D, int H, int nqb, float sl2,
+                                                              float scale)
 {
     __shared__ __align__(16) bf16 Qs[2][TILE];
     __shared__ __align__(16) bf16 Os[2][TILE];
@@ -330,12 +331,16 @@ __global__ static void __launch_bounds__(NT) k_flash_bwd_dkdv(float *dqkv, const
         const int c = 8 * dj + 2 * q;
         if (k0 < T) {
             float *row = dqkv + ((size_t)b * T + k0) * ld + h * HD + c;
-            *(float2 *)(row + D) = make_float2(dk[dj][0] * scale, dk[dj][1] * scale);
+            float x = dk[dj][0] * scale, y = dk[dj][1] * scale;
+            if (rope_cs) mk_rope_rotate(x, y, rope_cs + (size_t)k0 * HD + c, -1.0);
+            *(float2 *)(row + D) = make_float2(x, y);
             *(float2 *)(row + 2 * D) = make_float2(dv[dj][0], dv[dj][1]);
         }
         if (k1 < T) {
             float *row = dqkv + ((size_t)b * T + k1) * ld + h * HD + c;
-            *(float2 *)(row + D) = make_float2(dk[dj][2] * scale, dk[dj][3] * scale);
+            float x = dk[dj][2] * scale, y = dk[dj][3] * scale;
+            if (rope_cs) mk_rope_rotate(x, y, rope_cs + (size_t)k1 * HD + c, -1.0);
+            *(float2 *)(row + D) = make_float2(x, y);
             *(float2 *)(row + 2 * D) = make_float2(dv[dj][2], dv[dj][3]);
         }
     }
@@ -345,8 +350,9 @@ __global__ static void __launch_bounds__(NT) k_flash_bwd_dkdv(float *dqkv, const
  * over the key blocks up to the diagonal. */
 __global__ static void __launch_bounds__(NT) k_flash_bwd_dq(float *dqkv, const bf16 *qkv,
                                                             const bf16 *dout, const float *lse,
-                                                            const float *delta, int T, int D,
-                                                            int H, int nqb, float sl2, float scale)
+                                                            const float *delta, const double *rope_cs,
+                                                            int T, int D, int H, int nqb, float sl2,
+                                                            float scale)
 {
     __shared__ __align__(16) bf16 Ks[2][TILE];
     __shared__ __align__(16) bf16 Vs[2][TILE];
@@ -399,12 +405,36 @@ __global__ static void __launch_bounds__(NT) k_flash_bwd_dq(float *dqkv, const b
 #pragma unroll
     for (int dj = 0; dj < HD / 8; dj++) {
         const int c = 8 * dj + 2 * q;
-        if (r0 < T)
-            *(float2 *)(dqkv + ((size_t)b * T + r0) * ld + h * HD + c) =
-                make_float2(dq[dj][0] * scale, dq[dj][1] * scale);
-        if (r1 < T)
-            *(float2 *)(dqkv + ((size_t)b * T + r1) * ld + h * HD + c) =
-                make_float2(dq[dj][2] * scale, dq[dj][3] * scale);
+        if (r0 < T) {
+            float x = dq[dj][0] * scale, y = dq[dj][1] * scale;
+            if (rope_cs) mk_rope_rotate(x, y, rope_cs + (size_t)r0 * HD + c, -1.0);
+            *(float2 *)(dqkv + ((size_t)b * T + r0) * ld + h * HD + c) = make_float2(x, y);
+        }
+        if (r1 < T) {
+            float x = dq[dj][2] * scale, y = dq[dj][3] * scale;
+            if (rope_cs) mk_rope_rotate(x, y, rope_cs + (size_t)r1 * HD + c, -1.0);
+            *(float2 *)(dqkv + ((size_t)b * T + r1) * ld + h * HD + c) = make_float2(x, y);
+        }
+    }
+}
+
+/* qkv rounded to bf16 with q and k rotated by RoPE first (the rope op then the rounding,
+ * in one pass): one block per token, four columns per thread. */
+__global__ static void k_qkv_rope_bf16(uint2 *out, const float4 *qkv, const double *cs, int T, int D)
+{
+    const size_t n = blockIdx.x;
+    const float4 *row = qkv + n * (3 * (size_t)D / 4);
+    uint2 *o = out + n * (3 * (size_t)D / 4);
+    const double *ct = cs + (size_t)(n % T) * HD;
+    for (int j = threadIdx.x; j < 3 * D / 4; j += blockDim.x) {
+        float4 v = row[j];
+        const int col = 4 * j;
+        if (col < 2 * D) {
+            mk_rope_rotate(v.x, v.y, ct + (col % HD), 1.0);
+            mk_rope_rotate(v.z, v.w, ct + ((col + 2) % HD), 1.0);
+        }
+        const __nv_bfloat162 a = __floats2bfloat162_rn(v.x, v.y), b = __floats2bfloat162_rn(v.z, v.w);
+        o[j] = make_uint2(*(const uint32_t *)&a, *(const uint32_t *)&b);
     }
 }
 
@@ -447,14 +477,20 @@ static int check_aligned(const char *what, const void *a, const void *b, const v
     return MK_OK;
 }
 
-extern "C" int mk_flash_attn_forward(float *out, float *state, const float *qkv, int B, int T, int D, int H)
+extern "C" int mk_flash_attn_forward(float *out, float *state, const float *qkv, const double *rope_cs, int B,
+                                     int T, int D, int H)
 {
     if (B <= 0 || T <= 0) return MK_OK;
     MK_CHECK(check_aligned("flash attention forward", out, state, qkv, qkv));
     const float sl2 = (float)(LOG2E / sqrt((double)HD));
     float *lse = state, *ostore = state + lse_floats(B, T, H);
     bf16 *qkvb = (bf16 *)(ostore + ostore_floats(B, T, H));
-    MK_CHECK(mk_cuda_round_bf16(qkvb, qkv, (size_t)B * T * 3 * D, "flash attention forward (bf16 qkv)"));
+    if (rope_cs) {
+        k_qkv_rope_bf16<<<(unsigned)((size_t)B * T), 256>>>((uint2 *)qkvb, (const float4 *)qkv, rope_cs, T, D);
+        FA_CHECK("flash attention forward (RoPE, bf16 qkv)");
+    } else {
+        MK_CHECK(mk_cuda_round_bf16(qkvb, qkv, (size_t)B * T * 3 * D, "flash attention forward (bf16 qkv)"));
+    }
     const int nqb = (T + BR - 1) / BR;
     k_flash_fwd<<<(unsigned)nqb * B * H, NT>>>(out, lse, ostore, qkvb, T, D, H, nqb, sl2);
     FA_CHECK("flash attention forward");
@@ -462,7 +498,7 @@ extern "C" int mk_flash_attn_forward(float *out, float *state, const float *qkv,
 }
 
 extern "C" int mk_flash_attn_backward(float *dqkv, float *work, const float *dout, const float *qkv,
-                                      const float *state, int B, int T, int D, int H)
+                                      const float *state, const double *rope_cs, int B, int T, int D, int H)
 {
     (void)qkv; /* the forward's bf16 copy in state is what the products use */
     if (B <= 0 || T <= 0) return MK_OK;
@@ -478,9 +514,9 @@ extern "C" int mk_flash_attn_backward(float *dqkv, float *work, const float *dou
     FA_CHECK("flash attention backward (row sums)");
     const int nqb = (T + BR - 1) / BR;
     const unsigned blocks = (unsigned)nqb * B * H;
-    k_flash_bwd_dkdv<<<blocks, NT>>>(dqkv, qkvb, dob, lse, delta, T, D, H, nqb, sl2, (float)scale);
+    k_flash_bwd_dkdv<<<blocks, NT>>>(dqkv, qkvb, dob, lse, delta, rope_cs, T, D, H, nqb, sl2, (float)scale);
     FA_CHECK("flash attention backward (dK, dV)");
-    k_flash_bwd_dq<<<blocks, NT>>>(dqkv, qkvb, dob, lse, delta, T, D, H, nqb, sl2, (float)scale);
+    k_flash_bwd_dq<<<blocks, NT>>>(dqkv, qkvb, dob, lse, delta, rope_cs, T, D, H, nqb, sl2, (float)scale);
     FA_CHECK("flash attention backward (dQ)");
     return MK_OK;
 }

@@ -23,6 +23,18 @@ extern "C" {
 
 #define MK_FLASH_HD 64
 
+#ifdef __CUDACC__
+/* RoPE on one pair (a, b) = columns 2i, 2i + 1 of a head, cp = (cos, sin) of its angle,
+ * sign 1 forward and -1 backward, in double: the one rotation of the backend's rope ops
+ * and of the fused attention below, so that both give the same bits. */
+__device__ __forceinline__ void mk_rope_rotate(float &a, float &b, const double *cp, double sign)
+{
+    const double c = cp[0], s = sign * cp[1], x0 = a, x1 = b;
+    a = (float)(x0 * c - x1 * s);
+    b = (float)(x0 * s + x1 * c);
+}
+#endif
+
 /* Floats of per-layer state the forward keeps for the backward: the log-sum-exp of every
  * row (B*H*T), a copy of the output per head (B*H*T*64) and Q, K, V rounded to bf16. */
 size_t mk_flash_attn_state_floats(int B, int T, int H);
@@ -34,13 +46,18 @@ size_t mk_flash_attn_work_floats(int B, int T, int H);
  * general path. Buffers must be 16-byte aligned (MK_ERR_INTERNAL otherwise). */
 int mk_flash_attn_supported(int T, int D, int H);
 
-/* out = softmax(scale Q K^T, causal) V per head; state: mk_flash_attn_state_floats. */
-int mk_flash_attn_forward(float *out, float *state, const float *qkv, int B, int T, int D, int H);
+/* out = softmax(scale Q K^T, causal) V per head; state: mk_flash_attn_state_floats. With
+ * rope_cs (NULL: none), the (cos, sin) table [T][32][2] of RoPE's angles for head size 64,
+ * q and k are rotated as they are rounded to bf16 (the state's copy): RoPE and attention
+ * in one pass over qkv, which itself is not changed. */
+int mk_flash_attn_forward(float *out, float *state, const float *qkv, const double *rope_cs, int B, int T,
+                          int D, int H);
 
 /* dqkv (every column written) from dout and the forward's state (its bf16 copy of qkv is
- * what the products use; qkv itself is not read); work: mk_flash_attn_work_floats. */
+ * what the products use; qkv itself is not read); work: mk_flash_attn_work_floats. With
+ * rope_cs, dq and dk are rotated back (RoPE's backward) before they are written. */
 int mk_flash_attn_backward(float *dqkv, float *work, const float *dout, const float *qkv,
-                           const float *state, int B, int T, int D, int H);
+                           const float *state, const double *rope_cs, int B, int T, int D, int H);
 
 #ifdef __cplusplus
 }
