@@ -651,9 +651,9 @@ static void test_attention_bf16(mk_backend *bf)
                        memcmp(Gf(gdqkv2, nqkv), g1, nqkv * 4) == 0,
                    "bf16 attention B %d T %d D %d H %d: a second run gives the same bits", B, T, Dm, H);
         }
-        /* RoPE fused into the attention (rotation as the forward rounds q and k, back as
-         * the backward writes dq and dk) = rope_forward, attention, attention_backward,
-         * rope_backward: the same bits. */
+        /* RoPE fused into the attention (q and k rotated as the forward rounds them) and
+         * its backward = rope_forward, attention, attention_backward, rope_backward: the
+         * same bits. */
         float *q1 = D(qkv, nqkv * 4), *q2 = D(qkv, nqkv * 4), *o1 = Dz(nout * 4), *o2 = Dz(nout * 4);
         float *a1 = Dz(natt * 4), *a2 = Dz(natt * 4), *d1 = Dz(nqkv * 4), *d2 = Dz(nqkv * 4);
         float *w1 = Dz(natt * 4), *w2 = Dz(natt * 4);

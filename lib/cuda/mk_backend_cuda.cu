@@ -1160,7 +1160,7 @@ static int cuda_attention_backward(mk_backend *be, mk_real *dqkv, mk_real *datt,
     MK_CHECK(check_heads("attention_backward", D, H));
     if (B <= 0 || T <= 0) return MK_OK;
     if (use_flash(im, B, T, D, H))
-        return mk_flash_attn_backward(dqkv, datt, dout, qkv, att, NULL, B, T, D, H);
+        return mk_flash_attn_backward(dqkv, datt, dout, qkv, att, B, T, D, H);
     const int hd = D / H, ld = 3 * D;
     const float scale = (float)(1.0 / sqrt((double)hd));
     const long long TT = (long long)T * T;
@@ -1190,8 +1190,9 @@ static int cuda_attention_backward(mk_backend *be, mk_real *dqkv, mk_real *datt,
 
 /* RoPE and attention as one op: where the fused kernels run, q and k are rotated as the
  * forward rounds them (qkv keeps its unrotated values; only the backward below reads this
- * state) and the backward rotates dq and dk back as it writes them: two passes over qkv
- * and dqkv less per layer. Elsewhere the two ops in turn. */
+ * state, and the fused backward does not read qkv): a pass over qkv less per layer.
+ * Elsewhere the two ops in turn. The backward is the two ops in turn either way (see
+ * mk_flash_attn.h). */
 static int cuda_attention_rope_forward(mk_backend *be, mk_real *out, mk_real *att, mk_real *qkv, int B, int T,
                                        int D, int H, double theta)
 {
@@ -1210,15 +1211,8 @@ static int cuda_attention_rope_backward(mk_backend *be, mk_real *dqkv, mk_real *
                                         const mk_real *qkv, const mk_real *att, int B, int T, int D, int H,
                                         double theta)
 {
-    cuda_impl *im = impl_of(be);
-    MK_CHECK(check_heads("attention_rope_backward", D, H));
-    if (B <= 0 || T <= 0) return MK_OK;
-    if (!use_flash(im, B, T, D, H)) {
-        MK_CHECK(cuda_attention_backward(be, dqkv, datt, dout, qkv, att, B, T, D, H));
-        return cuda_rope_backward(be, dqkv, B, T, D, H, theta);
-    }
-    MK_CHECK(rope_table(im, "attention_rope_backward", T, D, H, theta));
-    return mk_flash_attn_backward(dqkv, datt, dout, qkv, att, im->rope_cs, B, T, D, H);
+    MK_CHECK(cuda_attention_backward(be, dqkv, datt, dout, qkv, att, B, T, D, H));
+    return cuda_rope_backward(be, dqkv, B, T, D, H, theta);
 }
 
 /* ------------------------------------------------------------------ router */

@@ -260,9 +260,8 @@ __global__ static void k_flash_delta(float *delta, bf16 *dob, const float *dout,
  * and P^T = exp2(S^T sl2 - lse). */
 __global__ static void __launch_bounds__(NT) k_flash_bwd_dkdv(float *dqkv, const bf16 *qkv,
                                                               const bf16 *dout, const float *lse,
-                                                              const float *delta, const double *rope_cs,
-                                                              int T, int D, int H, int nqb, float sl2,
-                                                              float scale)
+                                                              const float *delta, int T, int D,
+                                                              int H, int nqb, float sl2, float scale)
 {
     __shared__ __align__(16) bf16 Qs[2][TILE];
     __shared__ __align__(16) bf16 Os[2][TILE];
@@ -331,16 +330,12 @@ __global__ static void __launch_bounds__(NT) k_flash_bwd_dkdv(float *dqkv, const
         const int c = 8 * dj + 2 * q;
         if (k0 < T) {
             float *row = dqkv + ((size_t)b * T + k0) * ld + h * HD + c;
-            float x = dk[dj][0] * scale, y = dk[dj][1] * scale;
-            if (rope_cs) mk_rope_rotate(x, y, rope_cs + (size_t)k0 * HD + c, -1.0);
-            *(float2 *)(row + D) = make_float2(x, y);
+            *(float2 *)(row + D) = make_float2(dk[dj][0] * scale, dk[dj][1] * scale);
             *(float2 *)(row + 2 * D) = make_float2(dv[dj][0], dv[dj][1]);
         }
         if (k1 < T) {
             float *row = dqkv + ((size_t)b * T + k1) * ld + h * HD + c;
-            float x = dk[dj][2] * scale, y = dk[dj][3] * scale;
-            if (rope_cs) mk_rope_rotate(x, y, rope_cs + (size_t)k1 * HD + c, -1.0);
-            *(float2 *)(row + D) = make_float2(x, y);
+            *(float2 *)(row + D) = make_float2(dk[dj][2] * scale, dk[dj][3] * scale);
             *(float2 *)(row + 2 * D) = make_float2(dv[dj][2], dv[dj][3]);
         }
     }
@@ -350,9 +345,8 @@ __global__ static void __launch_bounds__(NT) k_flash_bwd_dkdv(float *dqkv, const
  * over the key blocks up to the diagonal. */
 __global__ static void __launch_bounds__(NT) k_flash_bwd_dq(float *dqkv, const bf16 *qkv,
                                                             const bf16 *dout, const float *lse,
-                                                            const float *delta, const double *rope_cs,
-                                                            int T, int D, int H, int nqb, float sl2,
-                                                            float scale)
+                                                            const float *delta, int T, int D,
+                                                            int H, int nqb, float sl2, float scale)
 {
     __shared__ __align__(16) bf16 Ks[2][TILE];
     __shared__ __align__(16) bf16 Vs[2][TILE];
@@ -405,16 +399,12 @@ __global__ static void __launch_bounds__(NT) k_flash_bwd_dq(float *dqkv, const b
 #pragma unroll
     for (int dj = 0; dj < HD / 8; dj++) {
         const int c = 8 * dj + 2 * q;
-        if (r0 < T) {
-            float x = dq[dj][0] * scale, y = dq[dj][1] * scale;
-            if (rope_cs) mk_rope_rotate(x, y, rope_cs + (size_t)r0 * HD + c, -1.0);
-            *(float2 *)(dqkv + ((size_t)b * T + r0) * ld + h * HD + c) = make_float2(x, y);
-        }
-        if (r1 < T) {
-            float x = dq[dj][2] * scale, y = dq[dj][3] * scale;
-            if (rope_cs) mk_rope_rotate(x, y, rope_cs + (size_t)r1 * HD + c, -1.0);
-            *(float2 *)(dqkv + ((size_t)b * T + r1) * ld + h * HD + c) = make_float2(x, y);
-        }
+        if (r0 < T)
+            *(float2 *)(dqkv + ((size_t)b * T + r0) * ld + h * HD + c) =
+                make_float2(dq[dj][0] * scale, dq[dj][1] * scale);
+        if (r1 < T)
+            *(float2 *)(dqkv + ((size_t)b * T + r1) * ld + h * HD + c) =
+                make_float2(dq[dj][2] * scale, dq[dj][3] * scale);
     }
 }
 
@@ -498,7 +488,7 @@ extern "C" int mk_flash_attn_forward(float *out, float *state, const float *qkv,
 }
 
 extern "C" int mk_flash_attn_backward(float *dqkv, float *work, const float *dout, const float *qkv,
-                                      const float *state, const double *rope_cs, int B, int T, int D, int H)
+                                      const float *state, int B, int T, int D, int H)
 {
     (void)qkv; /* the forward's bf16 copy in state is what the products use */
     if (B <= 0 || T <= 0) return MK_OK;
@@ -514,9 +504,9 @@ extern "C" int mk_flash_attn_backward(float *dqkv, float *work, const float *dou
     FA_CHECK("flash attention backward (row sums)");
     const int nqb = (T + BR - 1) / BR;
     const unsigned blocks = (unsigned)nqb * B * H;
-    k_flash_bwd_dkdv<<<blocks, NT>>>(dqkv, qkvb, dob, lse, delta, rope_cs, T, D, H, nqb, sl2, (float)scale);
+    k_flash_bwd_dkdv<<<blocks, NT>>>(dqkv, qkvb, dob, lse, delta, T, D, H, nqb, sl2, (float)scale);
     FA_CHECK("flash attention backward (dK, dV)");
-    k_flash_bwd_dq<<<blocks, NT>>>(dqkv, qkvb, dob, lse, delta, rope_cs, T, D, H, nqb, sl2, (float)scale);
+    k_flash_bwd_dq<<<blocks, NT>>>(dqkv, qkvb, dob, lse, delta, T, D, H, nqb, sl2, (float)scale);
     FA_CHECK("flash attention backward (dQ)");
     return MK_OK;
 }

@@ -54,10 +54,11 @@ int mk_flash_attn_forward(float *out, float *state, const float *qkv, const doub
                           int D, int H);
 
 /* dqkv (every column written) from dout and the forward's state (its bf16 copy of qkv is
- * what the products use; qkv itself is not read); work: mk_flash_attn_work_floats. With
- * rope_cs, dq and dk are rotated back (RoPE's backward) before they are written. */
+ * what the products use; qkv itself is not read); work: mk_flash_attn_work_floats. (RoPE's
+ * backward stays a pass of its own: rotating dq and dk in these kernels' epilogues, where
+ * the angle table's loads are not hidden, cost more than the pass, measured on an H200.) */
 int mk_flash_attn_backward(float *dqkv, float *work, const float *dout, const float *qkv,
-                           const float *state, const double *rope_cs, int B, int T, int D, int H);
+                           const float *state, int B, int T, int D, int H);
 
 #ifdef __cplusplus
 }

@@ -86,7 +86,7 @@ static int c_dx(const bufs *g) { return mk_gg_cutlass_rows(g->cl, g->y, 1, DM, g
 static int c_dw2(const bufs *g) { return mk_gg_cutlass_wgrad(g->cl, g->dw, g->hb, FF, g->yb, DM, g->offs, E, FF, DM); }
 static int c_dw1(const bufs *g) { return mk_gg_cutlass_wgrad(g->cl, g->dw, g->xb, DM, g->da13b, 2 * FF, g->offs, E, DM, FF); }
 static int j_att_f(const bufs *g) { return mk_flash_attn_forward(g->out, g->state, g->qkv, NULL, B, T, DM, H); }
-static int j_att_b(const bufs *g) { return mk_flash_attn_backward(g->dqkv, g->work, g->dout, g->qkv, g->state, NULL, B, T, DM, H); }
+static int j_att_b(const bufs *g) { return mk_flash_attn_backward(g->dqkv, g->work, g->dout, g->qkv, g->state, B, T, DM, H); }
 
 static void run(const job *j, const bufs *g)
 {
