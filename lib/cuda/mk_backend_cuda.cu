@@ -1466,10 +1466,18 @@ __global__ static void k_route_scan(int32_t *offs, int32_t *fill, int32_t *hist,
 {
     for (int e = threadIdx.x; e < E; e += blockDim.x) {
         int run = 0;
-        for (int c = 0; c < chunks; c++) {
-            const int t = hist[(size_t)c * E + e];
-            hist[(size_t)c * E + e] = run;
-            run += t;
+        /* eight chunks' counts loaded before any store: the stores of the prefix would
+         * otherwise keep each load waiting for the one before (64 round trips to L2) */
+        for (int c0 = 0; c0 < chunks; c0 += 8) {
+            int t[8];
+#pragma unroll
+            for (int k = 0; k < 8; k++) t[k] = c0 + k < chunks ? hist[(size_t)(c0 + k) * E + e] : 0;
+#pragma unroll
+            for (int k = 0; k < 8; k++)
+                if (c0 + k < chunks) {
+                    hist[(size_t)(c0 + k) * E + e] = run;
+                    run += t[k];
+                }
         }
         fill[e] = run;
     }
@@ -2174,9 +2182,10 @@ __device__ __forceinline__ void adamw1(float &p, float g, float &m, float &v, co
 
 /* Four elements per thread with 16-byte loads where all four arrays are 16-byte aligned
  * (n4 = n / 4 chunks), then the rest one by one: the update is memory-bound, and scalar
- * loads left it at half the bandwidth. */
-__global__ static void k_adamw(float *p, const float *g, float *m, float *v, size_t n, size_t n4,
-                               const adamw_args a)
+ * loads left it at half the bandwidth. Four blocks per SM (64 registers a thread; the
+ * double arithmetic took 66, which left three): more loads in flight. */
+__global__ static void __launch_bounds__(TPB, 4) k_adamw(float *p, const float *g, float *m, float *v, size_t n,
+                                                         size_t n4, const adamw_args a)
 {
     GRID_STRIDE(i, n4)
     {
