@@ -283,8 +283,7 @@ int mk_model_create_ep(const mk_config *cfg, mk_backend *be, const mk_comm *ep, 
     const size_t N = (size_t)m->Bmax * m->T;
     for (int l = 0; l < m->L; l++) {
         layer_acts *a = &m->acts[l];
-        a->stats_bytes = route_stats_layout(m).bytes;
-        a->stats_host = calloc(1, a->stats_bytes);
+        a->stats_host = calloc(1, route_stats_layout(m).bytes);
         a->offs_host = a->stats_host;
         a->f = calloc((size_t)m->E, sizeof *a->f);
         a->f_micro = calloc((size_t)m->E, sizeof *a->f_micro);
@@ -529,9 +528,10 @@ static int moe_block_forward(mk_model *m, int l, const layer_params *p, layer_ac
         capacity = (int)ceil(m->cfg.router.capacity_factor * (double)N * K / E);
     MK_CHECK(o->route_plan(be, a->offs, a->row_slot, a->slot_row, a->topk, N, E, K, capacity));
     MK_CHECK(o->sequence_counts(be, a->seqc, a->topk, B, m->T * K, E));
-    /* offs, the flag, counts, psum, the sequences' counts, lse: one copy. A NaN or Inf logit would otherwise turn
-     * into routing by whatever order NaN compares in, long before the loss shows it; the
-     * router kept every choice a valid expert, and nothing has used them yet. */
+    /* offs, the flag, counts, psum, the sequences' counts, lse: one copy. A NaN or Inf
+     * logit would otherwise turn into routing by whatever order NaN compares in, long
+     * before the loss shows it; the router kept every choice a valid expert, and nothing
+     * has used them yet. */
     const stats_layout sl = route_stats_layout(m);
     MK_CHECK(o->to_host(be, a->stats_host, a->offs, sl.lse + (size_t)N * sizeof(mk_real)));
     if (*(const int32_t *)((const char *)a->stats_host + sl.bad)) return fail_logits(m, l, a->z, N, E);

@@ -34,8 +34,8 @@ typedef struct layer_acts {
     int32_t *seqc;                      /* [B, E] choices of each expert in each sequence */
     mk_real *xp, *a1, *a3, *hact, *y;   /* [N*K, D|F] rows grouped by expert */
     mk_real *sa1, *sa3, *sh;            /* shared expert [N, Fs] */
-    void *stats_host;                   /* host copy of the routing statistics block */
-    size_t stats_bytes;                 /* (offs, bad, counts, psum, lse: one copy per layer) */
+    void *stats_host;                   /* host copy of the routing statistics block (offs,
+                                         * bad, counts, psum, seqc, lse: one copy a layer) */
     int *offs_host;                     /* [E+1] in stats_host, sizes of the expert GEMMs */
     double *f, *f_micro;                /* [E] host: LBL f of the scope, and of the micro-batch */
     double *psum_h;                     /* [E] host: sum of router probabilities over tokens */

@@ -12,10 +12,10 @@
  * shape; the backward's scratch (dhact, da1, da3) likewise. (The CUTLASS path keeps gate
  * and up side by side as a13 [R][2F] in all of a1's buffer, and da13 in da1's; da3 is not
  * used, and a3's buffer keeps the forward's rounded weights for the backward where they fit
- * in it, so that the backward does not round the same weights again.) The outputs y and dxp are expert rows in the bf16 mode's format (bf16 rows
- * of D in the first half of the buffer, as the products' epilogues round them: half the
- * bytes for the GEMM to write and for the combine and gate gradients to read); weight
- * gradients accumulate in fp32.
+ * in it, so that the backward does not round the same weights again.) The outputs y and
+ * dxp are expert rows in the bf16 mode's format (bf16 rows of D in the first half of the
+ * buffer, as the products' epilogues round them: half the bytes for the GEMM to write and
+ * for the combine and gate gradients to read); weight gradients accumulate in fp32.
  *
  * Deterministic: every kernel writes each output element from one thread, in a fixed order.
  */
