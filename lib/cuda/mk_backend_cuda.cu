@@ -618,6 +618,8 @@ static int emb_host_reserve(cuda_impl *im, int N)
         im->emb_up_pending = 0;
     }
     if (need <= im->emb_cap) return MK_OK;
+    /* a forward's copy of its tokens may still be on its way into the old buffer */
+    if (im->emb_tok) CU_CHECK(cudaEventSynchronize(im->emb_tok_ev), "embedding: tokens");
     if (im->emb_h) cudaFreeHost(im->emb_h);
     im->emb_h = NULL, im->emb_cap = 0, im->emb_tok = NULL;
     CU_CHECK(cudaMallocHost((void **)&im->emb_h, need * sizeof *im->emb_h), "embedding: pinned host buffer");
