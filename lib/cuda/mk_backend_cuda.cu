@@ -1993,12 +1993,8 @@ __global__ static void k_cross_entropy(float *losses, TD *dlogits, const TL *log
 /* Static shared memory the kernel needs beside the row (rounded up). */
 #define CE_STATIC_SMEM 1024
 
-/* Four logits of a row as one load: float4 of fp32 logits, uint2 of bf16 ones. */
+/* Four logits of a row as one load (uint2 of bf16 logits: the fused output layer's). */
 template <typename TL> struct ce_chunk;
-template <> struct ce_chunk<float> {
-    typedef float4 T;
-    static __device__ __forceinline__ float4 f4(float4 v) { return v; }
-};
 template <> struct ce_chunk<__nv_bfloat16> {
     typedef uint2 T;
     static __device__ __forceinline__ float4 f4(uint2 u)
