@@ -43,6 +43,24 @@ typedef struct mk_rows_gather {
     int N;
 } mk_rows_gather;
 
+/* One layer's attention block (attention_block_forward / _backward): its input x [N, D]
+ * (the residual stream), parameters (RMSNorm gain [D], w_qkv [D, 3D], w_out [D, D]) and
+ * the state its forward leaves for its backward. ln1 [N, D], qkv [N, 3D], att (the size
+ * attention_forward's att has) and atty [N, D] are the op's: what they hold between the
+ * forward and the backward is the backend's choice (a backend that rounds its GEMM
+ * operands may keep them rounded); rstd [N] is RMSNorm's. */
+typedef struct mk_attn_block {
+    const mk_real *x, *norm, *w_qkv, *w_out;
+    mk_real *ln1, *rstd, *qkv, *att, *atty;
+} mk_attn_block;
+
+/* The attention block backward's parameter gradients (accumulated, +=) and its scratch
+ * (datty [N, D], dqkv [N, 3D], datt as att, dln [N, D]). */
+typedef struct mk_attn_block_grads {
+    mk_real *dnorm, *dw_qkv, *dw_out;
+    mk_real *datty, *dqkv, *datt, *dln;
+} mk_attn_block_grads;
+
 typedef struct mk_backend_ops {
     const char *name;
     int host_memory;    /* 1 when backend memory is ordinary host memory (the CPU backend) */
@@ -125,6 +143,18 @@ typedef struct mk_backend_ops {
     int (*attention_rope_backward)(mk_backend *be, mk_real *dqkv, mk_real *datt,
                                    const mk_real *dout, const mk_real *qkv, const mk_real *att,
                                    int B, int T, int D, int H, double theta);
+
+    /* Optional, the attention block as one op each (mk_attention_block_forward_ops is its
+     * semantics): h = x + attention(RoPE(RMSNorm(x) w_qkv)) w_out. The backward takes
+     * dres = dL/dh and leaves dL/dx there (the residual path's dL/dh plus the block's; it
+     * accumulates, like rmsnorm_backward). A backend with these keeps the block's inner
+     * activations in its own format (the CUDA bf16 mode: bf16, so no pass of their own
+     * rounds them for the GEMMs). NULL: the model runs the op sequence. */
+    int (*attention_block_forward)(mk_backend *be, mk_real *h, const mk_attn_block *a, int B, int T,
+                                   int D, int H, double theta);
+    int (*attention_block_backward)(mk_backend *be, mk_real *dres, const mk_attn_block_grads *g,
+                                    const mk_attn_block *a, int B, int T, int D, int H,
+                                    double theta);
 
     /* --- router ------------------------------------------------------------------- */
     /* From logits z [N, E] (always fp32 or wider): probs = softmax(z) [N, E], lse [N] the
@@ -278,6 +308,14 @@ int mk_expert_ffn_backward_ops(mk_backend *be, mk_real *dxp, mk_real *dw1, mk_re
                                const mk_real *a1, const mk_real *a3, const mk_real *hact,
                                const mk_real *w1, const mk_real *w3, const mk_real *w2,
                                const int *offs_host, int E, int D, int F);
+
+/* The attention block as rmsnorm, matmul, attention_rope (or rope and attention), matmul
+ * and add calls, and their backward (the semantics of ops->attention_block_forward /
+ * _backward, for backends without them). */
+int mk_attention_block_forward_ops(mk_backend *be, mk_real *h, const mk_attn_block *a, int B, int T,
+                                   int D, int H, double theta);
+int mk_attention_block_backward_ops(mk_backend *be, mk_real *dres, const mk_attn_block_grads *g,
+                                    const mk_attn_block *a, int B, int T, int D, int H, double theta);
 
 /* The output layer as matmul + cross_entropy calls (the semantics of ops->output_forward
  * / _backward, for backends without them). */

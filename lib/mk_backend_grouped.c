@@ -1,6 +1,6 @@
 /* mk_backend_grouped.c - the composite ops of mk_backend.h as sequences of basic ops: grouped
- * expert GEMMs as one ops->matmul per expert, the expert FFN and the output layer, shared
- * by the backends that have no fused kernel of their own. */
+ * expert GEMMs as one ops->matmul per expert, the expert FFN, the attention block and the
+ * output layer, shared by the backends that have no fused kernel of their own. */
 #ifdef HAVE_CONFIG_H
 #include "config.h"
 #endif
@@ -89,6 +89,45 @@ int mk_expert_ffn_backward_ops(mk_backend *be, mk_real *dxp, mk_real *dw1, mk_re
     MK_CHECK(o->grouped_matmul_wgrad(be, dw1, xp, da1, offs_host, E, D, F));
     MK_CHECK(o->grouped_matmul_wgrad(be, dw3, xp, da3, offs_host, E, D, F));
     return MK_OK;
+}
+
+int mk_attention_block_forward_ops(mk_backend *be, mk_real *h, const mk_attn_block *a, int B, int T,
+                                   int D, int H, double theta)
+{
+    const mk_backend_ops *o = be->ops;
+    const int N = B * T;
+    MK_CHECK(o->rmsnorm_forward(be, a->ln1, a->rstd, a->x, a->norm, N, D));
+    MK_CHECK(o->matmul(be, a->qkv, a->ln1, a->w_qkv, N, 3 * D, D, 0, 0, 1, 0));
+    if (o->attention_rope_forward) {
+        MK_CHECK(o->attention_rope_forward(be, a->atty, a->att, a->qkv, B, T, D, H, theta));
+    } else {
+        MK_CHECK(o->rope_forward(be, a->qkv, B, T, D, H, theta));
+        MK_CHECK(o->attention_forward(be, a->atty, a->att, a->qkv, B, T, D, H));
+    }
+    MK_CHECK(o->matmul(be, h, a->atty, a->w_out, N, D, D, 0, 0, 1, 0));
+    return o->add(be, h, h, a->x, (size_t)N * D);
+}
+
+int mk_attention_block_backward_ops(mk_backend *be, mk_real *dres, const mk_attn_block_grads *g,
+                                    const mk_attn_block *a, int B, int T, int D, int H, double theta)
+{
+    const mk_backend_ops *o = be->ops;
+    const int N = B * T;
+    if (o->linear_backward)
+        MK_CHECK(o->linear_backward(be, g->datty, g->dw_out, a->atty, a->w_out, dres, N, D, D, 0));
+    else
+        MK_CHECK(mk_linear_backward_ops(be, g->datty, g->dw_out, a->atty, a->w_out, dres, N, D, D, 0));
+    if (o->attention_rope_backward) {
+        MK_CHECK(o->attention_rope_backward(be, g->dqkv, g->datt, g->datty, a->qkv, a->att, B, T, D, H, theta));
+    } else {
+        MK_CHECK(o->attention_backward(be, g->dqkv, g->datt, g->datty, a->qkv, a->att, B, T, D, H));
+        MK_CHECK(o->rope_backward(be, g->dqkv, B, T, D, H, theta));
+    }
+    if (o->linear_backward)
+        MK_CHECK(o->linear_backward(be, g->dln, g->dw_qkv, a->ln1, a->w_qkv, g->dqkv, N, D, 3 * D, 0));
+    else
+        MK_CHECK(mk_linear_backward_ops(be, g->dln, g->dw_qkv, a->ln1, a->w_qkv, g->dqkv, N, D, 3 * D, 0));
+    return o->rmsnorm_backward(be, dres, g->dnorm, g->dln, a->x, a->norm, a->rstd, N, D);
 }
 
 int mk_output_forward_ops(mk_backend *be, mk_real *losses, mk_real *logits, const mk_real *x,

@@ -40,6 +40,8 @@ enum {    OP_alloc,
     OP_attention_backward,
     OP_attention_rope_forward,
     OP_attention_rope_backward,
+    OP_attention_block_forward,
+    OP_attention_block_backward,
     OP_router_forward,
     OP_router_backward,
     OP_route_plan,
@@ -82,6 +84,8 @@ static const char *const op_names[OP_COUNT] = {
     "attention_backward",
     "attention_rope_forward",
     "attention_rope_backward",
+    "attention_block_forward",
+    "attention_block_backward",
     "router_forward",
     "router_backward",
     "route_plan",
@@ -255,6 +259,18 @@ static int p_attention_rope_backward(mk_backend *be, mk_real *dqkv, mk_real *dat
     return done(P(be), OP_attention_rope_backward, t0, P(be)->inner->ops->attention_rope_backward(P(be)->inner, dqkv, datt, dout, qkv, att, B, T, D, H, theta));
 }
 
+static int p_attention_block_forward(mk_backend *be, mk_real *h, const mk_attn_block *a, int B, int T, int D, int H, double theta)
+{
+    const double t0 = now_s();
+    return done(P(be), OP_attention_block_forward, t0, P(be)->inner->ops->attention_block_forward(P(be)->inner, h, a, B, T, D, H, theta));
+}
+
+static int p_attention_block_backward(mk_backend *be, mk_real *dres, const mk_attn_block_grads *g, const mk_attn_block *a, int B, int T, int D, int H, double theta)
+{
+    const double t0 = now_s();
+    return done(P(be), OP_attention_block_backward, t0, P(be)->inner->ops->attention_block_backward(P(be)->inner, dres, g, a, B, T, D, H, theta));
+}
+
 static int p_attention_backward(mk_backend *be, mk_real *dqkv, mk_real *datt, const mk_real *dout, const mk_real *qkv, const mk_real *att, int B, int T, int D, int H)
 {
     const double t0 = now_s();
@@ -404,6 +420,8 @@ int mk_backend_prof_create(mk_backend *inner, mk_backend **out)
     p->ops.attention_backward = p_attention_backward;
     p->ops.attention_rope_forward = inner->ops->attention_rope_forward ? p_attention_rope_forward : NULL;
     p->ops.attention_rope_backward = inner->ops->attention_rope_backward ? p_attention_rope_backward : NULL;
+    p->ops.attention_block_forward = inner->ops->attention_block_forward ? p_attention_block_forward : NULL;
+    p->ops.attention_block_backward = inner->ops->attention_block_backward ? p_attention_block_backward : NULL;
     p->ops.router_forward = p_router_forward;
     p->ops.router_backward = p_router_backward;
     p->ops.route_plan = p_route_plan;

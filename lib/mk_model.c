@@ -472,22 +472,20 @@ int mk_expert_ffn_backward(mk_model *m, const layer_params *p, layer_params *g, 
 
 /* ------------------------------------------------------------------ forward */
 
+static mk_attn_block attn_block_of(const layer_params *p, layer_acts *a)
+{
+    const mk_attn_block b = {a->x_in, p->attn_norm, p->qkv, p->attn_out,
+                             a->ln1, a->rstd1, a->qkv, a->att, a->atty};
+    return b;
+}
+
 static int attention_block_forward(mk_model *m, const layer_params *p, layer_acts *a, int B)
 {
     mk_backend *be = m->be;
-    const mk_backend_ops *o = be->ops;
-    const int N = B * m->T, D = m->D;
-    MK_CHECK(o->rmsnorm_forward(be, a->ln1, a->rstd1, a->x_in, p->attn_norm, N, D));
-    MK_CHECK(o->matmul(be, a->qkv, a->ln1, p->qkv, N, 3 * D, D, 0, 0, 1, 0));
-    if (o->attention_rope_forward) {
-        MK_CHECK(o->attention_rope_forward(be, a->atty, a->att, a->qkv, B, m->T, D, m->H, MK_ROPE_THETA));
-    } else {
-        MK_CHECK(o->rope_forward(be, a->qkv, B, m->T, D, m->H, MK_ROPE_THETA));
-        MK_CHECK(o->attention_forward(be, a->atty, a->att, a->qkv, B, m->T, D, m->H));
-    }
-    MK_CHECK(o->matmul(be, a->h, a->atty, p->attn_out, N, D, D, 0, 0, 1, 0));
-    MK_CHECK(o->add(be, a->h, a->h, a->x_in, (size_t)N * D));
-    return MK_OK;
+    const mk_attn_block ab = attn_block_of(p, a);
+    if (be->ops->attention_block_forward)
+        return be->ops->attention_block_forward(be, a->h, &ab, B, m->T, m->D, m->H, MK_ROPE_THETA);
+    return mk_attention_block_forward_ops(be, a->h, &ab, B, m->T, m->D, m->H, MK_ROPE_THETA);
 }
 
 /* Name the first non-finite router logit: its token and expert. Failure path only. */
@@ -678,20 +676,12 @@ static int attention_block_backward(mk_model *m, const layer_params *p, layer_pa
                                     layer_acts *a, int B)
 {
     mk_backend *be = m->be;
-    const mk_backend_ops *o = be->ops;
     scratch *s = &m->s;
-    const int N = B * m->T, D = m->D;
-    MK_CHECK(linear_backward(be, s->datty, g->attn_out, a->atty, p->attn_out, s->dresid, N, D, D, 0));
-    if (o->attention_rope_backward) {
-        MK_CHECK(o->attention_rope_backward(be, s->dqkv, s->datt, s->datty, a->qkv, a->att, B, m->T, D, m->H,
-                                            MK_ROPE_THETA));
-    } else {
-        MK_CHECK(o->attention_backward(be, s->dqkv, s->datt, s->datty, a->qkv, a->att, B, m->T, D, m->H));
-        MK_CHECK(o->rope_backward(be, s->dqkv, B, m->T, D, m->H, MK_ROPE_THETA));
-    }
-    MK_CHECK(linear_backward(be, s->dln, g->qkv, a->ln1, p->qkv, s->dqkv, N, D, 3 * D, 0));
-    MK_CHECK(o->rmsnorm_backward(be, s->dresid, g->attn_norm, s->dln, a->x_in, p->attn_norm, a->rstd1, N, D));
-    return MK_OK;
+    const mk_attn_block ab = attn_block_of(p, a);
+    const mk_attn_block_grads gb = {g->attn_norm, g->qkv, g->attn_out, s->datty, s->dqkv, s->datt, s->dln};
+    if (be->ops->attention_block_backward)
+        return be->ops->attention_block_backward(be, s->dresid, &gb, &ab, B, m->T, m->D, m->H, MK_ROPE_THETA);
+    return mk_attention_block_backward_ops(be, s->dresid, &gb, &ab, B, m->T, m->D, m->H, MK_ROPE_THETA);
 }
 
 int mk_model_backward(mk_model *m, double ce_scale, double aux_scale)

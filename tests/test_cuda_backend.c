@@ -671,6 +671,64 @@ static void test_attention_bf16(mk_backend *bf)
     }
 }
 
+/* The attention block as one op (the bf16 mode's: bf16 ln1, qkv and atty, fused attention
+ * where the head size is 64) against the CPU's op sequence: h, dL/dx and the three weight
+ * gradients by relative L2 error; a second run on fresh state gives the same bits. The
+ * last shape (head size 32) takes the op sequence on the GPU. */
+static void test_attention_block_bf16(mk_backend *bf)
+{
+    const int cases[3][4] = {{2, 200, 128, 2}, {1, 257, 64, 1}, {2, 40, 64, 2}};
+    for (int c = 0; c < 3; c++) {
+        const int B = cases[c][0], T = cases[c][1], Dm = cases[c][2], H = cases[c][3], N = B * T;
+        const size_t nd = (size_t)N * Dm, natt = (size_t)B * H * T * T, nwq = (size_t)Dm * 3 * Dm,
+                     nwo = (size_t)Dm * Dm;
+        float *x = Hrand(nd, 1), *g = Hrand(Dm, 1), *wq = Hrand(nwq, 0.1), *wo = Hrand(nwo, 0.1);
+        float *dh = Hrand(nd, 1), *dg0 = Hrand(Dm, 0.1), *dwq0 = Hrand(nwq, 0.1), *dwo0 = Hrand(nwo, 0.1);
+        for (int i = 0; i < Dm; i++) g[i] += 1.5f;
+        /* CPU */
+        float *h = Hf(nd), *dres = Hcopy(dh, nd), *dg = Hcopy(dg0, Dm), *dwq = Hcopy(dwq0, nwq),
+              *dwo = Hcopy(dwo0, nwo);
+        mk_attn_block ca = {x, g, wq, wo, Hf(nd), Hf(N), Hf(3 * nd), Hf(natt), Hf(nd)};
+        mk_attn_block_grads cg = {dg, dwq, dwo, Hf(nd), Hf(3 * nd), Hf(natt), Hf(nd)};
+        int r1 = mk_attention_block_forward_ops(cpu, h, &ca, B, T, Dm, H, 10000.0);
+        if (r1 == MK_OK) r1 = mk_attention_block_backward_ops(cpu, dres, &cg, &ca, B, T, Dm, H, 10000.0);
+        /* GPU, twice */
+        float *gh[2], *gres[2], *gdg[2], *gdwq[2], *gdwo[2];
+        int r2 = MK_OK;
+        const float *gx = D(x, nd * 4), *gg = D(g, Dm * 4), *gwq = D(wq, nwq * 4), *gwo = D(wo, nwo * 4);
+        for (int rep = 0; rep < 2 && r2 == MK_OK; rep++) {
+            gh[rep] = Dz(nd * 4), gres[rep] = D(dh, nd * 4), gdg[rep] = D(dg0, Dm * 4);
+            gdwq[rep] = D(dwq0, nwq * 4), gdwo[rep] = D(dwo0, nwo * 4);
+            mk_attn_block ga = {gx, gg, gwq, gwo, Dz(nd * 4), Dz(N * 4), Dz(3 * nd * 4), Dz(natt * 4), Dz(nd * 4)};
+            mk_attn_block_grads gb = {gdg[rep], gdwq[rep], gdwo[rep], Dz(nd * 4), Dz(3 * nd * 4), Dz(natt * 4),
+                                      Dz(nd * 4)};
+            r2 = bf->ops->attention_block_forward(bf, gh[rep], &ga, B, T, Dm, H, 10000.0);
+            if (r2 == MK_OK) r2 = bf->ops->attention_block_backward(bf, gres[rep], &gb, &ga, B, T, Dm, H, 10000.0);
+        }
+        if (!both_ok(r1, r2, "bf16 attention block")) continue;
+        const struct { const char *name; float *got[2]; const float *want, *before; size_t n; } out[5] = {
+            {"h", {gh[0], gh[1]}, h, NULL, nd},
+            {"dL/dx", {gres[0], gres[1]}, dres, dh, nd},
+            {"d norm", {gdg[0], gdg[1]}, dg, dg0, (size_t)Dm},
+            {"d w_qkv", {gdwq[0], gdwq[1]}, dwq, dwq0, nwq},
+            {"d w_out", {gdwo[0], gdwo[1]}, dwo, dwo0, nwo},
+        };
+        int same = 1;
+        for (int k = 0; k < 5; k++) {
+            float *g0 = Gf(out[k].got[0], out[k].n), *want = Hcopy(out[k].want, out[k].n);
+            /* the accumulated part only: what was there before would hide the error */
+            if (out[k].before)
+                for (size_t i = 0; i < out[k].n; i++) g0[i] -= out[k].before[i], want[i] -= out[k].before[i];
+            const double e = rel_l2(g0, want, out[k].n);
+            tap_ok(e < 3e-2, "bf16 attention block B %d T %d D %d H %d: %s relative L2 error %.2e < 3e-2", B, T, Dm,
+                   H, out[k].name, e);
+            same = same && memcmp(Gf(out[k].got[0], out[k].n), Gf(out[k].got[1], out[k].n), out[k].n * 4) == 0;
+        }
+        tap_ok(same, "bf16 attention block B %d T %d D %d H %d: a second run gives the same bits", B, T, Dm, H);
+        arena_free();
+    }
+}
+
 /* x rounded to the nearest bf16 (ties to even), as the tensor-core operands are. */
 static float bf16_round(float x)
 {
@@ -1481,6 +1539,14 @@ static void model_config(mk_config *c, int variant)
         c->lbl.coeff = 0.1;
         c->lbl.micro_coeff = 0.05;
     }
+    if (variant == 2) {
+        /* head size 64 and T >= 162: the fused attention and the bf16 attention block */
+        c->model.d_model = 128;
+        c->model.heads = 2;
+        c->model.ffn = 32;
+        c->model.seq_len = 192;
+        c->train.micro_batch = 2;
+    }
 }
 
 typedef struct side {
@@ -1639,8 +1705,9 @@ static void test_model_bf16(int variant, mk_backend *bf)
     mk_config cfg;
     model_config(&cfg, variant);
     rng_state = 0x2545F4914F6CDD1Dull + (uint64_t)variant;
-    const char *label = variant ? "bf16 model (untied, shared expert, norm_topk, z-loss, capacity, global LBL)"
-                                : "bf16 model (defaults)";
+    const char *label = variant == 2   ? "bf16 model (head size 64, T 192: fused attention block)"
+                        : variant == 1 ? "bf16 model (untied, shared expert, norm_topk, z-loss, capacity, global LBL)"
+                                       : "bf16 model (defaults)";
     side c, g;
     if (side_make(&c, cpu, &cfg, 42) != MK_OK || side_make(&g, bf, &cfg, 42) != MK_OK) {
         tap_ok(0, "%s: create and init on both backends", label);
@@ -1715,6 +1782,7 @@ int main(void)
     test_matmul_bf16(bf);
     test_linear_backward_bf16(bf);
     test_attention_bf16(bf);
+    test_attention_block_bf16(bf);
     test_grouped_bf16(bf);
     test_grouped_kernels_bf16();
     test_cutlass_kernels();
@@ -1732,6 +1800,7 @@ int main(void)
     test_output_bf16(bf);
     test_model_bf16(0, bf);
     test_model_bf16(1, bf);
+    test_model_bf16(2, bf);
     mk_backend_destroy(&bf);
 
     mk_backend_destroy(&gpu);

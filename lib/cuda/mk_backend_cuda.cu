@@ -763,7 +763,16 @@ static int rms_warp_fits(int D, const void *a, const void *b, const void *c, con
            (((uintptr_t)a | (uintptr_t)b | (uintptr_t)c | (uintptr_t)d) & 15) == 0;
 }
 
-__global__ static void k_rmsnorm_forward_warp(float *out, float *rstd, const float *x,
+/* Four outputs of a row as one store: float4, or four bf16 (the attention block's ln1). */
+__device__ __forceinline__ void store4(float *o, int j, float4 v) { ((float4 *)o)[j] = v; }
+__device__ __forceinline__ void store4(__nv_bfloat16 *o, int j, float4 v)
+{
+    const __nv_bfloat162 a = __floats2bfloat162_rn(v.x, v.y), b = __floats2bfloat162_rn(v.z, v.w);
+    ((uint2 *)o)[j] = make_uint2(*(const uint32_t *)&a, *(const uint32_t *)&b);
+}
+
+template <typename TO>
+__global__ static void k_rmsnorm_forward_warp(TO *out, float *rstd, const float *x,
                                               const float *g, int N, int D)
 {
     const size_t n = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
@@ -784,13 +793,13 @@ __global__ static void k_rmsnorm_forward_warp(float *out, float *rstd, const flo
     ss = warp_sum(ss);
     const float r = (float)(1.0 / sqrt(ss / D + MK_RMS_EPS));
     if (lane == 0) rstd[n] = r;
-    float4 *o = (float4 *)(out + n * D);
+    TO *o = out + n * D;
 #pragma unroll
     for (int t = 0; t < RMS_NV; t++) {
         const int j = lane + 32 * t;
         if (j < D4) {
             const float4 G = ((const float4 *)g)[j];
-            o[j] = make_float4(v[t].x * r * G.x, v[t].y * r * G.y, v[t].z * r * G.z, v[t].w * r * G.w);
+            store4(o, j, make_float4(v[t].x * r * G.x, v[t].y * r * G.y, v[t].z * r * G.z, v[t].w * r * G.w));
         }
     }
 }
@@ -801,7 +810,7 @@ static int cuda_rmsnorm_forward(mk_backend *be, mk_real *out, mk_real *rstd, con
     (void)be;
     if (N <= 0) return MK_OK;
     if (rms_warp_fits(D, out, x, g, x))
-        LAUNCH(k_rmsnorm_forward_warp, (unsigned)((N + RMS_ROWS_PER_BLOCK - 1) / RMS_ROWS_PER_BLOCK),
+        LAUNCH(k_rmsnorm_forward_warp<float>, (unsigned)((N + RMS_ROWS_PER_BLOCK - 1) / RMS_ROWS_PER_BLOCK),
                "rmsnorm_forward", out, rstd, x, g, N, D);
     else
         LAUNCH(k_rmsnorm_forward, (unsigned)N, "rmsnorm_forward", out, rstd, x, g, D);
@@ -1215,6 +1224,81 @@ static int cuda_attention_rope_backward(mk_backend *be, mk_real *dqkv, mk_real *
 {
     MK_CHECK(cuda_attention_backward(be, dqkv, datt, dout, qkv, att, B, T, D, H));
     return cuda_rope_backward(be, dqkv, B, T, D, H, theta);
+}
+
+/* ------------------------------------------------------------------ attention block */
+
+/* The attention block in bf16 end to end, where the fused attention runs (head size 64,
+ * bf16 mode) and the row kernels apply: RMSNorm writes ln1 as bf16, the qkv GEMM writes
+ * bf16 qkv, RoPE rotates it in place, the attention reads it and writes bf16 atty, which
+ * the output projection reads -- no fp32 copy of ln1, qkv or atty is written, and no pass
+ * of its own rounds them for a GEMM. The state (bf16 ln1, rotated qkv, atty in the first
+ * half of their fp32 buffers; the log-sum-exps in att) is what the backward's GEMMs and
+ * attention kernels read. Elsewhere the op sequence. */
+static int use_block(const cuda_impl *im, const mk_attn_block *a, int B, int T, int D, int H)
+{
+    return im->fused && use_flash(im, B, T, D, H) && D % 8 == 0 &&
+           rms_warp_fits(D, a->x, a->norm, a->ln1, a->qkv) &&
+           (((uintptr_t)a->att | (uintptr_t)a->atty | (uintptr_t)a->w_qkv | (uintptr_t)a->w_out) & 15) == 0;
+}
+
+/* The block's weights rounded to bf16 in the matmul scratch: w_qkv then w_out. */
+static int block_weights(cuda_impl *im, const mk_attn_block *a, int D, size_t extra, char **wq, char **wo,
+                         char **rest, const char *what)
+{
+    const size_t sq = up256((size_t)D * 3 * D * 2), so = up256((size_t)D * D * 2);
+    MK_CHECK(mk_devbuf_reserve(&im->mmb, sq + so + extra, what));
+    *wq = (char *)im->mmb.p, *wo = *wq + sq, *rest = *wo + so;
+    MK_CHECK(mk_cuda_round_bf16(*wq, a->w_qkv, (size_t)D * 3 * D, what));
+    return mk_cuda_round_bf16(*wo, a->w_out, (size_t)D * D, what);
+}
+
+static int cuda_attention_block_forward(mk_backend *be, mk_real *h, const mk_attn_block *a, int B, int T, int D,
+                                        int H, double theta)
+{
+    cuda_impl *im = impl_of(be);
+    MK_CHECK(check_heads("attention_block_forward", D, H));
+    if (B <= 0 || T <= 0) return MK_OK;
+    if (!use_block(im, a, B, T, D, H)) return mk_attention_block_forward_ops(be, h, a, B, T, D, H, theta);
+    const int N = B * T;
+    MK_CHECK(rope_table(im, "attention_block_forward", T, D, H, theta));
+    char *wq, *wo, *rest;
+    MK_CHECK(block_weights(im, a, D, 0, &wq, &wo, &rest, "attention_block_forward: bf16 weights"));
+    LAUNCH(k_rmsnorm_forward_warp<__nv_bfloat16>, (unsigned)((N + RMS_ROWS_PER_BLOCK - 1) / RMS_ROWS_PER_BLOCK),
+           "attention_block_forward (RMSNorm)", (__nv_bfloat16 *)a->ln1, a->rstd, a->x, a->norm, N, D);
+    MK_CHECK(matmul_bf16_to(im, a->qkv, CUDA_R_16BF, a->ln1, wq, N, 3 * D, D, 0, 0, 1, 0,
+                            "attention_block_forward: qkv"));
+    MK_CHECK(mk_flash_attn_forward_bf16(a->atty, a->att, a->qkv, im->rope_cs, B, T, D, H));
+    MK_CHECK(matmul_bf16(im, h, a->atty, wo, N, D, D, 0, 0, 1, 0, "attention_block_forward: out"));
+    return cuda_add(be, h, h, a->x, (size_t)N * D);
+}
+
+/* The backward of the above (dres rounded once for both of w_out's products; dO comes
+ * out of its GEMM in bf16, dqkv leaves RoPE's inverse rotation in bf16). */
+static int cuda_attention_block_backward(mk_backend *be, mk_real *dres, const mk_attn_block_grads *g,
+                                         const mk_attn_block *a, int B, int T, int D, int H, double theta)
+{
+    cuda_impl *im = impl_of(be);
+    MK_CHECK(check_heads("attention_block_backward", D, H));
+    if (B <= 0 || T <= 0) return MK_OK;
+    /* the forward's choice (the state is in its format); scratch off alignment fails below */
+    if (!use_block(im, a, B, T, D, H)) return mk_attention_block_backward_ops(be, dres, g, a, B, T, D, H, theta);
+    const int N = B * T;
+    MK_CHECK(rope_table(im, "attention_block_backward", T, D, H, theta));
+    char *wq, *wo, *db;
+    MK_CHECK(block_weights(im, a, D, up256((size_t)N * D * 2), &wq, &wo, &db,
+                           "attention_block_backward: bf16 operands"));
+    MK_CHECK(mk_cuda_round_bf16(db, dres, (size_t)N * D, "attention_block_backward: dh to bf16"));
+    MK_CHECK(matmul_bf16(im, g->dw_out, a->atty, db, D, D, N, 1, 0, 1, 1, "attention_block_backward: dW_out"));
+    MK_CHECK(matmul_bf16_to(im, g->datty, CUDA_R_16BF, db, wo, N, D, D, 0, 1, 1, 0,
+                            "attention_block_backward: datty"));
+    float *delta = g->datt;
+    void *dqkvb = g->datt + mk_flash_attn_lse_floats(B, T, H);
+    MK_CHECK(mk_flash_attn_backward_bf16(g->dqkv, delta, g->datty, a->atty, a->qkv, a->att, B, T, D, H));
+    MK_CHECK(mk_flash_rope_round(dqkvb, g->dqkv, im->rope_cs, N, T, D, -1.0));
+    MK_CHECK(matmul_bf16(im, g->dw_qkv, a->ln1, dqkvb, D, 3 * D, N, 1, 0, 1, 1, "attention_block_backward: dW_qkv"));
+    MK_CHECK(matmul_bf16(im, g->dln, dqkvb, wq, N, D, 3 * D, 0, 1, 1, 0, "attention_block_backward: dln"));
+    return cuda_rmsnorm_backward(be, dres, g->dnorm, g->dln, a->x, a->norm, a->rstd, N, D);
 }
 
 /* ------------------------------------------------------------------ router */
@@ -2273,6 +2357,8 @@ static void fill_ops(mk_backend_ops *o)
     o->attention_forward = cuda_attention_forward;
     o->attention_backward = cuda_attention_backward;
     o->attention_rope_forward = cuda_attention_rope_forward;
+    o->attention_block_forward = cuda_attention_block_forward;
+    o->attention_block_backward = cuda_attention_block_backward;
     o->attention_rope_backward = cuda_attention_rope_backward;
     o->router_forward = cuda_router_forward;
     o->router_backward = cuda_router_backward;

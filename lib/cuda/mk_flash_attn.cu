@@ -134,7 +134,8 @@ __device__ __forceinline__ void block_of(int *rb, int *bh, int nrb, int BH, int 
 
 /* Forward: 1-D grid of (query blocks x B*H). sl2 = scale * log2(e): the softmax runs in
  * base 2, and lse is kept in that unit. */
-__global__ static void __launch_bounds__(NT) k_flash_fwd(float *out, float *lse, float *ostore,
+template <bool BF16_OUT>
+__global__ static void __launch_bounds__(NT) k_flash_fwd(float *out, bf16 *outb, float *lse, float *ostore,
                                                          const bf16 *qkv, int T, int D, int H,
                                                          int nqb, float sl2)
 {
@@ -222,13 +223,21 @@ __global__ static void __launch_bounds__(NT) k_flash_fwd(float *out, float *lse,
         const int c = 8 * dj + 2 * q;
         if (r0 < T) {
             const float2 v = make_float2(o[dj][0] * i0, o[dj][1] * i0);
-            *(float2 *)(out + ((size_t)b * T + r0) * D + h * HD + c) = v;
-            *(float2 *)(ostore + (srow + r0) * HD + c) = v;
+            if (BF16_OUT) {
+                *(__nv_bfloat162 *)(outb + ((size_t)b * T + r0) * D + h * HD + c) = __float22bfloat162_rn(v);
+            } else {
+                *(float2 *)(out + ((size_t)b * T + r0) * D + h * HD + c) = v;
+                *(float2 *)(ostore + (srow + r0) * HD + c) = v;
+            }
         }
         if (r1 < T) {
             const float2 v = make_float2(o[dj][2] * i1, o[dj][3] * i1);
-            *(float2 *)(out + ((size_t)b * T + r1) * D + h * HD + c) = v;
-            *(float2 *)(ostore + (srow + r1) * HD + c) = v;
+            if (BF16_OUT) {
+                *(__nv_bfloat162 *)(outb + ((size_t)b * T + r1) * D + h * HD + c) = __float22bfloat162_rn(v);
+            } else {
+                *(float2 *)(out + ((size_t)b * T + r1) * D + h * HD + c) = v;
+                *(float2 *)(ostore + (srow + r1) * HD + c) = v;
+            }
         }
     }
     if (q == 0) {
@@ -249,6 +258,24 @@ __global__ static void k_flash_delta(float *delta, bf16 *dob, const float *dout,
     const size_t at = (b * T + t) * D + h * HD + 2 * lane;
     const float2 dO = *(const float2 *)(dout + at), O = *(const float2 *)(ostore + w * HD + 2 * lane);
     *(__nv_bfloat162 *)(dob + at) = __floats2bfloat162_rn(dO.x, dO.y);
+    float acc = dO.x * O.x + dO.y * O.y;
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+    if (lane == 0) delta[w] = acc;
+}
+
+/* The same from dO and O already in bf16 (the attention block's: its GEMM writes dO, its
+ * forward wrote O, both rounded from the fp32 values the fp32 path rounds). */
+__global__ static void k_flash_delta_bf16(float *delta, const bf16 *dob, const bf16 *ob, size_t rows, int T,
+                                          int D, int H)
+{
+    const size_t w = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    const int lane = threadIdx.x % 32;
+    if (w >= rows) return;
+    const size_t bh = w / T, t = w % T, b = bh / H, h = bh % H;
+    const size_t at = (b * T + t) * D + h * HD + 2 * lane;
+    const float2 dO = __bfloat1622float2(*(const __nv_bfloat162 *)(dob + at));
+    const float2 O = __bfloat1622float2(*(const __nv_bfloat162 *)(ob + at));
     float acc = dO.x * O.x + dO.y * O.y;
 #pragma unroll
     for (int off = 16; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
@@ -409,8 +436,10 @@ __global__ static void __launch_bounds__(NT) k_flash_bwd_dq(float *dqkv, const b
 }
 
 /* qkv rounded to bf16 with q and k rotated by RoPE first (the rope op then the rounding,
- * in one pass): one block per token, four columns per thread. */
-__global__ static void k_qkv_rope_bf16(uint2 *out, const float4 *qkv, const double *cs, int T, int D)
+ * in one pass; sign -1: the inverse rotation, for dqkv): one block per token, four columns
+ * per thread. */
+__global__ static void k_qkv_rope_bf16(uint2 *out, const float4 *qkv, const double *cs, int T, int D,
+                                       double sign)
 {
     const size_t n = blockIdx.x;
     const float4 *row = qkv + n * (3 * (size_t)D / 4);
@@ -420,11 +449,30 @@ __global__ static void k_qkv_rope_bf16(uint2 *out, const float4 *qkv, const doub
         float4 v = row[j];
         const int col = 4 * j;
         if (col < 2 * D) {
-            mk_rope_rotate(v.x, v.y, ct + (col % HD), 1.0);
-            mk_rope_rotate(v.z, v.w, ct + ((col + 2) % HD), 1.0);
+            mk_rope_rotate(v.x, v.y, ct + (col % HD), sign);
+            mk_rope_rotate(v.z, v.w, ct + ((col + 2) % HD), sign);
         }
         const __nv_bfloat162 a = __floats2bfloat162_rn(v.x, v.y), b = __floats2bfloat162_rn(v.z, v.w);
         o[j] = make_uint2(*(const uint32_t *)&a, *(const uint32_t *)&b);
+    }
+}
+
+/* q and k of a bf16 qkv rotated in place (the rotation of mk_rope_rotate on the bf16
+ * values, rounded back): one block per token, four columns per thread. */
+__global__ static void k_rope_bf16_inplace(uint2 *qkv, const double *cs, int T, int D)
+{
+    const size_t n = blockIdx.x;
+    uint2 *row = qkv + n * (3 * (size_t)D / 4);
+    const double *ct = cs + (size_t)(n % T) * HD;
+    for (int j = threadIdx.x; j < D / 2; j += blockDim.x) { /* q and k: 2D columns */
+        const uint2 u = row[j];
+        float2 a = __bfloat1622float2(*(const __nv_bfloat162 *)&u.x);
+        float2 b = __bfloat1622float2(*(const __nv_bfloat162 *)&u.y);
+        const int col = 4 * j;
+        mk_rope_rotate(a.x, a.y, ct + (col % HD), 1.0);
+        mk_rope_rotate(b.x, b.y, ct + ((col + 2) % HD), 1.0);
+        const __nv_bfloat162 ra = __float22bfloat162_rn(a), rb = __float22bfloat162_rn(b);
+        row[j] = make_uint2(*(const uint32_t *)&ra, *(const uint32_t *)&rb);
     }
 }
 
@@ -476,13 +524,13 @@ extern "C" int mk_flash_attn_forward(float *out, float *state, const float *qkv,
     float *lse = state, *ostore = state + lse_floats(B, T, H);
     bf16 *qkvb = (bf16 *)(ostore + ostore_floats(B, T, H));
     if (rope_cs) {
-        k_qkv_rope_bf16<<<(unsigned)((size_t)B * T), 256>>>((uint2 *)qkvb, (const float4 *)qkv, rope_cs, T, D);
+        k_qkv_rope_bf16<<<(unsigned)((size_t)B * T), 256>>>((uint2 *)qkvb, (const float4 *)qkv, rope_cs, T, D, 1.0);
         FA_CHECK("flash attention forward (RoPE, bf16 qkv)");
     } else {
         MK_CHECK(mk_cuda_round_bf16(qkvb, qkv, (size_t)B * T * 3 * D, "flash attention forward (bf16 qkv)"));
     }
     const int nqb = (T + BR - 1) / BR;
-    k_flash_fwd<<<(unsigned)nqb * B * H, NT>>>(out, lse, ostore, qkvb, T, D, H, nqb, sl2);
+    k_flash_fwd<false><<<(unsigned)nqb * B * H, NT>>>(out, NULL, lse, ostore, qkvb, T, D, H, nqb, sl2);
     FA_CHECK("flash attention forward");
     return MK_OK;
 }
@@ -508,5 +556,60 @@ extern "C" int mk_flash_attn_backward(float *dqkv, float *work, const float *dou
     FA_CHECK("flash attention backward (dK, dV)");
     k_flash_bwd_dq<<<blocks, NT>>>(dqkv, qkvb, dob, lse, delta, T, D, H, nqb, sl2, (float)scale);
     FA_CHECK("flash attention backward (dQ)");
+    return MK_OK;
+}
+
+extern "C" size_t mk_flash_attn_lse_floats(int B, int T, int H)
+{
+    return lse_floats(B, T, H);
+}
+
+extern "C" int mk_flash_attn_forward_bf16(void *out, float *lse, void *qkv, const double *rope_cs, int B, int T,
+                                          int D, int H)
+{
+    if (B <= 0 || T <= 0) return MK_OK;
+    MK_CHECK(check_aligned("flash attention forward (bf16)", out, lse, qkv, qkv));
+    if (rope_cs) {
+        k_rope_bf16_inplace<<<(unsigned)((size_t)B * T), 128>>>((uint2 *)qkv, rope_cs, T, D);
+        FA_CHECK("flash attention forward (RoPE on bf16 qkv)");
+    }
+    const float sl2 = (float)(LOG2E / sqrt((double)HD));
+    const int nqb = (T + BR - 1) / BR;
+    k_flash_fwd<true><<<(unsigned)nqb * B * H, NT>>>(NULL, (bf16 *)out, lse, NULL, (const bf16 *)qkv, T, D, H,
+                                                     nqb, sl2);
+    FA_CHECK("flash attention forward (bf16)");
+    return MK_OK;
+}
+
+extern "C" int mk_flash_attn_backward_bf16(float *dqkv, float *delta, const void *dout, const void *out,
+                                           const void *qkv, const float *lse, int B, int T, int D, int H)
+{
+    if (B <= 0 || T <= 0) return MK_OK;
+    MK_CHECK(check_aligned("flash attention backward (bf16)", dqkv, delta, dout, qkv));
+    MK_CHECK(check_aligned("flash attention backward (bf16)", out, lse, out, lse));
+    const double scale = 1.0 / sqrt((double)HD);
+    const float sl2 = (float)(LOG2E * scale);
+    const size_t rows = (size_t)B * H * T;
+    k_flash_delta_bf16<<<(unsigned)((rows * 32 + 255) / 256), 256>>>(delta, (const bf16 *)dout, (const bf16 *)out,
+                                                                     rows, T, D, H);
+    FA_CHECK("flash attention backward (bf16 row sums)");
+    const int nqb = (T + BR - 1) / BR;
+    const unsigned blocks = (unsigned)nqb * B * H;
+    k_flash_bwd_dkdv<<<blocks, NT>>>(dqkv, (const bf16 *)qkv, (const bf16 *)dout, lse, delta, T, D, H, nqb, sl2,
+                                     (float)scale);
+    FA_CHECK("flash attention backward (bf16: dK, dV)");
+    k_flash_bwd_dq<<<blocks, NT>>>(dqkv, (const bf16 *)qkv, (const bf16 *)dout, lse, delta, T, D, H, nqb, sl2,
+                                   (float)scale);
+    FA_CHECK("flash attention backward (bf16: dQ)");
+    return MK_OK;
+}
+
+extern "C" int mk_flash_rope_round(void *out, const float *qkv, const double *rope_cs, int N, int T, int D,
+                                   double sign)
+{
+    if (N <= 0) return MK_OK;
+    MK_CHECK(check_aligned("RoPE and bf16 rounding", out, qkv, rope_cs, out));
+    k_qkv_rope_bf16<<<(unsigned)N, 256>>>((uint2 *)out, (const float4 *)qkv, rope_cs, T, D, sign);
+    FA_CHECK("RoPE and bf16 rounding");
     return MK_OK;
 }

@@ -60,6 +60,26 @@ int mk_flash_attn_forward(float *out, float *state, const float *qkv, const doub
 int mk_flash_attn_backward(float *dqkv, float *work, const float *dout, const float *qkv,
                            const float *state, int B, int T, int D, int H);
 
+/* The attention block's path (bf16 tensors end to end; buffers 16-byte aligned, D a
+ * multiple of 8). lse holds mk_flash_attn_lse_floats floats (the log-sum-exp the backward
+ * needs). */
+size_t mk_flash_attn_lse_floats(int B, int T, int H);
+
+/* out [B*T, D] bf16 from qkv [B*T, 3D] bf16; with rope_cs, q and k of qkv are rotated in
+ * place first (the backward reads the rotated qkv). */
+int mk_flash_attn_forward_bf16(void *out, float *lse, void *qkv, const double *rope_cs, int B, int T,
+                               int D, int H);
+
+/* dqkv [B*T, 3D] fp32 (every column written) from dout, out and qkv in bf16 as the
+ * forward above saw them; delta: mk_flash_attn_lse_floats floats of work area. */
+int mk_flash_attn_backward_bf16(float *dqkv, float *delta, const void *dout, const void *out,
+                                const void *qkv, const float *lse, int B, int T, int D, int H);
+
+/* out [N, 3D] bf16 = qkv [N, 3D] with q and k rotated by RoPE (sign 1; -1: the inverse
+ * rotation, for dqkv), every column rounded to bf16, in one pass (head size 64). */
+int mk_flash_rope_round(void *out, const float *qkv, const double *rope_cs, int N, int T, int D,
+                        double sign);
+
 #ifdef __cplusplus
 }
 #endif
