@@ -25,6 +25,7 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -95,6 +96,25 @@ __device__ __forceinline__ void mma_rows_by_tile(float acc[BC / 8][4], const uin
         }
 }
 
+/* The same with the A operand's 16 rows read from a shared tile (row r0 on), one 16-column
+ * slice at a time: no registers hold A between calls. */
+__device__ __forceinline__ void mma_tilerows_by_tile(float acc[BC / 8][4], const bf16 *atile, int r0,
+                                                     const bf16 *tile, int lane)
+{
+#pragma unroll
+    for (int kc = 0; kc < HD / 16; kc++) {
+        uint32_t a[4];
+        mk_ldsm_x4(a, atile + (r0 + (lane & 15)) * LDS + kc * 16 + (lane >> 4) * 8);
+#pragma unroll
+        for (int jj = 0; jj < BC / 16; jj++) {
+            uint32_t r[4];
+            mk_ldsm_x4(r, tile + (jj * 16 + (lane & 7) + (lane >> 4) * 8) * LDS + kc * 16 + ((lane >> 3) & 1) * 8);
+            mk_mma16816(acc[2 * jj], a, r[0], r[1]);
+            mk_mma16816(acc[2 * jj + 1], a, r[2], r[3]);
+        }
+    }
+}
+
 /* acc (16 rows x HD) += P(16 x BC, from accumulator fragments p) B where the tile holds B
  * row-major (row k = the k-th of the BC rows P multiplies): O += P V and its kin. */
 __device__ __forceinline__ void mma_frags_by_tile(float acc[HD / 8][4], const float p[BC / 8][4],
@@ -134,8 +154,8 @@ __device__ __forceinline__ void block_of(int *rb, int *bh, int nrb, int BH, int 
 
 /* Forward: 1-D grid of (query blocks x B*H). sl2 = scale * log2(e): the softmax runs in
  * base 2, and lse is kept in that unit. */
-template <bool BF16_OUT>
-__global__ static void __launch_bounds__(NT) k_flash_fwd(float *out, bf16 *outb, float *lse, float *ostore,
+template <bool BF16_OUT, int MINB>
+__global__ static void __launch_bounds__(NT, MINB) k_flash_fwd(float *out, bf16 *outb, float *lse, float *ostore,
                                                          const bf16 *qkv, int T, int D, int H,
                                                          int nqb, float sl2)
 {
@@ -285,13 +305,30 @@ __global__ static void k_flash_delta_bf16(float *delta, const bf16 *dob, const b
 /* dK, dV: 1-D grid of (key blocks x B*H). The warp's 16 keys are the rows; the loop runs
  * over the query blocks at or after the key block (causal), with S^T = K Q^T recomputed
  * and P^T = exp2(S^T sl2 - lse). */
-__global__ static void __launch_bounds__(NT) k_flash_bwd_dkdv(float *dqkv, const bf16 *qkv,
-                                                              const bf16 *dout, const float *lse,
-                                                              const float *delta, int T, int D,
-                                                              int H, int nqb, float sl2, float scale)
+/* The lse and delta of query block qb (BC each, 0 past T) into shared memory, with the tiles'
+ * copies: one element per thread. */
+__device__ __forceinline__ void issue_rowstats(float *ls, float *ds, const float *lse, const float *delta,
+                                               size_t srow, int qb, int T)
 {
+    const int i = threadIdx.x % BC, qt = qb * BC + i;
+    const float *src = threadIdx.x < BC ? lse : delta;
+    mk_cp_async4((threadIdx.x < BC ? ls : ds) + i, qt < T ? src + srow + qt : src, qt < T ? 4 : 0);
+}
+
+/* Three blocks per SM (168 registers): the query block's lse and delta come through shared
+ * memory with its tiles, and V's rows are read from a shared tile, instead of living in
+ * registers. */
+template <int MINB>
+__global__ static void __launch_bounds__(NT, MINB) k_flash_bwd_dkdv(float *dqkv, const bf16 *qkv,
+                                                                 const bf16 *dout, const float *lse,
+                                                                 const float *delta, int T, int D,
+                                                                 int H, int nqb, float sl2, float scale)
+{
+    static_assert(NT == 2 * BC, "one thread per staged lse and delta element");
     __shared__ __align__(16) bf16 Qs[2][TILE];
     __shared__ __align__(16) bf16 Os[2][TILE];
+    __shared__ __align__(16) float Ls[2][BC], Dl[2][BC];
+    __shared__ __align__(16) bf16 Vs[TILE];
     int kb, bh;
     block_of(&kb, &bh, nqb, (int)gridDim.x / nqb, 0);
     const int b = bh / H, h = bh % H;
@@ -303,10 +340,11 @@ __global__ static void __launch_bounds__(NT) k_flash_bwd_dkdv(float *dqkv, const
 
     issue_tile(Qs[0], qbase, ld, kb * BC, T);
     issue_tile(Os[0], dobase, D, kb * BC, T);
+    issue_rowstats(Ls[0], Dl[0], lse, delta, srow, kb, T);
+    issue_tile(Vs, qbase + 2 * D, ld, kb * BR, T);
     mk_cp_async_commit();
-    uint32_t ka[HD / 16][4], va[HD / 16][4];
+    uint32_t ka[HD / 16][4];
     load_a_rows(ka, qbase + D, ld, k0, T, q);
-    load_a_rows(va, qbase + 2 * D, ld, k0, T, q);
     float dk[HD / 8][4], dv[HD / 8][4];
     zero_acc(dk);
     zero_acc(dv);
@@ -316,21 +354,14 @@ __global__ static void __launch_bounds__(NT) k_flash_bwd_dkdv(float *dqkv, const
         if (qb + 1 < nqb) {
             issue_tile(Qs[cur ^ 1], qbase, ld, (qb + 1) * BC, T);
             issue_tile(Os[cur ^ 1], dobase, D, (qb + 1) * BC, T);
+            issue_rowstats(Ls[cur ^ 1], Dl[cur ^ 1], lse, delta, srow, qb + 1, T);
         }
         mk_cp_async_commit();
-        /* this lane's queries 8j + 2q + {0, 1}: their lse and delta, 0 past T */
-        float sl[BC / 8][2], sd[BC / 8][2];
-#pragma unroll
-        for (int j = 0; j < BC / 8; j++)
-#pragma unroll
-            for (int e = 0; e < 2; e++) {
-                const int qt = qb * BC + 8 * j + 2 * q + e;
-                sl[j][e] = qt < T ? lse[srow + qt] : 0.f;
-                sd[j][e] = qt < T ? delta[srow + qt] : 0.f;
-            }
         mk_cp_async_wait<1>();
         __syncthreads();
         const bf16 *Q = Qs[cur], *dO = Os[cur];
+        /* this lane's queries 8j + 2q + {0, 1}: their lse and delta (0 past T) */
+        const float2 *sl = (const float2 *)Ls[cur] + q, *sd = (const float2 *)Dl[cur] + q;
         float p[BC / 8][4], ds[BC / 8][4];
         zero_acc(p);
         mma_rows_by_tile(p, ka, Q, lane);            /* S^T = K Q^T */
@@ -340,15 +371,19 @@ __global__ static void __launch_bounds__(NT) k_flash_bwd_dkdv(float *dqkv, const
             for (int e = 0; e < 4; e++) {
                 const int qt = qb * BC + 8 * j + 2 * q + (e & 1), key = e < 2 ? k0 : k1;
                 const int masked = (qb == kb && key > qt) || qt >= T || key >= T;
-                p[j][e] = masked ? 0.f : exp2f(p[j][e] * sl2 - sl[j][e & 1]);
+                const float2 l = sl[4 * j];
+                p[j][e] = masked ? 0.f : exp2f(p[j][e] * sl2 - ((e & 1) ? l.y : l.x));
             }
         mma_frags_by_tile(dv, p, dO, lane);          /* dV += P^T dO */
         zero_acc(ds);
-        mma_rows_by_tile(ds, va, dO, lane);          /* dP^T = V dO^T */
+        mma_tilerows_by_tile(ds, Vs, warp * 16, dO, lane); /* dP^T = V dO^T */
 #pragma unroll
         for (int j = 0; j < BC / 8; j++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) ds[j][e] = p[j][e] * (ds[j][e] - sd[j][e & 1]);
+            for (int e = 0; e < 4; e++) {
+                const float2 d = sd[4 * j];
+                ds[j][e] = p[j][e] * (ds[j][e] - ((e & 1) ? d.y : d.x));
+            }
         mma_frags_by_tile(dk, ds, Q, lane);          /* dK += dS^T Q (scale at the end) */
         __syncthreads();
     }
@@ -370,7 +405,9 @@ __global__ static void __launch_bounds__(NT) k_flash_bwd_dkdv(float *dqkv, const
 
 /* dQ: 1-D grid of (query blocks x B*H). The warp's 16 queries are the rows; the loop runs
  * over the key blocks up to the diagonal. */
-__global__ static void __launch_bounds__(NT) k_flash_bwd_dq(float *dqkv, const bf16 *qkv,
+/* Three blocks per SM (168 registers; 16 bytes spill). */
+template <int MINB>
+__global__ static void __launch_bounds__(NT, MINB) k_flash_bwd_dq(float *dqkv, const bf16 *qkv,
                                                             const bf16 *dout, const float *lse,
                                                             const float *delta, int T, int D,
                                                             int H, int nqb, float sl2, float scale)
@@ -476,6 +513,14 @@ __global__ static void k_rope_bf16_inplace(uint2 *qkv, const double *cs, int T, 
     }
 }
 
+/* MEASUREMENT KNOB (to be removed): MOEKIT_FLASH_OLD=1 runs the kernels without the
+ * occupancy bounds, for an A/B comparison in one device call. */
+static int occ_old(void)
+{
+    const char *e = getenv("MOEKIT_FLASH_OLD");
+    return e && *e == '1';
+}
+
 #define FA_CHECK(what)                                                                     \
     do {                                                                                   \
         cudaError_t e_ = cudaGetLastError();                                               \
@@ -530,7 +575,10 @@ extern "C" int mk_flash_attn_forward(float *out, float *state, const float *qkv,
         MK_CHECK(mk_cuda_round_bf16(qkvb, qkv, (size_t)B * T * 3 * D, "flash attention forward (bf16 qkv)"));
     }
     const int nqb = (T + BR - 1) / BR;
-    k_flash_fwd<false><<<(unsigned)nqb * B * H, NT>>>(out, NULL, lse, ostore, qkvb, T, D, H, nqb, sl2);
+    if (occ_old())
+        k_flash_fwd<false, 1><<<(unsigned)nqb * B * H, NT>>>(out, NULL, lse, ostore, qkvb, T, D, H, nqb, sl2);
+    else
+        k_flash_fwd<false, 4><<<(unsigned)nqb * B * H, NT>>>(out, NULL, lse, ostore, qkvb, T, D, H, nqb, sl2);
     FA_CHECK("flash attention forward");
     return MK_OK;
 }
@@ -552,9 +600,15 @@ extern "C" int mk_flash_attn_backward(float *dqkv, float *work, const float *dou
     FA_CHECK("flash attention backward (row sums)");
     const int nqb = (T + BR - 1) / BR;
     const unsigned blocks = (unsigned)nqb * B * H;
-    k_flash_bwd_dkdv<<<blocks, NT>>>(dqkv, qkvb, dob, lse, delta, T, D, H, nqb, sl2, (float)scale);
-    FA_CHECK("flash attention backward (dK, dV)");
-    k_flash_bwd_dq<<<blocks, NT>>>(dqkv, qkvb, dob, lse, delta, T, D, H, nqb, sl2, (float)scale);
+    if (occ_old()) {
+        k_flash_bwd_dkdv<1><<<blocks, NT>>>(dqkv, qkvb, dob, lse, delta, T, D, H, nqb, sl2, (float)scale);
+        FA_CHECK("flash attention backward (dK, dV)");
+        k_flash_bwd_dq<1><<<blocks, NT>>>(dqkv, qkvb, dob, lse, delta, T, D, H, nqb, sl2, (float)scale);
+    } else {
+        k_flash_bwd_dkdv<3><<<blocks, NT>>>(dqkv, qkvb, dob, lse, delta, T, D, H, nqb, sl2, (float)scale);
+        FA_CHECK("flash attention backward (dK, dV)");
+        k_flash_bwd_dq<3><<<blocks, NT>>>(dqkv, qkvb, dob, lse, delta, T, D, H, nqb, sl2, (float)scale);
+    }
     FA_CHECK("flash attention backward (dQ)");
     return MK_OK;
 }
@@ -575,8 +629,12 @@ extern "C" int mk_flash_attn_forward_bf16(void *out, float *lse, void *qkv, cons
     }
     const float sl2 = (float)(LOG2E / sqrt((double)HD));
     const int nqb = (T + BR - 1) / BR;
-    k_flash_fwd<true><<<(unsigned)nqb * B * H, NT>>>(NULL, (bf16 *)out, lse, NULL, (const bf16 *)qkv, T, D, H,
-                                                     nqb, sl2);
+    if (occ_old())
+        k_flash_fwd<true, 1><<<(unsigned)nqb * B * H, NT>>>(NULL, (bf16 *)out, lse, NULL, (const bf16 *)qkv, T, D,
+                                                            H, nqb, sl2);
+    else
+        k_flash_fwd<true, 4><<<(unsigned)nqb * B * H, NT>>>(NULL, (bf16 *)out, lse, NULL, (const bf16 *)qkv, T, D,
+                                                            H, nqb, sl2);
     FA_CHECK("flash attention forward (bf16)");
     return MK_OK;
 }
@@ -595,11 +653,19 @@ extern "C" int mk_flash_attn_backward_bf16(float *dqkv, float *delta, const void
     FA_CHECK("flash attention backward (bf16 row sums)");
     const int nqb = (T + BR - 1) / BR;
     const unsigned blocks = (unsigned)nqb * B * H;
-    k_flash_bwd_dkdv<<<blocks, NT>>>(dqkv, (const bf16 *)qkv, (const bf16 *)dout, lse, delta, T, D, H, nqb, sl2,
-                                     (float)scale);
-    FA_CHECK("flash attention backward (bf16: dK, dV)");
-    k_flash_bwd_dq<<<blocks, NT>>>(dqkv, (const bf16 *)qkv, (const bf16 *)dout, lse, delta, T, D, H, nqb, sl2,
-                                   (float)scale);
+    if (occ_old()) {
+        k_flash_bwd_dkdv<1><<<blocks, NT>>>(dqkv, (const bf16 *)qkv, (const bf16 *)dout, lse, delta, T, D, H, nqb,
+                                            sl2, (float)scale);
+        FA_CHECK("flash attention backward (bf16: dK, dV)");
+        k_flash_bwd_dq<1><<<blocks, NT>>>(dqkv, (const bf16 *)qkv, (const bf16 *)dout, lse, delta, T, D, H, nqb, sl2,
+                                          (float)scale);
+    } else {
+        k_flash_bwd_dkdv<3><<<blocks, NT>>>(dqkv, (const bf16 *)qkv, (const bf16 *)dout, lse, delta, T, D, H, nqb,
+                                            sl2, (float)scale);
+        FA_CHECK("flash attention backward (bf16: dK, dV)");
+        k_flash_bwd_dq<3><<<blocks, NT>>>(dqkv, (const bf16 *)qkv, (const bf16 *)dout, lse, delta, T, D, H, nqb, sl2,
+                                          (float)scale);
+    }
     FA_CHECK("flash attention backward (bf16: dQ)");
     return MK_OK;
 }

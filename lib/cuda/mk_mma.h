@@ -53,6 +53,13 @@ __device__ __forceinline__ void mk_cp_async16(void *dst, const void *src, int by
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(bytes));
 }
 
+/* 4 bytes from global src to shared dst (bytes 0: a zero); src 4-byte aligned. */
+__device__ __forceinline__ void mk_cp_async4(void *dst, const void *src, int bytes)
+{
+    const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(src), "r"(bytes));
+}
+
 __device__ __forceinline__ void mk_cp_async_commit(void)
 {
     asm volatile("cp.async.commit_group;\n" ::);
