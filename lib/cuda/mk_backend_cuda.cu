@@ -660,15 +660,15 @@ __global__ static void k_embedding_backward(float *dwte, const float *dout, cons
     float v = dst[c];
     int j = start[b];
     const int end = start[b + 1];
-    /* The sum stays in token order (the CPU's bits); only the loads of eight tokens are
-     * issued ahead of their adds, so a frequent token's long row is not one load latency
-     * per token. */
-    for (; j + 8 <= end; j += 8) {
-        float a[8];
+    /* The sum stays in token order (the CPU's bits); only the loads of sixteen tokens are
+     * issued ahead of their adds, so a frequent token's long row (a byte-level corpus's
+     * space: thousands of tokens) is not one load latency per token. */
+    for (; j + 16 <= end; j += 16) {
+        float a[16];
 #pragma unroll
-        for (int k = 0; k < 8; k++) a[k] = dout[(size_t)idx[j + k] * D + c];
+        for (int k = 0; k < 16; k++) a[k] = dout[(size_t)idx[j + k] * D + c];
 #pragma unroll
-        for (int k = 0; k < 8; k++) v += a[k];
+        for (int k = 0; k < 16; k++) v += a[k];
     }
     for (; j < end; j++) v += dout[(size_t)idx[j] * D + c];
     dst[c] = v;

@@ -25,7 +25,6 @@
 
 #include <math.h>
 #include <stdint.h>
-#include <stdlib.h>
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -154,8 +153,8 @@ __device__ __forceinline__ void block_of(int *rb, int *bh, int nrb, int BH, int 
 
 /* Forward: 1-D grid of (query blocks x B*H). sl2 = scale * log2(e): the softmax runs in
  * base 2, and lse is kept in that unit. */
-template <bool BF16_OUT, int MINB>
-__global__ static void __launch_bounds__(NT, MINB) k_flash_fwd(float *out, bf16 *outb, float *lse, float *ostore,
+template <bool BF16_OUT>
+__global__ static void __launch_bounds__(NT) k_flash_fwd(float *out, bf16 *outb, float *lse, float *ostore,
                                                          const bf16 *qkv, int T, int D, int H,
                                                          int nqb, float sl2)
 {
@@ -318,8 +317,7 @@ __device__ __forceinline__ void issue_rowstats(float *ls, float *ds, const float
 /* Three blocks per SM (168 registers): the query block's lse and delta come through shared
  * memory with its tiles, and V's rows are read from a shared tile, instead of living in
  * registers. */
-template <int MINB>
-__global__ static void __launch_bounds__(NT, MINB) k_flash_bwd_dkdv(float *dqkv, const bf16 *qkv,
+__global__ static void __launch_bounds__(NT, 3) k_flash_bwd_dkdv(float *dqkv, const bf16 *qkv,
                                                                  const bf16 *dout, const float *lse,
                                                                  const float *delta, int T, int D,
                                                                  int H, int nqb, float sl2, float scale)
@@ -405,9 +403,9 @@ __global__ static void __launch_bounds__(NT, MINB) k_flash_bwd_dkdv(float *dqkv,
 
 /* dQ: 1-D grid of (query blocks x B*H). The warp's 16 queries are the rows; the loop runs
  * over the key blocks up to the diagonal. */
-/* Three blocks per SM (168 registers; 16 bytes spill). */
-template <int MINB>
-__global__ static void __launch_bounds__(NT, MINB) k_flash_bwd_dq(float *dqkv, const bf16 *qkv,
+/* Three blocks per SM (168 registers, 16 bytes spilled): with the dK/dV kernel's bound,
+ * the backward took 0.498 ms at bench-s against 0.546 unbounded (two blocks per SM). */
+__global__ static void __launch_bounds__(NT, 3) k_flash_bwd_dq(float *dqkv, const bf16 *qkv,
                                                             const bf16 *dout, const float *lse,
                                                             const float *delta, int T, int D,
                                                             int H, int nqb, float sl2, float scale)
@@ -513,14 +511,6 @@ __global__ static void k_rope_bf16_inplace(uint2 *qkv, const double *cs, int T, 
     }
 }
 
-/* MEASUREMENT KNOB (to be removed): MOEKIT_FLASH_OLD=1 runs the kernels without the
- * occupancy bounds, for an A/B comparison in one device call. */
-static int occ_old(void)
-{
-    const char *e = getenv("MOEKIT_FLASH_OLD");
-    return e && *e == '1';
-}
-
 #define FA_CHECK(what)                                                                     \
     do {                                                                                   \
         cudaError_t e_ = cudaGetLastError();                                               \
@@ -575,10 +565,7 @@ extern "C" int mk_flash_attn_forward(float *out, float *state, const float *qkv,
         MK_CHECK(mk_cuda_round_bf16(qkvb, qkv, (size_t)B * T * 3 * D, "flash attention forward (bf16 qkv)"));
     }
     const int nqb = (T + BR - 1) / BR;
-    if (occ_old())
-        k_flash_fwd<false, 1><<<(unsigned)nqb * B * H, NT>>>(out, NULL, lse, ostore, qkvb, T, D, H, nqb, sl2);
-    else
-        k_flash_fwd<false, 4><<<(unsigned)nqb * B * H, NT>>>(out, NULL, lse, ostore, qkvb, T, D, H, nqb, sl2);
+    k_flash_fwd<false><<<(unsigned)nqb * B * H, NT>>>(out, NULL, lse, ostore, qkvb, T, D, H, nqb, sl2);
     FA_CHECK("flash attention forward");
     return MK_OK;
 }
@@ -600,15 +587,9 @@ extern "C" int mk_flash_attn_backward(float *dqkv, float *work, const float *dou
     FA_CHECK("flash attention backward (row sums)");
     const int nqb = (T + BR - 1) / BR;
     const unsigned blocks = (unsigned)nqb * B * H;
-    if (occ_old()) {
-        k_flash_bwd_dkdv<1><<<blocks, NT>>>(dqkv, qkvb, dob, lse, delta, T, D, H, nqb, sl2, (float)scale);
-        FA_CHECK("flash attention backward (dK, dV)");
-        k_flash_bwd_dq<1><<<blocks, NT>>>(dqkv, qkvb, dob, lse, delta, T, D, H, nqb, sl2, (float)scale);
-    } else {
-        k_flash_bwd_dkdv<3><<<blocks, NT>>>(dqkv, qkvb, dob, lse, delta, T, D, H, nqb, sl2, (float)scale);
-        FA_CHECK("flash attention backward (dK, dV)");
-        k_flash_bwd_dq<3><<<blocks, NT>>>(dqkv, qkvb, dob, lse, delta, T, D, H, nqb, sl2, (float)scale);
-    }
+    k_flash_bwd_dkdv<<<blocks, NT>>>(dqkv, qkvb, dob, lse, delta, T, D, H, nqb, sl2, (float)scale);
+    FA_CHECK("flash attention backward (dK, dV)");
+    k_flash_bwd_dq<<<blocks, NT>>>(dqkv, qkvb, dob, lse, delta, T, D, H, nqb, sl2, (float)scale);
     FA_CHECK("flash attention backward (dQ)");
     return MK_OK;
 }
@@ -629,12 +610,8 @@ extern "C" int mk_flash_attn_forward_bf16(void *out, float *lse, void *qkv, cons
     }
     const float sl2 = (float)(LOG2E / sqrt((double)HD));
     const int nqb = (T + BR - 1) / BR;
-    if (occ_old())
-        k_flash_fwd<true, 1><<<(unsigned)nqb * B * H, NT>>>(NULL, (bf16 *)out, lse, NULL, (const bf16 *)qkv, T, D,
-                                                            H, nqb, sl2);
-    else
-        k_flash_fwd<true, 4><<<(unsigned)nqb * B * H, NT>>>(NULL, (bf16 *)out, lse, NULL, (const bf16 *)qkv, T, D,
-                                                            H, nqb, sl2);
+    k_flash_fwd<true><<<(unsigned)nqb * B * H, NT>>>(NULL, (bf16 *)out, lse, NULL, (const bf16 *)qkv, T, D, H,
+                                                     nqb, sl2);
     FA_CHECK("flash attention forward (bf16)");
     return MK_OK;
 }
@@ -653,19 +630,11 @@ extern "C" int mk_flash_attn_backward_bf16(float *dqkv, float *delta, const void
     FA_CHECK("flash attention backward (bf16 row sums)");
     const int nqb = (T + BR - 1) / BR;
     const unsigned blocks = (unsigned)nqb * B * H;
-    if (occ_old()) {
-        k_flash_bwd_dkdv<1><<<blocks, NT>>>(dqkv, (const bf16 *)qkv, (const bf16 *)dout, lse, delta, T, D, H, nqb,
-                                            sl2, (float)scale);
-        FA_CHECK("flash attention backward (bf16: dK, dV)");
-        k_flash_bwd_dq<1><<<blocks, NT>>>(dqkv, (const bf16 *)qkv, (const bf16 *)dout, lse, delta, T, D, H, nqb, sl2,
-                                          (float)scale);
-    } else {
-        k_flash_bwd_dkdv<3><<<blocks, NT>>>(dqkv, (const bf16 *)qkv, (const bf16 *)dout, lse, delta, T, D, H, nqb,
-                                            sl2, (float)scale);
-        FA_CHECK("flash attention backward (bf16: dK, dV)");
-        k_flash_bwd_dq<3><<<blocks, NT>>>(dqkv, (const bf16 *)qkv, (const bf16 *)dout, lse, delta, T, D, H, nqb, sl2,
-                                          (float)scale);
-    }
+    k_flash_bwd_dkdv<<<blocks, NT>>>(dqkv, (const bf16 *)qkv, (const bf16 *)dout, lse, delta, T, D, H, nqb, sl2,
+                                     (float)scale);
+    FA_CHECK("flash attention backward (bf16: dK, dV)");
+    k_flash_bwd_dq<<<blocks, NT>>>(dqkv, (const bf16 *)qkv, (const bf16 *)dout, lse, delta, T, D, H, nqb, sl2,
+                                   (float)scale);
     FA_CHECK("flash attention backward (bf16: dQ)");
     return MK_OK;
 }

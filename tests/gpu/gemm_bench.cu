@@ -90,8 +90,9 @@ int main(void)
     const int tokens = 16384, d = 768, ffn = 256, E = 64, rows = tokens * 8 / E;
 
     /* dense: C[tokens, n] = A[tokens, d] W[d, n] (row-major), i.e. column-major C^T = W^T A^T */
-    int ns[2] = {3 * d, 50304};
-    for (int t = 0; t < 2; t++) {
+    /* n: the router (E), the attention output projection, qkv, the LM head */
+    int ns[4] = {E, d, 3 * d, 50304};
+    for (int t = 0; t < 4; t++) {
         const int n = ns[t];
         float *A = fbuf((size_t)tokens * d, 1), *W = fbuf((size_t)d * n, 2), *C = fbuf((size_t)tokens * n, 3);
         __nv_bfloat16 *Ah = hbuf(A, (size_t)tokens * d), *Wh = hbuf(W, (size_t)d * n), *Ch;
@@ -109,6 +110,9 @@ int main(void)
         report(what, time_it([&] { return cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, d, tokens, n, &one, W, CUDA_R_32F, n, C, CUDA_R_32F, n, &zero, A, CUDA_R_32F, d, CUBLAS_COMPUTE_32F_FAST_16BF, CUBLAS_GEMM_DEFAULT); }), flop);
         snprintf(what, sizeof what, "dense wgrad k=%d fp32 FAST_16BF", tokens);
         report(what, time_it([&] { return cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_T, n, d, tokens, &one, C, CUDA_R_32F, n, A, CUDA_R_32F, d, &zero, W, CUDA_R_32F, n, CUBLAS_COMPUTE_32F_FAST_16BF, CUBLAS_GEMM_DEFAULT); }), flop);
+        /* what the bf16 mode runs: bf16 operands, fp32 dW accumulated (beta 1) */
+        snprintf(what, sizeof what, "dense wgrad k=%d bf16 in, fp32 out, n=%d", tokens, n);
+        report(what, time_it([&] { return cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_T, n, d, tokens, &one, Ch, CUDA_R_16BF, n, Ah, CUDA_R_16BF, d, &one, W, CUDA_R_32F, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT); }), flop);
         snprintf(what, sizeof what, "round %dx%d fp32 -> bf16", tokens, n);
         report(what, time_it([&] { k_round<<<4096, 256>>>(Ch, C, (size_t)tokens * n); return CUBLAS_STATUS_SUCCESS; }), 0);
         cudaFree(A), cudaFree(W), cudaFree(C), cudaFree(Ah), cudaFree(Wh), cudaFree(Ch);
