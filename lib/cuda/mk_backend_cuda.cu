@@ -5,7 +5,8 @@
  * products with fp32 accumulation over fp32 storage. bf16 mode also runs the fused ops:
  * the expert FFN (mk_expert_ffn.cu, on the grouped kernels of mk_grouped_gemm.cu, bf16
  * state), the output layer (bf16 operands, bf16 dlogits in the backend's workspace) and,
- * with head size 64, attention (mk_flash_attn.cu); otherwise attention is cuBLAS batched
+ * with head size 64, attention (mk_flash_attn.cu) and the attention block around it (bf16
+ * ln1, qkv and atty end to end); otherwise attention is cuBLAS batched
  * GEMMs over the [B, H, T, T] probabilities. Everything else is a plain CUDA kernel
  * written to follow the CPU reference (mk_backend_cpu.c) closely, so the two can be
  * compared element by element (tests/test_cuda_backend.c).
@@ -18,10 +19,10 @@
  * gradients, the router's). No atomics anywhere, so the same inputs give the same bits on
  * every call.
  *
- * Still slow (docs/performance.md): activations outside the fused ops are stored in fp32,
- * so the dense GEMMs round their operands in a pass of their own; the fused ops round their fp32
- * inputs in a pass of their own; several ops copy small int arrays to the host to validate
- * them like the CPU backend does; the gradient all-reduce waits for the whole backward.
+ * Still slow (docs/performance.md): the MoE block's activations are stored in fp32, so the
+ * router's GEMMs and the expert FFN each round ln2 in a pass of their own; the attention
+ * kernels (mma.sync) are latency-bound at two to four blocks per SM; route_plan copies its
+ * counts to the host to validate them like the CPU backend does.
  *
  * All work is issued on the legacy default stream, so ops are ordered with each other and
  * with the synchronous cudaMemcpy of to_host/from_host; errors of asynchronous kernels show
