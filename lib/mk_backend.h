@@ -34,13 +34,16 @@ typedef struct mk_backend mk_backend;
 
 /* Rows gathered from token rows as permute_rows does: row r is w * src[row_slot[r] / K, :]
  * with w = weights[row_slot[r]], or 1 when weights is NULL (the fused expert FFN's input).
- * src holds N rows (row_slot[r] / K < N). */
+ * src holds N rows (row_slot[r] / K < N). src_op, when not NULL, holds the same rows in the
+ * backend's GEMM operand format (moe_input_forward's ln_op): a backend that rounds its
+ * operands may gather from it instead of rounding src again. */
 typedef struct mk_rows_gather {
     const mk_real *src;
     const int32_t *row_slot;
     const mk_real *weights;
     int K;
     int N;
+    const void *src_op;
 } mk_rows_gather;
 
 /* One layer's attention block (attention_block_forward / _backward): its input x [N, D]
@@ -169,6 +172,22 @@ typedef struct mk_backend_ops {
     int (*router_forward)(mk_backend *be, mk_real *probs, mk_real *lse, int32_t *topk,
                           mk_real *gates, int32_t *counts, mk_real *psum, int32_t *bad,
                           const mk_real *z, int N, int E, int K, int norm_topk);
+    /* Optional, the MoE block's input as one op each (mk_moe_input_forward_ops is its
+     * semantics): ln = RMSNorm(h) g [N, D] and the router logits z = ln w_router [N, E],
+     * with a copy of ln in the backend's GEMM operand format in ln_op (room for N x D
+     * elements of two bytes; the CUDA bf16 mode: bf16), which the backward and the expert
+     * FFN's gather (mk_rows_gather.src_op) read instead of rounding ln again. The backward
+     * takes dz and dln (dL/dln from the experts): dw_router += ln^T dz, dln += dz w_router^T,
+     * then RMSNorm's backward into dh and dg (both accumulate, as rmsnorm_backward's).
+     * NULL: the model runs the op sequence and passes no operand copy. */
+    int (*moe_input_forward)(mk_backend *be, mk_real *z, mk_real *ln, void *ln_op, mk_real *rstd,
+                             const mk_real *h, const mk_real *g, const mk_real *w_router, int N,
+                             int D, int E);
+    int (*moe_input_backward)(mk_backend *be, mk_real *dh, mk_real *dg, mk_real *dw_router,
+                              mk_real *dln, const mk_real *dz, const mk_real *h, const mk_real *ln,
+                              const void *ln_op, const mk_real *rstd, const mk_real *g,
+                              const mk_real *w_router, int N, int D, int E);
+
     /* dz [N, E] (written) from: dgates [N, K] (dL/dgate), the LBL term lbl_ds [E] added to
      * dL/dprobs of every token (may be NULL), and the z-loss term zloss_scale * lse^2
      * (dz += zloss_scale * 2 * lse * probs). */
@@ -316,6 +335,15 @@ int mk_attention_block_forward_ops(mk_backend *be, mk_real *h, const mk_attn_blo
                                    int D, int H, double theta);
 int mk_attention_block_backward_ops(mk_backend *be, mk_real *dres, const mk_attn_block_grads *g,
                                     const mk_attn_block *a, int B, int T, int D, int H, double theta);
+
+/* The MoE block's input as rmsnorm_forward and matmul calls (ln_op is not written), and its
+ * backward as linear_backward (or two matmul calls) and rmsnorm_backward: the semantics of
+ * ops->moe_input_forward / _backward, for backends without them. */
+int mk_moe_input_forward_ops(mk_backend *be, mk_real *z, mk_real *ln, mk_real *rstd, const mk_real *h,
+                             const mk_real *g, const mk_real *w_router, int N, int D, int E);
+int mk_moe_input_backward_ops(mk_backend *be, mk_real *dh, mk_real *dg, mk_real *dw_router, mk_real *dln,
+                              const mk_real *dz, const mk_real *h, const mk_real *ln, const mk_real *rstd,
+                              const mk_real *g, const mk_real *w_router, int N, int D, int E);
 
 /* The output layer as matmul + cross_entropy calls (the semantics of ops->output_forward
  * / _backward, for backends without them). */

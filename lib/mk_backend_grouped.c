@@ -1,6 +1,7 @@
 /* mk_backend_grouped.c - the composite ops of mk_backend.h as sequences of basic ops: grouped
- * expert GEMMs as one ops->matmul per expert, the expert FFN, the attention block and the
- * output layer, shared by the backends that have no fused kernel of their own. */
+ * expert GEMMs as one ops->matmul per expert, the expert FFN, the attention block, the MoE
+ * block's input and the output layer, shared by the backends that have no fused kernel of
+ * their own. */
 #ifdef HAVE_CONFIG_H
 #include "config.h"
 #endif
@@ -128,6 +129,24 @@ int mk_attention_block_backward_ops(mk_backend *be, mk_real *dres, const mk_attn
     else
         MK_CHECK(mk_linear_backward_ops(be, g->dln, g->dw_qkv, a->ln1, a->w_qkv, g->dqkv, N, D, 3 * D, 0));
     return o->rmsnorm_backward(be, dres, g->dnorm, g->dln, a->x, a->norm, a->rstd, N, D);
+}
+
+int mk_moe_input_forward_ops(mk_backend *be, mk_real *z, mk_real *ln, mk_real *rstd, const mk_real *h,
+                             const mk_real *g, const mk_real *w_router, int N, int D, int E)
+{
+    MK_CHECK(be->ops->rmsnorm_forward(be, ln, rstd, h, g, N, D));
+    return be->ops->matmul(be, z, ln, w_router, N, E, D, 0, 0, 1, 0);
+}
+
+int mk_moe_input_backward_ops(mk_backend *be, mk_real *dh, mk_real *dg, mk_real *dw_router, mk_real *dln,
+                              const mk_real *dz, const mk_real *h, const mk_real *ln, const mk_real *rstd,
+                              const mk_real *g, const mk_real *w_router, int N, int D, int E)
+{
+    if (be->ops->linear_backward)
+        MK_CHECK(be->ops->linear_backward(be, dln, dw_router, ln, w_router, dz, N, D, E, 1));
+    else
+        MK_CHECK(mk_linear_backward_ops(be, dln, dw_router, ln, w_router, dz, N, D, E, 1));
+    return be->ops->rmsnorm_backward(be, dh, dg, dln, h, g, rstd, N, D);
 }
 
 int mk_output_forward_ops(mk_backend *be, mk_real *losses, mk_real *logits, const mk_real *x,

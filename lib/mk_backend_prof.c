@@ -42,6 +42,8 @@ enum {    OP_alloc,
     OP_attention_rope_backward,
     OP_attention_block_forward,
     OP_attention_block_backward,
+    OP_moe_input_forward,
+    OP_moe_input_backward,
     OP_router_forward,
     OP_router_backward,
     OP_route_plan,
@@ -86,6 +88,8 @@ static const char *const op_names[OP_COUNT] = {
     "attention_rope_backward",
     "attention_block_forward",
     "attention_block_backward",
+    "moe_input_forward",
+    "moe_input_backward",
     "router_forward",
     "router_backward",
     "route_plan",
@@ -271,6 +275,18 @@ static int p_attention_block_backward(mk_backend *be, mk_real *dres, const mk_at
     return done(P(be), OP_attention_block_backward, t0, P(be)->inner->ops->attention_block_backward(P(be)->inner, dres, g, a, B, T, D, H, theta));
 }
 
+static int p_moe_input_forward(mk_backend *be, mk_real *z, mk_real *ln, void *ln_op, mk_real *rstd, const mk_real *h, const mk_real *g, const mk_real *w_router, int N, int D, int E)
+{
+    const double t0 = now_s();
+    return done(P(be), OP_moe_input_forward, t0, P(be)->inner->ops->moe_input_forward(P(be)->inner, z, ln, ln_op, rstd, h, g, w_router, N, D, E));
+}
+
+static int p_moe_input_backward(mk_backend *be, mk_real *dh, mk_real *dg, mk_real *dw_router, mk_real *dln, const mk_real *dz, const mk_real *h, const mk_real *ln, const void *ln_op, const mk_real *rstd, const mk_real *g, const mk_real *w_router, int N, int D, int E)
+{
+    const double t0 = now_s();
+    return done(P(be), OP_moe_input_backward, t0, P(be)->inner->ops->moe_input_backward(P(be)->inner, dh, dg, dw_router, dln, dz, h, ln, ln_op, rstd, g, w_router, N, D, E));
+}
+
 static int p_attention_backward(mk_backend *be, mk_real *dqkv, mk_real *datt, const mk_real *dout, const mk_real *qkv, const mk_real *att, int B, int T, int D, int H)
 {
     const double t0 = now_s();
@@ -422,6 +438,8 @@ int mk_backend_prof_create(mk_backend *inner, mk_backend **out)
     p->ops.attention_rope_backward = inner->ops->attention_rope_backward ? p_attention_rope_backward : NULL;
     p->ops.attention_block_forward = inner->ops->attention_block_forward ? p_attention_block_forward : NULL;
     p->ops.attention_block_backward = inner->ops->attention_block_backward ? p_attention_block_backward : NULL;
+    p->ops.moe_input_forward = inner->ops->moe_input_forward ? p_moe_input_forward : NULL;
+    p->ops.moe_input_backward = inner->ops->moe_input_backward ? p_moe_input_backward : NULL;
     p->ops.router_forward = p_router_forward;
     p->ops.router_backward = p_router_backward;
     p->ops.route_plan = p_route_plan;

@@ -169,6 +169,7 @@ static void carve_acts(mk_model *m, carver *c)
         a->atty = CARVE_R(c, N * D);
         a->h = CARVE_R(c, N * D);
         a->ln2 = CARVE_R(c, N * D);
+        a->ln2_op = m->be->ops->moe_input_forward ? carve(c, N * D * 2) : NULL;
         a->rstd2 = CARVE_R(c, N);
         a->z = CARVE_R(c, N * E);
         a->probs = CARVE_R(c, N * E);
@@ -429,14 +430,6 @@ int mk_model_zero_grad(mk_model *m)
     return m->be->ops->zero(m->be, m->grads, m->nparams * sizeof(mk_real));
 }
 
-/* The backend's linear_backward where it has one, else the two matmul calls. */
-static int linear_backward(mk_backend *be, mk_real *dX, mk_real *dW, const mk_real *X, const mk_real *W,
-                           const mk_real *dY, int M, int K, int N, mk_real beta)
-{
-    if (be->ops->linear_backward) return be->ops->linear_backward(be, dX, dW, X, W, dY, M, K, N, beta);
-    return mk_linear_backward_ops(be, dX, dW, X, W, dY, M, K, N, beta);
-}
-
 /* ------------------------------------------------------------------ experts */
 
 int mk_expert_ffn_forward(mk_model *m, const layer_params *p, const int *offs, int nexp, int rows,
@@ -516,8 +509,10 @@ static int moe_block_forward(mk_model *m, int l, const layer_params *p, layer_ac
     const mk_backend_ops *o = be->ops;
     const int N = B * m->T, D = m->D, E = m->E, K = m->K, Fs = m->Fs;
 
-    MK_CHECK(o->rmsnorm_forward(be, a->ln2, a->rstd2, a->h, p->mlp_norm, N, D));
-    MK_CHECK(o->matmul(be, a->z, a->ln2, p->router, N, E, D, 0, 0, 1, 0));
+    if (o->moe_input_forward)
+        MK_CHECK(o->moe_input_forward(be, a->z, a->ln2, a->ln2_op, a->rstd2, a->h, p->mlp_norm, p->router, N, D, E));
+    else
+        MK_CHECK(mk_moe_input_forward_ops(be, a->z, a->ln2, a->rstd2, a->h, p->mlp_norm, p->router, N, D, E));
     MK_CHECK(o->router_forward(be, a->probs, a->lse, a->topk, a->gates, a->counts, a->psum, a->bad,
                                a->z, N, E, K, m->cfg.router.norm_topk));
 
@@ -540,7 +535,7 @@ static int moe_block_forward(mk_model *m, int l, const layer_params *p, layer_ac
         MK_CHECK(o->copy(be, out, a->h, (size_t)N * D * sizeof(mk_real)));
         MK_CHECK(mk_moe_ep_forward(m, l, p, a, N, out));
     } else {
-        const mk_rows_gather x = {a->ln2, a->row_slot, NULL, K, N};
+        const mk_rows_gather x = {a->ln2, a->row_slot, NULL, K, N, a->ln2_op};
         MK_CHECK(mk_expert_ffn_forward(m, p, a->offs_host, E, R, &x, a->xp, a->a1, a->a3, a->hact,
                                        a->y));
         MK_CHECK(o->combine_rows(be, out, a->h, a->y, a->slot_row, a->gates, N, K, D));
@@ -657,7 +652,7 @@ static int moe_block_backward(mk_model *m, int l, const layer_params *p, layer_p
         MK_CHECK(mk_moe_ep_backward(m, l, p, g, a, N));
     } else {
         MK_CHECK(o->combine_backward_gates(be, s->dgates, s->dresid, a->y, a->slot_row, N, K, D));
-        const mk_rows_gather dout = {s->dresid, a->row_slot, a->gates, K, N};
+        const mk_rows_gather dout = {s->dresid, a->row_slot, a->gates, K, N, NULL};
         MK_CHECK(mk_expert_ffn_backward(m, p, g, offs, E, R, &dout, s->dy, a->xp, a->a1, a->a3,
                                         a->hact, s->dhact, s->da1, s->da3, s->dxp));
         MK_CHECK(o->combine_rows(be, s->dln, Fs > 0 ? s->dln : NULL, s->dxp, a->slot_row, NULL, N, K, D));
@@ -666,9 +661,11 @@ static int moe_block_backward(mk_model *m, int l, const layer_params *p, layer_p
     const mk_real zscale = (mk_real)(m->cfg.router.zloss_coeff * aux_scale / N);
     MK_CHECK(o->router_backward(be, s->dz, s->dgates, s->lbl_ds + (size_t)l * E, zscale, a->probs, a->lse, a->topk,
                                 a->gates, N, E, K, m->cfg.router.norm_topk));
-    MK_CHECK(linear_backward(be, s->dln, g->router, a->ln2, p->router, s->dz, N, D, E, 1));
-    MK_CHECK(o->rmsnorm_backward(be, s->dresid, g->mlp_norm, s->dln, a->h, p->mlp_norm, a->rstd2, N, D));
-    return MK_OK;
+    if (o->moe_input_backward)
+        return o->moe_input_backward(be, s->dresid, g->mlp_norm, g->router, s->dln, s->dz, a->h, a->ln2, a->ln2_op,
+                                     a->rstd2, p->mlp_norm, p->router, N, D, E);
+    return mk_moe_input_backward_ops(be, s->dresid, g->mlp_norm, g->router, s->dln, s->dz, a->h, a->ln2, a->rstd2,
+                                     p->mlp_norm, p->router, N, D, E);
 }
 
 /* On entry s->dresid is dL/dh; on exit dL/d(layer input). */

@@ -28,6 +28,8 @@ typedef struct params_view {
 typedef struct layer_acts {
     mk_real *x_in;                      /* [N, D] residual stream into the layer */
     mk_real *ln1, *rstd1, *qkv, *att, *atty, *h, *ln2, *rstd2;
+    void *ln2_op;                       /* ln2 in the backend's GEMM operand format (NULL:
+                                         * the backend has no moe_input_forward) */
     mk_real *z, *probs, *lse, *gates, *psum;
     int32_t *topk, *counts, *offs, *row_slot, *slot_row;
     int32_t *bad;                       /* router logits not finite (flag), beside offs */

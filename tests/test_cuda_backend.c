@@ -729,6 +729,73 @@ static void test_attention_block_bf16(mk_backend *bf)
     }
 }
 
+/* The MoE block's input as one op (RMSNorm writing ln and its bf16 copy, the router's
+ * products on the copy) against the bf16 backend's own op sequence -- the same rounding of
+ * the same values, so the same bits -- and against the fp32 CPU by relative L2 error. */
+static void test_moe_input_bf16(mk_backend *bf)
+{
+    const int cases[3][3] = {{300, 128, 16}, {64, 768, 64}, {50, 1032, 8}}; /* N, D, E; D > 1024: fallback */
+    for (int c = 0; c < 3; c++) {
+        const int N = cases[c][0], Dm = cases[c][1], E = cases[c][2];
+        const size_t nd = (size_t)N * Dm, nz = (size_t)N * E, nw = (size_t)Dm * E;
+        float *h = Hrand(nd, 1), *g = Hrand(Dm, 1), *w = Hrand(nw, 0.1), *dz = Hrand(nz, 1);
+        float *dln0 = Hrand(nd, 1), *dh0 = Hrand(nd, 1), *dg0 = Hrand(Dm, 0.1), *dw0 = Hrand(nw, 0.1);
+        for (int i = 0; i < Dm; i++) g[i] += 1.5f;
+        float *z = Hf(nz), *ln = Hf(nd), *rstd = Hf(N), *dh = Hcopy(dh0, nd), *dg = Hcopy(dg0, Dm),
+              *dw = Hcopy(dw0, nw), *dln = Hcopy(dln0, nd);
+        int r1 = mk_moe_input_forward_ops(cpu, z, ln, rstd, h, g, w, N, Dm, E);
+        if (r1 == MK_OK) r1 = mk_moe_input_backward_ops(cpu, dh, dg, dw, dln, dz, h, ln, rstd, g, w, N, Dm, E);
+        const float *gh = D(h, nd * 4), *gg = D(g, Dm * 4), *gw = D(w, nw * 4), *gdz = D(dz, nz * 4);
+        /* [0]: the op, [1]: the op sequence on the same backend */
+        float *gz[2], *gln[2], *grs[2], *gdh[2], *gdg[2], *gdw[2], *gdln[2];
+        void *lnop = Dz(nd * 2);
+        int r2 = MK_OK;
+        for (int k = 0; k < 2 && r2 == MK_OK; k++) {
+            gz[k] = Dz(nz * 4), gln[k] = Dz(nd * 4), grs[k] = Dz(N * 4), gdh[k] = D(dh0, nd * 4);
+            gdg[k] = D(dg0, Dm * 4), gdw[k] = D(dw0, nw * 4), gdln[k] = D(dln0, nd * 4);
+            if (k == 0) {
+                r2 = bf->ops->moe_input_forward(bf, gz[0], gln[0], lnop, grs[0], gh, gg, gw, N, Dm, E);
+                if (r2 == MK_OK)
+                    r2 = bf->ops->moe_input_backward(bf, gdh[0], gdg[0], gdw[0], gdln[0], gdz, gh, gln[0], lnop,
+                                                     grs[0], gg, gw, N, Dm, E);
+            } else {
+                r2 = mk_moe_input_forward_ops(bf, gz[1], gln[1], grs[1], gh, gg, gw, N, Dm, E);
+                if (r2 == MK_OK)
+                    r2 = mk_moe_input_backward_ops(bf, gdh[1], gdg[1], gdw[1], gdln[1], gdz, gh, gln[1], grs[1], gg,
+                                                   gw, N, Dm, E);
+            }
+        }
+        if (!both_ok(r1, r2, "bf16 MoE input")) continue;
+        const struct { const char *name; float *got[2]; const float *want, *before; size_t n; } out[7] = {
+            {"z", {gz[0], gz[1]}, z, NULL, nz},
+            {"ln", {gln[0], gln[1]}, ln, NULL, nd},
+            {"rstd", {grs[0], grs[1]}, rstd, NULL, (size_t)N},
+            {"dL/dh", {gdh[0], gdh[1]}, dh, dh0, nd},
+            {"d norm", {gdg[0], gdg[1]}, dg, dg0, (size_t)Dm},
+            {"d w_router", {gdw[0], gdw[1]}, dw, dw0, nw},
+            {"dln", {gdln[0], gdln[1]}, dln, dln0, nd},
+        };
+        int same = 1;
+        for (int k = 0; k < 7; k++) {
+            float *g0 = Gf(out[k].got[0], out[k].n), *want = Hcopy(out[k].want, out[k].n);
+            same = same && memcmp(g0, Gf(out[k].got[1], out[k].n), out[k].n * 4) == 0;
+            if (out[k].before)
+                for (size_t i = 0; i < out[k].n; i++) g0[i] -= out[k].before[i], want[i] -= out[k].before[i];
+            const double e = rel_l2(g0, want, out[k].n);
+            tap_ok(e < 2e-2, "bf16 MoE input N %d D %d E %d: %s relative L2 error %.2e < 2e-2", N, Dm, E,
+                   out[k].name, e);
+        }
+        tap_ok(same, "bf16 MoE input N %d D %d E %d: the op = the op sequence on this backend, bit for bit", N, Dm, E);
+        const uint16_t *cp = G(lnop, nd * 2);
+        const float *l0 = Gf(gln[0], nd);
+        size_t bad = 0;
+        for (size_t i = 0; i < nd; i++) bad += cp[i] != bf16_of(l0[i]);
+        tap_ok(bad == 0, "bf16 MoE input N %d D %d E %d: the operand copy is ln rounded to bf16 (%zu differ)", N, Dm,
+               E, bad);
+        arena_free();
+    }
+}
+
 /* x rounded to the nearest bf16 (ties to even), as the tensor-core operands are. */
 static float bf16_round(float x)
 {
@@ -1104,14 +1171,14 @@ static void one_expert_ffn_bf16(mk_backend *bf, const char *path, int E, int Dm,
     float *y = Hf(R * Dm), *a1 = Hf(R * F), *a3 = Hf(R * F), *h = Hf(R * F), *dxp = Hf(R * Dm);
     float *dh = Hf(R * F), *da1 = Hf(R * F), *da3 = Hf(R * F), *dw = Hf(3 * W);
     memcpy(dw, dw0, 3 * W * sizeof *dw);
-    const mk_rows_gather hx = {x, slot, NULL, K, N}, hd = {dout, slot, gates, K, N};
+    const mk_rows_gather hx = {x, slot, NULL, K, N, NULL}, hd = {dout, slot, gates, K, N, NULL};
     int r1 = mk_expert_ffn_forward_ops(cpu, y, a1, a3, h, xp, &hx, w1, w3, w2, offs, E, Dm, F);
     if (r1 == MK_OK)
         r1 = mk_expert_ffn_backward_ops(cpu, dxp, dw, dw + W, dw + 2 * W, dh, da1, da3, dy, &hd, xp,
                                         a1, a3, h, w1, w3, w2, offs, E, Dm, F);
     float *g1 = D(w1, W * 4), *g3 = D(w3, W * 4), *g2 = D(w2, W * 4), *gdw = D(dw0, 3 * W * 4);
-    const mk_rows_gather gxs = {D(x, (size_t)N * Dm * 4), (const int32_t *)D(slot, R * 4 + 4), NULL, K, N};
-    const mk_rows_gather gds = {D(dout, (size_t)N * Dm * 4), gxs.row_slot, D(gates, (size_t)N * K * 4), K, N};
+    const mk_rows_gather gxs = {D(x, (size_t)N * Dm * 4), (const int32_t *)D(slot, R * 4 + 4), NULL, K, N, NULL};
+    const mk_rows_gather gds = {D(dout, (size_t)N * Dm * 4), gxs.row_slot, D(gates, (size_t)N * K * 4), K, N, NULL};
     float *gx = Dz(R * Dm * 4), *gdy = Dz(R * Dm * 4);
     float *gy = Dz(R * Dm * 4), *ga1 = Dz(R * F * 4), *ga3 = Dz(R * F * 4), *gh = Dz(R * F * 4);
     float *gdx = Dz(R * Dm * 4), *gdh = Dz(R * F * 4), *gda1 = Dz(R * F * 4), *gda3 = Dz(R * F * 4);
@@ -1150,6 +1217,18 @@ static void one_expert_ffn_bf16(mk_backend *bf, const char *path, int E, int Dm,
         tap_ok(r2 == MK_OK && memcmp(G(gx3, R * Dm * 2), G(gx, R * Dm * 2), R * Dm * 2) == 0 &&
                    memcmp(Gbf(gy3, R * Dm), got[0], R * Dm * 4) == 0,
                "bf16 expert FFN%s (E %d, D %d, F %d): input rows through the bf16 copy of the tokens = gathered from fp32",
+               path, E, Dm, F);
+        /* the caller's bf16 copy of the token rows (src_op, as moe_input_forward leaves
+         * it): gathered from it, the same bits */
+        uint16_t *xb = (uint16_t *)Hf(((size_t)N * Dm + 1) / 2);
+        for (size_t i = 0; i < (size_t)N * Dm; i++) xb[i] = bf16_of(x[i]);
+        mk_rows_gather withop = gxs;
+        withop.src_op = D(xb, (size_t)N * Dm * 2);
+        float *gx4 = Dz(R * Dm * 4), *gy4 = Dz(R * Dm * 4);
+        r2 = bf->ops->expert_ffn_forward(bf, gy4, ga1, ga3, gh, gx4, &withop, g1, g3, g2, offs, E, Dm, F);
+        tap_ok(r2 == MK_OK && memcmp(G(gx4, R * Dm * 2), G(gx, R * Dm * 2), R * Dm * 2) == 0 &&
+                   memcmp(Gbf(gy4, R * Dm), got[0], R * Dm * 4) == 0,
+               "bf16 expert FFN%s (E %d, D %d, F %d): input rows gathered from the caller's bf16 copy = rounded here",
                path, E, Dm, F);
         /* a backward given the same weights in other buffers rounds them itself (the
          * forward may have left its rounded weights in the state): the same bits */
@@ -1783,6 +1862,7 @@ int main(void)
     test_linear_backward_bf16(bf);
     test_attention_bf16(bf);
     test_attention_block_bf16(bf);
+    test_moe_input_bf16(bf);
     test_grouped_bf16(bf);
     test_grouped_kernels_bf16();
     test_cutlass_kernels();

@@ -773,7 +773,7 @@ __device__ __forceinline__ void store4(__nv_bfloat16 *o, int j, float4 v)
 }
 
 template <typename TO>
-__global__ static void k_rmsnorm_forward_warp(TO *out, float *rstd, const float *x,
+__global__ static void k_rmsnorm_forward_warp(TO *out, __nv_bfloat16 *twin, float *rstd, const float *x,
                                               const float *g, int N, int D)
 {
     const size_t n = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
@@ -800,7 +800,9 @@ __global__ static void k_rmsnorm_forward_warp(TO *out, float *rstd, const float 
         const int j = lane + 32 * t;
         if (j < D4) {
             const float4 G = ((const float4 *)g)[j];
-            store4(o, j, make_float4(v[t].x * r * G.x, v[t].y * r * G.y, v[t].z * r * G.z, v[t].w * r * G.w));
+            const float4 y = make_float4(v[t].x * r * G.x, v[t].y * r * G.y, v[t].z * r * G.z, v[t].w * r * G.w);
+            store4(o, j, y);
+            if (twin) store4(twin + n * D, j, y); /* the same values rounded: the GEMMs' operand */
         }
     }
 }
@@ -812,7 +814,7 @@ static int cuda_rmsnorm_forward(mk_backend *be, mk_real *out, mk_real *rstd, con
     if (N <= 0) return MK_OK;
     if (rms_warp_fits(D, out, x, g, x))
         LAUNCH(k_rmsnorm_forward_warp<float>, (unsigned)((N + RMS_ROWS_PER_BLOCK - 1) / RMS_ROWS_PER_BLOCK),
-               "rmsnorm_forward", out, rstd, x, g, N, D);
+               "rmsnorm_forward", out, (__nv_bfloat16 *)NULL, rstd, x, g, N, D);
     else
         LAUNCH(k_rmsnorm_forward, (unsigned)N, "rmsnorm_forward", out, rstd, x, g, D);
     return MK_OK;
@@ -1266,7 +1268,8 @@ static int cuda_attention_block_forward(mk_backend *be, mk_real *h, const mk_att
     char *wq, *wo, *rest;
     MK_CHECK(block_weights(im, a, D, 0, &wq, &wo, &rest, "attention_block_forward: bf16 weights"));
     LAUNCH(k_rmsnorm_forward_warp<__nv_bfloat16>, (unsigned)((N + RMS_ROWS_PER_BLOCK - 1) / RMS_ROWS_PER_BLOCK),
-           "attention_block_forward (RMSNorm)", (__nv_bfloat16 *)a->ln1, a->rstd, a->x, a->norm, N, D);
+           "attention_block_forward (RMSNorm)", (__nv_bfloat16 *)a->ln1, (__nv_bfloat16 *)NULL, a->rstd, a->x,
+           a->norm, N, D);
     MK_CHECK(matmul_bf16_to(im, a->qkv, CUDA_R_16BF, a->ln1, wq, N, 3 * D, D, 0, 0, 1, 0,
                             "attention_block_forward: qkv"));
     MK_CHECK(mk_flash_attn_forward_bf16(a->atty, a->att, a->qkv, im->rope_cs, B, T, D, H));
@@ -1300,6 +1303,63 @@ static int cuda_attention_block_backward(mk_backend *be, mk_real *dres, const mk
     MK_CHECK(matmul_bf16(im, g->dw_qkv, a->ln1, dqkvb, D, 3 * D, N, 1, 0, 1, 1, "attention_block_backward: dW_qkv"));
     MK_CHECK(matmul_bf16(im, g->dln, dqkvb, wq, N, D, 3 * D, 0, 1, 1, 0, "attention_block_backward: dln"));
     return cuda_rmsnorm_backward(be, dres, g->dnorm, g->dln, a->x, a->norm, a->rstd, N, D);
+}
+
+/* ------------------------------------------------------------------ MoE block input */
+
+/* RMSNorm writes ln2 and its bf16 copy in one pass; the router's GEMM, its weight gradient
+ * and the expert FFN's gather read the copy, where each rounded ln2 in a pass of its own
+ * (the same rounding of the same values: the products do not change). Elsewhere the op
+ * sequence, with the copy rounded from ln2 for the gather where the fused FFN may run. */
+static int use_moe_input(const cuda_impl *im, const void *ln_op, const void *ln, const void *h, const void *g,
+                         const void *w, int D)
+{
+    return im->fused && ln_op && rms_warp_fits(D, ln, h, g, ln_op) && ((uintptr_t)w & 15) == 0;
+}
+
+static int cuda_moe_input_forward(mk_backend *be, mk_real *z, mk_real *ln, void *ln_op, mk_real *rstd,
+                                  const mk_real *h, const mk_real *g, const mk_real *w_router, int N, int D, int E)
+{
+    cuda_impl *im = impl_of(be);
+    if (N <= 0) return MK_OK;
+    if (!use_moe_input(im, ln_op, ln, h, g, w_router, D)) {
+        MK_CHECK(mk_moe_input_forward_ops(be, z, ln, rstd, h, g, w_router, N, D, E));
+        /* the fused FFN (D a multiple of 8) gathers from the copy: it must be there */
+        if (ln_op && im->fused && D % 8 == 0)
+            MK_CHECK(mk_cuda_round_bf16(ln_op, ln, (size_t)N * D, "moe_input_forward: bf16 copy of ln"));
+        return MK_OK;
+    }
+    LAUNCH(k_rmsnorm_forward_warp<float>, (unsigned)((N + RMS_ROWS_PER_BLOCK - 1) / RMS_ROWS_PER_BLOCK),
+           "moe_input_forward (RMSNorm)", ln, (__nv_bfloat16 *)ln_op, rstd, h, g, N, D);
+    if (E <= 0) return MK_OK;
+    const size_t nw = (size_t)D * E;
+    MK_CHECK(mk_devbuf_reserve(&im->mmb, up256(nw * 2), "moe_input_forward: bf16 router weights"));
+    if (nw % 4 == 0) {
+        MK_CHECK(mk_cuda_round_bf16(im->mmb.p, w_router, nw, "moe_input_forward: bf16 router weights"));
+    } else {
+        return cuda_matmul(be, z, ln, w_router, N, E, D, 0, 0, 1, 0);
+    }
+    return matmul_bf16(im, z, ln_op, im->mmb.p, N, E, D, 0, 0, 1, 0, "moe_input_forward: router");
+}
+
+static int cuda_moe_input_backward(mk_backend *be, mk_real *dh, mk_real *dg, mk_real *dw_router, mk_real *dln,
+                                   const mk_real *dz, const mk_real *h, const mk_real *ln, const void *ln_op,
+                                   const mk_real *rstd, const mk_real *g, const mk_real *w_router, int N, int D,
+                                   int E)
+{
+    cuda_impl *im = impl_of(be);
+    if (N <= 0) return MK_OK;
+    const size_t nz = (size_t)N * E, nw = (size_t)D * E;
+    if (!use_moe_input(im, ln_op, ln, h, g, w_router, D) || E <= 0 || nz % 4 || nw % 4 || ((uintptr_t)dz & 15))
+        return mk_moe_input_backward_ops(be, dh, dg, dw_router, dln, dz, h, ln, rstd, g, w_router, N, D, E);
+    const size_t sz = up256(nz * 2);
+    MK_CHECK(mk_devbuf_reserve(&im->mmb, sz + up256(nw * 2), "moe_input_backward: bf16 operands"));
+    char *zb = (char *)im->mmb.p, *wb = zb + sz;
+    MK_CHECK(mk_cuda_round_bf16(zb, dz, nz, "moe_input_backward: dz to bf16"));
+    MK_CHECK(mk_cuda_round_bf16(wb, w_router, nw, "moe_input_backward: router weights to bf16"));
+    MK_CHECK(matmul_bf16(im, dw_router, ln_op, zb, D, E, N, 1, 0, 1, 1, "moe_input_backward: dW_router"));
+    MK_CHECK(matmul_bf16(im, dln, zb, wb, N, D, E, 0, 1, 1, 1, "moe_input_backward: dln"));
+    return cuda_rmsnorm_backward(be, dh, dg, dln, h, g, rstd, N, D);
 }
 
 /* ------------------------------------------------------------------ router */
@@ -2360,6 +2420,8 @@ static void fill_ops(mk_backend_ops *o)
     o->attention_rope_forward = cuda_attention_rope_forward;
     o->attention_block_forward = cuda_attention_block_forward;
     o->attention_block_backward = cuda_attention_block_backward;
+    o->moe_input_forward = cuda_moe_input_forward;
+    o->moe_input_backward = cuda_moe_input_backward;
     o->attention_rope_backward = cuda_attention_rope_backward;
     o->router_forward = cuda_router_forward;
     o->router_backward = cuda_router_backward;

@@ -282,13 +282,20 @@ static int to_bf16(bf16 *y, const float *x, size_t n, const char *what)
     return mk_cuda_round_bf16(y, x, n, what);
 }
 
+/* Unweighted rows whose bf16 copy the caller has (mk_rows_gather.src_op: the CUDA
+ * backend's operand format is bf16) are gathered from it: no rounding pass at all. */
+static int from_op(const mk_rows_gather *g)
+{
+    return g->src_op && !g->weights && ((uintptr_t)g->src_op & 15) == 0;
+}
+
 /* Bytes of workspace gather_bf16 uses for a bf16 copy of the token rows (0: it gathers
  * from the fp32 rows). Weighted rows (the output gradient's, by the gates) are gathered
  * from the fp32 rows, so that w x is rounded once: from a rounded copy it would be rounded
  * twice, for about 0.1 ms per step at bench-s. */
 static size_t gather_ws(const mk_rows_gather *g, int D)
 {
-    const int ok = !g->weights && g->N > 0 && ((uintptr_t)g->src & 15) == 0;
+    const int ok = !g->weights && !from_op(g) && g->N > 0 && ((uintptr_t)g->src & 15) == 0;
     return ok ? up256((size_t)g->N * D * 2) : 0;
 }
 
@@ -297,7 +304,10 @@ static size_t gather_ws(const mk_rows_gather *g, int D)
 static int gather_bf16(bf16 *out, const mk_rows_gather *g, size_t R, int D, void *ws, const char *what)
 {
     if (R == 0) return MK_OK;
-    if (gather_ws(g, D)) {
+    if (from_op(g)) {
+        k_gather_rows_bf16<<<gather_grid(R), TPB>>>((uint4 *)out, (const uint4 *)g->src_op, g->row_slot, g->K, R,
+                                                    D / 8);
+    } else if (gather_ws(g, D)) {
         MK_CHECK(mk_cuda_round_bf16(ws, g->src, (size_t)g->N * D, what));
         k_gather_rows_bf16<<<gather_grid(R), TPB>>>((uint4 *)out, (const uint4 *)ws, g->row_slot, g->K, R, D / 8);
     } else {
