@@ -6,7 +6,8 @@
  * the expert FFN (mk_expert_ffn.cu, on the grouped kernels of mk_grouped_gemm.cu, bf16
  * state), the output layer (bf16 operands, bf16 dlogits in the backend's workspace) and,
  * with head size 64, attention (mk_flash_attn.cu) and the attention block around it (bf16
- * ln1, qkv and atty end to end); otherwise attention is cuBLAS batched
+ * ln1, qkv and atty end to end), and the MoE block's input (ln2 with its bf16 copy, which
+ * the router's products and the expert gather read); otherwise attention is cuBLAS batched
  * GEMMs over the [B, H, T, T] probabilities. Everything else is a plain CUDA kernel
  * written to follow the CPU reference (mk_backend_cpu.c) closely, so the two can be
  * compared element by element (tests/test_cuda_backend.c).
@@ -19,10 +20,10 @@
  * gradients, the router's). No atomics anywhere, so the same inputs give the same bits on
  * every call.
  *
- * Still slow (docs/performance.md): the MoE block's activations are stored in fp32, so the
- * router's GEMMs and the expert FFN each round ln2 in a pass of their own; the attention
- * kernels (mma.sync) are latency-bound at two to four blocks per SM; route_plan copies its
- * counts to the host to validate them like the CPU backend does.
+ * Still slow (docs/performance.md): the expert FFN gathers its rows and applies SwiGLU in
+ * passes of their own; the attention kernels (mma.sync) are latency-bound at two to four
+ * blocks per SM; route_plan copies its counts to the host to validate them like the CPU
+ * backend does.
  *
  * All work is issued on the legacy default stream, so ops are ordered with each other and
  * with the synchronous cudaMemcpy of to_host/from_host; errors of asynchronous kernels show
