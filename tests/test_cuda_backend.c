@@ -671,6 +671,32 @@ static void test_attention_bf16(mk_backend *bf)
     }
 }
 
+/* One output of a composite op run twice on the GPU (got[0], got[1]) against the CPU's
+ * (want); before, when not NULL, is what the output held before the op accumulated into
+ * it, taken off both sides so that it does not hide the error. */
+typedef struct out_pair {
+    const char *name;
+    float *got[2];
+    const float *want, *before;
+    size_t n;
+} out_pair;
+
+/* One TAP line per output (relative L2 error below tol); returns 1 when both GPU runs gave
+ * the same bits for every output. */
+static int check_outputs(const out_pair *out, int n, double tol, const char *label)
+{
+    int same = 1;
+    for (int k = 0; k < n; k++) {
+        float *g0 = Gf(out[k].got[0], out[k].n), *want = Hcopy(out[k].want, out[k].n);
+        same = same && memcmp(g0, Gf(out[k].got[1], out[k].n), out[k].n * 4) == 0;
+        if (out[k].before)
+            for (size_t i = 0; i < out[k].n; i++) g0[i] -= out[k].before[i], want[i] -= out[k].before[i];
+        const double e = rel_l2(g0, want, out[k].n);
+        tap_ok(e < tol, "%s: %s relative L2 error %.2e < %g", label, out[k].name, e, tol);
+    }
+    return same;
+}
+
 /* The attention block as one op (the bf16 mode's: bf16 ln1, qkv and atty, fused attention
  * where the head size is 64) against the CPU's op sequence: h, dL/dx and the three weight
  * gradients by relative L2 error; a second run on fresh state gives the same bits. The
@@ -706,24 +732,16 @@ static void test_attention_block_bf16(mk_backend *bf)
             if (r2 == MK_OK) r2 = bf->ops->attention_block_backward(bf, gres[rep], &gb, &ga, B, T, Dm, H, 10000.0);
         }
         if (!both_ok(r1, r2, "bf16 attention block")) continue;
-        const struct { const char *name; float *got[2]; const float *want, *before; size_t n; } out[5] = {
+        const out_pair out[5] = {
             {"h", {gh[0], gh[1]}, h, NULL, nd},
             {"dL/dx", {gres[0], gres[1]}, dres, dh, nd},
             {"d norm", {gdg[0], gdg[1]}, dg, dg0, (size_t)Dm},
             {"d w_qkv", {gdwq[0], gdwq[1]}, dwq, dwq0, nwq},
             {"d w_out", {gdwo[0], gdwo[1]}, dwo, dwo0, nwo},
         };
-        int same = 1;
-        for (int k = 0; k < 5; k++) {
-            float *g0 = Gf(out[k].got[0], out[k].n), *want = Hcopy(out[k].want, out[k].n);
-            /* the accumulated part only: what was there before would hide the error */
-            if (out[k].before)
-                for (size_t i = 0; i < out[k].n; i++) g0[i] -= out[k].before[i], want[i] -= out[k].before[i];
-            const double e = rel_l2(g0, want, out[k].n);
-            tap_ok(e < 3e-2, "bf16 attention block B %d T %d D %d H %d: %s relative L2 error %.2e < 3e-2", B, T, Dm,
-                   H, out[k].name, e);
-            same = same && memcmp(Gf(out[k].got[0], out[k].n), Gf(out[k].got[1], out[k].n), out[k].n * 4) == 0;
-        }
+        char label[96];
+        snprintf(label, sizeof label, "bf16 attention block B %d T %d D %d H %d", B, T, Dm, H);
+        const int same = check_outputs(out, 5, 3e-2, label);
         tap_ok(same, "bf16 attention block B %d T %d D %d H %d: a second run gives the same bits", B, T, Dm, H);
         arena_free();
     }
@@ -766,7 +784,7 @@ static void test_moe_input_bf16(mk_backend *bf)
             }
         }
         if (!both_ok(r1, r2, "bf16 MoE input")) continue;
-        const struct { const char *name; float *got[2]; const float *want, *before; size_t n; } out[7] = {
+        const out_pair out[7] = {
             {"z", {gz[0], gz[1]}, z, NULL, nz},
             {"ln", {gln[0], gln[1]}, ln, NULL, nd},
             {"rstd", {grs[0], grs[1]}, rstd, NULL, (size_t)N},
@@ -775,16 +793,9 @@ static void test_moe_input_bf16(mk_backend *bf)
             {"d w_router", {gdw[0], gdw[1]}, dw, dw0, nw},
             {"dln", {gdln[0], gdln[1]}, dln, dln0, nd},
         };
-        int same = 1;
-        for (int k = 0; k < 7; k++) {
-            float *g0 = Gf(out[k].got[0], out[k].n), *want = Hcopy(out[k].want, out[k].n);
-            same = same && memcmp(g0, Gf(out[k].got[1], out[k].n), out[k].n * 4) == 0;
-            if (out[k].before)
-                for (size_t i = 0; i < out[k].n; i++) g0[i] -= out[k].before[i], want[i] -= out[k].before[i];
-            const double e = rel_l2(g0, want, out[k].n);
-            tap_ok(e < 2e-2, "bf16 MoE input N %d D %d E %d: %s relative L2 error %.2e < 2e-2", N, Dm, E,
-                   out[k].name, e);
-        }
+        char label[96];
+        snprintf(label, sizeof label, "bf16 MoE input N %d D %d E %d", N, Dm, E);
+        const int same = check_outputs(out, 7, 2e-2, label);
         tap_ok(same, "bf16 MoE input N %d D %d E %d: the op = the op sequence on this backend, bit for bit", N, Dm, E);
         const uint16_t *cp = G(lnop, nd * 2);
         const float *l0 = Gf(gln[0], nd);
