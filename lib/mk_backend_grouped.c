@@ -92,6 +92,14 @@ int mk_expert_ffn_backward_ops(mk_backend *be, mk_real *dxp, mk_real *dw1, mk_re
     return MK_OK;
 }
 
+/* The backend's linear_backward where it has one, else the two matmul calls. */
+static int linear_backward(mk_backend *be, mk_real *dX, mk_real *dW, const mk_real *X, const mk_real *W,
+                           const mk_real *dY, int M, int K, int N, mk_real beta)
+{
+    if (be->ops->linear_backward) return be->ops->linear_backward(be, dX, dW, X, W, dY, M, K, N, beta);
+    return mk_linear_backward_ops(be, dX, dW, X, W, dY, M, K, N, beta);
+}
+
 int mk_attention_block_forward_ops(mk_backend *be, mk_real *h, const mk_attn_block *a, int B, int T,
                                    int D, int H, double theta)
 {
@@ -114,20 +122,14 @@ int mk_attention_block_backward_ops(mk_backend *be, mk_real *dres, const mk_attn
 {
     const mk_backend_ops *o = be->ops;
     const int N = B * T;
-    if (o->linear_backward)
-        MK_CHECK(o->linear_backward(be, g->datty, g->dw_out, a->atty, a->w_out, dres, N, D, D, 0));
-    else
-        MK_CHECK(mk_linear_backward_ops(be, g->datty, g->dw_out, a->atty, a->w_out, dres, N, D, D, 0));
+    MK_CHECK(linear_backward(be, g->datty, g->dw_out, a->atty, a->w_out, dres, N, D, D, 0));
     if (o->attention_rope_backward) {
         MK_CHECK(o->attention_rope_backward(be, g->dqkv, g->datt, g->datty, a->qkv, a->att, B, T, D, H, theta));
     } else {
         MK_CHECK(o->attention_backward(be, g->dqkv, g->datt, g->datty, a->qkv, a->att, B, T, D, H));
         MK_CHECK(o->rope_backward(be, g->dqkv, B, T, D, H, theta));
     }
-    if (o->linear_backward)
-        MK_CHECK(o->linear_backward(be, g->dln, g->dw_qkv, a->ln1, a->w_qkv, g->dqkv, N, D, 3 * D, 0));
-    else
-        MK_CHECK(mk_linear_backward_ops(be, g->dln, g->dw_qkv, a->ln1, a->w_qkv, g->dqkv, N, D, 3 * D, 0));
+    MK_CHECK(linear_backward(be, g->dln, g->dw_qkv, a->ln1, a->w_qkv, g->dqkv, N, D, 3 * D, 0));
     return o->rmsnorm_backward(be, dres, g->dnorm, g->dln, a->x, a->norm, a->rstd, N, D);
 }
 
@@ -142,10 +144,7 @@ int mk_moe_input_backward_ops(mk_backend *be, mk_real *dh, mk_real *dg, mk_real 
                               const mk_real *dz, const mk_real *h, const mk_real *ln, const mk_real *rstd,
                               const mk_real *g, const mk_real *w_router, int N, int D, int E)
 {
-    if (be->ops->linear_backward)
-        MK_CHECK(be->ops->linear_backward(be, dln, dw_router, ln, w_router, dz, N, D, E, 1));
-    else
-        MK_CHECK(mk_linear_backward_ops(be, dln, dw_router, ln, w_router, dz, N, D, E, 1));
+    MK_CHECK(linear_backward(be, dln, dw_router, ln, w_router, dz, N, D, E, 1));
     return be->ops->rmsnorm_backward(be, dh, dg, dln, h, g, rstd, N, D);
 }
 

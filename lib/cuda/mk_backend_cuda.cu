@@ -1333,13 +1333,9 @@ static int cuda_moe_input_forward(mk_backend *be, mk_real *z, mk_real *ln, void 
     LAUNCH(k_rmsnorm_forward_warp<float>, (unsigned)((N + RMS_ROWS_PER_BLOCK - 1) / RMS_ROWS_PER_BLOCK),
            "moe_input_forward (RMSNorm)", ln, (__nv_bfloat16 *)ln_op, rstd, h, g, N, D);
     if (E <= 0) return MK_OK;
-    const size_t nw = (size_t)D * E;
+    const size_t nw = (size_t)D * E; /* a multiple of 4: D is (rms_warp_fits) */
     MK_CHECK(mk_devbuf_reserve(&im->mmb, up256(nw * 2), "moe_input_forward: bf16 router weights"));
-    if (nw % 4 == 0) {
-        MK_CHECK(mk_cuda_round_bf16(im->mmb.p, w_router, nw, "moe_input_forward: bf16 router weights"));
-    } else {
-        return cuda_matmul(be, z, ln, w_router, N, E, D, 0, 0, 1, 0);
-    }
+    MK_CHECK(mk_cuda_round_bf16(im->mmb.p, w_router, nw, "moe_input_forward: bf16 router weights"));
     return matmul_bf16(im, z, ln_op, im->mmb.p, N, E, D, 0, 0, 1, 0, "moe_input_forward: router");
 }
 
@@ -1351,7 +1347,7 @@ static int cuda_moe_input_backward(mk_backend *be, mk_real *dh, mk_real *dg, mk_
     cuda_impl *im = impl_of(be);
     if (N <= 0) return MK_OK;
     const size_t nz = (size_t)N * E, nw = (size_t)D * E;
-    if (!use_moe_input(im, ln_op, ln, h, g, w_router, D) || E <= 0 || nz % 4 || nw % 4 || ((uintptr_t)dz & 15))
+    if (!use_moe_input(im, ln_op, ln, h, g, w_router, D) || E <= 0 || nz % 4 || ((uintptr_t)dz & 15))
         return mk_moe_input_backward_ops(be, dh, dg, dw_router, dln, dz, h, ln, rstd, g, w_router, N, D, E);
     const size_t sz = up256(nz * 2);
     MK_CHECK(mk_devbuf_reserve(&im->mmb, sz + up256(nw * 2), "moe_input_backward: bf16 operands"));
