@@ -36,7 +36,10 @@ typedef struct mk_backend mk_backend;
  * with w = weights[row_slot[r]], or 1 when weights is NULL (the fused expert FFN's input).
  * src holds N rows (row_slot[r] / K < N). src_op, when not NULL, holds the same rows in the
  * backend's GEMM operand format (moe_input_forward's ln_op): a backend that rounds its
- * operands may gather from it instead of rounding src again. */
+ * operands may gather from it instead of rounding src again. rows_op, when not NULL, holds
+ * the gathered rows themselves (all R of them, weights applied) in that format, as
+ * combine_backward writes them: a backend may read them instead of gathering at all (src,
+ * row_slot and weights stay valid for one that does not). */
 typedef struct mk_rows_gather {
     const mk_real *src;
     const int32_t *row_slot;
@@ -44,6 +47,7 @@ typedef struct mk_rows_gather {
     int K;
     int N;
     const void *src_op;
+    const void *rows_op;
 } mk_rows_gather;
 
 /* One layer's attention block (attention_block_forward / _backward): its input x [N, D]
@@ -229,6 +233,16 @@ typedef struct mk_backend_ops {
      * expert rows in the backend's expert-row format. */
     int (*combine_backward_gates)(mk_backend *be, mk_real *dgates, const mk_real *dout,
                                   const mk_real *y, const int32_t *slot_row, int N, int K, int D);
+    /* Optional, the combine's backward in one pass over dout: dgates as
+     * combine_backward_gates, and the expert FFN's output-gradient rows dy_op, row
+     * slot_row[n*K+j] = weights[n*K+j] * dout[n, :] for every kept choice (the rows
+     * permute_rows gathers with these weights), in the backend's GEMM operand format (room
+     * for R x D elements of four bytes), for expert_ffn_backward to read through
+     * mk_rows_gather.rows_op. NULL: the model runs combine_backward_gates and the expert
+     * FFN gathers its rows itself. */
+    int (*combine_backward)(mk_backend *be, mk_real *dgates, void *dy_op, const mk_real *dout,
+                            const mk_real *y, const int32_t *slot_row, const mk_real *weights,
+                            int N, int K, int D);
 
     /* --- SwiGLU: h = silu(a) * b ---------------------------------------------------- */
     int (*swiglu_forward)(mk_backend *be, mk_real *h, const mk_real *a, const mk_real *b, size_t n);

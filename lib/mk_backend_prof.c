@@ -52,6 +52,7 @@ enum {    OP_alloc,
     OP_unpermute_add,
     OP_combine_rows,
     OP_combine_backward_gates,
+    OP_combine_backward,
     OP_swiglu_forward,
     OP_swiglu_backward,
     OP_expert_ffn_forward,
@@ -98,6 +99,7 @@ static const char *const op_names[OP_COUNT] = {
     "unpermute_add",
     "combine_rows",
     "combine_backward_gates",
+    "combine_backward",
     "swiglu_forward",
     "swiglu_backward",
     "expert_ffn_forward",
@@ -341,6 +343,12 @@ static int p_combine_backward_gates(mk_backend *be, mk_real *dgates, const mk_re
     return done(P(be), OP_combine_backward_gates, t0, P(be)->inner->ops->combine_backward_gates(P(be)->inner, dgates, dout, y, slot_row, N, K, D));
 }
 
+static int p_combine_backward(mk_backend *be, mk_real *dgates, void *dy_op, const mk_real *dout, const mk_real *y, const int32_t *slot_row, const mk_real *weights, int N, int K, int D)
+{
+    const double t0 = now_s();
+    return done(P(be), OP_combine_backward, t0, P(be)->inner->ops->combine_backward(P(be)->inner, dgates, dy_op, dout, y, slot_row, weights, N, K, D));
+}
+
 static int p_swiglu_forward(mk_backend *be, mk_real *h, const mk_real *a, const mk_real *b, size_t n)
 {
     const double t0 = now_s();
@@ -448,6 +456,7 @@ int mk_backend_prof_create(mk_backend *inner, mk_backend **out)
     p->ops.unpermute_add = p_unpermute_add;
     p->ops.combine_rows = p_combine_rows;
     p->ops.combine_backward_gates = p_combine_backward_gates;
+    p->ops.combine_backward = inner->ops->combine_backward ? p_combine_backward : NULL;
     p->ops.swiglu_forward = p_swiglu_forward;
     p->ops.swiglu_backward = p_swiglu_backward;
     /* optional ops stay NULL when the inner backend has none */

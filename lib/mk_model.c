@@ -446,6 +446,18 @@ int mk_expert_ffn_forward(mk_model *m, const layer_params *p, const int *offs, i
                                      m->D, m->F);
 }
 
+int mk_combine_backward(mk_model *m, mk_real *dgates, mk_real *dy, mk_rows_gather *dout, const mk_real *y,
+                        const int32_t *slot_row)
+{
+    mk_backend *be = m->be;
+    if (!be->ops->combine_backward)
+        return be->ops->combine_backward_gates(be, dgates, dout->src, y, slot_row, dout->N, dout->K, m->D);
+    MK_CHECK(be->ops->combine_backward(be, dgates, dy, dout->src, y, slot_row, dout->weights, dout->N, dout->K,
+                                       m->D));
+    dout->rows_op = dy;
+    return MK_OK;
+}
+
 int mk_expert_ffn_backward(mk_model *m, const layer_params *p, layer_params *g, const int *offs,
                            int nexp, int rows, const mk_rows_gather *dout, mk_real *dy,
                            const mk_real *xp, const mk_real *a1, const mk_real *a3,
@@ -535,7 +547,7 @@ static int moe_block_forward(mk_model *m, int l, const layer_params *p, layer_ac
         MK_CHECK(o->copy(be, out, a->h, (size_t)N * D * sizeof(mk_real)));
         MK_CHECK(mk_moe_ep_forward(m, l, p, a, N, out));
     } else {
-        const mk_rows_gather x = {a->ln2, a->row_slot, NULL, K, N, a->ln2_op};
+        const mk_rows_gather x = {a->ln2, a->row_slot, NULL, K, N, a->ln2_op, NULL};
         MK_CHECK(mk_expert_ffn_forward(m, p, a->offs_host, E, R, &x, a->xp, a->a1, a->a3, a->hact,
                                        a->y));
         MK_CHECK(o->combine_rows(be, out, a->h, a->y, a->slot_row, a->gates, N, K, D));
@@ -651,8 +663,8 @@ static int moe_block_backward(mk_model *m, int l, const layer_params *p, layer_p
     if (m->ep > 1) {
         MK_CHECK(mk_moe_ep_backward(m, l, p, g, a, N));
     } else {
-        MK_CHECK(o->combine_backward_gates(be, s->dgates, s->dresid, a->y, a->slot_row, N, K, D));
-        const mk_rows_gather dout = {s->dresid, a->row_slot, a->gates, K, N, NULL};
+        mk_rows_gather dout = {s->dresid, a->row_slot, a->gates, K, N, NULL, NULL};
+        MK_CHECK(mk_combine_backward(m, s->dgates, s->dy, &dout, a->y, a->slot_row));
         MK_CHECK(mk_expert_ffn_backward(m, p, g, offs, E, R, &dout, s->dy, a->xp, a->a1, a->a3,
                                         a->hact, s->dhact, s->da1, s->da3, s->dxp));
         MK_CHECK(o->combine_rows(be, s->dln, Fs > 0 ? s->dln : NULL, s->dxp, a->slot_row, NULL, N, K, D));

@@ -114,6 +114,10 @@ struct mk_model {
 int mk_expert_ffn_forward(mk_model *m, const layer_params *p, const int *offs, int nexp, int rows,
                           const mk_rows_gather *x, mk_real *xp, mk_real *a1, mk_real *a3,
                           mk_real *hact, mk_real *y);
+/* The combine's backward: dgates, and where the backend has combine_backward, the expert
+ * FFN's output-gradient rows in dy as well (dout->rows_op then points at them). */
+int mk_combine_backward(mk_model *m, mk_real *dgates, mk_real *dy, mk_rows_gather *dout, const mk_real *y,
+                        const int32_t *slot_row);
 /* Its backward from the output gradient rows gathered as dout says (into the scratch dy):
  * weight gradients accumulate into g, dxp is written. */
 int mk_expert_ffn_backward(mk_model *m, const layer_params *p, layer_params *g, const int *offs,

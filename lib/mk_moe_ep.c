@@ -223,7 +223,7 @@ int mk_moe_ep_forward(mk_model *m, int l, const layer_params *p, layer_acts *a, 
     MK_CHECK(o->from_host(be, e->row_slot, e->row_slot_h, rows * sizeof(int32_t)));
     MK_CHECK(o->from_host(be, e->slot_row, e->slot_row_h, R_recv * K * sizeof(int32_t)));
     MK_CHECK(o->from_host(be, e->recv_g, e->recv_g_h, R_recv * K * sizeof(mk_real)));
-    const mk_rows_gather x = {e->recv_x, e->row_slot, NULL, K, (int)R_recv, NULL};
+    const mk_rows_gather x = {e->recv_x, e->row_slot, NULL, K, (int)R_recv, NULL, NULL};
     MK_CHECK(mk_expert_ffn_forward(m, p, e->offs, El, (int)rows, &x, e->xp, e->a1, e->a3, e->hact,
                                    e->y));
     MK_CHECK(o->combine_rows(be, e->partial, NULL, e->y, e->slot_row, e->recv_g, (int)R_recv, K, D));
@@ -251,8 +251,8 @@ int mk_moe_ep_backward(mk_model *m, int l, const layer_params *p, layer_params *
      * inputs are kept in xp). */
     MK_CHECK(o->permute_rows(be, e->send_x, s->dresid, e->send_slot, NULL, (int)R_send, K, D));
     MK_CHECK(exchange(m, e, 0, e->send_x, e->recv_x, (size_t)D * sizeof(mk_real), 1));
-    MK_CHECK(o->combine_backward_gates(be, e->dg_recv, e->recv_x, e->y, e->slot_row, (int)R_recv, K, D));
-    const mk_rows_gather dout = {e->recv_x, e->row_slot, e->recv_g, K, (int)R_recv, NULL};
+    mk_rows_gather dout = {e->recv_x, e->row_slot, e->recv_g, K, (int)R_recv, NULL, NULL};
+    MK_CHECK(mk_combine_backward(m, e->dg_recv, e->dy, &dout, e->y, e->slot_row));
     MK_CHECK(mk_expert_ffn_backward(m, p, g, e->offs, El, rows, &dout, e->dy, e->xp, e->a1, e->a3,
                                     e->hact, e->dhact, e->da1, e->da3, e->dxp));
     MK_CHECK(o->combine_rows(be, e->partial, NULL, e->dxp, e->slot_row, NULL, (int)R_recv, K, D));

@@ -1182,14 +1182,14 @@ static void one_expert_ffn_bf16(mk_backend *bf, const char *path, int E, int Dm,
     float *y = Hf(R * Dm), *a1 = Hf(R * F), *a3 = Hf(R * F), *h = Hf(R * F), *dxp = Hf(R * Dm);
     float *dh = Hf(R * F), *da1 = Hf(R * F), *da3 = Hf(R * F), *dw = Hf(3 * W);
     memcpy(dw, dw0, 3 * W * sizeof *dw);
-    const mk_rows_gather hx = {x, slot, NULL, K, N, NULL}, hd = {dout, slot, gates, K, N, NULL};
+    const mk_rows_gather hx = {x, slot, NULL, K, N, NULL, NULL}, hd = {dout, slot, gates, K, N, NULL, NULL};
     int r1 = mk_expert_ffn_forward_ops(cpu, y, a1, a3, h, xp, &hx, w1, w3, w2, offs, E, Dm, F);
     if (r1 == MK_OK)
         r1 = mk_expert_ffn_backward_ops(cpu, dxp, dw, dw + W, dw + 2 * W, dh, da1, da3, dy, &hd, xp,
                                         a1, a3, h, w1, w3, w2, offs, E, Dm, F);
     float *g1 = D(w1, W * 4), *g3 = D(w3, W * 4), *g2 = D(w2, W * 4), *gdw = D(dw0, 3 * W * 4);
-    const mk_rows_gather gxs = {D(x, (size_t)N * Dm * 4), (const int32_t *)D(slot, R * 4 + 4), NULL, K, N, NULL};
-    const mk_rows_gather gds = {D(dout, (size_t)N * Dm * 4), gxs.row_slot, D(gates, (size_t)N * K * 4), K, N, NULL};
+    const mk_rows_gather gxs = {D(x, (size_t)N * Dm * 4), (const int32_t *)D(slot, R * 4 + 4), NULL, K, N, NULL, NULL};
+    const mk_rows_gather gds = {D(dout, (size_t)N * Dm * 4), gxs.row_slot, D(gates, (size_t)N * K * 4), K, N, NULL, NULL};
     float *gx = Dz(R * Dm * 4), *gdy = Dz(R * Dm * 4);
     float *gy = Dz(R * Dm * 4), *ga1 = Dz(R * F * 4), *ga3 = Dz(R * F * 4), *gh = Dz(R * F * 4);
     float *gdx = Dz(R * Dm * 4), *gdh = Dz(R * F * 4), *gda1 = Dz(R * F * 4), *gda3 = Dz(R * F * 4);
@@ -1241,6 +1241,22 @@ static void one_expert_ffn_bf16(mk_backend *bf, const char *path, int E, int Dm,
                    memcmp(Gbf(gy4, R * Dm), got[0], R * Dm * 4) == 0,
                "bf16 expert FFN%s (E %d, D %d, F %d): input rows gathered from the caller's bf16 copy = rounded here",
                path, E, Dm, F);
+        /* the output-gradient rows as the caller gathered them (rows_op, as combine_backward
+         * writes them: bf16(w dout), rounded once): read instead of gathered, the same bits */
+        uint16_t *dyh = (uint16_t *)Hf((R * Dm + 1) / 2 + 1);
+        for (size_t r = 0; r < R; r++)
+            for (int i = 0; i < Dm; i++) dyh[r * Dm + i] = bf16_of(gates[slot[r]] * dout[(size_t)(slot[r] / K) * Dm + i]);
+        mk_rows_gather given = gds;
+        given.rows_op = D(dyh, R * Dm * 2 + 2);
+        float *gdx5 = Dz(R * Dm * 4), *gdw5 = D(dw0, 3 * W * 4);
+        r2 = bf->ops->expert_ffn_forward(bf, gy3, ga1, ga3, gh, gx, &gxs, g1, g3, g2, offs, E, Dm, F);
+        if (r2 == MK_OK)
+            r2 = bf->ops->expert_ffn_backward(bf, gdx5, gdw5, gdw5 + W, gdw5 + 2 * W, gdh, gda1, gda3, gdy, &given,
+                                              gx, ga1, ga3, gh, g1, g3, g2, offs, E, Dm, F);
+        tap_ok(r2 == MK_OK && memcmp(Gbf(gdx5, R * Dm), got[1], R * Dm * 4) == 0 &&
+                   memcmp(Gf(gdw5, 3 * W), gw, 3 * W * 4) == 0,
+               "bf16 expert FFN%s (E %d, D %d, F %d, %zu rows): output-gradient rows given (rows_op) = gathered here",
+               path, E, Dm, F, R);
         /* a backward given the same weights in other buffers rounds them itself (the
          * forward may have left its rounded weights in the state): the same bits */
         float *c1 = D(w1, W * 4), *c3 = D(w3, W * 4), *c2 = D(w2, W * 4), *gdw3 = D(dw0, 3 * W * 4);
@@ -1465,6 +1481,63 @@ static void test_expert_rows_bf16(mk_backend *bf)
         if (both_ok(r1, r2, "combine_backward_gates"))
             check_arr(Gf(gdg, S), dg, S, RT_EW, AT_EW, "bf16 mode combine_backward_gates (%s rows, N %d K %d D %d%s)",
                       b16 ? "bf16" : "fp32", N, K, Dm, off ? ", unaligned" : "");
+    }
+    arena_free();
+}
+
+/* The bf16 mode's combine_backward: the gate gradients with the same bits as
+ * combine_backward_gates, and each kept choice's row w * dout[n] in the expert FFN's
+ * operand format (bf16, each product rounded once, when D is a multiple of 8; fp32
+ * otherwise), bit for bit against the host; dropped choices write no row. Rows 16-byte
+ * aligned and not. */
+static void test_combine_backward_bf16(mk_backend *bf)
+{
+    if (!bf->ops->combine_backward) {
+        tap_ok(0, "the bf16 mode has combine_backward");
+        return;
+    }
+    const int shapes[4][4] = {{50, 3, 768, 0}, {9, 4, 24, 0}, {9, 4, 24, 1}, {20, 2, 30, 0}}; /* N K D off */
+    for (int c = 0; c < 4; c++) {
+        const int N = shapes[c][0], K = shapes[c][1], Dm = shapes[c][2], off = shapes[c][3], S = N * K;
+        const int b16 = Dm % 8 == 0, esz = b16 ? 2 : 4;
+        /* a random permutation of the kept choices onto rows 0..R-1 */
+        int32_t *slot_row = Hi(S);
+        int R = 0;
+        for (int i = 0; i < S; i++) slot_row[i] = i % 7 == 3 ? -1 : R++;
+        for (int i = S - 1; i > 0; i--) {
+            const int j = rnd_below(i + 1), t = slot_row[i];
+            slot_row[i] = slot_row[j], slot_row[j] = t;
+        }
+        float *dout = Hrand((size_t)N * Dm, 1), *y = Hrand((size_t)R * Dm, 1), *w = Hrand(S, 1);
+        uint16_t *yb = H((size_t)R * Dm * 2 + 16);
+        for (size_t i = 0; i < (size_t)R * Dm; i++) yb[i] = bf16_of(y[i]);
+        float *gy = D(b16 ? (const void *)yb : (const void *)y, (size_t)R * Dm * esz);
+        float *gdout = D(dout, (size_t)N * Dm * 4), *gw = D(w, S * 4), *gdg = Dz(S * 4), *gdg2 = Dz(S * 4);
+        int32_t *gsr = D(slot_row, S * 4);
+        char *gdy = Dz((size_t)R * Dm * esz + 16);
+        int r1 = bf->ops->combine_backward_gates(bf, gdg, gdout, gy, gsr, N, K, Dm);
+        int r2 = bf->ops->combine_backward(bf, gdg2, gdy + 4 * off, gdout, gy, gsr, gw, N, K, Dm);
+        if (!both_ok(r1, r2, "combine_backward")) continue;
+        tap_ok(memcmp(G(gdg2, S * 4), G(gdg, S * 4), S * 4) == 0,
+               "bf16 mode combine_backward (N %d K %d D %d%s): the gate gradients of combine_backward_gates, bit for bit",
+               N, K, Dm, off ? ", rows unaligned" : "");
+        const char *got = G(gdy + 4 * off, (size_t)R * Dm * esz);
+        size_t bad = 0;
+        for (int s = 0; s < S; s++) {
+            if (slot_row[s] < 0) continue;
+            for (int i = 0; i < Dm; i++) {
+                const float v = w[s] * dout[(size_t)(s / K) * Dm + i];
+                const size_t at = (size_t)slot_row[s] * Dm + i;
+                uint16_t hb;
+                float hf;
+                if (b16)
+                    memcpy(&hb, got + at * 2, 2), bad += hb != bf16_of(v);
+                else
+                    memcpy(&hf, got + at * 4, 4), bad += memcmp(&hf, &v, 4) != 0;
+            }
+        }
+        tap_ok(bad == 0, "bf16 mode combine_backward (N %d K %d D %d%s): %d rows of w dout as %s, bit for bit (%zu differ)",
+               N, K, Dm, off ? ", rows unaligned" : "", R, b16 ? "bf16" : "fp32", bad);
     }
     arena_free();
 }
@@ -1878,6 +1951,7 @@ int main(void)
     test_grouped_kernels_bf16();
     test_cutlass_kernels();
     test_expert_rows_bf16(bf);
+    test_combine_backward_bf16(bf);
     test_expert_ffn_bf16(bf, "");
     if (mk_gg_cutlass_available()) {
         /* the same op on our own grouped kernels (the state is made on first use) */

@@ -1926,75 +1926,126 @@ static int rows_round(cuda_impl *im, float *p, size_t n, const char *what)
 }
 
 /* One warp per choice: the dot product in double, lanes over strided columns, then a fixed
- * shuffle tree (the CPU sums in column order; the float results agree to rounding). */
-__global__ static void k_combine_backward_gates(float *dgates, const float *dout, const float *y,
-                                                const int32_t *slot_row, int N, int K, int D,
-                                                int vec)
+ * shuffle tree (the CPU sums in column order; the float results agree to rounding). With
+ * dy not NULL (combine_backward) the warp also writes the choice's output-gradient row,
+ * dy[r, :] = w * dout[n, :] (w = weights[s], or 1 when NULL), from the dout it reads for
+ * the dot anyway; ovec: dy 16-byte aligned. */
+__global__ static void k_combine_backward_gates(float *dgates, float *dy, const float *weights, const float *dout,
+                                                const float *y, const int32_t *slot_row, int N, int K, int D,
+                                                int vec, int ovec)
 {
     const size_t s = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
     const int lane = threadIdx.x % 32;
     if (s >= (size_t)N * K) return; /* whole warps leave together: blockDim is a multiple of 32 */
-    const float *dy = dout + (s / K) * D;
+    const float *d = dout + (s / K) * D;
     const int32_t r = slot_row[s];
+    const float w = weights ? weights[s] : 1.0f;
     double acc = 0;
     if (r >= 0 && vec) { /* 16-byte loads: D in fours, rows aligned */
-        const float4 *x4 = (const float4 *)(y + (size_t)r * D), *d4 = (const float4 *)dy;
+        const float4 *x4 = (const float4 *)(y + (size_t)r * D), *d4 = (const float4 *)d;
         for (int i = lane; i < D / 4; i += 32) {
             const float4 a = d4[i], b = x4[i];
             acc += (double)a.x * b.x + (double)a.y * b.y + (double)a.z * b.z + (double)a.w * b.w;
+            if (!dy) continue;
+            float *o = dy + (size_t)r * D + 4 * i;
+            const float4 v = make_float4(w * a.x, w * a.y, w * a.z, w * a.w);
+            if (ovec)
+                *(float4 *)o = v;
+            else
+                o[0] = v.x, o[1] = v.y, o[2] = v.z, o[3] = v.w;
         }
     } else if (r >= 0) {
         const float *x = y + (size_t)r * D;
-        for (int i = lane; i < D; i += 32) acc += (double)dy[i] * x[i];
+        for (int i = lane; i < D; i += 32) {
+            acc += (double)d[i] * x[i];
+            if (dy) dy[(size_t)r * D + i] = w * d[i];
+        }
     }
     acc = warp_sum(acc);
     if (lane == 0) dgates[s] = (float)acc;
 }
 
 /* The same over bf16 rows, eight columns per lane step when vec (dout and y 16-byte
- * aligned, D a multiple of 8). */
-__global__ static void k_combine_backward_gates_bf16(float *dgates, const float *dout, const __nv_bfloat16 *y,
-                                                     const int32_t *slot_row, int N, int K, int D, int vec)
+ * aligned, D a multiple of 8); the rows to dy as bf16, each product w * dout rounded once
+ * (the bits of the expert FFN's own gather). */
+__global__ static void k_combine_backward_gates_bf16(float *dgates, __nv_bfloat16 *dy, const float *weights,
+                                                     const float *dout, const __nv_bfloat16 *y,
+                                                     const int32_t *slot_row, int N, int K, int D, int vec,
+                                                     int ovec)
 {
     const size_t s = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
     const int lane = threadIdx.x % 32;
     if (s >= (size_t)N * K) return;
-    const float *dy = dout + (s / K) * D;
+    const float *d = dout + (s / K) * D;
     const int32_t r = slot_row[s];
+    const float w = weights ? weights[s] : 1.0f;
     double acc = 0;
     if (r >= 0 && vec) {
         const uint4 *x8 = (const uint4 *)(y + (size_t)r * D);
         for (int i = lane; i < D / 8; i += 32) {
             float b[8];
             widen8(b, x8[i]);
-            const float4 a0 = ((const float4 *)dy)[2 * i], a1 = ((const float4 *)dy)[2 * i + 1];
+            const float4 a0 = ((const float4 *)d)[2 * i], a1 = ((const float4 *)d)[2 * i + 1];
             acc += (double)a0.x * b[0] + (double)a0.y * b[1] + (double)a0.z * b[2] + (double)a0.w * b[3];
             acc += (double)a1.x * b[4] + (double)a1.y * b[5] + (double)a1.z * b[6] + (double)a1.w * b[7];
+            if (!dy) continue;
+            __nv_bfloat162 h[4] = {__floats2bfloat162_rn(w * a0.x, w * a0.y), __floats2bfloat162_rn(w * a0.z, w * a0.w),
+                                   __floats2bfloat162_rn(w * a1.x, w * a1.y), __floats2bfloat162_rn(w * a1.z, w * a1.w)};
+            __nv_bfloat16 *o = dy + (size_t)r * D + 8 * i;
+            if (ovec)
+                *(uint4 *)o = *(const uint4 *)h;
+            else
+                for (int k = 0; k < 4; k++) o[2 * k] = h[k].x, o[2 * k + 1] = h[k].y;
         }
     } else if (r >= 0) {
         const __nv_bfloat16 *x = y + (size_t)r * D;
-        for (int i = lane; i < D; i += 32) acc += (double)dy[i] * __bfloat162float(x[i]);
+        for (int i = lane; i < D; i += 32) {
+            acc += (double)d[i] * __bfloat162float(x[i]);
+            if (dy) dy[(size_t)r * D + i] = __float2bfloat16_rn(w * d[i]);
+        }
     }
     acc = warp_sum(acc);
     if (lane == 0) dgates[s] = (float)acc;
+}
+
+/* combine_backward_gates, and with dy not NULL combine_backward's rows: bf16 where the
+ * expert rows are (the expert FFN's operand format), else fp32. The dot products run the
+ * same code either way: the gate gradients have the same bits with and without the rows. */
+static int combine_backward(mk_backend *be, mk_real *dgates, void *dy, const mk_real *dout, const mk_real *y,
+                            const int32_t *slot_row, const mk_real *weights, int N, int K, int D)
+{
+    if (N <= 0 || K <= 0) return MK_OK;
+    const size_t warps = (size_t)N * K, per_block = TPB / 32;
+    const unsigned grid = (unsigned)((warps + per_block - 1) / per_block);
+    const int ovec = ((uintptr_t)dy & 15) == 0;
+    if (rows_bf16(impl_of(be), D)) {
+        const int vec = (((uintptr_t)dout | (uintptr_t)y) & 15) == 0;
+        LAUNCH(k_combine_backward_gates_bf16, grid, dy ? "combine_backward" : "combine_backward_gates", dgates,
+               (__nv_bfloat16 *)dy, weights, dout, (const __nv_bfloat16 *)y, slot_row, N, K, D, vec, ovec);
+    } else {
+        const int vec = D % 4 == 0 && (((uintptr_t)dout | (uintptr_t)y) & 15) == 0;
+        LAUNCH(k_combine_backward_gates, grid, dy ? "combine_backward" : "combine_backward_gates", dgates,
+               (float *)dy, weights, dout, y, slot_row, N, K, D, vec, ovec);
+    }
+    return MK_OK;
 }
 
 static int cuda_combine_backward_gates(mk_backend *be, mk_real *dgates, const mk_real *dout,
                                        const mk_real *y, const int32_t *slot_row, int N, int K,
                                        int D)
 {
-    if (N > 0 && K > 0 && rows_bf16(impl_of(be), D)) {
-        const size_t warps = (size_t)N * K, per_block = TPB / 32;
-        const int vec = (((uintptr_t)dout | (uintptr_t)y) & 15) == 0;
-        LAUNCH(k_combine_backward_gates_bf16, (unsigned)((warps + per_block - 1) / per_block),
-               "combine_backward_gates", dgates, dout, (const __nv_bfloat16 *)y, slot_row, N, K, D, vec);
-    } else if (N > 0 && K > 0) {
-        const size_t warps = (size_t)N * K, per_block = TPB / 32;
-        const int vec = D % 4 == 0 && (((uintptr_t)dout | (uintptr_t)y) & 15) == 0;
-        LAUNCH(k_combine_backward_gates, (unsigned)((warps + per_block - 1) / per_block),
-               "combine_backward_gates", dgates, dout, y, slot_row, N, K, D, vec);
-    }
-    return MK_OK;
+    return combine_backward(be, dgates, NULL, dout, y, slot_row, NULL, N, K, D);
+}
+
+/* The gate gradients and the expert FFN's output-gradient rows in one pass: each token's
+ * dout row is read once for its K choices (adjacent warps) instead of once more per choice
+ * by the FFN's gather. */
+static int cuda_combine_backward(mk_backend *be, mk_real *dgates, void *dy_op, const mk_real *dout,
+                                 const mk_real *y, const int32_t *slot_row, const mk_real *weights, int N,
+                                 int K, int D)
+{
+    if (!dy_op) return MK_FAIL(MK_ERR_INTERNAL, "combine_backward: no buffer for the rows");
+    return combine_backward(be, dgates, dy_op, dout, y, slot_row, weights, N, K, D);
 }
 
 /* ------------------------------------------------------------------ SwiGLU */
@@ -2472,6 +2523,8 @@ extern "C" int mk_backend_cuda_create(int device, int bf16, mk_backend **out)
     const char *fz = getenv("MOEKIT_CUDA_FUSED");
     im->fused = im->bf16 && !(fz && strcmp(fz, "0") == 0);
     fill_ops(&im->ops);
+    /* the rows it writes are the fused expert FFN's operands, read only in that mode */
+    if (im->fused) im->ops.combine_backward = cuda_combine_backward;
     be->ops = &im->ops;
     be->impl = im;
     cublasStatus_t s = cublasCreate(&im->blas);

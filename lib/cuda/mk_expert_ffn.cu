@@ -4,7 +4,8 @@
  *
  *   forward   xb = bf16(gathered x), kept in xp; a1 = xb W1; a3 = xb W3 (bf16 out);
  *             h = silu(a1) a3 (bf16); y = h W2 (bf16 out)
- *   backward  dyb = bf16(gathered dout); dh = dyb W2^T (bf16 out); dW2 += h^T dyb;
+ *   backward  dyb = bf16(gathered dout) (or the caller's, mk_rows_gather.rows_op);
+ *             dh = dyb W2^T (bf16 out); dW2 += h^T dyb;
  *             da1, da3 = swiglu'(dh) (bf16); dxp = da1 W1^T + da3 W3^T (one pass, bf16 out);
  *             dW1 += xb^T da1; dW3 += xb^T da3
  *
@@ -289,6 +290,14 @@ static int from_op(const mk_rows_gather *g)
     return g->src_op && !g->weights && ((uintptr_t)g->src_op & 15) == 0;
 }
 
+/* The rows already gathered by the caller (mk_rows_gather.rows_op: the CUDA backend's
+ * combine_backward writes them as bf16, each w x rounded once as k_gather_bf16 rounds it),
+ * or NULL: gather them here. */
+static const bf16 *given_rows(const mk_rows_gather *g)
+{
+    return g->rows_op && ((uintptr_t)g->rows_op & 15) == 0 ? (const bf16 *)g->rows_op : NULL;
+}
+
 /* Bytes of workspace gather_bf16 uses for a bf16 copy of the token rows (0: it gathers
  * from the fp32 rows). Weighted rows (the output gradient's, by the gates) are gathered
  * from the fp32 rows, so that w x is rounded once: from a rounded copy it would be rounded
@@ -417,19 +426,22 @@ static int cl_backward(mk_cuda_ffn *f, float *dxp, float *dw1, float *dw3, float
 {
     MK_CHECK(cl_aligned(dxp, dhact, da1, dw2, dw1));
     MK_CHECK(cl_aligned(dw3, xp, a1, hact, w2));
-    const size_t nw = (size_t)E * D * F, sx = up256(R * D * 2), s13 = up256(2 * nw * 2);
+    const bf16 *given = given_rows(dout);
+    const size_t nw = (size_t)E * D * F, sx = given ? 0 : up256(R * D * 2), s13 = up256(2 * nw * 2);
     /* The forward's rounded weights where it left them in a3 (the same weight buffers and
      * shape), else rounded here. */
     const ffn_kept *k = kept_find(f, a3, 0);
     const int kept = k && k->w1 == w1 && k->w3 == w3 && k->w2 == w2 && k->E == E && k->D == D && k->F == F &&
                      kept_fits(R, E, D, F, a3);
-    const size_t wbytes = kept ? 0 : s13 + up256(nw * 2);
-    MK_CHECK(mk_devbuf_reserve(&f->buf, sx + wbytes + gather_ws(dout, D), "expert FFN workspace"));
+    const size_t wbytes = kept ? 0 : s13 + up256(nw * 2), gws = given ? 0 : gather_ws(dout, D);
+    MK_CHECK(mk_devbuf_reserve(&f->buf, sx + wbytes + gws, "expert FFN workspace"));
     char *base = (char *)f->buf.p, *wbase = kept ? (char *)a3 : base + sx;
-    bf16 *dyb = (bf16 *)base, *w13b = (bf16 *)wbase, *w2b = (bf16 *)(wbase + s13);
+    bf16 *w13b = (bf16 *)wbase, *w2b = (bf16 *)(wbase + s13);
     const bf16 *xb = (const bf16 *)xp, *a13 = (const bf16 *)a1, *hb = (const bf16 *)hact;
     bf16 *dhb = (bf16 *)dhact, *da13 = (bf16 *)da1;
-    MK_CHECK(gather_bf16(dyb, dout, R, D, base + sx + wbytes, "expert FFN backward: output gradient rows"));
+    const bf16 *dyb = given ? given : (const bf16 *)base;
+    if (!given)
+        MK_CHECK(gather_bf16((bf16 *)base, dout, R, D, base + sx + wbytes, "expert FFN backward: output gradient rows"));
     if (!kept) {
         MK_CHECK(pack13(w13b, w1, w3, E, D, F, "expert FFN backward: w1 | w3"));
         MK_CHECK(to_bf16(w2b, w2, nw, "expert FFN backward: w2"));
@@ -487,18 +499,20 @@ int mk_cuda_ffn_backward(mk_cuda_ffn *f, float *dxp, float *dw1, float *dw3, flo
     if (f->cl)
         return cl_backward(f, dxp, dw1, dw3, dw2, dhact, da1, dout, xp, a1, a3, hact, w1, w3, w2, offs_host, E, D, F,
                            R);
+    const bf16 *given = given_rows(dout);
     const size_t nx = R * D, nw = (size_t)E * D * F, nh = R * F;
     const size_t wsn = mk_grouped_gemm_wgrad_ws_floats(offs_host, E, D, F);
-    const size_t sx = up256(nx * 2), sw = up256(nw * 2);
+    const size_t sx = given ? 0 : up256(nx * 2), sw = up256(nw * 2);
     const size_t bytes = sx + 3 * sw + up256(wsn * sizeof(float));
-    MK_CHECK(mk_devbuf_reserve(&f->buf, bytes + gather_ws(dout, D), "expert FFN workspace"));
+    MK_CHECK(mk_devbuf_reserve(&f->buf, bytes + (given ? 0 : gather_ws(dout, D)), "expert FFN workspace"));
     char *base = (char *)f->buf.p;
     const bf16 *xb = (const bf16 *)xp;
-    bf16 *dyb = (bf16 *)base;
+    const bf16 *dyb = given ? given : (const bf16 *)base;
     bf16 *w1b = (bf16 *)(base + sx), *w3b = (bf16 *)(base + sx + sw);
     bf16 *w2b = (bf16 *)(base + sx + 2 * sw);
     float *ws = (float *)(base + sx + 3 * sw);
-    MK_CHECK(gather_bf16(dyb, dout, R, D, base + bytes, "expert FFN backward: output gradient rows"));
+    if (!given)
+        MK_CHECK(gather_bf16((bf16 *)base, dout, R, D, base + bytes, "expert FFN backward: output gradient rows"));
     MK_CHECK(to_bf16(w1b, w1, nw, "expert FFN backward: w1"));
     MK_CHECK(to_bf16(w3b, w3, nw, "expert FFN backward: w3"));
     MK_CHECK(to_bf16(w2b, w2, nw, "expert FFN backward: w2"));

@@ -4,7 +4,8 @@
  * rows grouped by expert, with bf16 operands end to end inside the op. The token rows are
  * rounded to bf16 once, then gathered into the input rows (no fp32 copy of the permuted
  * rows is ever written); the output-gradient rows are gathered and rounded in one pass
- * (each row times its gate weight, rounded once); the weights are
+ * (each row times its gate weight, rounded once), or read as the caller gathered them
+ * (mk_rows_gather.rows_op: the backend's combine_backward); the weights are
  * rounded once per op, and every product runs on the bf16 grouped GEMMs of
  * mk_grouped_gemm.cu or, where built and on an sm_90 GPU, CUTLASS's (mk_gg_cutlass.h;
  * MOEKIT_NO_CUTLASS=1 keeps ours). The state the backward needs (the input rows xp, a1, a3
