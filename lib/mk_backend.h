@@ -168,11 +168,12 @@ typedef struct mk_backend_ops {
      * log-sum-exp of each row, topk [N, K] int32 the K experts with the largest probs in
      * descending order (ties to the lower index), gates [N, K] = their probs (renormalised
      * to sum 1 when norm_topk), counts [E] int32 = tokens that chose each expert among their
-     * top-K, psum [E] = sum over tokens of probs (in token order). A logit that is not
-     * finite (NaN, +-Inf): with bad NULL the op fails with MK_ERR_NUMERIC; else it writes 1
-     * to bad (backend memory, one int32; 0 when all are finite), keeps every topk entry a
-     * valid expert index and returns MK_OK, so that the caller reads the flag with the
-     * statistics it copies to the host anyway (no wait for the GPU of its own). */
+     * top-K, psum [E] = sum over tokens of probs (in a fixed order: the CPU's is token
+     * order). A logit that is not finite (NaN, +-Inf): with bad NULL the op fails with
+     * MK_ERR_NUMERIC; else it writes 1 to bad (backend memory, one int32; 0 when all are
+     * finite), keeps every topk entry a valid expert index and returns MK_OK, so that the
+     * caller reads the flag with the statistics it copies to the host anyway (no wait for
+     * the GPU of its own). */
     int (*router_forward)(mk_backend *be, mk_real *probs, mk_real *lse, int32_t *topk,
                           mk_real *gates, int32_t *counts, mk_real *psum, int32_t *bad,
                           const mk_real *z, int N, int E, int K, int norm_topk);

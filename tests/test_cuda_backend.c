@@ -33,6 +33,7 @@
 #include <cuda_runtime_api.h>
 
 #include "cuda/mk_backend_cuda.h"
+#include "cuda/mk_flash_attn.h"
 #include "cuda/mk_gg_cutlass.h"
 #include "cuda/mk_grouped_gemm.h"
 #include "mk_backend.h"
@@ -1067,6 +1068,68 @@ static void test_grouped_kernels_bf16(void)
         }
 }
 
+/* The bf16 attention forward's kernels (mma.sync, and wgmma where the GPU has it) on
+ * random bf16 qkv against a double-precision causal attention of the same bf16 values:
+ * the output (bf16) and the log-sum-exp (base 2); rows past a multiple of 64; a second
+ * run gives the same bits. */
+static void test_flash_forward_bf16(void)
+{
+    const int shapes[4][3] = {{2, 200, 2}, {1, 257, 1}, {1, 64, 3}, {2, 1024, 2}}; /* B T H */
+    const int wg = mk_grouped_gemm_wgmma_available();
+    for (int c = 0; c < 4; c++) {
+        const int B = shapes[c][0], T = shapes[c][1], NH = shapes[c][2], Dm = NH * MK_FLASH_HD, hd = MK_FLASH_HD;
+        const size_t N = (size_t)B * T, nq = N * 3 * Dm, nl = mk_flash_attn_lse_floats(B, T, NH);
+        uint16_t *qb = H(nq * 2);
+        float *qf = Hf(nq), *want = Hf(N * Dm), *wlse = Hf((size_t)B * NH * T);
+        for (size_t i = 0; i < nq; i++) qb[i] = bf16_of((float)(2 * rnd() - 1)), qf[i] = float_of_bf16(qb[i]);
+        const double scale = 1.0 / sqrt((double)hd);
+        double *p = (double *)H((size_t)T * sizeof(double));
+        for (int b = 0; b < B; b++)
+            for (int h = 0; h < NH; h++)
+                for (int t = 0; t < T; t++) {
+                    const float *qr = qf + ((size_t)b * T + t) * 3 * Dm + h * hd;
+                    double mx = -INFINITY, sum = 0;
+                    for (int k = 0; k <= t; k++) {
+                        const float *kr = qf + ((size_t)b * T + k) * 3 * Dm + Dm + h * hd;
+                        double d = 0;
+                        for (int i = 0; i < hd; i++) d += (double)qr[i] * kr[i];
+                        p[k] = d * scale;
+                        if (p[k] > mx) mx = p[k];
+                    }
+                    for (int k = 0; k <= t; k++) sum += p[k] = exp(p[k] - mx);
+                    for (int i = 0; i < hd; i++) {
+                        double o = 0;
+                        for (int k = 0; k <= t; k++) o += p[k] * qf[((size_t)b * T + k) * 3 * Dm + 2 * Dm + h * hd + i];
+                        want[((size_t)b * T + t) * Dm + h * hd + i] = (float)(o / sum);
+                    }
+                    wlse[((size_t)b * NH + h) * T + t] = (float)((mx + log(sum)) / log(2.0));
+                }
+        for (int k = 0; k < 1 + wg; k++) {
+            const char *name = k ? "wgmma" : "mma.sync";
+            void *gq = D(qb, nq * 2), *gout = Dz(N * Dm * 2), *gout2 = Dz(N * Dm * 2);
+            float *glse = Dz(nl * 4), *glse2 = Dz(nl * 4);
+            int rc = mk_flash_attn_forward_bf16(gout, glse, gq, NULL, B, T, Dm, NH, k);
+            if (rc == MK_OK) rc = mk_flash_attn_forward_bf16(gout2, glse2, gq, NULL, B, T, Dm, NH, k);
+            if (rc == MK_OK) rc = cudaDeviceSynchronize() == cudaSuccess ? MK_OK : MK_ERR_INTERNAL;
+            if (rc != MK_OK) {
+                tap_ok(0, "flash attention forward (%s, B %d T %d H %d): rc %d", name, B, T, NH, rc);
+                continue;
+            }
+            const float *got = Gbf(gout, N * Dm), *lse = Gf(glse, (size_t)B * NH * T);
+            double e = rel_l2(got, want, N * Dm), le = 0;
+            for (size_t i = 0; i < (size_t)B * NH * T; i++) le = fmax(le, fabs((double)lse[i] - wlse[i]));
+            tap_ok(e < 1e-2, "flash attention forward (%s, B %d T %d H %d): output relative L2 error %.2e < 1e-2",
+                   name, B, T, NH, e);
+            tap_ok(le < 1e-3, "flash attention forward (%s, B %d T %d H %d): log-sum-exp within %.2e < 1e-3", name, B,
+                   T, NH, le);
+            tap_ok(memcmp(G(gout2, N * Dm * 2), G(gout, N * Dm * 2), N * Dm * 2) == 0 &&
+                       memcmp(G(glse2, nl * 4), G(glse, nl * 4), (size_t)B * NH * T * 4) == 0,
+                   "flash attention forward (%s, B %d T %d H %d): a second run gives the same bits", name, B, T, NH);
+        }
+        arena_free();
+    }
+}
+
 /* CUTLASS's grouped GEMMs (mk_gg_cutlass.cu) against the CPU on bf16-rounded operands, in
  * the forms the fused expert FFN uses: B as [K, N] and as [N, K], fp32 output accumulating
  * (beta 0.5), bf16 output into the first N of rows of 2N + 8 (a strided C), and the weight
@@ -1348,8 +1411,8 @@ static void test_router(void)
 {
     /* N, E, K: counts and psum over one chunk of 64 tokens, a part of one, five with a
      * short last one, and more experts than threads in a block */
-    const int cases[5][3] = {{64, 8, 2}, {37, 16, 4}, {5, 3, 3}, {300, 64, 8}, {70, 300, 2}};
-    for (int c = 0; c < 5; c++)
+    const int cases[6][3] = {{64, 8, 2}, {37, 16, 4}, {5, 3, 3}, {300, 64, 8}, {70, 300, 2}, {2500, 64, 8}};
+    for (int c = 0; c < 6; c++)
         for (int norm = 0; norm < 2; norm++) {
             const int N = cases[c][0], E = cases[c][1], K = cases[c][2];
             const size_t ne = (size_t)N * E, nk = (size_t)N * K;
@@ -1593,6 +1656,32 @@ static void test_dispatch(void)
         r2 = gpu->ops->combine_backward_gates(gpu, gdg, gdout, gy, psr, N, K, Dm);
         if (both_ok(r1, r2, "combine_backward_gates"))
             check_arr(Gf(gdg, S), dg, S, RT_EW, AT_EW, "combine_backward_gates capacity %d", cap);
+    }
+    /* Plans over many chunks of choices (the GPU counts and places in chunks of 256):
+     * bench-s's E and K, and more experts than a block has threads, against the CPU. */
+    const int big[4][4] = {{1000, 64, 8, 0}, {1000, 64, 8, 100}, {700, 300, 3, 0}, {700, 300, 3, 5}}; /* N E K cap */
+    for (int c = 0; c < 4; c++) {
+        const int N2 = big[c][0], E2 = big[c][1], K2 = big[c][2], cap = big[c][3];
+        const size_t S2 = (size_t)N2 * K2;
+        int32_t *topk = Hi(S2);
+        for (int n = 0; n < N2; n++)
+            for (int j = 0; j < K2; j++) { /* K distinct experts, crowded towards the low ones */
+                int e, dup;
+                do {
+                    e = rnd_below(2) ? rnd_below(E2 / 4) : rnd_below(E2);
+                    dup = 0;
+                    for (int i = 0; i < j; i++) dup |= topk[(size_t)n * K2 + i] == e;
+                } while (dup);
+                topk[(size_t)n * K2 + j] = e;
+            }
+        int32_t *offs = Hi(E2 + 1), *row_slot = Hi(S2), *slot_row = Hi(S2);
+        int32_t *gtopk = D(topk, S2 * 4), *goffs = Dz((E2 + 1) * 4), *grs = Dz(S2 * 4), *gsr = Dz(S2 * 4);
+        int r1 = cpu->ops->route_plan(cpu, offs, row_slot, slot_row, topk, N2, E2, K2, cap);
+        int r2 = gpu->ops->route_plan(gpu, goffs, grs, gsr, gtopk, N2, E2, K2, cap);
+        if (!both_ok(r1, r2, "route_plan")) continue;
+        check_ints(Gi(goffs, E2 + 1), offs, E2 + 1, "route_plan N %d E %d K %d capacity %d: offs", N2, E2, K2, cap);
+        check_ints(Gi(grs, S2), row_slot, S2, "route_plan N %d E %d K %d capacity %d: row_slot", N2, E2, K2, cap);
+        check_ints(Gi(gsr, S2), slot_row, S2, "route_plan N %d E %d K %d capacity %d: slot_row", N2, E2, K2, cap);
     }
     /* Per-sequence counts: 5 sequences of 8 tokens, and E = 300 (more experts than a
      * block has threads), against the CPU. */
@@ -1952,6 +2041,7 @@ int main(void)
     test_cutlass_kernels();
     test_expert_rows_bf16(bf);
     test_combine_backward_bf16(bf);
+    test_flash_forward_bf16();
     test_expert_ffn_bf16(bf, "");
     if (mk_gg_cutlass_available()) {
         /* the same op on our own grouped kernels (the state is made on first use) */

@@ -77,6 +77,7 @@ typedef struct cuda_impl {
     int bf16;             /* GEMM operands rounded to bf16 on tensor cores (fp32 accumulate) */
     int grouped_ok;       /* 1 cublasGemmGroupedBatchedEx works here, 0 unknown, -1 it does not */
     int fused;            /* bf16: our grouped GEMMs, the fused expert FFN and output layer */
+    int flash_wgmma;      /* the attention forward on wgmma (sm_90a), unless MOEKIT_NO_WGMMA=1 */
     cublasHandle_t blas;
     void **gptr;          /* device arrays of A, B, C pointers for grouped GEMMs */
     double *rope_cs;      /* RoPE cos/sin table of (rope_T, rope_hd, rope_theta) */
@@ -1273,7 +1274,7 @@ static int cuda_attention_block_forward(mk_backend *be, mk_real *h, const mk_att
            a->norm, N, D);
     MK_CHECK(matmul_bf16_to(im, a->qkv, CUDA_R_16BF, a->ln1, wq, N, 3 * D, D, 0, 0, 1, 0,
                             "attention_block_forward: qkv"));
-    MK_CHECK(mk_flash_attn_forward_bf16(a->atty, a->att, a->qkv, im->rope_cs, B, T, D, H));
+    MK_CHECK(mk_flash_attn_forward_bf16(a->atty, a->att, a->qkv, im->rope_cs, B, T, D, H, im->flash_wgmma));
     MK_CHECK(matmul_bf16(im, h, a->atty, wo, N, D, D, 0, 0, 1, 0, "attention_block_forward: out"));
     return cuda_add(be, h, h, a->x, (size_t)N * D);
 }
@@ -1440,7 +1441,7 @@ __global__ static void k_router_forward(float *probs, float *lse, int32_t *topk,
 /* Counts (exact integers) and psum in two fixed stages, like RMSNorm's gain gradient:
  * RS_CHUNK tokens per block, one thread per expert counting its choices among the chunk's
  * N*K (every thread reads the same entries: broadcasts) and summing its column of probs in
- * double (coalesced over experts); then per expert the chunks' partials in chunk order. One
+ * double (coalesced over experts); then per expert the chunks' partials in a fixed order. One
  * block per expert scanning all N*K choices left 64 blocks on 132 SMs. */
 #define RS_CHUNK 64
 __global__ static void k_router_stats_partial(int32_t *cpart, double *ppart, const int32_t *topk,
@@ -1450,27 +1451,33 @@ __global__ static void k_router_stats_partial(int32_t *cpart, double *ppart, con
     for (int e = threadIdx.x; e < E; e += blockDim.x) {
         int c = 0;
         double acc = 0;
+#pragma unroll 8
         for (size_t s = (size_t)n0 * K; s < (size_t)n1 * K; s++) c += topk[s] == e;
+#pragma unroll 8
         for (int n = n0; n < n1; n++) acc += probs[(size_t)n * E + e];
         cpart[(size_t)blockIdx.x * E + e] = c;
         ppart[(size_t)blockIdx.x * E + e] = acc;
     }
 }
 
+/* One warp per expert: lane k sums the partials of chunks k, k + 32, ... in order, then a
+ * fixed shuffle tree. One thread per expert walking all chunks spent about 40 us of
+ * dependent loads per layer at bench-s (256 chunks). */
 __global__ static void k_router_stats_final(int32_t *counts, float *psum, const int32_t *cpart,
                                             const double *ppart, int chunks, int E)
 {
-    GRID_STRIDE(e, (size_t)E)
-    {
-        long c = 0;
-        double acc = 0;
-        for (int k = 0; k < chunks; k++) {
-            c += cpart[(size_t)k * E + e];
-            acc += ppart[(size_t)k * E + e];
-        }
-        counts[e] = (int32_t)c;
-        psum[e] = (float)acc;
+    const size_t e = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    const int lane = threadIdx.x % 32;
+    if (e >= (size_t)E) return; /* whole warps leave together */
+    long long c = 0;
+    double acc = 0;
+    for (int k = lane; k < chunks; k += 32) {
+        c += cpart[(size_t)k * E + e];
+        acc += ppart[(size_t)k * E + e];
     }
+    acc = warp_sum(acc);
+    for (int o = 16; o > 0; o >>= 1) c += __shfl_xor_sync(0xffffffffu, c, o);
+    if (lane == 0) counts[e] = (int32_t)c, psum[e] = (float)acc;
 }
 
 static int cuda_router_forward(mk_backend *be, mk_real *probs, mk_real *lse, int32_t *topk,
@@ -1512,7 +1519,7 @@ static int cuda_router_forward(mk_backend *be, mk_real *probs, mk_real *lse, int
     double *ppart = (double *)((char *)sp + cb);
     LAUNCH(k_router_stats_partial, (unsigned)chunks, "router_forward (count partials)", cpart,
            ppart, topk, probs, N, E, K);
-    LAUNCH(k_router_stats_final, grid_for((size_t)E), "router_forward (counts, psum)", counts,
+    LAUNCH(k_router_stats_final, (unsigned)(((size_t)E * 32 + TPB - 1) / TPB), "router_forward (counts, psum)", counts,
            psum, cpart, ppart, chunks, E);
     return MK_OK;
 }
@@ -1570,17 +1577,15 @@ static int cuda_router_backward(mk_backend *be, mk_real *dz, const mk_real *dgat
 
 /* ------------------------------------------------------------------ dispatch and combine */
 
-/* Counting sort by expert on the device, one block per expert. Each block scans the N*K
- * choices in order and ranks its own by a block-wide prefix count (warp ballots), so the
- * order inside an expert is the choice order s -- the CPU's order -- with no atomics.
- * Pass 1 counts; pass 2 takes the offsets (a serial prefix over E, the same in every
- * block) and places the kept choices. */
-/* route_plan in three passes over chunks of ROUTE_CHUNK choices, each pass wide over the
- * GPU: per-chunk expert counts; per expert, a serial prefix over chunks (and the offsets);
- * then each chunk places its choices, one thread per expert walking the chunk in order.
- * A choice's rank within its expert is the count before its chunk plus its order within
- * the chunk, i.e. its order among all choices of the expert, as on the CPU. */
-#define ROUTE_CHUNK 2048
+/* route_plan, a counting sort by expert in passes wide over the GPU, with no atomics:
+ * per chunk of ROUTE_CHUNK choices, each expert's count (one thread per expert walking the
+ * chunk in shared memory); per expert, the exclusive prefix of its counts over the chunks
+ * (one block per expert) and the offsets; then each chunk places its choices, one thread
+ * per expert walking the chunk in order. A choice's rank within its expert is the count
+ * before its chunk plus its order within the chunk, i.e. its order among all choices of
+ * the expert, as on the CPU. Small chunks keep each thread's walk short: with 2,048-choice
+ * chunks the walks of 64 threads per block took most of the op's 87 us at bench-s. */
+#define ROUTE_CHUNK 256
 
 /* This block's chunk of choices into shared memory; returns how many there are. */
 __device__ static int load_chunk(int32_t *sh, const int32_t *topk, size_t s0, size_t S)
@@ -1598,41 +1603,48 @@ __global__ static void k_route_hist(int32_t *hist, const int32_t *topk, size_t S
     const int n = load_chunk(sh, topk, s0, S);
     for (int e = threadIdx.x; e < E; e += blockDim.x) {
         int c = 0;
+#pragma unroll 8
         for (int i = 0; i < n; i++) c += sh[i] == e;
         hist[(size_t)blockIdx.x * E + e] = c;
     }
 }
 
-/* One block: fill[e] = choices of expert e; hist becomes the exclusive prefix over chunks;
- * offs from the kept counts (capacity applied). */
-__global__ static void k_route_scan(int32_t *offs, int32_t *fill, int32_t *hist, int chunks, int E,
-                                    int capacity)
+/* One block per expert e: hist[., e] becomes the exclusive prefix over the chunks, fill[e]
+ * the expert's choices. Thread t takes a run of consecutive chunks; the runs' sums are
+ * scanned in shared memory (integers: any order gives the same sums). */
+__global__ static void k_route_scan(int32_t *fill, int32_t *hist, int chunks, int E)
 {
-    for (int e = threadIdx.x; e < E; e += blockDim.x) {
-        int run = 0;
-        /* eight chunks' counts loaded before any store: the stores of the prefix would
-         * otherwise keep each load waiting for the one before (64 round trips to L2) */
-        for (int c0 = 0; c0 < chunks; c0 += 8) {
-            int t[8];
-#pragma unroll
-            for (int k = 0; k < 8; k++) t[k] = c0 + k < chunks ? hist[(size_t)(c0 + k) * E + e] : 0;
-#pragma unroll
-            for (int k = 0; k < 8; k++)
-                if (c0 + k < chunks) {
-                    hist[(size_t)(c0 + k) * E + e] = run;
-                    run += t[k];
-                }
-        }
-        fill[e] = run;
-    }
+    __shared__ int32_t run[TPB];
+    const int e = blockIdx.x, t = threadIdx.x;
+    const int per = (chunks + TPB - 1) / TPB, c0 = t * per, c1 = c0 + per < chunks ? c0 + per : chunks;
+    int sum = 0;
+    for (int c = c0; c < c1; c++) sum += hist[(size_t)c * E + e];
+    run[t] = sum;
     __syncthreads();
-    if (threadIdx.x == 0) {
-        int q = 0;
-        offs[0] = 0;
-        for (int e = 0; e < E; e++) {
-            q += capacity > 0 && fill[e] > capacity ? capacity : fill[e];
-            offs[e + 1] = q;
-        }
+    for (int w = 1; w < TPB; w *= 2) { /* inclusive scan of the runs */
+        const int v = t >= w ? run[t - w] : 0;
+        __syncthreads();
+        run[t] += v;
+        __syncthreads();
+    }
+    int pre = run[t] - sum;
+    for (int c = c0; c < c1; c++) {
+        const int v = hist[(size_t)c * E + e];
+        hist[(size_t)c * E + e] = pre;
+        pre += v;
+    }
+    if (t == TPB - 1) fill[e] = run[t];
+}
+
+/* offs from the kept counts (capacity applied): E additions. */
+__global__ static void k_route_offs(int32_t *offs, const int32_t *fill, int E, int capacity)
+{
+    if (threadIdx.x != 0 || blockIdx.x != 0) return;
+    int q = 0;
+    offs[0] = 0;
+    for (int e = 0; e < E; e++) {
+        q += capacity > 0 && fill[e] > capacity ? capacity : fill[e];
+        offs[e + 1] = q;
     }
 }
 
@@ -1706,7 +1718,8 @@ static int cuda_route_plan(mk_backend *be, int32_t *offs, int32_t *row_slot, int
     MK_CHECK(scratch_get(im, ((size_t)E + chunks * E) * sizeof(int32_t), &sp));
     int32_t *fill = (int32_t *)sp, *hist = fill + E;
     if (chunks) LAUNCH(k_route_hist, (unsigned)chunks, "route_plan (count)", hist, topk, S, E);
-    LAUNCH(k_route_scan, 1, "route_plan (scan)", offs, fill, hist, (int)chunks, E, capacity);
+    LAUNCH(k_route_scan, (unsigned)E, "route_plan (scan)", fill, hist, (int)chunks, E);
+    LAUNCH(k_route_offs, 1, "route_plan (offsets)", offs, fill, E, capacity);
     /* Every choice must have landed in some expert: a topk entry outside 0..E-1 is a bug
      * upstream, caught here before it corrupts the expert GEMMs (one small copy; the model
      * reads the offsets back right after anyway). */
@@ -2522,6 +2535,8 @@ extern "C" int mk_backend_cuda_create(int device, int bf16, mk_backend **out)
      * benchmarking switch, read once here so that the ops never look at the environment. */
     const char *fz = getenv("MOEKIT_CUDA_FUSED");
     im->fused = im->bf16 && !(fz && strcmp(fz, "0") == 0);
+    const char *nowg = getenv("MOEKIT_NO_WGMMA");
+    im->flash_wgmma = !(nowg && strcmp(nowg, "1") == 0) && mk_grouped_gemm_wgmma_available();
     fill_ops(&im->ops);
     /* the rows it writes are the fused expert FFN's operands, read only in that mode */
     if (im->fused) im->ops.combine_backward = cuda_combine_backward;

@@ -35,6 +35,7 @@ extern "C" {
 #include "mk_bf16.h"
 #include "mk_flash_attn.h"
 #include "mk_mma.h"
+#include "mk_wgmma.h"
 
 #define HD MK_FLASH_HD
 #define BR 64            /* rows per block (queries, or keys in the dK/dV pass) */
@@ -263,6 +264,148 @@ __global__ static void __launch_bounds__(NT) k_flash_fwd(float *out, bf16 *outb,
         if (r0 < T) lse[srow + r0] = m0 + log2f(l0);
         if (r1 < T) lse[srow + r1] = m1 + log2f(l1);
     }
+}
+
+/* ------------------------------------------------------------------ the wgmma forward
+ *
+ * The bf16 forward on Hopper's warpgroup MMA: one warpgroup (the 4 warps) per block of 64
+ * queries, the same loop and online softmax as k_flash_fwd, but the products read their
+ * operands from shared memory themselves: S = Q K^T with Q and K K-major (a query's or
+ * key's 64 head elements are one 128-byte line), O += P V with P from registers (the score
+ * accumulator is the A fragment, as above) and V MN-major (a key's line holds the 64
+ * output columns). No ldmatrix and no fragments of K or V in registers: mma.sync spent
+ * half its issue slots on them and held the forward at 25% occupancy. Tiles use the
+ * 128-byte swizzle of mk_wgmma.h (1024-byte aligned). */
+#define WG_TILE (BC * HD)                 /* elements of one swizzled 64 x 64 tile */
+#define WG_SMEM (5 * WG_TILE * 2 + 1024)  /* Q, two K and two V tiles, and alignment slack:
+                                           * 41 KB, under the 48 KB that needs no opt-in */
+
+/* Start copying 64 rows x HD columns from row t0 into a swizzled tile (zeros past T). */
+__device__ __forceinline__ void issue_tile_sw(bf16 *tile, const bf16 *base, size_t ld, int t0, int T)
+{
+#pragma unroll
+    for (int j = 0; j < BC * HD / 8 / NT; j++) {
+        const int c = threadIdx.x + j * NT, r = c / (HD / 8), ch = c % (HD / 8);
+        const int ok = t0 + r < T;
+        mk_cp_async16(tile + mk_sw128(r, ch), ok ? base + (size_t)(t0 + r) * ld + ch * 8 : base, ok ? 16 : 0);
+    }
+}
+
+__global__ static void __launch_bounds__(NT) k_flash_fwd_wg(bf16 *outb, float *lse, const bf16 *qkv, int T, int D,
+                                                            int H, int nqb, float sl2)
+{
+#ifdef MK_HAVE_WGMMA
+    extern __shared__ unsigned char wg_raw[];
+    bf16 *sm = (bf16 *)(((uintptr_t)wg_raw + 1023) & ~(uintptr_t)1023);
+    bf16 *Qs = sm, *Ks = sm + WG_TILE, *Vs = sm + 3 * WG_TILE; /* K and V: two tiles each */
+    int qb, bh;
+    block_of(&qb, &bh, nqb, (int)gridDim.x / nqb, 1);
+    const int b = bh / H, h = bh % H;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
+    const size_t ld = 3 * (size_t)D;
+    const bf16 *base = qkv + (size_t)b * T * ld + h * HD;
+    const int r0 = qb * BR + warp * 16 + g, r1 = r0 + 8;
+
+    issue_tile_sw(Qs, base, ld, qb * BR, T);
+    issue_tile_sw(Ks, base + D, ld, 0, T);
+    issue_tile_sw(Vs, base + 2 * D, ld, 0, T);
+    mk_cp_async_commit();
+    float o[HD / 8 * 4];
+#pragma unroll
+    for (int i = 0; i < HD / 8 * 4; i++) o[i] = 0.f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+
+    for (int kb = 0; kb <= qb; kb++) {
+        const bf16 *Kt = Ks + (kb & 1) * WG_TILE, *Vt = Vs + (kb & 1) * WG_TILE;
+        if (kb < qb) {
+            issue_tile_sw(Ks + ((kb + 1) & 1) * WG_TILE, base + D, ld, (kb + 1) * BC, T);
+            issue_tile_sw(Vs + ((kb + 1) & 1) * WG_TILE, base + 2 * D, ld, (kb + 1) * BC, T);
+        }
+        mk_cp_async_commit();
+        mk_cp_async_wait<1>();
+        mk_fence_proxy_async();
+        __syncthreads();
+        float s[BC / 8 * 4];
+#pragma unroll
+        for (int i = 0; i < BC / 8 * 4; i++) s[i] = 0.f;
+        mk_wgmma_fence();
+#pragma unroll
+        for (int kc = 0; kc < HD / 16; kc++)
+            mk_wgmma_m64n64k16_ss(s, mk_wgmma_desc(Qs + kc * 16, 16, 1024), mk_wgmma_desc(Kt + kc * 16, 16, 1024));
+        mk_wgmma_commit();
+        mk_wgmma_wait<0>();
+        float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < BC / 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float v = s[4 * j + e] * sl2;
+                if (kb == qb) {
+                    const int key = kb * BC + 8 * j + 2 * q + (e & 1), row = e < 2 ? r0 : r1;
+                    if (key > row || key >= T) v = -INFINITY;
+                }
+                s[4 * j + e] = v;
+                if (e < 2) mx0 = fmaxf(mx0, v);
+                else mx1 = fmaxf(mx1, v);
+            }
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+        const float al0 = exp2f(m0 - mn0), al1 = exp2f(m1 - mn1);
+        m0 = mn0, m1 = mn1;
+        float ps0 = 0.f, ps1 = 0.f;
+#pragma unroll
+        for (int j = 0; j < BC / 8; j++) {
+            s[4 * j] = exp2f(s[4 * j] - m0), s[4 * j + 1] = exp2f(s[4 * j + 1] - m0);
+            s[4 * j + 2] = exp2f(s[4 * j + 2] - m1), s[4 * j + 3] = exp2f(s[4 * j + 3] - m1);
+            ps0 += s[4 * j] + s[4 * j + 1];
+            ps1 += s[4 * j + 2] + s[4 * j + 3];
+        }
+        l0 = l0 * al0 + ps0, l1 = l1 * al1 + ps1;
+#pragma unroll
+        for (int dj = 0; dj < HD / 8; dj++) {
+            o[4 * dj] *= al0, o[4 * dj + 1] *= al0;
+            o[4 * dj + 2] *= al1, o[4 * dj + 3] *= al1;
+        }
+        uint32_t pa[BC / 16][4];
+#pragma unroll
+        for (int kc = 0; kc < BC / 16; kc++) {
+            pa[kc][0] = mk_pack_bf16x2(s[8 * kc], s[8 * kc + 1]);
+            pa[kc][1] = mk_pack_bf16x2(s[8 * kc + 2], s[8 * kc + 3]);
+            pa[kc][2] = mk_pack_bf16x2(s[8 * kc + 4], s[8 * kc + 5]);
+            pa[kc][3] = mk_pack_bf16x2(s[8 * kc + 6], s[8 * kc + 7]);
+        }
+        mk_wgmma_fence();
+#pragma unroll
+        for (int kc = 0; kc < BC / 16; kc++)
+            mk_wgmma_m64n64k16_rs_tb(o, pa[kc], mk_wgmma_desc(Vt + kc * 16 * HD, WG_TILE * 2, 1024));
+        mk_wgmma_commit();
+        mk_wgmma_wait<0>();
+        __syncthreads(); /* the products are done with this buffer before it is refilled */
+    }
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const float i0 = 1.f / l0, i1 = 1.f / l1;
+    const size_t srow = (size_t)bh * T;
+#pragma unroll
+    for (int dj = 0; dj < HD / 8; dj++) {
+        const int c = 8 * dj + 2 * q;
+        if (r0 < T)
+            *(__nv_bfloat162 *)(outb + ((size_t)b * T + r0) * D + h * HD + c) =
+                __float22bfloat162_rn(make_float2(o[4 * dj] * i0, o[4 * dj + 1] * i0));
+        if (r1 < T)
+            *(__nv_bfloat162 *)(outb + ((size_t)b * T + r1) * D + h * HD + c) =
+                __float22bfloat162_rn(make_float2(o[4 * dj + 2] * i1, o[4 * dj + 3] * i1));
+    }
+    if (q == 0) {
+        if (r0 < T) lse[srow + r0] = m0 + log2f(l0);
+        if (r1 < T) lse[srow + r1] = m1 + log2f(l1);
+    }
+#endif
 }
 
 /* delta[bh, t] = sum_d dO[t, d] O[t, d] (one warp per row, a fixed shuffle tree), and dO
@@ -600,7 +743,7 @@ extern "C" size_t mk_flash_attn_lse_floats(int B, int T, int H)
 }
 
 extern "C" int mk_flash_attn_forward_bf16(void *out, float *lse, void *qkv, const double *rope_cs, int B, int T,
-                                          int D, int H)
+                                          int D, int H, int wgmma)
 {
     if (B <= 0 || T <= 0) return MK_OK;
     MK_CHECK(check_aligned("flash attention forward (bf16)", out, lse, qkv, qkv));
@@ -610,6 +753,12 @@ extern "C" int mk_flash_attn_forward_bf16(void *out, float *lse, void *qkv, cons
     }
     const float sl2 = (float)(LOG2E / sqrt((double)HD));
     const int nqb = (T + BR - 1) / BR;
+    if (wgmma) {
+        k_flash_fwd_wg<<<(unsigned)nqb * B * H, NT, WG_SMEM>>>((bf16 *)out, lse, (const bf16 *)qkv, T, D, H, nqb,
+                                                              sl2);
+        FA_CHECK("flash attention forward (bf16, wgmma)");
+        return MK_OK;
+    }
     k_flash_fwd<true><<<(unsigned)nqb * B * H, NT>>>(NULL, (bf16 *)out, lse, NULL, (const bf16 *)qkv, T, D, H,
                                                      nqb, sl2);
     FA_CHECK("flash attention forward (bf16)");

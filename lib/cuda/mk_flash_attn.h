@@ -66,9 +66,11 @@ int mk_flash_attn_backward(float *dqkv, float *work, const float *dout, const fl
 size_t mk_flash_attn_lse_floats(int B, int T, int H);
 
 /* out [B*T, D] bf16 from qkv [B*T, 3D] bf16; with rope_cs, q and k of qkv are rotated in
- * place first (the backward reads the rotated qkv). */
+ * place first (the backward reads the rotated qkv). wgmma 1: the kernel on Hopper's
+ * warpgroup MMA (only where mk_grouped_gemm_wgmma_available() says the GPU and the build
+ * have it); 0: mma.sync. The two sum in different orders: results agree to rounding. */
 int mk_flash_attn_forward_bf16(void *out, float *lse, void *qkv, const double *rope_cs, int B, int T,
-                               int D, int H);
+                               int D, int H, int wgmma);
 
 /* dqkv [B*T, 3D] fp32 (every column written) from dout, out and qkv in bf16 as the
  * forward above saw them; delta: mk_flash_attn_lse_floats floats of work area. */

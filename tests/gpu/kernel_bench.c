@@ -58,6 +58,7 @@ static float *drand(size_t n, float s)
 typedef struct bufs {
     int offs[E + 1];
     float *xp, *y, *dw, *ws, *qkv, *out, *state, *dqkv, *work, *dout;
+    void *qkvb, *outb; /* the attention block's bf16 path */
     void *xb, *wb, *w2b, *hb, *db, *d3b, *yb;
     void *w13b, *a13b, *da13b; /* CUTLASS path: gate and up side by side ([.., 2F]) */
     size_t wsn;
@@ -86,6 +87,9 @@ static int c_dx(const bufs *g) { return mk_gg_cutlass_rows(g->cl, g->y, 1, DM, g
 static int c_dw2(const bufs *g) { return mk_gg_cutlass_wgrad(g->cl, g->dw, g->hb, FF, g->yb, DM, g->offs, E, FF, DM); }
 static int c_dw1(const bufs *g) { return mk_gg_cutlass_wgrad(g->cl, g->dw, g->xb, DM, g->da13b, 2 * FF, g->offs, E, DM, FF); }
 static int j_att_f(const bufs *g) { return mk_flash_attn_forward(g->out, g->state, g->qkv, NULL, B, T, DM, H); }
+static int j_att_f16(const bufs *g) { return mk_flash_attn_forward_bf16(g->outb, g->state, g->qkvb, NULL, B, T, DM, H, 0); }
+static int j_att_f16w(const bufs *g) { return mk_flash_attn_forward_bf16(g->outb, g->state, g->qkvb, NULL, B, T, DM, H, 1); }
+static int j_att_b16(const bufs *g) { return mk_flash_attn_backward_bf16(g->dqkv, g->work, g->outb, g->outb, g->qkvb, g->state, B, T, DM, H); }
 static int j_att_b(const bufs *g) { return mk_flash_attn_backward(g->dqkv, g->work, g->dout, g->qkv, g->state, B, T, DM, H); }
 
 static void run(const job *j, const bufs *g)
@@ -155,6 +159,9 @@ int main(int argc, char **argv)
     g->dqkv = dev(nqkv * 4);
     g->state = dev(mk_flash_attn_state_floats(B, T, H) * 4);
     g->work = dev(mk_flash_attn_work_floats(B, T, H) * 4);
+    g->qkvb = dev(nqkv * 2);
+    g->outb = dev(nout * 2);
+    mk_cuda_round_bf16(g->qkvb, g->qkv, nqkv, "qkv");
 
     const double ffn = 2.0 * R * DM * FF;                 /* one of the three expert products */
     const double att = 4.0 * B * H * (double)T * T * 64 / 2; /* causal: half the square */
@@ -168,6 +175,9 @@ int main(int argc, char **argv)
         {"bwd dW1 += x^T da1 (K 768, N 256)", ffn, j_dw1},
         {"attention forward (16 x 1024, 12 heads)", att, j_att_f},
         {"attention backward", 2.5 * att, j_att_b},
+        {"attention forward, bf16 block path, mma.sync", att, j_att_f16},
+        {"attention backward, bf16 block path", 2.5 * att, j_att_b16},
+        {"attention forward, bf16 block path, wgmma", att, j_att_f16w},
     };
     printf("kernel_bench: %s routing, %d rows over %d experts\n", skew ? "skewed (one expert 1/4)" : "uniform", R, E);
     const int wg = mk_grouped_gemm_wgmma_available();
@@ -196,6 +206,6 @@ int main(int argc, char **argv)
     }
     unsetenv("MOEKIT_GG_SCHED");
     run(&jobs[0], g);
-    for (size_t i = 7; i < sizeof jobs / sizeof jobs[0]; i++) run(&jobs[i], g);
+    for (size_t i = 7; i < sizeof jobs / sizeof jobs[0] - 1 + (size_t)wg; i++) run(&jobs[i], g);
     return 0;
 }
