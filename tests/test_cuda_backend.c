@@ -1068,54 +1068,83 @@ static void test_grouped_kernels_bf16(void)
         }
 }
 
-/* The bf16 attention forward's kernels (mma.sync, and wgmma where the GPU has it) on
- * random bf16 qkv against a double-precision causal attention of the same bf16 values:
- * the output (bf16) and the log-sum-exp (base 2); rows past a multiple of 64; a second
- * run gives the same bits. */
-static void test_flash_forward_bf16(void)
+/* The bf16 attention block path's kernels (mma.sync, and wgmma where the GPU has it) on
+ * random bf16 qkv and dO against a double-precision causal attention of the same bf16
+ * values: the output (bf16), the log-sum-exp (base 2), dq, dk and dv; rows past a
+ * multiple of 64; a second run gives the same bits. */
+static void test_flash_bf16(void)
 {
     const int shapes[4][3] = {{2, 200, 2}, {1, 257, 1}, {1, 64, 3}, {2, 1024, 2}}; /* B T H */
     const int wg = mk_grouped_gemm_wgmma_available();
     for (int c = 0; c < 4; c++) {
         const int B = shapes[c][0], T = shapes[c][1], NH = shapes[c][2], Dm = NH * MK_FLASH_HD, hd = MK_FLASH_HD;
         const size_t N = (size_t)B * T, nq = N * 3 * Dm, nl = mk_flash_attn_lse_floats(B, T, NH);
-        uint16_t *qb = H(nq * 2);
-        float *qf = Hf(nq), *want = Hf(N * Dm), *wlse = Hf((size_t)B * NH * T);
+        uint16_t *qb = H(nq * 2), *ob = H(N * Dm * 2);
+        float *qf = Hf(nq), *want = Hf(N * Dm), *wlse = Hf((size_t)B * NH * T), *dof = Hf(N * Dm);
+        float *wdq = Hf(nq);
         for (size_t i = 0; i < nq; i++) qb[i] = bf16_of((float)(2 * rnd() - 1)), qf[i] = float_of_bf16(qb[i]);
+        for (size_t i = 0; i < N * Dm; i++) ob[i] = bf16_of((float)(2 * rnd() - 1)), dof[i] = float_of_bf16(ob[i]);
         const double scale = 1.0 / sqrt((double)hd);
-        double *p = (double *)H((size_t)T * sizeof(double));
+        double *P = (double *)H((size_t)T * T * sizeof(double)), *dl = (double *)H((size_t)T * sizeof(double));
+#define QF(t, part, i) qf[((size_t)b * T + (t)) * 3 * Dm + (part) * Dm + h * hd + (i)]
+#define DO(t, i) dof[((size_t)b * T + (t)) * Dm + h * hd + (i)]
         for (int b = 0; b < B; b++)
-            for (int h = 0; h < NH; h++)
+            for (int h = 0; h < NH; h++) {
                 for (int t = 0; t < T; t++) {
-                    const float *qr = qf + ((size_t)b * T + t) * 3 * Dm + h * hd;
-                    double mx = -INFINITY, sum = 0;
+                    double *p = P + (size_t)t * T, mx = -INFINITY, sum = 0;
                     for (int k = 0; k <= t; k++) {
-                        const float *kr = qf + ((size_t)b * T + k) * 3 * Dm + Dm + h * hd;
                         double d = 0;
-                        for (int i = 0; i < hd; i++) d += (double)qr[i] * kr[i];
+                        for (int i = 0; i < hd; i++) d += (double)QF(t, 0, i) * QF(k, 1, i);
                         p[k] = d * scale;
                         if (p[k] > mx) mx = p[k];
                     }
                     for (int k = 0; k <= t; k++) sum += p[k] = exp(p[k] - mx);
+                    for (int k = 0; k <= t; k++) p[k] /= sum;
+                    dl[t] = 0;
                     for (int i = 0; i < hd; i++) {
                         double o = 0;
-                        for (int k = 0; k <= t; k++) o += p[k] * qf[((size_t)b * T + k) * 3 * Dm + 2 * Dm + h * hd + i];
-                        want[((size_t)b * T + t) * Dm + h * hd + i] = (float)(o / sum);
+                        for (int k = 0; k <= t; k++) o += p[k] * QF(k, 2, i);
+                        want[((size_t)b * T + t) * Dm + h * hd + i] = (float)o;
+                        dl[t] += o * DO(t, i);
                     }
                     wlse[((size_t)b * NH + h) * T + t] = (float)((mx + log(sum)) / log(2.0));
                 }
+                /* dS = P (dP - delta), dP = dO V^T; dq = scale dS K, dk = scale dS^T Q, dv = P^T dO */
+                for (int t = 0; t < T; t++)
+                    for (int i = 0; i < hd; i++) wdq[((size_t)b * T + t) * 3 * Dm + h * hd + i] = 0;
+                for (int k = 0; k < T; k++)
+                    for (int i = 0; i < hd; i++)
+                        wdq[((size_t)b * T + k) * 3 * Dm + Dm + h * hd + i] =
+                            wdq[((size_t)b * T + k) * 3 * Dm + 2 * Dm + h * hd + i] = 0;
+                for (int t = 0; t < T; t++)
+                    for (int k = 0; k <= t; k++) {
+                        const double p = P[(size_t)t * T + k];
+                        double dp = 0;
+                        for (int i = 0; i < hd; i++) dp += (double)DO(t, i) * QF(k, 2, i);
+                        const double dsv = p * (dp - dl[t]) * scale;
+                        for (int i = 0; i < hd; i++) {
+                            wdq[((size_t)b * T + t) * 3 * Dm + h * hd + i] += (float)(dsv * QF(k, 1, i));
+                            wdq[((size_t)b * T + k) * 3 * Dm + Dm + h * hd + i] += (float)(dsv * QF(t, 0, i));
+                            wdq[((size_t)b * T + k) * 3 * Dm + 2 * Dm + h * hd + i] += (float)(p * DO(t, i));
+                        }
+                    }
+            }
+#undef QF
+#undef DO
         for (int k = 0; k < 1 + wg; k++) {
             const char *name = k ? "wgmma" : "mma.sync";
-            void *gq = D(qb, nq * 2), *gout = Dz(N * Dm * 2), *gout2 = Dz(N * Dm * 2);
-            float *glse = Dz(nl * 4), *glse2 = Dz(nl * 4);
+            void *gq = D(qb, nq * 2), *gdo = D(ob, N * Dm * 2), *gout = Dz(N * Dm * 2), *gout2 = Dz(N * Dm * 2);
+            float *glse = Dz(nl * 4), *glse2 = Dz(nl * 4), *gdq = Dz(nq * 4), *gdq2 = Dz(nq * 4), *gdl = Dz(nl * 4);
             int rc = mk_flash_attn_forward_bf16(gout, glse, gq, NULL, B, T, Dm, NH, k);
             if (rc == MK_OK) rc = mk_flash_attn_forward_bf16(gout2, glse2, gq, NULL, B, T, Dm, NH, k);
+            if (rc == MK_OK) rc = mk_flash_attn_backward_bf16(gdq, gdl, gdo, gout, gq, glse, B, T, Dm, NH, k);
+            if (rc == MK_OK) rc = mk_flash_attn_backward_bf16(gdq2, gdl, gdo, gout, gq, glse, B, T, Dm, NH, k);
             if (rc == MK_OK) rc = cudaDeviceSynchronize() == cudaSuccess ? MK_OK : MK_ERR_INTERNAL;
             if (rc != MK_OK) {
-                tap_ok(0, "flash attention forward (%s, B %d T %d H %d): rc %d", name, B, T, NH, rc);
+                tap_ok(0, "flash attention (%s, B %d T %d H %d): rc %d", name, B, T, NH, rc);
                 continue;
             }
-            const float *got = Gbf(gout, N * Dm), *lse = Gf(glse, (size_t)B * NH * T);
+            const float *got = Gbf(gout, N * Dm), *lse = Gf(glse, (size_t)B * NH * T), *dq = Gf(gdq, nq);
             double e = rel_l2(got, want, N * Dm), le = 0;
             for (size_t i = 0; i < (size_t)B * NH * T; i++) le = fmax(le, fabs((double)lse[i] - wlse[i]));
             tap_ok(e < 1e-2, "flash attention forward (%s, B %d T %d H %d): output relative L2 error %.2e < 1e-2",
@@ -1125,6 +1154,19 @@ static void test_flash_forward_bf16(void)
             tap_ok(memcmp(G(gout2, N * Dm * 2), G(gout, N * Dm * 2), N * Dm * 2) == 0 &&
                        memcmp(G(glse2, nl * 4), G(glse, nl * 4), (size_t)B * NH * T * 4) == 0,
                    "flash attention forward (%s, B %d T %d H %d): a second run gives the same bits", name, B, T, NH);
+            /* dq, dk, dv: the columns of each part, compared part by part */
+            static const char *part[3] = {"dq", "dk", "dv"};
+            for (int pt = 0; pt < 3; pt++) {
+                float *gp = Hf(N * Dm), *wp = Hf(N * Dm);
+                for (size_t r = 0; r < N; r++)
+                    for (int i = 0; i < Dm; i++)
+                        gp[r * Dm + i] = dq[r * 3 * Dm + pt * Dm + i], wp[r * Dm + i] = wdq[r * 3 * Dm + pt * Dm + i];
+                const double ep = rel_l2(gp, wp, N * Dm);
+                tap_ok(ep < 2e-2, "flash attention backward (%s, B %d T %d H %d): %s relative L2 error %.2e < 2e-2",
+                       name, B, T, NH, part[pt], ep);
+            }
+            tap_ok(memcmp(G(gdq2, nq * 4), dq, nq * 4) == 0,
+                   "flash attention backward (%s, B %d T %d H %d): a second run gives the same bits", name, B, T, NH);
         }
         arena_free();
     }
@@ -2041,7 +2083,7 @@ int main(void)
     test_cutlass_kernels();
     test_expert_rows_bf16(bf);
     test_combine_backward_bf16(bf);
-    test_flash_forward_bf16();
+    test_flash_bf16();
     test_expert_ffn_bf16(bf, "");
     if (mk_gg_cutlass_available()) {
         /* the same op on our own grouped kernels (the state is made on first use) */

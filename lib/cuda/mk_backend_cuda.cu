@@ -77,7 +77,7 @@ typedef struct cuda_impl {
     int bf16;             /* GEMM operands rounded to bf16 on tensor cores (fp32 accumulate) */
     int grouped_ok;       /* 1 cublasGemmGroupedBatchedEx works here, 0 unknown, -1 it does not */
     int fused;            /* bf16: our grouped GEMMs, the fused expert FFN and output layer */
-    int flash_wgmma;      /* the attention forward on wgmma (sm_90a), unless MOEKIT_NO_WGMMA=1 */
+    int flash_wgmma;      /* the attention kernels on wgmma (sm_90a), unless MOEKIT_NO_WGMMA=1 */
     cublasHandle_t blas;
     void **gptr;          /* device arrays of A, B, C pointers for grouped GEMMs */
     double *rope_cs;      /* RoPE cos/sin table of (rope_T, rope_hd, rope_theta) */
@@ -1300,7 +1300,8 @@ static int cuda_attention_block_backward(mk_backend *be, mk_real *dres, const mk
                             "attention_block_backward: datty"));
     float *delta = g->datt;
     void *dqkvb = g->datt + mk_flash_attn_lse_floats(B, T, H);
-    MK_CHECK(mk_flash_attn_backward_bf16(g->dqkv, delta, g->datty, a->atty, a->qkv, a->att, B, T, D, H));
+    MK_CHECK(mk_flash_attn_backward_bf16(g->dqkv, delta, g->datty, a->atty, a->qkv, a->att, B, T, D, H,
+                                         im->flash_wgmma));
     MK_CHECK(mk_flash_rope_round(dqkvb, g->dqkv, im->rope_cs, N, T, D, -1.0));
     MK_CHECK(matmul_bf16(im, g->dw_qkv, a->ln1, dqkvb, D, 3 * D, N, 1, 0, 1, 1, "attention_block_backward: dW_qkv"));
     MK_CHECK(matmul_bf16(im, g->dln, dqkvb, wq, N, D, 3 * D, 0, 1, 1, 0, "attention_block_backward: dln"));

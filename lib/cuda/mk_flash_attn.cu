@@ -613,6 +613,220 @@ __global__ static void __launch_bounds__(NT, 3) k_flash_bwd_dq(float *dqkv, cons
     }
 }
 
+/* ------------------------------------------------------------------ the wgmma backward
+ *
+ * The two backward kernels above on warpgroup MMA, in the same loops with the same masks
+ * and statistics: every product reads its tiles from shared memory through descriptors,
+ * and the probability and dS fragments go from the accumulators to the A operand in
+ * registers. A staged tile serves as K-major (its lines along the head dimension) for the
+ * score-like products and as MN-major for the ones that reduce over its rows. Six tiles
+ * and the row statistics take 50 KB of shared memory (opted in past the 48 KB default). */
+#define WG_BWD_SMEM (6 * WG_TILE * 2 + 4 * BC * 4 + 1024)
+
+__device__ __forceinline__ uint64_t kmaj(const bf16 *tile, int kc)
+{
+    return mk_wgmma_desc(tile + kc * 16, 16, 1024);
+}
+
+__device__ __forceinline__ uint64_t mnmaj(const bf16 *tile, int kc)
+{
+    return mk_wgmma_desc(tile + kc * 16 * HD, WG_TILE * 2, 1024);
+}
+
+/* The accumulator of a 64 x 64 product as the A fragments of the next (k over its 64
+ * columns, 16 at a time). */
+__device__ __forceinline__ void frags_of(uint32_t a[BC / 16][4], const float *d)
+{
+#pragma unroll
+    for (int kc = 0; kc < BC / 16; kc++) {
+        a[kc][0] = mk_pack_bf16x2(d[8 * kc], d[8 * kc + 1]);
+        a[kc][1] = mk_pack_bf16x2(d[8 * kc + 2], d[8 * kc + 3]);
+        a[kc][2] = mk_pack_bf16x2(d[8 * kc + 4], d[8 * kc + 5]);
+        a[kc][3] = mk_pack_bf16x2(d[8 * kc + 6], d[8 * kc + 7]);
+    }
+}
+
+__device__ __forceinline__ void zero32(float *d)
+{
+#pragma unroll
+    for (int i = 0; i < 32; i++) d[i] = 0.f;
+}
+
+/* 1024-byte aligned start of the dynamic shared memory. */
+__device__ __forceinline__ bf16 *wg_smem(unsigned char *raw)
+{
+    return (bf16 *)(((uintptr_t)raw + 1023) & ~(uintptr_t)1023);
+}
+
+__global__ static void __launch_bounds__(NT, 3) k_flash_bwd_dkdv_wg(float *dqkv, const bf16 *qkv, const bf16 *dout,
+                                                                  const float *lse, const float *delta, int T,
+                                                                  int D, int H, int nqb, float sl2, float scale)
+{
+#ifdef MK_HAVE_WGMMA
+    extern __shared__ unsigned char wg_raw[];
+    bf16 *sm = wg_smem(wg_raw);
+    bf16 *Kt = sm, *Vt = sm + WG_TILE, *Qs = sm + 2 * WG_TILE, *Os = sm + 4 * WG_TILE; /* Q, dO: two each */
+    float *Ls = (float *)(sm + 6 * WG_TILE), *Dl = Ls + 2 * BC;
+    int kb, bh;
+    block_of(&kb, &bh, nqb, (int)gridDim.x / nqb, 0);
+    const int b = bh / H, h = bh % H;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
+    const size_t ld = 3 * (size_t)D, srow = (size_t)bh * T;
+    const bf16 *qbase = qkv + (size_t)b * T * ld + h * HD;
+    const bf16 *dobase = dout + (size_t)b * T * D + h * HD;
+    const int k0 = kb * BR + warp * 16 + g, k1 = k0 + 8;
+
+    issue_tile_sw(Kt, qbase + D, ld, kb * BR, T);
+    issue_tile_sw(Vt, qbase + 2 * D, ld, kb * BR, T);
+    issue_tile_sw(Qs, qbase, ld, kb * BC, T);
+    issue_tile_sw(Os, dobase, D, kb * BC, T);
+    issue_rowstats(Ls, Dl, lse, delta, srow, kb, T);
+    mk_cp_async_commit();
+    float dk[32], dv[32];
+    zero32(dk);
+    zero32(dv);
+
+    for (int qb = kb; qb < nqb; qb++) {
+        const int cur = (qb - kb) & 1;
+        if (qb + 1 < nqb) {
+            issue_tile_sw(Qs + (cur ^ 1) * WG_TILE, qbase, ld, (qb + 1) * BC, T);
+            issue_tile_sw(Os + (cur ^ 1) * WG_TILE, dobase, D, (qb + 1) * BC, T);
+            issue_rowstats(Ls + (cur ^ 1) * BC, Dl + (cur ^ 1) * BC, lse, delta, srow, qb + 1, T);
+        }
+        mk_cp_async_commit();
+        mk_cp_async_wait<1>();
+        mk_fence_proxy_async();
+        __syncthreads();
+        const bf16 *Q = Qs + cur * WG_TILE, *dO = Os + cur * WG_TILE;
+        const float2 *sl = (const float2 *)(Ls + cur * BC) + q, *sd = (const float2 *)(Dl + cur * BC) + q;
+        float p[32], ds[32];
+        zero32(p);
+        zero32(ds);
+        mk_wgmma_fence();
+#pragma unroll
+        for (int kc = 0; kc < HD / 16; kc++) mk_wgmma_m64n64k16_ss(p, kmaj(Kt, kc), kmaj(Q, kc)); /* S^T = K Q^T */
+#pragma unroll
+        for (int kc = 0; kc < HD / 16; kc++) mk_wgmma_m64n64k16_ss(ds, kmaj(Vt, kc), kmaj(dO, kc)); /* dP^T = V dO^T */
+        mk_wgmma_commit();
+        mk_wgmma_wait<0>();
+#pragma unroll
+        for (int j = 0; j < BC / 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int qt = qb * BC + 8 * j + 2 * q + (e & 1), key = e < 2 ? k0 : k1;
+                const int masked = (qb == kb && key > qt) || qt >= T || key >= T;
+                const float2 l = sl[4 * j], d = sd[4 * j];
+                const float pv = masked ? 0.f : exp2f(p[4 * j + e] * sl2 - ((e & 1) ? l.y : l.x));
+                p[4 * j + e] = pv;
+                ds[4 * j + e] = pv * (ds[4 * j + e] - ((e & 1) ? d.y : d.x));
+            }
+        uint32_t pa[BC / 16][4], sa[BC / 16][4];
+        frags_of(pa, p);
+        frags_of(sa, ds);
+        mk_wgmma_fence();
+#pragma unroll
+        for (int kc = 0; kc < BC / 16; kc++) mk_wgmma_m64n64k16_rs_tb(dv, pa[kc], mnmaj(dO, kc)); /* dV += P^T dO */
+#pragma unroll
+        for (int kc = 0; kc < BC / 16; kc++) mk_wgmma_m64n64k16_rs_tb(dk, sa[kc], mnmaj(Q, kc)); /* dK += dS^T Q */
+        mk_wgmma_commit();
+        mk_wgmma_wait<0>();
+        __syncthreads();
+    }
+#pragma unroll
+    for (int dj = 0; dj < HD / 8; dj++) {
+        const int c = 8 * dj + 2 * q;
+        if (k0 < T) {
+            float *row = dqkv + ((size_t)b * T + k0) * ld + h * HD + c;
+            *(float2 *)(row + D) = make_float2(dk[4 * dj] * scale, dk[4 * dj + 1] * scale);
+            *(float2 *)(row + 2 * D) = make_float2(dv[4 * dj], dv[4 * dj + 1]);
+        }
+        if (k1 < T) {
+            float *row = dqkv + ((size_t)b * T + k1) * ld + h * HD + c;
+            *(float2 *)(row + D) = make_float2(dk[4 * dj + 2] * scale, dk[4 * dj + 3] * scale);
+            *(float2 *)(row + 2 * D) = make_float2(dv[4 * dj + 2], dv[4 * dj + 3]);
+        }
+    }
+#endif
+}
+
+__global__ static void __launch_bounds__(NT, 3) k_flash_bwd_dq_wg(float *dqkv, const bf16 *qkv, const bf16 *dout,
+                                                                const float *lse, const float *delta, int T, int D,
+                                                                int H, int nqb, float sl2, float scale)
+{
+#ifdef MK_HAVE_WGMMA
+    extern __shared__ unsigned char wg_raw[];
+    bf16 *sm = wg_smem(wg_raw);
+    bf16 *Qt = sm, *Ot = sm + WG_TILE, *Ks = sm + 2 * WG_TILE, *Vs = sm + 4 * WG_TILE; /* K, V: two each */
+    int qb, bh;
+    block_of(&qb, &bh, nqb, (int)gridDim.x / nqb, 1);
+    const int b = bh / H, h = bh % H;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
+    const size_t ld = 3 * (size_t)D, srow = (size_t)bh * T;
+    const bf16 *qbase = qkv + (size_t)b * T * ld + h * HD;
+    const bf16 *dobase = dout + (size_t)b * T * D + h * HD;
+    const int r0 = qb * BR + warp * 16 + g, r1 = r0 + 8;
+
+    issue_tile_sw(Qt, qbase, ld, qb * BR, T);
+    issue_tile_sw(Ot, dobase, D, qb * BR, T);
+    issue_tile_sw(Ks, qbase + D, ld, 0, T);
+    issue_tile_sw(Vs, qbase + 2 * D, ld, 0, T);
+    mk_cp_async_commit();
+    const float lse0 = r0 < T ? lse[srow + r0] : 0.f, lse1 = r1 < T ? lse[srow + r1] : 0.f;
+    const float d0 = r0 < T ? delta[srow + r0] : 0.f, d1 = r1 < T ? delta[srow + r1] : 0.f;
+    float dq[32];
+    zero32(dq);
+
+    for (int kb = 0; kb <= qb; kb++) {
+        const bf16 *K = Ks + (kb & 1) * WG_TILE, *V = Vs + (kb & 1) * WG_TILE;
+        if (kb < qb) {
+            issue_tile_sw(Ks + ((kb + 1) & 1) * WG_TILE, qbase + D, ld, (kb + 1) * BC, T);
+            issue_tile_sw(Vs + ((kb + 1) & 1) * WG_TILE, qbase + 2 * D, ld, (kb + 1) * BC, T);
+        }
+        mk_cp_async_commit();
+        mk_cp_async_wait<1>();
+        mk_fence_proxy_async();
+        __syncthreads();
+        float p[32], ds[32];
+        zero32(p);
+        zero32(ds);
+        mk_wgmma_fence();
+#pragma unroll
+        for (int kc = 0; kc < HD / 16; kc++) mk_wgmma_m64n64k16_ss(p, kmaj(Qt, kc), kmaj(K, kc)); /* S = Q K^T */
+#pragma unroll
+        for (int kc = 0; kc < HD / 16; kc++) mk_wgmma_m64n64k16_ss(ds, kmaj(Ot, kc), kmaj(V, kc)); /* dP = dO V^T */
+        mk_wgmma_commit();
+        mk_wgmma_wait<0>();
+#pragma unroll
+        for (int j = 0; j < BC / 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int key = kb * BC + 8 * j + 2 * q + (e & 1), row = e < 2 ? r0 : r1;
+                const int masked = (kb == qb && (key > row || key >= T)) || row >= T;
+                const float pv = masked ? 0.f : exp2f(p[4 * j + e] * sl2 - (e < 2 ? lse0 : lse1));
+                ds[4 * j + e] = pv * (ds[4 * j + e] - (e < 2 ? d0 : d1));
+            }
+        uint32_t sa[BC / 16][4];
+        frags_of(sa, ds);
+        mk_wgmma_fence();
+#pragma unroll
+        for (int kc = 0; kc < BC / 16; kc++) mk_wgmma_m64n64k16_rs_tb(dq, sa[kc], mnmaj(K, kc)); /* dQ += dS K */
+        mk_wgmma_commit();
+        mk_wgmma_wait<0>();
+        __syncthreads();
+    }
+#pragma unroll
+    for (int dj = 0; dj < HD / 8; dj++) {
+        const int c = 8 * dj + 2 * q;
+        if (r0 < T)
+            *(float2 *)(dqkv + ((size_t)b * T + r0) * ld + h * HD + c) =
+                make_float2(dq[4 * dj] * scale, dq[4 * dj + 1] * scale);
+        if (r1 < T)
+            *(float2 *)(dqkv + ((size_t)b * T + r1) * ld + h * HD + c) =
+                make_float2(dq[4 * dj + 2] * scale, dq[4 * dj + 3] * scale);
+    }
+#endif
+}
+
 /* qkv rounded to bf16 with q and k rotated by RoPE first (the rope op then the rounding,
  * in one pass; sign -1: the inverse rotation, for dqkv): one block per token, four columns
  * per thread. */
@@ -653,6 +867,13 @@ __global__ static void k_rope_bf16_inplace(uint2 *qkv, const double *cs, int T, 
         row[j] = make_uint2(*(const uint32_t *)&ra, *(const uint32_t *)&rb);
     }
 }
+
+#define FA_CUDA(call, what)                                                                \
+    do {                                                                                   \
+        cudaError_t e_ = (call);                                                           \
+        if (e_ != cudaSuccess)                                                             \
+            return MK_FAIL(MK_ERR_INTERNAL, "cuda: %s: %s", (what), cudaGetErrorString(e_)); \
+    } while (0)
 
 #define FA_CHECK(what)                                                                     \
     do {                                                                                   \
@@ -766,7 +987,8 @@ extern "C" int mk_flash_attn_forward_bf16(void *out, float *lse, void *qkv, cons
 }
 
 extern "C" int mk_flash_attn_backward_bf16(float *dqkv, float *delta, const void *dout, const void *out,
-                                           const void *qkv, const float *lse, int B, int T, int D, int H)
+                                           const void *qkv, const float *lse, int B, int T, int D, int H,
+                                           int wgmma)
 {
     if (B <= 0 || T <= 0) return MK_OK;
     MK_CHECK(check_aligned("flash attention backward (bf16)", dqkv, delta, dout, qkv));
@@ -779,6 +1001,19 @@ extern "C" int mk_flash_attn_backward_bf16(float *dqkv, float *delta, const void
     FA_CHECK("flash attention backward (bf16 row sums)");
     const int nqb = (T + BR - 1) / BR;
     const unsigned blocks = (unsigned)nqb * B * H;
+    if (wgmma) {
+        FA_CUDA(cudaFuncSetAttribute(k_flash_bwd_dkdv_wg, cudaFuncAttributeMaxDynamicSharedMemorySize, WG_BWD_SMEM),
+                "flash attention backward (wgmma): shared memory");
+        FA_CUDA(cudaFuncSetAttribute(k_flash_bwd_dq_wg, cudaFuncAttributeMaxDynamicSharedMemorySize, WG_BWD_SMEM),
+                "flash attention backward (wgmma): shared memory");
+        k_flash_bwd_dkdv_wg<<<blocks, NT, WG_BWD_SMEM>>>(dqkv, (const bf16 *)qkv, (const bf16 *)dout, lse, delta, T,
+                                                        D, H, nqb, sl2, (float)scale);
+        FA_CHECK("flash attention backward (bf16, wgmma: dK, dV)");
+        k_flash_bwd_dq_wg<<<blocks, NT, WG_BWD_SMEM>>>(dqkv, (const bf16 *)qkv, (const bf16 *)dout, lse, delta, T, D,
+                                                      H, nqb, sl2, (float)scale);
+        FA_CHECK("flash attention backward (bf16, wgmma: dQ)");
+        return MK_OK;
+    }
     k_flash_bwd_dkdv<<<blocks, NT>>>(dqkv, (const bf16 *)qkv, (const bf16 *)dout, lse, delta, T, D, H, nqb, sl2,
                                      (float)scale);
     FA_CHECK("flash attention backward (bf16: dK, dV)");

@@ -89,7 +89,8 @@ static int c_dw1(const bufs *g) { return mk_gg_cutlass_wgrad(g->cl, g->dw, g->xb
 static int j_att_f(const bufs *g) { return mk_flash_attn_forward(g->out, g->state, g->qkv, NULL, B, T, DM, H); }
 static int j_att_f16(const bufs *g) { return mk_flash_attn_forward_bf16(g->outb, g->state, g->qkvb, NULL, B, T, DM, H, 0); }
 static int j_att_f16w(const bufs *g) { return mk_flash_attn_forward_bf16(g->outb, g->state, g->qkvb, NULL, B, T, DM, H, 1); }
-static int j_att_b16(const bufs *g) { return mk_flash_attn_backward_bf16(g->dqkv, g->work, g->outb, g->outb, g->qkvb, g->state, B, T, DM, H); }
+static int j_att_b16(const bufs *g) { return mk_flash_attn_backward_bf16(g->dqkv, g->work, g->outb, g->outb, g->qkvb, g->state, B, T, DM, H, 0); }
+static int j_att_b16w(const bufs *g) { return mk_flash_attn_backward_bf16(g->dqkv, g->work, g->outb, g->outb, g->qkvb, g->state, B, T, DM, H, 1); }
 static int j_att_b(const bufs *g) { return mk_flash_attn_backward(g->dqkv, g->work, g->dout, g->qkv, g->state, B, T, DM, H); }
 
 static void run(const job *j, const bufs *g)
@@ -176,8 +177,9 @@ int main(int argc, char **argv)
         {"attention forward (16 x 1024, 12 heads)", att, j_att_f},
         {"attention backward", 2.5 * att, j_att_b},
         {"attention forward, bf16 block path, mma.sync", att, j_att_f16},
-        {"attention backward, bf16 block path", 2.5 * att, j_att_b16},
+        {"attention backward, bf16 block path, mma.sync", 2.5 * att, j_att_b16},
         {"attention forward, bf16 block path, wgmma", att, j_att_f16w},
+        {"attention backward, bf16 block path, wgmma", 2.5 * att, j_att_b16w},
     };
     printf("kernel_bench: %s routing, %d rows over %d experts\n", skew ? "skewed (one expert 1/4)" : "uniform", R, E);
     const int wg = mk_grouped_gemm_wgmma_available();
@@ -206,6 +208,6 @@ int main(int argc, char **argv)
     }
     unsetenv("MOEKIT_GG_SCHED");
     run(&jobs[0], g);
-    for (size_t i = 7; i < sizeof jobs / sizeof jobs[0] - 1 + (size_t)wg; i++) run(&jobs[i], g);
+    for (size_t i = 7; i < sizeof jobs / sizeof jobs[0] - 2 * (size_t)!wg; i++) run(&jobs[i], g);
     return 0;
 }
