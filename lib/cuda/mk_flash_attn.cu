@@ -702,23 +702,31 @@ __global__ static void __launch_bounds__(NT, 3) k_flash_bwd_dkdv_wg(float *dqkv,
         float p[32], ds[32];
         zero32(p);
         zero32(ds);
+        /* P is made while dP^T is multiplied. */
         mk_wgmma_fence();
 #pragma unroll
         for (int kc = 0; kc < HD / 16; kc++) mk_wgmma_m64n64k16_ss(p, kmaj(Kt, kc), kmaj(Q, kc)); /* S^T = K Q^T */
+        mk_wgmma_commit();
 #pragma unroll
         for (int kc = 0; kc < HD / 16; kc++) mk_wgmma_m64n64k16_ss(ds, kmaj(Vt, kc), kmaj(dO, kc)); /* dP^T = V dO^T */
         mk_wgmma_commit();
-        mk_wgmma_wait<0>();
+        mk_wgmma_wait<1>();
 #pragma unroll
         for (int j = 0; j < BC / 8; j++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 const int qt = qb * BC + 8 * j + 2 * q + (e & 1), key = e < 2 ? k0 : k1;
                 const int masked = (qb == kb && key > qt) || qt >= T || key >= T;
-                const float2 l = sl[4 * j], d = sd[4 * j];
-                const float pv = masked ? 0.f : exp2f(p[4 * j + e] * sl2 - ((e & 1) ? l.y : l.x));
-                p[4 * j + e] = pv;
-                ds[4 * j + e] = pv * (ds[4 * j + e] - ((e & 1) ? d.y : d.x));
+                const float2 l = sl[4 * j];
+                p[4 * j + e] = masked ? 0.f : exp2f(p[4 * j + e] * sl2 - ((e & 1) ? l.y : l.x));
+            }
+        mk_wgmma_wait<0>();
+#pragma unroll
+        for (int j = 0; j < BC / 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const float2 d = sd[4 * j];
+                ds[4 * j + e] = p[4 * j + e] * (ds[4 * j + e] - ((e & 1) ? d.y : d.x));
             }
         uint32_t pa[BC / 16][4], sa[BC / 16][4];
         frags_of(pa, p);
@@ -789,22 +797,28 @@ __global__ static void __launch_bounds__(NT, 3) k_flash_bwd_dq_wg(float *dqkv, c
         float p[32], ds[32];
         zero32(p);
         zero32(ds);
+        /* P is made while dP is multiplied. */
         mk_wgmma_fence();
 #pragma unroll
         for (int kc = 0; kc < HD / 16; kc++) mk_wgmma_m64n64k16_ss(p, kmaj(Qt, kc), kmaj(K, kc)); /* S = Q K^T */
+        mk_wgmma_commit();
 #pragma unroll
         for (int kc = 0; kc < HD / 16; kc++) mk_wgmma_m64n64k16_ss(ds, kmaj(Ot, kc), kmaj(V, kc)); /* dP = dO V^T */
         mk_wgmma_commit();
-        mk_wgmma_wait<0>();
+        mk_wgmma_wait<1>();
 #pragma unroll
         for (int j = 0; j < BC / 8; j++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 const int key = kb * BC + 8 * j + 2 * q + (e & 1), row = e < 2 ? r0 : r1;
                 const int masked = (kb == qb && (key > row || key >= T)) || row >= T;
-                const float pv = masked ? 0.f : exp2f(p[4 * j + e] * sl2 - (e < 2 ? lse0 : lse1));
-                ds[4 * j + e] = pv * (ds[4 * j + e] - (e < 2 ? d0 : d1));
+                p[4 * j + e] = masked ? 0.f : exp2f(p[4 * j + e] * sl2 - (e < 2 ? lse0 : lse1));
             }
+        mk_wgmma_wait<0>();
+#pragma unroll
+        for (int j = 0; j < BC / 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) ds[4 * j + e] = p[4 * j + e] * (ds[4 * j + e] - (e < 2 ? d0 : d1));
         uint32_t sa[BC / 16][4];
         frags_of(sa, ds);
         mk_wgmma_fence();
