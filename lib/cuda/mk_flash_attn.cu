@@ -658,17 +658,18 @@ __device__ __forceinline__ bf16 *wg_smem(unsigned char *raw)
     return (bf16 *)(((uintptr_t)raw + 1023) & ~(uintptr_t)1023);
 }
 
-__global__ static void __launch_bounds__(NT, 3) k_flash_bwd_dkdv_wg(float *dqkv, const bf16 *qkv, const bf16 *dout,
-                                                                  const float *lse, const float *delta, int T,
-                                                                  int D, int H, int nqb, float sl2, float scale)
+/* The dK/dV blocks and the dQ blocks run in one launch (k_flash_bwd_wg below): blk is the
+ * block's index among its kind's nblk. */
+__device__ __forceinline__ void flash_bwd_dkdv_wg(int blk, int nblk, float *dqkv, const bf16 *qkv, const bf16 *dout,
+                                                  const float *lse, const float *delta, int T, int D, int H, int nqb,
+                                                  float sl2, float scale)
 {
 #ifdef MK_HAVE_WGMMA
     extern __shared__ unsigned char wg_raw[];
     bf16 *sm = wg_smem(wg_raw);
     bf16 *Kt = sm, *Vt = sm + WG_TILE, *Qs = sm + 2 * WG_TILE, *Os = sm + 4 * WG_TILE; /* Q, dO: two each */
     float *Ls = (float *)(sm + 6 * WG_TILE), *Dl = Ls + 2 * BC;
-    int kb, bh;
-    block_of(&kb, &bh, nqb, (int)gridDim.x / nqb, 0);
+    const int BH = nblk / nqb, kb = blk / BH, bh = blk % BH; /* key blocks from the first */
     const int b = bh / H, h = bh % H;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
     const size_t ld = 3 * (size_t)D, srow = (size_t)bh * T;
@@ -757,16 +758,15 @@ __global__ static void __launch_bounds__(NT, 3) k_flash_bwd_dkdv_wg(float *dqkv,
 #endif
 }
 
-__global__ static void __launch_bounds__(NT, 3) k_flash_bwd_dq_wg(float *dqkv, const bf16 *qkv, const bf16 *dout,
-                                                                const float *lse, const float *delta, int T, int D,
-                                                                int H, int nqb, float sl2, float scale)
+__device__ __forceinline__ void flash_bwd_dq_wg(int blk, int nblk, float *dqkv, const bf16 *qkv, const bf16 *dout,
+                                                const float *lse, const float *delta, int T, int D, int H, int nqb,
+                                                float sl2, float scale)
 {
 #ifdef MK_HAVE_WGMMA
     extern __shared__ unsigned char wg_raw[];
     bf16 *sm = wg_smem(wg_raw);
     bf16 *Qt = sm, *Ot = sm + WG_TILE, *Ks = sm + 2 * WG_TILE, *Vs = sm + 4 * WG_TILE; /* K, V: two each */
-    int qb, bh;
-    block_of(&qb, &bh, nqb, (int)gridDim.x / nqb, 1);
+    const int BH = nblk / nqb, qb = nqb - 1 - blk / BH, bh = blk % BH; /* query blocks from the last */
     const int b = bh / H, h = bh % H;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
     const size_t ld = 3 * (size_t)D, srow = (size_t)bh * T;
@@ -839,6 +839,20 @@ __global__ static void __launch_bounds__(NT, 3) k_flash_bwd_dq_wg(float *dqkv, c
                 make_float2(dq[4 * dj + 2] * scale, dq[4 * dj + 3] * scale);
     }
 #endif
+}
+
+/* Both backward kernels in one launch, alternating: block 2i is the i-th dK/dV block and
+ * block 2i + 1 the i-th dQ block, so the longest loops of both kinds start first and
+ * neither kind's last wave waits for the other's. nblk blocks of each kind. */
+__global__ static void __launch_bounds__(NT, 3) k_flash_bwd_wg(float *dqkv, const bf16 *qkv, const bf16 *dout,
+                                                             const float *lse, const float *delta, int T, int D,
+                                                             int H, int nqb, int nblk, float sl2, float scale)
+{
+    const int i = (int)blockIdx.x / 2;
+    if (blockIdx.x & 1)
+        flash_bwd_dq_wg(i, nblk, dqkv, qkv, dout, lse, delta, T, D, H, nqb, sl2, scale);
+    else
+        flash_bwd_dkdv_wg(i, nblk, dqkv, qkv, dout, lse, delta, T, D, H, nqb, sl2, scale);
 }
 
 /* qkv rounded to bf16 with q and k rotated by RoPE first (the rope op then the rounding,
@@ -1016,16 +1030,11 @@ extern "C" int mk_flash_attn_backward_bf16(float *dqkv, float *delta, const void
     const int nqb = (T + BR - 1) / BR;
     const unsigned blocks = (unsigned)nqb * B * H;
     if (wgmma) {
-        FA_CUDA(cudaFuncSetAttribute(k_flash_bwd_dkdv_wg, cudaFuncAttributeMaxDynamicSharedMemorySize, WG_BWD_SMEM),
+        FA_CUDA(cudaFuncSetAttribute(k_flash_bwd_wg, cudaFuncAttributeMaxDynamicSharedMemorySize, WG_BWD_SMEM),
                 "flash attention backward (wgmma): shared memory");
-        FA_CUDA(cudaFuncSetAttribute(k_flash_bwd_dq_wg, cudaFuncAttributeMaxDynamicSharedMemorySize, WG_BWD_SMEM),
-                "flash attention backward (wgmma): shared memory");
-        k_flash_bwd_dkdv_wg<<<blocks, NT, WG_BWD_SMEM>>>(dqkv, (const bf16 *)qkv, (const bf16 *)dout, lse, delta, T,
-                                                        D, H, nqb, sl2, (float)scale);
-        FA_CHECK("flash attention backward (bf16, wgmma: dK, dV)");
-        k_flash_bwd_dq_wg<<<blocks, NT, WG_BWD_SMEM>>>(dqkv, (const bf16 *)qkv, (const bf16 *)dout, lse, delta, T, D,
-                                                      H, nqb, sl2, (float)scale);
-        FA_CHECK("flash attention backward (bf16, wgmma: dQ)");
+        k_flash_bwd_wg<<<2 * blocks, NT, WG_BWD_SMEM>>>(dqkv, (const bf16 *)qkv, (const bf16 *)dout, lse, delta, T, D,
+                                                       H, nqb, (int)blocks, sl2, (float)scale);
+        FA_CHECK("flash attention backward (bf16, wgmma)");
         return MK_OK;
     }
     k_flash_bwd_dkdv<<<blocks, NT>>>(dqkv, (const bf16 *)qkv, (const bf16 *)dout, lse, delta, T, D, H, nqb, sl2,
