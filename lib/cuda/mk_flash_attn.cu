@@ -33,6 +33,7 @@ extern "C" {
 #include "mk_error.h"
 }
 #include "mk_bf16.h"
+#include "mk_cuda_check.h"
 #include "mk_flash_attn.h"
 #include "mk_mma.h"
 #include "mk_wgmma.h"
@@ -152,91 +153,71 @@ __device__ __forceinline__ void block_of(int *rb, int *bh, int nrb, int BH, int 
     *rb = desc ? nrb - 1 - i : i;
 }
 
-/* Forward: 1-D grid of (query blocks x B*H). sl2 = scale * log2(e): the softmax runs in
- * base 2, and lse is kept in that unit. */
-template <bool BF16_OUT>
-__global__ static void __launch_bounds__(NT) k_flash_fwd(float *out, bf16 *outb, float *lse, float *ostore,
-                                                         const bf16 *qkv, int T, int D, int H,
-                                                         int nqb, float sl2)
+/* The running statistics of the forward's online softmax for this lane's two rows (r0 and
+ * r1 = r0 + 8 of its warp's 16): max and partial sum, in base 2. */
+typedef struct softmax_rows {
+    float m0, m1, l0, l1;
+} softmax_rows;
+
+/* One key block kb of the forward's online softmax, on the score accumulator s (the m16n8
+ * layout of mma.sync, which wgmma's 64-row accumulators repeat per warp): the diagonal
+ * block (kb == qb; also the one that can run past T) masked, s turned into unnormalised
+ * probabilities, o rescaled, the statistics updated. */
+__device__ __forceinline__ void softmax_block(float s[BC / 8][4], float o[HD / 8][4], softmax_rows *st, int kb,
+                                              int qb, int r0, int r1, int q, int T, float sl2)
 {
-    __shared__ __align__(16) bf16 Ks[2][TILE];
-    __shared__ __align__(16) bf16 Vs[2][TILE];
-    int qb, bh;
-    block_of(&qb, &bh, nqb, (int)gridDim.x / nqb, 1);
-    const int b = bh / H, h = bh % H;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
-    const size_t ld = 3 * (size_t)D;
-    const bf16 *base = qkv + (size_t)b * T * ld + h * HD;
-    const int r0 = qb * BR + warp * 16 + g, r1 = r0 + 8;
-
-    issue_tile(Ks[0], base + D, ld, 0, T);
-    issue_tile(Vs[0], base + 2 * D, ld, 0, T);
-    mk_cp_async_commit();
-    uint32_t qa[HD / 16][4];
-    load_a_rows(qa, base, ld, r0, T, q);
-    float o[HD / 8][4];
-    zero_acc(o);
-    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
-
-    /* BR == BC: the keys of blocks before qb are all at or before every row of this block,
-     * so only the diagonal block (which is also the one that can run past T) is masked. */
-    for (int kb = 0; kb <= qb; kb++) {
-        if (kb < qb) {
-            issue_tile(Ks[(kb + 1) & 1], base + D, ld, (kb + 1) * BC, T);
-            issue_tile(Vs[(kb + 1) & 1], base + 2 * D, ld, (kb + 1) * BC, T);
-        }
-        mk_cp_async_commit();
-        mk_cp_async_wait<1>();
-        __syncthreads();
-        float s[BC / 8][4];
-        zero_acc(s);
-        mma_rows_by_tile(s, qa, Ks[kb & 1], lane);
-        float mx0 = -INFINITY, mx1 = -INFINITY;
+    float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
-        for (int j = 0; j < BC / 8; j++)
+    for (int j = 0; j < BC / 8; j++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                float v = s[j][e] * sl2;
-                if (kb == qb) {
-                    const int key = kb * BC + 8 * j + 2 * q + (e & 1), row = e < 2 ? r0 : r1;
-                    if (key > row || key >= T) v = -INFINITY;
-                }
-                s[j][e] = v;
-                if (e < 2) mx0 = fmaxf(mx0, v);
-                else mx1 = fmaxf(mx1, v);
+        for (int e = 0; e < 4; e++) {
+            float v = s[j][e] * sl2;
+            if (kb == qb) {
+                const int key = kb * BC + 8 * j + 2 * q + (e & 1), row = e < 2 ? r0 : r1;
+                if (key > row || key >= T) v = -INFINITY;
             }
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-        /* Key 0 is in every row's first block, so the maxima are finite from there on. */
-        const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-        const float al0 = exp2f(m0 - mn0), al1 = exp2f(m1 - mn1);
-        m0 = mn0, m1 = mn1;
-        float ps0 = 0.f, ps1 = 0.f;
-#pragma unroll
-        for (int j = 0; j < BC / 8; j++) {
-            s[j][0] = exp2f(s[j][0] - m0), s[j][1] = exp2f(s[j][1] - m0);
-            s[j][2] = exp2f(s[j][2] - m1), s[j][3] = exp2f(s[j][3] - m1);
-            ps0 += s[j][0] + s[j][1];
-            ps1 += s[j][2] + s[j][3];
+            s[j][e] = v;
+            if (e < 2) mx0 = fmaxf(mx0, v);
+            else mx1 = fmaxf(mx1, v);
         }
-        /* Each lane keeps its partial row sum; the 4 lanes of a row share al0/al1, so the
-         * partials are combined once after the loop. */
-        l0 = l0 * al0 + ps0, l1 = l1 * al1 + ps1;
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+    /* Key 0 is in every row's first block, so the maxima are finite from there on. */
+    const float mn0 = fmaxf(st->m0, mx0), mn1 = fmaxf(st->m1, mx1);
+    const float al0 = exp2f(st->m0 - mn0), al1 = exp2f(st->m1 - mn1);
+    st->m0 = mn0, st->m1 = mn1;
+    float ps0 = 0.f, ps1 = 0.f;
 #pragma unroll
-        for (int dj = 0; dj < HD / 8; dj++) {
-            o[dj][0] *= al0, o[dj][1] *= al0;
-            o[dj][2] *= al1, o[dj][3] *= al1;
-        }
-        mma_frags_by_tile(o, s, Vs[kb & 1], lane);
-        __syncthreads(); /* every warp is done with this buffer before it is refilled */
+    for (int j = 0; j < BC / 8; j++) {
+        s[j][0] = exp2f(s[j][0] - mn0), s[j][1] = exp2f(s[j][1] - mn0);
+        s[j][2] = exp2f(s[j][2] - mn1), s[j][3] = exp2f(s[j][3] - mn1);
+        ps0 += s[j][0] + s[j][1];
+        ps1 += s[j][2] + s[j][3];
     }
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    const float i0 = 1.f / l0, i1 = 1.f / l1;
+    /* Each lane keeps its partial row sum; the 4 lanes of a row share al0/al1, so the
+     * partials are combined once after the loop. */
+    st->l0 = st->l0 * al0 + ps0, st->l1 = st->l1 * al1 + ps1;
+#pragma unroll
+    for (int dj = 0; dj < HD / 8; dj++) {
+        o[dj][0] *= al0, o[dj][1] *= al0;
+        o[dj][2] *= al1, o[dj][3] *= al1;
+    }
+}
+
+/* The forward's output rows r0 and r1 (bf16 to outb, or fp32 to out with the per-head copy
+ * in ostore) and their log-sum-exp, from o and the statistics after the last block. */
+template <bool BF16_OUT>
+__device__ __forceinline__ void softmax_store(const float o[HD / 8][4], softmax_rows st, float *out, bf16 *outb,
+                                              float *lse, float *ostore, int b, int h, int bh, int r0, int r1,
+                                              int q, int T, int D)
+{
+    st.l0 += __shfl_xor_sync(0xffffffffu, st.l0, 1);
+    st.l0 += __shfl_xor_sync(0xffffffffu, st.l0, 2);
+    st.l1 += __shfl_xor_sync(0xffffffffu, st.l1, 1);
+    st.l1 += __shfl_xor_sync(0xffffffffu, st.l1, 2);
+    const float i0 = 1.f / st.l0, i1 = 1.f / st.l1;
     const size_t srow = (size_t)bh * T;
 #pragma unroll
     for (int dj = 0; dj < HD / 8; dj++) {
@@ -261,9 +242,146 @@ __global__ static void __launch_bounds__(NT) k_flash_fwd(float *out, bf16 *outb,
         }
     }
     if (q == 0) {
-        if (r0 < T) lse[srow + r0] = m0 + log2f(l0);
-        if (r1 < T) lse[srow + r1] = m1 + log2f(l1);
+        if (r0 < T) lse[srow + r0] = st.m0 + log2f(st.l0);
+        if (r1 < T) lse[srow + r1] = st.m1 + log2f(st.l1);
     }
+}
+
+/* dK/dV pass, query block qb against key block kb: p (S^T: rows are this lane's keys k0
+ * and k1, columns queries) becomes P^T, with the queries' lse from sl (float2 pairs, this
+ * lane's first); masked entries 0. */
+__device__ __forceinline__ void kv_probs(float p[BC / 8][4], const float2 *sl, int qb, int kb, int k0, int k1, int q,
+                                         int T, float sl2)
+{
+#pragma unroll
+    for (int j = 0; j < BC / 8; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int qt = qb * BC + 8 * j + 2 * q + (e & 1), key = e < 2 ? k0 : k1;
+            const int masked = (qb == kb && key > qt) || qt >= T || key >= T;
+            const float2 l = sl[4 * j];
+            p[j][e] = masked ? 0.f : exp2f(p[j][e] * sl2 - ((e & 1) ? l.y : l.x));
+        }
+}
+
+/* dS^T = P^T (dP^T - delta) over the columns' (queries') delta in sd, in place of dP^T. */
+__device__ __forceinline__ void kv_dscores(float ds[BC / 8][4], const float p[BC / 8][4], const float2 *sd)
+{
+#pragma unroll
+    for (int j = 0; j < BC / 8; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const float2 d = sd[4 * j];
+            ds[j][e] = p[j][e] * (ds[j][e] - ((e & 1) ? d.y : d.x));
+        }
+}
+
+/* dQ pass, key block kb against query block qb: p (S, rows r0 and r1) becomes P with the
+ * rows' lse; masked entries 0. */
+__device__ __forceinline__ void q_probs(float p[BC / 8][4], int kb, int qb, int r0, int r1, int q, int T, float sl2,
+                                        float lse0, float lse1)
+{
+#pragma unroll
+    for (int j = 0; j < BC / 8; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int key = kb * BC + 8 * j + 2 * q + (e & 1), row = e < 2 ? r0 : r1;
+            const int masked = (kb == qb && (key > row || key >= T)) || row >= T;
+            p[j][e] = masked ? 0.f : exp2f(p[j][e] * sl2 - (e < 2 ? lse0 : lse1));
+        }
+}
+
+/* dS = P (dP - delta) with the rows' delta, in place of dP. */
+__device__ __forceinline__ void q_dscores(float ds[BC / 8][4], const float p[BC / 8][4], float d0, float d1)
+{
+#pragma unroll
+    for (int j = 0; j < BC / 8; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) ds[j][e] = p[j][e] * (ds[j][e] - (e < 2 ? d0 : d1));
+}
+
+/* dK (times scale) and dV of keys k0 and k1 into dqkv. */
+__device__ __forceinline__ void store_dkdv(float *dqkv, const float dk[HD / 8][4], const float dv[HD / 8][4], int b,
+                                           int h, int k0, int k1, int q, int T, int D, float scale)
+{
+    const size_t ld = 3 * (size_t)D;
+#pragma unroll
+    for (int dj = 0; dj < HD / 8; dj++) {
+        const int c = 8 * dj + 2 * q;
+        if (k0 < T) {
+            float *row = dqkv + ((size_t)b * T + k0) * ld + h * HD + c;
+            *(float2 *)(row + D) = make_float2(dk[dj][0] * scale, dk[dj][1] * scale);
+            *(float2 *)(row + 2 * D) = make_float2(dv[dj][0], dv[dj][1]);
+        }
+        if (k1 < T) {
+            float *row = dqkv + ((size_t)b * T + k1) * ld + h * HD + c;
+            *(float2 *)(row + D) = make_float2(dk[dj][2] * scale, dk[dj][3] * scale);
+            *(float2 *)(row + 2 * D) = make_float2(dv[dj][2], dv[dj][3]);
+        }
+    }
+}
+
+/* dQ (times scale) of queries r0 and r1 into dqkv. */
+__device__ __forceinline__ void store_dq(float *dqkv, const float dq[HD / 8][4], int b, int h, int r0, int r1, int q,
+                                         int T, int D, float scale)
+{
+    const size_t ld = 3 * (size_t)D;
+#pragma unroll
+    for (int dj = 0; dj < HD / 8; dj++) {
+        const int c = 8 * dj + 2 * q;
+        if (r0 < T)
+            *(float2 *)(dqkv + ((size_t)b * T + r0) * ld + h * HD + c) =
+                make_float2(dq[dj][0] * scale, dq[dj][1] * scale);
+        if (r1 < T)
+            *(float2 *)(dqkv + ((size_t)b * T + r1) * ld + h * HD + c) =
+                make_float2(dq[dj][2] * scale, dq[dj][3] * scale);
+    }
+}
+
+/* Forward: 1-D grid of (query blocks x B*H). sl2 = scale * log2(e): the softmax runs in
+ * base 2, and lse is kept in that unit. */
+template <bool BF16_OUT>
+__global__ static void __launch_bounds__(NT) k_flash_fwd(float *out, bf16 *outb, float *lse, float *ostore,
+                                                         const bf16 *qkv, int T, int D, int H,
+                                                         int nqb, float sl2)
+{
+    __shared__ __align__(16) bf16 Ks[2][TILE];
+    __shared__ __align__(16) bf16 Vs[2][TILE];
+    int qb, bh;
+    block_of(&qb, &bh, nqb, (int)gridDim.x / nqb, 1);
+    const int b = bh / H, h = bh % H;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
+    const size_t ld = 3 * (size_t)D;
+    const bf16 *base = qkv + (size_t)b * T * ld + h * HD;
+    const int r0 = qb * BR + warp * 16 + g, r1 = r0 + 8;
+
+    issue_tile(Ks[0], base + D, ld, 0, T);
+    issue_tile(Vs[0], base + 2 * D, ld, 0, T);
+    mk_cp_async_commit();
+    uint32_t qa[HD / 16][4];
+    load_a_rows(qa, base, ld, r0, T, q);
+    float o[HD / 8][4];
+    zero_acc(o);
+    softmax_rows st = {-INFINITY, -INFINITY, 0.f, 0.f};
+
+    /* BR == BC: the keys of blocks before qb are all at or before every row of this block,
+     * so only the diagonal block (which is also the one that can run past T) is masked. */
+    for (int kb = 0; kb <= qb; kb++) {
+        if (kb < qb) {
+            issue_tile(Ks[(kb + 1) & 1], base + D, ld, (kb + 1) * BC, T);
+            issue_tile(Vs[(kb + 1) & 1], base + 2 * D, ld, (kb + 1) * BC, T);
+        }
+        mk_cp_async_commit();
+        mk_cp_async_wait<1>();
+        __syncthreads();
+        float s[BC / 8][4];
+        zero_acc(s);
+        mma_rows_by_tile(s, qa, Ks[kb & 1], lane);
+        softmax_block(s, o, &st, kb, qb, r0, r1, q, T, sl2);
+        mma_frags_by_tile(o, s, Vs[kb & 1], lane);
+        __syncthreads(); /* every warp is done with this buffer before it is refilled */
+    }
+    softmax_store<BF16_OUT>(o, st, out, outb, lse, ostore, b, h, bh, r0, r1, q, T, D);
 }
 
 /* ------------------------------------------------------------------ the wgmma forward
@@ -291,12 +409,59 @@ __device__ __forceinline__ void issue_tile_sw(bf16 *tile, const bf16 *base, size
     }
 }
 
+__device__ __forceinline__ uint64_t kmaj(const bf16 *tile, int kc)
+{
+    return mk_wgmma_desc(tile + kc * 16, 16, 1024);
+}
+
+__device__ __forceinline__ uint64_t mnmaj(const bf16 *tile, int kc)
+{
+    return mk_wgmma_desc(tile + kc * 16 * HD, WG_TILE * 2, 1024);
+}
+
+/* The accumulator of a 64 x 64 product as the A fragments of the next (k over its 64
+ * columns, 16 at a time). */
+__device__ __forceinline__ void frags_of(uint32_t a[BC / 16][4], const float d[BC / 8][4])
+{
+#pragma unroll
+    for (int kc = 0; kc < BC / 16; kc++) {
+        a[kc][0] = mk_pack_bf16x2(d[2 * kc][0], d[2 * kc][1]);
+        a[kc][1] = mk_pack_bf16x2(d[2 * kc][2], d[2 * kc][3]);
+        a[kc][2] = mk_pack_bf16x2(d[2 * kc + 1][0], d[2 * kc + 1][1]);
+        a[kc][3] = mk_pack_bf16x2(d[2 * kc + 1][2], d[2 * kc + 1][3]);
+    }
+}
+
+/* 1024-byte aligned start of the dynamic shared memory. */
+__device__ __forceinline__ bf16 *wg_smem(unsigned char *raw)
+{
+    return (bf16 *)(((uintptr_t)raw + 1023) & ~(uintptr_t)1023);
+}
+
+/* Key block kb's K and V tiles (buffers kb & 1 of Ks and Vs, whose copies the previous
+ * call issued) ready for wgmma, and block kb + 1's copies issued into the other buffers
+ * while it runs (none past the diagonal block qb). The forward's and dQ's loop head. */
+__device__ __forceinline__ void wg_stream_kv(bf16 *Ks, bf16 *Vs, const bf16 *base, size_t ld, int D, int kb, int qb,
+                                             int T)
+{
+#ifdef MK_HAVE_WGMMA
+    if (kb < qb) {
+        issue_tile_sw(Ks + ((kb + 1) & 1) * WG_TILE, base + D, ld, (kb + 1) * BC, T);
+        issue_tile_sw(Vs + ((kb + 1) & 1) * WG_TILE, base + 2 * D, ld, (kb + 1) * BC, T);
+    }
+    mk_cp_async_commit();
+    mk_cp_async_wait<1>();
+    mk_fence_proxy_async();
+    __syncthreads();
+#endif
+}
+
 __global__ static void __launch_bounds__(NT) k_flash_fwd_wg(bf16 *outb, float *lse, const bf16 *qkv, int T, int D,
                                                             int H, int nqb, float sl2)
 {
 #ifdef MK_HAVE_WGMMA
     extern __shared__ unsigned char wg_raw[];
-    bf16 *sm = (bf16 *)(((uintptr_t)wg_raw + 1023) & ~(uintptr_t)1023);
+    bf16 *sm = wg_smem(wg_raw);
     bf16 *Qs = sm, *Ks = sm + WG_TILE, *Vs = sm + 3 * WG_TILE; /* K and V: two tiles each */
     int qb, bh;
     block_of(&qb, &bh, nqb, (int)gridDim.x / nqb, 1);
@@ -310,101 +475,33 @@ __global__ static void __launch_bounds__(NT) k_flash_fwd_wg(bf16 *outb, float *l
     issue_tile_sw(Ks, base + D, ld, 0, T);
     issue_tile_sw(Vs, base + 2 * D, ld, 0, T);
     mk_cp_async_commit();
-    float o[HD / 8 * 4];
-#pragma unroll
-    for (int i = 0; i < HD / 8 * 4; i++) o[i] = 0.f;
-    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+    float o[HD / 8][4];
+    zero_acc(o);
+    softmax_rows st = {-INFINITY, -INFINITY, 0.f, 0.f};
 
     for (int kb = 0; kb <= qb; kb++) {
         const bf16 *Kt = Ks + (kb & 1) * WG_TILE, *Vt = Vs + (kb & 1) * WG_TILE;
-        if (kb < qb) {
-            issue_tile_sw(Ks + ((kb + 1) & 1) * WG_TILE, base + D, ld, (kb + 1) * BC, T);
-            issue_tile_sw(Vs + ((kb + 1) & 1) * WG_TILE, base + 2 * D, ld, (kb + 1) * BC, T);
-        }
-        mk_cp_async_commit();
-        mk_cp_async_wait<1>();
-        mk_fence_proxy_async();
-        __syncthreads();
-        float s[BC / 8 * 4];
-#pragma unroll
-        for (int i = 0; i < BC / 8 * 4; i++) s[i] = 0.f;
+        wg_stream_kv(Ks, Vs, base, ld, D, kb, qb, T);
+        float s[BC / 8][4];
+        zero_acc(s);
         mk_wgmma_fence();
 #pragma unroll
         for (int kc = 0; kc < HD / 16; kc++)
-            mk_wgmma_m64n64k16_ss(s, mk_wgmma_desc(Qs + kc * 16, 16, 1024), mk_wgmma_desc(Kt + kc * 16, 16, 1024));
+            mk_wgmma_m64n64k16_ss(&s[0][0], kmaj(Qs, kc), kmaj(Kt, kc));
         mk_wgmma_commit();
         mk_wgmma_wait<0>();
-        float mx0 = -INFINITY, mx1 = -INFINITY;
-#pragma unroll
-        for (int j = 0; j < BC / 8; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                float v = s[4 * j + e] * sl2;
-                if (kb == qb) {
-                    const int key = kb * BC + 8 * j + 2 * q + (e & 1), row = e < 2 ? r0 : r1;
-                    if (key > row || key >= T) v = -INFINITY;
-                }
-                s[4 * j + e] = v;
-                if (e < 2) mx0 = fmaxf(mx0, v);
-                else mx1 = fmaxf(mx1, v);
-            }
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-        const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-        const float al0 = exp2f(m0 - mn0), al1 = exp2f(m1 - mn1);
-        m0 = mn0, m1 = mn1;
-        float ps0 = 0.f, ps1 = 0.f;
-#pragma unroll
-        for (int j = 0; j < BC / 8; j++) {
-            s[4 * j] = exp2f(s[4 * j] - m0), s[4 * j + 1] = exp2f(s[4 * j + 1] - m0);
-            s[4 * j + 2] = exp2f(s[4 * j + 2] - m1), s[4 * j + 3] = exp2f(s[4 * j + 3] - m1);
-            ps0 += s[4 * j] + s[4 * j + 1];
-            ps1 += s[4 * j + 2] + s[4 * j + 3];
-        }
-        l0 = l0 * al0 + ps0, l1 = l1 * al1 + ps1;
-#pragma unroll
-        for (int dj = 0; dj < HD / 8; dj++) {
-            o[4 * dj] *= al0, o[4 * dj + 1] *= al0;
-            o[4 * dj + 2] *= al1, o[4 * dj + 3] *= al1;
-        }
+        softmax_block(s, o, &st, kb, qb, r0, r1, q, T, sl2);
         uint32_t pa[BC / 16][4];
-#pragma unroll
-        for (int kc = 0; kc < BC / 16; kc++) {
-            pa[kc][0] = mk_pack_bf16x2(s[8 * kc], s[8 * kc + 1]);
-            pa[kc][1] = mk_pack_bf16x2(s[8 * kc + 2], s[8 * kc + 3]);
-            pa[kc][2] = mk_pack_bf16x2(s[8 * kc + 4], s[8 * kc + 5]);
-            pa[kc][3] = mk_pack_bf16x2(s[8 * kc + 6], s[8 * kc + 7]);
-        }
+        frags_of(pa, s);
         mk_wgmma_fence();
 #pragma unroll
         for (int kc = 0; kc < BC / 16; kc++)
-            mk_wgmma_m64n64k16_rs_tb(o, pa[kc], mk_wgmma_desc(Vt + kc * 16 * HD, WG_TILE * 2, 1024));
+            mk_wgmma_m64n64k16_rs_tb(&o[0][0], pa[kc], mnmaj(Vt, kc));
         mk_wgmma_commit();
         mk_wgmma_wait<0>();
         __syncthreads(); /* the products are done with this buffer before it is refilled */
     }
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    const float i0 = 1.f / l0, i1 = 1.f / l1;
-    const size_t srow = (size_t)bh * T;
-#pragma unroll
-    for (int dj = 0; dj < HD / 8; dj++) {
-        const int c = 8 * dj + 2 * q;
-        if (r0 < T)
-            *(__nv_bfloat162 *)(outb + ((size_t)b * T + r0) * D + h * HD + c) =
-                __float22bfloat162_rn(make_float2(o[4 * dj] * i0, o[4 * dj + 1] * i0));
-        if (r1 < T)
-            *(__nv_bfloat162 *)(outb + ((size_t)b * T + r1) * D + h * HD + c) =
-                __float22bfloat162_rn(make_float2(o[4 * dj + 2] * i1, o[4 * dj + 3] * i1));
-    }
-    if (q == 0) {
-        if (r0 < T) lse[srow + r0] = m0 + log2f(l0);
-        if (r1 < T) lse[srow + r1] = m1 + log2f(l1);
-    }
+    softmax_store<true>(o, st, NULL, outb, lse, NULL, b, h, bh, r0, r1, q, T, D);
 #endif
 }
 
@@ -506,42 +603,15 @@ __global__ static void __launch_bounds__(NT, 3) k_flash_bwd_dkdv(float *dqkv, co
         float p[BC / 8][4], ds[BC / 8][4];
         zero_acc(p);
         mma_rows_by_tile(p, ka, Q, lane);            /* S^T = K Q^T */
-#pragma unroll
-        for (int j = 0; j < BC / 8; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int qt = qb * BC + 8 * j + 2 * q + (e & 1), key = e < 2 ? k0 : k1;
-                const int masked = (qb == kb && key > qt) || qt >= T || key >= T;
-                const float2 l = sl[4 * j];
-                p[j][e] = masked ? 0.f : exp2f(p[j][e] * sl2 - ((e & 1) ? l.y : l.x));
-            }
+        kv_probs(p, sl, qb, kb, k0, k1, q, T, sl2);
         mma_frags_by_tile(dv, p, dO, lane);          /* dV += P^T dO */
         zero_acc(ds);
         mma_tilerows_by_tile(ds, Vs, warp * 16, dO, lane); /* dP^T = V dO^T */
-#pragma unroll
-        for (int j = 0; j < BC / 8; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const float2 d = sd[4 * j];
-                ds[j][e] = p[j][e] * (ds[j][e] - ((e & 1) ? d.y : d.x));
-            }
+        kv_dscores(ds, p, sd);
         mma_frags_by_tile(dk, ds, Q, lane);          /* dK += dS^T Q (scale at the end) */
         __syncthreads();
     }
-#pragma unroll
-    for (int dj = 0; dj < HD / 8; dj++) {
-        const int c = 8 * dj + 2 * q;
-        if (k0 < T) {
-            float *row = dqkv + ((size_t)b * T + k0) * ld + h * HD + c;
-            *(float2 *)(row + D) = make_float2(dk[dj][0] * scale, dk[dj][1] * scale);
-            *(float2 *)(row + 2 * D) = make_float2(dv[dj][0], dv[dj][1]);
-        }
-        if (k1 < T) {
-            float *row = dqkv + ((size_t)b * T + k1) * ld + h * HD + c;
-            *(float2 *)(row + D) = make_float2(dk[dj][2] * scale, dk[dj][3] * scale);
-            *(float2 *)(row + 2 * D) = make_float2(dv[dj][2], dv[dj][3]);
-        }
-    }
+    store_dkdv(dqkv, dk, dv, b, h, k0, k1, q, T, D, scale);
 }
 
 /* dQ: 1-D grid of (query blocks x B*H). The warp's 16 queries are the rows; the loop runs
@@ -589,28 +659,12 @@ __global__ static void __launch_bounds__(NT, 3) k_flash_bwd_dq(float *dqkv, cons
         mma_rows_by_tile(p, qa, K, lane);            /* S = Q K^T */
         zero_acc(ds);
         mma_rows_by_tile(ds, da, V, lane);           /* dP = dO V^T */
-#pragma unroll
-        for (int j = 0; j < BC / 8; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int key = kb * BC + 8 * j + 2 * q + (e & 1), row = e < 2 ? r0 : r1;
-                const int masked = (kb == qb && (key > row || key >= T)) || row >= T;
-                const float pv = masked ? 0.f : exp2f(p[j][e] * sl2 - (e < 2 ? lse0 : lse1));
-                ds[j][e] = pv * (ds[j][e] - (e < 2 ? d0 : d1));
-            }
+        q_probs(p, kb, qb, r0, r1, q, T, sl2, lse0, lse1);
+        q_dscores(ds, p, d0, d1);
         mma_frags_by_tile(dq, ds, K, lane);          /* dQ += dS K (scale at the end) */
         __syncthreads();
     }
-#pragma unroll
-    for (int dj = 0; dj < HD / 8; dj++) {
-        const int c = 8 * dj + 2 * q;
-        if (r0 < T)
-            *(float2 *)(dqkv + ((size_t)b * T + r0) * ld + h * HD + c) =
-                make_float2(dq[dj][0] * scale, dq[dj][1] * scale);
-        if (r1 < T)
-            *(float2 *)(dqkv + ((size_t)b * T + r1) * ld + h * HD + c) =
-                make_float2(dq[dj][2] * scale, dq[dj][3] * scale);
-    }
+    store_dq(dqkv, dq, b, h, r0, r1, q, T, D, scale);
 }
 
 /* ------------------------------------------------------------------ the wgmma backward
@@ -622,41 +676,6 @@ __global__ static void __launch_bounds__(NT, 3) k_flash_bwd_dq(float *dqkv, cons
  * score-like products and as MN-major for the ones that reduce over its rows. Six tiles
  * and the row statistics take 50 KB of shared memory (opted in past the 48 KB default). */
 #define WG_BWD_SMEM (6 * WG_TILE * 2 + 4 * BC * 4 + 1024)
-
-__device__ __forceinline__ uint64_t kmaj(const bf16 *tile, int kc)
-{
-    return mk_wgmma_desc(tile + kc * 16, 16, 1024);
-}
-
-__device__ __forceinline__ uint64_t mnmaj(const bf16 *tile, int kc)
-{
-    return mk_wgmma_desc(tile + kc * 16 * HD, WG_TILE * 2, 1024);
-}
-
-/* The accumulator of a 64 x 64 product as the A fragments of the next (k over its 64
- * columns, 16 at a time). */
-__device__ __forceinline__ void frags_of(uint32_t a[BC / 16][4], const float *d)
-{
-#pragma unroll
-    for (int kc = 0; kc < BC / 16; kc++) {
-        a[kc][0] = mk_pack_bf16x2(d[8 * kc], d[8 * kc + 1]);
-        a[kc][1] = mk_pack_bf16x2(d[8 * kc + 2], d[8 * kc + 3]);
-        a[kc][2] = mk_pack_bf16x2(d[8 * kc + 4], d[8 * kc + 5]);
-        a[kc][3] = mk_pack_bf16x2(d[8 * kc + 6], d[8 * kc + 7]);
-    }
-}
-
-__device__ __forceinline__ void zero32(float *d)
-{
-#pragma unroll
-    for (int i = 0; i < 32; i++) d[i] = 0.f;
-}
-
-/* 1024-byte aligned start of the dynamic shared memory. */
-__device__ __forceinline__ bf16 *wg_smem(unsigned char *raw)
-{
-    return (bf16 *)(((uintptr_t)raw + 1023) & ~(uintptr_t)1023);
-}
 
 /* The dK/dV blocks and the dQ blocks run in one launch (k_flash_bwd_wg below): blk is the
  * block's index among its kind's nblk. */
@@ -683,9 +702,9 @@ __device__ __forceinline__ void flash_bwd_dkdv_wg(int blk, int nblk, float *dqkv
     issue_tile_sw(Os, dobase, D, kb * BC, T);
     issue_rowstats(Ls, Dl, lse, delta, srow, kb, T);
     mk_cp_async_commit();
-    float dk[32], dv[32];
-    zero32(dk);
-    zero32(dv);
+    float dk[HD / 8][4], dv[HD / 8][4];
+    zero_acc(dk);
+    zero_acc(dv);
 
     for (int qb = kb; qb < nqb; qb++) {
         const int cur = (qb - kb) & 1;
@@ -700,61 +719,34 @@ __device__ __forceinline__ void flash_bwd_dkdv_wg(int blk, int nblk, float *dqkv
         __syncthreads();
         const bf16 *Q = Qs + cur * WG_TILE, *dO = Os + cur * WG_TILE;
         const float2 *sl = (const float2 *)(Ls + cur * BC) + q, *sd = (const float2 *)(Dl + cur * BC) + q;
-        float p[32], ds[32];
-        zero32(p);
-        zero32(ds);
+        float p[BC / 8][4], ds[BC / 8][4];
+        zero_acc(p);
+        zero_acc(ds);
         /* P is made while dP^T is multiplied. */
         mk_wgmma_fence();
 #pragma unroll
-        for (int kc = 0; kc < HD / 16; kc++) mk_wgmma_m64n64k16_ss(p, kmaj(Kt, kc), kmaj(Q, kc)); /* S^T = K Q^T */
+        for (int kc = 0; kc < HD / 16; kc++) mk_wgmma_m64n64k16_ss(&p[0][0], kmaj(Kt, kc), kmaj(Q, kc)); /* S^T = K Q^T */
         mk_wgmma_commit();
 #pragma unroll
-        for (int kc = 0; kc < HD / 16; kc++) mk_wgmma_m64n64k16_ss(ds, kmaj(Vt, kc), kmaj(dO, kc)); /* dP^T = V dO^T */
+        for (int kc = 0; kc < HD / 16; kc++) mk_wgmma_m64n64k16_ss(&ds[0][0], kmaj(Vt, kc), kmaj(dO, kc)); /* dP^T = V dO^T */
         mk_wgmma_commit();
         mk_wgmma_wait<1>();
-#pragma unroll
-        for (int j = 0; j < BC / 8; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int qt = qb * BC + 8 * j + 2 * q + (e & 1), key = e < 2 ? k0 : k1;
-                const int masked = (qb == kb && key > qt) || qt >= T || key >= T;
-                const float2 l = sl[4 * j];
-                p[4 * j + e] = masked ? 0.f : exp2f(p[4 * j + e] * sl2 - ((e & 1) ? l.y : l.x));
-            }
+        kv_probs(p, sl, qb, kb, k0, k1, q, T, sl2);
         mk_wgmma_wait<0>();
-#pragma unroll
-        for (int j = 0; j < BC / 8; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const float2 d = sd[4 * j];
-                ds[4 * j + e] = p[4 * j + e] * (ds[4 * j + e] - ((e & 1) ? d.y : d.x));
-            }
+        kv_dscores(ds, p, sd);
         uint32_t pa[BC / 16][4], sa[BC / 16][4];
         frags_of(pa, p);
         frags_of(sa, ds);
         mk_wgmma_fence();
 #pragma unroll
-        for (int kc = 0; kc < BC / 16; kc++) mk_wgmma_m64n64k16_rs_tb(dv, pa[kc], mnmaj(dO, kc)); /* dV += P^T dO */
+        for (int kc = 0; kc < BC / 16; kc++) mk_wgmma_m64n64k16_rs_tb(&dv[0][0], pa[kc], mnmaj(dO, kc)); /* dV += P^T dO */
 #pragma unroll
-        for (int kc = 0; kc < BC / 16; kc++) mk_wgmma_m64n64k16_rs_tb(dk, sa[kc], mnmaj(Q, kc)); /* dK += dS^T Q */
+        for (int kc = 0; kc < BC / 16; kc++) mk_wgmma_m64n64k16_rs_tb(&dk[0][0], sa[kc], mnmaj(Q, kc)); /* dK += dS^T Q */
         mk_wgmma_commit();
         mk_wgmma_wait<0>();
         __syncthreads();
     }
-#pragma unroll
-    for (int dj = 0; dj < HD / 8; dj++) {
-        const int c = 8 * dj + 2 * q;
-        if (k0 < T) {
-            float *row = dqkv + ((size_t)b * T + k0) * ld + h * HD + c;
-            *(float2 *)(row + D) = make_float2(dk[4 * dj] * scale, dk[4 * dj + 1] * scale);
-            *(float2 *)(row + 2 * D) = make_float2(dv[4 * dj], dv[4 * dj + 1]);
-        }
-        if (k1 < T) {
-            float *row = dqkv + ((size_t)b * T + k1) * ld + h * HD + c;
-            *(float2 *)(row + D) = make_float2(dk[4 * dj + 2] * scale, dk[4 * dj + 3] * scale);
-            *(float2 *)(row + 2 * D) = make_float2(dv[4 * dj + 2], dv[4 * dj + 3]);
-        }
-    }
+    store_dkdv(dqkv, dk, dv, b, h, k0, k1, q, T, D, scale);
 #endif
 }
 
@@ -781,63 +773,37 @@ __device__ __forceinline__ void flash_bwd_dq_wg(int blk, int nblk, float *dqkv, 
     mk_cp_async_commit();
     const float lse0 = r0 < T ? lse[srow + r0] : 0.f, lse1 = r1 < T ? lse[srow + r1] : 0.f;
     const float d0 = r0 < T ? delta[srow + r0] : 0.f, d1 = r1 < T ? delta[srow + r1] : 0.f;
-    float dq[32];
-    zero32(dq);
+    float dq[HD / 8][4];
+    zero_acc(dq);
 
     for (int kb = 0; kb <= qb; kb++) {
         const bf16 *K = Ks + (kb & 1) * WG_TILE, *V = Vs + (kb & 1) * WG_TILE;
-        if (kb < qb) {
-            issue_tile_sw(Ks + ((kb + 1) & 1) * WG_TILE, qbase + D, ld, (kb + 1) * BC, T);
-            issue_tile_sw(Vs + ((kb + 1) & 1) * WG_TILE, qbase + 2 * D, ld, (kb + 1) * BC, T);
-        }
-        mk_cp_async_commit();
-        mk_cp_async_wait<1>();
-        mk_fence_proxy_async();
-        __syncthreads();
-        float p[32], ds[32];
-        zero32(p);
-        zero32(ds);
+        wg_stream_kv(Ks, Vs, qbase, ld, D, kb, qb, T);
+        float p[BC / 8][4], ds[BC / 8][4];
+        zero_acc(p);
+        zero_acc(ds);
         /* P is made while dP is multiplied. */
         mk_wgmma_fence();
 #pragma unroll
-        for (int kc = 0; kc < HD / 16; kc++) mk_wgmma_m64n64k16_ss(p, kmaj(Qt, kc), kmaj(K, kc)); /* S = Q K^T */
+        for (int kc = 0; kc < HD / 16; kc++) mk_wgmma_m64n64k16_ss(&p[0][0], kmaj(Qt, kc), kmaj(K, kc)); /* S = Q K^T */
         mk_wgmma_commit();
 #pragma unroll
-        for (int kc = 0; kc < HD / 16; kc++) mk_wgmma_m64n64k16_ss(ds, kmaj(Ot, kc), kmaj(V, kc)); /* dP = dO V^T */
+        for (int kc = 0; kc < HD / 16; kc++) mk_wgmma_m64n64k16_ss(&ds[0][0], kmaj(Ot, kc), kmaj(V, kc)); /* dP = dO V^T */
         mk_wgmma_commit();
         mk_wgmma_wait<1>();
-#pragma unroll
-        for (int j = 0; j < BC / 8; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int key = kb * BC + 8 * j + 2 * q + (e & 1), row = e < 2 ? r0 : r1;
-                const int masked = (kb == qb && (key > row || key >= T)) || row >= T;
-                p[4 * j + e] = masked ? 0.f : exp2f(p[4 * j + e] * sl2 - (e < 2 ? lse0 : lse1));
-            }
+        q_probs(p, kb, qb, r0, r1, q, T, sl2, lse0, lse1);
         mk_wgmma_wait<0>();
-#pragma unroll
-        for (int j = 0; j < BC / 8; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) ds[4 * j + e] = p[4 * j + e] * (ds[4 * j + e] - (e < 2 ? d0 : d1));
+        q_dscores(ds, p, d0, d1);
         uint32_t sa[BC / 16][4];
         frags_of(sa, ds);
         mk_wgmma_fence();
 #pragma unroll
-        for (int kc = 0; kc < BC / 16; kc++) mk_wgmma_m64n64k16_rs_tb(dq, sa[kc], mnmaj(K, kc)); /* dQ += dS K */
+        for (int kc = 0; kc < BC / 16; kc++) mk_wgmma_m64n64k16_rs_tb(&dq[0][0], sa[kc], mnmaj(K, kc)); /* dQ += dS K */
         mk_wgmma_commit();
         mk_wgmma_wait<0>();
         __syncthreads();
     }
-#pragma unroll
-    for (int dj = 0; dj < HD / 8; dj++) {
-        const int c = 8 * dj + 2 * q;
-        if (r0 < T)
-            *(float2 *)(dqkv + ((size_t)b * T + r0) * ld + h * HD + c) =
-                make_float2(dq[4 * dj] * scale, dq[4 * dj + 1] * scale);
-        if (r1 < T)
-            *(float2 *)(dqkv + ((size_t)b * T + r1) * ld + h * HD + c) =
-                make_float2(dq[4 * dj + 2] * scale, dq[4 * dj + 3] * scale);
-    }
+    store_dq(dqkv, dq, b, h, r0, r1, q, T, D, scale);
 #endif
 }
 
@@ -896,19 +862,7 @@ __global__ static void k_rope_bf16_inplace(uint2 *qkv, const double *cs, int T, 
     }
 }
 
-#define FA_CUDA(call, what)                                                                \
-    do {                                                                                   \
-        cudaError_t e_ = (call);                                                           \
-        if (e_ != cudaSuccess)                                                             \
-            return MK_FAIL(MK_ERR_INTERNAL, "cuda: %s: %s", (what), cudaGetErrorString(e_)); \
-    } while (0)
-
-#define FA_CHECK(what)                                                                     \
-    do {                                                                                   \
-        cudaError_t e_ = cudaGetLastError();                                               \
-        if (e_ != cudaSuccess)                                                             \
-            return MK_FAIL(MK_ERR_INTERNAL, "cuda: %s: %s", (what), cudaGetErrorString(e_)); \
-    } while (0)
+#define FA_CHECK(what) CU_CHECK(cudaGetLastError(), what)
 
 /* Pieces of the state and of the backward's work area, each a multiple of 4 floats so that
  * the ones after it stay 16-byte aligned: state = lse, output copy, bf16 qkv; work =
@@ -1030,7 +984,7 @@ extern "C" int mk_flash_attn_backward_bf16(float *dqkv, float *delta, const void
     const int nqb = (T + BR - 1) / BR;
     const unsigned blocks = (unsigned)nqb * B * H;
     if (wgmma) {
-        FA_CUDA(cudaFuncSetAttribute(k_flash_bwd_wg, cudaFuncAttributeMaxDynamicSharedMemorySize, WG_BWD_SMEM),
+        CU_CHECK(cudaFuncSetAttribute(k_flash_bwd_wg, cudaFuncAttributeMaxDynamicSharedMemorySize, WG_BWD_SMEM),
                 "flash attention backward (wgmma): shared memory");
         k_flash_bwd_wg<<<2 * blocks, NT, WG_BWD_SMEM>>>(dqkv, (const bf16 *)qkv, (const bf16 *)dout, lse, delta, T, D,
                                                        H, nqb, (int)blocks, sl2, (float)scale);
