@@ -17,6 +17,10 @@
  * into fragments, so no product needs a transposed copy. Blocks start with the longest
  * causal loops, so the short ones fill the last wave.
  *
+ * On Hopper the bf16 block path runs the same loops on warpgroup MMA instead (the wgmma
+ * kernels below: operands straight from swizzled shared memory, no ldmatrix), sharing the
+ * softmax, masking and store helpers with the mma.sync kernels.
+ *
  * No atomics and fixed loop orders: the same inputs give the same bits.
  */
 #ifdef HAVE_CONFIG_H

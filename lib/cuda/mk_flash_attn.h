@@ -7,6 +7,8 @@
  * keys and accumulates dK and dV over the queries, the other owns a block of queries and
  * accumulates dQ over the keys -- so that every output element has one writer and the
  * result is the same bits on every run (FlashAttention-2 adds dQ with atomics instead).
+ * On an sm_90 GPU the bf16 path's kernels run on warpgroup MMA (wgmma); elsewhere, and
+ * with MOEKIT_NO_WGMMA=1, on mma.sync.
  *
  * Layout is the backend's: qkv row-major [B*T, 3D] (q at column h*64, k at D + h*64, v at
  * 2D + h*64), out and dout [B*T, D], dqkv like qkv. Q, K, V, dO and P are rounded to bf16
