@@ -207,7 +207,9 @@ typedef struct mk_backend_ops {
      * capacity rows (0 = no limit), later choices are dropped. Outputs: offs [E+1] int32
      * (rows of expert e are offs[e]..offs[e+1]-1; offs[E] = R kept rows), row_slot [N*K]
      * (the choice s of each row; entries past R unused), slot_row [N*K] (the row of choice
-     * s, or -1 when dropped). */
+     * s, or -1 when dropped). A choice naming no expert 0..E-1 is an internal error,
+     * reported by this call or, on a GPU, by the next call that waits for it (to_host,
+     * sync), which is before anything reads the offsets on the host. */
     int (*route_plan)(mk_backend *be, int32_t *offs, int32_t *row_slot, int32_t *slot_row,
                       const int32_t *topk, int N, int E, int K, int capacity);
     /* counts [B, E] int32 (written): how many of sequence b's S choices topk[b*S .. b*S+S-1]

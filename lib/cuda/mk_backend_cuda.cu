@@ -21,9 +21,9 @@
  * every call.
  *
  * Still slow (docs/performance.md): the expert FFN gathers its rows and applies SwiGLU in
- * passes of their own; the attention kernels (mma.sync) are latency-bound at two to four
- * blocks per SM; route_plan copies its counts to the host to validate them like the CPU
- * backend does.
+ * passes of their own; the attention kernels wait on their own loads (no producer warp);
+ * the model reads route_plan's offsets back once per layer (the expert GEMMs' shapes are
+ * set on the host).
  *
  * All work is issued on the legacy default stream, so ops are ordered with each other and
  * with the synchronous cudaMemcpy of to_host/from_host; errors of asynchronous kernels show
@@ -52,6 +52,7 @@ extern "C" {
 #include "mk_cuda_check.h"
 #include "mk_devbuf.h"
 #include "mk_expert_ffn.h"
+#include "mk_gemm_residual.h"
 #include "mk_grouped_gemm.h"
 
 #ifdef MK_REAL_DOUBLE
@@ -88,6 +89,7 @@ typedef struct cuda_impl {
     mk_cuda_ffn *ffn;     /* the fused bf16 expert FFN's workspace, made on first use */
     mk_devbuf outb;       /* the fused output layer's bf16 x, W and dlogits */
     mk_devbuf mmb;        /* dense matmul's operands rounded to bf16 */
+    mk_gemm_residual *gres; /* the attention block's output projection plus its residual */
     int out_ready;        /* a training output_forward left its state in outb, for: */
     int out_N, out_V, out_D, out_tied;
     size_t ce_smem_bf16;  /* the longest row of bf16 logits (bytes) k_cross_entropy_row stages */
@@ -96,6 +98,10 @@ typedef struct cuda_impl {
     const int32_t *emb_tok; /* the tokens whose copy the last embedding_forward started */
     int emb_N, emb_up_pending;
     cudaEvent_t emb_tok_ev, emb_up_ev; /* that copy; the backward's upload of the list */
+    int32_t *route_fill_h; /* pinned: the last route_plan's per-expert counts, on their way */
+    size_t route_S;        /* the choices they must add up to (route_check) */
+    int route_E, route_pending;
+    cudaEvent_t route_ev;  /* that copy */
 } cuda_impl;
 
 static cuda_impl *impl_of(mk_backend *be) { return (cuda_impl *)be->impl; }
@@ -250,11 +256,27 @@ static int cuda_copy(mk_backend *be, void *dst, const void *src, size_t bytes)
     return MK_OK;
 }
 
+/* route_plan's counts must add up to its choices: a topk entry outside 0..E-1 is a bug
+ * upstream. The counts come back in a copy of their own, checked at the next call that
+ * waits for the GPU anyway (the model's read of the offsets, right after route_plan, before
+ * any expert GEMM uses them): the plan itself does not hold the host up. */
+static int route_check(cuda_impl *im)
+{
+    if (!im->route_pending) return MK_OK;
+    im->route_pending = 0;
+    CU_CHECK(cudaEventSynchronize(im->route_ev), "route_plan: counts");
+    size_t tot = 0;
+    for (int e = 0; e < im->route_E; e++) tot += (size_t)im->route_fill_h[e];
+    if (tot != im->route_S)
+        return MK_FAIL(MK_ERR_INTERNAL, "route_plan: %zu of %zu choices name an expert outside 0..%d",
+                       im->route_S - tot, im->route_S, im->route_E - 1);
+    return MK_OK;
+}
+
 static int cuda_to_host(mk_backend *be, void *dst_host, const void *src, size_t bytes)
 {
-    (void)be;
     if (bytes) CU_CHECK(cudaMemcpy(dst_host, src, bytes, cudaMemcpyDeviceToHost), "to_host");
-    return MK_OK;
+    return route_check(impl_of(be));
 }
 
 static int cuda_from_host(mk_backend *be, void *dst, const void *src_host, size_t bytes)
@@ -848,21 +870,30 @@ __device__ __forceinline__ float rms_dx1(float dx, double r, float g, float dy, 
  * ...; each lane sums dout x rstd for its columns over its warp's rows in double, then the
  * warps' sums are added in warp order into part[b, :]. dout and x are read once for both
  * (a separate dg pass read them again: a third of the op's traffic). x and dy are read
- * twice, the second time from L1: kept in registers they took 162 per thread and one block
- * per SM. NV float4 per lane (D <= 128 NV). */
-#define RMS_FUSED_ROWS 64
+ * twice, the second time from L1. The lanes' dg sums live in shared memory (one slice per
+ * warp, [k][column chunk] so that a warp's accesses are consecutive): in registers they
+ * took 116 per thread, two blocks per SM, and the op ran at about 2.5 TB/s. NV float4 per
+ * lane (D <= 128 NV). */
+#define RMS_FUSED_ROWS 32
+
+static size_t rms_fused_smem(int NV)
+{
+    return (size_t)(TPB / 32) * 4 * 32 * NV * sizeof(double);
+}
 
 template <int NV>
-__global__ static void __launch_bounds__(TPB)
-k_rmsnorm_backward_fused(float *dx, double *part, const float *dout, const float *x, const float *g,
-                         const float *rstd, int N, int D)
+__global__ static void __launch_bounds__(TPB, 3)
+k_rmsnorm_backward_fused(float *dx, double *__restrict__ part, const float *dout,
+                         const float *__restrict__ x, const float *__restrict__ g,
+                         const float *__restrict__ rstd, int N, int D)
 {
-    __shared__ double sh[4 * 32 * NV];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x / 32, D4 = D / 4;
+    extern __shared__ double rms_sh[]; /* [warp][k][32 NV] */
+    const int lane = threadIdx.x & 31, warp = threadIdx.x / 32, D4 = D / 4, W = 32 * NV;
+    double *dg = rms_sh + (size_t)warp * 4 * W;
     const float4 *g4 = (const float4 *)g;
-    double dg[4 * NV];
 #pragma unroll
-    for (int k = 0; k < 4 * NV; k++) dg[k] = 0;
+    for (int t = 0; t < NV; t++)
+        for (int k = 0; k < 4; k++) dg[k * W + lane + 32 * t] = 0;
     const int n0 = blockIdx.x * RMS_FUSED_ROWS, n1 = min(n0 + RMS_FUSED_ROWS, N);
     for (int n = n0 + warp; n < n1; n += TPB / 32) {
         const float4 *xr = (const float4 *)(x + (size_t)n * D), *dyr = (const float4 *)(dout + (size_t)n * D);
@@ -890,25 +921,20 @@ k_rmsnorm_backward_fused(float *dx, double *part, const float *dout, const float
                 a.z = rms_dx1(a.z, r, G.z, Y.z, c, X.z);
                 a.w = rms_dx1(a.w, r, G.w, Y.w, c, X.w);
                 o[j] = a;
-                dg[4 * t] += (double)Y.x * X.x * r;
-                dg[4 * t + 1] += (double)Y.y * X.y * r;
-                dg[4 * t + 2] += (double)Y.z * X.z * r;
-                dg[4 * t + 3] += (double)Y.w * X.w * r;
+                dg[j] += (double)Y.x * X.x * r;
+                dg[W + j] += (double)Y.y * X.y * r;
+                dg[2 * W + j] += (double)Y.z * X.z * r;
+                dg[3 * W + j] += (double)Y.w * X.w * r;
             }
         }
     }
-    for (int w = 0; w < TPB / 32; w++) {
-        if (warp == w) {
-#pragma unroll
-            for (int t = 0; t < NV; t++) {
-                const int j = lane + 32 * t;
-                if (j < D4)
-                    for (int k = 0; k < 4; k++) sh[4 * j + k] = (w ? sh[4 * j + k] : 0.0) + dg[4 * t + k];
-            }
-        }
-        __syncthreads();
+    __syncthreads();
+    for (int cidx = threadIdx.x; cidx < D; cidx += TPB) {
+        const int j = cidx / 4, k = cidx % 4;
+        double sum = rms_sh[k * W + j];
+        for (int w = 1; w < TPB / 32; w++) sum += rms_sh[(size_t)w * 4 * W + k * W + j];
+        part[(size_t)blockIdx.x * D + cidx] = sum;
     }
-    for (int cidx = threadIdx.x; cidx < D; cidx += TPB) part[(size_t)blockIdx.x * D + cidx] = sh[cidx];
 }
 
 /* dg sums over tokens in two fixed stages: RMS_CHUNKS blocks of consecutive tokens give
@@ -963,12 +989,20 @@ static int cuda_rmsnorm_backward(mk_backend *be, mk_real *dx, mk_real *dg, const
     if (rms_warp_fits(D, dx, dout, x, g)) {
         chunks = (N + RMS_FUSED_ROWS - 1) / RMS_FUSED_ROWS;
         MK_CHECK(scratch_get(impl_of(be), (size_t)chunks * D * sizeof(double), &sp));
-        if (D <= 4 * 32 * 6)
-            LAUNCH(k_rmsnorm_backward_fused<6>, (unsigned)chunks, "rmsnorm_backward", dx, (double *)sp, dout, x,
-                   g, rstd, N, D);
-        else
-            LAUNCH(k_rmsnorm_backward_fused<RMS_NV>, (unsigned)chunks, "rmsnorm_backward", dx, (double *)sp,
-                   dout, x, g, rstd, N, D);
+        /* 48 KB of dg sums at d_model 768, 64 KB at 1024: opted in past the default 48 */
+        if (D <= 4 * 32 * 6) {
+            CU_CHECK(cudaFuncSetAttribute(k_rmsnorm_backward_fused<6>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          (int)rms_fused_smem(6)), "rmsnorm_backward: shared memory");
+            k_rmsnorm_backward_fused<6><<<(unsigned)chunks, TPB, rms_fused_smem(6)>>>(dx, (double *)sp, dout, x, g,
+                                                                                  rstd, N, D);
+        } else {
+            CU_CHECK(cudaFuncSetAttribute(k_rmsnorm_backward_fused<RMS_NV>,
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize, (int)rms_fused_smem(RMS_NV)),
+                     "rmsnorm_backward: shared memory");
+            k_rmsnorm_backward_fused<RMS_NV><<<(unsigned)chunks, TPB, rms_fused_smem(RMS_NV)>>>(
+                dx, (double *)sp, dout, x, g, rstd, N, D);
+        }
+        CU_CHECK(cudaGetLastError(), "rmsnorm_backward");
     } else {
         LAUNCH(k_rmsnorm_backward_dx, (unsigned)N, "rmsnorm_backward (dx)", dx, dout, x, g, rstd, D);
         MK_CHECK(scratch_get(impl_of(be), (size_t)RMS_CHUNKS * D * sizeof(double), &sp));
@@ -1275,6 +1309,10 @@ static int cuda_attention_block_forward(mk_backend *be, mk_real *h, const mk_att
     MK_CHECK(matmul_bf16_to(im, a->qkv, CUDA_R_16BF, a->ln1, wq, N, 3 * D, D, 0, 0, 1, 0,
                             "attention_block_forward: qkv"));
     MK_CHECK(mk_flash_attn_forward_bf16(a->atty, a->att, a->qkv, im->rope_cs, B, T, D, H, im->flash_wgmma));
+    int done;
+    MK_CHECK(mk_gemm_residual_run(im->gres, h, a->x, a->atty, wo, N, D, D, &done,
+                                  "attention_block_forward: out + residual"));
+    if (done) return MK_OK;
     MK_CHECK(matmul_bf16(im, h, a->atty, wo, N, D, D, 0, 0, 1, 0, "attention_block_forward: out"));
     return cuda_add(be, h, h, a->x, (size_t)N * D);
 }
@@ -1687,7 +1725,8 @@ __global__ static void k_sequence_counts(int32_t *counts, const int32_t *topk, i
     for (int e = threadIdx.x; e < E; e += blockDim.x) hist_sc[e] = 0;
     __syncthreads();
     const int32_t *t = topk + (size_t)blockIdx.x * S;
-    for (int i = threadIdx.x; i < S; i += blockDim.x) atomicAdd(&hist_sc[t[i]], 1);
+    for (int i = threadIdx.x; i < S; i += blockDim.x) /* route_check reports the others */
+        if ((unsigned)t[i] < (unsigned)E) atomicAdd(&hist_sc[t[i]], 1);
     __syncthreads();
     for (int e = threadIdx.x; e < E; e += blockDim.x) counts[(size_t)blockIdx.x * E + e] = hist_sc[e];
 }
@@ -1721,17 +1760,16 @@ static int cuda_route_plan(mk_backend *be, int32_t *offs, int32_t *row_slot, int
     if (chunks) LAUNCH(k_route_hist, (unsigned)chunks, "route_plan (count)", hist, topk, S, E);
     LAUNCH(k_route_scan, (unsigned)E, "route_plan (scan)", fill, hist, (int)chunks, E);
     LAUNCH(k_route_offs, 1, "route_plan (offsets)", offs, fill, E, capacity);
-    /* Every choice must have landed in some expert: a topk entry outside 0..E-1 is a bug
-     * upstream, caught here before it corrupts the expert GEMMs (one small copy; the model
-     * reads the offsets back right after anyway). */
-    int32_t hf[MK_CUDA_MAX_GROUPS];
+    /* Every choice must have landed in some expert (route_check). */
     if (E <= MK_CUDA_MAX_GROUPS) {
-        CU_CHECK(cudaMemcpy(hf, fill, (size_t)E * sizeof *hf, cudaMemcpyDeviceToHost), "route_plan: counts");
-        size_t tot = 0;
-        for (int e = 0; e < E; e++) tot += (size_t)hf[e];
-        if (tot != S)
-            return MK_FAIL(MK_ERR_INTERNAL, "route_plan: %zu of %zu choices name an expert outside 0..%d",
-                           S - tot, S, E - 1);
+        MK_CHECK(route_check(im)); /* the previous plan's, before its buffer is reused */
+        if (!im->route_fill_h)
+            CU_CHECK(cudaMallocHost((void **)&im->route_fill_h, MK_CUDA_MAX_GROUPS * sizeof(int32_t)),
+                     "route_plan: pinned host buffer");
+        CU_CHECK(cudaMemcpyAsync(im->route_fill_h, fill, (size_t)E * sizeof(int32_t), cudaMemcpyDeviceToHost, 0),
+                 "route_plan: counts");
+        CU_CHECK(cudaEventRecord(im->route_ev, 0), "route_plan: event");
+        im->route_S = S, im->route_E = E, im->route_pending = 1;
     }
     if (chunks)
         LAUNCH(k_route_place, (unsigned)chunks, "route_plan (place)", row_slot, slot_row, offs, hist,
@@ -2428,9 +2466,8 @@ static int cuda_adamw(mk_backend *be, mk_real *p, const mk_real *g, mk_real *m, 
 
 static int cuda_sync(mk_backend *be)
 {
-    (void)be;
     CU_CHECK(cudaDeviceSynchronize(), "synchronize");
-    return MK_OK;
+    return route_check(impl_of(be));
 }
 
 static void cuda_destroy(mk_backend *be)
@@ -2441,6 +2478,7 @@ static void cuda_destroy(mk_backend *be)
         mk_cuda_ffn_destroy(im->ffn);
         mk_devbuf_release(&im->outb);
         mk_devbuf_release(&im->mmb);
+        mk_gemm_residual_destroy(im->gres);
         if (im->blas) cublasDestroy(im->blas);
         if (im->gptr) cudaFree(im->gptr);
         if (im->rope_cs) cudaFree(im->rope_cs);
@@ -2449,6 +2487,9 @@ static void cuda_destroy(mk_backend *be)
         if (im->emb_h) cudaFreeHost(im->emb_h);
         if (im->emb_tok_ev) cudaEventDestroy(im->emb_tok_ev);
         if (im->emb_up_ev) cudaEventDestroy(im->emb_up_ev);
+        if (im->route_pending) cudaEventSynchronize(im->route_ev);
+        if (im->route_fill_h) cudaFreeHost(im->route_fill_h);
+        if (im->route_ev) cudaEventDestroy(im->route_ev);
         free(im);
     }
     free(be);
@@ -2549,8 +2590,14 @@ extern "C" int mk_backend_cuda_create(int device, int bf16, mk_backend **out)
         cuda_destroy(be);
         return MK_FAIL(MK_ERR_INTERNAL, "cuda: cublasCreate: %s", cublasGetStatusString(s));
     }
+    int rc = mk_gemm_residual_create(&im->gres);
+    if (rc != MK_OK) {
+        cuda_destroy(be);
+        return rc;
+    }
     cudaError_t ev = cudaEventCreateWithFlags(&im->emb_tok_ev, cudaEventDisableTiming);
     if (ev == cudaSuccess) ev = cudaEventCreateWithFlags(&im->emb_up_ev, cudaEventDisableTiming);
+    if (ev == cudaSuccess) ev = cudaEventCreateWithFlags(&im->route_ev, cudaEventDisableTiming);
     if (ev != cudaSuccess) {
         cuda_destroy(be);
         return MK_FAIL(MK_ERR_INTERNAL, "cuda: cudaEventCreate: %s", cudaGetErrorString(ev));

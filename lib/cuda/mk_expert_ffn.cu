@@ -116,16 +116,27 @@ __global__ static void k_gather_bf16(uint4 *out, const float *src, const int *ro
 
 /* The unweighted gather from a bf16 copy of the token rows (srcb, D8 chunks of 8 per row):
  * the bits of k_gather_bf16 (bf16(x) either way), with half the bytes for the K reads of
- * each row. */
-__global__ static void k_gather_rows_bf16(uint4 *out, const uint4 *srcb, const int *row_slot, int K, size_t R,
-                                          int D8)
+ * each row. A lane issues all its loads of a row before its stores (the pointers do not
+ * alias), and the stores stream past L2, which then keeps the token rows that every row's
+ * K copies read. */
+#define GATHER_UNROLL 4
+__global__ static void k_gather_rows_bf16(uint4 *__restrict__ out, const uint4 *__restrict__ srcb,
+                                          const int *__restrict__ row_slot, int K, size_t R, int D8)
 {
     const int lane = threadIdx.x % 32;
     for (size_t r = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32; r < R;
          r += (size_t)gridDim.x * GATHER_WARPS) {
         const uint4 *row = srcb + (size_t)(row_slot[r] / K) * D8;
         uint4 *o = out + r * D8;
-        for (int c = lane; c < D8; c += 32) o[c] = row[c];
+        for (int c0 = 0; c0 < D8; c0 += 32 * GATHER_UNROLL) {
+            uint4 v[GATHER_UNROLL];
+#pragma unroll
+            for (int u = 0; u < GATHER_UNROLL; u++)
+                if (c0 + lane + 32 * u < D8) v[u] = __ldg(row + c0 + lane + 32 * u);
+#pragma unroll
+            for (int u = 0; u < GATHER_UNROLL; u++)
+                if (c0 + lane + 32 * u < D8) __stcs(o + c0 + lane + 32 * u, v[u]);
+        }
     }
 }
 

@@ -68,6 +68,11 @@ if [ "${MOEKIT_KERNEL_BENCH:-0}" = 1 ]; then
     ./tests/gpu/kernel_bench skew; } >"$out/kernel-bench.txt" 2>&1
   cat "$out/kernel-bench.txt"
 fi
+# MOEKIT_KERNEL_PROFILE=1: every kernel of one bench-s.ini step under Nsight Compute
+# (tests/gpu/kernel-profile.sh).
+if [ "${MOEKIT_KERNEL_PROFILE:-0}" = 1 ]; then
+  top_builddir=$PWD top_srcdir=$PWD sh tests/gpu/kernel-profile.sh "$out" 2>&1 | head -80
+fi
 # The benchmark (MOEKIT_GPU_BENCH=0 skips it): bench-s.ini on 1 and 2 GPUs and PyTorch.
 if [ "${MOEKIT_GPU_BENCH:-1}" != 0 ]; then
   PYTHON_TORCH=$(sed -n 's/^PYTHON_TORCH = //p' Makefile) top_builddir=$PWD top_srcdir=$PWD \
