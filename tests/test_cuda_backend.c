@@ -1137,8 +1137,8 @@ static void test_flash_bf16(void)
             float *glse = Dz(nl * 4), *glse2 = Dz(nl * 4), *gdq = Dz(nq * 4), *gdq2 = Dz(nq * 4), *gdl = Dz(nl * 4);
             int rc = mk_flash_attn_forward_bf16(gout, glse, gq, NULL, B, T, Dm, NH, k);
             if (rc == MK_OK) rc = mk_flash_attn_forward_bf16(gout2, glse2, gq, NULL, B, T, Dm, NH, k);
-            if (rc == MK_OK) rc = mk_flash_attn_backward_bf16(gdq, gdl, gdo, gout, gq, glse, B, T, Dm, NH, k);
-            if (rc == MK_OK) rc = mk_flash_attn_backward_bf16(gdq2, gdl, gdo, gout, gq, glse, B, T, Dm, NH, k);
+            if (rc == MK_OK) rc = mk_flash_attn_backward_bf16(gdq, NULL, NULL, gdl, gdo, gout, gq, glse, B, T, Dm, NH, k);
+            if (rc == MK_OK) rc = mk_flash_attn_backward_bf16(gdq2, NULL, NULL, gdl, gdo, gout, gq, glse, B, T, Dm, NH, k);
             if (rc == MK_OK) rc = cudaDeviceSynchronize() == cudaSuccess ? MK_OK : MK_ERR_INTERNAL;
             if (rc != MK_OK) {
                 tap_ok(0, "flash attention (%s, B %d T %d H %d): rc %d", name, B, T, NH, rc);
@@ -1167,6 +1167,22 @@ static void test_flash_bf16(void)
             }
             tap_ok(memcmp(G(gdq2, nq * 4), dq, nq * 4) == 0,
                    "flash attention backward (%s, B %d T %d H %d): a second run gives the same bits", name, B, T, NH);
+            /* bf16 gradients with RoPE's inverse rotation, straight from the kernel: the bits of
+             * the fp32 ones above, then mk_flash_rope_round (an angle table of this test's own) */
+            double *cs = (double *)Hf((size_t)T * hd * 2);
+            for (int t = 0; t < T; t++)
+                for (int pr = 0; pr < hd / 2; pr++) {
+                    const double ang = t * 0.37 / (1.0 + pr);
+                    cs[(size_t)t * hd + 2 * pr] = cos(ang), cs[(size_t)t * hd + 2 * pr + 1] = sin(ang);
+                }
+            const double *gcs = D(cs, (size_t)T * hd * sizeof *cs);
+            void *gb1 = Dz(nq * 2), *gb2 = Dz(nq * 2);
+            rc = mk_flash_rope_round(gb1, gdq, gcs, (int)N, T, Dm, -1.0);
+            if (rc == MK_OK) rc = mk_flash_attn_backward_bf16(NULL, gb2, gcs, gdl, gdo, gout, gq, glse, B, T, Dm, NH, k);
+            if (rc == MK_OK) rc = cudaDeviceSynchronize() == cudaSuccess ? MK_OK : MK_ERR_INTERNAL;
+            tap_ok(rc == MK_OK && memcmp(G(gb1, nq * 2), G(gb2, nq * 2), nq * 2) == 0,
+                   "flash attention backward (%s, B %d T %d H %d): bf16 gradients with RoPE's inverse rotation, the "
+                   "bits of fp32 then RoPE and rounding", name, B, T, NH);
         }
         arena_free();
     }

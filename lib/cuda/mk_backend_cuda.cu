@@ -1338,9 +1338,8 @@ static int cuda_attention_block_backward(mk_backend *be, mk_real *dres, const mk
                             "attention_block_backward: datty"));
     float *delta = g->datt;
     void *dqkvb = g->datt + mk_flash_attn_lse_floats(B, T, H);
-    MK_CHECK(mk_flash_attn_backward_bf16(g->dqkv, delta, g->datty, a->atty, a->qkv, a->att, B, T, D, H,
-                                         im->flash_wgmma));
-    MK_CHECK(mk_flash_rope_round(dqkvb, g->dqkv, im->rope_cs, N, T, D, -1.0));
+    MK_CHECK(mk_flash_attn_backward_bf16(NULL, dqkvb, im->rope_cs, delta, g->datty, a->atty, a->qkv, a->att, B, T, D,
+                                         H, im->flash_wgmma));
     MK_CHECK(matmul_bf16(im, g->dw_qkv, a->ln1, dqkvb, D, 3 * D, N, 1, 0, 1, 1, "attention_block_backward: dW_qkv"));
     MK_CHECK(matmul_bf16(im, g->dln, dqkvb, wq, N, D, 3 * D, 0, 1, 1, 0, "attention_block_backward: dln"));
     return cuda_rmsnorm_backward(be, dres, g->dnorm, g->dln, a->x, a->norm, a->rstd, N, D);

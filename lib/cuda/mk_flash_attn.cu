@@ -304,41 +304,60 @@ __device__ __forceinline__ void q_dscores(float ds[BC / 8][4], const float p[BC 
         for (int e = 0; e < 4; e++) ds[j][e] = p[j][e] * (ds[j][e] - (e < 2 ? d0 : d1));
 }
 
-/* dK (times scale) and dV of keys k0 and k1 into dqkv. */
-__device__ __forceinline__ void store_dkdv(float *dqkv, const float dk[HD / 8][4], const float dv[HD / 8][4], int b,
-                                           int h, int k0, int k1, int q, int T, int D, float scale)
+/* Where the backward's gradients go: fp32 rows of [B*T, 3D] (f32), or bf16 rows (b16) with
+ * dq and dk turned back by RoPE's inverse rotation (cs) first when cs is set: the bits of
+ * the fp32 rows then k_qkv_rope_bf16, without the fp32 rows' round trip through memory. */
+struct dqkv_dst {
+    float *f32;
+    bf16 *b16;
+    const double *cs;
+};
+
+/* Two neighbouring gradient columns c, c + 1 of a head (an even c: one RoPE pair) at
+ * element e of row pos of its sequence. */
+__device__ __forceinline__ void put2(const dqkv_dst &o, size_t e, int pos, int c, float x, float y, bool rope)
+{
+    if (o.b16) {
+        if (rope && o.cs) mk_rope_rotate(x, y, o.cs + (size_t)pos * HD + c, -1.0);
+        *(__nv_bfloat162 *)(o.b16 + e) = __floats2bfloat162_rn(x, y);
+    } else {
+        *(float2 *)(o.f32 + e) = make_float2(x, y);
+    }
+}
+
+/* dK (times scale) and dV of keys k0 and k1. */
+__device__ __forceinline__ void store_dkdv(const dqkv_dst &o, const float dk[HD / 8][4], const float dv[HD / 8][4],
+                                           int b, int h, int k0, int k1, int q, int T, int D, float scale)
 {
     const size_t ld = 3 * (size_t)D;
 #pragma unroll
     for (int dj = 0; dj < HD / 8; dj++) {
         const int c = 8 * dj + 2 * q;
         if (k0 < T) {
-            float *row = dqkv + ((size_t)b * T + k0) * ld + h * HD + c;
-            *(float2 *)(row + D) = make_float2(dk[dj][0] * scale, dk[dj][1] * scale);
-            *(float2 *)(row + 2 * D) = make_float2(dv[dj][0], dv[dj][1]);
+            const size_t e = ((size_t)b * T + k0) * ld + h * HD + c;
+            put2(o, e + D, k0, c, dk[dj][0] * scale, dk[dj][1] * scale, true);
+            put2(o, e + 2 * D, k0, c, dv[dj][0], dv[dj][1], false);
         }
         if (k1 < T) {
-            float *row = dqkv + ((size_t)b * T + k1) * ld + h * HD + c;
-            *(float2 *)(row + D) = make_float2(dk[dj][2] * scale, dk[dj][3] * scale);
-            *(float2 *)(row + 2 * D) = make_float2(dv[dj][2], dv[dj][3]);
+            const size_t e = ((size_t)b * T + k1) * ld + h * HD + c;
+            put2(o, e + D, k1, c, dk[dj][2] * scale, dk[dj][3] * scale, true);
+            put2(o, e + 2 * D, k1, c, dv[dj][2], dv[dj][3], false);
         }
     }
 }
 
-/* dQ (times scale) of queries r0 and r1 into dqkv. */
-__device__ __forceinline__ void store_dq(float *dqkv, const float dq[HD / 8][4], int b, int h, int r0, int r1, int q,
-                                         int T, int D, float scale)
+/* dQ (times scale) of queries r0 and r1. */
+__device__ __forceinline__ void store_dq(const dqkv_dst &o, const float dq[HD / 8][4], int b, int h, int r0, int r1,
+                                         int q, int T, int D, float scale)
 {
     const size_t ld = 3 * (size_t)D;
 #pragma unroll
     for (int dj = 0; dj < HD / 8; dj++) {
         const int c = 8 * dj + 2 * q;
         if (r0 < T)
-            *(float2 *)(dqkv + ((size_t)b * T + r0) * ld + h * HD + c) =
-                make_float2(dq[dj][0] * scale, dq[dj][1] * scale);
+            put2(o, ((size_t)b * T + r0) * ld + h * HD + c, r0, c, dq[dj][0] * scale, dq[dj][1] * scale, true);
         if (r1 < T)
-            *(float2 *)(dqkv + ((size_t)b * T + r1) * ld + h * HD + c) =
-                make_float2(dq[dj][2] * scale, dq[dj][3] * scale);
+            put2(o, ((size_t)b * T + r1) * ld + h * HD + c, r1, c, dq[dj][2] * scale, dq[dj][3] * scale, true);
     }
 }
 
@@ -561,7 +580,7 @@ __device__ __forceinline__ void issue_rowstats(float *ls, float *ds, const float
 /* Three blocks per SM (168 registers): the query block's lse and delta come through shared
  * memory with its tiles, and V's rows are read from a shared tile, instead of living in
  * registers. */
-__global__ static void __launch_bounds__(NT, 3) k_flash_bwd_dkdv(float *dqkv, const bf16 *qkv,
+__global__ static void __launch_bounds__(NT, 3) k_flash_bwd_dkdv(const dqkv_dst dqkv, const bf16 *qkv,
                                                                  const bf16 *dout, const float *lse,
                                                                  const float *delta, int T, int D,
                                                                  int H, int nqb, float sl2, float scale)
@@ -622,7 +641,7 @@ __global__ static void __launch_bounds__(NT, 3) k_flash_bwd_dkdv(float *dqkv, co
  * over the key blocks up to the diagonal. */
 /* Three blocks per SM (168 registers, 16 bytes spilled): with the dK/dV kernel's bound,
  * the backward took 0.498 ms at bench-s against 0.546 unbounded (two blocks per SM). */
-__global__ static void __launch_bounds__(NT, 3) k_flash_bwd_dq(float *dqkv, const bf16 *qkv,
+__global__ static void __launch_bounds__(NT, 3) k_flash_bwd_dq(const dqkv_dst dqkv, const bf16 *qkv,
                                                             const bf16 *dout, const float *lse,
                                                             const float *delta, int T, int D,
                                                             int H, int nqb, float sl2, float scale)
@@ -683,7 +702,7 @@ __global__ static void __launch_bounds__(NT, 3) k_flash_bwd_dq(float *dqkv, cons
 
 /* The dK/dV blocks and the dQ blocks run in one launch (k_flash_bwd_wg below): blk is the
  * block's index among its kind's nblk. */
-__device__ __forceinline__ void flash_bwd_dkdv_wg(int blk, int nblk, float *dqkv, const bf16 *qkv, const bf16 *dout,
+__device__ __forceinline__ void flash_bwd_dkdv_wg(int blk, int nblk, const dqkv_dst &dqkv, const bf16 *qkv, const bf16 *dout,
                                                   const float *lse, const float *delta, int T, int D, int H, int nqb,
                                                   float sl2, float scale)
 {
@@ -754,7 +773,7 @@ __device__ __forceinline__ void flash_bwd_dkdv_wg(int blk, int nblk, float *dqkv
 #endif
 }
 
-__device__ __forceinline__ void flash_bwd_dq_wg(int blk, int nblk, float *dqkv, const bf16 *qkv, const bf16 *dout,
+__device__ __forceinline__ void flash_bwd_dq_wg(int blk, int nblk, const dqkv_dst &dqkv, const bf16 *qkv, const bf16 *dout,
                                                 const float *lse, const float *delta, int T, int D, int H, int nqb,
                                                 float sl2, float scale)
 {
@@ -814,7 +833,7 @@ __device__ __forceinline__ void flash_bwd_dq_wg(int blk, int nblk, float *dqkv, 
 /* Both backward kernels in one launch, alternating: block 2i is the i-th dK/dV block and
  * block 2i + 1 the i-th dQ block, so the longest loops of both kinds start first and
  * neither kind's last wave waits for the other's. nblk blocks of each kind. */
-__global__ static void __launch_bounds__(NT, 3) k_flash_bwd_wg(float *dqkv, const bf16 *qkv, const bf16 *dout,
+__global__ static void __launch_bounds__(NT, 3) k_flash_bwd_wg(const dqkv_dst dqkv, const bf16 *qkv, const bf16 *dout,
                                                              const float *lse, const float *delta, int T, int D,
                                                              int H, int nqb, int nblk, float sl2, float scale)
 {
@@ -937,9 +956,10 @@ extern "C" int mk_flash_attn_backward(float *dqkv, float *work, const float *dou
     FA_CHECK("flash attention backward (row sums)");
     const int nqb = (T + BR - 1) / BR;
     const unsigned blocks = (unsigned)nqb * B * H;
-    k_flash_bwd_dkdv<<<blocks, NT>>>(dqkv, qkvb, dob, lse, delta, T, D, H, nqb, sl2, (float)scale);
+    const dqkv_dst dst = {dqkv, NULL, NULL};
+    k_flash_bwd_dkdv<<<blocks, NT>>>(dst, qkvb, dob, lse, delta, T, D, H, nqb, sl2, (float)scale);
     FA_CHECK("flash attention backward (dK, dV)");
-    k_flash_bwd_dq<<<blocks, NT>>>(dqkv, qkvb, dob, lse, delta, T, D, H, nqb, sl2, (float)scale);
+    k_flash_bwd_dq<<<blocks, NT>>>(dst, qkvb, dob, lse, delta, T, D, H, nqb, sl2, (float)scale);
     FA_CHECK("flash attention backward (dQ)");
     return MK_OK;
 }
@@ -972,12 +992,13 @@ extern "C" int mk_flash_attn_forward_bf16(void *out, float *lse, void *qkv, cons
     return MK_OK;
 }
 
-extern "C" int mk_flash_attn_backward_bf16(float *dqkv, float *delta, const void *dout, const void *out,
-                                           const void *qkv, const float *lse, int B, int T, int D, int H,
-                                           int wgmma)
+extern "C" int mk_flash_attn_backward_bf16(float *dqkv, void *dqkvb, const double *rope_cs, float *delta,
+                                           const void *dout, const void *out, const void *qkv, const float *lse,
+                                           int B, int T, int D, int H, int wgmma)
 {
     if (B <= 0 || T <= 0) return MK_OK;
-    MK_CHECK(check_aligned("flash attention backward (bf16)", dqkv, delta, dout, qkv));
+    const dqkv_dst dst = {dqkvb ? NULL : dqkv, (bf16 *)dqkvb, dqkvb ? rope_cs : NULL};
+    MK_CHECK(check_aligned("flash attention backward (bf16)", dqkvb ? dqkvb : (void *)dqkv, delta, dout, qkv));
     MK_CHECK(check_aligned("flash attention backward (bf16)", out, lse, out, lse));
     const double scale = 1.0 / sqrt((double)HD);
     const float sl2 = (float)(LOG2E * scale);
@@ -990,15 +1011,15 @@ extern "C" int mk_flash_attn_backward_bf16(float *dqkv, float *delta, const void
     if (wgmma) {
         CU_CHECK(cudaFuncSetAttribute(k_flash_bwd_wg, cudaFuncAttributeMaxDynamicSharedMemorySize, WG_BWD_SMEM),
                 "flash attention backward (wgmma): shared memory");
-        k_flash_bwd_wg<<<2 * blocks, NT, WG_BWD_SMEM>>>(dqkv, (const bf16 *)qkv, (const bf16 *)dout, lse, delta, T, D,
+        k_flash_bwd_wg<<<2 * blocks, NT, WG_BWD_SMEM>>>(dst, (const bf16 *)qkv, (const bf16 *)dout, lse, delta, T, D,
                                                        H, nqb, (int)blocks, sl2, (float)scale);
         FA_CHECK("flash attention backward (bf16, wgmma)");
         return MK_OK;
     }
-    k_flash_bwd_dkdv<<<blocks, NT>>>(dqkv, (const bf16 *)qkv, (const bf16 *)dout, lse, delta, T, D, H, nqb, sl2,
+    k_flash_bwd_dkdv<<<blocks, NT>>>(dst, (const bf16 *)qkv, (const bf16 *)dout, lse, delta, T, D, H, nqb, sl2,
                                      (float)scale);
     FA_CHECK("flash attention backward (bf16: dK, dV)");
-    k_flash_bwd_dq<<<blocks, NT>>>(dqkv, (const bf16 *)qkv, (const bf16 *)dout, lse, delta, T, D, H, nqb, sl2,
+    k_flash_bwd_dq<<<blocks, NT>>>(dst, (const bf16 *)qkv, (const bf16 *)dout, lse, delta, T, D, H, nqb, sl2,
                                    (float)scale);
     FA_CHECK("flash attention backward (bf16: dQ)");
     return MK_OK;

@@ -75,10 +75,13 @@ int mk_flash_attn_forward_bf16(void *out, float *lse, void *qkv, const double *r
                                int D, int H, int wgmma);
 
 /* dqkv [B*T, 3D] fp32 (every column written) from dout, out and qkv in bf16 as the
- * forward above saw them; delta: mk_flash_attn_lse_floats floats of work area; wgmma as
- * for the forward. */
-int mk_flash_attn_backward_bf16(float *dqkv, float *delta, const void *dout, const void *out,
-                                const void *qkv, const float *lse, int B, int T, int D, int H, int wgmma);
+ * forward above saw them; or, with dqkvb, the same in bf16 into dqkvb (dqkv unused), dq
+ * and dk turned back by RoPE's inverse rotation first when rope_cs is set: the bits of
+ * dqkv then mk_flash_rope_round(..., -1). delta: mk_flash_attn_lse_floats floats of work
+ * area; wgmma as for the forward. */
+int mk_flash_attn_backward_bf16(float *dqkv, void *dqkvb, const double *rope_cs, float *delta, const void *dout,
+                                const void *out, const void *qkv, const float *lse, int B, int T, int D, int H,
+                                int wgmma);
 
 /* out [N, 3D] bf16 = qkv [N, 3D] with q and k rotated by RoPE (sign 1; -1: the inverse
  * rotation, for dqkv), every column rounded to bf16, in one pass (head size 64). */

@@ -89,8 +89,8 @@ static int c_dw1(const bufs *g) { return mk_gg_cutlass_wgrad(g->cl, g->dw, g->xb
 static int j_att_f(const bufs *g) { return mk_flash_attn_forward(g->out, g->state, g->qkv, NULL, B, T, DM, H); }
 static int j_att_f16(const bufs *g) { return mk_flash_attn_forward_bf16(g->outb, g->state, g->qkvb, NULL, B, T, DM, H, 0); }
 static int j_att_f16w(const bufs *g) { return mk_flash_attn_forward_bf16(g->outb, g->state, g->qkvb, NULL, B, T, DM, H, 1); }
-static int j_att_b16(const bufs *g) { return mk_flash_attn_backward_bf16(g->dqkv, g->work, g->outb, g->outb, g->qkvb, g->state, B, T, DM, H, 0); }
-static int j_att_b16w(const bufs *g) { return mk_flash_attn_backward_bf16(g->dqkv, g->work, g->outb, g->outb, g->qkvb, g->state, B, T, DM, H, 1); }
+static int j_att_b16(const bufs *g) { return mk_flash_attn_backward_bf16(g->dqkv, NULL, NULL, g->work, g->outb, g->outb, g->qkvb, g->state, B, T, DM, H, 0); }
+static int j_att_b16w(const bufs *g) { return mk_flash_attn_backward_bf16(g->dqkv, NULL, NULL, g->work, g->outb, g->outb, g->qkvb, g->state, B, T, DM, H, 1); }
 static int j_att_b(const bufs *g) { return mk_flash_attn_backward(g->dqkv, g->work, g->dout, g->qkv, g->state, B, T, DM, H); }
 
 static void run(const job *j, const bufs *g)
