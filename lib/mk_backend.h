@@ -110,6 +110,9 @@ typedef struct mk_backend_ops {
     int (*sumsq)(mk_backend *be, const mk_real *x, size_t n, double *out_host);
     /* *out_host = 1 if any x[i] is NaN or Inf, else 0. */
     int (*nonfinite)(mk_backend *be, const mk_real *x, size_t n, int *out_host);
+    /* Optional (NULL: nonfinite is used): *flag (int32 backend memory) becomes 1 if any
+     * x[i] is NaN or Inf and is left as it was otherwise; the host does not wait. */
+    int (*nonfinite_flag)(mk_backend *be, const mk_real *x, size_t n, int32_t *flag);
 
     /* --- embedding ---------------------------------------------------------------- */
     /* out[n, :] = wte[tokens[n], :]; tokens is int32 backend memory. */

@@ -30,6 +30,7 @@ enum {    OP_alloc,
     OP_scale,
     OP_sumsq,
     OP_nonfinite,
+    OP_nonfinite_flag,
     OP_embedding_forward,
     OP_embedding_backward,
     OP_rmsnorm_forward,
@@ -77,6 +78,7 @@ static const char *const op_names[OP_COUNT] = {
     "scale",
     "sumsq",
     "nonfinite",
+    "nonfinite_flag",
     "embedding_forward",
     "embedding_backward",
     "rmsnorm_forward",
@@ -209,6 +211,12 @@ static int p_nonfinite(mk_backend *be, const mk_real *x, size_t n, int *out_host
 {
     const double t0 = now_s();
     return done(P(be), OP_nonfinite, t0, P(be)->inner->ops->nonfinite(P(be)->inner, x, n, out_host));
+}
+
+static int p_nonfinite_flag(mk_backend *be, const mk_real *x, size_t n, int32_t *flag)
+{
+    const double t0 = now_s();
+    return done(P(be), OP_nonfinite_flag, t0, P(be)->inner->ops->nonfinite_flag(P(be)->inner, x, n, flag));
 }
 
 static int p_embedding_forward(mk_backend *be, mk_real *out, const int32_t *tokens, const mk_real *wte, int N, int D)
@@ -434,6 +442,7 @@ int mk_backend_prof_create(mk_backend *inner, mk_backend **out)
     p->ops.scale = p_scale;
     p->ops.sumsq = p_sumsq;
     p->ops.nonfinite = p_nonfinite;
+    p->ops.nonfinite_flag = inner->ops->nonfinite_flag ? p_nonfinite_flag : NULL;
     p->ops.embedding_forward = p_embedding_forward;
     p->ops.embedding_backward = p_embedding_backward;
     p->ops.rmsnorm_forward = p_rmsnorm_forward;

@@ -34,6 +34,7 @@ struct mk_trainer {
     double *lbl_sum;                /* [L] */
     int ndomains;
     int64_t *dcounts;               /* [L, ndomains, E] then [ndomains] token counts */
+    int32_t *gflags;                /* backend memory, [L + 1]: the overlapped checks' flags */
 };
 
 static int lbl_allreduce(void *ctx, int64_t *counts, int n)
@@ -120,6 +121,7 @@ void mk_trainer_free(mk_trainer **trp)
     mk_model_destroy(&tr->model);
     mk_devcomm_free(&tr->dworld);
     mk_devcomm_free(&tr->dedp);
+    if (tr->be) tr->be->ops->free(tr->be, tr->gflags);
     mk_backend_destroy(&tr->be);
     mk_comm_free(&tr->ep);
     mk_comm_free(&tr->edp);
@@ -310,41 +312,122 @@ static int check_grads(mk_trainer *tr, long step)
  * the ranks starts on the communicator's stream while the layers below run; what is left
  * (embeddings, final norm, output head) follows the backward, then the update waits for
  * all of it. The same checks and sums as check_grads + allreduce_grads, in layer order on
- * every rank. */
+ * every rank. Where the backend has nonfinite_flag, a check only sets a flag on the device
+ * (layer l's at gflags[l], the rest's at gflags[L]) ahead of the sum, and the flags are
+ * read once the sums are done: the backward never waits for a check. A flag set here names
+ * this rank; the second pass that finds the tensor then reads it after the sum (where this
+ * rank's NaN or Inf still is). */
 typedef struct overlap_ctx {
     mk_trainer *tr;
     long step;
+    int flags;      /* checks through gflags */
+    int poke;       /* the test hook's NaN goes into the gradient just before its layer's check */
+    double value;
 } overlap_ctx;
+
+/* Tensors i0..i1-1 are layer `layer`'s (layer -1: none). */
+static void layer_range(const mk_model *m, int layer, size_t *i0, size_t *i1)
+{
+    const size_t nt = mk_model_tensor_count(m);
+    size_t a = 0;
+    while (a < nt && mk_model_tensor(m, a)->layer != layer) a++;
+    size_t b = a;
+    while (b < nt && mk_model_tensor(m, b)->layer == layer) b++;
+    *i0 = a, *i1 = b;
+}
+
+/* slot: the flag, gflags[slot], when the check only sets one. */
+static int check_range_async(overlap_ctx *o, size_t i0, size_t i1, int slot)
+{
+    if (!o->flags) return check_grads_range(o->tr, o->step, i0, i1);
+    if (i1 <= i0) return MK_OK;
+    mk_model *m = o->tr->model;
+    mk_backend *be = mk_model_backend(m);
+    const mk_tensor *a = mk_model_tensor(m, i0), *z = mk_model_tensor(m, i1 - 1);
+    return be->ops->nonfinite_flag(be, mk_model_grads(m) + a->offset, z->offset + z->numel - a->offset,
+                                   o->tr->gflags + slot);
+}
 
 static int layer_grads_ready(void *ctx, int layer)
 {
     overlap_ctx *o = ctx;
-    mk_model *m = o->tr->model;
-    const size_t nt = mk_model_tensor_count(m);
-    size_t i0 = 0;
-    while (i0 < nt && mk_model_tensor(m, i0)->layer != layer) i0++;
-    size_t i1 = i0;
-    while (i1 < nt && mk_model_tensor(m, i1)->layer == layer) i1++;
-    MK_CHECK(check_grads_range(o->tr, o->step, i0, i1));
+    size_t i0, i1;
+    layer_range(o->tr->model, layer, &i0, &i1);
+    for (size_t i = i0; o->poke && i < i1; i++)
+        if (mk_model_tensor(o->tr->model, i)->expert) { /* the first expert tensor's layer */
+            o->poke = 0;
+            MK_CHECK(hook_poke(o->tr, mk_model_grads(o->tr->model), NULL, 1, o->value));
+        }
+    MK_CHECK(check_range_async(o, i0, i1, layer));
     return allreduce_range(o->tr, i0, i1, 1);
 }
 
+/* The flags of a step's checks cleared, where the backend sets them on the device. */
+static int start_overlap(mk_trainer *tr, overlap_ctx *o)
+{
+    mk_backend *be = mk_model_backend(tr->model);
+    const size_t bytes = (size_t)(tr->cfg->model.layers + 1) * sizeof *tr->gflags;
+    o->flags = be->ops->nonfinite_flag != NULL;
+    if (!o->flags) return MK_OK;
+    if (!tr->gflags) MK_CHECK(be->ops->alloc(be, bytes, (void **)&tr->gflags));
+    return be->ops->zero(be, tr->gflags, bytes);
+}
+
+/* The next run i..j-1 of tensors outside the layers at or after *i (none: *i = *j = count). */
+static void next_outside(const mk_model *m, size_t *i, size_t *j)
+{
+    const size_t nt = mk_model_tensor_count(m);
+    size_t a = *i;
+    while (a < nt && mk_model_tensor(m, a)->layer >= 0) a++;
+    size_t b = a;
+    while (b < nt && mk_model_tensor(m, b)->layer < 0) b++;
+    *i = a, *j = b;
+}
+
+/* After the sums: the flags this rank's checks set, and for each one the tensor. */
+static int read_flags(mk_trainer *tr, long step)
+{
+    mk_model *m = tr->model;
+    mk_backend *be = mk_model_backend(m);
+    const int L = tr->cfg->model.layers;
+    const size_t nt = mk_model_tensor_count(m);
+    int32_t *flags = malloc((size_t)(L + 1) * sizeof *flags);
+    if (!flags) return MK_FAIL(MK_ERR_NOMEM, "trainer: out of memory");
+    int rc = be->ops->to_host(be, flags, tr->gflags, (size_t)(L + 1) * sizeof *flags);
+    int any = 0;
+    for (int l = 0; rc == MK_OK && l <= L; l++) {
+        if (!flags[l]) continue;
+        any = 1;
+        if (l < L) {
+            size_t i0, i1;
+            layer_range(m, l, &i0, &i1);
+            rc = check_grads_range(tr, step, i0, i1);
+        } else {
+            for (size_t i = 0, j; rc == MK_OK && i < nt; i = j) {
+                next_outside(m, &i, &j);
+                rc = check_grads_range(tr, step, i, j);
+            }
+        }
+    }
+    free(flags);
+    if (rc == MK_OK && any)
+        rc = MK_FAIL(MK_ERR_NUMERIC, "step %ld: the gradient held a NaN or Inf before the all-reduce", step + 1);
+    return rc;
+}
+
 /* The tensors outside the layers, then the wait: the end of an overlapped step. */
-static int finish_overlap(mk_trainer *tr, long step)
+static int finish_overlap(mk_trainer *tr, overlap_ctx *o)
 {
     mk_model *m = tr->model;
     const size_t nt = mk_model_tensor_count(m);
-    for (size_t i = 0; i < nt;) {
-        size_t j = i;
-        while (j < nt && mk_model_tensor(m, j)->layer < 0) j++;
-        if (j > i) {
-            MK_CHECK(check_grads_range(tr, step, i, j));
-            MK_CHECK(allreduce_range(tr, i, j, 1));
-        }
-        i = j;
-        while (i < nt && mk_model_tensor(m, i)->layer >= 0) i++;
+    for (size_t i = 0, j; i < nt; i = j) {
+        next_outside(m, &i, &j);
+        if (j == i) break;
+        MK_CHECK(check_range_async(o, i, j, tr->cfg->model.layers));
+        MK_CHECK(allreduce_range(tr, i, j, 1));
     }
-    return mk_devcomm_wait(tr->dworld);
+    MK_CHECK(mk_devcomm_wait(tr->dworld));
+    return o->flags ? read_flags(tr, o->step) : MK_OK;
 }
 
 int mk_trainer_grads(mk_trainer *tr, long step, const int32_t *tokens, const int32_t *targets,
@@ -380,8 +463,9 @@ int mk_trainer_grads(mk_trainer *tr, long step, const int32_t *tokens, const int
     const double aux_scale = 1.0 / ((double)G * tr->nranks);
     double ce = 0;
     const int overlap = tr->nranks > 1 && !tr->dedp && mk_devcomm_overlaps(tr->dworld) &&
-                        hook != HOOK_GRAD && !getenv("MOEKIT_NO_OVERLAP");
-    overlap_ctx octx = {tr, step};
+                        !getenv("MOEKIT_NO_OVERLAP");
+    overlap_ctx octx = {tr, step, 0, overlap && hook == HOOK_GRAD, hook_value};
+    if (overlap) MK_CHECK(start_overlap(tr, &octx));
     for (int g = 0; g < G; g++) {
         mk_forward_stats st;
         MK_CHECK(mk_failpoint("forward"));
@@ -404,9 +488,9 @@ int mk_trainer_grads(mk_trainer *tr, long step, const int32_t *tokens, const int
         MK_CHECK(count_domains(tr, domain ? domain + (size_t)g * B : NULL, B));
     }
     mk_model_set_step(tr->model, 0);
-    if (hook == HOOK_GRAD) MK_CHECK(hook_poke(tr, mk_model_grads(tr->model), NULL, 1, hook_value));
+    if (hook == HOOK_GRAD && !overlap) MK_CHECK(hook_poke(tr, mk_model_grads(tr->model), NULL, 1, hook_value));
     if (overlap) {
-        MK_CHECK(finish_overlap(tr, step));
+        MK_CHECK(finish_overlap(tr, &octx));
     } else {
         /* One rank: no sum to keep a NaN out of; the update's norm finds it (a pass less). */
         if (tr->nranks > 1) MK_CHECK(check_grads(tr, step));

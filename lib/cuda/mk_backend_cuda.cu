@@ -621,6 +621,15 @@ static int cuda_nonfinite(mk_backend *be, const mk_real *x, size_t n, int *out_h
     return MK_OK;
 }
 
+static int cuda_nonfinite_flag(mk_backend *be, const mk_real *x, size_t n, int32_t *flag)
+{
+    (void)be;
+    if (n == 0) return MK_OK;
+    const size_t n4 = ((uintptr_t)x & 15) == 0 ? n / 4 : 0;
+    LAUNCH(k_nonfinite, grid_for(n4 ? n4 : n), "nonfinite_flag", x, n, n4, (int *)flag);
+    return MK_OK;
+}
+
 /* ------------------------------------------------------------------ embedding */
 
 __global__ static void k_embedding_forward(float *out, const int32_t *tokens, const float *wte,
@@ -2511,6 +2520,7 @@ static void fill_ops(mk_backend_ops *o)
     o->scale = cuda_scale;
     o->sumsq = cuda_sumsq;
     o->nonfinite = cuda_nonfinite;
+    o->nonfinite_flag = cuda_nonfinite_flag;
     o->embedding_forward = cuda_embedding_forward;
     o->embedding_backward = cuda_embedding_backward;
     o->rmsnorm_forward = cuda_rmsnorm_forward;

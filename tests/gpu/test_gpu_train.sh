@@ -8,7 +8,8 @@
 #  - a checkpoint written on the GPU resumes on the CPU and the other way round, and the
 #    resumed run continues the uninterrupted one;
 #  - with two GPUs: dp = 2 and ep = 2 against one GPU with the same global batch, and a
-#    two-GPU bf16 run twice (byte-identical).
+#    two-GPU bf16 run twice (byte-identical); a NaN in one rank's gradient, found by the
+#    overlapped step's checks on the GPU, named with its rank, tensor and step.
 set -u
 top=${top_builddir:-$PWD}
 src=${top_srcdir:-$top}
@@ -45,7 +46,7 @@ reldiff() {
     { if ($1 != $3) bad = 1; d = $2 - $4; if (d < 0) d = -d; r = d / ($4 < 0 ? -$4 : $4); if (r > m) m = r; c++ }
     END { printf "%.3g", m; exit (bad || c == 0 || m > lim) ? 1 : 0 }'
 }
-echo "1..13"
+echo "1..14"
 run cpu --set train.backend=cpu; run gpu32 --set train.backend=cuda --set train.precision=fp32
 d=$(reldiff gpu32 cpu 1e-4); check '[ $? -eq 0 ]' "tiny.ini 20 steps: CUDA fp32 loss of every step = CPU (max rel diff $d < 1e-4)"
 run bf1 --set train.backend=cuda; run bf2 --set train.backend=cuda
@@ -75,7 +76,7 @@ check '[ $? -eq 0 ] && grep -q "resuming from" "$tmp/icg.out"' "a CPU checkpoint
 d=$(reldiff icg icb 1e-4); check '[ $? -eq 0 ]' "CPU steps 1-10 + GPU steps 11-20 = CPU steps 1-20 (max rel diff $d < 1e-4)"
 
 if [ "$ngpu" -lt 2 ]; then
-  for i in 1 2 3 4 5; do n=$((n + 1)); echo "ok $n # SKIP one GPU only"; done
+  for i in 1 2 3 4 5 6; do n=$((n + 1)); echo "ok $n # SKIP one GPU only"; done
   exit $((fails > 0))
 fi
 # Two GPUs, the same global batch (tiny.ini: 8 sequences x 2 micro-steps on one rank).
@@ -98,4 +99,14 @@ runmpi bfa; runmpi bfb
 check 'cmp -s "$tmp/bfa/log.tsv" "$tmp/bfb/log.tsv"' "2 GPUs bf16 twice: byte-identical log.tsv"
 runmpi ep2b --set parallel.ep=2; runmpi ep2c --set parallel.ep=2
 check 'cmp -s "$tmp/ep2b/log.tsv" "$tmp/ep2c/log.tsv"' "2 GPUs bf16 ep = 2 twice: byte-identical log.tsv"
+# The overlapped step checks each layer's gradient on the device ahead of its sum and reads
+# the flags after the sums: the rank that made the NaN still names itself and the tensor.
+MOEKIT_TEST_NAN_RANK=1 MOEKIT_TEST_NAN_STEP=3 MOEKIT_TEST_NAN_WHERE=grad \
+  $mpirun_ -n 2 --bind-to none -x MOEKIT_TEST_NAN_RANK -x MOEKIT_TEST_NAN_STEP -x MOEKIT_TEST_NAN_WHERE \
+  "$train" --schedule "$src/schedules/tiny.ini" $common --set run.dir="$tmp/nan2" --set train.backend=cuda \
+  --set train.micro_batch=4 >"$tmp/nan2.out" 2>&1
+rc=$?
+msg=$(grep -m1 'the gradient of' "$tmp/nan2.out" | sed 's/^moekit: error: //')
+check '[ $rc -ne 0 ] && grep -q "gradients over nccl" "$tmp/nan2.out" && grep -q "rank 1: step 3: the gradient of layers\.0\.w1 holds nan (element [0-9]*, expert [0-9]*) before the all-reduce" "$tmp/nan2.out"' \
+  "2 GPUs: a NaN in rank 1's gradient at step 3 stops the run (exit $rc): $msg"
 exit $((fails > 0))
