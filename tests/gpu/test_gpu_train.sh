@@ -101,12 +101,17 @@ runmpi ep2b --set parallel.ep=2; runmpi ep2c --set parallel.ep=2
 check 'cmp -s "$tmp/ep2b/log.tsv" "$tmp/ep2c/log.tsv"' "2 GPUs bf16 ep = 2 twice: byte-identical log.tsv"
 # The overlapped step checks each layer's gradient on the device ahead of its sum and reads
 # the flags after the sums: the rank that made the NaN still names itself and the tensor.
+# The job is bounded (parallel.timeout, and timeout around mpirun), and no rank of it may
+# outlive it: the benchmark that follows on the same GPUs would crawl.
+start=$(date +%s)
 MOEKIT_TEST_NAN_RANK=1 MOEKIT_TEST_NAN_STEP=3 MOEKIT_TEST_NAN_WHERE=grad \
-  $mpirun_ -n 2 --bind-to none -x MOEKIT_TEST_NAN_RANK -x MOEKIT_TEST_NAN_STEP -x MOEKIT_TEST_NAN_WHERE \
-  "$train" --schedule "$src/schedules/tiny.ini" $common --set run.dir="$tmp/nan2" --set train.backend=cuda \
-  --set train.micro_batch=4 >"$tmp/nan2.out" 2>&1
+  timeout -k 10 180 $mpirun_ -n 2 --bind-to none -x MOEKIT_TEST_NAN_RANK -x MOEKIT_TEST_NAN_STEP \
+  -x MOEKIT_TEST_NAN_WHERE "$train" --schedule "$src/schedules/tiny.ini" $common --set run.dir="$tmp/nan2" \
+  --set train.backend=cuda --set train.micro_batch=4 --set parallel.timeout=60 >"$tmp/nan2.out" 2>&1
 rc=$?
+el=$(( $(date +%s) - start ))
+pkill -KILL -f "run.dir=$tmp/nan2" 2>/dev/null && echo "# nan2: a rank outlived its job; killed"
 msg=$(grep -m1 'the gradient of' "$tmp/nan2.out" | sed 's/^moekit: error: //')
 check '[ $rc -ne 0 ] && grep -q "gradients over nccl" "$tmp/nan2.out" && grep -q "rank 1: step 3: the gradient of layers\.0\.w1 holds nan (element [0-9]*, expert [0-9]*) before the all-reduce" "$tmp/nan2.out"' \
-  "2 GPUs: a NaN in rank 1's gradient at step 3 stops the run (exit $rc): $msg"
+  "2 GPUs: a NaN in rank 1's gradient at step 3 stops the run (exit $rc after ${el}s): $msg"
 exit $((fails > 0))
