@@ -109,13 +109,6 @@ static cuda_impl *impl_of(mk_backend *be) { return (cuda_impl *)be->impl; }
 /* ------------------------------------------------------------------ error checks */
 
 
-#define BLAS_CHECK(call, what)                                                             \
-    do {                                                                                   \
-        cublasStatus_t s_ = (call);                                                        \
-        if (s_ != CUBLAS_STATUS_SUCCESS)                                                   \
-            return MK_FAIL(MK_ERR_INTERNAL, "cuda: %s: cuBLAS: %s", (what),                \
-                           cublasGetStatusString(s_));                                     \
-    } while (0)
 
 /* A launch reports bad configurations through cudaGetLastError; faults inside the kernel
  * surface at the next synchronising call. */

@@ -7,7 +7,6 @@
 #include <stdlib.h>
 
 #include <cublasLt.h>
-#include <cublas_v2.h>
 
 #include "mk_cuda_check.h"
 #include "mk_devbuf.h"
@@ -26,13 +25,6 @@ struct mk_gemm_residual {
     cublasLtMatmulAlgo_t algo;
 };
 
-#define LT_CHECK(call, what)                                                               \
-    do {                                                                                   \
-        cublasStatus_t s_ = (call);                                                        \
-        if (s_ != CUBLAS_STATUS_SUCCESS)                                                   \
-            return MK_FAIL(MK_ERR_INTERNAL, "cuda: %s: cuBLASLt: %s", (what),                \
-                           cublasGetStatusString(s_));                                     \
-    } while (0)
 
 static void plan_free(mk_gemm_residual *g)
 {
@@ -82,15 +74,15 @@ static int plan(mk_gemm_residual *g, int M, int N, int K, int align, const char 
 {
     plan_free(g);
     g->M = M, g->N = N, g->K = K, g->align = align;
-    LT_CHECK(cublasLtMatmulDescCreate(&g->op, CUBLAS_COMPUTE_32F, CUDA_R_32F), what);
+    BLAS_CHECK(cublasLtMatmulDescCreate(&g->op, CUBLAS_COMPUTE_32F, CUDA_R_32F), what);
     const cublasOperation_t nt = CUBLAS_OP_N;
-    LT_CHECK(cublasLtMatmulDescSetAttribute(g->op, CUBLASLT_MATMUL_DESC_TRANSA, &nt, sizeof nt), what);
-    LT_CHECK(cublasLtMatmulDescSetAttribute(g->op, CUBLASLT_MATMUL_DESC_TRANSB, &nt, sizeof nt), what);
-    LT_CHECK(cublasLtMatrixLayoutCreate(&g->la, CUDA_R_16BF, N, K, N), what);
-    LT_CHECK(cublasLtMatrixLayoutCreate(&g->lb, CUDA_R_16BF, K, M, K), what);
-    LT_CHECK(cublasLtMatrixLayoutCreate(&g->lc, CUDA_R_32F, N, M, N), what);
+    BLAS_CHECK(cublasLtMatmulDescSetAttribute(g->op, CUBLASLT_MATMUL_DESC_TRANSA, &nt, sizeof nt), what);
+    BLAS_CHECK(cublasLtMatmulDescSetAttribute(g->op, CUBLASLT_MATMUL_DESC_TRANSB, &nt, sizeof nt), what);
+    BLAS_CHECK(cublasLtMatrixLayoutCreate(&g->la, CUDA_R_16BF, N, K, N), what);
+    BLAS_CHECK(cublasLtMatrixLayoutCreate(&g->lb, CUDA_R_16BF, K, M, K), what);
+    BLAS_CHECK(cublasLtMatrixLayoutCreate(&g->lc, CUDA_R_32F, N, M, N), what);
     cublasLtMatmulPreference_t pref;
-    LT_CHECK(cublasLtMatmulPreferenceCreate(&pref), what);
+    BLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref), what);
     const size_t wsb = LT_WORKSPACE;
     const uint32_t al = (uint32_t)align;
     cublasStatus_t s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsb,
@@ -110,7 +102,7 @@ static int plan(mk_gemm_residual *g, int M, int N, int K, int align, const char 
         g->none = 1; /* the caller's two-step path, from now on for this shape */
         return MK_OK;
     }
-    LT_CHECK(s, what);
+    BLAS_CHECK(s, what);
     g->algo = res.algo;
     g->wsb = res.workspaceSize;
     return MK_OK;
@@ -126,7 +118,7 @@ extern "C" int mk_gemm_residual_run(mk_gemm_residual *g, float *D, const float *
     if (g->none) return MK_OK;
     if (g->wsb) MK_CHECK(mk_devbuf_reserve(&g->ws, g->wsb, "GEMM with residual: workspace"));
     const float one = 1.0f;
-    LT_CHECK(cublasLtMatmul(g->lt, g->op, &one, B, g->la, A, g->lb, &one, C, g->lc, D, g->lc, &g->algo, g->ws.p,
+    BLAS_CHECK(cublasLtMatmul(g->lt, g->op, &one, B, g->la, A, g->lb, &one, C, g->lc, D, g->lc, &g->algo, g->ws.p,
                             g->wsb, 0),
              what);
     *done = 1;
