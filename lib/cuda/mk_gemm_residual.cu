@@ -25,7 +25,6 @@ struct mk_gemm_residual {
     cublasLtMatmulAlgo_t algo;
 };
 
-
 static void plan_free(mk_gemm_residual *g)
 {
     if (g->op) cublasLtMatmulDescDestroy(g->op);
