@@ -270,15 +270,24 @@ static int hook_poke(mk_trainer *tr, mk_real *block, const char *name, int secon
  * all-reduce: one pass over them, and on failure a second to say which tensor (and expert)
  * it was, so the message names the rank that produced the NaN rather than every rank that
  * received it. */
+/* The gradient of tensors i0..i1-1 (neighbours in the block, i1 > i0): where and how long. */
+static const mk_real *grads_span(mk_model *m, size_t i0, size_t i1, size_t *n)
+{
+    const mk_tensor *a = mk_model_tensor(m, i0), *z = mk_model_tensor(m, i1 - 1);
+    *n = z->offset + z->numel - a->offset;
+    return mk_model_grads(m) + a->offset;
+}
+
 static int check_grads_range(mk_trainer *tr, long step, size_t i0, size_t i1)
 {
     mk_model *m = tr->model;
     mk_backend *be = mk_model_backend(m);
     const mk_real *g = mk_model_grads(m);
     if (i1 <= i0) return MK_OK;
-    const mk_tensor *a = mk_model_tensor(m, i0), *z = mk_model_tensor(m, i1 - 1);
     int bad = 0;
-    MK_CHECK(be->ops->nonfinite(be, g + a->offset, z->offset + z->numel - a->offset, &bad));
+    size_t n;
+    const mk_real *span = grads_span(m, i0, i1, &n);
+    MK_CHECK(be->ops->nonfinite(be, span, n, &bad));
     if (!bad) return MK_OK;
     for (size_t i = i0; i < i1; i++) {
         const mk_tensor *t = mk_model_tensor(m, i);
@@ -341,11 +350,10 @@ static int check_range_async(overlap_ctx *o, size_t i0, size_t i1, int slot)
 {
     if (!o->flags) return check_grads_range(o->tr, o->step, i0, i1);
     if (i1 <= i0) return MK_OK;
-    mk_model *m = o->tr->model;
-    mk_backend *be = mk_model_backend(m);
-    const mk_tensor *a = mk_model_tensor(m, i0), *z = mk_model_tensor(m, i1 - 1);
-    return be->ops->nonfinite_flag(be, mk_model_grads(m) + a->offset, z->offset + z->numel - a->offset,
-                                   o->tr->gflags + slot);
+    mk_backend *be = mk_model_backend(o->tr->model);
+    size_t n;
+    const mk_real *span = grads_span(o->tr->model, i0, i1, &n);
+    return be->ops->nonfinite_flag(be, span, n, o->tr->gflags + slot);
 }
 
 static int layer_grads_ready(void *ctx, int layer)

@@ -596,30 +596,28 @@ __global__ static void k_nonfinite(const float *x, size_t n, size_t n4, int *fla
     if (bad) *flag = 1;
 }
 
-static int cuda_nonfinite(mk_backend *be, const mk_real *x, size_t n, int *out_host)
-{
-    cuda_impl *im = impl_of(be);
-    *out_host = 0;
-    if (n == 0) return MK_OK;
-    void *sp;
-    MK_CHECK(scratch_get(im, sizeof(int), &sp));
-    CU_CHECK(cudaMemset(sp, 0, sizeof(int)), "nonfinite: clear flag");
-    /* 16-byte loads where x is aligned (n4 chunks of four): this check reads every
-     * gradient once per step */
-    const size_t n4 = ((uintptr_t)x & 15) == 0 ? n / 4 : 0;
-    LAUNCH(k_nonfinite, grid_for(n4 ? n4 : n), "nonfinite", x, n, n4, (int *)sp);
-    int bad = 0;
-    CU_CHECK(cudaMemcpy(&bad, sp, sizeof bad, cudaMemcpyDeviceToHost), "nonfinite: flag");
-    *out_host = bad != 0;
-    return MK_OK;
-}
-
 static int cuda_nonfinite_flag(mk_backend *be, const mk_real *x, size_t n, int32_t *flag)
 {
     (void)be;
     if (n == 0) return MK_OK;
+    /* 16-byte loads where x is aligned (n4 chunks of four): this check reads every
+     * gradient once per step */
     const size_t n4 = ((uintptr_t)x & 15) == 0 ? n / 4 : 0;
-    LAUNCH(k_nonfinite, grid_for(n4 ? n4 : n), "nonfinite_flag", x, n, n4, (int *)flag);
+    LAUNCH(k_nonfinite, grid_for(n4 ? n4 : n), "nonfinite", x, n, n4, (int *)flag);
+    return MK_OK;
+}
+
+static int cuda_nonfinite(mk_backend *be, const mk_real *x, size_t n, int *out_host)
+{
+    *out_host = 0;
+    if (n == 0) return MK_OK;
+    void *sp;
+    MK_CHECK(scratch_get(impl_of(be), sizeof(int32_t), &sp));
+    CU_CHECK(cudaMemset(sp, 0, sizeof(int32_t)), "nonfinite: clear flag");
+    MK_CHECK(cuda_nonfinite_flag(be, x, n, (int32_t *)sp));
+    int32_t bad = 0;
+    CU_CHECK(cudaMemcpy(&bad, sp, sizeof bad, cudaMemcpyDeviceToHost), "nonfinite: flag");
+    *out_host = bad != 0;
     return MK_OK;
 }
 
