@@ -32,6 +32,9 @@
 
 typedef struct mk_backend mk_backend;
 
+/* Timestamp slots of mk_backend_ops.mark. */
+#define MK_MARKS 8192
+
 /* Rows gathered from token rows as permute_rows does: row r is w * src[row_slot[r] / K, :]
  * with w = weights[row_slot[r]], or 1 when weights is NULL (the fused expert FFN's input).
  * src holds N rows (row_slot[r] / K < N). src_op, when not NULL, holds the same rows in the
@@ -315,6 +318,15 @@ typedef struct mk_backend_ops {
 
     /* Wait until every op issued so far has finished (timing; a no-op on the CPU). */
     int (*sync)(mk_backend *be);
+
+    /* Optional (NULL: none; the profiler's timeline mode needs both): timestamps taken
+     * where the device's queue has got to, so a profile can see idle time without
+     * synchronising. mark records timestamp i (0 <= i < MK_MARKS) once the work issued so
+     * far has run, without waiting; mark_ms waits until mark b has been reached and gives
+     * the milliseconds from mark a to mark b (both recorded, a before b). A slot may be
+     * recorded again once read. */
+    int (*mark)(mk_backend *be, int i);
+    int (*mark_ms)(mk_backend *be, int a, int b, double *ms);
 
     void (*destroy)(mk_backend *be);
 } mk_backend_ops;

@@ -88,9 +88,9 @@ int mk_trainer_create(const mk_config *cfg, const mk_comm *world, mk_trainer **o
     }
     MK_CHECK_GOTO(rc, make_backend(tr, cfg), fail);
     const char *prof = getenv("MOEKIT_PROFILE");
-    if (prof && strcmp(prof, "1") == 0) {
+    if (prof && (strcmp(prof, "1") == 0 || strcmp(prof, "timeline") == 0)) {
         mk_backend *timed;
-        MK_CHECK_GOTO(rc, mk_backend_prof_create(tr->be, &timed), fail);
+        MK_CHECK_GOTO(rc, mk_backend_prof_create(tr->be, strcmp(prof, "timeline") == 0, &timed), fail);
         tr->be = timed;
     }
     MK_CHECK_GOTO(rc, mk_devcomm_create(tr->world, tr->be, &tr->dworld), fail);

@@ -102,6 +102,7 @@ typedef struct cuda_impl {
     size_t route_S;        /* the choices they must add up to (route_check) */
     int route_E, route_pending;
     cudaEvent_t route_ev;  /* that copy */
+    cudaEvent_t *marks;    /* MK_MARKS timing events of mark/mark_ms, made on first use */
 } cuda_impl;
 
 static cuda_impl *impl_of(mk_backend *be) { return (cuda_impl *)be->impl; }
@@ -2469,6 +2470,31 @@ static int cuda_sync(mk_backend *be)
     return route_check(impl_of(be));
 }
 
+/* Timing events for the profiler's timeline (mk_backend_prof.c): recorded on the queue, read
+ * later, so the profiled run waits no more often than a plain one. */
+static int cuda_mark(mk_backend *be, int i)
+{
+    cuda_impl *im = impl_of(be);
+    if (i < 0 || i >= MK_MARKS) return MK_FAIL(MK_ERR_INTERNAL, "cuda: mark %d outside 0..%d", i, MK_MARKS - 1);
+    if (!im->marks && !(im->marks = (cudaEvent_t *)calloc(MK_MARKS, sizeof *im->marks)))
+        return MK_FAIL(MK_ERR_NOMEM, "cuda: timing events");
+    if (!im->marks[i]) CU_CHECK(cudaEventCreate(&im->marks[i]), "mark: cudaEventCreate");
+    CU_CHECK(cudaEventRecord(im->marks[i], 0), "mark");
+    return MK_OK;
+}
+
+static int cuda_mark_ms(mk_backend *be, int a, int b, double *ms)
+{
+    cuda_impl *im = impl_of(be);
+    if (a < 0 || b < 0 || a >= MK_MARKS || b >= MK_MARKS || !im->marks || !im->marks[a] || !im->marks[b])
+        return MK_FAIL(MK_ERR_INTERNAL, "cuda: mark_ms(%d, %d): not recorded", a, b);
+    float f = 0;
+    CU_CHECK(cudaEventSynchronize(im->marks[b]), "mark_ms");
+    CU_CHECK(cudaEventElapsedTime(&f, im->marks[a], im->marks[b]), "mark_ms");
+    *ms = f;
+    return MK_OK;
+}
+
 static void cuda_destroy(mk_backend *be)
 {
     if (!be) return;
@@ -2489,6 +2515,10 @@ static void cuda_destroy(mk_backend *be)
         if (im->route_pending) cudaEventSynchronize(im->route_ev);
         if (im->route_fill_h) cudaFreeHost(im->route_fill_h);
         if (im->route_ev) cudaEventDestroy(im->route_ev);
+        if (im->marks)
+            for (int i = 0; i < MK_MARKS; i++)
+                if (im->marks[i]) cudaEventDestroy(im->marks[i]);
+        free(im->marks);
         free(im);
     }
     free(be);
@@ -2544,6 +2574,8 @@ static void fill_ops(mk_backend_ops *o)
     o->cross_entropy = cuda_cross_entropy;
     o->adamw = cuda_adamw;
     o->sync = cuda_sync;
+    o->mark = cuda_mark;
+    o->mark_ms = cuda_mark_ms;
     o->destroy = cuda_destroy;
 }
 

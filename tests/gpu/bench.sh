@@ -7,7 +7,8 @@
 # Runs moe-train (built in this tree with --with-cuda) on the demo corpus, byte-level
 # (throughput does not depend on the tokens), and writes a Markdown table to OUTFILE:
 # 1 GPU micro and global LBL, 2 GPUs dp = 2 micro and global (and ep = 2) when two GPUs
-# are visible, and an op-by-op profile (MOEKIT_PROFILE=1) of one GPU. tok/s is the rate
+# are visible, GPU 0's clocks during the first run, and op-by-op profiles of one GPU
+# (MOEKIT_PROFILE=timeline, then MOEKIT_PROFILE=1). tok/s is the rate
 # of the last logged window (steps after the first 10), MFU against 989 TFLOP/s.
 set -u
 outfile=${1:?usage: bench.sh OUTFILE [STEPS]}
@@ -54,7 +55,18 @@ bench() { # label ranks args...
   echo "| run | GPUs | tokens/s | tokens/s per GPU | MFU | expert all-to-all |"
   echo "|---|---|---|---|---|---|"
 } >>"$outfile"
+# GPU 0's clocks, power and throttle reasons, sampled through the first run: whether the
+# queue's time per step (the timeline profile below) is idle time or slower clocks.
+smi_fields=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,utilization.gpu
+smi_pid=
+for reason in clocks_event_reasons.active clocks_throttle_reasons.active; do
+  nvidia-smi --query-gpu=$smi_fields,$reason --format=csv,noheader,nounits -i 0 >/dev/null 2>&1 || continue
+  nvidia-smi --query-gpu=$smi_fields,$reason --format=csv,noheader,nounits -i 0 -lms 200 >"$tmp/smi.csv" 2>/dev/null &
+  smi_pid=$!
+  break
+done
 bench "1 GPU, lbl micro" 1 --set parallel.ep=1 --set lbl.mode=micro
+[ -n "$smi_pid" ] && kill "$smi_pid" 2>/dev/null && wait "$smi_pid" 2>/dev/null
 # MOEKIT_BENCH_UNFUSED=1: the same run without the backend's fused bf16 ops (expert GEMMs
 # as one cuBLAS call per expert, the output layer as matmul + cross_entropy: the path before
 # mk_grouped_gemm.cu), for comparison on the same host.
@@ -100,6 +112,30 @@ if [ "$ngpu" -ge 4 ] && [ "${MOEKIT_BENCH_SBATCH:-1}" != 0 ]; then
   sbatch_bench "$np GPUs ep=$np, lbl global, via jobs/train.sbatch" $np parallel.ep=$np lbl.mode=global
 fi
 echo >>"$outfile"
+# Busy samples only (utilization >= 90%): the steady state of training, not start-up.
+[ -s "$tmp/smi.csv" ] && awk -F', *' '$6 >= 90 {
+    n++; clk[n] = $2; pw += $4; if ($4 > pmax) pmax = $4; if ($5 > tmax) tmax = $5; r[$7]++
+    if (min == "" || $2 < min) min = $2; if ($2 > max) max = $2; mem = $3 }
+  END {
+    if (!n) { print "GPU 0 during the first run: no busy samples\n"; exit }
+    for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (clk[j] < clk[i]) { t = clk[i]; clk[i] = clk[j]; clk[j] = t }
+    printf "GPU 0 during the first run (nvidia-smi every 0.2 s, %d samples at >= 90%% utilization): SM clock %d / %d / %d MHz (min / median / max), memory %d MHz, power %.0f W mean, %.0f W max, %d C max; clock event reasons:", n, min, clk[int((n + 1) / 2)], max, mem, pw / n, pmax, tmax
+    for (k in r) printf " %s (%d samples)", k, r[k]
+    print "\n"
+  }' "$tmp/smi.csv" >>"$outfile"
+# The same steps on the device's own clock, nothing synchronised (MOEKIT_PROFILE=timeline):
+# where the queue idles between ops, and how long each op takes in a plain step.
+[ "${MOEKIT_BENCH_PROFILE:-1}" = 0 ] || {
+  MOEKIT_PROFILE=timeline "$top/bin/moe-train" --schedule "$src/schedules/bench-s.ini" $common --set train.steps=12 \
+    --set parallel.ep=1 --set run.dir="$tmp/timeline" >"$tmp/timeline.out" 2>&1
+  echo "Op-by-op timeline, 1 GPU, 12 steps (device timestamps around each op, nothing synchronised):"
+  echo
+  echo '```'
+  grep '^profile:' "$tmp/timeline.out" | head -40
+  grep '^step' "$tmp/timeline.out" | tail -1
+  echo '```'
+  echo
+} >>"$outfile"
 [ "${MOEKIT_BENCH_PROFILE:-1}" = 0 ] || MOEKIT_PROFILE=1 "$top/bin/moe-train" --schedule "$src/schedules/bench-s.ini" $common --set train.steps=12 \
   --set parallel.ep=1 --set run.dir="$tmp/prof" >"$tmp/prof.out" 2>&1
 [ "${MOEKIT_BENCH_PROFILE:-1}" = 0 ] || {
