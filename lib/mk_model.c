@@ -244,6 +244,10 @@ int mk_model_create_ep(const mk_config *cfg, mk_backend *be, const mk_comm *ep, 
     if (!m) return MK_FAIL(MK_ERR_NOMEM, "model: out of memory");
     m->cfg = *cfg;
     m->be = be;
+    /* MOEKIT_CLEAR_GRADS=1: mk_model_zero_grad clears every gradient, the experts' too,
+     * and backwards add to them (the path before dw_set, for comparisons) */
+    const char *clear = getenv("MOEKIT_CLEAR_GRADS");
+    m->clear_all_grads = clear && strcmp(clear, "1") == 0;
     m->V = cfg->model.vocab;
     m->D = cfg->model.d_model;
     m->L = cfg->model.layers;
@@ -431,7 +435,7 @@ double mk_model_a2a_seconds(const mk_model *m) { return m->a2a_seconds; }
 int mk_model_zero_grad(mk_model *m)
 {
     mk_backend *be = m->be;
-    if (!be->ops->expert_ffn_backward) {
+    if (!be->ops->expert_ffn_backward || m->clear_all_grads) {
         m->experts_dw_unset = 0;
         return be->ops->zero(be, m->grads, m->nparams * sizeof(mk_real));
     }

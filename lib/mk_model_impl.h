@@ -108,6 +108,7 @@ struct mk_model {
     long step;                          /* optimizer step (1-based) for messages; 0 = none */
     int experts_dw_unset;               /* mk_model_zero_grad left the routed experts' gradients
                                          * for the next backward to write (dw_set) */
+    int clear_all_grads;                /* MOEKIT_CLEAR_GRADS=1: no dw_set */
 };
 
 

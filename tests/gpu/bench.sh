@@ -67,6 +67,13 @@ for reason in clocks_event_reasons.active clocks_throttle_reasons.active; do
 done
 bench "1 GPU, lbl micro" 1 --set parallel.ep=1 --set lbl.mode=micro
 [ -n "$smi_pid" ] && kill "$smi_pid" 2>/dev/null && wait "$smi_pid" 2>/dev/null
+# MOEKIT_BENCH_AB="VAR=VALUE ...": the first run again with each setting, then without, in
+# turn, so a change is measured against the build it replaces on the same host (hosts
+# differ by about 1%).
+for ab in ${MOEKIT_BENCH_AB:-}; do
+  (export "$ab"; bench "1 GPU, lbl micro, $ab" 1 --set parallel.ep=1 --set lbl.mode=micro)
+  bench "1 GPU, lbl micro (again)" 1 --set parallel.ep=1 --set lbl.mode=micro
+done
 # MOEKIT_BENCH_UNFUSED=1: the same run without the backend's fused bf16 ops (expert GEMMs
 # as one cuBLAS call per expert, the output layer as matmul + cross_entropy: the path before
 # mk_grouped_gemm.cu), for comparison on the same host.

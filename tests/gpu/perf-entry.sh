@@ -1,6 +1,6 @@
 #!/bin/sh
 # perf-entry.sh OUTDIR PERFMD COMMAND - add the results of one tests/gpu/run.sh call (left in
-# OUTDIR: gpu-results.md, bench.md, kernel-bench.txt, kernel-profile.txt) to PERFMD (docs/performance.md) as a
+# OUTDIR: gpu-results.md, bench.md, kernel-bench.txt, pdl-bench.txt, kernel-profile.txt) to PERFMD (docs/performance.md) as a
 # dated entry at the top, newest first: the date, the GPU, the command, the GPU test
 # counts and the benchmark's numbers. run.sh calls it at its end and leaves the updated
 # file in OUTDIR/performance.md, since nothing else the device machine writes comes back.
@@ -49,6 +49,14 @@ trap 'rm -f "$entry" "$new"' EXIT
     echo
     echo '```'
     cat "$out/kernel-bench.txt"
+    echo '```'
+    echo
+  fi
+  if [ -f "$out/pdl-bench.txt" ]; then
+    echo "Programmatic dependent launch (\`tests/gpu/pdl_bench.cu\`):"
+    echo
+    echo '```'
+    cat "$out/pdl-bench.txt"
     echo '```'
     echo
   fi

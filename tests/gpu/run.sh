@@ -62,6 +62,13 @@ if [ "${MOEKIT_GEMM_BENCH:-0}" = 1 ]; then
     >>"$out/build.log" 2>&1 && ./tests/gpu/gemm_bench >"$out/gemm-bench.txt" 2>&1
   cat "$out/gemm-bench.txt"
 fi
+# MOEKIT_PDL_BENCH=1: what programmatic dependent launch saves between two kernels here
+# (tests/gpu/pdl_bench.cu).
+if [ "${MOEKIT_PDL_BENCH:-0}" = 1 ]; then
+  nvcc -O2 -std=c++17 -arch=sm_90 tests/gpu/pdl_bench.cu -o tests/gpu/pdl_bench >>"$out/build.log" 2>&1 &&
+    ./tests/gpu/pdl_bench >"$out/pdl-bench.txt" 2>&1
+  cat "$out/pdl-bench.txt"
+fi
 # MOEKIT_KERNEL_BENCH=1: the backend's own kernels at bench-s shapes (tests/gpu/kernel_bench.c).
 if [ "${MOEKIT_KERNEL_BENCH:-0}" = 1 ]; then
   { make tests/gpu/kernel_bench >>"$out/build.log" 2>&1 && ./tests/gpu/kernel_bench &&
