@@ -244,10 +244,6 @@ int mk_model_create_ep(const mk_config *cfg, mk_backend *be, const mk_comm *ep, 
     if (!m) return MK_FAIL(MK_ERR_NOMEM, "model: out of memory");
     m->cfg = *cfg;
     m->be = be;
-    /* MOEKIT_CLEAR_GRADS=1: mk_model_zero_grad clears every gradient, the experts' too,
-     * and backwards add to them (the path before dw_set, for comparisons) */
-    const char *clear = getenv("MOEKIT_CLEAR_GRADS");
-    m->clear_all_grads = clear && strcmp(clear, "1") == 0;
     m->V = cfg->model.vocab;
     m->D = cfg->model.d_model;
     m->L = cfg->model.layers;
@@ -429,27 +425,9 @@ const mk_config *mk_model_config(const mk_model *m) { return &m->cfg; }
 mk_backend *mk_model_backend(mk_model *m) { return m->be; }
 double mk_model_a2a_seconds(const mk_model *m) { return m->a2a_seconds; }
 
-/* With a backend whose expert FFN backward can write its weight gradients instead of adding
- * to them (dw_set), the routed experts' gradients -- most of the model's -- are left as they
- * are: the next backward writes them, so they are neither cleared here nor read there. */
 int mk_model_zero_grad(mk_model *m)
 {
-    mk_backend *be = m->be;
-    if (!be->ops->expert_ffn_backward || m->clear_all_grads) {
-        m->experts_dw_unset = 0;
-        return be->ops->zero(be, m->grads, m->nparams * sizeof(mk_real));
-    }
-    size_t from = 0; /* start of the run of tensors still to clear */
-    for (size_t i = 0; i < m->ntensors; i++) {
-        const tensor_role r = m->roles[i];
-        if (r != R_W1 && r != R_W3 && r != R_W2) continue;
-        const mk_tensor *t = &m->tensors[i];
-        if (t->offset > from) MK_CHECK(be->ops->zero(be, m->grads + from, (t->offset - from) * sizeof(mk_real)));
-        from = t->offset + t->numel;
-    }
-    if (m->nparams > from) MK_CHECK(be->ops->zero(be, m->grads + from, (m->nparams - from) * sizeof(mk_real)));
-    m->experts_dw_unset = 1;
-    return MK_OK;
+    return m->be->ops->zero(m->be, m->grads, m->nparams * sizeof(mk_real));
 }
 
 /* ------------------------------------------------------------------ experts */
@@ -492,10 +470,7 @@ int mk_expert_ffn_backward(mk_model *m, const layer_params *p, layer_params *g, 
     if (be->ops->expert_ffn_backward)
         return be->ops->expert_ffn_backward(be, dxp, g->w1, g->w3, g->w2, dhact, da1, da3, dy, dout,
                                             xp, a1, a3, hact, p->w1, p->w3, p->w2, offs, nexp,
-                                            m->D, m->F, m->experts_dw_unset);
-    if (m->experts_dw_unset)
-        return MK_FAIL(MK_ERR_INTERNAL, "expert FFN backward: the experts' gradients were left unset, and the"
-                       " %s backend cannot write them", be->ops->name);
+                                            m->D, m->F);
     return mk_expert_ffn_backward_ops(be, dxp, g->w1, g->w3, g->w2, dhact, da1, da3, dy, dout, xp,
                                       a1, a3, hact, p->w1, p->w3, p->w2, offs, nexp, m->D, m->F);
 }
@@ -758,10 +733,8 @@ int mk_model_backward(mk_model *m, double ce_scale, double aux_scale)
         if (m->layer_grads) MK_CHECK(m->layer_grads(m->layer_grads_ctx, l));
     }
     MK_CHECK(o->embedding_backward(be, m->gv.wte, s->tokens, s->dresid, N, D, V));
-    /* The logits buffer now holds gradients: a second backward would be wrong. Every
-     * layer's experts have their gradients now: a next backward adds to them. */
+    /* The logits buffer now holds gradients: a second backward would be wrong. */
     m->last_train = 0;
-    m->experts_dw_unset = 0;
     return MK_OK;
 }
 

@@ -102,9 +102,6 @@ int mk_model_backward(mk_model *m, double ce_scale, double aux_scale);
 typedef int (*mk_layer_grads_fn)(void *ctx, int layer);
 void mk_model_set_layer_grads_hook(mk_model *m, mk_layer_grads_fn fn, void *ctx);
 
-/* Clear the gradients for a new step. With the CUDA backend's fused expert FFN the routed
- * experts' gradients are not cleared but left for the next mk_model_backward to write:
- * read gradients only after a backward. */
 int mk_model_zero_grad(mk_model *m);
 
 /* Top-k choices of layer l from the last forward: host-readable copy, [B*T, K]. */

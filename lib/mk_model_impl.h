@@ -106,9 +106,6 @@ struct mk_model {
     mk_layer_grads_fn layer_grads;      /* mk_model_set_layer_grads_hook; NULL: none */
     void *layer_grads_ctx;
     long step;                          /* optimizer step (1-based) for messages; 0 = none */
-    int experts_dw_unset;               /* mk_model_zero_grad left the routed experts' gradients
-                                         * for the next backward to write (dw_set) */
-    int clear_all_grads;                /* MOEKIT_CLEAR_GRADS=1: no dw_set */
 };
 
 

@@ -1231,24 +1231,15 @@ static void one_cutlass_kernel(mk_gg_cutlass *g, int E, int K, int N, const int 
     float *gdW = D(dW0, nw * 4), *gdW2 = D(dW0, nw * 4);
     const void *gdC = (const char *)gwide + (size_t)N * 2;
     int r1 = cpu->ops->grouped_matmul_wgrad(cpu, want, A, dC, offs, E, K, N);
-    int r2 = mk_gg_cutlass_wgrad(g, gdW, gA, K, gdC, 2 * N, offs, E, K, N, 0);
+    int r2 = mk_gg_cutlass_wgrad(g, gdW, gA, K, gdC, 2 * N, offs, E, K, N);
     if (both_ok(r1, r2, "CUTLASS grouped weight gradient")) {
         float *got = Gf(gdW, nw);
         check_arr(got, want, nw, RT_GEMM, AT_GEMM * sqrt((double)R),
                   "CUTLASS grouped weight gradient E %d K %d N %d (%zu rows, dC rows of %d) accumulates", E, K, N, R,
                   2 * N);
-        r2 = mk_gg_cutlass_wgrad(g, gdW2, gA, K, gdC, 2 * N, offs, E, K, N, 0);
+        r2 = mk_gg_cutlass_wgrad(g, gdW2, gA, K, gdC, 2 * N, offs, E, K, N);
         tap_ok(r2 == MK_OK && memcmp(Gf(gdW2, nw), got, nw * 4) == 0,
                "CUTLASS grouped weight gradient E %d K %d N %d: a second run gives the same bits", E, K, N);
-        /* set: written over NaN = accumulated onto zeros, bit for bit (chunked experts too) */
-        float *nanw = Hf(nw);
-        for (size_t i = 0; i < nw; i++) nanw[i] = NAN;
-        float *gset = D(nanw, nw * 4), *gz = Dz(nw * 4);
-        r2 = mk_gg_cutlass_wgrad(g, gset, gA, K, gdC, 2 * N, offs, E, K, N, 1);
-        if (r2 == MK_OK) r2 = mk_gg_cutlass_wgrad(g, gz, gA, K, gdC, 2 * N, offs, E, K, N, 0);
-        tap_ok(r2 == MK_OK && memcmp(Gf(gset, nw), Gf(gz, nw), nw * 4) == 0,
-               "CUTLASS grouped weight gradient E %d K %d N %d (%zu rows): set over NaN = accumulated onto zeros", E, K,
-               N, R);
     }
     arena_free();
 }
@@ -1326,7 +1317,7 @@ static void one_expert_ffn_bf16(mk_backend *bf, const char *path, int E, int Dm,
     int r2 = bf->ops->expert_ffn_forward(bf, gy, ga1, ga3, gh, gx, &gxs, g1, g3, g2, offs, E, Dm, F);
     if (r2 == MK_OK)
         r2 = bf->ops->expert_ffn_backward(bf, gdx, gdw, gdw + W, gdw + 2 * W, gdh, gda1, gda3, gdy,
-                                          &gds, gx, ga1, ga3, gh, g1, g3, g2, offs, E, Dm, F, 0);
+                                          &gds, gx, ga1, ga3, gh, g1, g3, g2, offs, E, Dm, F);
     if (both_ok(r1, r2, "bf16 expert FFN forward + backward")) {
         const char *names[5] = {"y", "dx", "dw1 (accumulated)", "dw3 (accumulated)", "dw2 (accumulated)"};
         /* y and dx are expert rows: bf16 in this mode */
@@ -1344,7 +1335,7 @@ static void one_expert_ffn_bf16(mk_backend *bf, const char *path, int E, int Dm,
         r2 = bf->ops->expert_ffn_forward(bf, gy2, ga1, ga3, gh, gx, &gxs, g1, g3, g2, offs, E, Dm, F);
         if (r2 == MK_OK)
             r2 = bf->ops->expert_ffn_backward(bf, gdx2, gdw2, gdw2 + W, gdw2 + 2 * W, gdh, gda1, gda3,
-                                              gdy, &gds, gx, ga1, ga3, gh, g1, g3, g2, offs, E, Dm, F, 0);
+                                              gdy, &gds, gx, ga1, ga3, gh, g1, g3, g2, offs, E, Dm, F);
         tap_ok(r2 == MK_OK && memcmp(Gbf(gy2, R * Dm), got[0], R * Dm * 4) == 0 &&
                    memcmp(Gbf(gdx2, R * Dm), got[1], R * Dm * 4) == 0 &&
                    memcmp(Gf(gdw2, 3 * W), gw, 3 * W * 4) == 0,
@@ -1382,7 +1373,7 @@ static void one_expert_ffn_bf16(mk_backend *bf, const char *path, int E, int Dm,
         r2 = bf->ops->expert_ffn_forward(bf, gy3, ga1, ga3, gh, gx, &gxs, g1, g3, g2, offs, E, Dm, F);
         if (r2 == MK_OK)
             r2 = bf->ops->expert_ffn_backward(bf, gdx5, gdw5, gdw5 + W, gdw5 + 2 * W, gdh, gda1, gda3, gdy, &given,
-                                              gx, ga1, ga3, gh, g1, g3, g2, offs, E, Dm, F, 0);
+                                              gx, ga1, ga3, gh, g1, g3, g2, offs, E, Dm, F);
         tap_ok(r2 == MK_OK && memcmp(Gbf(gdx5, R * Dm), got[1], R * Dm * 4) == 0 &&
                    memcmp(Gf(gdw5, 3 * W), gw, 3 * W * 4) == 0,
                "bf16 expert FFN%s (E %d, D %d, F %d, %zu rows): output-gradient rows given (rows_op) = gathered here",
@@ -1394,33 +1385,11 @@ static void one_expert_ffn_bf16(mk_backend *bf, const char *path, int E, int Dm,
         r2 = bf->ops->expert_ffn_forward(bf, gy3, ga1, ga3, gh, gx, &gxs, g1, g3, g2, offs, E, Dm, F);
         if (r2 == MK_OK)
             r2 = bf->ops->expert_ffn_backward(bf, gdx3, gdw3, gdw3 + W, gdw3 + 2 * W, gdh, gda1, gda3, gdy, &gds, gx,
-                                              ga1, ga3, gh, c1, c3, c2, offs, E, Dm, F, 0);
+                                              ga1, ga3, gh, c1, c3, c2, offs, E, Dm, F);
         tap_ok(r2 == MK_OK && memcmp(Gbf(gdx3, R * Dm), got[1], R * Dm * 4) == 0 &&
                    memcmp(Gf(gdw3, 3 * W), gw, 3 * W * 4) == 0,
                "bf16 expert FFN%s (E %d, D %d, F %d, %zu rows): a backward with the weights in other buffers gives the same bits",
                path, E, Dm, F, R);
-        /* dw_set: the weight gradients written, not added to: NaN where they were never
-         * reaches them, and they are the bits of accumulating onto zeros (zeros for the
-         * expert without rows) */
-        float *nan3 = Hf(3 * W);
-        for (size_t i = 0; i < 3 * W; i++) nan3[i] = NAN;
-        float *gdw6 = D(nan3, 3 * W * 4), *gdw7 = Dz(3 * W * 4), *gdx6 = Dz(R * Dm * 4);
-        r2 = bf->ops->expert_ffn_forward(bf, gy3, ga1, ga3, gh, gx, &gxs, g1, g3, g2, offs, E, Dm, F);
-        if (r2 == MK_OK)
-            r2 = bf->ops->expert_ffn_backward(bf, gdx6, gdw6, gdw6 + W, gdw6 + 2 * W, gdh, gda1, gda3, gdy, &gds, gx,
-                                              ga1, ga3, gh, g1, g3, g2, offs, E, Dm, F, 1);
-        if (r2 == MK_OK)
-            r2 = bf->ops->expert_ffn_forward(bf, gy3, ga1, ga3, gh, gx, &gxs, g1, g3, g2, offs, E, Dm, F);
-        if (r2 == MK_OK)
-            r2 = bf->ops->expert_ffn_backward(bf, gdx6, gdw7, gdw7 + W, gdw7 + 2 * W, gdh, gda1, gda3, gdy, &gds, gx,
-                                              ga1, ga3, gh, g1, g3, g2, offs, E, Dm, F, 0);
-        const float *set = r2 == MK_OK ? Gf(gdw6, 3 * W) : NULL;
-        size_t finite = 0;
-        for (size_t i = 0; set && i < 3 * W; i++) finite += isfinite(set[i]) != 0;
-        tap_ok(set && finite == 3 * W && memcmp(set, Gf(gdw7, 3 * W), 3 * W * 4) == 0 &&
-                   memcmp(Gbf(gdx6, R * Dm), got[1], R * Dm * 4) == 0,
-               "bf16 expert FFN%s (E %d, D %d, F %d, %zu rows): dw_set over NaN writes the bits of accumulating onto"
-               " zeros (%zu of %zu finite)", path, E, Dm, F, R, finite, 3 * W);
     }
     arena_free();
 }

@@ -2172,16 +2172,10 @@ static int cuda_expert_ffn_backward(mk_backend *be, mk_real *dxp, mk_real *dw1, 
                                     mk_real *dy, const mk_rows_gather *dout, const mk_real *xp,
                                     const mk_real *a1, const mk_real *a3, const mk_real *hact,
                                     const mk_real *w1, const mk_real *w3, const mk_real *w2,
-                                    const int *offs_host, int E, int D, int F, int dw_set)
+                                    const int *offs_host, int E, int D, int F)
 {
     cuda_impl *im = impl_of(be);
     if (!use_fused_ffn(im, E, D, F, xp, a1, a3, hact)) {
-        if (dw_set) {
-            const size_t nw = (size_t)E * D * F * sizeof(mk_real);
-            MK_CHECK(cuda_zero(be, dw1, nw));
-            MK_CHECK(cuda_zero(be, dw3, nw));
-            MK_CHECK(cuda_zero(be, dw2, nw));
-        }
         MK_CHECK(mk_expert_ffn_backward_ops(be, dxp, dw1, dw3, dw2, dhact, da1, da3, dy, dout, xp, a1,
                                             a3, hact, w1, w3, w2, offs_host, E, D, F));
         return rows_bf16(im, D) ? rows_round(im, dxp, (size_t)offs_host[E] * D, "expert FFN backward: dxp rows")
@@ -2189,7 +2183,7 @@ static int cuda_expert_ffn_backward(mk_backend *be, mk_real *dxp, mk_real *dw1, 
     }
     if (!im->ffn) MK_CHECK(mk_cuda_ffn_create(&im->ffn));
     return mk_cuda_ffn_backward(im->ffn, dxp, dw1, dw3, dw2, dhact, da1, da3, dout, xp,
-                                a1, a3, hact, w1, w3, w2, offs_host, E, D, F, dw_set);
+                                a1, a3, hact, w1, w3, w2, offs_host, E, D, F);
 }
 
 /* ------------------------------------------------------------------ loss */

@@ -433,7 +433,7 @@ static int cl_forward(mk_cuda_ffn *f, float *y, float *a1, float *a3, float *hac
 static int cl_backward(mk_cuda_ffn *f, float *dxp, float *dw1, float *dw3, float *dw2, float *dhact, float *da1,
                        const mk_rows_gather *dout, const float *xp, const float *a1, const float *a3,
                        const float *hact, const float *w1, const float *w3, const float *w2, const int *offs_host,
-                       int E, int D, int F, size_t R, int set)
+                       int E, int D, int F, size_t R)
 {
     MK_CHECK(cl_aligned(dxp, dhact, da1, dw2, dw1));
     MK_CHECK(cl_aligned(dw3, xp, a1, hact, w2));
@@ -458,14 +458,14 @@ static int cl_backward(mk_cuda_ffn *f, float *dxp, float *dw1, float *dw3, float
         MK_CHECK(to_bf16(w2b, w2, nw, "expert FFN backward: w2"));
     }
     MK_CHECK(mk_gg_cutlass_rows(f->cl, dhb, 1, F, dyb, D, w2b, (size_t)F * D, D, 1, offs_host, E, D, F, 0.f));
-    MK_CHECK(mk_gg_cutlass_wgrad(f->cl, dw2, hb, F, dyb, D, offs_host, E, F, D, set));
+    MK_CHECK(mk_gg_cutlass_wgrad(f->cl, dw2, hb, F, dyb, D, offs_host, E, F, D));
     k_swiglu13_backward<<<grid_for(R * (F / 8)), TPB>>>((uint4 *)da13, (const uint4 *)dhb, (const uint4 *)a13, R,
                                                         F / 8);
     CU_CHECK(cudaGetLastError(), "expert FFN backward: SwiGLU");
     MK_CHECK(mk_gg_cutlass_rows(f->cl, dxp, 1, D, da13, 2 * F, w13b, (size_t)D * 2 * F, 2 * F, 1, offs_host, E,
                                 2 * F, D, 0.f));
-    MK_CHECK(mk_gg_cutlass_wgrad(f->cl, dw1, xb, D, da13, 2 * F, offs_host, E, D, F, set));
-    return mk_gg_cutlass_wgrad(f->cl, dw3, xb, D, da13 + F, 2 * F, offs_host, E, D, F, set);
+    MK_CHECK(mk_gg_cutlass_wgrad(f->cl, dw1, xb, D, da13, 2 * F, offs_host, E, D, F));
+    return mk_gg_cutlass_wgrad(f->cl, dw3, xb, D, da13 + F, 2 * F, offs_host, E, D, F);
 }
 
 /* ------------------------------------------------------------------ the op */
@@ -502,24 +502,16 @@ int mk_cuda_ffn_backward(mk_cuda_ffn *f, float *dxp, float *dw1, float *dw3, flo
                          float *dhact, float *da1, float *da3, const mk_rows_gather *dout,
                          const float *xp, const float *a1, const float *a3, const float *hact,
                          const float *w1, const float *w3, const float *w2, const int *offs_host,
-                         int E, int D, int F, int set)
+                         int E, int D, int F)
 {
     size_t R = 0;
     MK_CHECK(check_rows(offs_host, E, &R));
-    const size_t nw = (size_t)E * D * F;
-    if (f->cl && R > 0)
-        return cl_backward(f, dxp, dw1, dw3, dw2, dhact, da1, dout, xp, a1, a3, hact, w1, w3, w2, offs_host, E, D, F,
-                           R, set);
-    /* Our own kernels accumulate: from zeros when set (and with no rows, zeros is all) */
-    if (set) {
-        static const char what[] = "expert FFN backward: weight gradients";
-        CU_CHECK(cudaMemsetAsync(dw1, 0, nw * sizeof(float), 0), what);
-        CU_CHECK(cudaMemsetAsync(dw3, 0, nw * sizeof(float), 0), what);
-        CU_CHECK(cudaMemsetAsync(dw2, 0, nw * sizeof(float), 0), what);
-    }
     if (R == 0) return MK_OK;
+    if (f->cl)
+        return cl_backward(f, dxp, dw1, dw3, dw2, dhact, da1, dout, xp, a1, a3, hact, w1, w3, w2, offs_host, E, D, F,
+                           R);
     const bf16 *given = given_rows(dout);
-    const size_t nx = R * D, nh = R * F;
+    const size_t nx = R * D, nw = (size_t)E * D * F, nh = R * F;
     const size_t wsn = mk_grouped_gemm_wgrad_ws_floats(offs_host, E, D, F);
     const size_t sx = given ? 0 : up256(nx * 2), sw = up256(nw * 2);
     const size_t bytes = sx + 3 * sw + up256(wsn * sizeof(float));

@@ -196,48 +196,29 @@ int mk_gg_cutlass_rows(mk_gg_cutlass *g, void *C, int c_bf16, int ldc, const voi
     return gg_go(g, form, t, beta, what);
 }
 
-/* dW_e = 0 for every expert without rows (runs of them in one call each). */
-static int gg_zero_idle(float *dW, const int *offs_host, int E, size_t KN, const char *what)
-{
-    for (int e = 0; e < E;) {
-        if (offs_host[e + 1] > offs_host[e]) {
-            e++;
-            continue;
-        }
-        int end = e + 1;
-        while (end < E && offs_host[end + 1] == offs_host[end]) end++;
-        CU_CHECK(cudaMemsetAsync(dW + (size_t)e * KN, 0, (size_t)(end - e) * KN * sizeof(float), 0), what);
-        e = end;
-    }
-    return MK_OK;
-}
-
 int mk_gg_cutlass_wgrad(mk_gg_cutlass *g, float *dW, const void *A, int lda, const void *dC, int ldc,
-                        const int *offs_host, int E, int K, int N, int set)
+                        const int *offs_host, int E, int K, int N)
 {
     static const char what[] = "grouped weight gradient (CUTLASS)";
     gg_groups t;
     int slots;
     t.wgrad = 1, t.K = K, t.N = N;
     MK_CHECK(gg_list(g, &t, offs_host, E, &slots, what));
-    const size_t KN = (size_t)K * N;
-    /* beta = 0: CUTLASS's epilogue then does not load C at all (so dW's old contents,
-     * whatever they are, never reach the result) */
-    if (set) MK_CHECK(gg_zero_idle(dW, offs_host, E, KN, what));
     if (t.n == 0) return MK_OK;
+    const size_t KN = (size_t)K * N;
     t.ws = NULL, t.zeros = NULL;
     if (slots > 0) {
         MK_CHECK(mk_devbuf_reserve(&g->partials, slots * KN * sizeof(float), "grouped weight gradient partial sums"));
-        if (!set && g->zeros_floats < KN) {
+        if (g->zeros_floats < KN) {
             MK_CHECK(mk_devbuf_reserve(&g->zeros, KN * sizeof(float), "grouped weight gradient zeros"));
             CU_CHECK(cudaMemsetAsync(g->zeros.p, 0, KN * sizeof(float), 0), what);
             g->zeros_floats = KN;
         }
-        t.ws = (float *)g->partials.p, t.zeros = set ? NULL : (const float *)g->zeros.p;
+        t.ws = (float *)g->partials.p, t.zeros = (const float *)g->zeros.p;
     }
     t.A = (const char *)A, t.B = (const char *)dC, t.D = (char *)dW;
     t.lda = lda, t.ldb = ldc, t.ldd = N, t.b_stride = 0, t.d_size = 4;
-    MK_CHECK(gg_go(g, GG_TN_F32, t, set ? 0.0f : 1.0f, what));
+    MK_CHECK(gg_go(g, GG_TN_F32, t, 1.0f, what));
     if (slots == 0) return MK_OK;
     size_t bx = (KN + 255) / 256;
     if (bx > 4096) bx = 4096;
@@ -278,9 +259,9 @@ int mk_gg_cutlass_rows(mk_gg_cutlass *g, void *C, int c_bf16, int ldc, const voi
 }
 
 int mk_gg_cutlass_wgrad(mk_gg_cutlass *g, float *dW, const void *A, int lda, const void *dC, int ldc,
-                        const int *offs_host, int E, int K, int N, int set)
+                        const int *offs_host, int E, int K, int N)
 {
-    (void)g, (void)dW, (void)A, (void)lda, (void)dC, (void)ldc, (void)offs_host, (void)E, (void)K, (void)N, (void)set;
+    (void)g, (void)dW, (void)A, (void)lda, (void)dC, (void)ldc, (void)offs_host, (void)E, (void)K, (void)N;
     return MK_FAIL(MK_ERR_INTERNAL, "grouped weight gradient: built without CUTLASS (configure --with-cutlass)");
 }
 

@@ -39,12 +39,11 @@ int mk_gg_cutlass_rows(mk_gg_cutlass *g, void *C, int c_bf16, int ldc, const voi
                        int E, int K, int N, float beta);
 
 /* For each expert e: dW_e += A_e^T dC_e, reducing over its rows: A [R, K] (rows of lda),
- * dC [R, N] (rows of ldc), both bf16; dW [E, K, N] fp32. With set, dW_e = A_e^T dC_e
- * instead: dW is not read (it may hold anything, NaN included), and an expert without
- * rows gets zeros. An expert of many more rows than the mean is reduced in chunks whose
- * partial sums are added in chunk order (the same order every call). */
+ * dC [R, N] (rows of ldc), both bf16; dW [E, K, N] fp32. An expert of many more rows than
+ * the mean is reduced in chunks whose partial sums are added in chunk order (the same
+ * order every call). */
 int mk_gg_cutlass_wgrad(mk_gg_cutlass *g, float *dW, const void *A, int lda, const void *dC, int ldc,
-                        const int *offs_host, int E, int K, int N, int set);
+                        const int *offs_host, int E, int K, int N);
 
 #ifdef __cplusplus
 }

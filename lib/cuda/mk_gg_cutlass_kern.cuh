@@ -50,7 +50,7 @@ typedef struct gg_groups {
     const char *A, *B;
     char *D;
     float *ws;          /* partial sums */
-    const float *zeros; /* K x N zeros: the C of a partial sum (NULL: beta = 0, no C) */
+    const float *zeros; /* K x N zeros: the C of a partial sum */
     long long lda, ldb, ldd, b_stride; /* b_stride: elements between experts' B (rows form) */
     int d_size;                        /* bytes of an output element */
 } gg_groups;
@@ -139,7 +139,7 @@ __global__ static void k_gg_tables(gg_shape *shapes, const void **pa, const void
             pc[g] = pd[g];
         } else {
             pd[g] = t.ws + (long long)(t.slot[e] + c - 1) * t.K * t.N;
-            pc[g] = t.zeros ? t.zeros : pd[g]; /* none: beta = 0, C never loaded */
+            pc[g] = t.zeros;
         }
     } else {
         const int r0 = t.offs[e];
