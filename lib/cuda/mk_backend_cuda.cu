@@ -54,6 +54,7 @@ extern "C" {
 #include "mk_expert_ffn.h"
 #include "mk_gemm_residual.h"
 #include "mk_grouped_gemm.h"
+#include "mk_pdl.h"
 
 #ifdef MK_REAL_DOUBLE
 #error "the CUDA backend is fp32 only (mk_real = float): build it without MK_REAL_DOUBLE"
@@ -103,6 +104,8 @@ typedef struct cuda_impl {
     int route_E, route_pending;
     cudaEvent_t route_ev;  /* that copy */
     cudaEvent_t *marks;    /* MK_MARKS timing events of mark/mark_ms, made on first use */
+    void *bounce_h;        /* pinned: small to_host copies land here first */
+    size_t bounce_cap;     /* its bytes */
 } cuda_impl;
 
 static cuda_impl *impl_of(mk_backend *be) { return (cuda_impl *)be->impl; }
@@ -113,11 +116,8 @@ static cuda_impl *impl_of(mk_backend *be) { return (cuda_impl *)be->impl; }
 
 /* A launch reports bad configurations through cudaGetLastError; faults inside the kernel
  * surface at the next synchronising call. */
-#define LAUNCH(kernel, grid, what, ...)                                                    \
-    do {                                                                                   \
-        kernel<<<(grid), TPB>>>(__VA_ARGS__);                                              \
-        CU_CHECK(cudaGetLastError(), what);                                                \
-    } while (0)
+/* Every kernel here starts with MK_PDL_ENTRY() and is launched through mk_launch (mk_pdl.h). */
+#define LAUNCH(kernel, grid, what, ...) CU_CHECK(mk_launch(kernel, dim3(grid), dim3(TPB), 0, __VA_ARGS__), what)
 
 #define MK_ROUTER_GATES_MAX 32 /* gates the router keeps in registers; more are re-read */
 
@@ -267,10 +267,30 @@ static int route_check(cuda_impl *im)
     return MK_OK;
 }
 
+/* Copies up to this size go through pinned memory: a pageable cudaMemcpy of the model's
+ * per-layer routing statistics (about 70 KB at bench-s) took about 30 us of the queue's
+ * time, 13 times a step; a DMA into pinned memory and a host memcpy take about a third. */
+#define BOUNCE_MAX ((size_t)1 << 20)
+
 static int cuda_to_host(mk_backend *be, void *dst_host, const void *src, size_t bytes)
 {
-    if (bytes) CU_CHECK(cudaMemcpy(dst_host, src, bytes, cudaMemcpyDeviceToHost), "to_host");
-    return route_check(impl_of(be));
+    cuda_impl *im = impl_of(be);
+    if (bytes > BOUNCE_MAX) {
+        CU_CHECK(cudaMemcpy(dst_host, src, bytes, cudaMemcpyDeviceToHost), "to_host");
+    } else if (bytes) {
+        if (im->bounce_cap < bytes) {
+            if (im->bounce_h) CU_CHECK(cudaFreeHost(im->bounce_h), "to_host: cudaFreeHost");
+            im->bounce_h = NULL, im->bounce_cap = 0;
+            size_t cap = 4096;
+            while (cap < bytes) cap *= 2;
+            CU_CHECK(cudaMallocHost(&im->bounce_h, cap), "to_host: pinned staging");
+            im->bounce_cap = cap;
+        }
+        CU_CHECK(cudaMemcpyAsync(im->bounce_h, src, bytes, cudaMemcpyDeviceToHost, 0), "to_host");
+        CU_CHECK(cudaStreamSynchronize(0), "to_host");
+        memcpy(dst_host, im->bounce_h, bytes);
+    }
+    return route_check(im);
 }
 
 static int cuda_from_host(mk_backend *be, void *dst, const void *src_host, size_t bytes)
@@ -447,6 +467,7 @@ static int cuda_grouped_matmul_wgrad(mk_backend *be, mk_real *dW, const mk_real 
 
 __global__ static void k_beta_only(float *C, size_t n, float beta)
 {
+    MK_PDL_ENTRY();
     GRID_STRIDE(i, n) C[i] = beta == 0 ? 0.0f : beta * C[i];
 }
 
@@ -517,6 +538,7 @@ static int cuda_linear_backward(mk_backend *be, mk_real *dX, mk_real *dW, const 
 /* 16-byte loads over the first n4 fours where all three are aligned, then the rest. */
 __global__ static void k_add(float *y, const float *a, const float *b, size_t n, size_t n4)
 {
+    MK_PDL_ENTRY();
     GRID_STRIDE(i, n4)
     {
         const float4 A = ((const float4 *)a)[i], B = ((const float4 *)b)[i];
@@ -535,6 +557,7 @@ static int cuda_add(mk_backend *be, mk_real *y, const mk_real *a, const mk_real 
 
 __global__ static void k_scale(float *x, size_t n, float s)
 {
+    MK_PDL_ENTRY();
     GRID_STRIDE(i, n) x[i] *= s;
 }
 
@@ -551,6 +574,7 @@ static int cuda_scale(mk_backend *be, mk_real *x, size_t n, mk_real s)
  * block order. Both orders depend on n and the alignment only. */
 __global__ static void k_sumsq(const float *x, size_t n, size_t n4, double *part)
 {
+    MK_PDL_ENTRY();
     __shared__ double sh[TPB];
     double s = 0;
     GRID_STRIDE(i, n4)
@@ -587,6 +611,7 @@ static int cuda_sumsq(mk_backend *be, const mk_real *x, size_t n, double *out_ho
  * which thread wins, so this plain store is deterministic. */
 __global__ static void k_nonfinite(const float *x, size_t n, size_t n4, int *flag)
 {
+    MK_PDL_ENTRY();
     int bad = 0;
     GRID_STRIDE(i, n4)
     {
@@ -627,6 +652,7 @@ static int cuda_nonfinite(mk_backend *be, const mk_real *x, size_t n, int *out_h
 __global__ static void k_embedding_forward(float *out, const int32_t *tokens, const float *wte,
                                            int N, int D)
 {
+    MK_PDL_ENTRY();
     GRID_STRIDE(i, (size_t)N * D)
     {
         size_t n = i / D, c = i % D;
@@ -679,6 +705,7 @@ static int cuda_embedding_forward(mk_backend *be, mk_real *out, const int32_t *t
 __global__ static void k_embedding_backward(float *dwte, const float *dout, const int32_t *list,
                                             int nu, int D)
 {
+    MK_PDL_ENTRY();
     const int32_t *rows = list, *start = list + nu, *idx = list + 2 * nu + 1;
     const int b = blockIdx.x, c = blockIdx.y * blockDim.x + threadIdx.x;
     if (c >= D) return;
@@ -752,8 +779,8 @@ static int cuda_embedding_backward(mk_backend *be, mk_real *dwte, const int32_t 
     CU_CHECK(cudaMemcpyAsync(sp, list, bytes, cudaMemcpyHostToDevice, 0), "embedding_backward: upload");
     CU_CHECK(cudaEventRecord(im->emb_up_ev, 0), "embedding_backward: event");
     im->emb_up_pending = 1;
-    k_embedding_backward<<<dim3((unsigned)nu, (unsigned)((D + TPB - 1) / TPB)), TPB>>>(dwte, dout,
-                                                                                   (const int32_t *)sp, nu, D);
+    CU_CHECK(mk_launch(k_embedding_backward, dim3(dim3((unsigned)nu, (unsigned)((D + TPB - 1) / TPB))), dim3(TPB), 0, dwte, dout,
+                                                                                   (const int32_t *)sp, nu, D), "k_embedding_backward");
     CU_CHECK(cudaGetLastError(), "embedding_backward");
     return MK_OK;
 }
@@ -764,6 +791,7 @@ static int cuda_embedding_backward(mk_backend *be, mk_real *dwte, const int32_t 
 __global__ static void k_rmsnorm_forward(float *out, float *rstd, const float *x, const float *g,
                                          int D)
 {
+    MK_PDL_ENTRY();
     __shared__ double sh[TPB];
     const size_t n = blockIdx.x;
     const float *xr = x + n * D;
@@ -801,6 +829,7 @@ template <typename TO>
 __global__ static void k_rmsnorm_forward_warp(TO *out, __nv_bfloat16 *twin, float *rstd, const float *x,
                                               const float *g, int N, int D)
 {
+    MK_PDL_ENTRY();
     const size_t n = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
     const int lane = threadIdx.x & 31, D4 = D / 4;
     if (n >= (size_t)N) return; /* whole warps: no shuffle is left short */
@@ -849,6 +878,7 @@ static int cuda_rmsnorm_forward(mk_backend *be, mk_real *out, mk_real *rstd, con
 __global__ static void k_rmsnorm_backward_dx(float *dx, const float *dout, const float *x,
                                              const float *g, const float *rstd, int D)
 {
+    MK_PDL_ENTRY();
     __shared__ double sh[TPB];
     const size_t n = blockIdx.x;
     const float *xr = x + n * D, *dy = dout + n * D;
@@ -888,6 +918,7 @@ k_rmsnorm_backward_fused(float *dx, double *__restrict__ part, const float *dout
                          const float *__restrict__ x, const float *__restrict__ g,
                          const float *__restrict__ rstd, int N, int D)
 {
+    MK_PDL_ENTRY();
     extern __shared__ double rms_sh[]; /* [warp][k][32 NV] */
     const int lane = threadIdx.x & 31, warp = threadIdx.x / 32, D4 = D / 4, W = 32 * NV;
     double *dg = rms_sh + (size_t)warp * 4 * W;
@@ -946,6 +977,7 @@ k_rmsnorm_backward_fused(float *dx, double *__restrict__ part, const float *dout
 __global__ static void k_rmsnorm_dg_partial(double *part, const float *dout, const float *x,
                                             const float *rstd, int N, int D)
 {
+    MK_PDL_ENTRY();
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= D) return;
     const int per = (N + RMS_CHUNKS - 1) / RMS_CHUNKS;
@@ -964,6 +996,7 @@ __global__ static void k_rmsnorm_dg_partial(double *part, const float *dout, con
  * of one column's 512 one after another. */
 __global__ static void k_rmsnorm_dg_final(float *dg, const double *part, int chunks, int D)
 {
+    MK_PDL_ENTRY();
     __shared__ double sh[8][32];
     const int c = blockIdx.x * 32 + threadIdx.x;
     double acc = 0;
@@ -994,24 +1027,24 @@ static int cuda_rmsnorm_backward(mk_backend *be, mk_real *dx, mk_real *dg, const
         if (D <= 4 * 32 * 6) {
             CU_CHECK(cudaFuncSetAttribute(k_rmsnorm_backward_fused<6>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           (int)rms_fused_smem(6)), "rmsnorm_backward: shared memory");
-            k_rmsnorm_backward_fused<6><<<(unsigned)chunks, TPB, rms_fused_smem(6)>>>(dx, (double *)sp, dout, x, g,
-                                                                                  rstd, N, D);
+            CU_CHECK(mk_launch(k_rmsnorm_backward_fused<6>, dim3((unsigned)chunks), dim3(TPB), rms_fused_smem(6), dx, (double *)sp, dout, x, g,
+                                                                                  rstd, N, D), "k_rmsnorm_backward_fused<6>");
         } else {
             CU_CHECK(cudaFuncSetAttribute(k_rmsnorm_backward_fused<RMS_NV>,
                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)rms_fused_smem(RMS_NV)),
                      "rmsnorm_backward: shared memory");
-            k_rmsnorm_backward_fused<RMS_NV><<<(unsigned)chunks, TPB, rms_fused_smem(RMS_NV)>>>(
-                dx, (double *)sp, dout, x, g, rstd, N, D);
+            CU_CHECK(mk_launch(k_rmsnorm_backward_fused<RMS_NV>, dim3((unsigned)chunks), dim3(TPB), rms_fused_smem(RMS_NV), 
+                dx, (double *)sp, dout, x, g, rstd, N, D), "k_rmsnorm_backward_fused<RMS_NV>");
         }
         CU_CHECK(cudaGetLastError(), "rmsnorm_backward");
     } else {
         LAUNCH(k_rmsnorm_backward_dx, (unsigned)N, "rmsnorm_backward (dx)", dx, dout, x, g, rstd, D);
         MK_CHECK(scratch_get(impl_of(be), (size_t)RMS_CHUNKS * D * sizeof(double), &sp));
-        k_rmsnorm_dg_partial<<<dim3((unsigned)((D + TPB - 1) / TPB), RMS_CHUNKS), TPB>>>(
-            (double *)sp, dout, x, rstd, N, D);
+        CU_CHECK(mk_launch(k_rmsnorm_dg_partial, dim3(dim3((unsigned)((D + TPB - 1) / TPB), RMS_CHUNKS)), dim3(TPB), 0, 
+            (double *)sp, dout, x, rstd, N, D), "k_rmsnorm_dg_partial");
         CU_CHECK(cudaGetLastError(), "rmsnorm_backward (dg partials)");
     }
-    k_rmsnorm_dg_final<<<(unsigned)((D + 31) / 32), dim3(32, 8)>>>(dg, (const double *)sp, chunks, D);
+    CU_CHECK(mk_launch(k_rmsnorm_dg_final, dim3((unsigned)((D + 31) / 32)), dim3(dim3(32, 8)), 0, dg, (const double *)sp, chunks, D), "k_rmsnorm_dg_final");
     CU_CHECK(cudaGetLastError(), "rmsnorm_backward (dg)");
     return MK_OK;
 }
@@ -1030,6 +1063,7 @@ static int check_heads(const char *op, int D, int H)
  * inverse rotation (backward). */
 __global__ static void k_rope(float *qkv, const double *cs, int N, int T, int D, int hd, double sign)
 {
+    MK_PDL_ENTRY();
     const int half = hd / 2;
     GRID_STRIDE(i, (size_t)N * D)
     {
@@ -1046,6 +1080,7 @@ __global__ static void k_rope(float *qkv, const double *cs, int N, int T, int D,
 
 __global__ static void k_rope_row(float *qkv, const double *cs, int T, int D, int hd, double sign)
 {
+    MK_PDL_ENTRY();
     const size_t n = blockIdx.x;
     const int half = hd / 2;
     float4 *row = (float4 *)(qkv + n * 3 * D);
@@ -1129,6 +1164,7 @@ static int cuda_rope_backward(mk_backend *be, mk_real *dqkv, int B, int T, int D
 /* One block per row (bh, t): the CPU's causal softmax, exp in float, sum in double. */
 __global__ static void k_att_softmax(float *att, int T)
 {
+    MK_PDL_ENTRY();
     __shared__ double sh[TPB];
     __shared__ float shf[TPB];
     const size_t rowid = blockIdx.x;
@@ -1190,6 +1226,7 @@ static int cuda_attention_forward(mk_backend *be, mk_real *out, mk_real *att, co
 /* dS = P (dP - rowsum(P dP)) * scale, one block per row, the row sum in double. */
 __global__ static void k_att_dsoftmax(float *datt, const float *att, int T, float scale)
 {
+    MK_PDL_ENTRY();
     __shared__ double sh[TPB];
     const size_t rowid = blockIdx.x;
     const int t = (int)(rowid % T);
@@ -1428,6 +1465,7 @@ __global__ static void k_router_forward(float *probs, float *lse, int32_t *topk,
                                         const float *z, int N, int E, int K, int norm_topk,
                                         int *bad)
 {
+    MK_PDL_ENTRY();
     const size_t nn = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
     const int lane = threadIdx.x % 32;
     if (nn >= (size_t)N) return;
@@ -1486,6 +1524,7 @@ __global__ static void k_router_forward(float *probs, float *lse, int32_t *topk,
 __global__ static void k_router_stats_partial(int32_t *cpart, double *ppart, const int32_t *topk,
                                               const float *probs, int N, int E, int K)
 {
+    MK_PDL_ENTRY();
     const int n0 = blockIdx.x * RS_CHUNK, n1 = n0 + RS_CHUNK < N ? n0 + RS_CHUNK : N;
     for (int e = threadIdx.x; e < E; e += blockDim.x) {
         int c = 0;
@@ -1505,6 +1544,7 @@ __global__ static void k_router_stats_partial(int32_t *cpart, double *ppart, con
 __global__ static void k_router_stats_final(int32_t *counts, float *psum, const int32_t *cpart,
                                             const double *ppart, int chunks, int E)
 {
+    MK_PDL_ENTRY();
     const size_t e = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
     const int lane = threadIdx.x % 32;
     if (e >= (size_t)E) return; /* whole warps leave together */
@@ -1536,8 +1576,8 @@ static int cuda_router_forward(mk_backend *be, mk_real *probs, mk_real *lse, int
             CU_CHECK(cudaMemset(sp, 0, sizeof(int)), "router_forward: clear flag");
         }
         const size_t blocks = ((size_t)N * 32 + TPB - 1) / TPB;
-        k_router_forward<<<(unsigned)blocks, TPB>>>(probs, lse, topk, gates, z, N, E, K, norm_topk,
-                                                   (int *)sp);
+        CU_CHECK(mk_launch(k_router_forward, dim3((unsigned)blocks), dim3(TPB), 0, probs, lse, topk, gates, z, N, E, K, norm_topk,
+                                                   (int *)sp), "k_router_forward");
         CU_CHECK(cudaGetLastError(), "router_forward");
         if (!bad_out) {
             int bad = 0;
@@ -1573,6 +1613,7 @@ __global__ static void k_router_backward(float *dz, const float *dgates, const f
                                          const int32_t *topk, const float *gates, int N, int E,
                                          int K, int norm_topk)
 {
+    MK_PDL_ENTRY();
     const size_t nn = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
     const int lane = threadIdx.x % 32;
     if (nn >= (size_t)N) return; /* whole warps */
@@ -1637,6 +1678,7 @@ __device__ static int load_chunk(int32_t *sh, const int32_t *topk, size_t s0, si
 
 __global__ static void k_route_hist(int32_t *hist, const int32_t *topk, size_t S, int E)
 {
+    MK_PDL_ENTRY();
     __shared__ int32_t sh[ROUTE_CHUNK];
     const size_t s0 = (size_t)blockIdx.x * ROUTE_CHUNK;
     const int n = load_chunk(sh, topk, s0, S);
@@ -1653,6 +1695,7 @@ __global__ static void k_route_hist(int32_t *hist, const int32_t *topk, size_t S
  * scanned in shared memory (integers: any order gives the same sums). */
 __global__ static void k_route_scan(int32_t *fill, int32_t *hist, int chunks, int E)
 {
+    MK_PDL_ENTRY();
     __shared__ int32_t run[TPB];
     const int e = blockIdx.x, t = threadIdx.x;
     const int per = (chunks + TPB - 1) / TPB, c0 = t * per, c1 = c0 + per < chunks ? c0 + per : chunks;
@@ -1678,6 +1721,7 @@ __global__ static void k_route_scan(int32_t *fill, int32_t *hist, int chunks, in
 /* offs from the kept counts (capacity applied): E additions. */
 __global__ static void k_route_offs(int32_t *offs, const int32_t *fill, int E, int capacity)
 {
+    MK_PDL_ENTRY();
     if (threadIdx.x != 0 || blockIdx.x != 0) return;
     int q = 0;
     offs[0] = 0;
@@ -1691,6 +1735,7 @@ __global__ static void k_route_place(int32_t *row_slot, int32_t *slot_row, const
                                      const int32_t *hist, const int32_t *topk, size_t S, int E,
                                      int capacity)
 {
+    MK_PDL_ENTRY();
     __shared__ int32_t sh[ROUTE_CHUNK];
     const size_t s0 = (size_t)blockIdx.x * ROUTE_CHUNK;
     const int n = load_chunk(sh, topk, s0, S);
@@ -1713,6 +1758,7 @@ __global__ static void k_route_place(int32_t *row_slot, int32_t *slot_row, const
 
 __global__ static void k_route_tail(int32_t *row_slot, const int32_t *offs, int E, size_t S)
 {
+    MK_PDL_ENTRY();
     GRID_STRIDE(r, S) if (r >= (size_t)offs[E]) row_slot[r] = -1;
 }
 
@@ -1721,6 +1767,7 @@ __global__ static void k_route_tail(int32_t *row_slot, const int32_t *offs, int 
  * deterministic. */
 __global__ static void k_sequence_counts(int32_t *counts, const int32_t *topk, int S, int E)
 {
+    MK_PDL_ENTRY();
     extern __shared__ int hist_sc[];
     for (int e = threadIdx.x; e < E; e += blockDim.x) hist_sc[e] = 0;
     __syncthreads();
@@ -1738,7 +1785,7 @@ static int cuda_sequence_counts(mk_backend *be, int32_t *counts, const int32_t *
     if (B < 0 || S < 0 || E <= 0 || (size_t)E * sizeof(int) > 48 * 1024)
         return MK_FAIL(MK_ERR_INTERNAL, "sequence_counts: B %d, S %d, E %d", B, S, E);
     if (B == 0) return MK_OK;
-    k_sequence_counts<<<(unsigned)B, TPB, (size_t)E * sizeof(int)>>>(counts, topk, S, E);
+    CU_CHECK(mk_launch(k_sequence_counts, dim3((unsigned)B), dim3(TPB), (size_t)E * sizeof(int), counts, topk, S, E), "k_sequence_counts");
     CU_CHECK(cudaGetLastError(), "sequence_counts");
     return MK_OK;
 }
@@ -1781,6 +1828,7 @@ static int cuda_route_plan(mk_backend *be, int32_t *offs, int32_t *row_slot, int
 __global__ static void k_permute_rows(float *dst, const float *src, const int32_t *row_slot,
                                       const float *weights, int R, int K, int D)
 {
+    MK_PDL_ENTRY();
     GRID_STRIDE(i, (size_t)R * D)
     {
         const size_t r = i / D, c = i % D;
@@ -1794,6 +1842,7 @@ __global__ static void k_permute_rows(float *dst, const float *src, const int32_
 __global__ static void k_permute_rows4(float4 *dst, const float4 *src, const int32_t *row_slot,
                                        const float *weights, int R, int K, int D4)
 {
+    MK_PDL_ENTRY();
     GRID_STRIDE(i, (size_t)R * D4)
     {
         const size_t r = i / D4, c = i % D4;
@@ -1832,6 +1881,7 @@ static int cuda_permute_rows(mk_backend *be, mk_real *dst, const mk_real *src,
 __global__ static void k_unpermute_add(float *dst, const float *src, const int32_t *slot_row,
                                        const float *weights, int N, int K, int D)
 {
+    MK_PDL_ENTRY();
     GRID_STRIDE(i, (size_t)N * D)
     {
         const size_t n = i / D, c = i % D;
@@ -1851,6 +1901,7 @@ __global__ static void k_unpermute_add(float *dst, const float *src, const int32
 __global__ static void k_unpermute_add4(float4 *dst, const float4 *src, const int32_t *slot_row,
                                         const float *weights, int N, int K, int D4)
 {
+    MK_PDL_ENTRY();
     GRID_STRIDE(i, (size_t)N * D4)
     {
         const size_t n = i / D4, c = i % D4;
@@ -1909,6 +1960,7 @@ __global__ static void k_combine_rows_bf16(float4 *dst, const float4 *base, cons
                                            const int32_t *slot_row, const float *weights, int N, int K,
                                            int D8)
 {
+    MK_PDL_ENTRY();
     GRID_STRIDE(i, (size_t)N * D8)
     {
         const size_t n = i / D8, c = i % D8;
@@ -1933,6 +1985,7 @@ __global__ static void k_combine_rows_bf16_1(float *dst, const float *base, cons
                                              const int32_t *slot_row, const float *weights, int N, int K,
                                              int D)
 {
+    MK_PDL_ENTRY();
     GRID_STRIDE(i, (size_t)N * D)
     {
         const size_t n = i / D, c = i % D;
@@ -1986,6 +2039,7 @@ __global__ static void k_combine_backward_gates(float *dgates, float *dy, const 
                                                 const float *y, const int32_t *slot_row, int N, int K, int D,
                                                 int vec, int ovec)
 {
+    MK_PDL_ENTRY();
     const size_t s = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
     const int lane = threadIdx.x % 32;
     if (s >= (size_t)N * K) return; /* whole warps leave together: blockDim is a multiple of 32 */
@@ -2025,6 +2079,7 @@ __global__ static void k_combine_backward_gates_bf16(float *dgates, __nv_bfloat1
                                                      const int32_t *slot_row, int N, int K, int D, int vec,
                                                      int ovec)
 {
+    MK_PDL_ENTRY();
     const size_t s = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
     const int lane = threadIdx.x % 32;
     if (s >= (size_t)N * K) return;
@@ -2108,6 +2163,7 @@ __device__ static float sigmoidf_(float a) { return 1.0f / (1.0f + expf(-a)); }
 
 __global__ static void k_swiglu_forward(float *h, const float *a, const float *b, size_t n)
 {
+    MK_PDL_ENTRY();
     GRID_STRIDE(i, n) h[i] = a[i] * sigmoidf_(a[i]) * b[i];
 }
 
@@ -2122,6 +2178,7 @@ static int cuda_swiglu_forward(mk_backend *be, mk_real *h, const mk_real *a, con
 __global__ static void k_swiglu_backward(float *da, float *db, const float *dh, const float *a,
                                          const float *b, size_t n)
 {
+    MK_PDL_ENTRY();
     GRID_STRIDE(i, n)
     {
         /* Read everything first: da or db may alias an input. */
@@ -2198,6 +2255,7 @@ template <typename TL, typename TD>
 __global__ static void k_cross_entropy(float *losses, TD *dlogits, const TL *logits,
                                        const int32_t *targets, int V, float dscale)
 {
+    MK_PDL_ENTRY();
     __shared__ double sh[TPB];
     __shared__ float shf[TPB];
     const size_t n = blockIdx.x;
@@ -2255,6 +2313,7 @@ __global__ static void __launch_bounds__(CE_TPB)
 k_cross_entropy_row(float *losses, __nv_bfloat16 *dlogits, const TL *logits,
                     const int32_t *targets, int V, float dscale)
 {
+    MK_PDL_ENTRY();
     typedef typename ce_chunk<TL>::T chunk;
     extern __shared__ float4 row_smem[];
     chunk *row4 = (chunk *)row_smem;
@@ -2335,7 +2394,7 @@ static int cuda_cross_entropy(mk_backend *be, mk_real *losses, mk_real *dlogits,
     if (V <= 0) return MK_FAIL(MK_ERR_INTERNAL, "cross_entropy: vocabulary size %d", V);
     if (N <= 0) return MK_OK;
     MK_CHECK(check_targets(targets, N, V));
-    k_cross_entropy<float, float><<<(unsigned)N, TPB>>>(losses, dlogits, logits, targets, V, dscale);
+    CU_CHECK(mk_launch(k_cross_entropy<float, float>, dim3((unsigned)N), dim3(TPB), 0, losses, dlogits, logits, targets, V, dscale), "k_cross_entropy<float, float>");
     CU_CHECK(cudaGetLastError(), "cross_entropy");
     return MK_OK;
 }
@@ -2373,11 +2432,11 @@ static int cuda_output_forward(mk_backend *be, mk_real *losses, mk_real *logits,
     MK_CHECK(matmul_bf16_to(im, logb, CUDA_R_16BF, xb, wb, N, V, D, 0, tied, 1, 0, "output layer: logits"));
     MK_CHECK(check_targets(targets, N, V));
     if ((size_t)V * sizeof *logb <= im->ce_smem_bf16 && ((uintptr_t)logits & 15) == 0) {
-        k_cross_entropy_row<__nv_bfloat16><<<(unsigned)N, CE_TPB, (size_t)V * sizeof *logb>>>(losses, dlog, logb,
-                                                                                           targets, V, 1.0f);
+        CU_CHECK(mk_launch(k_cross_entropy_row<__nv_bfloat16>, dim3((unsigned)N), dim3(CE_TPB), (size_t)V * sizeof *logb, losses, dlog, logb,
+                                                                                           targets, V, 1.0f), "k_cross_entropy_row<__nv_bfloat16>");
         CU_CHECK(cudaGetLastError(), "output layer: cross_entropy");
     } else {
-        k_cross_entropy<__nv_bfloat16, __nv_bfloat16><<<(unsigned)N, TPB>>>(losses, dlog, logb, targets, V, 1.0f);
+        CU_CHECK(mk_launch(k_cross_entropy<__nv_bfloat16, __nv_bfloat16>, dim3((unsigned)N), dim3(TPB), 0, losses, dlog, logb, targets, V, 1.0f), "k_cross_entropy<__nv_bfloat16, __nv_bfloat16>");
         CU_CHECK(cudaGetLastError(), "output layer: cross_entropy");
     }
     im->out_ready = train;
@@ -2430,6 +2489,7 @@ __device__ __forceinline__ void adamw1(float &p, float g, float &m, float &v, co
 __global__ static void __launch_bounds__(TPB, 4) k_adamw(float *p, const float *g, float *m, float *v, size_t n,
                                                          size_t n4, const adamw_args a)
 {
+    MK_PDL_ENTRY();
     GRID_STRIDE(i, n4)
     {
         float4 P = ((float4 *)p)[i], M = ((float4 *)m)[i], V = ((float4 *)v)[i];
@@ -2519,6 +2579,7 @@ static void cuda_destroy(mk_backend *be)
             for (int i = 0; i < MK_MARKS; i++)
                 if (im->marks[i]) cudaEventDestroy(im->marks[i]);
         free(im->marks);
+        if (im->bounce_h) cudaFreeHost(im->bounce_h);
         free(im);
     }
     free(be);

@@ -12,6 +12,8 @@ extern "C" {
 #include "mk_error.h"
 }
 #include "mk_bf16.h"
+#include "mk_cuda_check.h"
+#include "mk_pdl.h"
 
 #define TPB 256
 #define MAX_BLOCKS 65536u
@@ -25,6 +27,7 @@ __device__ __forceinline__ uint32_t pack2(float lo, float hi)
 /* Four at a time: one 16-byte load, one 8-byte store. */
 __global__ static void k_round_bf16(uint2 *y, const float4 *x, size_t n4)
 {
+    MK_PDL_ENTRY();
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n4; i += (size_t)gridDim.x * blockDim.x) {
         const float4 v = x[i];
         y[i] = make_uint2(pack2(v.x, v.y), pack2(v.z, v.w));
@@ -38,7 +41,7 @@ int mk_cuda_round_bf16(void *y, const float *x, size_t n, const char *what)
         return MK_FAIL(MK_ERR_INTERNAL, "cuda: %s: %zu floats at %p to %p (need aligned fours)",
                        what, n, (const void *)x, y);
     size_t b = (n / 4 + TPB - 1) / TPB;
-    k_round_bf16<<<(unsigned)(b > MAX_BLOCKS ? MAX_BLOCKS : b), TPB>>>((uint2 *)y, (const float4 *)x, n / 4);
+    CU_CHECK(mk_launch(k_round_bf16, dim3((unsigned)(b > MAX_BLOCKS ? MAX_BLOCKS : b)), dim3(TPB), 0, (uint2 *)y, (const float4 *)x, n / 4), "k_round_bf16");
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return MK_FAIL(MK_ERR_INTERNAL, "cuda: %s: %s", what, cudaGetErrorString(e));
     return MK_OK;

@@ -36,6 +36,7 @@ extern "C" {
 #include "mk_expert_ffn.h"
 #include "mk_gg_cutlass.h"
 #include "mk_grouped_gemm.h"
+#include "mk_pdl.h"
 
 typedef __nv_bfloat16 bf16;
 
@@ -103,6 +104,7 @@ static unsigned gather_grid(size_t R)
 __global__ static void k_gather_bf16(uint4 *out, const float *src, const int *row_slot,
                                      const float *weights, int K, size_t R, int D8, int vec)
 {
+    MK_PDL_ENTRY();
     const int lane = threadIdx.x % 32;
     for (size_t r = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32; r < R;
          r += (size_t)gridDim.x * GATHER_WARPS) {
@@ -123,6 +125,7 @@ __global__ static void k_gather_bf16(uint4 *out, const float *src, const int *ro
 __global__ static void k_gather_rows_bf16(uint4 *__restrict__ out, const uint4 *__restrict__ srcb,
                                           const int *__restrict__ row_slot, int K, size_t R, int D8)
 {
+    MK_PDL_ENTRY();
     const int lane = threadIdx.x % 32;
     for (size_t r = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32; r < R;
          r += (size_t)gridDim.x * GATHER_WARPS) {
@@ -166,6 +169,7 @@ __device__ __forceinline__ void swiglu2_backward(__nv_bfloat162 *da, __nv_bfloat
 __global__ static void k_swiglu(__nv_bfloat162 *h, const __nv_bfloat162 *a, const __nv_bfloat162 *b,
                                 size_t n2, size_t n8)
 {
+    MK_PDL_ENTRY();
     GRID_STRIDE(i, n8) {
         uint4 A = ((const uint4 *)a)[i], B = ((const uint4 *)b)[i], H;
         const __nv_bfloat162 *pa = (const __nv_bfloat162 *)&A, *pb = (const __nv_bfloat162 *)&B;
@@ -183,6 +187,7 @@ __global__ static void k_swiglu_backward(__nv_bfloat162 *da, __nv_bfloat162 *db,
                                          const __nv_bfloat162 *dh, const __nv_bfloat162 *a,
                                          const __nv_bfloat162 *b, size_t n2, size_t n8)
 {
+    MK_PDL_ENTRY();
     GRID_STRIDE(i, n8) {
         const uint4 G = ((const uint4 *)dh)[i], A = ((const uint4 *)a)[i], B = ((const uint4 *)b)[i];
         const __nv_bfloat162 *pg = (const __nv_bfloat162 *)&G, *pa = (const __nv_bfloat162 *)&A;
@@ -208,6 +213,7 @@ __global__ static void k_swiglu_backward(__nv_bfloat162 *da, __nv_bfloat162 *db,
 __global__ static void k_pack13_bf16(uint4 *out, const float *w1, const float *w3, size_t rows, int F8,
                                      int vec)
 {
+    MK_PDL_ENTRY();
     GRID_STRIDE(i, rows * 2 * F8) {
         const size_t row = i / (2 * F8);
         const int j = (int)(i % (2 * F8));
@@ -218,6 +224,7 @@ __global__ static void k_pack13_bf16(uint4 *out, const float *w1, const float *w
 /* h [R][F] = silu(a1) a3 from a13 [R][2F], 8 columns per thread. */
 __global__ static void k_swiglu13(uint4 *h, const uint4 *a13, size_t R, int F8)
 {
+    MK_PDL_ENTRY();
     GRID_STRIDE(i, R * F8) {
         const size_t r = i / F8, c = i % F8;
         const uint4 A = a13[r * 2 * F8 + c], B = a13[r * 2 * F8 + F8 + c];
@@ -234,6 +241,7 @@ __global__ static void k_swiglu13(uint4 *h, const uint4 *a13, size_t R, int F8)
  * the same chunks of da13, so da13 may be a13. */
 __global__ static void k_swiglu13_backward(uint4 *da13, const uint4 *dh, const uint4 *a13, size_t R, int F8)
 {
+    MK_PDL_ENTRY();
     GRID_STRIDE(i, R * F8) {
         const size_t r = i / F8, c = i % F8, ia = r * 2 * F8 + c;
         const uint4 G = dh[i], A = a13[ia], B = a13[ia + F8];
@@ -325,14 +333,14 @@ static int gather_bf16(bf16 *out, const mk_rows_gather *g, size_t R, int D, void
 {
     if (R == 0) return MK_OK;
     if (from_op(g)) {
-        k_gather_rows_bf16<<<gather_grid(R), TPB>>>((uint4 *)out, (const uint4 *)g->src_op, g->row_slot, g->K, R,
-                                                    D / 8);
+        CU_CHECK(mk_launch(k_gather_rows_bf16, dim3(gather_grid(R)), dim3(TPB), 0, (uint4 *)out, (const uint4 *)g->src_op, g->row_slot, g->K, R,
+                                                    D / 8), "k_gather_rows_bf16");
     } else if (gather_ws(g, D)) {
         MK_CHECK(mk_cuda_round_bf16(ws, g->src, (size_t)g->N * D, what));
-        k_gather_rows_bf16<<<gather_grid(R), TPB>>>((uint4 *)out, (const uint4 *)ws, g->row_slot, g->K, R, D / 8);
+        CU_CHECK(mk_launch(k_gather_rows_bf16, dim3(gather_grid(R)), dim3(TPB), 0, (uint4 *)out, (const uint4 *)ws, g->row_slot, g->K, R, D / 8), "k_gather_rows_bf16");
     } else {
         const int vec = ((uintptr_t)g->src & 15) == 0;
-        k_gather_bf16<<<gather_grid(R), TPB>>>((uint4 *)out, g->src, g->row_slot, g->weights, g->K, R, D / 8, vec);
+        CU_CHECK(mk_launch(k_gather_bf16, dim3(gather_grid(R)), dim3(TPB), 0, (uint4 *)out, g->src, g->row_slot, g->weights, g->K, R, D / 8, vec), "k_gather_bf16");
     }
     CU_CHECK(cudaGetLastError(), what);
     return MK_OK;
@@ -368,7 +376,7 @@ static int pack13(bf16 *w13, const float *w1, const float *w3, int E, int D, int
 {
     const size_t rows = (size_t)E * D, n = rows * 2 * (F / 8);
     const int vec = (((uintptr_t)w1 | (uintptr_t)w3) & 15) == 0;
-    k_pack13_bf16<<<grid_for(n), TPB>>>((uint4 *)w13, w1, w3, rows, F / 8, vec);
+    CU_CHECK(mk_launch(k_pack13_bf16, dim3(grid_for(n)), dim3(TPB), 0, (uint4 *)w13, w1, w3, rows, F / 8, vec), "k_pack13_bf16");
     CU_CHECK(cudaGetLastError(), what);
     return MK_OK;
 }
@@ -425,7 +433,7 @@ static int cl_forward(mk_cuda_ffn *f, float *y, float *a1, float *a3, float *hac
     MK_CHECK(to_bf16(w2b, w2, nw, "expert FFN forward: w2"));
     MK_CHECK(mk_gg_cutlass_rows(f->cl, a13, 1, 2 * F, xb, D, w13b, (size_t)D * 2 * F, 2 * F, 0, offs_host, E, D,
                                 2 * F, 0.f));
-    k_swiglu13<<<grid_for(R * (F / 8)), TPB>>>((uint4 *)hb, (const uint4 *)a13, R, F / 8);
+    CU_CHECK(mk_launch(k_swiglu13, dim3(grid_for(R * (F / 8))), dim3(TPB), 0, (uint4 *)hb, (const uint4 *)a13, R, F / 8), "k_swiglu13");
     CU_CHECK(cudaGetLastError(), "expert FFN forward: SwiGLU");
     return mk_gg_cutlass_rows(f->cl, y, 1, D, hb, F, w2b, (size_t)F * D, D, 0, offs_host, E, F, D, 0.f);
 }
@@ -459,8 +467,8 @@ static int cl_backward(mk_cuda_ffn *f, float *dxp, float *dw1, float *dw3, float
     }
     MK_CHECK(mk_gg_cutlass_rows(f->cl, dhb, 1, F, dyb, D, w2b, (size_t)F * D, D, 1, offs_host, E, D, F, 0.f));
     MK_CHECK(mk_gg_cutlass_wgrad(f->cl, dw2, hb, F, dyb, D, offs_host, E, F, D));
-    k_swiglu13_backward<<<grid_for(R * (F / 8)), TPB>>>((uint4 *)da13, (const uint4 *)dhb, (const uint4 *)a13, R,
-                                                        F / 8);
+    CU_CHECK(mk_launch(k_swiglu13_backward, dim3(grid_for(R * (F / 8))), dim3(TPB), 0, (uint4 *)da13, (const uint4 *)dhb, (const uint4 *)a13, R,
+                                                        F / 8), "k_swiglu13_backward");
     CU_CHECK(cudaGetLastError(), "expert FFN backward: SwiGLU");
     MK_CHECK(mk_gg_cutlass_rows(f->cl, dxp, 1, D, da13, 2 * F, w13b, (size_t)D * 2 * F, 2 * F, 1, offs_host, E,
                                 2 * F, D, 0.f));
@@ -492,8 +500,8 @@ int mk_cuda_ffn_forward(mk_cuda_ffn *f, float *y, float *a1, float *a3, float *h
     MK_CHECK(mk_grouped_gemm_rows_bf16(f->kern, a1b, 1, xb, w1b, NULL, NULL, 0, offs_host, E, D, F, 0, 0.f));
     MK_CHECK(mk_grouped_gemm_rows_bf16(f->kern, a3b, 1, xb, w3b, NULL, NULL, 0, offs_host, E, D, F, 0, 0.f));
     const size_t n8f = quads(nh / 2, hb, a1b, a3b, hb, hb);
-    k_swiglu<<<grid_for(n8f ? n8f : nh / 2), TPB>>>((__nv_bfloat162 *)hb, (const __nv_bfloat162 *)a1b,
-                                                  (const __nv_bfloat162 *)a3b, nh / 2, n8f);
+    CU_CHECK(mk_launch(k_swiglu, dim3(grid_for(n8f ? n8f : nh / 2)), dim3(TPB), 0, (__nv_bfloat162 *)hb, (const __nv_bfloat162 *)a1b,
+                                                  (const __nv_bfloat162 *)a3b, nh / 2, n8f), "k_swiglu");
     CU_CHECK(cudaGetLastError(), "expert FFN forward: SwiGLU");
     return mk_grouped_gemm_rows_bf16(f->kern, y, 1, hb, w2b, NULL, NULL, 0, offs_host, E, F, D, 0, 0.f);
 }
@@ -532,10 +540,10 @@ int mk_cuda_ffn_backward(mk_cuda_ffn *f, float *dxp, float *dw1, float *dw3, flo
     MK_CHECK(mk_grouped_gemm_rows_bf16(f->kern, dhb, 1, dyb, w2b, NULL, NULL, 0, offs_host, E, D, F, 1, 0.f));
     MK_CHECK(mk_grouped_gemm_wgrad_bf16(f->kern, dw2, ws, wsn, hb, dyb, offs_host, E, F, D));
     const size_t n8b = quads(nh / 2, da1b, da3b, dhb, a1b, a3b);
-    k_swiglu_backward<<<grid_for(n8b ? n8b : nh / 2), TPB>>>((__nv_bfloat162 *)da1b, (__nv_bfloat162 *)da3b,
+    CU_CHECK(mk_launch(k_swiglu_backward, dim3(grid_for(n8b ? n8b : nh / 2)), dim3(TPB), 0, (__nv_bfloat162 *)da1b, (__nv_bfloat162 *)da3b,
                                                            (const __nv_bfloat162 *)dhb,
                                                            (const __nv_bfloat162 *)a1b,
-                                                           (const __nv_bfloat162 *)a3b, nh / 2, n8b);
+                                                           (const __nv_bfloat162 *)a3b, nh / 2, n8b), "k_swiglu_backward");
     CU_CHECK(cudaGetLastError(), "expert FFN backward: SwiGLU");
     /* dxp = da1 W1^T + da3 W3^T as one product over 2F columns: no second pass over dxp */
     MK_CHECK(mk_grouped_gemm_rows_bf16(f->kern, dxp, 1, da1b, w1b, da3b, w3b, F, offs_host, E, F, D, 1, 0.f));

@@ -41,6 +41,7 @@ extern "C" {
 #include "mk_flash_attn.h"
 #include "mk_mma.h"
 #include "mk_wgmma.h"
+#include "mk_pdl.h"
 
 #define HD MK_FLASH_HD
 #define BR 64            /* rows per block (queries, or keys in the dK/dV pass) */
@@ -368,6 +369,7 @@ __global__ static void __launch_bounds__(NT) k_flash_fwd(float *out, bf16 *outb,
                                                          const bf16 *qkv, int T, int D, int H,
                                                          int nqb, float sl2)
 {
+    MK_PDL_ENTRY();
     __shared__ __align__(16) bf16 Ks[2][TILE];
     __shared__ __align__(16) bf16 Vs[2][TILE];
     int qb, bh;
@@ -482,6 +484,7 @@ __device__ __forceinline__ void wg_stream_kv(bf16 *Ks, bf16 *Vs, const bf16 *bas
 __global__ static void __launch_bounds__(NT) k_flash_fwd_wg(bf16 *outb, float *lse, const bf16 *qkv, int T, int D,
                                                             int H, int nqb, float sl2)
 {
+    MK_PDL_ENTRY();
 #ifdef MK_HAVE_WGMMA
     extern __shared__ unsigned char wg_raw[];
     bf16 *sm = wg_smem(wg_raw);
@@ -533,6 +536,7 @@ __global__ static void __launch_bounds__(NT) k_flash_fwd_wg(bf16 *outb, float *l
 __global__ static void k_flash_delta(float *delta, bf16 *dob, const float *dout,
                                      const float *ostore, size_t rows, int T, int D, int H)
 {
+    MK_PDL_ENTRY();
     const size_t w = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
     const int lane = threadIdx.x % 32;
     if (w >= rows) return;
@@ -551,6 +555,7 @@ __global__ static void k_flash_delta(float *delta, bf16 *dob, const float *dout,
 __global__ static void k_flash_delta_bf16(float *delta, const bf16 *dob, const bf16 *ob, size_t rows, int T,
                                           int D, int H)
 {
+    MK_PDL_ENTRY();
     const size_t w = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
     const int lane = threadIdx.x % 32;
     if (w >= rows) return;
@@ -585,6 +590,7 @@ __global__ static void __launch_bounds__(NT, 3) k_flash_bwd_dkdv(const dqkv_dst 
                                                                  const float *delta, int T, int D,
                                                                  int H, int nqb, float sl2, float scale)
 {
+    MK_PDL_ENTRY();
     static_assert(NT == 2 * BC, "one thread per staged lse and delta element");
     __shared__ __align__(16) bf16 Qs[2][TILE];
     __shared__ __align__(16) bf16 Os[2][TILE];
@@ -646,6 +652,7 @@ __global__ static void __launch_bounds__(NT, 3) k_flash_bwd_dq(const dqkv_dst dq
                                                             const float *delta, int T, int D,
                                                             int H, int nqb, float sl2, float scale)
 {
+    MK_PDL_ENTRY();
     __shared__ __align__(16) bf16 Ks[2][TILE];
     __shared__ __align__(16) bf16 Vs[2][TILE];
     int qb, bh;
@@ -837,6 +844,7 @@ __global__ static void __launch_bounds__(NT, 3) k_flash_bwd_wg(const dqkv_dst dq
                                                              const float *lse, const float *delta, int T, int D,
                                                              int H, int nqb, int nblk, float sl2, float scale)
 {
+    MK_PDL_ENTRY();
     const int i = (int)blockIdx.x / 2;
     if (blockIdx.x & 1)
         flash_bwd_dq_wg(i, nblk, dqkv, qkv, dout, lse, delta, T, D, H, nqb, sl2, scale);
@@ -850,6 +858,7 @@ __global__ static void __launch_bounds__(NT, 3) k_flash_bwd_wg(const dqkv_dst dq
 __global__ static void k_qkv_rope_bf16(uint2 *out, const float4 *qkv, const double *cs, int T, int D,
                                        double sign)
 {
+    MK_PDL_ENTRY();
     const size_t n = blockIdx.x;
     const float4 *row = qkv + n * (3 * (size_t)D / 4);
     uint2 *o = out + n * (3 * (size_t)D / 4);
@@ -870,6 +879,7 @@ __global__ static void k_qkv_rope_bf16(uint2 *out, const float4 *qkv, const doub
  * values, rounded back): one block per token, four columns per thread. */
 __global__ static void k_rope_bf16_inplace(uint2 *qkv, const double *cs, int T, int D)
 {
+    MK_PDL_ENTRY();
     const size_t n = blockIdx.x;
     uint2 *row = qkv + n * (3 * (size_t)D / 4);
     const double *ct = cs + (size_t)(n % T) * HD;
@@ -928,13 +938,13 @@ extern "C" int mk_flash_attn_forward(float *out, float *state, const float *qkv,
     float *lse = state, *ostore = state + lse_floats(B, T, H);
     bf16 *qkvb = (bf16 *)(ostore + ostore_floats(B, T, H));
     if (rope_cs) {
-        k_qkv_rope_bf16<<<(unsigned)((size_t)B * T), 256>>>((uint2 *)qkvb, (const float4 *)qkv, rope_cs, T, D, 1.0);
+        CU_CHECK(mk_launch(k_qkv_rope_bf16, dim3((unsigned)((size_t)B * T)), dim3(256), 0, (uint2 *)qkvb, (const float4 *)qkv, rope_cs, T, D, 1.0), "k_qkv_rope_bf16");
         FA_CHECK("flash attention forward (RoPE, bf16 qkv)");
     } else {
         MK_CHECK(mk_cuda_round_bf16(qkvb, qkv, (size_t)B * T * 3 * D, "flash attention forward (bf16 qkv)"));
     }
     const int nqb = (T + BR - 1) / BR;
-    k_flash_fwd<false><<<(unsigned)nqb * B * H, NT>>>(out, NULL, lse, ostore, qkvb, T, D, H, nqb, sl2);
+    CU_CHECK(mk_launch(k_flash_fwd<false>, dim3((unsigned)nqb * B * H), dim3(NT), 0, out, nullptr, lse, ostore, qkvb, T, D, H, nqb, sl2), "k_flash_fwd<false>");
     FA_CHECK("flash attention forward");
     return MK_OK;
 }
@@ -952,14 +962,14 @@ extern "C" int mk_flash_attn_backward(float *dqkv, float *work, const float *dou
     float *delta = work;
     bf16 *dob = (bf16 *)(work + lse_floats(B, T, H));
     const size_t rows = (size_t)B * H * T;
-    k_flash_delta<<<(unsigned)((rows * 32 + 255) / 256), 256>>>(delta, dob, dout, ostore, rows, T, D, H);
+    CU_CHECK(mk_launch(k_flash_delta, dim3((unsigned)((rows * 32 + 255) / 256)), dim3(256), 0, delta, dob, dout, ostore, rows, T, D, H), "k_flash_delta");
     FA_CHECK("flash attention backward (row sums)");
     const int nqb = (T + BR - 1) / BR;
     const unsigned blocks = (unsigned)nqb * B * H;
     const dqkv_dst dst = {dqkv, NULL, NULL};
-    k_flash_bwd_dkdv<<<blocks, NT>>>(dst, qkvb, dob, lse, delta, T, D, H, nqb, sl2, (float)scale);
+    CU_CHECK(mk_launch(k_flash_bwd_dkdv, dim3(blocks), dim3(NT), 0, dst, qkvb, dob, lse, delta, T, D, H, nqb, sl2, (float)scale), "k_flash_bwd_dkdv");
     FA_CHECK("flash attention backward (dK, dV)");
-    k_flash_bwd_dq<<<blocks, NT>>>(dst, qkvb, dob, lse, delta, T, D, H, nqb, sl2, (float)scale);
+    CU_CHECK(mk_launch(k_flash_bwd_dq, dim3(blocks), dim3(NT), 0, dst, qkvb, dob, lse, delta, T, D, H, nqb, sl2, (float)scale), "k_flash_bwd_dq");
     FA_CHECK("flash attention backward (dQ)");
     return MK_OK;
 }
@@ -975,19 +985,19 @@ extern "C" int mk_flash_attn_forward_bf16(void *out, float *lse, void *qkv, cons
     if (B <= 0 || T <= 0) return MK_OK;
     MK_CHECK(check_aligned("flash attention forward (bf16)", out, lse, qkv, qkv));
     if (rope_cs) {
-        k_rope_bf16_inplace<<<(unsigned)((size_t)B * T), 128>>>((uint2 *)qkv, rope_cs, T, D);
+        CU_CHECK(mk_launch(k_rope_bf16_inplace, dim3((unsigned)((size_t)B * T)), dim3(128), 0, (uint2 *)qkv, rope_cs, T, D), "k_rope_bf16_inplace");
         FA_CHECK("flash attention forward (RoPE on bf16 qkv)");
     }
     const float sl2 = (float)(LOG2E / sqrt((double)HD));
     const int nqb = (T + BR - 1) / BR;
     if (wgmma) {
-        k_flash_fwd_wg<<<(unsigned)nqb * B * H, NT, WG_SMEM>>>((bf16 *)out, lse, (const bf16 *)qkv, T, D, H, nqb,
-                                                              sl2);
+        CU_CHECK(mk_launch(k_flash_fwd_wg, dim3((unsigned)nqb * B * H), dim3(NT), WG_SMEM, (bf16 *)out, lse, (const bf16 *)qkv, T, D, H, nqb,
+                                                              sl2), "k_flash_fwd_wg");
         FA_CHECK("flash attention forward (bf16, wgmma)");
         return MK_OK;
     }
-    k_flash_fwd<true><<<(unsigned)nqb * B * H, NT>>>(NULL, (bf16 *)out, lse, NULL, (const bf16 *)qkv, T, D, H,
-                                                     nqb, sl2);
+    CU_CHECK(mk_launch(k_flash_fwd<true>, dim3((unsigned)nqb * B * H), dim3(NT), 0, nullptr, (bf16 *)out, lse, nullptr, (const bf16 *)qkv, T, D, H,
+                                                     nqb, sl2), "k_flash_fwd<true>");
     FA_CHECK("flash attention forward (bf16)");
     return MK_OK;
 }
@@ -1003,24 +1013,24 @@ extern "C" int mk_flash_attn_backward_bf16(float *dqkv, void *dqkvb, const doubl
     const double scale = 1.0 / sqrt((double)HD);
     const float sl2 = (float)(LOG2E * scale);
     const size_t rows = (size_t)B * H * T;
-    k_flash_delta_bf16<<<(unsigned)((rows * 32 + 255) / 256), 256>>>(delta, (const bf16 *)dout, (const bf16 *)out,
-                                                                     rows, T, D, H);
+    CU_CHECK(mk_launch(k_flash_delta_bf16, dim3((unsigned)((rows * 32 + 255) / 256)), dim3(256), 0, delta, (const bf16 *)dout, (const bf16 *)out,
+                                                                     rows, T, D, H), "k_flash_delta_bf16");
     FA_CHECK("flash attention backward (bf16 row sums)");
     const int nqb = (T + BR - 1) / BR;
     const unsigned blocks = (unsigned)nqb * B * H;
     if (wgmma) {
         CU_CHECK(cudaFuncSetAttribute(k_flash_bwd_wg, cudaFuncAttributeMaxDynamicSharedMemorySize, WG_BWD_SMEM),
                 "flash attention backward (wgmma): shared memory");
-        k_flash_bwd_wg<<<2 * blocks, NT, WG_BWD_SMEM>>>(dst, (const bf16 *)qkv, (const bf16 *)dout, lse, delta, T, D,
-                                                       H, nqb, (int)blocks, sl2, (float)scale);
+        CU_CHECK(mk_launch(k_flash_bwd_wg, dim3(2 * blocks), dim3(NT), WG_BWD_SMEM, dst, (const bf16 *)qkv, (const bf16 *)dout, lse, delta, T, D,
+                                                       H, nqb, (int)blocks, sl2, (float)scale), "k_flash_bwd_wg");
         FA_CHECK("flash attention backward (bf16, wgmma)");
         return MK_OK;
     }
-    k_flash_bwd_dkdv<<<blocks, NT>>>(dst, (const bf16 *)qkv, (const bf16 *)dout, lse, delta, T, D, H, nqb, sl2,
-                                     (float)scale);
+    CU_CHECK(mk_launch(k_flash_bwd_dkdv, dim3(blocks), dim3(NT), 0, dst, (const bf16 *)qkv, (const bf16 *)dout, lse, delta, T, D, H, nqb, sl2,
+                                     (float)scale), "k_flash_bwd_dkdv");
     FA_CHECK("flash attention backward (bf16: dK, dV)");
-    k_flash_bwd_dq<<<blocks, NT>>>(dst, (const bf16 *)qkv, (const bf16 *)dout, lse, delta, T, D, H, nqb, sl2,
-                                   (float)scale);
+    CU_CHECK(mk_launch(k_flash_bwd_dq, dim3(blocks), dim3(NT), 0, dst, (const bf16 *)qkv, (const bf16 *)dout, lse, delta, T, D, H, nqb, sl2,
+                                   (float)scale), "k_flash_bwd_dq");
     FA_CHECK("flash attention backward (bf16: dQ)");
     return MK_OK;
 }
@@ -1030,7 +1040,7 @@ extern "C" int mk_flash_rope_round(void *out, const float *qkv, const double *ro
 {
     if (N <= 0) return MK_OK;
     MK_CHECK(check_aligned("RoPE and bf16 rounding", out, qkv, rope_cs, out));
-    k_qkv_rope_bf16<<<(unsigned)N, 256>>>((uint2 *)out, (const float4 *)qkv, rope_cs, T, D, sign);
+    CU_CHECK(mk_launch(k_qkv_rope_bf16, dim3((unsigned)N), dim3(256), 0, (uint2 *)out, (const float4 *)qkv, rope_cs, T, D, sign), "k_qkv_rope_bf16");
     FA_CHECK("RoPE and bf16 rounding");
     return MK_OK;
 }

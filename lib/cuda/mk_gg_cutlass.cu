@@ -32,6 +32,7 @@ extern "C" {
 #include "mk_devbuf.h"
 #include "mk_gg_cutlass.h"
 #include "mk_grouped_gemm.h"
+#include "mk_pdl.h"
 
 #ifdef MK_HAVE_CUTLASS
 
@@ -128,6 +129,7 @@ static int gg_list(mk_gg_cutlass *g, gg_groups *t, const int *offs_host, int E, 
  * dW_e), in chunk order (blockIdx.y = e). */
 __global__ static void k_gg_partials_sum(float *dW, const float *ws, const gg_groups t, size_t KN)
 {
+    MK_PDL_ENTRY();
     const int e = blockIdx.y;
     if (t.slot[e] < 0) return;
     const int more = t.first[e + 1] - t.first[e] - 1;
@@ -222,7 +224,7 @@ int mk_gg_cutlass_wgrad(mk_gg_cutlass *g, float *dW, const void *A, int lda, con
     if (slots == 0) return MK_OK;
     size_t bx = (KN + 255) / 256;
     if (bx > 4096) bx = 4096;
-    k_gg_partials_sum<<<dim3((unsigned)bx, (unsigned)E), 256>>>(dW, t.ws, t, KN);
+    CU_CHECK(mk_launch(k_gg_partials_sum, dim3(dim3((unsigned)bx, (unsigned)E)), dim3(256), 0, dW, t.ws, t, KN), "k_gg_partials_sum");
     CU_CHECK(cudaGetLastError(), what);
     return MK_OK;
 }

@@ -31,6 +31,7 @@ extern "C" {
 #include "mk_cuda_check.h"
 #include "mk_devbuf.h"
 #include "mk_grouped_gemm.h"
+#include "mk_pdl.h"
 
 typedef cutlass::gemm::GroupProblemShape<cute::Shape<int, int, int>> gg_problem;
 typedef gg_problem::UnderlyingProblemShape gg_shape;
@@ -118,6 +119,7 @@ __global__ static void k_gg_tables(gg_shape *shapes, const void **pa, const void
                                    void **pd, typename K::StrideA *sa, typename K::StrideB *sb, typename K::StrideD *sd,
                                    const gg_groups t)
 {
+    MK_PDL_ENTRY();
     const int g = blockIdx.x * blockDim.x + threadIdx.x;
     if (g >= t.n) return;
     int lo = 0, hi = t.E - 1; /* the last e with first[e] <= g: its groups hold g */
@@ -173,7 +175,7 @@ template <class K> static int gg_run(const gg_ctx *c, const gg_groups &t, float 
     auto *sb = (typename K::StrideB *)(base + 5 * GG_TABLE_BYTES);
     auto *sd = (typename K::StrideD *)(base + 6 * GG_TABLE_BYTES);
     const void **pc = (const void **)(base + 7 * GG_TABLE_BYTES);
-    k_gg_tables<K><<<(t.n + 127) / 128, 128>>>(shapes, pa, pb, pc, pd, sa, sb, sd, t);
+    CU_CHECK(mk_launch(k_gg_tables<K>, dim3((t.n + 127) / 128), dim3(128), 0, shapes, pa, pb, pc, pd, sa, sb, sd, t), "k_gg_tables<K>");
     CU_CHECK(cudaGetLastError(), what);
 
     typename Gemm::Arguments args;
