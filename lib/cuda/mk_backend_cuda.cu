@@ -104,8 +104,6 @@ typedef struct cuda_impl {
     int route_E, route_pending;
     cudaEvent_t route_ev;  /* that copy */
     cudaEvent_t *marks;    /* MK_MARKS timing events of mark/mark_ms, made on first use */
-    void *bounce_h;        /* pinned: small to_host copies land here first */
-    size_t bounce_cap;     /* its bytes */
 } cuda_impl;
 
 static cuda_impl *impl_of(mk_backend *be) { return (cuda_impl *)be->impl; }
@@ -267,30 +265,10 @@ static int route_check(cuda_impl *im)
     return MK_OK;
 }
 
-/* Copies up to this size go through pinned memory: a pageable cudaMemcpy of the model's
- * per-layer routing statistics (about 70 KB at bench-s) took about 30 us of the queue's
- * time, 13 times a step; a DMA into pinned memory and a host memcpy take about a third. */
-#define BOUNCE_MAX ((size_t)1 << 20)
-
 static int cuda_to_host(mk_backend *be, void *dst_host, const void *src, size_t bytes)
 {
-    cuda_impl *im = impl_of(be);
-    if (bytes > BOUNCE_MAX) {
-        CU_CHECK(cudaMemcpy(dst_host, src, bytes, cudaMemcpyDeviceToHost), "to_host");
-    } else if (bytes) {
-        if (im->bounce_cap < bytes) {
-            if (im->bounce_h) CU_CHECK(cudaFreeHost(im->bounce_h), "to_host: cudaFreeHost");
-            im->bounce_h = NULL, im->bounce_cap = 0;
-            size_t cap = 4096;
-            while (cap < bytes) cap *= 2;
-            CU_CHECK(cudaMallocHost(&im->bounce_h, cap), "to_host: pinned staging");
-            im->bounce_cap = cap;
-        }
-        CU_CHECK(cudaMemcpyAsync(im->bounce_h, src, bytes, cudaMemcpyDeviceToHost, 0), "to_host");
-        CU_CHECK(cudaStreamSynchronize(0), "to_host");
-        memcpy(dst_host, im->bounce_h, bytes);
-    }
-    return route_check(im);
+    if (bytes) CU_CHECK(cudaMemcpy(dst_host, src, bytes, cudaMemcpyDeviceToHost), "to_host");
+    return route_check(impl_of(be));
 }
 
 static int cuda_from_host(mk_backend *be, void *dst, const void *src_host, size_t bytes)
@@ -2579,7 +2557,6 @@ static void cuda_destroy(mk_backend *be)
             for (int i = 0; i < MK_MARKS; i++)
                 if (im->marks[i]) cudaEventDestroy(im->marks[i]);
         free(im->marks);
-        if (im->bounce_h) cudaFreeHost(im->bounce_h);
         free(im);
     }
     free(be);
