@@ -70,6 +70,27 @@ static void pause_ms(int ms)
     nanosleep(&ts, NULL);
 }
 
+/* A profiler (timeline over the stand-in timestamps when f is given, else synchronised
+ * over the CPU backend) with one buffer of `bytes`, its times reset; NULL after a failed
+ * check. */
+static mk_backend *profiled(fake *f, size_t bytes, float **buf)
+{
+    mk_backend *inner = NULL, *be = NULL;
+    if (f) inner = with_marks(f);
+    else if (mk_backend_cpu_create(1, &inner) != MK_OK) inner = NULL;
+    if (!inner || mk_backend_prof_create(inner, f != NULL, &be) != MK_OK) {
+        tap_ok(0, "%s profiler", f ? "timeline" : "synchronised");
+        return NULL;
+    }
+    if (be->ops->alloc(be, bytes, (void **)buf) != MK_OK) {
+        tap_ok(0, "buffer");
+        mk_backend_destroy(&be);
+        return NULL;
+    }
+    mk_backend_prof_reset(be); /* allocations left out, as moe-train leaves out step 1 */
+    return be;
+}
+
 /* One op's line of the report: its ms per step, calls per step and idle ms before it. */
 typedef struct line {
     double ms, idle;
@@ -113,15 +134,11 @@ static void test_needs_marks(void)
 static void test_idle_charged_to_next_op(void)
 {
     fake f;
-    mk_backend *inner = with_marks(&f), *be = NULL;
-    if (!inner || mk_backend_prof_create(inner, 1, &be) != MK_OK) {
-        tap_ok(0, "timeline profiler over the stand-in backend");
-        return;
-    }
     float *a = NULL, *b = NULL, h[16];
-    const int ok = be->ops->alloc(be, sizeof h, (void **)&a) == MK_OK &&
-                   be->ops->alloc(be, sizeof h, (void **)&b) == MK_OK;
-    mk_backend_prof_reset(be); /* allocations left out, as moe-train leaves out step 1 */
+    mk_backend *be = profiled(&f, sizeof h, &a);
+    if (!be) return;
+    const int ok = be->ops->alloc(be, sizeof h, (void **)&b) == MK_OK;
+    mk_backend_prof_reset(be);
     for (int step = 0; ok && step < 2; step++) {
         be->ops->zero(be, a, sizeof h);
         pause_ms(30); /* the host is late with the next op: the queue idles */
@@ -151,17 +168,9 @@ static void test_idle_charged_to_next_op(void)
 static void test_many_ops_between_reads(void)
 {
     fake f;
-    mk_backend *inner = with_marks(&f), *be = NULL;
-    if (!inner || mk_backend_prof_create(inner, 1, &be) != MK_OK) {
-        tap_ok(0, "timeline profiler over the stand-in backend");
-        return;
-    }
     float *a = NULL, h[4];
-    if (be->ops->alloc(be, sizeof h, (void **)&a) != MK_OK) {
-        tap_ok(0, "buffer");
-        return;
-    }
-    mk_backend_prof_reset(be);
+    mk_backend *be = profiled(&f, sizeof h, &a);
+    if (!be) return;
     const int n = 3 * MK_MARKS + 7;
     for (int i = 0; i < n; i++) be->ops->zero(be, a, sizeof h);
     be->ops->to_host(be, h, a, sizeof h);
@@ -176,17 +185,9 @@ static void test_many_ops_between_reads(void)
 
 static void test_synchronised_mode(void)
 {
-    mk_backend *cpu, *be = NULL;
-    if (mk_backend_cpu_create(1, &cpu) != MK_OK || mk_backend_prof_create(cpu, 0, &be) != MK_OK) {
-        tap_ok(0, "synchronised profiler over the cpu backend");
-        return;
-    }
     float *a = NULL, h[8];
-    if (be->ops->alloc(be, sizeof h, (void **)&a) != MK_OK) {
-        tap_ok(0, "buffer");
-        return;
-    }
-    mk_backend_prof_reset(be);
+    mk_backend *be = profiled(NULL, sizeof h, &a);
+    if (!be) return;
     for (int i = 0; i < 6; i++) be->ops->zero(be, a, sizeof h);
     be->ops->to_host(be, h, a, sizeof h);
     char head[256] = "";
