@@ -112,9 +112,9 @@ static cuda_impl *impl_of(mk_backend *be) { return (cuda_impl *)be->impl; }
 
 
 
-/* A launch reports bad configurations through cudaGetLastError; faults inside the kernel
- * surface at the next synchronising call. */
-/* Every kernel here starts with MK_PDL_ENTRY() and is launched through mk_launch (mk_pdl.h). */
+/* Every kernel here starts with MK_PDL_ENTRY() and is launched through mk_launch (mk_pdl.h),
+ * which returns a bad configuration at once; faults inside the kernel surface at the next
+ * synchronising call. */
 #define LAUNCH(kernel, grid, what, ...) CU_CHECK(mk_launch(kernel, dim3(grid), dim3(TPB), 0, __VA_ARGS__), what)
 
 #define MK_ROUTER_GATES_MAX 32 /* gates the router keeps in registers; more are re-read */
@@ -757,9 +757,8 @@ static int cuda_embedding_backward(mk_backend *be, mk_real *dwte, const int32_t 
     CU_CHECK(cudaMemcpyAsync(sp, list, bytes, cudaMemcpyHostToDevice, 0), "embedding_backward: upload");
     CU_CHECK(cudaEventRecord(im->emb_up_ev, 0), "embedding_backward: event");
     im->emb_up_pending = 1;
-    CU_CHECK(mk_launch(k_embedding_backward, dim3(dim3((unsigned)nu, (unsigned)((D + TPB - 1) / TPB))), dim3(TPB), 0, dwte, dout,
-                                                                                   (const int32_t *)sp, nu, D), "k_embedding_backward");
-    CU_CHECK(cudaGetLastError(), "embedding_backward");
+    CU_CHECK(mk_launch(k_embedding_backward, dim3((unsigned)nu, (unsigned)((D + TPB - 1) / TPB)), dim3(TPB), 0,
+                       dwte, dout, (const int32_t *)sp, nu, D), "embedding_backward");
     return MK_OK;
 }
 
@@ -1005,25 +1004,23 @@ static int cuda_rmsnorm_backward(mk_backend *be, mk_real *dx, mk_real *dg, const
         if (D <= 4 * 32 * 6) {
             CU_CHECK(cudaFuncSetAttribute(k_rmsnorm_backward_fused<6>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           (int)rms_fused_smem(6)), "rmsnorm_backward: shared memory");
-            CU_CHECK(mk_launch(k_rmsnorm_backward_fused<6>, dim3((unsigned)chunks), dim3(TPB), rms_fused_smem(6), dx, (double *)sp, dout, x, g,
-                                                                                  rstd, N, D), "k_rmsnorm_backward_fused<6>");
+            CU_CHECK(mk_launch(k_rmsnorm_backward_fused<6>, dim3((unsigned)chunks), dim3(TPB), rms_fused_smem(6), dx,
+                               (double *)sp, dout, x, g, rstd, N, D), "rmsnorm_backward");
         } else {
             CU_CHECK(cudaFuncSetAttribute(k_rmsnorm_backward_fused<RMS_NV>,
                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)rms_fused_smem(RMS_NV)),
                      "rmsnorm_backward: shared memory");
-            CU_CHECK(mk_launch(k_rmsnorm_backward_fused<RMS_NV>, dim3((unsigned)chunks), dim3(TPB), rms_fused_smem(RMS_NV), 
-                dx, (double *)sp, dout, x, g, rstd, N, D), "k_rmsnorm_backward_fused<RMS_NV>");
+            CU_CHECK(mk_launch(k_rmsnorm_backward_fused<RMS_NV>, dim3((unsigned)chunks), dim3(TPB),
+                               rms_fused_smem(RMS_NV), dx, (double *)sp, dout, x, g, rstd, N, D), "rmsnorm_backward");
         }
-        CU_CHECK(cudaGetLastError(), "rmsnorm_backward");
     } else {
         LAUNCH(k_rmsnorm_backward_dx, (unsigned)N, "rmsnorm_backward (dx)", dx, dout, x, g, rstd, D);
         MK_CHECK(scratch_get(impl_of(be), (size_t)RMS_CHUNKS * D * sizeof(double), &sp));
-        CU_CHECK(mk_launch(k_rmsnorm_dg_partial, dim3(dim3((unsigned)((D + TPB - 1) / TPB), RMS_CHUNKS)), dim3(TPB), 0, 
-            (double *)sp, dout, x, rstd, N, D), "k_rmsnorm_dg_partial");
-        CU_CHECK(cudaGetLastError(), "rmsnorm_backward (dg partials)");
+        CU_CHECK(mk_launch(k_rmsnorm_dg_partial, dim3((unsigned)((D + TPB - 1) / TPB), RMS_CHUNKS), dim3(TPB),
+                           0, (double *)sp, dout, x, rstd, N, D), "rmsnorm_backward (dg partials)");
     }
-    CU_CHECK(mk_launch(k_rmsnorm_dg_final, dim3((unsigned)((D + 31) / 32)), dim3(dim3(32, 8)), 0, dg, (const double *)sp, chunks, D), "k_rmsnorm_dg_final");
-    CU_CHECK(cudaGetLastError(), "rmsnorm_backward (dg)");
+    CU_CHECK(mk_launch(k_rmsnorm_dg_final, dim3((unsigned)((D + 31) / 32)), dim3(32, 8), 0, dg,
+                       (const double *)sp, chunks, D), "rmsnorm_backward (dg)");
     return MK_OK;
 }
 
@@ -1554,9 +1551,8 @@ static int cuda_router_forward(mk_backend *be, mk_real *probs, mk_real *lse, int
             CU_CHECK(cudaMemset(sp, 0, sizeof(int)), "router_forward: clear flag");
         }
         const size_t blocks = ((size_t)N * 32 + TPB - 1) / TPB;
-        CU_CHECK(mk_launch(k_router_forward, dim3((unsigned)blocks), dim3(TPB), 0, probs, lse, topk, gates, z, N, E, K, norm_topk,
-                                                   (int *)sp), "k_router_forward");
-        CU_CHECK(cudaGetLastError(), "router_forward");
+        CU_CHECK(mk_launch(k_router_forward, dim3((unsigned)blocks), dim3(TPB), 0, probs, lse, topk, gates, z, N, E,
+                           K, norm_topk, (int *)sp), "router_forward");
         if (!bad_out) {
             int bad = 0;
             CU_CHECK(cudaMemcpy(&bad, sp, sizeof bad, cudaMemcpyDeviceToHost), "router_forward: flag");
@@ -1763,8 +1759,8 @@ static int cuda_sequence_counts(mk_backend *be, int32_t *counts, const int32_t *
     if (B < 0 || S < 0 || E <= 0 || (size_t)E * sizeof(int) > 48 * 1024)
         return MK_FAIL(MK_ERR_INTERNAL, "sequence_counts: B %d, S %d, E %d", B, S, E);
     if (B == 0) return MK_OK;
-    CU_CHECK(mk_launch(k_sequence_counts, dim3((unsigned)B), dim3(TPB), (size_t)E * sizeof(int), counts, topk, S, E), "k_sequence_counts");
-    CU_CHECK(cudaGetLastError(), "sequence_counts");
+    CU_CHECK(mk_launch(k_sequence_counts, dim3((unsigned)B), dim3(TPB), (size_t)E * sizeof(int), counts, topk, S, E),
+                       "sequence_counts");
     return MK_OK;
 }
 
@@ -2372,8 +2368,8 @@ static int cuda_cross_entropy(mk_backend *be, mk_real *losses, mk_real *dlogits,
     if (V <= 0) return MK_FAIL(MK_ERR_INTERNAL, "cross_entropy: vocabulary size %d", V);
     if (N <= 0) return MK_OK;
     MK_CHECK(check_targets(targets, N, V));
-    CU_CHECK(mk_launch(k_cross_entropy<float, float>, dim3((unsigned)N), dim3(TPB), 0, losses, dlogits, logits, targets, V, dscale), "k_cross_entropy<float, float>");
-    CU_CHECK(cudaGetLastError(), "cross_entropy");
+    CU_CHECK(mk_launch(k_cross_entropy<float, float>, dim3((unsigned)N), dim3(TPB), 0, losses, dlogits, logits,
+                       targets, V, dscale), "cross_entropy");
     return MK_OK;
 }
 
@@ -2410,12 +2406,12 @@ static int cuda_output_forward(mk_backend *be, mk_real *losses, mk_real *logits,
     MK_CHECK(matmul_bf16_to(im, logb, CUDA_R_16BF, xb, wb, N, V, D, 0, tied, 1, 0, "output layer: logits"));
     MK_CHECK(check_targets(targets, N, V));
     if ((size_t)V * sizeof *logb <= im->ce_smem_bf16 && ((uintptr_t)logits & 15) == 0) {
-        CU_CHECK(mk_launch(k_cross_entropy_row<__nv_bfloat16>, dim3((unsigned)N), dim3(CE_TPB), (size_t)V * sizeof *logb, losses, dlog, logb,
-                                                                                           targets, V, 1.0f), "k_cross_entropy_row<__nv_bfloat16>");
-        CU_CHECK(cudaGetLastError(), "output layer: cross_entropy");
+        CU_CHECK(mk_launch(k_cross_entropy_row<__nv_bfloat16>, dim3((unsigned)N), dim3(CE_TPB),
+                           (size_t)V * sizeof *logb, losses, dlog, logb, targets, V, 1.0f),
+                           "output layer: cross_entropy");
     } else {
-        CU_CHECK(mk_launch(k_cross_entropy<__nv_bfloat16, __nv_bfloat16>, dim3((unsigned)N), dim3(TPB), 0, losses, dlog, logb, targets, V, 1.0f), "k_cross_entropy<__nv_bfloat16, __nv_bfloat16>");
-        CU_CHECK(cudaGetLastError(), "output layer: cross_entropy");
+        CU_CHECK(mk_launch(k_cross_entropy<__nv_bfloat16, __nv_bfloat16>, dim3((unsigned)N), dim3(TPB), 0, losses,
+                           dlog, logb, targets, V, 1.0f), "output layer: cross_entropy");
     }
     im->out_ready = train;
     im->out_N = N, im->out_V = V, im->out_D = D, im->out_tied = tied;

@@ -41,8 +41,7 @@ int mk_cuda_round_bf16(void *y, const float *x, size_t n, const char *what)
         return MK_FAIL(MK_ERR_INTERNAL, "cuda: %s: %zu floats at %p to %p (need aligned fours)",
                        what, n, (const void *)x, y);
     size_t b = (n / 4 + TPB - 1) / TPB;
-    CU_CHECK(mk_launch(k_round_bf16, dim3((unsigned)(b > MAX_BLOCKS ? MAX_BLOCKS : b)), dim3(TPB), 0, (uint2 *)y, (const float4 *)x, n / 4), "k_round_bf16");
-    cudaError_t e = cudaGetLastError();
-    if (e != cudaSuccess) return MK_FAIL(MK_ERR_INTERNAL, "cuda: %s: %s", what, cudaGetErrorString(e));
+    CU_CHECK(mk_launch(k_round_bf16, dim3((unsigned)(b > MAX_BLOCKS ? MAX_BLOCKS : b)), dim3(TPB), 0, (uint2 *)y,
+                       (const float4 *)x, n / 4), what);
     return MK_OK;
 }

@@ -333,16 +333,17 @@ static int gather_bf16(bf16 *out, const mk_rows_gather *g, size_t R, int D, void
 {
     if (R == 0) return MK_OK;
     if (from_op(g)) {
-        CU_CHECK(mk_launch(k_gather_rows_bf16, dim3(gather_grid(R)), dim3(TPB), 0, (uint4 *)out, (const uint4 *)g->src_op, g->row_slot, g->K, R,
-                                                    D / 8), "k_gather_rows_bf16");
+        CU_CHECK(mk_launch(k_gather_rows_bf16, dim3(gather_grid(R)), dim3(TPB), 0, (uint4 *)out,
+                           (const uint4 *)g->src_op, g->row_slot, g->K, R, D / 8), what);
     } else if (gather_ws(g, D)) {
         MK_CHECK(mk_cuda_round_bf16(ws, g->src, (size_t)g->N * D, what));
-        CU_CHECK(mk_launch(k_gather_rows_bf16, dim3(gather_grid(R)), dim3(TPB), 0, (uint4 *)out, (const uint4 *)ws, g->row_slot, g->K, R, D / 8), "k_gather_rows_bf16");
+        CU_CHECK(mk_launch(k_gather_rows_bf16, dim3(gather_grid(R)), dim3(TPB), 0, (uint4 *)out, (const uint4 *)ws,
+                           g->row_slot, g->K, R, D / 8), what);
     } else {
         const int vec = ((uintptr_t)g->src & 15) == 0;
-        CU_CHECK(mk_launch(k_gather_bf16, dim3(gather_grid(R)), dim3(TPB), 0, (uint4 *)out, g->src, g->row_slot, g->weights, g->K, R, D / 8, vec), "k_gather_bf16");
+        CU_CHECK(mk_launch(k_gather_bf16, dim3(gather_grid(R)), dim3(TPB), 0, (uint4 *)out, g->src, g->row_slot,
+                           g->weights, g->K, R, D / 8, vec), what);
     }
-    CU_CHECK(cudaGetLastError(), what);
     return MK_OK;
 }
 
@@ -376,8 +377,7 @@ static int pack13(bf16 *w13, const float *w1, const float *w3, int E, int D, int
 {
     const size_t rows = (size_t)E * D, n = rows * 2 * (F / 8);
     const int vec = (((uintptr_t)w1 | (uintptr_t)w3) & 15) == 0;
-    CU_CHECK(mk_launch(k_pack13_bf16, dim3(grid_for(n)), dim3(TPB), 0, (uint4 *)w13, w1, w3, rows, F / 8, vec), "k_pack13_bf16");
-    CU_CHECK(cudaGetLastError(), what);
+    CU_CHECK(mk_launch(k_pack13_bf16, dim3(grid_for(n)), dim3(TPB), 0, (uint4 *)w13, w1, w3, rows, F / 8, vec), what);
     return MK_OK;
 }
 
@@ -433,8 +433,8 @@ static int cl_forward(mk_cuda_ffn *f, float *y, float *a1, float *a3, float *hac
     MK_CHECK(to_bf16(w2b, w2, nw, "expert FFN forward: w2"));
     MK_CHECK(mk_gg_cutlass_rows(f->cl, a13, 1, 2 * F, xb, D, w13b, (size_t)D * 2 * F, 2 * F, 0, offs_host, E, D,
                                 2 * F, 0.f));
-    CU_CHECK(mk_launch(k_swiglu13, dim3(grid_for(R * (F / 8))), dim3(TPB), 0, (uint4 *)hb, (const uint4 *)a13, R, F / 8), "k_swiglu13");
-    CU_CHECK(cudaGetLastError(), "expert FFN forward: SwiGLU");
+    CU_CHECK(mk_launch(k_swiglu13, dim3(grid_for(R * (F / 8))), dim3(TPB), 0, (uint4 *)hb, (const uint4 *)a13, R,
+                       F / 8), "expert FFN forward: SwiGLU");
     return mk_gg_cutlass_rows(f->cl, y, 1, D, hb, F, w2b, (size_t)F * D, D, 0, offs_host, E, F, D, 0.f);
 }
 
@@ -467,9 +467,8 @@ static int cl_backward(mk_cuda_ffn *f, float *dxp, float *dw1, float *dw3, float
     }
     MK_CHECK(mk_gg_cutlass_rows(f->cl, dhb, 1, F, dyb, D, w2b, (size_t)F * D, D, 1, offs_host, E, D, F, 0.f));
     MK_CHECK(mk_gg_cutlass_wgrad(f->cl, dw2, hb, F, dyb, D, offs_host, E, F, D));
-    CU_CHECK(mk_launch(k_swiglu13_backward, dim3(grid_for(R * (F / 8))), dim3(TPB), 0, (uint4 *)da13, (const uint4 *)dhb, (const uint4 *)a13, R,
-                                                        F / 8), "k_swiglu13_backward");
-    CU_CHECK(cudaGetLastError(), "expert FFN backward: SwiGLU");
+    CU_CHECK(mk_launch(k_swiglu13_backward, dim3(grid_for(R * (F / 8))), dim3(TPB), 0, (uint4 *)da13,
+                       (const uint4 *)dhb, (const uint4 *)a13, R, F / 8), "expert FFN backward: SwiGLU");
     MK_CHECK(mk_gg_cutlass_rows(f->cl, dxp, 1, D, da13, 2 * F, w13b, (size_t)D * 2 * F, 2 * F, 1, offs_host, E,
                                 2 * F, D, 0.f));
     MK_CHECK(mk_gg_cutlass_wgrad(f->cl, dw1, xb, D, da13, 2 * F, offs_host, E, D, F));
@@ -500,9 +499,9 @@ int mk_cuda_ffn_forward(mk_cuda_ffn *f, float *y, float *a1, float *a3, float *h
     MK_CHECK(mk_grouped_gemm_rows_bf16(f->kern, a1b, 1, xb, w1b, NULL, NULL, 0, offs_host, E, D, F, 0, 0.f));
     MK_CHECK(mk_grouped_gemm_rows_bf16(f->kern, a3b, 1, xb, w3b, NULL, NULL, 0, offs_host, E, D, F, 0, 0.f));
     const size_t n8f = quads(nh / 2, hb, a1b, a3b, hb, hb);
-    CU_CHECK(mk_launch(k_swiglu, dim3(grid_for(n8f ? n8f : nh / 2)), dim3(TPB), 0, (__nv_bfloat162 *)hb, (const __nv_bfloat162 *)a1b,
-                                                  (const __nv_bfloat162 *)a3b, nh / 2, n8f), "k_swiglu");
-    CU_CHECK(cudaGetLastError(), "expert FFN forward: SwiGLU");
+    CU_CHECK(mk_launch(k_swiglu, dim3(grid_for(n8f ? n8f : nh / 2)), dim3(TPB), 0, (__nv_bfloat162 *)hb,
+                       (const __nv_bfloat162 *)a1b, (const __nv_bfloat162 *)a3b, nh / 2, n8f),
+                       "expert FFN forward: SwiGLU");
     return mk_grouped_gemm_rows_bf16(f->kern, y, 1, hb, w2b, NULL, NULL, 0, offs_host, E, F, D, 0, 0.f);
 }
 
@@ -540,11 +539,9 @@ int mk_cuda_ffn_backward(mk_cuda_ffn *f, float *dxp, float *dw1, float *dw3, flo
     MK_CHECK(mk_grouped_gemm_rows_bf16(f->kern, dhb, 1, dyb, w2b, NULL, NULL, 0, offs_host, E, D, F, 1, 0.f));
     MK_CHECK(mk_grouped_gemm_wgrad_bf16(f->kern, dw2, ws, wsn, hb, dyb, offs_host, E, F, D));
     const size_t n8b = quads(nh / 2, da1b, da3b, dhb, a1b, a3b);
-    CU_CHECK(mk_launch(k_swiglu_backward, dim3(grid_for(n8b ? n8b : nh / 2)), dim3(TPB), 0, (__nv_bfloat162 *)da1b, (__nv_bfloat162 *)da3b,
-                                                           (const __nv_bfloat162 *)dhb,
-                                                           (const __nv_bfloat162 *)a1b,
-                                                           (const __nv_bfloat162 *)a3b, nh / 2, n8b), "k_swiglu_backward");
-    CU_CHECK(cudaGetLastError(), "expert FFN backward: SwiGLU");
+    CU_CHECK(mk_launch(k_swiglu_backward, dim3(grid_for(n8b ? n8b : nh / 2)), dim3(TPB), 0, (__nv_bfloat162 *)da1b,
+                       (__nv_bfloat162 *)da3b, (const __nv_bfloat162 *)dhb, (const __nv_bfloat162 *)a1b,
+                       (const __nv_bfloat162 *)a3b, nh / 2, n8b), "expert FFN backward: SwiGLU");
     /* dxp = da1 W1^T + da3 W3^T as one product over 2F columns: no second pass over dxp */
     MK_CHECK(mk_grouped_gemm_rows_bf16(f->kern, dxp, 1, da1b, w1b, da3b, w3b, F, offs_host, E, F, D, 1, 0.f));
     MK_CHECK(mk_grouped_gemm_wgrad_bf16(f->kern, dw1, ws, wsn, xb, da1b, offs_host, E, D, F));

@@ -895,8 +895,6 @@ __global__ static void k_rope_bf16_inplace(uint2 *qkv, const double *cs, int T, 
     }
 }
 
-#define FA_CHECK(what) CU_CHECK(cudaGetLastError(), what)
-
 /* Pieces of the state and of the backward's work area, each a multiple of 4 floats so that
  * the ones after it stay 16-byte aligned: state = lse, output copy, bf16 qkv; work =
  * delta, bf16 dO. */
@@ -938,14 +936,14 @@ extern "C" int mk_flash_attn_forward(float *out, float *state, const float *qkv,
     float *lse = state, *ostore = state + lse_floats(B, T, H);
     bf16 *qkvb = (bf16 *)(ostore + ostore_floats(B, T, H));
     if (rope_cs) {
-        CU_CHECK(mk_launch(k_qkv_rope_bf16, dim3((unsigned)((size_t)B * T)), dim3(256), 0, (uint2 *)qkvb, (const float4 *)qkv, rope_cs, T, D, 1.0), "k_qkv_rope_bf16");
-        FA_CHECK("flash attention forward (RoPE, bf16 qkv)");
+        CU_CHECK(mk_launch(k_qkv_rope_bf16, dim3((unsigned)((size_t)B * T)), dim3(256), 0, (uint2 *)qkvb,
+                           (const float4 *)qkv, rope_cs, T, D, 1.0), "flash attention forward (RoPE, bf16 qkv)");
     } else {
         MK_CHECK(mk_cuda_round_bf16(qkvb, qkv, (size_t)B * T * 3 * D, "flash attention forward (bf16 qkv)"));
     }
     const int nqb = (T + BR - 1) / BR;
-    CU_CHECK(mk_launch(k_flash_fwd<false>, dim3((unsigned)nqb * B * H), dim3(NT), 0, out, nullptr, lse, ostore, qkvb, T, D, H, nqb, sl2), "k_flash_fwd<false>");
-    FA_CHECK("flash attention forward");
+    CU_CHECK(mk_launch(k_flash_fwd<false>, dim3((unsigned)nqb * B * H), dim3(NT), 0, out, nullptr, lse, ostore, qkvb,
+                       T, D, H, nqb, sl2), "flash attention forward");
     return MK_OK;
 }
 
@@ -962,15 +960,15 @@ extern "C" int mk_flash_attn_backward(float *dqkv, float *work, const float *dou
     float *delta = work;
     bf16 *dob = (bf16 *)(work + lse_floats(B, T, H));
     const size_t rows = (size_t)B * H * T;
-    CU_CHECK(mk_launch(k_flash_delta, dim3((unsigned)((rows * 32 + 255) / 256)), dim3(256), 0, delta, dob, dout, ostore, rows, T, D, H), "k_flash_delta");
-    FA_CHECK("flash attention backward (row sums)");
+    CU_CHECK(mk_launch(k_flash_delta, dim3((unsigned)((rows * 32 + 255) / 256)), dim3(256), 0, delta, dob, dout,
+                       ostore, rows, T, D, H), "flash attention backward (row sums)");
     const int nqb = (T + BR - 1) / BR;
     const unsigned blocks = (unsigned)nqb * B * H;
     const dqkv_dst dst = {dqkv, NULL, NULL};
-    CU_CHECK(mk_launch(k_flash_bwd_dkdv, dim3(blocks), dim3(NT), 0, dst, qkvb, dob, lse, delta, T, D, H, nqb, sl2, (float)scale), "k_flash_bwd_dkdv");
-    FA_CHECK("flash attention backward (dK, dV)");
-    CU_CHECK(mk_launch(k_flash_bwd_dq, dim3(blocks), dim3(NT), 0, dst, qkvb, dob, lse, delta, T, D, H, nqb, sl2, (float)scale), "k_flash_bwd_dq");
-    FA_CHECK("flash attention backward (dQ)");
+    CU_CHECK(mk_launch(k_flash_bwd_dkdv, dim3(blocks), dim3(NT), 0, dst, qkvb, dob, lse, delta, T, D, H, nqb, sl2,
+                       (float)scale), "flash attention backward (dK, dV)");
+    CU_CHECK(mk_launch(k_flash_bwd_dq, dim3(blocks), dim3(NT), 0, dst, qkvb, dob, lse, delta, T, D, H, nqb, sl2,
+                       (float)scale), "flash attention backward (dQ)");
     return MK_OK;
 }
 
@@ -985,20 +983,18 @@ extern "C" int mk_flash_attn_forward_bf16(void *out, float *lse, void *qkv, cons
     if (B <= 0 || T <= 0) return MK_OK;
     MK_CHECK(check_aligned("flash attention forward (bf16)", out, lse, qkv, qkv));
     if (rope_cs) {
-        CU_CHECK(mk_launch(k_rope_bf16_inplace, dim3((unsigned)((size_t)B * T)), dim3(128), 0, (uint2 *)qkv, rope_cs, T, D), "k_rope_bf16_inplace");
-        FA_CHECK("flash attention forward (RoPE on bf16 qkv)");
+        CU_CHECK(mk_launch(k_rope_bf16_inplace, dim3((unsigned)((size_t)B * T)), dim3(128), 0, (uint2 *)qkv, rope_cs,
+                           T, D), "flash attention forward (RoPE on bf16 qkv)");
     }
     const float sl2 = (float)(LOG2E / sqrt((double)HD));
     const int nqb = (T + BR - 1) / BR;
     if (wgmma) {
-        CU_CHECK(mk_launch(k_flash_fwd_wg, dim3((unsigned)nqb * B * H), dim3(NT), WG_SMEM, (bf16 *)out, lse, (const bf16 *)qkv, T, D, H, nqb,
-                                                              sl2), "k_flash_fwd_wg");
-        FA_CHECK("flash attention forward (bf16, wgmma)");
+        CU_CHECK(mk_launch(k_flash_fwd_wg, dim3((unsigned)nqb * B * H), dim3(NT), WG_SMEM, (bf16 *)out, lse,
+                           (const bf16 *)qkv, T, D, H, nqb, sl2), "flash attention forward (bf16, wgmma)");
         return MK_OK;
     }
-    CU_CHECK(mk_launch(k_flash_fwd<true>, dim3((unsigned)nqb * B * H), dim3(NT), 0, nullptr, (bf16 *)out, lse, nullptr, (const bf16 *)qkv, T, D, H,
-                                                     nqb, sl2), "k_flash_fwd<true>");
-    FA_CHECK("flash attention forward (bf16)");
+    CU_CHECK(mk_launch(k_flash_fwd<true>, dim3((unsigned)nqb * B * H), dim3(NT), 0, nullptr, (bf16 *)out, lse,
+                       nullptr, (const bf16 *)qkv, T, D, H, nqb, sl2), "flash attention forward (bf16)");
     return MK_OK;
 }
 
@@ -1013,25 +1009,23 @@ extern "C" int mk_flash_attn_backward_bf16(float *dqkv, void *dqkvb, const doubl
     const double scale = 1.0 / sqrt((double)HD);
     const float sl2 = (float)(LOG2E * scale);
     const size_t rows = (size_t)B * H * T;
-    CU_CHECK(mk_launch(k_flash_delta_bf16, dim3((unsigned)((rows * 32 + 255) / 256)), dim3(256), 0, delta, (const bf16 *)dout, (const bf16 *)out,
-                                                                     rows, T, D, H), "k_flash_delta_bf16");
-    FA_CHECK("flash attention backward (bf16 row sums)");
+    CU_CHECK(mk_launch(k_flash_delta_bf16, dim3((unsigned)((rows * 32 + 255) / 256)), dim3(256), 0, delta,
+                       (const bf16 *)dout, (const bf16 *)out, rows, T, D, H),
+             "flash attention backward (bf16 row sums)");
     const int nqb = (T + BR - 1) / BR;
     const unsigned blocks = (unsigned)nqb * B * H;
     if (wgmma) {
         CU_CHECK(cudaFuncSetAttribute(k_flash_bwd_wg, cudaFuncAttributeMaxDynamicSharedMemorySize, WG_BWD_SMEM),
                 "flash attention backward (wgmma): shared memory");
-        CU_CHECK(mk_launch(k_flash_bwd_wg, dim3(2 * blocks), dim3(NT), WG_BWD_SMEM, dst, (const bf16 *)qkv, (const bf16 *)dout, lse, delta, T, D,
-                                                       H, nqb, (int)blocks, sl2, (float)scale), "k_flash_bwd_wg");
-        FA_CHECK("flash attention backward (bf16, wgmma)");
+        CU_CHECK(mk_launch(k_flash_bwd_wg, dim3(2 * blocks), dim3(NT), WG_BWD_SMEM, dst, (const bf16 *)qkv,
+                           (const bf16 *)dout, lse, delta, T, D, H, nqb, (int)blocks, sl2, (float)scale),
+                 "flash attention backward (bf16, wgmma)");
         return MK_OK;
     }
-    CU_CHECK(mk_launch(k_flash_bwd_dkdv, dim3(blocks), dim3(NT), 0, dst, (const bf16 *)qkv, (const bf16 *)dout, lse, delta, T, D, H, nqb, sl2,
-                                     (float)scale), "k_flash_bwd_dkdv");
-    FA_CHECK("flash attention backward (bf16: dK, dV)");
-    CU_CHECK(mk_launch(k_flash_bwd_dq, dim3(blocks), dim3(NT), 0, dst, (const bf16 *)qkv, (const bf16 *)dout, lse, delta, T, D, H, nqb, sl2,
-                                   (float)scale), "k_flash_bwd_dq");
-    FA_CHECK("flash attention backward (bf16: dQ)");
+    CU_CHECK(mk_launch(k_flash_bwd_dkdv, dim3(blocks), dim3(NT), 0, dst, (const bf16 *)qkv, (const bf16 *)dout, lse,
+                       delta, T, D, H, nqb, sl2, (float)scale), "flash attention backward (bf16: dK, dV)");
+    CU_CHECK(mk_launch(k_flash_bwd_dq, dim3(blocks), dim3(NT), 0, dst, (const bf16 *)qkv, (const bf16 *)dout, lse,
+                       delta, T, D, H, nqb, sl2, (float)scale), "flash attention backward (bf16: dQ)");
     return MK_OK;
 }
 
@@ -1040,7 +1034,7 @@ extern "C" int mk_flash_rope_round(void *out, const float *qkv, const double *ro
 {
     if (N <= 0) return MK_OK;
     MK_CHECK(check_aligned("RoPE and bf16 rounding", out, qkv, rope_cs, out));
-    CU_CHECK(mk_launch(k_qkv_rope_bf16, dim3((unsigned)N), dim3(256), 0, (uint2 *)out, (const float4 *)qkv, rope_cs, T, D, sign), "k_qkv_rope_bf16");
-    FA_CHECK("RoPE and bf16 rounding");
+    CU_CHECK(mk_launch(k_qkv_rope_bf16, dim3((unsigned)N), dim3(256), 0, (uint2 *)out, (const float4 *)qkv, rope_cs,
+                       T, D, sign), "RoPE and bf16 rounding");
     return MK_OK;
 }

@@ -224,8 +224,8 @@ int mk_gg_cutlass_wgrad(mk_gg_cutlass *g, float *dW, const void *A, int lda, con
     if (slots == 0) return MK_OK;
     size_t bx = (KN + 255) / 256;
     if (bx > 4096) bx = 4096;
-    CU_CHECK(mk_launch(k_gg_partials_sum, dim3(dim3((unsigned)bx, (unsigned)E)), dim3(256), 0, dW, t.ws, t, KN), "k_gg_partials_sum");
-    CU_CHECK(cudaGetLastError(), what);
+    CU_CHECK(mk_launch(k_gg_partials_sum, dim3((unsigned)bx, (unsigned)E), dim3(256), 0, dW, t.ws, t, KN),
+                       what);
     return MK_OK;
 }
 

@@ -175,8 +175,8 @@ template <class K> static int gg_run(const gg_ctx *c, const gg_groups &t, float 
     auto *sb = (typename K::StrideB *)(base + 5 * GG_TABLE_BYTES);
     auto *sd = (typename K::StrideD *)(base + 6 * GG_TABLE_BYTES);
     const void **pc = (const void **)(base + 7 * GG_TABLE_BYTES);
-    CU_CHECK(mk_launch(k_gg_tables<K>, dim3((t.n + 127) / 128), dim3(128), 0, shapes, pa, pb, pc, pd, sa, sb, sd, t), "k_gg_tables<K>");
-    CU_CHECK(cudaGetLastError(), what);
+    CU_CHECK(mk_launch(k_gg_tables<K>, dim3((t.n + 127) / 128), dim3(128), 0, shapes, pa, pb, pc, pd, sa, sb, sd, t),
+                       what);
 
     typename Gemm::Arguments args;
     decltype(args.epilogue.thread) fusion{};
