@@ -8,7 +8,8 @@
  *
  * Timeline (MOEKIT_PROFILE=timeline, backends with mark/mark_ms): each op is bracketed by
  * two timestamps on the device's queue and nothing waits that would not wait anyway; the
- * timestamps are read back at the next to_host (which waits for the queue in any case).
+ * timestamps are read back at a to_host (which waits for the queue in any case) once half
+ * the slots are used, and at the report.
  * An op's time is then the queue's time inside it, and the time between one op's end and
  * the next one's start is time the queue had nothing of ours to run: it waited for the
  * host, or ran work outside the backend's ops (the trainer's NCCL sums).
@@ -156,6 +157,7 @@ static int flush(prof *p)
         double in = 0, gap = 0;
         rc = o->mark_ms(p->inner, s, e, &in);
         if (rc == MK_OK && p->prev_end >= 0) rc = o->mark_ms(p->inner, p->prev_end, s, &gap), p->gaps++;
+        else if (rc == MK_OK) p->gaps_skipped++;
         p->seconds[op] += 1e-3 * in;
         p->gap_ms[op] += gap;
         p->prev_end = e;
@@ -165,7 +167,6 @@ static int flush(prof *p)
     /* The host's time reading them lies between this end and the next op's start: that
      * gap is the profiler's, not the program's, so it is not counted. */
     p->prev_end = -1;
-    p->gaps_skipped++;
     return rc;
 }
 
