@@ -1192,8 +1192,9 @@ static void test_flash_bf16(void)
  * the forms the fused expert FFN uses: B as [K, N] and as [N, K], fp32 output accumulating
  * (beta 0.5), bf16 output into the first N of rows of 2N + 8 (a strided C), and the weight
  * gradient accumulating onto dW from the second half of dC rows of 2N (a strided,
- * offset dC); a second run gives the same bits. */
-static void one_cutlass_kernel(mk_gg_cutlass *g, int E, int K, int N, const int *offs)
+ * offset dC); a second run gives the same bits, and so does the state gm, planned for
+ * fewer SMs (an SM margin: each tile is still one block's whole reduction). */
+static void one_cutlass_kernel(mk_gg_cutlass *g, mk_gg_cutlass *gm, int E, int K, int N, const int *offs)
 {
     const size_t R = (size_t)offs[E], na = R * K, nw = (size_t)E * K * N, nc = R * N;
     float *A = Hbf16(Hrand(na, 1), na), *W = Hbf16(Hrand(nw, 0.1), nw);
@@ -1222,6 +1223,9 @@ static void one_cutlass_kernel(mk_gg_cutlass *g, int E, int K, int N, const int 
             r2 = mk_gg_cutlass_rows(g, gC, 1, ldc, gA, K, gW, (size_t)K * N, tw ? K : N, tw, offs, E, K, N, 0.f);
             tap_ok(r2 == MK_OK && memcmp(Gbf16(gC, R * ldc), rows, R * ldc * 4) == 0,
                    "CUTLASS grouped GEMM E %d K %d N %d trans_w %d: a second run gives the same bits", E, K, N, tw);
+            r2 = mk_gg_cutlass_rows(gm, gC, 1, ldc, gA, K, gW, (size_t)K * N, tw ? K : N, tw, offs, E, K, N, 0.f);
+            tap_ok(r2 == MK_OK && memcmp(Gbf16(gC, R * ldc), rows, R * ldc * 4) == 0,
+                   "CUTLASS grouped GEMM E %d K %d N %d trans_w %d: the same bits on fewer SMs", E, K, N, tw);
         }
     }
     float *dC = Hbf16(Hrand(nc, 1), nc), *dW0 = Hrand(nw, 1), *want = Hcopy(dW0, nw);
@@ -1240,6 +1244,10 @@ static void one_cutlass_kernel(mk_gg_cutlass *g, int E, int K, int N, const int 
         r2 = mk_gg_cutlass_wgrad(g, gdW2, gA, K, gdC, 2 * N, offs, E, K, N);
         tap_ok(r2 == MK_OK && memcmp(Gf(gdW2, nw), got, nw * 4) == 0,
                "CUTLASS grouped weight gradient E %d K %d N %d: a second run gives the same bits", E, K, N);
+        float *gdW3 = D(dW0, nw * 4);
+        r2 = mk_gg_cutlass_wgrad(gm, gdW3, gA, K, gdC, 2 * N, offs, E, K, N);
+        tap_ok(r2 == MK_OK && memcmp(Gf(gdW3, nw), got, nw * 4) == 0,
+               "CUTLASS grouped weight gradient E %d K %d N %d: the same bits on fewer SMs", E, K, N);
     }
     arena_free();
 }
@@ -1259,9 +1267,10 @@ static void test_cutlass_kernels(void)
     if (!have) return;
     static const char *scheds[] = {"", "coop", "wide"};
     for (size_t s = 0; s < sizeof scheds / sizeof scheds[0]; s++) {
-        mk_gg_cutlass *g = NULL;
+        mk_gg_cutlass *g = NULL, *gm = NULL;
         setenv("MOEKIT_GG_SCHED", scheds[s], 1);
-        if (mk_gg_cutlass_create(&g) != MK_OK) bail("CUTLASS grouped GEMM state");
+        if (mk_gg_cutlass_create(&g, 0) != MK_OK || mk_gg_cutlass_create(&gm, 20) != MK_OK)
+            bail("CUTLASS grouped GEMM state");
         tap_diag("CUTLASS schedule: %s", *scheds[s] ? scheds[s] : "default table");
         enum { NCASE = 4 };
         const int shapes[NCASE][3] = {{5, 24, 16}, {7, 200, 136}, {64, 768, 512}, {64, 256, 768}}; /* E K N */
@@ -1275,12 +1284,13 @@ static void test_cutlass_kernels(void)
                 if (E == 7 && e == 5) rows = 3000;       /* whole, more rows than a chunk */
                 offs[e + 1] = offs[e] + rows;
             }
-            one_cutlass_kernel(g, E, K, N, offs);
+            one_cutlass_kernel(g, gm, E, K, N, offs);
         }
         const int none[3] = {0, 0, 0};
         tap_ok(mk_gg_cutlass_rows(g, NULL, 0, 16, NULL, 16, NULL, 0, 16, 0, none, 2, 16, 16, 0.f) == MK_OK,
                "CUTLASS grouped GEMM with no rows at all does nothing");
         mk_gg_cutlass_destroy(g);
+        mk_gg_cutlass_destroy(gm);
     }
     unsetenv("MOEKIT_GG_SCHED");
 }

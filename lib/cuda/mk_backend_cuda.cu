@@ -80,6 +80,7 @@ typedef struct cuda_impl {
     int grouped_ok;       /* 1 cublasGemmGroupedBatchedEx works here, 0 unknown, -1 it does not */
     int fused;            /* bf16: our grouped GEMMs, the fused expert FFN and output layer */
     int flash_wgmma;      /* the attention kernels on wgmma (sm_90a), unless MOEKIT_NO_WGMMA=1 */
+    int sm_margin;        /* SMs the GEMMs leave to other streams (MOEKIT_SM_MARGIN) */
     cublasHandle_t blas;
     void **gptr;          /* device arrays of A, B, C pointers for grouped GEMMs */
     double *rope_cs;      /* RoPE cos/sin table of (rope_T, rope_hd, rope_theta) */
@@ -2193,7 +2194,7 @@ static int cuda_expert_ffn_forward(mk_backend *be, mk_real *y, mk_real *a1, mk_r
         MK_CHECK(mk_expert_ffn_forward_ops(be, y, a1, a3, hact, xp, x, w1, w3, w2, offs_host, E, D, F));
         return rows_bf16(im, D) ? rows_round(im, y, (size_t)offs_host[E] * D, "expert FFN forward: y rows") : MK_OK;
     }
-    if (!im->ffn) MK_CHECK(mk_cuda_ffn_create(&im->ffn));
+    if (!im->ffn) MK_CHECK(mk_cuda_ffn_create(&im->ffn, im->sm_margin));
     return mk_cuda_ffn_forward(im->ffn, y, a1, a3, hact, xp, x, w1, w3, w2, offs_host,
                                E, D, F);
 }
@@ -2212,7 +2213,7 @@ static int cuda_expert_ffn_backward(mk_backend *be, mk_real *dxp, mk_real *dw1, 
         return rows_bf16(im, D) ? rows_round(im, dxp, (size_t)offs_host[E] * D, "expert FFN backward: dxp rows")
                                 : MK_OK;
     }
-    if (!im->ffn) MK_CHECK(mk_cuda_ffn_create(&im->ffn));
+    if (!im->ffn) MK_CHECK(mk_cuda_ffn_create(&im->ffn, im->sm_margin));
     return mk_cuda_ffn_backward(im->ffn, dxp, dw1, dw3, dw2, dhact, da1, da3, dout, xp,
                                 a1, a3, hact, w1, w3, w2, offs_host, E, D, F);
 }
@@ -2645,6 +2646,22 @@ extern "C" int mk_backend_cuda_create(int device, int bf16, mk_backend **out)
     im->fused = im->bf16 && !(fz && strcmp(fz, "0") == 0);
     const char *nowg = getenv("MOEKIT_NO_WGMMA");
     im->flash_wgmma = !(nowg && strcmp(nowg, "1") == 0) && mk_grouped_gemm_wgmma_available();
+    int nsm = 0;
+    CU_CHECK(cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, device), "SM count");
+    /* MOEKIT_SM_MARGIN=N: the GEMMs are planned for N SMs fewer than the GPU has. A
+     * persistent GEMM sized for every SM stalls while the gradient all-reduce's NCCL
+     * blocks hold some of them: its blocks there wait for those to finish. */
+    const char *smm = getenv("MOEKIT_SM_MARGIN");
+    if (smm) {
+        char *end;
+        const long v = strtol(smm, &end, 10);
+        if (end == smm || *end || v < 0 || v >= nsm) {
+            free(be);
+            free(im);
+            return MK_FAIL(MK_ERR_USAGE, "MOEKIT_SM_MARGIN=%s: want an SM count from 0 to %d", smm, nsm - 1);
+        }
+        im->sm_margin = (int)v;
+    }
     fill_ops(&im->ops);
     /* the rows it writes are the fused expert FFN's operands, read only in that mode */
     if (im->fused) im->ops.combine_backward = cuda_combine_backward;
@@ -2656,7 +2673,11 @@ extern "C" int mk_backend_cuda_create(int device, int bf16, mk_backend **out)
         cuda_destroy(be);
         return MK_FAIL(MK_ERR_INTERNAL, "cuda: cublasCreate: %s", cublasGetStatusString(s));
     }
-    int rc = mk_gemm_residual_create(&im->gres);
+    if (im->sm_margin && (s = cublasSetSmCountTarget(im->blas, nsm - im->sm_margin)) != CUBLAS_STATUS_SUCCESS) {
+        cuda_destroy(be);
+        return MK_FAIL(MK_ERR_INTERNAL, "cuda: cublasSetSmCountTarget: %s", cublasGetStatusString(s));
+    }
+    int rc = mk_gemm_residual_create(&im->gres, im->sm_margin ? nsm - im->sm_margin : 0);
     if (rc != MK_OK) {
         cuda_destroy(be);
         return rc;

@@ -264,7 +264,7 @@ static size_t quads(size_t n2, const void *p, const void *q, const void *r, cons
 
 /* ------------------------------------------------------------------ workspace */
 
-int mk_cuda_ffn_create(mk_cuda_ffn **out)
+int mk_cuda_ffn_create(mk_cuda_ffn **out, int sm_margin)
 {
     *out = (mk_cuda_ffn *)calloc(1, sizeof **out);
     if (!*out) return MK_FAIL(MK_ERR_NOMEM, "cuda expert FFN: cannot allocate its state");
@@ -273,7 +273,7 @@ int mk_cuda_ffn_create(mk_cuda_ffn **out)
     (*out)->kern = !no && mk_grouped_gemm_wgmma_available() ? MK_GG_WGMMA : MK_GG_MMA;
     const char *nocl = getenv("MOEKIT_NO_CUTLASS");
     if (!(nocl && strcmp(nocl, "1") == 0) && mk_gg_cutlass_available()) {
-        const int rc = mk_gg_cutlass_create(&(*out)->cl);
+        const int rc = mk_gg_cutlass_create(&(*out)->cl, sm_margin);
         if (rc != MK_OK) {
             mk_cuda_ffn_destroy(*out);
             *out = NULL;

@@ -29,8 +29,9 @@ extern "C" {
 
 typedef struct mk_cuda_ffn mk_cuda_ffn;
 
-/* Workspace of one backend (bf16 copies of inputs and weights), grown on demand. */
-int mk_cuda_ffn_create(mk_cuda_ffn **out);
+/* Workspace of one backend (bf16 copies of inputs and weights), grown on demand.
+ * sm_margin: SMs the grouped GEMMs leave free (mk_gg_cutlass_create). */
+int mk_cuda_ffn_create(mk_cuda_ffn **out, int sm_margin);
 void mk_cuda_ffn_destroy(mk_cuda_ffn *f); /* NULL is fine */
 
 /* 1 when the fused op takes this shape (d_model and hidden size multiples of 8, at most

@@ -150,7 +150,7 @@ int mk_gg_cutlass_available(void)
     return major == 9 && minor == 0 && mk_grouped_gemm_wgmma_available();
 }
 
-int mk_gg_cutlass_create(mk_gg_cutlass **out)
+int mk_gg_cutlass_create(mk_gg_cutlass **out, int sm_margin)
 {
     *out = NULL;
     mk_gg_cutlass *g = (mk_gg_cutlass *)calloc(1, sizeof *g);
@@ -159,6 +159,9 @@ int mk_gg_cutlass_create(mk_gg_cutlass **out)
     if (cudaGetDevice(&g->device) != cudaSuccess ||
         cudaDeviceGetAttribute(&g->sm_count, cudaDevAttrMultiProcessorCount, g->device) != cudaSuccess)
         rc = MK_FAIL(MK_ERR_INTERNAL, "cuda: grouped GEMM: no device");
+    if (rc == MK_OK && (sm_margin < 0 || sm_margin >= g->sm_count))
+        rc = MK_FAIL(MK_ERR_USAGE, "cuda: an SM margin of %d on a GPU of %d SMs", sm_margin, g->sm_count);
+    if (rc == MK_OK) g->sm_count -= sm_margin;
     if (rc == MK_OK) rc = mk_devbuf_reserve(&g->tables, 8 * GG_TABLE_BYTES, "grouped GEMM tables");
     if (rc == MK_OK) rc = gg_pick(g);
     if (rc != MK_OK) {
@@ -240,8 +243,9 @@ int mk_gg_cutlass_available(void)
     return 0;
 }
 
-int mk_gg_cutlass_create(mk_gg_cutlass **out)
+int mk_gg_cutlass_create(mk_gg_cutlass **out, int sm_margin)
 {
+    (void)sm_margin;
     *out = NULL;
     return MK_FAIL(MK_ERR_INTERNAL, "grouped GEMM: built without CUTLASS (configure --with-cutlass)");
 }

@@ -26,7 +26,9 @@ typedef struct mk_gg_cutlass mk_gg_cutlass;
 /* 1 when the library was built with CUTLASS and the current device is an sm_90 GPU. */
 int mk_gg_cutlass_available(void);
 
-int mk_gg_cutlass_create(mk_gg_cutlass **out);
+/* sm_margin: SMs the persistent kernels leave to work on other streams (the gradient
+ * all-reduce's NCCL kernels); their blocks would otherwise wait behind it. */
+int mk_gg_cutlass_create(mk_gg_cutlass **out, int sm_margin);
 void mk_gg_cutlass_destroy(mk_gg_cutlass *g);
 
 /* For each expert e: C[r] = A[r] B_e (+ beta C[r]) over its rows offs_host[e]..offs_host[e+1]-1.

@@ -67,12 +67,20 @@ for reason in clocks_event_reasons.active clocks_throttle_reasons.active; do
 done
 bench "1 GPU, lbl micro" 1 --set parallel.ep=1 --set lbl.mode=micro
 [ -n "$smi_pid" ] && kill "$smi_pid" 2>/dev/null && wait "$smi_pid" 2>/dev/null
-# MOEKIT_BENCH_AB="VAR=VALUE ...": the first run again with each setting, then without, in
-# turn, so a change is measured against the build it replaces on the same host (hosts
-# differ by about 1%).
+# MOEKIT_BENCH_AB="VAR=VALUE[,VAR=VALUE...] ...": the first run again with each setting,
+# then without, in turn, so a change is measured against the build it replaces on the same
+# host (runs of one build spread by about 2%). MOEKIT_BENCH_AB_GPUS=N makes these runs
+# data-parallel over N GPUs (lbl micro), with a plain one-GPU run first for the ratio.
+abn=${MOEKIT_BENCH_AB_GPUS:-1}
+[ "$abn" -le "$ngpu" ] || abn=1
+ablabel="1 GPU"; [ "$abn" -gt 1 ] && ablabel="$abn GPUs dp=$abn"
+# (this one with NCCL's start-up report, for the channels, so CTAs, its collectives use)
+[ -n "${MOEKIT_BENCH_AB:-}" ] && [ "$abn" -gt 1 ] && (export NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT,TUNING
+  bench "$ablabel, lbl micro" $abn --set parallel.ep=1 --set lbl.mode=micro)
 for ab in ${MOEKIT_BENCH_AB:-}; do
-  (export "$ab"; bench "1 GPU, lbl micro, $ab" 1 --set parallel.ep=1 --set lbl.mode=micro)
-  bench "1 GPU, lbl micro (again)" 1 --set parallel.ep=1 --set lbl.mode=micro
+  (for kv in $(echo "$ab" | tr ',' ' '); do export "$kv"; done
+   bench "$ablabel, lbl micro, $ab" $abn --set parallel.ep=1 --set lbl.mode=micro)
+  bench "$ablabel, lbl micro (again)" $abn --set parallel.ep=1 --set lbl.mode=micro
 done
 # MOEKIT_BENCH_UNFUSED=1: the same run without the backend's fused bf16 ops (expert GEMMs
 # as one cuBLAS call per expert, the output layer as matmul + cross_entropy: the path before
@@ -119,6 +127,8 @@ if [ "$ngpu" -ge 4 ] && [ "${MOEKIT_BENCH_SBATCH:-1}" != 0 ]; then
   sbatch_bench "$np GPUs ep=$np, lbl global, via jobs/train.sbatch" $np parallel.ep=$np lbl.mode=global
 fi
 echo >>"$outfile"
+nccl_ch=$(grep -h 'coll channels' "$tmp"/run-*.out 2>/dev/null | sed 's/^.*NCCL INFO //' | sort -u | head -2)
+[ -n "$nccl_ch" ] && printf 'NCCL (rank start-up report): %s\n\n' "$nccl_ch" >>"$outfile"
 # Busy samples only (utilization >= 90%): the steady state of training, not start-up.
 [ -s "$tmp/smi.csv" ] && awk -F', *' '$6 >= 90 {
     n++; clk[n] = $2; pw += $4; if ($4 > pmax) pmax = $4; if ($5 > tmax) tmax = $5; r[$7]++
@@ -132,6 +142,19 @@ echo >>"$outfile"
   }' "$tmp/smi.csv" >>"$outfile"
 # The same steps on the device's own clock, nothing synchronised (MOEKIT_PROFILE=timeline):
 # where the queue idles between ops, and how long each op takes in a plain step.
+# MOEKIT_BENCH_PROFILE=dp: the timeline of rank 0 of dp = 2 as well (the idle time before
+# the update is the wait for the gradient sums; ops the sums run beside take longer).
+[ "${MOEKIT_BENCH_PROFILE:-1}" = dp ] && [ "$ngpu" -ge 2 ] && {
+  MOEKIT_PROFILE=timeline mpirun -n 2 --bind-to none "$top/bin/moe-train" --schedule "$src/schedules/bench-s.ini" \
+    $common --set train.steps=12 --set parallel.ep=1 --set run.dir="$tmp/timeline-dp" >"$tmp/timeline-dp.out" 2>&1
+  echo "Op-by-op timeline, rank 0 of 2 GPUs dp=2, 12 steps (device timestamps around each op, nothing synchronised):"
+  echo
+  echo '```'
+  grep '^profile:' "$tmp/timeline-dp.out" | head -40
+  grep '^step' "$tmp/timeline-dp.out" | tail -1
+  echo '```'
+  echo
+} >>"$outfile"
 [ "${MOEKIT_BENCH_PROFILE:-1}" = 0 ] || {
   MOEKIT_PROFILE=timeline "$top/bin/moe-train" --schedule "$src/schedules/bench-s.ini" $common --set train.steps=12 \
     --set parallel.ep=1 --set run.dir="$tmp/timeline" >"$tmp/timeline.out" 2>&1
