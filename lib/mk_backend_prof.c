@@ -477,6 +477,7 @@ static int p_output_backward(mk_backend *be, mk_real *dx, mk_real *dW, const mk_
 }
 
 static int p_sync(mk_backend *be) { return P(be)->inner->ops->sync(P(be)->inner); }
+static int p_comm_overlap(mk_backend *be, int on) { return P(be)->inner->ops->comm_overlap(P(be)->inner, on); }
 
 static void p_destroy(mk_backend *be)
 {
@@ -554,6 +555,7 @@ int mk_backend_prof_create(mk_backend *inner, int timeline, mk_backend **out)
     p->ops.adamw = p_adamw;
     p->ops.free = p_free;
     p->ops.sync = p_sync;
+    p->ops.comm_overlap = inner->ops->comm_overlap ? p_comm_overlap : NULL;
     p->ops.destroy = p_destroy;
     be->ops = &p->ops;
     be->impl = p;

@@ -367,7 +367,9 @@ static int layer_grads_ready(void *ctx, int layer)
             MK_CHECK(hook_poke(o->tr, mk_model_grads(o->tr->model), NULL, 1, o->value));
         }
     MK_CHECK(check_range_async(o, i0, i1, layer));
-    return allreduce_range(o->tr, i0, i1, 1);
+    MK_CHECK(allreduce_range(o->tr, i0, i1, 1));
+    mk_backend *be = mk_model_backend(o->tr->model);
+    return be->ops->comm_overlap ? be->ops->comm_overlap(be, 1) : MK_OK;
 }
 
 /* The flags of a step's checks cleared, where the backend sets them on the device. */
@@ -435,6 +437,8 @@ static int finish_overlap(mk_trainer *tr, overlap_ctx *o)
         MK_CHECK(allreduce_range(tr, i, j, 1));
     }
     MK_CHECK(mk_devcomm_wait(tr->dworld));
+    mk_backend *be = mk_model_backend(m);
+    if (be->ops->comm_overlap) MK_CHECK(be->ops->comm_overlap(be, 0));
     return o->flags ? read_flags(tr, o->step) : MK_OK;
 }
 

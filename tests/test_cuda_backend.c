@@ -1269,7 +1269,8 @@ static void test_cutlass_kernels(void)
     for (size_t s = 0; s < sizeof scheds / sizeof scheds[0]; s++) {
         mk_gg_cutlass *g = NULL, *gm = NULL;
         setenv("MOEKIT_GG_SCHED", scheds[s], 1);
-        if (mk_gg_cutlass_create(&g, 0) != MK_OK || mk_gg_cutlass_create(&gm, 20) != MK_OK)
+        if (mk_gg_cutlass_create(&g) != MK_OK || mk_gg_cutlass_create(&gm) != MK_OK ||
+            mk_gg_cutlass_set_sm_margin(gm, 20) != MK_OK)
             bail("CUTLASS grouped GEMM state");
         tap_diag("CUTLASS schedule: %s", *scheds[s] ? scheds[s] : "default table");
         enum { NCASE = 4 };

@@ -80,7 +80,8 @@ typedef struct cuda_impl {
     int grouped_ok;       /* 1 cublasGemmGroupedBatchedEx works here, 0 unknown, -1 it does not */
     int fused;            /* bf16: our grouped GEMMs, the fused expert FFN and output layer */
     int flash_wgmma;      /* the attention kernels on wgmma (sm_90a), unless MOEKIT_NO_WGMMA=1 */
-    int sm_margin;        /* SMs the GEMMs leave to other streams (MOEKIT_SM_MARGIN) */
+    int overlap_sms;      /* SMs the persistent GEMMs leave to collectives beside them */
+    int overlapping;      /* comm_overlap: a collective may be running beside our ops */
     cublasHandle_t blas;
     void **gptr;          /* device arrays of A, B, C pointers for grouped GEMMs */
     double *rope_cs;      /* RoPE cos/sin table of (rope_T, rope_hd, rope_theta) */
@@ -2184,6 +2185,14 @@ static int use_fused_ffn(const cuda_impl *im, int E, int D, int F, const void *x
            (((uintptr_t)xp | (uintptr_t)a1 | (uintptr_t)a3 | (uintptr_t)hact) & 15) == 0;
 }
 
+/* The fused expert FFN's state, made on first use, with the SM margin of the moment. */
+static int ffn_state(cuda_impl *im)
+{
+    if (im->ffn) return MK_OK;
+    MK_CHECK(mk_cuda_ffn_create(&im->ffn));
+    return mk_cuda_ffn_set_sm_margin(im->ffn, im->overlapping ? im->overlap_sms : 0);
+}
+
 static int cuda_expert_ffn_forward(mk_backend *be, mk_real *y, mk_real *a1, mk_real *a3,
                                    mk_real *hact, mk_real *xp, const mk_rows_gather *x,
                                    const mk_real *w1, const mk_real *w3, const mk_real *w2,
@@ -2194,7 +2203,7 @@ static int cuda_expert_ffn_forward(mk_backend *be, mk_real *y, mk_real *a1, mk_r
         MK_CHECK(mk_expert_ffn_forward_ops(be, y, a1, a3, hact, xp, x, w1, w3, w2, offs_host, E, D, F));
         return rows_bf16(im, D) ? rows_round(im, y, (size_t)offs_host[E] * D, "expert FFN forward: y rows") : MK_OK;
     }
-    if (!im->ffn) MK_CHECK(mk_cuda_ffn_create(&im->ffn, im->sm_margin));
+    MK_CHECK(ffn_state(im));
     return mk_cuda_ffn_forward(im->ffn, y, a1, a3, hact, xp, x, w1, w3, w2, offs_host,
                                E, D, F);
 }
@@ -2213,7 +2222,7 @@ static int cuda_expert_ffn_backward(mk_backend *be, mk_real *dxp, mk_real *dw1, 
         return rows_bf16(im, D) ? rows_round(im, dxp, (size_t)offs_host[E] * D, "expert FFN backward: dxp rows")
                                 : MK_OK;
     }
-    if (!im->ffn) MK_CHECK(mk_cuda_ffn_create(&im->ffn, im->sm_margin));
+    MK_CHECK(ffn_state(im));
     return mk_cuda_ffn_backward(im->ffn, dxp, dw1, dw3, dw2, dhact, da1, da3, dout, xp,
                                 a1, a3, hact, w1, w3, w2, offs_host, E, D, F);
 }
@@ -2499,6 +2508,13 @@ static int cuda_adamw(mk_backend *be, mk_real *p, const mk_real *g, mk_real *m, 
 
 /* ------------------------------------------------------------------ lifetime */
 
+static int cuda_comm_overlap(mk_backend *be, int on)
+{
+    cuda_impl *im = impl_of(be);
+    im->overlapping = on != 0;
+    return im->ffn ? mk_cuda_ffn_set_sm_margin(im->ffn, im->overlapping ? im->overlap_sms : 0) : MK_OK;
+}
+
 static int cuda_sync(mk_backend *be)
 {
     CU_CHECK(cudaDeviceSynchronize(), "synchronize");
@@ -2609,6 +2625,7 @@ static void fill_ops(mk_backend_ops *o)
     o->cross_entropy = cuda_cross_entropy;
     o->adamw = cuda_adamw;
     o->sync = cuda_sync;
+    o->comm_overlap = cuda_comm_overlap;
     o->mark = cuda_mark;
     o->mark_ms = cuda_mark_ms;
     o->destroy = cuda_destroy;
@@ -2646,21 +2663,21 @@ extern "C" int mk_backend_cuda_create(int device, int bf16, mk_backend **out)
     im->fused = im->bf16 && !(fz && strcmp(fz, "0") == 0);
     const char *nowg = getenv("MOEKIT_NO_WGMMA");
     im->flash_wgmma = !(nowg && strcmp(nowg, "1") == 0) && mk_grouped_gemm_wgmma_available();
-    int nsm = 0;
-    CU_CHECK(cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, device), "SM count");
-    /* MOEKIT_SM_MARGIN=N: the GEMMs are planned for N SMs fewer than the GPU has. A
-     * persistent GEMM sized for every SM stalls while the gradient all-reduce's NCCL
-     * blocks hold some of them: its blocks there wait for those to finish. */
-    const char *smm = getenv("MOEKIT_SM_MARGIN");
-    if (smm) {
+    /* MOEKIT_OVERLAP_SMS=N: while the gradient sums run beside the backward, the expert
+     * FFN's persistent GEMMs launch for N SMs fewer than the GPU has, the SMs NCCL's
+     * blocks hold (mk_gg_cutlass_set_sm_margin says why). */
+    const char *osm = getenv("MOEKIT_OVERLAP_SMS");
+    if (osm) {
+        int nsm = 0;
         char *end;
-        const long v = strtol(smm, &end, 10);
-        if (end == smm || *end || v < 0 || v >= nsm) {
+        const long v = strtol(osm, &end, 10);
+        cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, device);
+        if (end == osm || *end || v < 0 || v >= nsm) {
             free(be);
             free(im);
-            return MK_FAIL(MK_ERR_USAGE, "MOEKIT_SM_MARGIN=%s: want an SM count from 0 to %d", smm, nsm - 1);
+            return MK_FAIL(MK_ERR_USAGE, "MOEKIT_OVERLAP_SMS=%s: want an SM count from 0 to %d", osm, nsm - 1);
         }
-        im->sm_margin = (int)v;
+        im->overlap_sms = (int)v;
     }
     fill_ops(&im->ops);
     /* the rows it writes are the fused expert FFN's operands, read only in that mode */
@@ -2673,11 +2690,7 @@ extern "C" int mk_backend_cuda_create(int device, int bf16, mk_backend **out)
         cuda_destroy(be);
         return MK_FAIL(MK_ERR_INTERNAL, "cuda: cublasCreate: %s", cublasGetStatusString(s));
     }
-    if (im->sm_margin && (s = cublasSetSmCountTarget(im->blas, nsm - im->sm_margin)) != CUBLAS_STATUS_SUCCESS) {
-        cuda_destroy(be);
-        return MK_FAIL(MK_ERR_INTERNAL, "cuda: cublasSetSmCountTarget: %s", cublasGetStatusString(s));
-    }
-    int rc = mk_gemm_residual_create(&im->gres, im->sm_margin ? nsm - im->sm_margin : 0);
+    int rc = mk_gemm_residual_create(&im->gres);
     if (rc != MK_OK) {
         cuda_destroy(be);
         return rc;

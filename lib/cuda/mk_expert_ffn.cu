@@ -264,7 +264,7 @@ static size_t quads(size_t n2, const void *p, const void *q, const void *r, cons
 
 /* ------------------------------------------------------------------ workspace */
 
-int mk_cuda_ffn_create(mk_cuda_ffn **out, int sm_margin)
+int mk_cuda_ffn_create(mk_cuda_ffn **out)
 {
     *out = (mk_cuda_ffn *)calloc(1, sizeof **out);
     if (!*out) return MK_FAIL(MK_ERR_NOMEM, "cuda expert FFN: cannot allocate its state");
@@ -273,7 +273,7 @@ int mk_cuda_ffn_create(mk_cuda_ffn **out, int sm_margin)
     (*out)->kern = !no && mk_grouped_gemm_wgmma_available() ? MK_GG_WGMMA : MK_GG_MMA;
     const char *nocl = getenv("MOEKIT_NO_CUTLASS");
     if (!(nocl && strcmp(nocl, "1") == 0) && mk_gg_cutlass_available()) {
-        const int rc = mk_gg_cutlass_create(&(*out)->cl, sm_margin);
+        const int rc = mk_gg_cutlass_create(&(*out)->cl);
         if (rc != MK_OK) {
             mk_cuda_ffn_destroy(*out);
             *out = NULL;
@@ -281,6 +281,11 @@ int mk_cuda_ffn_create(mk_cuda_ffn **out, int sm_margin)
         }
     }
     return MK_OK;
+}
+
+int mk_cuda_ffn_set_sm_margin(mk_cuda_ffn *f, int margin)
+{
+    return f->cl ? mk_gg_cutlass_set_sm_margin(f->cl, margin) : MK_OK;
 }
 
 void mk_cuda_ffn_destroy(mk_cuda_ffn *f)

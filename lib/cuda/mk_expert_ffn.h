@@ -29,10 +29,12 @@ extern "C" {
 
 typedef struct mk_cuda_ffn mk_cuda_ffn;
 
-/* Workspace of one backend (bf16 copies of inputs and weights), grown on demand.
- * sm_margin: SMs the grouped GEMMs leave free (mk_gg_cutlass_create). */
-int mk_cuda_ffn_create(mk_cuda_ffn **out, int sm_margin);
+/* Workspace of one backend (bf16 copies of inputs and weights), grown on demand. */
+int mk_cuda_ffn_create(mk_cuda_ffn **out);
 void mk_cuda_ffn_destroy(mk_cuda_ffn *f); /* NULL is fine */
+/* SMs the grouped GEMMs leave free from now on (mk_gg_cutlass_set_sm_margin; our own
+ * kernels are not persistent and need none). */
+int mk_cuda_ffn_set_sm_margin(mk_cuda_ffn *f, int margin);
 
 /* 1 when the fused op takes this shape (d_model and hidden size multiples of 8, at most
  * MK_GG_MAX_EXPERTS experts, 16-byte aligned buffers); 0: the caller runs the op sequence. */

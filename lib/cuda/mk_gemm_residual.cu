@@ -19,7 +19,6 @@ struct mk_gemm_residual {
     mk_devbuf ws;
     /* the plan of the last shape: descriptors and the algorithm the heuristic chose */
     int M, N, K, align, ready, none;
-    int sm_target;               /* 0: the whole GPU */
     size_t wsb;                  /* the workspace the algorithm asks for */
     cublasLtMatmulDesc_t op;
     cublasLtMatrixLayout_t la, lb, lc;
@@ -36,7 +35,7 @@ static void plan_free(mk_gemm_residual *g)
     g->ready = g->none = 0;
 }
 
-extern "C" int mk_gemm_residual_create(mk_gemm_residual **out, int sm_target)
+extern "C" int mk_gemm_residual_create(mk_gemm_residual **out)
 {
     *out = NULL;
     mk_gemm_residual *g = (mk_gemm_residual *)calloc(1, sizeof *g);
@@ -46,7 +45,6 @@ extern "C" int mk_gemm_residual_create(mk_gemm_residual **out, int sm_target)
         free(g);
         return MK_FAIL(MK_ERR_INTERNAL, "cuda: cublasLtCreate: %s", cublasGetStatusString(s));
     }
-    g->sm_target = sm_target;
     *out = g;
     return MK_OK;
 }
@@ -79,9 +77,6 @@ static int plan(mk_gemm_residual *g, int M, int N, int K, int align, const char 
     const cublasOperation_t nt = CUBLAS_OP_N;
     BLAS_CHECK(cublasLtMatmulDescSetAttribute(g->op, CUBLASLT_MATMUL_DESC_TRANSA, &nt, sizeof nt), what);
     BLAS_CHECK(cublasLtMatmulDescSetAttribute(g->op, CUBLASLT_MATMUL_DESC_TRANSB, &nt, sizeof nt), what);
-    if (g->sm_target > 0)
-        BLAS_CHECK(cublasLtMatmulDescSetAttribute(g->op, CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET, &g->sm_target,
-                                                  sizeof g->sm_target), what);
     BLAS_CHECK(cublasLtMatrixLayoutCreate(&g->la, CUDA_R_16BF, N, K, N), what);
     BLAS_CHECK(cublasLtMatrixLayoutCreate(&g->lb, CUDA_R_16BF, K, M, K), what);
     BLAS_CHECK(cublasLtMatrixLayoutCreate(&g->lc, CUDA_R_32F, N, M, N), what);

@@ -15,9 +15,7 @@ extern "C" {
 
 typedef struct mk_gemm_residual mk_gemm_residual;
 
-/* sm_target: the SMs its GEMMs are planned for (0: the whole GPU), fewer where another
- * stream's kernels (NCCL's) hold some. */
-int mk_gemm_residual_create(mk_gemm_residual **out, int sm_target);
+int mk_gemm_residual_create(mk_gemm_residual **out);
 void mk_gemm_residual_destroy(mk_gemm_residual *g);
 
 /* D[M, N] = A[M, K] B[K, N] + C[M, N], all row-major; A and B bf16, C and D fp32 (D may be

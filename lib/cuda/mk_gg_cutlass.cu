@@ -46,6 +46,7 @@ struct mk_gg_cutlass {
     size_t zeros_floats; /* how many of them are cleared */
     gg_shape host_shapes[GG_MAX_GROUPS];
     int sm_count, device;
+    int sm_margin;       /* SMs left to another stream's kernels (mk_gg_cutlass_set_sm_margin) */
     gg_sched_fn sched[GG_FORMS]; /* the schedule each operand form runs on */
 };
 
@@ -77,7 +78,7 @@ static int gg_pick(mk_gg_cutlass *g)
 
 static int gg_go(mk_gg_cutlass *g, int form, const gg_groups &t, float beta, const char *what)
 {
-    const gg_ctx c = {g->tables.p, &g->workspace, g->host_shapes, g->sm_count, g->device};
+    const gg_ctx c = {g->tables.p, &g->workspace, g->host_shapes, g->sm_count - g->sm_margin, g->device};
     return g->sched[form](form, &c, t, beta, what);
 }
 
@@ -150,7 +151,7 @@ int mk_gg_cutlass_available(void)
     return major == 9 && minor == 0 && mk_grouped_gemm_wgmma_available();
 }
 
-int mk_gg_cutlass_create(mk_gg_cutlass **out, int sm_margin)
+int mk_gg_cutlass_create(mk_gg_cutlass **out)
 {
     *out = NULL;
     mk_gg_cutlass *g = (mk_gg_cutlass *)calloc(1, sizeof *g);
@@ -159,9 +160,6 @@ int mk_gg_cutlass_create(mk_gg_cutlass **out, int sm_margin)
     if (cudaGetDevice(&g->device) != cudaSuccess ||
         cudaDeviceGetAttribute(&g->sm_count, cudaDevAttrMultiProcessorCount, g->device) != cudaSuccess)
         rc = MK_FAIL(MK_ERR_INTERNAL, "cuda: grouped GEMM: no device");
-    if (rc == MK_OK && (sm_margin < 0 || sm_margin >= g->sm_count))
-        rc = MK_FAIL(MK_ERR_USAGE, "cuda: an SM margin of %d on a GPU of %d SMs", sm_margin, g->sm_count);
-    if (rc == MK_OK) g->sm_count -= sm_margin;
     if (rc == MK_OK) rc = mk_devbuf_reserve(&g->tables, 8 * GG_TABLE_BYTES, "grouped GEMM tables");
     if (rc == MK_OK) rc = gg_pick(g);
     if (rc != MK_OK) {
@@ -169,6 +167,14 @@ int mk_gg_cutlass_create(mk_gg_cutlass **out, int sm_margin)
         return rc;
     }
     *out = g;
+    return MK_OK;
+}
+
+int mk_gg_cutlass_set_sm_margin(mk_gg_cutlass *g, int margin)
+{
+    if (margin < 0 || margin >= g->sm_count)
+        return MK_FAIL(MK_ERR_USAGE, "grouped GEMM: an SM margin of %d on a GPU of %d SMs", margin, g->sm_count);
+    g->sm_margin = margin;
     return MK_OK;
 }
 
@@ -243,10 +249,15 @@ int mk_gg_cutlass_available(void)
     return 0;
 }
 
-int mk_gg_cutlass_create(mk_gg_cutlass **out, int sm_margin)
+int mk_gg_cutlass_create(mk_gg_cutlass **out)
 {
-    (void)sm_margin;
     *out = NULL;
+    return MK_FAIL(MK_ERR_INTERNAL, "grouped GEMM: built without CUTLASS (configure --with-cutlass)");
+}
+
+int mk_gg_cutlass_set_sm_margin(mk_gg_cutlass *g, int margin)
+{
+    (void)g, (void)margin;
     return MK_FAIL(MK_ERR_INTERNAL, "grouped GEMM: built without CUTLASS (configure --with-cutlass)");
 }
 

@@ -26,10 +26,15 @@ typedef struct mk_gg_cutlass mk_gg_cutlass;
 /* 1 when the library was built with CUTLASS and the current device is an sm_90 GPU. */
 int mk_gg_cutlass_available(void);
 
-/* sm_margin: SMs the persistent kernels leave to work on other streams (the gradient
- * all-reduce's NCCL kernels); their blocks would otherwise wait behind it. */
-int mk_gg_cutlass_create(mk_gg_cutlass **out, int sm_margin);
+int mk_gg_cutlass_create(mk_gg_cutlass **out);
 void mk_gg_cutlass_destroy(mk_gg_cutlass *g);
+
+/* The persistent kernels launch one block per SM and each block works through a fixed
+ * share of the tiles, so a block that finds its SM held by another stream's kernel (NCCL's
+ * gradient sum) starts its share only once that kernel ends, and the launch waits for it.
+ * With a margin of m they launch for m SMs fewer (0 to SMs - 1; 0 at creation). Each
+ * tile is still one block's whole reduction: the same bits. */
+int mk_gg_cutlass_set_sm_margin(mk_gg_cutlass *g, int margin);
 
 /* For each expert e: C[r] = A[r] B_e (+ beta C[r]) over its rows offs_host[e]..offs_host[e+1]-1.
  * A: bf16 rows of lda elements (K used); B_e = B + e * b_stride elements: [K, N] with

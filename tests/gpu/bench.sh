@@ -76,7 +76,7 @@ abn=${MOEKIT_BENCH_AB_GPUS:-1}
 ablabel="1 GPU"; [ "$abn" -gt 1 ] && ablabel="$abn GPUs dp=$abn"
 # (this one with NCCL's start-up report, for the channels, so CTAs, its collectives use)
 [ -n "${MOEKIT_BENCH_AB:-}" ] && [ "$abn" -gt 1 ] && (export NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT,TUNING
-  bench "$ablabel, lbl micro" $abn --set parallel.ep=1 --set lbl.mode=micro)
+  bench "$ablabel, lbl micro (first)" $abn --set parallel.ep=1 --set lbl.mode=micro)
 for ab in ${MOEKIT_BENCH_AB:-}; do
   (for kv in $(echo "$ab" | tr ',' ' '); do export "$kv"; done
    bench "$ablabel, lbl micro, $ab" $abn --set parallel.ep=1 --set lbl.mode=micro)

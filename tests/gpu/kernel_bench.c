@@ -193,7 +193,7 @@ int main(int argc, char **argv)
     static const char *scheds[] = {"coop", "wide"};
     for (size_t s = 0; s < sizeof scheds / sizeof scheds[0] && mk_gg_cutlass_available(); s++) {
         setenv("MOEKIT_GG_SCHED", scheds[s], 1);
-        if (mk_gg_cutlass_create(&g->cl, 0) != MK_OK) continue;
+        if (mk_gg_cutlass_create(&g->cl) != MK_OK) continue;
         const job cjobs[] = {
             {"fwd a13 = x W13 (bf16 out, K 768, N 512)", 2 * ffn, c_a13},
             {"fwd y = h W2 (bf16 out, K 256, N 768)", ffn, c_down},
