@@ -318,11 +318,11 @@ typedef struct mk_backend_ops {
 
     /* Wait until every op issued so far has finished (timing; a no-op on the CPU). */
     int (*sync)(mk_backend *be);
-    /* Optional (NULL: nothing to adjust): on = 1 while a collective started on another
-     * stream (the gradient sums of an overlapped backward) may run beside the ops issued
-     * next, 0 once it has been waited for. A backend whose kernels hold every SM for their
-     * whole run (persistent GEMMs) plans them for fewer SMs meanwhile. */
-    int (*comm_overlap)(mk_backend *be, int on);
+    /* Optional (NULL: nothing to adjust): sms > 0 while a collective started on another
+     * stream (the gradient sums of an overlapped backward), holding up to sms SMs, may run
+     * beside the ops issued next; 0 once it has been waited for. A backend whose kernels
+     * hold every SM for their whole run (persistent GEMMs) leaves those SMs meanwhile. */
+    int (*comm_overlap)(mk_backend *be, int sms);
 
     /* Optional (NULL: none; the profiler's timeline mode needs both): timestamps taken
      * where the device's queue has got to, so a profile can see idle time without

@@ -477,7 +477,7 @@ static int p_output_backward(mk_backend *be, mk_real *dx, mk_real *dW, const mk_
 }
 
 static int p_sync(mk_backend *be) { return P(be)->inner->ops->sync(P(be)->inner); }
-static int p_comm_overlap(mk_backend *be, int on) { return P(be)->inner->ops->comm_overlap(P(be)->inner, on); }
+static int p_comm_overlap(mk_backend *be, int sms) { return P(be)->inner->ops->comm_overlap(P(be)->inner, sms); }
 
 static void p_destroy(mk_backend *be)
 {

@@ -23,7 +23,7 @@ struct mk_devcomm {
     size_t stage_a_bytes, stage_b_bytes;
 };
 
-int mk_devcomm_create(const mk_comm *c, mk_backend *be, mk_devcomm **out)
+int mk_devcomm_create(const mk_comm *c, mk_backend *be, int max_ctas, mk_devcomm **out)
 {
     *out = NULL;
     mk_devcomm *d = calloc(1, sizeof *d);
@@ -36,12 +36,14 @@ int mk_devcomm_create(const mk_comm *c, mk_backend *be, mk_devcomm **out)
     const int want_mpi = force && strcmp(force, "mpi") == 0;
     if (d->size > 1 && !be->ops->host_memory && !want_mpi) {
 #ifdef MK_DEVCOMM_NCCL
-        int rc = mk_nccl_create(c, (mk_nccl **)&d->nccl);
+        int rc = mk_nccl_create(c, max_ctas, (mk_nccl **)&d->nccl);
         if (rc != MK_OK) {
             free(d);
             return rc;
         }
         d->transport = "nccl";
+#else
+        (void)max_ctas;
 #endif
     }
     *out = d;

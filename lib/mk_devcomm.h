@@ -22,8 +22,10 @@
 
 typedef struct mk_devcomm mk_devcomm;
 
-/* MOEKIT_DEVCOMM=mpi in the environment forces the staged MPI path (for comparisons). */
-int mk_devcomm_create(const mk_comm *c, mk_backend *be, mk_devcomm **out);
+/* MOEKIT_DEVCOMM=mpi in the environment forces the staged MPI path (for comparisons).
+ * max_ctas > 0: NCCL's collectives use at most that many blocks, so SMs, each (sums that
+ * run beside compute); 0: NCCL's own choice. NCCL_MAX_CTAS in the environment overrides. */
+int mk_devcomm_create(const mk_comm *c, mk_backend *be, int max_ctas, mk_devcomm **out);
 void mk_devcomm_free(mk_devcomm **d);
 
 const char *mk_devcomm_transport(const mk_devcomm *d);   /* "self", "nccl" or "mpi" */

@@ -259,7 +259,7 @@ int mk_model_create_ep(const mk_config *cfg, mk_backend *be, const mk_comm *ep, 
     m->ep_comm = ep;
     m->El = m->E / m->ep;
     const mk_backend_ops *ops = be->ops;
-    if (ep_size > 1) MK_CHECK_GOTO(rc, mk_devcomm_create(ep, be, &m->ep_dev), fail);
+    if (ep_size > 1) MK_CHECK_GOTO(rc, mk_devcomm_create(ep, be, 0, &m->ep_dev), fail);
 
     MK_CHECK_GOTO(rc, build_tensor_table(m), fail);
     size_t bytes = m->nparams * sizeof(mk_real);

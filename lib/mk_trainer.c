@@ -35,6 +35,7 @@ struct mk_trainer {
     int ndomains;
     int64_t *dcounts;               /* [L, ndomains, E] then [ndomains] token counts */
     int32_t *gflags;                /* backend memory, [L + 1]: the overlapped checks' flags */
+    int overlap_sms;                /* SMs the overlapped gradient sums hold (MOEKIT_OVERLAP_SMS) */
 };
 
 static int lbl_allreduce(void *ctx, int64_t *counts, int n)
@@ -57,6 +58,25 @@ static int make_backend(mk_trainer *tr, const mk_config *cfg)
     return MK_FAIL(MK_ERR_USAGE, "train.backend = cuda, but this moekit was built without CUDA"
                    " (configure it with --with-cuda)");
 #endif
+}
+
+/* The SMs the gradient sums of an overlapped backward may hold (NCCL's blocks; the
+ * backend's persistent GEMMs leave them free meanwhile). NCCL's own choice on two H200s
+ * was 24 blocks; capped at 16, with the expert GEMMs on the other 116 SMs, dp = 2 ran
+ * faster (docs/performance.md, fifteenth session). MOEKIT_OVERLAP_SMS=0: no cap, no margin. */
+#define MK_OVERLAP_SMS 16
+
+static int overlap_sms(int *out)
+{
+    *out = MK_OVERLAP_SMS;
+    const char *v = getenv("MOEKIT_OVERLAP_SMS");
+    if (!v) return MK_OK;
+    char *end;
+    const long n = strtol(v, &end, 10);
+    if (end == v || *end || n < 0 || n > 1024)
+        return MK_FAIL(MK_ERR_USAGE, "MOEKIT_OVERLAP_SMS=%s: want a number of SMs from 0 to 1024", v);
+    *out = (int)n;
+    return MK_OK;
 }
 
 int mk_trainer_create(const mk_config *cfg, const mk_comm *world, mk_trainer **out)
@@ -93,8 +113,10 @@ int mk_trainer_create(const mk_config *cfg, const mk_comm *world, mk_trainer **o
         MK_CHECK_GOTO(rc, mk_backend_prof_create(tr->be, strcmp(prof, "timeline") == 0, &timed), fail);
         tr->be = timed;
     }
-    MK_CHECK_GOTO(rc, mk_devcomm_create(tr->world, tr->be, &tr->dworld), fail);
-    if (tr->edp) MK_CHECK_GOTO(rc, mk_devcomm_create(tr->edp, tr->be, &tr->dedp), fail);
+    MK_CHECK_GOTO(rc, overlap_sms(&tr->overlap_sms), fail);
+    /* Only the data-parallel sums run beside the backward (not with expert parallelism). */
+    MK_CHECK_GOTO(rc, mk_devcomm_create(tr->world, tr->be, ep == 1 ? tr->overlap_sms : 0, &tr->dworld), fail);
+    if (tr->edp) MK_CHECK_GOTO(rc, mk_devcomm_create(tr->edp, tr->be, 0, &tr->dedp), fail);
     MK_CHECK_GOTO(rc, mk_model_create_ep(cfg, tr->be, tr->ep, &tr->model), fail);
     MK_CHECK_GOTO(rc, mk_model_init(tr->model, cfg->train.seed), fail);
     MK_CHECK_GOTO(rc, mk_lbl_create(cfg->lbl.mode, L, E, cfg->model.topk, &tr->lbl), fail);
@@ -369,7 +391,7 @@ static int layer_grads_ready(void *ctx, int layer)
     MK_CHECK(check_range_async(o, i0, i1, layer));
     MK_CHECK(allreduce_range(o->tr, i0, i1, 1));
     mk_backend *be = mk_model_backend(o->tr->model);
-    return be->ops->comm_overlap ? be->ops->comm_overlap(be, 1) : MK_OK;
+    return be->ops->comm_overlap ? be->ops->comm_overlap(be, o->tr->overlap_sms) : MK_OK;
 }
 
 /* The flags of a step's checks cleared, where the backend sets them on the device. */

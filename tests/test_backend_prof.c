@@ -23,6 +23,7 @@ typedef struct fake {
     double t[MK_MARKS];
     unsigned char recorded[MK_MARKS];
     long marks;
+    int overlap_sms;    /* what comm_overlap was last told */
 } fake;
 
 static double now_ms(void)
@@ -51,6 +52,12 @@ static int fake_mark_ms(mk_backend *be, int a, int b, double *ms)
     return MK_OK;
 }
 
+static int fake_comm_overlap(mk_backend *be, int sms)
+{
+    ((fake *)be->ops)->overlap_sms = sms;
+    return MK_OK;
+}
+
 /* A CPU backend whose ops table is f's (f outlives it). */
 static mk_backend *with_marks(fake *f)
 {
@@ -60,6 +67,7 @@ static mk_backend *with_marks(fake *f)
     f->ops = *be->ops;
     f->ops.mark = fake_mark;
     f->ops.mark_ms = fake_mark_ms;
+    f->ops.comm_overlap = fake_comm_overlap;
     be->ops = &f->ops;
     return be;
 }
@@ -198,9 +206,29 @@ static void test_synchronised_mode(void)
     mk_backend_destroy(&be);
 }
 
+/* The profiler passes comm_overlap on where the backend has it, and has none where it has
+ * none (the trainer then skips it). */
+static void test_comm_overlap_passed_on(void)
+{
+    fake f;
+    float *a = NULL;
+    mk_backend *be = profiled(&f, 64, &a);
+    if (!be) return;
+    int rc = be->ops->comm_overlap ? be->ops->comm_overlap(be, 16) : MK_ERR_INTERNAL;
+    tap_ok(rc == MK_OK && f.overlap_sms == 16, "comm_overlap(16) reaches the backend (%d)", f.overlap_sms);
+    rc = be->ops->comm_overlap(be, 0);
+    tap_ok(rc == MK_OK && f.overlap_sms == 0, "comm_overlap(0) reaches the backend (%d)", f.overlap_sms);
+    mk_backend_destroy(&be);
+    be = profiled(NULL, 64, &a);
+    if (!be) return;
+    tap_ok(be->ops->comm_overlap == NULL, "over the CPU backend, no comm_overlap");
+    mk_backend_destroy(&be);
+}
+
 int main(void)
 {
     test_needs_marks();
+    test_comm_overlap_passed_on();
     test_idle_charged_to_next_op();
     test_many_ops_between_reads();
     test_synchronised_mode();

@@ -38,6 +38,14 @@ expect 2 'model.heads' --set model.heads=5
 expect 2 'data.path' --schedule "$tmp/ok.ini" --set data.path=
 expect 3 'short.txt' --schedule "$tmp/ok.ini" --data "$tmp/short.txt"
 expect 3 'missing.txt' --data "$tmp/missing.txt"
+# A bad tuning variable is a usage error that names it, before anything is written.
+awk 'BEGIN { for (i = 0; i < 80; i++) print "some text for a tiny training run, line " i }' >"$tmp/text.txt"
+export MOEKIT_OVERLAP_SMS=abc
+expect 2 'MOEKIT_OVERLAP_SMS=abc: want a number of SMs' --set model.d_model=32 --set model.layers=1 \
+  --set train.steps=1 --set train.warmup=0 --data "$tmp/text.txt" --set run.dir="$tmp/run"
+unset MOEKIT_OVERLAP_SMS
+n=$((n + 1))
+if [ ! -e "$tmp/run" ]; then echo "ok $n - nothing written for a bad MOEKIT_OVERLAP_SMS"; else echo "not ok $n - $tmp/run written"; fails=$((fails + 1)); fi
 # --print-config writes a schedule that reads back to the same settings.
 n=$((n + 1))
 "$bin" --set model.layers=3 --set lbl.coeff=0.02 --print-config >"$tmp/a.ini" &&

@@ -80,8 +80,7 @@ typedef struct cuda_impl {
     int grouped_ok;       /* 1 cublasGemmGroupedBatchedEx works here, 0 unknown, -1 it does not */
     int fused;            /* bf16: our grouped GEMMs, the fused expert FFN and output layer */
     int flash_wgmma;      /* the attention kernels on wgmma (sm_90a), unless MOEKIT_NO_WGMMA=1 */
-    int overlap_sms;      /* SMs the persistent GEMMs leave to collectives beside them */
-    int overlapping;      /* comm_overlap: a collective may be running beside our ops */
+    int overlap_sms;      /* comm_overlap: SMs a collective beside our ops may hold */
     cublasHandle_t blas;
     void **gptr;          /* device arrays of A, B, C pointers for grouped GEMMs */
     double *rope_cs;      /* RoPE cos/sin table of (rope_T, rope_hd, rope_theta) */
@@ -2190,7 +2189,7 @@ static int ffn_state(cuda_impl *im)
 {
     if (im->ffn) return MK_OK;
     MK_CHECK(mk_cuda_ffn_create(&im->ffn));
-    return mk_cuda_ffn_set_sm_margin(im->ffn, im->overlapping ? im->overlap_sms : 0);
+    return mk_cuda_ffn_set_sm_margin(im->ffn, im->overlap_sms);
 }
 
 static int cuda_expert_ffn_forward(mk_backend *be, mk_real *y, mk_real *a1, mk_real *a3,
@@ -2508,11 +2507,13 @@ static int cuda_adamw(mk_backend *be, mk_real *p, const mk_real *g, mk_real *m, 
 
 /* ------------------------------------------------------------------ lifetime */
 
-static int cuda_comm_overlap(mk_backend *be, int on)
+/* Only the expert FFN's GEMMs are persistent (CUTLASS); cuBLAS's and our own kernels launch
+ * a block per tile and fill whatever SMs are free. */
+static int cuda_comm_overlap(mk_backend *be, int sms)
 {
     cuda_impl *im = impl_of(be);
-    im->overlapping = on != 0;
-    return im->ffn ? mk_cuda_ffn_set_sm_margin(im->ffn, im->overlapping ? im->overlap_sms : 0) : MK_OK;
+    im->overlap_sms = sms > 0 ? sms : 0;
+    return im->ffn ? mk_cuda_ffn_set_sm_margin(im->ffn, im->overlap_sms) : MK_OK;
 }
 
 static int cuda_sync(mk_backend *be)
@@ -2663,22 +2664,6 @@ extern "C" int mk_backend_cuda_create(int device, int bf16, mk_backend **out)
     im->fused = im->bf16 && !(fz && strcmp(fz, "0") == 0);
     const char *nowg = getenv("MOEKIT_NO_WGMMA");
     im->flash_wgmma = !(nowg && strcmp(nowg, "1") == 0) && mk_grouped_gemm_wgmma_available();
-    /* MOEKIT_OVERLAP_SMS=N: while the gradient sums run beside the backward, the expert
-     * FFN's persistent GEMMs launch for N SMs fewer than the GPU has, the SMs NCCL's
-     * blocks hold (mk_gg_cutlass_set_sm_margin says why). */
-    const char *osm = getenv("MOEKIT_OVERLAP_SMS");
-    if (osm) {
-        int nsm = 0;
-        char *end;
-        const long v = strtol(osm, &end, 10);
-        cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, device);
-        if (end == osm || *end || v < 0 || v >= nsm) {
-            free(be);
-            free(im);
-            return MK_FAIL(MK_ERR_USAGE, "MOEKIT_OVERLAP_SMS=%s: want an SM count from 0 to %d", osm, nsm - 1);
-        }
-        im->overlap_sms = (int)v;
-    }
     fill_ops(&im->ops);
     /* the rows it writes are the fused expert FFN's operands, read only in that mode */
     if (im->fused) im->ops.combine_backward = cuda_combine_backward;

@@ -28,7 +28,7 @@ struct mk_nccl {
             return MK_FAIL(MK_ERR_COMM, "nccl: %s: %s", what, ncclGetErrorString(r_));     \
     } while (0)
 
-extern "C" int mk_nccl_create(const mk_comm *c, mk_nccl **out)
+extern "C" int mk_nccl_create(const mk_comm *c, int max_ctas, mk_nccl **out)
 {
     *out = NULL;
     ncclUniqueId id;
@@ -38,7 +38,9 @@ extern "C" int mk_nccl_create(const mk_comm *c, mk_nccl **out)
     if (!n) return MK_FAIL(MK_ERR_NOMEM, "nccl: out of memory");
     n->rank = mk_comm_rank(c);
     n->size = mk_comm_size(c);
-    ncclResult_t r = ncclCommInitRank(&n->comm, n->size, id, n->rank);
+    ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
+    if (max_ctas > 0) cfg.maxCTAs = max_ctas;
+    ncclResult_t r = ncclCommInitRankConfig(&n->comm, n->size, id, n->rank, &cfg);
     if (r != ncclSuccess) {
         free(n);
         return MK_FAIL(MK_ERR_COMM, "nccl: init of a %d-rank communicator: %s", mk_comm_size(c),

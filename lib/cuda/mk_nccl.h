@@ -16,8 +16,9 @@ typedef struct mk_nccl mk_nccl;
 extern "C" {
 #endif
 
-/* Collective over c: rank 0 makes the unique id, mk_comm_bcast hands it to the others. */
-int mk_nccl_create(const mk_comm *c, mk_nccl **out);
+/* Collective over c: rank 0 makes the unique id, mk_comm_bcast hands it to the others.
+ * max_ctas > 0: ncclConfig_t.maxCTAs (at most that many blocks per collective); 0: NCCL's. */
+int mk_nccl_create(const mk_comm *c, int max_ctas, mk_nccl **out);
 void mk_nccl_free(mk_nccl **n);
 int mk_nccl_allreduce_f32(mk_nccl *n, float *buf, size_t count);
 /* The same on a stream of the communicator's own, ordered after the work already queued
