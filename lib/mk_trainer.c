@@ -36,6 +36,7 @@ struct mk_trainer {
     int64_t *dcounts;               /* [L, ndomains, E] then [ndomains] token counts */
     int32_t *gflags;                /* backend memory, [L + 1]: the overlapped checks' flags */
     int overlap_sms;                /* SMs the overlapped gradient sums hold (MOEKIT_OVERLAP_SMS) */
+    int no_overlap;                 /* MOEKIT_NO_OVERLAP=1: the sums after the backward */
 };
 
 static int lbl_allreduce(void *ctx, int64_t *counts, int n)
@@ -114,8 +115,11 @@ int mk_trainer_create(const mk_config *cfg, const mk_comm *world, mk_trainer **o
         tr->be = timed;
     }
     MK_CHECK_GOTO(rc, overlap_sms(&tr->overlap_sms), fail);
-    /* Only the data-parallel sums run beside the backward (not with expert parallelism). */
-    MK_CHECK_GOTO(rc, mk_devcomm_create(tr->world, tr->be, ep == 1 ? tr->overlap_sms : 0, &tr->dworld), fail);
+    tr->no_overlap = getenv("MOEKIT_NO_OVERLAP") != NULL;
+    /* Only the data-parallel sums run beside the backward (not with expert parallelism);
+     * after it, NCCL may take every SM it wants. */
+    const int cap = ep == 1 && !tr->no_overlap ? tr->overlap_sms : 0;
+    MK_CHECK_GOTO(rc, mk_devcomm_create(tr->world, tr->be, cap, &tr->dworld), fail);
     if (tr->edp) MK_CHECK_GOTO(rc, mk_devcomm_create(tr->edp, tr->be, 0, &tr->dedp), fail);
     MK_CHECK_GOTO(rc, mk_model_create_ep(cfg, tr->be, tr->ep, &tr->model), fail);
     MK_CHECK_GOTO(rc, mk_model_init(tr->model, cfg->train.seed), fail);
@@ -496,8 +500,7 @@ int mk_trainer_grads(mk_trainer *tr, long step, const int32_t *tokens, const int
      * Megatron-LM issue 3672). */
     const double aux_scale = 1.0 / ((double)G * tr->nranks);
     double ce = 0;
-    const int overlap = tr->nranks > 1 && !tr->dedp && mk_devcomm_overlaps(tr->dworld) &&
-                        !getenv("MOEKIT_NO_OVERLAP");
+    const int overlap = tr->nranks > 1 && !tr->dedp && mk_devcomm_overlaps(tr->dworld) && !tr->no_overlap;
     overlap_ctx octx = {tr, step, 0, overlap && hook == HOOK_GRAD, hook_value};
     if (overlap) MK_CHECK(start_overlap(tr, &octx));
     for (int g = 0; g < G; g++) {
