@@ -693,6 +693,25 @@ static int attention_block_backward(mk_model *m, const layer_params *p, layer_pa
     return mk_attention_block_backward_ops(be, s->dresid, &gb, &ab, B, m->T, m->D, m->H, MK_ROPE_THETA);
 }
 
+static int attention_role(tensor_role r)
+{
+    return r == R_ATTN_NORM || r == R_QKV || r == R_ATTN_OUT;
+}
+
+/* The hook for layer l's MoE block (moe = 1) or attention block: each is one run of
+ * neighbours in the table (build_tensor_table). Starting the MoE block's sums before the
+ * attention backward lets the largest of them (the experts') run beside that backward
+ * rather than beside the next layer's expert GEMMs. */
+static int block_grads_ready(mk_model *m, int l, int moe)
+{
+    if (!m->layer_grads) return MK_OK;
+    size_t i0 = 0;
+    while (i0 < m->ntensors && !(m->tensors[i0].layer == l && attention_role(m->roles[i0]) != moe)) i0++;
+    size_t i1 = i0;
+    while (i1 < m->ntensors && m->tensors[i1].layer == l && attention_role(m->roles[i1]) != moe) i1++;
+    return i1 > i0 ? m->layer_grads(m->layer_grads_ctx, l, i0, i1) : MK_OK;
+}
+
 int mk_model_backward(mk_model *m, double ce_scale, double aux_scale)
 {
     mk_backend *be = m->be;
@@ -729,8 +748,9 @@ int mk_model_backward(mk_model *m, double ce_scale, double aux_scale)
                                  m->pv.final_norm, s->rstdf, N, D));
     for (int l = m->L - 1; l >= 0; l--) {
         MK_CHECK(moe_block_backward(m, l, &m->pv.layers[l], &m->gv.layers[l], &m->acts[l], B, aux_scale));
+        MK_CHECK(block_grads_ready(m, l, 1));
         MK_CHECK(attention_block_backward(m, &m->pv.layers[l], &m->gv.layers[l], &m->acts[l], B));
-        if (m->layer_grads) MK_CHECK(m->layer_grads(m->layer_grads_ctx, l));
+        MK_CHECK(block_grads_ready(m, l, 0));
     }
     MK_CHECK(o->embedding_backward(be, m->gv.wte, s->tokens, s->dresid, N, D, V));
     /* The logits buffer now holds gradients: a second backward would be wrong. */

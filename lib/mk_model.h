@@ -95,11 +95,14 @@ int mk_model_forward(mk_model *m, const int32_t *tokens_host, const int32_t *tar
 /* Backward of the last forward (see the loss above); gradients accumulate. */
 int mk_model_backward(mk_model *m, double ce_scale, double aux_scale);
 
-/* Called by mk_model_backward as soon as the gradients of layer l's tensors are complete
- * for this backward (queued on the backend, before the layers below it run), so that a
- * trainer can start summing them over ranks while the rest of the backward runs. NULL
- * (the default) turns it off; an error it returns ends the backward. */
-typedef int (*mk_layer_grads_fn)(void *ctx, int layer);
+/* Called by mk_model_backward as soon as the gradients of tensors i0..i1-1 (neighbours in
+ * the tensor table, all of layer `layer`) are complete for this backward (queued on the
+ * backend, before the rest of the backward runs), so that a trainer can start summing them
+ * over ranks meanwhile. Twice per layer, in backward order: its MoE block's tensors
+ * (mlp_norm, router, experts, shared expert) once that block's backward is queued, then
+ * its attention block's (attn_norm, qkv, attn_out). NULL (the default) turns it off; an
+ * error it returns ends the backward. */
+typedef int (*mk_layer_grads_fn)(void *ctx, int layer, size_t i0, size_t i1);
 void mk_model_set_layer_grads_hook(mk_model *m, mk_layer_grads_fn fn, void *ctx);
 
 int mk_model_zero_grad(mk_model *m);

@@ -37,6 +37,7 @@ struct mk_trainer {
     int32_t *gflags;                /* backend memory, [L + 1]: the overlapped checks' flags */
     int overlap_sms;                /* SMs the overlapped gradient sums hold (MOEKIT_OVERLAP_SMS) */
     int no_overlap;                 /* MOEKIT_NO_OVERLAP=1: the sums after the backward */
+    int overlap_layers;             /* MOEKIT_OVERLAP_LAYERS=1: a layer's sums start at its end */
 };
 
 static int lbl_allreduce(void *ctx, int64_t *counts, int n)
@@ -116,6 +117,8 @@ int mk_trainer_create(const mk_config *cfg, const mk_comm *world, mk_trainer **o
     }
     MK_CHECK_GOTO(rc, overlap_sms(&tr->overlap_sms), fail);
     tr->no_overlap = getenv("MOEKIT_NO_OVERLAP") != NULL;
+    const char *per_layer = getenv("MOEKIT_OVERLAP_LAYERS");
+    tr->overlap_layers = per_layer && strcmp(per_layer, "1") == 0;
     /* Only the data-parallel sums run beside the backward (not with expert parallelism);
      * after it, NCCL may take every SM it wants. */
     const int cap = ep == 1 && !tr->no_overlap ? tr->overlap_sms : 0;
@@ -343,8 +346,10 @@ static int check_grads(mk_trainer *tr, long step)
 }
 
 /* Overlapped gradient sums (NCCL, data parallelism only): as soon as the last micro-step's
- * backward has finished a layer, its gradients are checked on this rank and their sum over
- * the ranks starts on the communicator's stream while the layers below run; what is left
+ * backward has finished a layer's block (its MoE block, then its attention block), that
+ * block's gradients are checked on this rank and their sum over the ranks starts on the
+ * communicator's stream while the rest of the backward runs (MOEKIT_OVERLAP_LAYERS=1: one
+ * sum per layer, started at its end, for comparisons); what is left
  * (embeddings, final norm, output head) follows the backward, then the update waits for
  * all of it. The same checks and sums as check_grads + allreduce_grads, in layer order on
  * every rank. Where the backend has nonfinite_flag, a check only sets a flag on the device
@@ -358,6 +363,9 @@ typedef struct overlap_ctx {
     int flags;      /* checks through gflags */
     int poke;       /* the test hook's NaN goes into the gradient just before its layer's check */
     double value;
+    int held_layer; /* MOEKIT_OVERLAP_LAYERS=1: the layer whose MoE block waits for its
+                     * attention block (-1: none), and that block's tensors */
+    size_t held_i0, held_i1;
 } overlap_ctx;
 
 /* Tensors i0..i1-1 are layer `layer`'s (layer -1: none). */
@@ -382,11 +390,20 @@ static int check_range_async(overlap_ctx *o, size_t i0, size_t i1, int slot)
     return be->ops->nonfinite_flag(be, span, n, o->tr->gflags + slot);
 }
 
-static int layer_grads_ready(void *ctx, int layer)
+/* Tensors i0..i1-1, all of `layer`, are complete: check, then start their sum. Both of a
+ * layer's blocks set the layer's flag; read_flags searches the whole layer. */
+static int layer_grads_ready(void *ctx, int layer, size_t i0, size_t i1)
 {
     overlap_ctx *o = ctx;
-    size_t i0, i1;
-    layer_range(o->tr->model, layer, &i0, &i1);
+    if (o->tr->overlap_layers) { /* one sum per layer, at its end, as before the split */
+        if (o->held_layer != layer) {
+            o->held_layer = layer, o->held_i0 = i0, o->held_i1 = i1;
+            return MK_OK;
+        }
+        i0 = i0 < o->held_i0 ? i0 : o->held_i0;
+        i1 = i1 > o->held_i1 ? i1 : o->held_i1;
+        o->held_layer = -1;
+    }
     for (size_t i = i0; o->poke && i < i1; i++)
         if (mk_model_tensor(o->tr->model, i)->expert) { /* the first expert tensor's layer */
             o->poke = 0;
@@ -501,7 +518,7 @@ int mk_trainer_grads(mk_trainer *tr, long step, const int32_t *tokens, const int
     const double aux_scale = 1.0 / ((double)G * tr->nranks);
     double ce = 0;
     const int overlap = tr->nranks > 1 && !tr->dedp && mk_devcomm_overlaps(tr->dworld) && !tr->no_overlap;
-    overlap_ctx octx = {tr, step, 0, overlap && hook == HOOK_GRAD, hook_value};
+    overlap_ctx octx = {tr, step, 0, overlap && hook == HOOK_GRAD, hook_value, -1, 0, 0};
     if (overlap) MK_CHECK(start_overlap(tr, &octx));
     for (int g = 0; g < G; g++) {
         mk_forward_stats st;

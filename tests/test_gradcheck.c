@@ -226,6 +226,78 @@ static void check_accumulation(void)
     free(b);
 }
 
+/* The backward's per-block hook (mk_model_set_layer_grads_hook): what it reports is final
+ * when reported. Each call's tensors are copied at the call; after the backward every
+ * layer tensor was reported exactly once, with the bits it ends with, in backward order
+ * (layers descending, a layer's MoE block, the one with expert tensors, before its
+ * attention block), and an error from the hook ends the backward with it. */
+typedef struct hook_log {
+    const mk_model *m;
+    mk_real *snap;
+    int *seen;          /* per tensor: times reported */
+    int calls, order_ok, range_ok, last_layer, last_moe;
+    int fail_at;        /* the call that returns an error (0: none) */
+} hook_log;
+
+static int record_block(void *ctx, int layer, size_t i0, size_t i1)
+{
+    hook_log *h = ctx;
+    h->calls++;
+    const mk_real *g = mk_model_grads((mk_model *)h->m);
+    int moe = 0;
+    if (i1 <= i0 || i1 > mk_model_tensor_count(h->m)) h->range_ok = 0;
+    for (size_t i = i0; h->range_ok && i < i1; i++) {
+        const mk_tensor *t = mk_model_tensor(h->m, i);
+        if (t->layer != layer) h->range_ok = 0;
+        moe |= t->expert;
+        h->seen[i]++;
+        memcpy(h->snap + t->offset, g + t->offset, t->numel * sizeof *g);
+    }
+    /* (layer, moe) strictly after (last_layer, last_moe) in backward order */
+    if (h->calls > 1 && !(layer < h->last_layer || (layer == h->last_layer && h->last_moe && !moe))) h->order_ok = 0;
+    if (h->calls == 1 && !moe) h->order_ok = 0;
+    h->last_layer = layer, h->last_moe = moe;
+    return h->calls == h->fail_at ? MK_FAIL(MK_ERR_COMM, "test hook: failing on call %d", h->calls) : MK_OK;
+}
+
+static void check_block_hook(const char *label, const char *const *sets)
+{
+    fixture fx;
+    setup(&fx, sets);
+    const size_t nt = mk_model_tensor_count(fx.m), np = mk_model_param_count(fx.m);
+    hook_log h = {fx.m, calloc(np, sizeof(mk_real)), calloc(nt, sizeof(int)), 0, 1, 1, 0, 0, 0};
+    mk_forward_stats st;
+    mk_model_zero_grad(fx.m);
+    mk_lbl_reset(fx.lbl);
+    mk_model_set_layer_grads_hook(fx.m, record_block, &h);
+    if (mk_model_forward(fx.m, fx.tokens, fx.targets, fx.B, fx.lbl, 1, &st)) exit(99);
+    int rc = mk_model_backward(fx.m, 1.0 / st.targets, 1.0);
+    const mk_real *g = mk_model_grads(fx.m);
+    int once = 1, same = 1;
+    for (size_t i = 0; i < nt; i++) {
+        const mk_tensor *t = mk_model_tensor(fx.m, i);
+        if (h.seen[i] != (t->layer >= 0)) once = 0;
+        if (h.seen[i] == 1 && memcmp(h.snap + t->offset, g + t->offset, t->numel * sizeof *g) != 0) same = 0;
+    }
+    const int L = fx.cfg.model.layers;
+    tap_ok(rc == MK_OK && h.calls == 2 * L && h.range_ok && h.order_ok,
+           "%s: the backward reports each layer's MoE block, then its attention block, layers descending (%d calls for %d layers)",
+           label, h.calls, L);
+    tap_ok(once, "%s: every layer tensor is reported once, nothing outside the layers", label);
+    tap_ok(same, "%s: each reported gradient is final when reported (the same bits after the backward)", label);
+    /* a failing hook ends the backward with its error */
+    memset(h.seen, 0, nt * sizeof *h.seen);
+    h.calls = 0, h.fail_at = 2;
+    if (mk_model_forward(fx.m, fx.tokens, fx.targets, fx.B, fx.lbl, 1, &st)) exit(99);
+    rc = mk_model_backward(fx.m, 1.0 / st.targets, 1.0);
+    tap_ok(rc == MK_ERR_COMM && h.calls == 2, "%s: an error from the hook ends the backward (%d, after %d calls)", label,
+           rc, h.calls);
+    mk_model_set_layer_grads_hook(fx.m, NULL, NULL);
+    free(h.snap);
+    free(h.seen);
+    teardown(&fx);
+}
+
 int main(void)
 {
     const char *v_default[] = { NULL };
@@ -240,5 +312,7 @@ int main(void)
     check_variant("no LBL, top-3", v_none);
     check_variant("global + micro LBL mix", v_global);
     check_accumulation();
+    check_block_hook("tied", v_default);
+    check_block_hook("untied, shared expert", v_shared);
     return tap_done();
 }
