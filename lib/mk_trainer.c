@@ -38,6 +38,10 @@ struct mk_trainer {
     int overlap_sms;                /* SMs the overlapped gradient sums hold (MOEKIT_OVERLAP_SMS) */
     int no_overlap;                 /* MOEKIT_NO_OVERLAP=1: the sums after the backward */
     int overlap_layers;             /* MOEKIT_OVERLAP_LAYERS=1: a layer's sums start at its end */
+    /* The batch of the last mk_trainer_grads (the caller's), for a run again that checks
+     * each rank's gradient before the sums (check_before_sums) to name a NaN's rank. */
+    const int32_t *b_tokens, *b_targets, *b_domain;
+    int check_before_sums;
 };
 
 static int lbl_allreduce(void *ctx, int64_t *counts, int n)
@@ -360,6 +364,7 @@ static int check_grads(mk_trainer *tr, long step)
 typedef struct overlap_ctx {
     mk_trainer *tr;
     long step;
+    int check;      /* each block's gradient checked before its sum (check_before_sums) */
     int flags;      /* checks through gflags */
     int poke;       /* the test hook's NaN goes into the gradient just before its layer's check */
     double value;
@@ -382,6 +387,7 @@ static void layer_range(const mk_model *m, int layer, size_t *i0, size_t *i1)
 /* slot: the flag, gflags[slot], when the check only sets one. */
 static int check_range_async(overlap_ctx *o, size_t i0, size_t i1, int slot)
 {
+    if (!o->check) return MK_OK;
     if (!o->flags) return check_grads_range(o->tr, o->step, i0, i1);
     if (i1 <= i0) return MK_OK;
     mk_backend *be = mk_model_backend(o->tr->model);
@@ -420,7 +426,7 @@ static int start_overlap(mk_trainer *tr, overlap_ctx *o)
 {
     mk_backend *be = mk_model_backend(tr->model);
     const size_t bytes = (size_t)(tr->cfg->model.layers + 1) * sizeof *tr->gflags;
-    o->flags = be->ops->nonfinite_flag != NULL;
+    o->flags = o->check && be->ops->nonfinite_flag != NULL;
     if (!o->flags) return MK_OK;
     if (!tr->gflags) MK_CHECK(be->ops->alloc(be, bytes, (void **)&tr->gflags));
     return be->ops->zero(be, tr->gflags, bytes);
@@ -493,6 +499,7 @@ int mk_trainer_grads(mk_trainer *tr, long step, const int32_t *tokens, const int
     const int L = cfg->model.layers, E = cfg->model.experts;
     const size_t per_micro = (size_t)B * T;
     memset(out, 0, sizeof *out);
+    tr->b_tokens = tokens, tr->b_targets = targets, tr->b_domain = domain;
 
     /* The CE gradient is the mean over the target tokens of the whole global batch. */
     int64_t ntargets = 0;
@@ -518,7 +525,7 @@ int mk_trainer_grads(mk_trainer *tr, long step, const int32_t *tokens, const int
     const double aux_scale = 1.0 / ((double)G * tr->nranks);
     double ce = 0;
     const int overlap = tr->nranks > 1 && !tr->dedp && mk_devcomm_overlaps(tr->dworld) && !tr->no_overlap;
-    overlap_ctx octx = {tr, step, 0, overlap && hook == HOOK_GRAD, hook_value, -1, 0, 0};
+    overlap_ctx octx = {tr, step, tr->check_before_sums, 0, overlap && hook == HOOK_GRAD, hook_value, -1, 0, 0};
     if (overlap) MK_CHECK(start_overlap(tr, &octx));
     for (int g = 0; g < G; g++) {
         mk_forward_stats st;
@@ -546,8 +553,8 @@ int mk_trainer_grads(mk_trainer *tr, long step, const int32_t *tokens, const int
     if (overlap) {
         MK_CHECK(finish_overlap(tr, &octx));
     } else {
-        /* One rank: no sum to keep a NaN out of; the update's norm finds it (a pass less). */
-        if (tr->nranks > 1) MK_CHECK(check_grads(tr, step));
+        /* Only when run again to name a rank: the update's norm finds a NaN (a pass less). */
+        if (tr->nranks > 1 && tr->check_before_sums) MK_CHECK(check_grads(tr, step));
         MK_CHECK(allreduce_grads(tr));
     }
     MK_CHECK(mk_comm_allreduce_f64(tr->world, &ce, 1));
@@ -596,16 +603,30 @@ static int global_grad_norm(mk_trainer *tr, double *norm)
     return MK_OK;
 }
 
+/* The step's forward and backward again, each rank's gradient checked before its sums. */
+static int run_again_checked(mk_trainer *tr, long step)
+{
+    mk_step_stats again;
+    tr->check_before_sums = 1;
+    const int rc = mk_trainer_grads(tr, step, tr->b_tokens, tr->b_targets, tr->b_domain, &again);
+    tr->check_before_sums = 0;
+    return rc;
+}
+
 int mk_trainer_update(mk_trainer *tr, long step, mk_step_stats *st)
 {
     if (!isfinite(st->loss)) return MK_FAIL(MK_ERR_NUMERIC, "step %ld: loss is %g", step + 1, st->loss);
     st->lr = mk_lr_at(tr->cfg, step);
     MK_CHECK(global_grad_norm(tr, &st->gnorm));
-    /* One rank: its gradient was not checked in the step; a norm that is not finite names
-     * the tensor here (check_grads fails on it). */
-    if (!isfinite(st->gnorm) && tr->nranks == 1) MK_CHECK(check_grads(tr, step));
-    /* Every rank's gradient was finite before the all-reduce; a sum can still overflow. */
-    if (!isfinite(st->gnorm))
-        return MK_FAIL(MK_ERR_NUMERIC, "step %ld: the global gradient norm is %g", step + 1, st->gnorm);
-    return mk_optim_step(tr->model, step + 1, st->lr, st->gnorm);
+    if (isfinite(st->gnorm)) return mk_optim_step(tr->model, step + 1, st->lr, st->gnorm);
+    /* One rank: check_grads names the tensor. More: every rank sees the same norm, and all
+     * run the step again with the checks before the sums, where the rank that made the NaN
+     * or Inf fails with its name (the others then wait in a sum until the job ends). */
+    if (tr->nranks == 1) MK_CHECK(check_grads(tr, step));
+    else if (tr->b_tokens) MK_CHECK(run_again_checked(tr, step));
+    /* Every rank's gradient was finite before the sums (or the run again was): a sum can
+     * still overflow. */
+    return MK_FAIL(MK_ERR_NUMERIC, "step %ld: the global gradient norm is %g%s", step + 1, st->gnorm,
+                   tr->nranks > 1 ? " (this rank's gradient was finite before the sums)" : "");
 }
+

@@ -56,13 +56,19 @@ int mk_trainer_set_domains(mk_trainer *tr, int ndomains);
  * `step` (0-based; named in errors): tokens and targets are host [G, B, T] (a target < 0 is
  * padding), domain [G, B] the domain of each sequence (NULL = domain 0). Collective over the
  * world. MK_ERR_NUMERIC, before any collective that would spread it, when this rank's
- * router logits, loss or gradient hold a NaN or Inf; the message names the step and the
- * tensor (and mk_error the rank). */
+ * router logits or loss hold a NaN or Inf; the message names the step and the tensor (and
+ * mk_error the rank). A gradient is not checked here (a pass over every gradient each
+ * step): mk_trainer_update finds it in the norm. The arrays must stay as they are until
+ * mk_trainer_update has run. */
 int mk_trainer_grads(mk_trainer *tr, long step, const int32_t *tokens, const int32_t *targets,
                      const int32_t *domain, mk_step_stats *st);
 
 /* Clip by the global gradient norm and take AdamW step `step` (0-based). Fills st->gnorm
- * and st->lr. MK_ERR_NUMERIC for a non-finite loss or norm. */
+ * and st->lr. MK_ERR_NUMERIC for a non-finite loss or norm, before the weights change. A
+ * norm that is not finite names the tensor: with one rank from its gradient; with more,
+ * every rank runs the step's forward and backward again on the batch mk_trainer_grads was
+ * given, this time checking its gradient before the sums, so that the rank whose gradient
+ * held the NaN or Inf names itself (the same bits come back: the step is deterministic). */
 int mk_trainer_update(mk_trainer *tr, long step, mk_step_stats *st);
 
 #endif
