@@ -218,10 +218,12 @@ static void test_comm_overlap_passed_on(void)
     tap_ok(rc == MK_OK && f.overlap_sms == 16, "comm_overlap(16) reaches the backend (%d)", f.overlap_sms);
     rc = be->ops->comm_overlap(be, 0);
     tap_ok(rc == MK_OK && f.overlap_sms == 0, "comm_overlap(0) reaches the backend (%d)", f.overlap_sms);
+    be->ops->free(be, a);
     mk_backend_destroy(&be);
     be = profiled(NULL, 64, &a);
     if (!be) return;
     tap_ok(be->ops->comm_overlap == NULL, "over the CPU backend, no comm_overlap");
+    be->ops->free(be, a);
     mk_backend_destroy(&be);
 }
 
