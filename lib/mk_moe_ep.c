@@ -159,33 +159,39 @@ int mk_moe_ep_forward(mk_model *m, int l, const layer_params *p, layer_acts *a, 
     MK_CHECK(o->to_host(be, m->slot_h, a->slot_row, NK * sizeof(int32_t)));
     MK_CHECK(o->to_host(be, m->gates_h, a->gates, NK * sizeof(mk_real)));
 
-    /* 1. Send rows, grouped by destination, tokens in order within each. */
-    size_t R_send = 0;
-    for (int q = 0; q < P; q++) {
-        e->send_n[q] = 0;
-        for (int t = 0; t < N; t++) {
-            int has = 0;
-            for (int j = 0; j < K; j++)
-                has |= m->slot_h[t * K + j] >= 0 && m->topk_h[t * K + j] / El == q;
-            e->send_n[q] += (size_t)has;
-        }
-        R_send += e->send_n[q];
+    /* 1. Send rows, grouped by destination, tokens in order within each: one pass over the
+     *    choices marks the ranks each token goes to, a second numbers the rows rank by rank
+     *    (not a pass over every choice per rank). */
+    int32_t *row_of = e->send_row_of_h; /* [N, P]: -1 none, -2 marked, then the row */
+    for (size_t i = 0; i < (size_t)N * P; i++) row_of[i] = -1;
+    for (int q = 0; q < P; q++) e->send_n[q] = 0;
+    for (size_t c = 0; c < NK; c++) {
+        if (m->slot_h[c] < 0) continue; /* dropped by the capacity factor */
+        const int q = m->topk_h[c] / El;
+        if (q < 0 || q >= P) return MK_FAIL(MK_ERR_INTERNAL, "expert parallelism: layer %d chose expert %d of %d",
+                                            l, m->topk_h[c], m->E);
+        int32_t *mark = &row_of[(c / (size_t)K) * P + q];
+        if (*mark == -1) *mark = -2, e->send_n[q]++;
     }
+    size_t R_send = 0, first[P];
+    for (int q = 0; q < P; q++) first[q] = R_send, R_send += e->send_n[q];
     MK_CHECK(ep_reserve(m, e, R_send, 0, 0));
-    size_t r = 0;
-    for (int q = 0; q < P; q++)
-        for (int t = 0; t < N; t++) {
-            int has = 0;
-            for (int j = 0; j < K; j++) {
-                const int32_t ex = m->topk_h[t * K + j];
-                const int mine = m->slot_h[t * K + j] >= 0 && ex / El == q;
-                has |= mine;
-                e->send_ids_h[r * K + j] = mine ? ex % El : -1;
-                e->send_g_h[r * K + j] = mine ? m->gates_h[t * K + j] : 0;
-            }
-            e->send_row_of_h[(size_t)t * P + q] = has ? (int32_t)r : -1;
-            if (has) e->send_slot_h[r++] = t * K;
+    for (int t = 0; t < N; t++)
+        for (int q = 0; q < P; q++) {
+            int32_t *mark = &row_of[(size_t)t * P + q];
+            if (*mark != -2) continue;
+            const size_t r = first[q]++;
+            *mark = (int32_t)r;
+            e->send_slot_h[r] = t * K;
+            for (int j = 0; j < K; j++) e->send_ids_h[r * K + j] = -1, e->send_g_h[r * K + j] = 0;
         }
+    for (size_t c = 0; c < NK; c++) {
+        if (m->slot_h[c] < 0) continue;
+        const int32_t ex = m->topk_h[c];
+        const size_t r = (size_t)row_of[(c / (size_t)K) * P + ex / El], j = c % (size_t)K;
+        e->send_ids_h[r * K + j] = ex % El;
+        e->send_g_h[r * K + j] = m->gates_h[c];
+    }
     e->R_send = R_send;
 
     /* 2. Counts, then rows and records. */
