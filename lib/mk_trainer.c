@@ -350,13 +350,14 @@ static int check_grads(mk_trainer *tr, long step)
 }
 
 /* Overlapped gradient sums (NCCL, data parallelism only): as soon as the last micro-step's
- * backward has finished a layer's block (its MoE block, then its attention block), that
- * block's gradients are checked on this rank and their sum over the ranks starts on the
- * communicator's stream while the rest of the backward runs (MOEKIT_OVERLAP_LAYERS=1: one
- * sum per layer, started at its end, for comparisons); what is left
- * (embeddings, final norm, output head) follows the backward, then the update waits for
- * all of it. The same checks and sums as check_grads + allreduce_grads, in layer order on
- * every rank. Where the backend has nonfinite_flag, a check only sets a flag on the device
+ * backward has finished a layer's block (its MoE block, then its attention block), the sum
+ * of that block's gradients over the ranks starts on the communicator's stream while the
+ * rest of the backward runs (MOEKIT_OVERLAP_LAYERS=1: one sum per layer, started at its
+ * end, for comparisons); what is left (embeddings, final norm, output head) follows the
+ * backward, then the update waits for all of it. The same sums as allreduce_grads, in
+ * layer order on every rank. When the step runs again to name the rank of a NaN
+ * (check_before_sums), each block is checked on this rank before its sum, as check_grads
+ * would. Where the backend has nonfinite_flag, a check only sets a flag on the device
  * (layer l's at gflags[l], the rest's at gflags[L]) ahead of the sum, and the flags are
  * read once the sums are done: the backward never waits for a check. A flag set here names
  * this rank; the second pass that finds the tensor then reads it after the sum (where this
