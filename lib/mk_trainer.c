@@ -37,6 +37,7 @@ struct mk_trainer {
     int32_t *gflags;                /* backend memory, [L + 1]: the overlapped checks' flags */
     int overlap_sms;                /* SMs the overlapped gradient sums hold (MOEKIT_OVERLAP_SMS) */
     int no_overlap;                 /* MOEKIT_NO_OVERLAP=1: the sums after the backward */
+    int force_overlap;              /* MOEKIT_OVERLAP=force: the overlapped path on any transport */
     int overlap_layers;             /* MOEKIT_OVERLAP_LAYERS=1: a layer's sums start at its end */
     /* The batch of the last mk_trainer_grads (the caller's), for a run again that checks
      * each rank's gradient before the sums (check_before_sums) to name a NaN's rank. */
@@ -121,6 +122,11 @@ int mk_trainer_create(const mk_config *cfg, const mk_comm *world, mk_trainer **o
     }
     MK_CHECK_GOTO(rc, overlap_sms(&tr->overlap_sms), fail);
     tr->no_overlap = getenv("MOEKIT_NO_OVERLAP") != NULL;
+    /* The MPI transport finishes each sum before returning, so nothing overlaps there; the
+     * overlapped path (per-block sums, the rerun's checks) then runs on CPU ranks too, for
+     * the tests. */
+    const char *force = getenv("MOEKIT_OVERLAP");
+    tr->force_overlap = force && strcmp(force, "force") == 0;
     const char *per_layer = getenv("MOEKIT_OVERLAP_LAYERS");
     tr->overlap_layers = per_layer && strcmp(per_layer, "1") == 0;
     /* Only the data-parallel sums run beside the backward (not with expert parallelism);
@@ -525,7 +531,8 @@ int mk_trainer_grads(mk_trainer *tr, long step, const int32_t *tokens, const int
      * Megatron-LM issue 3672). */
     const double aux_scale = 1.0 / ((double)G * tr->nranks);
     double ce = 0;
-    const int overlap = tr->nranks > 1 && !tr->dedp && mk_devcomm_overlaps(tr->dworld) && !tr->no_overlap;
+    const int overlap = tr->nranks > 1 && !tr->dedp && (mk_devcomm_overlaps(tr->dworld) || tr->force_overlap) &&
+                        !tr->no_overlap;
     overlap_ctx octx = {tr, step, tr->check_before_sums, 0, overlap && hook == HOOK_GRAD, hook_value, -1, 0, 0};
     if (overlap) MK_CHECK(start_overlap(tr, &octx));
     for (int g = 0; g < G; g++) {

@@ -1,7 +1,8 @@
 #!/bin/sh
 # test_mpi_train.sh - distributed training under mpirun (2 and 4 ranks, oversubscribed):
 # global/global-exact/padding equivalences (tests/mpi_train), expert parallelism ep = 2 and
-# 4 giving the losses of ep = 1 over 20 steps, repeatable multi-rank runs, a failing
+# 4 giving the losses of ep = 1 over 20 steps, repeatable multi-rank runs, the overlapped
+# gradient sums (forced on CPU ranks) giving the bits of the plain ones, a failing
 # rank ending a 4-rank job quickly with a message naming it, and a settings mistake
 # reported once rather than once per rank.
 if [ -z "$MPIEXEC" ]; then echo "1..0 # SKIP no MPI launcher"; exit 0; fi
@@ -36,6 +37,14 @@ for ep in 2 4; do
 done
 mpi 4 $train $common --set parallel.ep=2 --set run.dir="$tmp/again" && cmp -s "$tmp/ep2/log.tsv" "$tmp/again/log.tsv"
 ok $? "a 4-rank run repeats bit for bit"
+# The overlapped path of GPU ranks (a sum per block as the backward reaches it; per layer
+# with MOEKIT_OVERLAP_LAYERS=1), forced on CPU ranks: the same sums, the same bits.
+MOEKIT_OVERLAP=force mpi 4 -x MOEKIT_OVERLAP $train $common --set parallel.ep=1 --set run.dir="$tmp/ov" &&
+  cmp -s "$tmp/ep1/log.tsv" "$tmp/ov/log.tsv"
+ok $? "4 ranks, the overlapped path's sums per block: the bits of the sums after the backward"
+MOEKIT_OVERLAP=force MOEKIT_OVERLAP_LAYERS=1 mpi 4 -x MOEKIT_OVERLAP -x MOEKIT_OVERLAP_LAYERS $train $common \
+  --set parallel.ep=1 --set run.dir="$tmp/ovl" && cmp -s "$tmp/ep1/log.tsv" "$tmp/ovl/log.tsv"
+ok $? "4 ranks, the overlapped path's sums per layer: the same bits"
 
 # a failing rank ends the job: non-zero exit, one message naming the rank, within 10 s
 start=$(date +%s)
