@@ -68,10 +68,13 @@ static int make_backend(mk_trainer *tr, const mk_config *cfg)
 }
 
 /* The SMs the gradient sums of an overlapped backward may hold (NCCL's blocks; the
- * backend's persistent GEMMs leave them free meanwhile). NCCL's own choice on two H200s
- * was 24 blocks; capped at 16, with the expert GEMMs on the other 116 SMs, dp = 2 ran
- * faster (docs/performance.md, fifteenth session). MOEKIT_OVERLAP_SMS=0: no cap, no margin. */
-#define MK_OVERLAP_SMS 16
+ * backend's persistent GEMMs leave them free meanwhile). With one sum per layer, started at
+ * its end, the sums ran beside the next layer's expert GEMMs, and a cap of 16 with a
+ * 16-SM margin made dp = 2 faster on two H200s. With a sum per block, the experts' sum runs
+ * beside the attention backward (cuBLAS and kernels of a block per tile), and the margin,
+ * held until the last sum ends, only takes SMs from expert GEMMs that run alone: 0 (NCCL's
+ * own count, no margin) was 2-3% faster (docs/performance.md, sixteenth session). */
+#define MK_OVERLAP_SMS 0
 
 static int overlap_sms(int *out)
 {
