@@ -54,6 +54,14 @@ typedef struct scratch {
  * fill, kept from forward for backward. "send" rows are this rank's tokens going to a
  * destination rank (each token once per destination), "recv" rows are tokens that arrived
  * for this rank's experts. */
+/* One choice of a send row, as it travels: the local expert at the destination (-1: the
+ * row's token chose no expert of that rank in this position) and its gate. No padding, so
+ * every byte sent is written, for either mk_real. */
+typedef struct ep_rec {
+    mk_real g;
+    int32_t id, pad;
+} ep_rec;
+
 typedef struct ep_layer {
     size_t cap_send, cap_recv, cap_rows;   /* rows the buffers below hold */
     mk_real *xp, *a1, *a3, *hact, *y;       /* [rows, D|F] expert rows, kept for backward */
@@ -66,8 +74,10 @@ typedef struct ep_layer {
     int32_t *send_row_of_h;
     size_t *send_n, *recv_n;    /* rows per destination / source */
     size_t R_send, R_recv;
-    int32_t *send_ids_h, *recv_ids_h;   /* [R, K] local expert at the destination or -1 */
-    mk_real *send_g_h, *recv_g_h;       /* [R, K] gate of each choice */
+    ep_rec *send_rec_h, *recv_rec_h;    /* [R, K] each choice's local expert and gate */
+    mk_real *recv_g_h;                  /* [R_recv, K] the arrived gates, for recv_g */
+    int32_t *back_of_h;         /* [N, K] where choice t * K + j's gate gradient comes back:
+                                 * send row * K + j, or -1 (dropped) */
     mk_real *recv_g;                    /* recv gates in backend memory */
     int32_t *row_slot, *slot_row;       /* recv expert rows <-> recv choices u * K + j */
     int32_t *row_slot_h, *slot_row_h;

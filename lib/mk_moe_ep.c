@@ -56,13 +56,13 @@ static int ep_reserve(mk_model *m, ep_layer *e, size_t R_send, size_t R_recv, si
         if (!e->send_n || !e->recv_n) return MK_FAIL(MK_ERR_NOMEM, "expert parallelism: out of memory");
         MK_CHECK(grow_dev(be, (void **)&e->send_row_of, N * m->ep * sizeof(int32_t)));
         MK_CHECK(grow_host((void **)&e->send_row_of_h, N * m->ep * sizeof(int32_t)));
+        MK_CHECK(grow_host((void **)&e->back_of_h, N * K * sizeof(int32_t)));
     }
     if (R_send > e->cap_send) {
         size_t c = R_send + R_send / 2;
         MK_CHECK(grow_host((void **)&e->send_slot_h, c * sizeof(int32_t)));
         MK_CHECK(grow_dev(be, (void **)&e->send_slot, c * sizeof(int32_t)));
-        MK_CHECK(grow_host((void **)&e->send_ids_h, c * K * sizeof(int32_t)));
-        MK_CHECK(grow_host((void **)&e->send_g_h, c * K * R));
+        MK_CHECK(grow_host((void **)&e->send_rec_h, c * K * sizeof(ep_rec)));
         MK_CHECK(grow_host((void **)&e->dg_back_h, c * K * R));
         MK_CHECK(grow_dev(be, (void **)&e->send_x, c * D * R));
         MK_CHECK(grow_dev(be, (void **)&e->back, c * D * R));
@@ -70,7 +70,7 @@ static int ep_reserve(mk_model *m, ep_layer *e, size_t R_send, size_t R_recv, si
     }
     if (R_recv > e->cap_recv) {
         size_t c = R_recv + R_recv / 2;
-        MK_CHECK(grow_host((void **)&e->recv_ids_h, c * K * sizeof(int32_t)));
+        MK_CHECK(grow_host((void **)&e->recv_rec_h, c * K * sizeof(ep_rec)));
         MK_CHECK(grow_host((void **)&e->recv_g_h, c * K * R));
         MK_CHECK(grow_host((void **)&e->dg_recv_h, c * K * R));
         MK_CHECK(grow_host((void **)&e->slot_row_h, c * K * sizeof(int32_t)));
@@ -103,9 +103,9 @@ void mk_moe_ep_free(mk_model *m, ep_layer *e)
                     e->recv_x, e->partial, e->back, e->xp, e->a1, e->a3, e->hact, e->y, e->dy,
                     e->dhact, e->da1, e->da3, e->dxp, e->dg_recv };
     for (size_t i = 0; i < sizeof dev / sizeof *dev; i++) be->ops->free(be, dev[i]);
-    void *host[] = { e->send_slot_h, e->send_row_of_h, e->send_n, e->recv_n, e->send_ids_h,
-                     e->recv_ids_h, e->send_g_h, e->recv_g_h, e->row_slot_h, e->slot_row_h,
-                     e->dg_recv_h, e->dg_back_h };
+    void *host[] = { e->send_slot_h, e->send_row_of_h, e->send_n, e->recv_n, e->send_rec_h,
+                     e->recv_rec_h, e->recv_g_h, e->row_slot_h, e->slot_row_h, e->dg_recv_h,
+                     e->dg_back_h, e->back_of_h };
     for (size_t i = 0; i < sizeof host / sizeof *host; i++) free(host[i]);
     memset(e, 0, sizeof *e);
 }
@@ -183,14 +183,19 @@ int mk_moe_ep_forward(mk_model *m, int l, const layer_params *p, layer_acts *a, 
             const size_t r = first[q]++;
             *mark = (int32_t)r;
             e->send_slot_h[r] = t * K;
-            for (int j = 0; j < K; j++) e->send_ids_h[r * K + j] = -1, e->send_g_h[r * K + j] = 0;
+            for (int j = 0; j < K; j++) e->send_rec_h[r * K + j] = (ep_rec){0, -1, 0};
         }
+    /* Each choice's record, and where its gate gradient will come back (the backward then
+     * needs no second read of the routing). */
     for (size_t c = 0; c < NK; c++) {
-        if (m->slot_h[c] < 0) continue;
+        if (m->slot_h[c] < 0) {
+            e->back_of_h[c] = -1;
+            continue;
+        }
         const int32_t ex = m->topk_h[c];
         const size_t r = (size_t)row_of[(c / (size_t)K) * P + ex / El], j = c % (size_t)K;
-        e->send_ids_h[r * K + j] = ex % El;
-        e->send_g_h[r * K + j] = m->gates_h[c];
+        e->send_rec_h[r * K + j] = (ep_rec){m->gates_h[c], ex % El, 0};
+        e->back_of_h[c] = (int32_t)(r * K + j);
     }
     e->R_send = R_send;
 
@@ -206,8 +211,7 @@ int mk_moe_ep_forward(mk_model *m, int l, const layer_params *p, layer_acts *a, 
     MK_CHECK(o->from_host(be, e->send_row_of, e->send_row_of_h, (size_t)N * P * sizeof(int32_t)));
     MK_CHECK(o->permute_rows(be, e->send_x, a->ln2, e->send_slot, NULL, (int)R_send, K, D));
     MK_CHECK(exchange(m, e, 0, e->send_x, e->recv_x, (size_t)D * sizeof(mk_real), 1));
-    MK_CHECK(exchange(m, e, 0, e->send_ids_h, e->recv_ids_h, (size_t)K * sizeof(int32_t), 0));
-    MK_CHECK(exchange(m, e, 0, e->send_g_h, e->recv_g_h, (size_t)K * sizeof(mk_real), 0));
+    MK_CHECK(exchange(m, e, 0, e->send_rec_h, e->recv_rec_h, (size_t)K * sizeof(ep_rec), 0));
 
     /* 3. Arrived choices grouped by local expert (then by arrival order), the experts, and
      *    each arrived row's outputs combined by gate. */
@@ -216,9 +220,10 @@ int mk_moe_ep_forward(mk_model *m, int l, const layer_params *p, layer_acts *a, 
      * 8M per layer at bench-s with ep = 2, on the host, every layer. */
     for (int x = 0; x <= El; x++) e->offs[x] = 0;
     for (size_t i = 0; i < R_recv * K; i++) {
-        const int32_t x = e->recv_ids_h[i];
+        const int32_t x = e->recv_rec_h[i].id;
         if (x >= El) return MK_FAIL(MK_ERR_COMM, "expert parallelism: a record names local expert %d of %d", x, El);
         if (x >= 0) e->offs[x + 1]++;
+        e->recv_g_h[i] = e->recv_rec_h[i].g;
     }
     for (int x = 0; x < El; x++) e->offs[x + 1] += e->offs[x];
     const size_t rows = (size_t)e->offs[El];
@@ -226,7 +231,7 @@ int mk_moe_ep_forward(mk_model *m, int l, const layer_params *p, layer_acts *a, 
     int next[MK_EP_MAX_LOCAL];
     for (int x = 0; x < El; x++) next[x] = e->offs[x];
     for (size_t s = 0; s < R_recv * K; s++) {
-        const int32_t x = e->recv_ids_h[s];
+        const int32_t x = e->recv_rec_h[s].id;
         if (x < 0) {
             e->slot_row_h[s] = -1;
             continue;
@@ -258,9 +263,7 @@ int mk_moe_ep_backward(mk_model *m, int l, const layer_params *p, layer_params *
     const int K = m->K, El = m->El, P = m->ep, D = m->D;
     const size_t R_send = e->R_send, R_recv = e->R_recv;
     const int rows = e->offs[El];
-    /* The host routing scratch holds the last forward's layer: reload this layer's. */
-    MK_CHECK(o->to_host(be, m->topk_h, a->topk, (size_t)N * K * sizeof(int32_t)));
-    MK_CHECK(o->to_host(be, m->slot_h, a->slot_row, (size_t)N * K * sizeof(int32_t)));
+    (void)a;
 
     /* dout of each send row goes to its destination (recv_x is free again: the experts'
      * inputs are kept in xp). */
@@ -277,14 +280,10 @@ int mk_moe_ep_backward(mk_model *m, int l, const layer_params *p, layer_params *
     MK_CHECK(o->to_host(be, e->dg_recv_h, e->dg_recv, R_recv * K * sizeof(mk_real)));
     MK_CHECK(exchange(m, e, 1, e->dg_recv_h, e->dg_back_h, (size_t)K * sizeof(mk_real), 0));
     MK_CHECK(o->unpermute_add(be, s->dln, e->back, e->send_row_of, NULL, N, P, D));
-    for (int t = 0; t < N; t++)
-        for (int j = 0; j < K; j++) {
-            const size_t c = (size_t)t * K + j;
-            m->dgates_h[c] = 0;
-            if (m->slot_h[c] < 0) continue; /* dropped by the capacity factor */
-            const int32_t r = e->send_row_of_h[(size_t)t * P + m->topk_h[c] / El];
-            m->dgates_h[c] = e->dg_back_h[(size_t)r * K + j];
-        }
+    for (size_t c = 0; c < (size_t)N * K; c++) {
+        const int32_t b = e->back_of_h[c];
+        m->dgates_h[c] = b < 0 ? 0 : e->dg_back_h[b]; /* b < 0: dropped by the capacity factor */
+    }
     MK_CHECK(o->from_host(be, s->dgates, m->dgates_h, (size_t)N * K * sizeof(mk_real)));
     return MK_OK;
 }
