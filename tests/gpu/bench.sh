@@ -143,18 +143,27 @@ nccl_ch=$(grep -h 'coll channels' "$tmp"/run-*.out 2>/dev/null | sed 's/^.*NCCL 
 # The same steps on the device's own clock, nothing synchronised (MOEKIT_PROFILE=timeline):
 # where the queue idles between ops, and how long each op takes in a plain step.
 # MOEKIT_BENCH_PROFILE=dp: the timeline of rank 0 of dp = 2 as well (the idle time before
-# the update is the wait for the gradient sums; ops the sums run beside take longer).
-[ "${MOEKIT_BENCH_PROFILE:-1}" = dp ] && [ "$ngpu" -ge 2 ] && {
+# the update is the wait for the gradient sums; ops the sums run beside take longer);
+# MOEKIT_BENCH_PROFILE=ep: that of ep = 2 (the idle time before the ops is the host's
+# routing work and the all-to-alls); dp,ep: both. These leave out the synchronised profile
+# of one GPU that the default (1) ends with.
+for par in dp ep; do
+  case ",${MOEKIT_BENCH_PROFILE:-1}," in *",$par,"*) ;; *) continue ;; esac
+  [ "$ngpu" -ge 2 ] || continue
+  ep=1; [ $par = ep ] && ep=2
   MOEKIT_PROFILE=timeline mpirun -n 2 --bind-to none "$top/bin/moe-train" --schedule "$src/schedules/bench-s.ini" \
-    $common --set train.steps=12 --set parallel.ep=1 --set run.dir="$tmp/timeline-dp" >"$tmp/timeline-dp.out" 2>&1
-  echo "Op-by-op timeline, rank 0 of 2 GPUs dp=2, 12 steps (device timestamps around each op, nothing synchronised):"
-  echo
-  echo '```'
-  grep '^profile:' "$tmp/timeline-dp.out" | head -40
-  grep '^step' "$tmp/timeline-dp.out" | tail -1
-  echo '```'
-  echo
-} >>"$outfile"
+    $common --set train.steps=12 --set parallel.ep=$ep --set run.dir="$tmp/timeline-$par" >"$tmp/timeline-$par.out" 2>&1
+  {
+    echo "Op-by-op timeline, rank 0 of 2 GPUs $par=2, 12 steps (device timestamps around each op, nothing synchronised):"
+    echo
+    echo '```'
+    grep '^profile:' "$tmp/timeline-$par.out" | head -40
+    grep '^expert all-to-all' "$tmp/timeline-$par.out" | tail -1
+    grep '^step' "$tmp/timeline-$par.out" | tail -1
+    echo '```'
+    echo
+  } >>"$outfile"
+done
 [ "${MOEKIT_BENCH_PROFILE:-1}" = 0 ] || {
   MOEKIT_PROFILE=timeline "$top/bin/moe-train" --schedule "$src/schedules/bench-s.ini" $common --set train.steps=12 \
     --set parallel.ep=1 --set run.dir="$tmp/timeline" >"$tmp/timeline.out" 2>&1
@@ -166,9 +175,9 @@ nccl_ch=$(grep -h 'coll channels' "$tmp"/run-*.out 2>/dev/null | sed 's/^.*NCCL 
   echo '```'
   echo
 } >>"$outfile"
-[ "${MOEKIT_BENCH_PROFILE:-1}" = 0 ] || MOEKIT_PROFILE=1 "$top/bin/moe-train" --schedule "$src/schedules/bench-s.ini" $common --set train.steps=12 \
+[ "${MOEKIT_BENCH_PROFILE:-1}" = 1 ] && MOEKIT_PROFILE=1 "$top/bin/moe-train" --schedule "$src/schedules/bench-s.ini" $common --set train.steps=12 \
   --set parallel.ep=1 --set run.dir="$tmp/prof" >"$tmp/prof.out" 2>&1
-[ "${MOEKIT_BENCH_PROFILE:-1}" = 0 ] || {
+[ "${MOEKIT_BENCH_PROFILE:-1}" = 1 ] && {
   echo "Op-by-op profile, 1 GPU, 12 steps (each op synchronised, so the total exceeds a plain step):"
   echo
   echo '```'
