@@ -38,7 +38,7 @@ struct mk_trainer {
     int overlap_sms;                /* SMs the overlapped gradient sums hold (MOEKIT_OVERLAP_SMS) */
     int no_overlap;                 /* MOEKIT_NO_OVERLAP=1: the sums after the backward */
     int force_overlap;              /* MOEKIT_OVERLAP=force: the overlapped path on any transport */
-    int overlap_layers;             /* MOEKIT_OVERLAP_LAYERS=1: a layer's sums start at its end */
+    int overlap_layers;             /* a layer's sums start at its end (MOEKIT_OVERLAP_LAYERS=0: per block) */
     /* The batch of the last mk_trainer_grads (the caller's), for a run again that checks
      * each rank's gradient before the sums (check_before_sums) to name a NaN's rank. */
     const int32_t *b_tokens, *b_targets, *b_domain;
@@ -68,13 +68,11 @@ static int make_backend(mk_trainer *tr, const mk_config *cfg)
 }
 
 /* The SMs the gradient sums of an overlapped backward may hold (NCCL's blocks; the
- * backend's persistent GEMMs leave them free meanwhile). With one sum per layer, started at
- * its end, the sums ran beside the next layer's expert GEMMs, and a cap of 16 with a
- * 16-SM margin made dp = 2 faster on two H200s. With a sum per block, the experts' sum runs
- * beside the attention backward (cuBLAS and kernels of a block per tile), and the margin,
- * held until the last sum ends, only takes SMs from expert GEMMs that run alone: 0 (NCCL's
- * own count, no margin) was 2-3% faster (docs/performance.md, sixteenth session). */
-#define MK_OVERLAP_SMS 0
+ * backend's persistent GEMMs leave them free meanwhile). NCCL's own choice on two H200s
+ * was 24 blocks; capped at 16, with the expert GEMMs on the other 116 SMs while the sums
+ * run, dp = 2 ran faster (docs/performance.md, fifteenth and sixteenth sessions).
+ * MOEKIT_OVERLAP_SMS=0: no cap, no margin. */
+#define MK_OVERLAP_SMS 16
 
 static int overlap_sms(int *out)
 {
@@ -130,8 +128,10 @@ int mk_trainer_create(const mk_config *cfg, const mk_comm *world, mk_trainer **o
      * the tests. */
     const char *force = getenv("MOEKIT_OVERLAP");
     tr->force_overlap = force && strcmp(force, "force") == 0;
+    /* One sum per layer, started at its end: on two H200s 1.86-1.87x one GPU, against
+     * 1.84-1.87x with a sum per block (MOEKIT_OVERLAP_LAYERS=0) with or without the cap. */
     const char *per_layer = getenv("MOEKIT_OVERLAP_LAYERS");
-    tr->overlap_layers = per_layer && strcmp(per_layer, "1") == 0;
+    tr->overlap_layers = !(per_layer && strcmp(per_layer, "0") == 0);
     /* Only the data-parallel sums run beside the backward (not with expert parallelism);
      * after it, NCCL may take every SM it wants. */
     const int cap = ep == 1 && !tr->no_overlap ? tr->overlap_sms : 0;
@@ -359,10 +359,10 @@ static int check_grads(mk_trainer *tr, long step)
 }
 
 /* Overlapped gradient sums (NCCL, data parallelism only): as soon as the last micro-step's
- * backward has finished a layer's block (its MoE block, then its attention block), the sum
- * of that block's gradients over the ranks starts on the communicator's stream while the
- * rest of the backward runs (MOEKIT_OVERLAP_LAYERS=1: one sum per layer, started at its
- * end, for comparisons); what is left (embeddings, final norm, output head) follows the
+ * backward has finished a layer, the sum of its gradients over the ranks starts on the
+ * communicator's stream while the rest of the backward runs (MOEKIT_OVERLAP_LAYERS=0: a sum
+ * per block, the MoE block's before the attention block's backward, for comparisons);
+ * what is left (embeddings, final norm, output head) follows the
  * backward, then the update waits for all of it. The same sums as allreduce_grads, in
  * layer order on every rank. When the step runs again to name the rank of a NaN
  * (check_before_sums), each block is checked on this rank before its sum, as check_grads
@@ -378,7 +378,7 @@ typedef struct overlap_ctx {
     int flags;      /* checks through gflags */
     int poke;       /* the test hook's NaN goes into the gradient just before its layer's check */
     double value;
-    int held_layer; /* MOEKIT_OVERLAP_LAYERS=1: the layer whose MoE block waits for its
+    int held_layer; /* sums per layer: the layer whose MoE block waits for its
                      * attention block (-1: none), and that block's tensors */
     size_t held_i0, held_i1;
 } overlap_ctx;
