@@ -32,6 +32,14 @@
 
 typedef struct mk_backend mk_backend;
 
+/* One routing choice of an expert-parallel send row, as it travels between ranks: the local
+ * expert at the destination (-1: none in this position) and its gate. No padding bytes
+ * (for either mk_real), so every byte sent is written. */
+typedef struct mk_ep_rec {
+    mk_real g;
+    int32_t id, pad;
+} mk_ep_rec;
+
 /* Timestamp slots of mk_backend_ops.mark. */
 #define MK_MARKS 8192
 
@@ -223,6 +231,30 @@ typedef struct mk_backend_ops {
      * The per-domain routing statistics are sums of these rows. */
     int (*sequence_counts)(mk_backend *be, int32_t *counts, const int32_t *topk, int B, int S,
                            int E);
+    /* Expert parallelism over P ranks of El experts each (expert x lives on rank x / El), the
+     * sender's plan for N tokens' choices c = n*K + j (expert topk[c], kept where
+     * slot_row[c] >= 0): one send row per (token, rank holding any of its kept choices),
+     * grouped by rank, tokens in order within a rank. Writes offs [P+1] (rank q's rows are
+     * offs[q]..offs[q+1]-1, offs[P] = R rows), row_tok [N*P] (row r's token n as n*P + q:
+     * permute_rows with K = P gathers the rows; entries past R unused), row_of [N*P] (the
+     * row of token n for rank q, or -1: unpermute_add with K = P sums them back), rec
+     * [N*P, K] (row r's K records: choice j's local expert at the rank or -1, and its gate;
+     * rows past R unused) and back_of [N*K] (where choice c's record is, r*K + j, or -1 when
+     * dropped). */
+    int (*ep_send_plan)(mk_backend *be, int32_t *offs, int32_t *row_tok, int32_t *row_of,
+                        mk_ep_rec *rec, int32_t *back_of, const int32_t *topk,
+                        const int32_t *slot_row, const mk_real *gates, int N, int K, int El, int P);
+    /* The receiver's plan for S arrived records: grouped by local expert 0..El-1 in arrival
+     * order within an expert, as route_plan groups choices, records of expert -1 left out.
+     * offs [El+2]: offs[0..El] as route_plan's, offs[El+1] the number of records naming
+     * neither -1 nor 0..El-1 (the caller reports them); row_slot [S] (entries past offs[El]
+     * unused), slot_row [S] (-1 for the left-out records), gates [S] each record's gate. */
+    int (*ep_recv_plan)(mk_backend *be, int32_t *offs, int32_t *row_slot, int32_t *slot_row,
+                        mk_real *gates, const mk_ep_rec *rec, int S, int El);
+    /* dgates[c] = dg[back_of[c]], or 0 where back_of[c] < 0, for c < n: the gate gradients
+     * that came back to the sender, in its choices' order. */
+    int (*ep_gate_grads)(mk_backend *be, mk_real *dgates, const mk_real *dg, const int32_t *back_of,
+                         int n);
     /* dst[r, :] = w * src[row_slot[r] / K, :] for r < R, with w = weights[row_slot[r]] or 1
      * when weights is NULL. (Forward: gather tokens to expert rows. Backward of combine.) */
     int (*permute_rows)(mk_backend *be, mk_real *dst, const mk_real *src, const int32_t *row_slot,

@@ -571,6 +571,89 @@ static int cpu_route_plan(mk_backend *be, int32_t *offs, int32_t *row_slot, int3
     return MK_OK;
 }
 
+static int cpu_ep_send_plan(mk_backend *be, int32_t *offs, int32_t *row_tok, int32_t *row_of, mk_ep_rec *rec,
+                            int32_t *back_of, const int32_t *topk, const int32_t *slot_row, const mk_real *gates,
+                            int N, int K, int El, int P)
+{
+    (void)be;
+    if (N < 0 || K <= 0 || El <= 0 || P <= 0)
+        return MK_FAIL(MK_ERR_INTERNAL, "ep_send_plan: N %d, K %d, El %d, P %d", N, K, El, P);
+    const size_t NK = (size_t)N * K, NP = (size_t)N * P;
+    /* One pass over the choices marks the ranks each token goes to (-2), a second numbers
+     * the rows rank by rank, a third writes the records. */
+    for (size_t i = 0; i < NP; i++) row_of[i] = -1;
+    for (size_t c = 0; c < NK; c++) {
+        if (slot_row[c] < 0) continue; /* dropped by the capacity factor */
+        const int q = topk[c] / El;
+        if (topk[c] < 0 || q >= P)
+            return MK_FAIL(MK_ERR_INTERNAL, "ep_send_plan: choice %zu names expert %d of %d", c, topk[c], El * P);
+        row_of[(c / (size_t)K) * P + q] = -2;
+    }
+    int32_t r = 0;
+    offs[0] = 0;
+    for (int q = 0; q < P; q++) {
+        for (size_t t = 0; t < (size_t)N; t++) {
+            int32_t *mark = &row_of[t * P + q];
+            if (*mark != -2) continue;
+            *mark = r;
+            row_tok[r] = (int32_t)(t * P + (size_t)q);
+            for (int j = 0; j < K; j++) rec[(size_t)r * K + j] = (mk_ep_rec){0, -1, 0};
+            r++;
+        }
+        offs[q + 1] = r;
+    }
+    for (size_t c = 0; c < NK; c++) {
+        if (slot_row[c] < 0) {
+            back_of[c] = -1;
+            continue;
+        }
+        const size_t row = (size_t)row_of[(c / (size_t)K) * P + topk[c] / El], j = c % (size_t)K;
+        rec[row * K + j] = (mk_ep_rec){gates[c], topk[c] % El, 0};
+        back_of[c] = (int32_t)(row * K + j);
+    }
+    return MK_OK;
+}
+
+static int cpu_ep_recv_plan(mk_backend *be, int32_t *offs, int32_t *row_slot, int32_t *slot_row, mk_real *gates,
+                            const mk_ep_rec *rec, int S, int El)
+{
+    (void)be;
+    if (S < 0 || El <= 0) return MK_FAIL(MK_ERR_INTERNAL, "ep_recv_plan: S %d, El %d", S, El);
+    /* A counting sort: one pass to count, one to place, arrival order kept within an
+     * expert. */
+    for (int x = 0; x <= El + 1; x++) offs[x] = 0;
+    for (int s = 0; s < S; s++) {
+        const int32_t x = rec[s].id;
+        if (x >= El || x < -1) offs[El + 1]++;
+        else if (x >= 0) offs[x + 1]++;
+        gates[s] = rec[s].g;
+    }
+    for (int x = 0; x < El; x++) offs[x + 1] += offs[x];
+    int32_t *next = malloc((size_t)El * sizeof *next);
+    if (!next) return MK_FAIL(MK_ERR_NOMEM, "ep_recv_plan: cannot allocate %d counters", El);
+    memcpy(next, offs, (size_t)El * sizeof *next);
+    for (int s = 0; s < S; s++) {
+        const int32_t x = rec[s].id;
+        if (x < 0 || x >= El) {
+            slot_row[s] = -1;
+            continue;
+        }
+        const int32_t row = next[x]++;
+        row_slot[row] = s;
+        slot_row[s] = row;
+    }
+    for (int r = offs[El]; r < S; r++) row_slot[r] = -1;
+    free(next);
+    return MK_OK;
+}
+
+static int cpu_ep_gate_grads(mk_backend *be, mk_real *dgates, const mk_real *dg, const int32_t *back_of, int n)
+{
+    (void)be;
+    for (int c = 0; c < n; c++) dgates[c] = back_of[c] < 0 ? 0 : dg[back_of[c]];
+    return MK_OK;
+}
+
 static int cpu_permute_rows(mk_backend *be, mk_real *dst, const mk_real *src,
                             const int32_t *row_slot, const mk_real *weights, int R, int K, int D)
 {
@@ -782,6 +865,9 @@ static const mk_backend_ops cpu_ops = {
     .router_forward = cpu_router_forward,
     .router_backward = cpu_router_backward,
     .route_plan = cpu_route_plan,
+    .ep_send_plan = cpu_ep_send_plan,
+    .ep_recv_plan = cpu_ep_recv_plan,
+    .ep_gate_grads = cpu_ep_gate_grads,
     .sequence_counts = cpu_sequence_counts,
     .permute_rows = cpu_permute_rows,
     .unpermute_add = cpu_unpermute_add,

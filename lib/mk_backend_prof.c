@@ -58,6 +58,9 @@ enum {    OP_alloc,
     OP_router_forward,
     OP_router_backward,
     OP_route_plan,
+    OP_ep_send_plan,
+    OP_ep_recv_plan,
+    OP_ep_gate_grads,
     OP_sequence_counts,
     OP_permute_rows,
     OP_unpermute_add,
@@ -106,6 +109,9 @@ static const char *const op_names[OP_COUNT] = {
     "router_forward",
     "router_backward",
     "route_plan",
+    "ep_send_plan",
+    "ep_recv_plan",
+    "ep_gate_grads",
     "sequence_counts",
     "permute_rows",
     "unpermute_add",
@@ -396,6 +402,24 @@ static int p_route_plan(mk_backend *be, int32_t *offs, int32_t *row_slot, int32_
     return done(P(be), OP_route_plan, t0, P(be)->inner->ops->route_plan(P(be)->inner, offs, row_slot, slot_row, topk, N, E, K, capacity));
 }
 
+static int p_ep_send_plan(mk_backend *be, int32_t *offs, int32_t *row_tok, int32_t *row_of, mk_ep_rec *rec, int32_t *back_of, const int32_t *topk, const int32_t *slot_row, const mk_real *gates, int N, int K, int El, int Pr)
+{
+    const double t0 = begin(P(be));
+    return done(P(be), OP_ep_send_plan, t0, P(be)->inner->ops->ep_send_plan(P(be)->inner, offs, row_tok, row_of, rec, back_of, topk, slot_row, gates, N, K, El, Pr));
+}
+
+static int p_ep_recv_plan(mk_backend *be, int32_t *offs, int32_t *row_slot, int32_t *slot_row, mk_real *gates, const mk_ep_rec *rec, int S, int El)
+{
+    const double t0 = begin(P(be));
+    return done(P(be), OP_ep_recv_plan, t0, P(be)->inner->ops->ep_recv_plan(P(be)->inner, offs, row_slot, slot_row, gates, rec, S, El));
+}
+
+static int p_ep_gate_grads(mk_backend *be, mk_real *dgates, const mk_real *dg, const int32_t *back_of, int n)
+{
+    const double t0 = begin(P(be));
+    return done(P(be), OP_ep_gate_grads, t0, P(be)->inner->ops->ep_gate_grads(P(be)->inner, dgates, dg, back_of, n));
+}
+
 static int p_permute_rows(mk_backend *be, mk_real *dst, const mk_real *src, const int32_t *row_slot, const mk_real *weights, int R, int K, int D)
 {
     const double t0 = begin(P(be));
@@ -538,6 +562,9 @@ int mk_backend_prof_create(mk_backend *inner, int timeline, mk_backend **out)
     p->ops.router_forward = p_router_forward;
     p->ops.router_backward = p_router_backward;
     p->ops.route_plan = p_route_plan;
+    p->ops.ep_send_plan = inner->ops->ep_send_plan ? p_ep_send_plan : NULL;
+    p->ops.ep_recv_plan = inner->ops->ep_recv_plan ? p_ep_recv_plan : NULL;
+    p->ops.ep_gate_grads = inner->ops->ep_gate_grads ? p_ep_gate_grads : NULL;
     p->ops.sequence_counts = p_sequence_counts;
     p->ops.permute_rows = p_permute_rows;
     p->ops.unpermute_add = p_unpermute_add;

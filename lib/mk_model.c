@@ -296,12 +296,7 @@ int mk_model_create_ep(const mk_config *cfg, mk_backend *be, const mk_comm *ep, 
     m->host_n = calloc(N, sizeof *m->host_n);
     m->lbl_ds_host = calloc((size_t)m->L * m->E, sizeof *m->lbl_ds_host);
     m->targets_host = calloc(N, sizeof *m->targets_host);
-    m->topk_h = calloc(N * m->K, sizeof *m->topk_h);
-    m->slot_h = calloc(N * m->K, sizeof *m->slot_h);
-    m->gates_h = calloc(N * m->K, sizeof *m->gates_h);
-    m->dgates_h = calloc(N * m->K, sizeof *m->dgates_h);
     if (m->ep > 1 && !(m->epl = calloc((size_t)m->L, sizeof *m->epl))) goto nomem;
-    if (!m->topk_h || !m->slot_h || !m->gates_h || !m->dgates_h) goto nomem;
     if (!m->lbl_host || !m->counts_host || !m->host_n || !m->lbl_ds_host ||
         !m->targets_host)
         goto nomem;
@@ -342,10 +337,6 @@ void mk_model_destroy(mk_model **mp)
     free(m->host_n);
     free(m->lbl_ds_host);
     free(m->targets_host);
-    free(m->topk_h);
-    free(m->slot_h);
-    free(m->gates_h);
-    free(m->dgates_h);
     for (int l = 0; m->epl && l < m->L; l++) mk_moe_ep_free(m, &m->epl[l]);
     free(m->epl);
     free(m);

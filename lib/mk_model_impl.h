@@ -53,36 +53,27 @@ typedef struct scratch {
 /* Expert parallelism, per layer: who gets which token, and the buffers the all-to-alls
  * fill, kept from forward for backward. "send" rows are this rank's tokens going to a
  * destination rank (each token once per destination), "recv" rows are tokens that arrived
- * for this rank's experts. */
-/* One choice of a send row, as it travels: the local expert at the destination (-1: the
- * row's token chose no expert of that rank in this position) and its gate. No padding, so
- * every byte sent is written, for either mk_real. */
-typedef struct ep_rec {
-    mk_real g;
-    int32_t id, pad;
-} ep_rec;
-
+ * for this rank's experts. The plans are made by the backend (ep_send_plan, ep_recv_plan),
+ * in its memory; the host reads only the row counts and the experts' offsets. */
 typedef struct ep_layer {
     size_t cap_send, cap_recv, cap_rows;   /* rows the buffers below hold */
     mk_real *xp, *a1, *a3, *hact, *y;       /* [rows, D|F] expert rows, kept for backward */
     mk_real *dy, *dhact, *da1, *da3, *dxp;  /* backward scratch of the same sizes */
-    mk_real *dg_recv;                       /* [R_recv, K] gate gradients (backend) */
-    int offs[MK_EP_MAX_LOCAL + 1];          /* rows of each local expert */
-    int32_t *send_slot_h;       /* [R_send] token * K of each send row (host) */
-    int32_t *send_slot;         /* the same in backend memory */
-    int32_t *send_row_of;       /* [N * ep] send row of (token, destination) or -1 (backend) */
-    int32_t *send_row_of_h;
-    size_t *send_n, *recv_n;    /* rows per destination / source */
+    int offs[MK_EP_MAX_LOCAL + 1];          /* rows of each local expert (host) */
+    int32_t *plan_h;            /* [ep + 1 + El + 2] host copy of plan_offs */
+    int32_t *plan_offs;         /* [ep + 1] send rows per rank, then [El + 2] ep_recv_plan's offs */
+    int32_t *row_tok;           /* [N * ep] token * ep + rank of each send row */
+    int32_t *send_row_of;       /* [N * ep] send row of (token, destination) or -1 */
+    mk_ep_rec *send_rec;        /* [N * ep, K] each send row's choices */
+    int32_t *back_of;           /* [N, K] where choice t * K + j's record (and its gate
+                                 * gradient, coming back) is: send row * K + j, or -1 */
+    size_t *send_n, *recv_n;    /* rows per destination / source (host) */
     size_t R_send, R_recv;
-    ep_rec *send_rec_h, *recv_rec_h;    /* [R, K] each choice's local expert and gate */
-    mk_real *recv_g_h;                  /* [R_recv, K] the arrived gates, for recv_g */
-    int32_t *back_of_h;         /* [N, K] where choice t * K + j's gate gradient comes back:
-                                 * send row * K + j, or -1 (dropped) */
-    mk_real *recv_g;                    /* recv gates in backend memory */
-    int32_t *row_slot, *slot_row;       /* recv expert rows <-> recv choices u * K + j */
-    int32_t *row_slot_h, *slot_row_h;
+    mk_ep_rec *recv_rec;                /* [R_recv, K] the arrived records */
+    mk_real *recv_g;                    /* [R_recv, K] their gates */
+    int32_t *row_slot, *slot_row;       /* [R_recv, K] recv expert rows <-> recv choices u * K + j */
     mk_real *send_x, *recv_x, *partial, *back;  /* [R, D] */
-    mk_real *dg_recv_h, *dg_back_h;     /* [R, K] */
+    mk_real *dg_recv, *dg_back;         /* [R_recv, K] gate gradients, [R_send, K] back home */
 } ep_layer;
 
 struct mk_model {
@@ -94,8 +85,6 @@ struct mk_model {
     const mk_comm *ep_comm;
     struct mk_devcomm *ep_dev;  /* the same group for backend buffers (NCCL on CUDA) */
     ep_layer *epl;              /* [L] when ep > 1 */
-    int32_t *topk_h, *slot_h;   /* [N K] host scratch for EP routing */
-    mk_real *gates_h, *dgates_h;
     size_t ntensors;
     mk_tensor *tensors;
     tensor_role *roles;

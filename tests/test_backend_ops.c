@@ -705,6 +705,59 @@ static void test_route_plan(void)
     arena_free();
 }
 
+/* Expert parallelism's plans on a worked example: 3 tokens, K = 2, 2 ranks of 2 experts.
+ * Choices c: t0 {1, 2}, t1 {0, 1}, t2 {3, 2 (dropped)}; gates 0.1 (c + 1). */
+static void test_ep_plans(void)
+{
+    enum { N = 3, K = 2, El = 2, P = 2, NK = N * K, NP = N * P };
+    const int32_t tk[NK] = {1, 2, 0, 1, 3, 2}, sr[NK] = {0, 1, 2, 3, 4, -1};
+    int32_t *topk = IB(NK), *slot = IB(NK), *offs = IB(P + 1), *row_tok = IB(NP), *row_of = IB(NP);
+    int32_t *back_of = IB(NK);
+    mk_real *gates = RB(NK);
+    mk_ep_rec *rec = balloc(NP * K * sizeof *rec);
+    memcpy(topk, tk, sizeof tk);
+    memcpy(slot, sr, sizeof sr);
+    for (int c = 0; c < NK; c++) gates[c] = (mk_real)(0.1 * (c + 1));
+    CALL(be->ops->ep_send_plan(be, offs, row_tok, row_of, rec, back_of, topk, slot, gates, N, K, El, P));
+    /* Rows: rank 0 t0, t1; rank 1 t0, t2. */
+    const int32_t w_offs[P + 1] = {0, 2, 4}, w_tok[4] = {0, 2, 1, 5}, w_of[NP] = {0, 2, 1, -1, -1, 3};
+    const int32_t w_back[NK] = {0, 5, 2, 3, 6, -1};
+    const int32_t w_id[8] = {1, -1, 0, 1, -1, 0, 1, -1};
+    const int w_g[8] = {0, -1, 2, 3, -1, 1, 4, -1}; /* the gate's choice, -1: 0 */
+    int rec_ok = 1;
+    for (int i = 0; i < 8; i++)
+        rec_ok &= rec[i].id == w_id[i] && rec[i].pad == 0 && rec[i].g == (w_g[i] < 0 ? 0 : gates[w_g[i]]);
+    tap_ok(same_bits(offs, w_offs, sizeof w_offs) && same_bits(row_tok, w_tok, sizeof w_tok) &&
+           same_bits(row_of, w_of, sizeof w_of) && same_bits(back_of, w_back, sizeof w_back) && rec_ok,
+           "ep_send_plan: rows by rank, tokens in order, each token once per rank; records and back_of");
+
+    /* Those 4 rows arriving at one rank of 2 experts: expert 0 gets slots 2, 5, expert 1
+     * slots 0, 3, 6, in arrival order. */
+    const int S = 8;
+    int32_t *roffs = IB(El + 2), *row_slot = IB(S), *slot_row = IB(S);
+    mk_real *rg = RB(S);
+    CALL(be->ops->ep_recv_plan(be, roffs, row_slot, slot_row, rg, rec, S, El));
+    const int32_t w_roffs[El + 2] = {0, 2, 5, 0}, w_rs[8] = {2, 5, 0, 3, 6, -1, -1, -1};
+    const int32_t w_sr[8] = {2, -1, 0, 3, -1, 1, 4, -1};
+    int g_ok = 1;
+    for (int s = 0; s < S; s++) g_ok &= same_bits(&rg[s], &rec[s].g, sizeof(mk_real));
+    tap_ok(same_bits(roffs, w_roffs, sizeof w_roffs) && same_bits(row_slot, w_rs, sizeof w_rs) &&
+           same_bits(slot_row, w_sr, sizeof w_sr) && g_ok,
+           "ep_recv_plan: grouped by local expert in arrival order, the -1 records left out, the gates");
+    rec[1].id = El, rec[4].id = -7;
+    CALL(be->ops->ep_recv_plan(be, roffs, row_slot, slot_row, rg, rec, S, El));
+    tap_ok(roffs[El + 1] == 2 && roffs[El] == 5 && slot_row[1] == -1 && slot_row[4] == -1,
+           "ep_recv_plan counts the records naming no local expert (%d of 2) and leaves them out", roffs[El + 1]);
+
+    /* Gate gradients back in the choices' order. */
+    mk_real *dg = RB(8), *dgates = RB(NK);
+    for (int i = 0; i < 8; i++) dg[i] = (mk_real)(10 + i);
+    CALL(be->ops->ep_gate_grads(be, dgates, dg, back_of, NK));
+    const mk_real w_dg[NK] = {10, 15, 12, 13, 16, 0};
+    tap_ok(same_bits(dgates, w_dg, sizeof w_dg), "ep_gate_grads: each choice's gradient from its record, 0 if dropped");
+    arena_free();
+}
+
 typedef struct {
     mk_real *out, *Y, *G, *w;
     int32_t *slot_row;
@@ -952,6 +1005,7 @@ int main(void)
     test_router_forward(be3);
     test_router_backward();
     test_route_plan();
+    test_ep_plans();
     test_permute_combine();
     test_swiglu();
     test_cross_entropy();

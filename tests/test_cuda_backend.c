@@ -1674,6 +1674,78 @@ static void test_combine_backward_bf16(mk_backend *bf)
     arena_free();
 }
 
+/* Expert parallelism's plans: the GPU's (route_plan's sort over bucket ids) against the
+ * CPU's host loops, bit for bit, on random routing with dropped choices, then arrived
+ * records with bad ones among them, then the gate gradients back. */
+static void test_ep_plans(void)
+{
+    static const struct { int N, K, El, P; } cases[] = {{300, 4, 3, 4}, {4096, 8, 16, 4}, {2048, 8, 32, 2}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const int N = cases[c].N, K = cases[c].K, El = cases[c].El, P = cases[c].P, E = El * P;
+        const size_t NK = (size_t)N * K, NP = (size_t)N * P;
+        int32_t *topk = Hi(NK), *slot = Hi(NK);
+        for (int n = 0; n < N; n++)
+            for (int j = 0; j < K; j++) {
+                int e, dup;
+                do { /* K distinct experts, crowded onto the first ranks */
+                    e = rnd_below(n % 3 ? El + 1 : E);
+                    dup = 0;
+                    for (int i = 0; i < j; i++) dup |= topk[(size_t)n * K + i] == e;
+                } while (dup);
+                topk[(size_t)n * K + j] = e;
+                slot[(size_t)n * K + j] = rnd_below(10) == 0 ? -1 : 0;
+            }
+        float *gates = Hrand(NK, 1);
+        int32_t *offs = Hi(P + 1), *row_tok = Hi(NP), *row_of = Hi(NP), *back_of = Hi(NK);
+        mk_ep_rec *rec = (mk_ep_rec *)H(NP * K * sizeof(mk_ep_rec));
+        int32_t *goffs = (int32_t *)Dz((P + 1) * 4), *gtok = (int32_t *)Dz(NP * 4), *gof = (int32_t *)Dz(NP * 4);
+        int32_t *gback = (int32_t *)Dz(NK * 4);
+        mk_ep_rec *grec = (mk_ep_rec *)Dz(NP * K * sizeof(mk_ep_rec));
+        int32_t *gtopk = (int32_t *)D(topk, NK * 4), *gslot = (int32_t *)D(slot, NK * 4);
+        float *ggates = (float *)D(gates, NK * 4);
+        int r1 = cpu->ops->ep_send_plan(cpu, offs, row_tok, row_of, rec, back_of, topk, slot, gates, N, K, El, P);
+        int r2 = gpu->ops->ep_send_plan(gpu, goffs, gtok, gof, grec, gback, gtopk, gslot, ggates, N, K, El, P);
+        if (!both_ok(r1, r2, "ep_send_plan")) continue;
+        const int R = offs[P];
+        check_ints(Gi(goffs, P + 1), offs, P + 1, "ep_send_plan N %d K %d El %d P %d: rows per rank", N, K, El, P);
+        check_ints(Gi(gtok, R), row_tok, R, "ep_send_plan N %d: each row's token and rank (%d rows)", N, R);
+        check_ints(Gi(gof, NP), row_of, NP, "ep_send_plan N %d: the row of each (token, rank)", N);
+        check_ints(Gi(gback, NK), back_of, NK, "ep_send_plan N %d: where each choice's record is", N);
+        const void *hrec = G(grec, (size_t)R * K * sizeof(mk_ep_rec));
+        tap_ok(memcmp(hrec, rec, (size_t)R * K * sizeof(mk_ep_rec)) == 0,
+               "ep_send_plan N %d: the %d rows' records, bit for bit", N, R);
+
+        /* The records as they would arrive (all ranks' rows at one rank of El experts: the
+         * ids are local already), bad ids in the second pass. */
+        for (int bad = 0; bad < 2; bad++) {
+            const int S = R * K;
+            if (bad) rec[1].id = El, rec[S / 2].id = -3, rec[S - 1].id = 1 << 20;
+            int32_t *roffs = Hi(El + 2), *rs = Hi(S), *sr = Hi(S);
+            float *rg = Hrand(S, 1);
+            mk_ep_rec *grr = (mk_ep_rec *)D(rec, (size_t)S * sizeof(mk_ep_rec));
+            int32_t *groffs = (int32_t *)Dz((El + 2) * 4), *grs = (int32_t *)Dz((size_t)S * 4);
+            int32_t *gsr = (int32_t *)Dz((size_t)S * 4);
+            float *grg = (float *)Dz((size_t)S * 4);
+            r1 = cpu->ops->ep_recv_plan(cpu, roffs, rs, sr, rg, rec, S, El);
+            r2 = gpu->ops->ep_recv_plan(gpu, groffs, grs, gsr, grg, grr, S, El);
+            if (!both_ok(r1, r2, "ep_recv_plan")) continue;
+            check_ints(Gi(groffs, El + 2), roffs, El + 2, "ep_recv_plan N %d%s: offsets and the bad count (%d)", N,
+                       bad ? ", bad records" : "", roffs[El + 1]);
+            check_ints(Gi(grs, S), rs, S, "ep_recv_plan N %d%s: row_slot", N, bad ? ", bad records" : "");
+            check_ints(Gi(gsr, S), sr, S, "ep_recv_plan N %d%s: slot_row", N, bad ? ", bad records" : "");
+            check_arr(Gf(grg, S), rg, S, 0, 0, "ep_recv_plan N %d%s: gates", N, bad ? ", bad records" : "");
+            if (bad) tap_ok(roffs[El + 1] == 3, "ep_recv_plan counts the 3 bad records (%d)", roffs[El + 1]);
+        }
+        float *dg = Hrand((size_t)R * K, 1), *dgates = Hrand(NK, 1), *gdgates = (float *)Dz(NK * 4);
+        float *gdg = (float *)D(dg, (size_t)R * K * 4);
+        r1 = cpu->ops->ep_gate_grads(cpu, dgates, dg, back_of, (int)NK);
+        r2 = gpu->ops->ep_gate_grads(gpu, gdgates, gdg, gback, (int)NK);
+        if (both_ok(r1, r2, "ep_gate_grads"))
+            check_arr(Gf(gdgates, NK), dgates, NK, 0, 0, "ep_gate_grads N %d: each choice's gate gradient", N);
+        arena_free();
+    }
+}
+
 static void test_dispatch(void)
 {
     enum { N = 40, E = 6, K = 2, Dm = 24 };
@@ -2098,6 +2170,7 @@ int main(void)
     test_attention();
     test_router();
     test_dispatch();
+    test_ep_plans();
     test_combine_gates();
     test_cross_entropy();
     test_model(0);

@@ -88,6 +88,7 @@ typedef struct cuda_impl {
     double rope_theta;
     size_t gptr_n;
     mk_devbuf scratch;    /* device scratch for per-call tables (angles, index lists) */
+    mk_devbuf epb;        /* the expert-parallel plans' bucket ids and full offsets */
     mk_cuda_ffn *ffn;     /* the fused bf16 expert FFN's workspace, made on first use */
     mk_devbuf outb;       /* the fused output layer's bf16 x, W and dlogits */
     mk_devbuf mmb;        /* dense matmul's operands rounded to bf16 */
@@ -1800,6 +1801,134 @@ static int cuda_route_plan(mk_backend *be, int32_t *offs, int32_t *row_slot, int
     return MK_OK;
 }
 
+/* ------------------------------------------------------------------ expert-parallel plans
+ *
+ * Both plans are route_plan's counting sort over bucket ids made for it, with one bucket
+ * more than there are ranks (experts) for the pairs that are no rows: its stable order is
+ * the CPU's (rows by rank, tokens in order; arrived choices by local expert, in arrival
+ * order). No host work and no atomics but the count of bad records (an integer count: the
+ * same in any order). */
+
+/* ids[t*P + q] = q where token t has a kept choice on rank q, else P (no row). */
+__global__ static void k_ep_mark(int32_t *ids, const int32_t *topk, const int32_t *slot_row, int N, int K, int El,
+                                 int P)
+{
+    MK_PDL_ENTRY();
+    GRID_STRIDE(t, (size_t)N) {
+        for (int q = 0; q < P; q++) ids[t * P + q] = P;
+        for (int j = 0; j < K; j++) {
+            const size_t c = t * K + j;
+            const int q = topk[c] / El;
+            if (slot_row[c] >= 0 && q >= 0 && q < P) ids[t * P + q] = q;
+        }
+    }
+}
+
+/* offs [P+1] from the plan's [P+2]; pairs without a row get -1; each row's K records
+ * start empty (its choices on other ranks stay so). */
+__global__ static void k_ep_rows(int32_t *offs, int32_t *row_of, mk_ep_rec *rec, const int32_t *full, size_t NP,
+                                 int P, int K)
+{
+    MK_PDL_ENTRY();
+    const int32_t R = full[P];
+    GRID_STRIDE(i, NP * K > (size_t)P + 1 ? NP * K : (size_t)P + 1) {
+        if (i <= (size_t)P) offs[i] = full[i];
+        if (i < NP && row_of[i] >= R) row_of[i] = -1;
+        if (i < NP * K && i / K < (size_t)R) rec[i] = mk_ep_rec{0.f, -1, 0};
+    }
+}
+
+__global__ static void k_ep_records(mk_ep_rec *rec, int32_t *back_of, const int32_t *row_of, const int32_t *topk,
+                                    const int32_t *slot_row, const float *gates, size_t NK, int K, int El, int P)
+{
+    MK_PDL_ENTRY();
+    GRID_STRIDE(c, NK) {
+        if (slot_row[c] < 0) {
+            back_of[c] = -1;
+            continue;
+        }
+        const size_t t = c / K, j = c % K;
+        const int32_t r = row_of[t * P + topk[c] / El];
+        rec[(size_t)r * K + j] = mk_ep_rec{gates[c], topk[c] % El, 0};
+        back_of[c] = (int32_t)((size_t)r * K + j);
+    }
+}
+
+static int cuda_ep_send_plan(mk_backend *be, int32_t *offs, int32_t *row_tok, int32_t *row_of, mk_ep_rec *rec,
+                             int32_t *back_of, const int32_t *topk, const int32_t *slot_row, const mk_real *gates,
+                             int N, int K, int El, int P)
+{
+    cuda_impl *im = impl_of(be);
+    if (N < 0 || K <= 0 || El <= 0 || P <= 0 || (size_t)N * P > 0x7fffffffu)
+        return MK_FAIL(MK_ERR_INTERNAL, "ep_send_plan: N %d, K %d, El %d, P %d", N, K, El, P);
+    const size_t NP = (size_t)N * P;
+    MK_CHECK(mk_devbuf_reserve(&im->epb, (NP + (size_t)P + 2) * sizeof(int32_t), "ep_send_plan: bucket ids"));
+    int32_t *ids = (int32_t *)im->epb.p, *full = ids + NP;
+    if (N) LAUNCH(k_ep_mark, grid_for((size_t)N), "ep_send_plan (marks)", ids, topk, slot_row, N, K, El, P);
+    MK_CHECK(cuda_route_plan(be, full, row_tok, row_of, ids, (int)NP, P + 1, 1, 0));
+    LAUNCH(k_ep_rows, grid_for(NP * K > (size_t)P + 1 ? NP * K : (size_t)P + 1), "ep_send_plan (rows)", offs,
+           row_of, rec, full, NP, P, K);
+    if (N) LAUNCH(k_ep_records, grid_for((size_t)N * K), "ep_send_plan (records)", rec, back_of, row_of, topk,
+                  slot_row, gates, (size_t)N * K, K, El, P);
+    return MK_OK;
+}
+
+/* ids[s]: the record's local expert, or El (no row) for -1 and for bad ones, which *bad
+ * counts. */
+__global__ static void k_ep_unpack(int32_t *ids, float *gates, int32_t *bad, const mk_ep_rec *rec, size_t S, int El)
+{
+    MK_PDL_ENTRY();
+    GRID_STRIDE(s, S) {
+        const int32_t x = rec[s].id;
+        gates[s] = rec[s].g;
+        ids[s] = x >= 0 && x < El ? x : El;
+        if (x < -1 || x >= El) atomicAdd(bad, 1);
+    }
+}
+
+/* offs [El+2] from the plan's and the bad count; the no-row bucket's slots and rows -1. */
+__global__ static void k_ep_recv_fix(int32_t *offs, int32_t *row_slot, int32_t *slot_row, const int32_t *full,
+                                     const int32_t *bad, size_t S, int El)
+{
+    MK_PDL_ENTRY();
+    const int32_t R = full[El];
+    GRID_STRIDE(i, S > (size_t)El + 2 ? S : (size_t)El + 2) {
+        if (i <= (size_t)El) offs[i] = full[i];
+        if (i == (size_t)El + 1) offs[i] = *bad;
+        if (i < S && slot_row[i] >= R) slot_row[i] = -1;
+        if (i < S && i >= (size_t)R) row_slot[i] = -1;
+    }
+}
+
+static int cuda_ep_recv_plan(mk_backend *be, int32_t *offs, int32_t *row_slot, int32_t *slot_row, mk_real *gates,
+                             const mk_ep_rec *rec, int S, int El)
+{
+    cuda_impl *im = impl_of(be);
+    if (S < 0 || El <= 0) return MK_FAIL(MK_ERR_INTERNAL, "ep_recv_plan: S %d, El %d", S, El);
+    MK_CHECK(mk_devbuf_reserve(&im->epb, ((size_t)S + (size_t)El + 3) * sizeof(int32_t), "ep_recv_plan: bucket ids"));
+    int32_t *ids = (int32_t *)im->epb.p, *full = ids + S, *bad = full + El + 2;
+    CU_CHECK(cudaMemsetAsync(bad, 0, sizeof *bad, 0), "ep_recv_plan: count");
+    if (S) LAUNCH(k_ep_unpack, grid_for((size_t)S), "ep_recv_plan (records)", ids, gates, bad, rec, (size_t)S, El);
+    MK_CHECK(cuda_route_plan(be, full, row_slot, slot_row, ids, S, El + 1, 1, 0));
+    LAUNCH(k_ep_recv_fix, grid_for((size_t)S > (size_t)El + 2 ? (size_t)S : (size_t)El + 2), "ep_recv_plan (fix)",
+           offs, row_slot, slot_row, full, bad, (size_t)S, El);
+    return MK_OK;
+}
+
+__global__ static void k_ep_gate_grads(float *dgates, const float *dg, const int32_t *back_of, size_t n)
+{
+    MK_PDL_ENTRY();
+    GRID_STRIDE(c, n) dgates[c] = back_of[c] < 0 ? 0.f : dg[back_of[c]];
+}
+
+static int cuda_ep_gate_grads(mk_backend *be, mk_real *dgates, const mk_real *dg, const int32_t *back_of, int n)
+{
+    (void)be;
+    if (n > 0) LAUNCH(k_ep_gate_grads, grid_for((size_t)n), "ep_gate_grads", dgates, dg, back_of, (size_t)n);
+    return MK_OK;
+}
+
+
 __global__ static void k_permute_rows(float *dst, const float *src, const int32_t *row_slot,
                                       const float *weights, int R, int K, int D)
 {
@@ -2560,6 +2689,7 @@ static void cuda_destroy(mk_backend *be)
         if (im->gptr) cudaFree(im->gptr);
         if (im->rope_cs) cudaFree(im->rope_cs);
         mk_devbuf_release(&im->scratch);
+        mk_devbuf_release(&im->epb);
         if (im->emb_up_pending) cudaEventSynchronize(im->emb_up_ev);
         if (im->emb_h) cudaFreeHost(im->emb_h);
         if (im->emb_tok_ev) cudaEventDestroy(im->emb_tok_ev);
@@ -2611,6 +2741,9 @@ static void fill_ops(mk_backend_ops *o)
     o->router_forward = cuda_router_forward;
     o->router_backward = cuda_router_backward;
     o->route_plan = cuda_route_plan;
+    o->ep_send_plan = cuda_ep_send_plan;
+    o->ep_recv_plan = cuda_ep_recv_plan;
+    o->ep_gate_grads = cuda_ep_gate_grads;
     o->sequence_counts = cuda_sequence_counts;
     o->permute_rows = cuda_permute_rows;
     o->unpermute_add = cuda_unpermute_add;
