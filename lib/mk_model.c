@@ -652,7 +652,7 @@ static int moe_block_backward(mk_model *m, int l, const layer_params *p, layer_p
     } /* else the combine below writes dln from 0 */
 
     if (m->ep > 1) {
-        MK_CHECK(mk_moe_ep_backward(m, l, p, g, a, N));
+        MK_CHECK(mk_moe_ep_backward(m, l, p, g, N));
     } else {
         mk_rows_gather dout = {s->dresid, a->row_slot, a->gates, K, N, NULL, NULL};
         MK_CHECK(mk_combine_backward(m, s->dgates, s->dy, &dout, a->y, a->slot_row));

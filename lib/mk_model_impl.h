@@ -131,7 +131,7 @@ int mk_expert_ffn_backward(mk_model *m, const layer_params *p, layer_params *g, 
  * Backward: dresid in, gate gradients into m->s.dgates and input gradients added to
  * m->s.dln. */
 int mk_moe_ep_forward(mk_model *m, int l, const layer_params *p, layer_acts *a, int N, mk_real *out);
-int mk_moe_ep_backward(mk_model *m, int l, const layer_params *p, layer_params *g, layer_acts *a, int N);
+int mk_moe_ep_backward(mk_model *m, int l, const layer_params *p, layer_params *g, int N);
 void mk_moe_ep_free(mk_model *m, ep_layer *e);
 
 #endif

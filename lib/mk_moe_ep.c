@@ -187,7 +187,7 @@ int mk_moe_ep_forward(mk_model *m, int l, const layer_params *p, layer_acts *a, 
     return MK_OK;
 }
 
-int mk_moe_ep_backward(mk_model *m, int l, const layer_params *p, layer_params *g, layer_acts *a, int N)
+int mk_moe_ep_backward(mk_model *m, int l, const layer_params *p, layer_params *g, int N)
 {
     mk_backend *be = m->be;
     const mk_backend_ops *o = be->ops;
@@ -196,7 +196,6 @@ int mk_moe_ep_backward(mk_model *m, int l, const layer_params *p, layer_params *
     const int K = m->K, El = m->El, P = m->ep, D = m->D;
     const size_t R_send = e->R_send, R_recv = e->R_recv;
     const int rows = e->offs[El];
-    (void)a;
 
     /* dout of each send row goes to its destination (recv_x is free again: the experts'
      * inputs are kept in xp). */
