@@ -339,6 +339,7 @@ void mk_model_destroy(mk_model **mp)
     free(m->targets_host);
     for (int l = 0; m->epl && l < m->L; l++) mk_moe_ep_free(m, &m->epl[l]);
     free(m->epl);
+    mk_moe_ep_io_free(m);
     free(m);
     *mp = NULL;
 }

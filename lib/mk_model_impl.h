@@ -9,6 +9,10 @@
 /* Local experts per rank a layer can hold under expert parallelism. */
 #define MK_EP_MAX_LOCAL 4096
 
+/* Expert-row buffers of a layer under expert parallelism: xp a1 a3 hact y, dy dhact da1
+ * da3 dxp (mk_moe_ep.c). */
+#define EP_ROWBUFS 10
+
 typedef enum {
     R_WTE, R_ATTN_NORM, R_QKV, R_ATTN_OUT, R_MLP_NORM, R_ROUTER, R_W1, R_W3, R_W2,
     R_SHARED_W1, R_SHARED_W3, R_SHARED_W2, R_FINAL_NORM, R_LM_HEAD
@@ -56,9 +60,11 @@ typedef struct scratch {
  * for this rank's experts. The plans are made by the backend (ep_send_plan, ep_recv_plan),
  * in its memory; the host reads only the row counts and the experts' offsets. */
 typedef struct ep_layer {
-    size_t cap_send, cap_recv, cap_rows;   /* rows the buffers below hold */
-    mk_real *xp, *a1, *a3, *hact, *y;       /* [rows, D|F] expert rows, kept for backward */
-    mk_real *dy, *dhact, *da1, *da3, *dxp;  /* backward scratch of the same sizes */
+    /* Expert rows [rows, D|F], kept from forward for backward: the layer's own activation
+     * and the scratch buffers (sized for N * K rows, which expert parallelism leaves
+     * unused) while they fit; beyond that, own[] (cap_rows rows), grown as needed. */
+    size_t cap_rows;
+    mk_real *own[EP_ROWBUFS];
     int offs[MK_EP_MAX_LOCAL + 1];          /* rows of each local expert (host) */
     int32_t *plan_h;            /* [ep + 1 + El + 2] host copy of plan_offs */
     int32_t *plan_offs;         /* [ep + 1] send rows per rank, then [El + 2] ep_recv_plan's offs */
@@ -69,12 +75,22 @@ typedef struct ep_layer {
                                  * gradient, coming back) is: send row * K + j, or -1 */
     size_t *send_n, *recv_n;    /* rows per destination / source (host) */
     size_t R_send, R_recv;
-    mk_ep_rec *recv_rec;                /* [R_recv, K] the arrived records */
-    mk_real *recv_g;                    /* [R_recv, K] their gates */
-    int32_t *row_slot, *slot_row;       /* [R_recv, K] recv expert rows <-> recv choices u * K + j */
-    mk_real *send_x, *recv_x, *partial, *back;  /* [R, D] */
-    mk_real *dg_recv, *dg_back;         /* [R_recv, K] gate gradients, [R_send, K] back home */
+    mk_ep_rec *recv_rec;                /* [N * ep, K] the arrived records */
+    mk_real *recv_g;                    /* [N * ep, K] their gates */
+    int32_t *row_slot, *slot_row;       /* [N * ep, K] recv expert rows <-> recv choices u * K + j */
+    mk_real *dg_recv;                   /* [N * ep, K] gate gradients going back */
 } ep_layer;
+
+/* The exchanges' row buffers, used within one layer's forward or backward only: all layers
+ * share them, sized once for the most rows a micro-batch can make, so that a step never
+ * allocates (a device allocation waits for the GPU). */
+typedef struct ep_io {
+    mk_real *send_x, *back;     /* [N * min(ep, K), D] rows out, rows back home */
+    mk_real *recv_x, *partial;  /* [N * ep, D] rows arrived, rows going back */
+    mk_real *dg_back;           /* [N * min(ep, K), K] gate gradients back home */
+    int own_rows;               /* MOEKIT_EP_OWN_ROWS=1: expert rows always in the layers'
+                                 * own buffers (the path of a skewed routing; tests) */
+} ep_io;
 
 struct mk_model {
     mk_config cfg;
@@ -85,6 +101,7 @@ struct mk_model {
     const mk_comm *ep_comm;
     struct mk_devcomm *ep_dev;  /* the same group for backend buffers (NCCL on CUDA) */
     ep_layer *epl;              /* [L] when ep > 1 */
+    ep_io epio;                 /* when ep > 1 */
     size_t ntensors;
     mk_tensor *tensors;
     tensor_role *roles;
@@ -133,5 +150,6 @@ int mk_expert_ffn_backward(mk_model *m, const layer_params *p, layer_params *g, 
 int mk_moe_ep_forward(mk_model *m, int l, const layer_params *p, layer_acts *a, int N, mk_real *out);
 int mk_moe_ep_backward(mk_model *m, int l, const layer_params *p, layer_params *g, int N);
 void mk_moe_ep_free(mk_model *m, ep_layer *e);
+void mk_moe_ep_io_free(mk_model *m);
 
 #endif

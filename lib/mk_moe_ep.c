@@ -36,52 +36,72 @@ static int grow_dev(mk_backend *be, void **p, size_t bytes)
     return be->ops->alloc(be, bytes ? bytes : 1, p);
 }
 
-/* Make room for R_send send rows, R_recv received rows and `rows` expert rows. */
-static int ep_reserve(mk_model *m, ep_layer *e, size_t R_send, size_t R_recv, size_t rows)
+/* The layer's plans and the shared exchange buffers, once, for the most rows a micro-batch
+ * of Bmax sequences can make: N * min(ep, K) send rows (a token goes once to each rank
+ * holding one of its K experts) and N * ep arrived rows (at most one per token of each
+ * rank). */
+static int ep_setup(mk_model *m, ep_layer *e)
 {
+    if (e->send_n) return MK_OK;
     mk_backend *be = m->be;
-    const size_t D = (size_t)m->D, F = (size_t)m->F, K = (size_t)m->K, R = sizeof(mk_real);
-    const size_t P = (size_t)m->ep, El = (size_t)m->El;
-    if (!e->send_n) {
-        const size_t N = (size_t)m->Bmax * m->T, nplan = P + 1 + El + 2;
-        e->send_n = calloc(P, sizeof *e->send_n);
-        e->recv_n = calloc(P, sizeof *e->recv_n);
-        e->plan_h = calloc(nplan, sizeof *e->plan_h);
-        if (!e->send_n || !e->recv_n || !e->plan_h) return MK_FAIL(MK_ERR_NOMEM, "expert parallelism: out of memory");
-        MK_CHECK(grow_dev(be, (void **)&e->plan_offs, nplan * sizeof(int32_t)));
-        MK_CHECK(grow_dev(be, (void **)&e->row_tok, N * P * sizeof(int32_t)));
-        MK_CHECK(grow_dev(be, (void **)&e->send_row_of, N * P * sizeof(int32_t)));
-        MK_CHECK(grow_dev(be, (void **)&e->send_rec, N * P * K * sizeof(mk_ep_rec)));
-        MK_CHECK(grow_dev(be, (void **)&e->back_of, N * K * sizeof(int32_t)));
-    }
-    if (R_send > e->cap_send) {
-        size_t c = R_send + R_send / 2;
-        MK_CHECK(grow_dev(be, (void **)&e->dg_back, c * K * R));
-        MK_CHECK(grow_dev(be, (void **)&e->send_x, c * D * R));
-        MK_CHECK(grow_dev(be, (void **)&e->back, c * D * R));
-        e->cap_send = c;
-    }
-    if (R_recv > e->cap_recv) {
-        size_t c = R_recv + R_recv / 2;
-        MK_CHECK(grow_dev(be, (void **)&e->recv_rec, c * K * sizeof(mk_ep_rec)));
-        MK_CHECK(grow_dev(be, (void **)&e->row_slot, c * K * sizeof(int32_t)));
-        MK_CHECK(grow_dev(be, (void **)&e->slot_row, c * K * sizeof(int32_t)));
-        MK_CHECK(grow_dev(be, (void **)&e->recv_g, c * K * R));
-        MK_CHECK(grow_dev(be, (void **)&e->dg_recv, c * K * R));
-        MK_CHECK(grow_dev(be, (void **)&e->recv_x, c * D * R));
-        MK_CHECK(grow_dev(be, (void **)&e->partial, c * D * R));
-        e->cap_recv = c;
+    const size_t D = (size_t)m->D, K = (size_t)m->K, R = sizeof(mk_real);
+    const size_t P = (size_t)m->ep, El = (size_t)m->El, N = (size_t)m->Bmax * m->T;
+    const size_t NS = N * (P < K ? P : K), NR = N * P, nplan = P + 1 + El + 2;
+    e->send_n = calloc(P, sizeof *e->send_n);
+    e->recv_n = calloc(P, sizeof *e->recv_n);
+    e->plan_h = calloc(nplan, sizeof *e->plan_h);
+    if (!e->send_n || !e->recv_n || !e->plan_h) return MK_FAIL(MK_ERR_NOMEM, "expert parallelism: out of memory");
+    MK_CHECK(grow_dev(be, (void **)&e->plan_offs, nplan * sizeof(int32_t)));
+    MK_CHECK(grow_dev(be, (void **)&e->row_tok, N * P * sizeof(int32_t)));
+    MK_CHECK(grow_dev(be, (void **)&e->send_row_of, N * P * sizeof(int32_t)));
+    MK_CHECK(grow_dev(be, (void **)&e->send_rec, N * P * K * sizeof(mk_ep_rec)));
+    MK_CHECK(grow_dev(be, (void **)&e->back_of, N * K * sizeof(int32_t)));
+    MK_CHECK(grow_dev(be, (void **)&e->recv_rec, NR * K * sizeof(mk_ep_rec)));
+    MK_CHECK(grow_dev(be, (void **)&e->row_slot, NR * K * sizeof(int32_t)));
+    MK_CHECK(grow_dev(be, (void **)&e->slot_row, NR * K * sizeof(int32_t)));
+    MK_CHECK(grow_dev(be, (void **)&e->recv_g, NR * K * R));
+    MK_CHECK(grow_dev(be, (void **)&e->dg_recv, NR * K * R));
+    ep_io *io = &m->epio;
+    if (io->send_x) return MK_OK;
+    const char *own = getenv("MOEKIT_EP_OWN_ROWS");
+    io->own_rows = own && strcmp(own, "1") == 0;
+    MK_CHECK(grow_dev(be, (void **)&io->send_x, NS * D * R));
+    MK_CHECK(grow_dev(be, (void **)&io->back, NS * D * R));
+    MK_CHECK(grow_dev(be, (void **)&io->dg_back, NS * K * R));
+    MK_CHECK(grow_dev(be, (void **)&io->recv_x, NR * D * R));
+    MK_CHECK(grow_dev(be, (void **)&io->partial, NR * D * R));
+    return MK_OK;
+}
+
+/* Which of own[] are [rows, D] (the rest are [rows, F]); the order of ep_rows. */
+static const int ep_rowbuf_d[EP_ROWBUFS] = { 1, 0, 0, 0, 1, 1, 0, 0, 0, 1 };
+
+typedef struct ep_rows {
+    mk_real *xp, *a1, *a3, *hact, *y;   /* kept for the backward */
+    mk_real *dy, *dhact, *da1, *da3, *dxp;
+} ep_rows;
+
+/* The expert-row buffers for `rows` rows: the layer's activations and the scratch while
+ * the rows fit their N * K (nothing allocated: a device allocation waits for the GPU),
+ * else the layer's own, grown by half again when too small (a routing that sends more
+ * than N * K choices to one rank). The forward and its backward see the same rows. */
+static int ep_rows_for(mk_model *m, int l, size_t rows, ep_rows *r)
+{
+    ep_layer *e = &m->epl[l];
+    if (!m->epio.own_rows && rows <= (size_t)m->Bmax * m->T * m->K) {
+        const layer_acts *a = &m->acts[l];
+        const scratch *s = &m->s;
+        *r = (ep_rows){ a->xp, a->a1, a->a3, a->hact, a->y, s->dy, s->dhact, s->da1, s->da3, s->dxp };
+        return MK_OK;
     }
     if (rows > e->cap_rows) {
-        size_t c = rows + rows / 2;
-        mk_real **dbufs[] = { &e->xp, &e->y, &e->dy, &e->dxp };
-        for (size_t i = 0; i < sizeof dbufs / sizeof *dbufs; i++)
-            MK_CHECK(grow_dev(be, (void **)dbufs[i], c * D * R));
-        mk_real **fbufs[] = { &e->a1, &e->a3, &e->hact, &e->dhact, &e->da1, &e->da3 };
-        for (size_t i = 0; i < sizeof fbufs / sizeof *fbufs; i++)
-            MK_CHECK(grow_dev(be, (void **)fbufs[i], c * F * R));
+        const size_t c = rows + rows / 2;
+        for (int i = 0; i < EP_ROWBUFS; i++)
+            MK_CHECK(grow_dev(m->be, (void **)&e->own[i], c * (size_t)(ep_rowbuf_d[i] ? m->D : m->F) * sizeof(mk_real)));
         e->cap_rows = c;
     }
+    mk_real **o = e->own;
+    *r = (ep_rows){ o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7], o[8], o[9] };
     return MK_OK;
 }
 
@@ -89,13 +109,20 @@ void mk_moe_ep_free(mk_model *m, ep_layer *e)
 {
     mk_backend *be = m->be;
     void *dev[] = { e->plan_offs, e->row_tok, e->send_row_of, e->send_rec, e->back_of, e->recv_rec,
-                    e->recv_g, e->row_slot, e->slot_row, e->send_x, e->recv_x, e->partial, e->back,
-                    e->xp, e->a1, e->a3, e->hact, e->y, e->dy, e->dhact, e->da1, e->da3, e->dxp,
-                    e->dg_recv, e->dg_back };
+                    e->recv_g, e->row_slot, e->slot_row, e->dg_recv };
     for (size_t i = 0; i < sizeof dev / sizeof *dev; i++) be->ops->free(be, dev[i]);
+    for (int i = 0; i < EP_ROWBUFS; i++) be->ops->free(be, e->own[i]);
     void *host[] = { e->send_n, e->recv_n, e->plan_h };
     for (size_t i = 0; i < sizeof host / sizeof *host; i++) free(host[i]);
     memset(e, 0, sizeof *e);
+}
+
+void mk_moe_ep_io_free(mk_model *m)
+{
+    ep_io *io = &m->epio;
+    void *dev[] = { io->send_x, io->back, io->dg_back, io->recv_x, io->partial };
+    for (size_t i = 0; i < sizeof dev / sizeof *dev; i++) m->be->ops->free(m->be, dev[i]);
+    memset(io, 0, sizeof *io);
 }
 
 /* Row counts -> byte counts and displacements for mk_comm_alltoallv. */
@@ -141,7 +168,8 @@ int mk_moe_ep_forward(mk_model *m, int l, const layer_params *p, layer_acts *a, 
         return MK_FAIL(MK_ERR_USAGE, "%d experts per rank; at most %d with expert parallelism", El, MK_EP_MAX_LOCAL);
     if (!o->ep_send_plan || !o->ep_recv_plan || !o->ep_gate_grads)
         return MK_FAIL(MK_ERR_USAGE, "this backend has no expert-parallel plans (parallel.ep = %d)", P);
-    MK_CHECK(ep_reserve(m, e, 0, 0, 0));
+    MK_CHECK(ep_setup(m, e));
+    const ep_io *io = &m->epio;
 
     /* 1. Send rows, grouped by destination, tokens in order within each, and their
      *    records; the host reads the rows per destination. */
@@ -159,10 +187,12 @@ int mk_moe_ep_forward(mk_model *m, int l, const layer_params *p, layer_acts *a, 
     MK_CHECK(mk_comm_alltoall_int(m->ep_comm, sn, rn));
     size_t R_recv = 0;
     for (int q = 0; q < P; q++) R_recv += e->recv_n[q] = (size_t)rn[q];
-    MK_CHECK(ep_reserve(m, e, R_send, R_recv, 0));
+    if (R_recv > (size_t)m->Bmax * m->T * P)
+        return MK_FAIL(MK_ERR_COMM, "expert parallelism: layer %d: %zu rows would arrive, at most %zu can",
+                       l, R_recv, (size_t)m->Bmax * m->T * P);
     e->R_recv = R_recv;
-    MK_CHECK(o->permute_rows(be, e->send_x, a->ln2, e->row_tok, NULL, (int)R_send, P, D));
-    MK_CHECK(exchange(m, e, 0, e->send_x, e->recv_x, (size_t)D * sizeof(mk_real)));
+    MK_CHECK(o->permute_rows(be, io->send_x, a->ln2, e->row_tok, NULL, (int)R_send, P, D));
+    MK_CHECK(exchange(m, e, 0, io->send_x, io->recv_x, (size_t)D * sizeof(mk_real)));
     MK_CHECK(exchange(m, e, 0, e->send_rec, e->recv_rec, (size_t)K * sizeof(mk_ep_rec)));
 
     /* 3. Arrived choices grouped by local expert (then by arrival order), the experts, and
@@ -175,15 +205,15 @@ int mk_moe_ep_forward(mk_model *m, int l, const layer_params *p, layer_acts *a, 
                        l, offs_h[El + 1], El);
     for (int x = 0; x <= El; x++) e->offs[x] = offs_h[x];
     const size_t rows = (size_t)e->offs[El];
-    MK_CHECK(ep_reserve(m, e, R_send, R_recv, rows));
-    const mk_rows_gather x = {e->recv_x, e->row_slot, NULL, K, (int)R_recv, NULL, NULL};
-    MK_CHECK(mk_expert_ffn_forward(m, p, e->offs, El, (int)rows, &x, e->xp, e->a1, e->a3, e->hact,
-                                   e->y));
-    MK_CHECK(o->combine_rows(be, e->partial, NULL, e->y, e->slot_row, e->recv_g, (int)R_recv, K, D));
+    ep_rows r;
+    MK_CHECK(ep_rows_for(m, l, rows, &r));
+    const mk_rows_gather x = {io->recv_x, e->row_slot, NULL, K, (int)R_recv, NULL, NULL};
+    MK_CHECK(mk_expert_ffn_forward(m, p, e->offs, El, (int)rows, &x, r.xp, r.a1, r.a3, r.hact, r.y));
+    MK_CHECK(o->combine_rows(be, io->partial, NULL, r.y, e->slot_row, e->recv_g, (int)R_recv, K, D));
 
     /* 4. Back to the senders; each token adds its destinations' rows in rank order. */
-    MK_CHECK(exchange(m, e, 1, e->partial, e->back, (size_t)D * sizeof(mk_real)));
-    MK_CHECK(o->unpermute_add(be, out, e->back, e->send_row_of, NULL, N, P, D));
+    MK_CHECK(exchange(m, e, 1, io->partial, io->back, (size_t)D * sizeof(mk_real)));
+    MK_CHECK(o->unpermute_add(be, out, io->back, e->send_row_of, NULL, N, P, D));
     return MK_OK;
 }
 
@@ -195,22 +225,25 @@ int mk_moe_ep_backward(mk_model *m, int l, const layer_params *p, layer_params *
     scratch *s = &m->s;
     const int K = m->K, El = m->El, P = m->ep, D = m->D;
     const size_t R_send = e->R_send, R_recv = e->R_recv;
+    const ep_io *io = &m->epio;
     const int rows = e->offs[El];
+    ep_rows r;
+    MK_CHECK(ep_rows_for(m, l, (size_t)rows, &r));
 
     /* dout of each send row goes to its destination (recv_x is free again: the experts'
      * inputs are kept in xp). */
-    MK_CHECK(o->permute_rows(be, e->send_x, s->dresid, e->row_tok, NULL, (int)R_send, P, D));
-    MK_CHECK(exchange(m, e, 0, e->send_x, e->recv_x, (size_t)D * sizeof(mk_real)));
-    mk_rows_gather dout = {e->recv_x, e->row_slot, e->recv_g, K, (int)R_recv, NULL, NULL};
-    MK_CHECK(mk_combine_backward(m, e->dg_recv, e->dy, &dout, e->y, e->slot_row));
-    MK_CHECK(mk_expert_ffn_backward(m, p, g, e->offs, El, rows, &dout, e->dy, e->xp, e->a1, e->a3,
-                                    e->hact, e->dhact, e->da1, e->da3, e->dxp));
-    MK_CHECK(o->combine_rows(be, e->partial, NULL, e->dxp, e->slot_row, NULL, (int)R_recv, K, D));
+    MK_CHECK(o->permute_rows(be, io->send_x, s->dresid, e->row_tok, NULL, (int)R_send, P, D));
+    MK_CHECK(exchange(m, e, 0, io->send_x, io->recv_x, (size_t)D * sizeof(mk_real)));
+    mk_rows_gather dout = {io->recv_x, e->row_slot, e->recv_g, K, (int)R_recv, NULL, NULL};
+    MK_CHECK(mk_combine_backward(m, e->dg_recv, r.dy, &dout, r.y, e->slot_row));
+    MK_CHECK(mk_expert_ffn_backward(m, p, g, e->offs, El, rows, &dout, r.dy, r.xp, r.a1, r.a3, r.hact,
+                                    r.dhact, r.da1, r.da3, r.dxp));
+    MK_CHECK(o->combine_rows(be, io->partial, NULL, r.dxp, e->slot_row, NULL, (int)R_recv, K, D));
 
     /* dx rows and gate gradients back to the senders, the gate gradients into the
      * choices' order. */
-    MK_CHECK(exchange(m, e, 1, e->partial, e->back, (size_t)D * sizeof(mk_real)));
-    MK_CHECK(exchange(m, e, 1, e->dg_recv, e->dg_back, (size_t)K * sizeof(mk_real)));
-    MK_CHECK(o->unpermute_add(be, s->dln, e->back, e->send_row_of, NULL, N, P, D));
-    return o->ep_gate_grads(be, s->dgates, e->dg_back, e->back_of, N * K);
+    MK_CHECK(exchange(m, e, 1, io->partial, io->back, (size_t)D * sizeof(mk_real)));
+    MK_CHECK(exchange(m, e, 1, e->dg_recv, io->dg_back, (size_t)K * sizeof(mk_real)));
+    MK_CHECK(o->unpermute_add(be, s->dln, io->back, e->send_row_of, NULL, N, P, D));
+    return o->ep_gate_grads(be, s->dgates, io->dg_back, e->back_of, N * K);
 }

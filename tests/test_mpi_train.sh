@@ -1,7 +1,8 @@
 #!/bin/sh
 # test_mpi_train.sh - distributed training under mpirun (2 and 4 ranks, oversubscribed):
 # global/global-exact/padding equivalences (tests/mpi_train), expert parallelism ep = 2 and
-# 4 giving the losses of ep = 1 over 20 steps, repeatable multi-rank runs, the overlapped
+# 4 giving the losses of ep = 1 over 20 steps (and the same bits with the expert rows in
+# buffers of their own), repeatable multi-rank runs, the overlapped
 # gradient sums (forced on CPU ranks) giving the bits of the plain ones, a failing
 # rank ending a 4-rank job quickly with a message naming it, and a settings mistake
 # reported once rather than once per rank.
@@ -37,6 +38,11 @@ for ep in 2 4; do
 done
 mpi 4 $train $common --set parallel.ep=2 --set run.dir="$tmp/again" && cmp -s "$tmp/ep2/log.tsv" "$tmp/again/log.tsv"
 ok $? "a 4-rank run repeats bit for bit"
+# Expert rows in the layers' own buffers (where a routing that sends one rank more than
+# N * K choices puts them, grown step by step) rather than the activation buffers: the same bits.
+MOEKIT_EP_OWN_ROWS=1 mpi 4 -x MOEKIT_EP_OWN_ROWS $train $common --set parallel.ep=2 --set run.dir="$tmp/own" &&
+  cmp -s "$tmp/ep2/log.tsv" "$tmp/own/log.tsv"
+ok $? "4 ranks, parallel.ep = 2, expert rows in grown buffers of their own: the same bits"
 # The overlapped path of GPU ranks (a sum per layer as the backward reaches its end; per
 # block with MOEKIT_OVERLAP_LAYERS=0), forced on CPU ranks: the same sums, the same bits.
 MOEKIT_OVERLAP=force MOEKIT_OVERLAP_LAYERS=0 mpi 4 -x MOEKIT_OVERLAP -x MOEKIT_OVERLAP_LAYERS $train $common \
