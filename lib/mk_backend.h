@@ -308,17 +308,15 @@ typedef struct mk_backend_ops {
                               const mk_real *w3, const mk_real *w2, const int *offs_host, int E,
                               int D, int F);
     /* dxp written (expert rows, in the format y has), dw1, dw3, dw2 accumulated (+=) from
-     * the output gradient rows dy [R, D], gathered as dout says, and the forward's state,
-     * or with overwrite written (=; experts without rows get zeros), so that the first
-     * backward after the gradients were cleared needs neither their clearing nor a read of
-     * them; dy, dhact, da1, da3 are scratch. w1, w3, w2 hold the values the forward of that
+     * the output gradient rows dy [R, D], gathered as dout says, and the forward's state;
+     * dy, dhact, da1, da3 are scratch. w1, w3, w2 hold the values the forward of that
      * state saw (a backend may keep what it derived from them in the state). */
     int (*expert_ffn_backward)(mk_backend *be, mk_real *dxp, mk_real *dw1, mk_real *dw3,
                                mk_real *dw2, mk_real *dhact, mk_real *da1, mk_real *da3,
                                mk_real *dy, const mk_rows_gather *dout, const mk_real *xp,
                                const mk_real *a1, const mk_real *a3, const mk_real *hact,
                                const mk_real *w1, const mk_real *w3, const mk_real *w2,
-                               const int *offs_host, int E, int D, int F, int overwrite);
+                               const int *offs_host, int E, int D, int F);
 
     /* --- output layer, fused (optional) ------------------------------------------ */
     /* logits [N, V] = x W^T with tied (W = wte [V, D]), else x W (W = lm_head [D, V]);
@@ -397,7 +395,7 @@ int mk_expert_ffn_backward_ops(mk_backend *be, mk_real *dxp, mk_real *dw1, mk_re
                                mk_real *dy, const mk_rows_gather *dout, const mk_real *xp,
                                const mk_real *a1, const mk_real *a3, const mk_real *hact,
                                const mk_real *w1, const mk_real *w3, const mk_real *w2,
-                               const int *offs_host, int E, int D, int F, int overwrite);
+                               const int *offs_host, int E, int D, int F);
 
 /* The attention block as rmsnorm, matmul, attention_rope (or rope and attention), matmul
  * and add calls, and their backward (the semantics of ops->attention_block_forward /

@@ -76,17 +76,11 @@ int mk_expert_ffn_backward_ops(mk_backend *be, mk_real *dxp, mk_real *dw1, mk_re
                                mk_real *dy, const mk_rows_gather *dout, const mk_real *xp,
                                const mk_real *a1, const mk_real *a3, const mk_real *hact,
                                const mk_real *w1, const mk_real *w3, const mk_real *w2,
-                               const int *offs_host, int E, int D, int F, int overwrite)
+                               const int *offs_host, int E, int D, int F)
 {
     const mk_backend_ops *o = be->ops;
     MK_CHECK(check_offs("expert_ffn_backward", offs_host, E));
     const size_t rows = E > 0 ? (size_t)offs_host[E] : 0;
-    if (overwrite) {
-        const size_t bytes = (size_t)E * D * F * sizeof(mk_real);
-        MK_CHECK(o->zero(be, dw1, bytes));
-        MK_CHECK(o->zero(be, dw3, bytes));
-        MK_CHECK(o->zero(be, dw2, bytes));
-    }
     MK_CHECK(o->permute_rows(be, dy, dout->src, dout->row_slot, dout->weights, (int)rows, dout->K, D));
     MK_CHECK(o->grouped_matmul(be, dhact, dy, w2, offs_host, E, D, F, 1, 0));
     MK_CHECK(o->grouped_matmul_wgrad(be, dw2, hact, dy, offs_host, E, F, D));

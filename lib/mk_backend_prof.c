@@ -482,10 +482,10 @@ static int p_expert_ffn_forward(mk_backend *be, mk_real *y, mk_real *a1, mk_real
     return done(P(be), OP_expert_ffn_forward, t0, P(be)->inner->ops->expert_ffn_forward(P(be)->inner, y, a1, a3, hact, xp, x, w1, w3, w2, offs_host, E, D, F));
 }
 
-static int p_expert_ffn_backward(mk_backend *be, mk_real *dxp, mk_real *dw1, mk_real *dw3, mk_real *dw2, mk_real *dhact, mk_real *da1, mk_real *da3, mk_real *dy, const mk_rows_gather *dout, const mk_real *xp, const mk_real *a1, const mk_real *a3, const mk_real *hact, const mk_real *w1, const mk_real *w3, const mk_real *w2, const int *offs_host, int E, int D, int F, int overwrite)
+static int p_expert_ffn_backward(mk_backend *be, mk_real *dxp, mk_real *dw1, mk_real *dw3, mk_real *dw2, mk_real *dhact, mk_real *da1, mk_real *da3, mk_real *dy, const mk_rows_gather *dout, const mk_real *xp, const mk_real *a1, const mk_real *a3, const mk_real *hact, const mk_real *w1, const mk_real *w3, const mk_real *w2, const int *offs_host, int E, int D, int F)
 {
     const double t0 = begin(P(be));
-    return done(P(be), OP_expert_ffn_backward, t0, P(be)->inner->ops->expert_ffn_backward(P(be)->inner, dxp, dw1, dw3, dw2, dhact, da1, da3, dy, dout, xp, a1, a3, hact, w1, w3, w2, offs_host, E, D, F, overwrite));
+    return done(P(be), OP_expert_ffn_backward, t0, P(be)->inner->ops->expert_ffn_backward(P(be)->inner, dxp, dw1, dw3, dw2, dhact, da1, da3, dy, dout, xp, a1, a3, hact, w1, w3, w2, offs_host, E, D, F));
 }
 
 static int p_output_forward(mk_backend *be, mk_real *losses, mk_real *logits, const mk_real *x, const mk_real *W, int tied, const int32_t *targets, int N, int V, int D, int train)

@@ -417,25 +417,9 @@ const mk_config *mk_model_config(const mk_model *m) { return &m->cfg; }
 mk_backend *mk_model_backend(mk_model *m) { return m->be; }
 double mk_model_a2a_seconds(const mk_model *m) { return m->a2a_seconds; }
 
-/* Every gradient but the experts' (w1, w3, w2: most of the parameters), which the next
- * backward writes instead of adding to (expert_ffn_backward's overwrite): no pass clearing
- * them, and no read of them in their weight-gradient GEMMs. Clears the runs of tensors
- * between them. */
 int mk_model_zero_grad(mk_model *m)
 {
-    size_t i = 0;
-    while (i < m->ntensors) {
-        if (m->tensors[i].expert) {
-            i++;
-            continue;
-        }
-        const size_t first = m->tensors[i].offset;
-        while (i < m->ntensors && !m->tensors[i].expert) i++;
-        const size_t end = i < m->ntensors ? m->tensors[i].offset : m->nparams;
-        MK_CHECK(m->be->ops->zero(m->be, m->grads + first, (end - first) * sizeof(mk_real)));
-    }
-    m->expert_grads_unset = 1;
-    return MK_OK;
+    return m->be->ops->zero(m->be, m->grads, m->nparams * sizeof(mk_real));
 }
 
 /* ------------------------------------------------------------------ experts */
@@ -475,14 +459,12 @@ int mk_expert_ffn_backward(mk_model *m, const layer_params *p, layer_params *g, 
     mk_backend *be = m->be;
     if (nexp > 0 && offs[nexp] != rows)
         return MK_FAIL(MK_ERR_INTERNAL, "expert FFN: %d rows, offsets end at %d", rows, offs[nexp]);
-    const int overwrite = m->expert_grads_unset;
     if (be->ops->expert_ffn_backward)
         return be->ops->expert_ffn_backward(be, dxp, g->w1, g->w3, g->w2, dhact, da1, da3, dy, dout,
                                             xp, a1, a3, hact, p->w1, p->w3, p->w2, offs, nexp,
-                                            m->D, m->F, overwrite);
+                                            m->D, m->F);
     return mk_expert_ffn_backward_ops(be, dxp, g->w1, g->w3, g->w2, dhact, da1, da3, dy, dout, xp,
-                                      a1, a3, hact, p->w1, p->w3, p->w2, offs, nexp, m->D, m->F,
-                                      overwrite);
+                                      a1, a3, hact, p->w1, p->w3, p->w2, offs, nexp, m->D, m->F);
 }
 
 /* ------------------------------------------------------------------ forward */
@@ -765,7 +747,6 @@ int mk_model_backward(mk_model *m, double ce_scale, double aux_scale)
     MK_CHECK(o->embedding_backward(be, m->gv.wte, s->tokens, s->dresid, N, D, V));
     /* The logits buffer now holds gradients: a second backward would be wrong. */
     m->last_train = 0;
-    m->expert_grads_unset = 0;
     return MK_OK;
 }
 

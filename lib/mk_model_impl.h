@@ -122,8 +122,6 @@ struct mk_model {
     mk_layer_grads_fn layer_grads;      /* mk_model_set_layer_grads_hook; NULL: none */
     void *layer_grads_ctx;
     long step;                          /* optimizer step (1-based) for messages; 0 = none */
-    int expert_grads_unset;             /* mk_model_zero_grad left the experts' gradients
-                                         * as they were: the next backward writes them */
 };
 
 

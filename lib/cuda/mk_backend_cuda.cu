@@ -2341,18 +2341,18 @@ static int cuda_expert_ffn_backward(mk_backend *be, mk_real *dxp, mk_real *dw1, 
                                     mk_real *dy, const mk_rows_gather *dout, const mk_real *xp,
                                     const mk_real *a1, const mk_real *a3, const mk_real *hact,
                                     const mk_real *w1, const mk_real *w3, const mk_real *w2,
-                                    const int *offs_host, int E, int D, int F, int overwrite)
+                                    const int *offs_host, int E, int D, int F)
 {
     cuda_impl *im = impl_of(be);
     if (!use_fused_ffn(im, E, D, F, xp, a1, a3, hact)) {
         MK_CHECK(mk_expert_ffn_backward_ops(be, dxp, dw1, dw3, dw2, dhact, da1, da3, dy, dout, xp, a1,
-                                            a3, hact, w1, w3, w2, offs_host, E, D, F, overwrite));
+                                            a3, hact, w1, w3, w2, offs_host, E, D, F));
         return rows_bf16(im, D) ? rows_round(im, dxp, (size_t)offs_host[E] * D, "expert FFN backward: dxp rows")
                                 : MK_OK;
     }
     MK_CHECK(ffn_state(im));
     return mk_cuda_ffn_backward(im->ffn, dxp, dw1, dw3, dw2, dhact, da1, da3, dout, xp,
-                                a1, a3, hact, w1, w3, w2, offs_host, E, D, F, overwrite);
+                                a1, a3, hact, w1, w3, w2, offs_host, E, D, F);
 }
 
 /* ------------------------------------------------------------------ loss */

@@ -446,7 +446,7 @@ static int cl_forward(mk_cuda_ffn *f, float *y, float *a1, float *a3, float *hac
 static int cl_backward(mk_cuda_ffn *f, float *dxp, float *dw1, float *dw3, float *dw2, float *dhact, float *da1,
                        const mk_rows_gather *dout, const float *xp, const float *a1, const float *a3,
                        const float *hact, const float *w1, const float *w3, const float *w2, const int *offs_host,
-                       int E, int D, int F, size_t R, int overwrite)
+                       int E, int D, int F, size_t R)
 {
     MK_CHECK(cl_aligned(dxp, dhact, da1, dw2, dw1));
     MK_CHECK(cl_aligned(dw3, xp, a1, hact, w2));
@@ -471,14 +471,13 @@ static int cl_backward(mk_cuda_ffn *f, float *dxp, float *dw1, float *dw3, float
         MK_CHECK(to_bf16(w2b, w2, nw, "expert FFN backward: w2"));
     }
     MK_CHECK(mk_gg_cutlass_rows(f->cl, dhb, 1, F, dyb, D, w2b, (size_t)F * D, D, 1, offs_host, E, D, F, 0.f));
-    const int acc = !overwrite;
-    MK_CHECK(mk_gg_cutlass_wgrad(f->cl, dw2, hb, F, dyb, D, offs_host, E, F, D, acc));
+    MK_CHECK(mk_gg_cutlass_wgrad(f->cl, dw2, hb, F, dyb, D, offs_host, E, F, D));
     CU_CHECK(mk_launch(k_swiglu13_backward, dim3(grid_for(R * (F / 8))), dim3(TPB), 0, (uint4 *)da13,
                        (const uint4 *)dhb, (const uint4 *)a13, R, F / 8), "expert FFN backward: SwiGLU");
     MK_CHECK(mk_gg_cutlass_rows(f->cl, dxp, 1, D, da13, 2 * F, w13b, (size_t)D * 2 * F, 2 * F, 1, offs_host, E,
                                 2 * F, D, 0.f));
-    MK_CHECK(mk_gg_cutlass_wgrad(f->cl, dw1, xb, D, da13, 2 * F, offs_host, E, D, F, acc));
-    return mk_gg_cutlass_wgrad(f->cl, dw3, xb, D, da13 + F, 2 * F, offs_host, E, D, F, acc);
+    MK_CHECK(mk_gg_cutlass_wgrad(f->cl, dw1, xb, D, da13, 2 * F, offs_host, E, D, F));
+    return mk_gg_cutlass_wgrad(f->cl, dw3, xb, D, da13 + F, 2 * F, offs_host, E, D, F);
 }
 
 /* ------------------------------------------------------------------ the op */
@@ -515,22 +514,14 @@ int mk_cuda_ffn_backward(mk_cuda_ffn *f, float *dxp, float *dw1, float *dw3, flo
                          float *dhact, float *da1, float *da3, const mk_rows_gather *dout,
                          const float *xp, const float *a1, const float *a3, const float *hact,
                          const float *w1, const float *w3, const float *w2, const int *offs_host,
-                         int E, int D, int F, int overwrite)
+                         int E, int D, int F)
 {
     size_t R = 0;
     MK_CHECK(check_rows(offs_host, E, &R));
-    /* Written, not accumulated: CUTLASS's weight gradients write (and clear the experts
-     * without rows) themselves; elsewhere the gradients are cleared, then accumulated. */
-    if (overwrite && (!f->cl || R == 0)) {
-        const size_t bytes = (size_t)E * D * F * sizeof(float);
-        CU_CHECK(cudaMemsetAsync(dw1, 0, bytes, 0), "expert FFN backward: clearing dW1");
-        CU_CHECK(cudaMemsetAsync(dw3, 0, bytes, 0), "expert FFN backward: clearing dW3");
-        CU_CHECK(cudaMemsetAsync(dw2, 0, bytes, 0), "expert FFN backward: clearing dW2");
-    }
     if (R == 0) return MK_OK;
     if (f->cl)
         return cl_backward(f, dxp, dw1, dw3, dw2, dhact, da1, dout, xp, a1, a3, hact, w1, w3, w2, offs_host, E, D, F,
-                           R, overwrite);
+                           R);
     const bf16 *given = given_rows(dout);
     const size_t nx = R * D, nw = (size_t)E * D * F, nh = R * F;
     const size_t wsn = mk_grouped_gemm_wgrad_ws_floats(offs_host, E, D, F);

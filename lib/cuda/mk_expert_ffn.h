@@ -44,12 +44,11 @@ int mk_cuda_ffn_supported(int E, int D, int F);
 int mk_cuda_ffn_forward(mk_cuda_ffn *f, float *y, float *a1, float *a3, float *hact, float *xp,
                         const mk_rows_gather *x, const float *w1, const float *w3, const float *w2,
                         const int *offs_host, int E, int D, int F);
-/* xp as the forward left it; the output-gradient rows are gathered from dout. dw1, dw3,
- * dw2 accumulate, or with overwrite are written (zeros for experts without rows). */
+/* xp as the forward left it; the output-gradient rows are gathered from dout. */
 int mk_cuda_ffn_backward(mk_cuda_ffn *f, float *dxp, float *dw1, float *dw3, float *dw2,
                          float *dhact, float *da1, float *da3, const mk_rows_gather *dout,
                          const float *xp, const float *a1, const float *a3, const float *hact,
                          const float *w1, const float *w3, const float *w2, const int *offs_host,
-                         int E, int D, int F, int overwrite);
+                         int E, int D, int F);
 
 #endif

@@ -208,24 +208,15 @@ int mk_gg_cutlass_rows(mk_gg_cutlass *g, void *C, int c_bf16, int ldc, const voi
 }
 
 int mk_gg_cutlass_wgrad(mk_gg_cutlass *g, float *dW, const void *A, int lda, const void *dC, int ldc,
-                        const int *offs_host, int E, int K, int N, int accumulate)
+                        const int *offs_host, int E, int K, int N)
 {
     static const char what[] = "grouped weight gradient (CUTLASS)";
     gg_groups t;
     int slots;
     t.wgrad = 1, t.K = K, t.N = N;
     MK_CHECK(gg_list(g, &t, offs_host, E, &slots, what));
-    const size_t KN = (size_t)K * N;
-    /* Written rather than accumulated: the experts without rows (no group) get zeros,
-     * neighbours in one clearing each. */
-    for (int e = 0; !accumulate && e < E; e++) {
-        if (t.first[e + 1] > t.first[e]) continue;
-        int e1 = e + 1;
-        while (e1 < E && t.first[e1 + 1] == t.first[e1]) e1++;
-        CU_CHECK(cudaMemsetAsync(dW + (size_t)e * KN, 0, (size_t)(e1 - e) * KN * sizeof(float), 0), what);
-        e = e1;
-    }
     if (t.n == 0) return MK_OK;
+    const size_t KN = (size_t)K * N;
     t.ws = NULL, t.zeros = NULL;
     if (slots > 0) {
         MK_CHECK(mk_devbuf_reserve(&g->partials, slots * KN * sizeof(float), "grouped weight gradient partial sums"));
@@ -238,7 +229,7 @@ int mk_gg_cutlass_wgrad(mk_gg_cutlass *g, float *dW, const void *A, int lda, con
     }
     t.A = (const char *)A, t.B = (const char *)dC, t.D = (char *)dW;
     t.lda = lda, t.ldb = ldc, t.ldd = N, t.b_stride = 0, t.d_size = 4;
-    MK_CHECK(gg_go(g, GG_TN_F32, t, accumulate ? 1.0f : 0.0f, what));
+    MK_CHECK(gg_go(g, GG_TN_F32, t, 1.0f, what));
     if (slots == 0) return MK_OK;
     size_t bx = (KN + 255) / 256;
     if (bx > 4096) bx = 4096;
@@ -285,10 +276,9 @@ int mk_gg_cutlass_rows(mk_gg_cutlass *g, void *C, int c_bf16, int ldc, const voi
 }
 
 int mk_gg_cutlass_wgrad(mk_gg_cutlass *g, float *dW, const void *A, int lda, const void *dC, int ldc,
-                        const int *offs_host, int E, int K, int N, int accumulate)
+                        const int *offs_host, int E, int K, int N)
 {
     (void)g, (void)dW, (void)A, (void)lda, (void)dC, (void)ldc, (void)offs_host, (void)E, (void)K, (void)N;
-    (void)accumulate;
     return MK_FAIL(MK_ERR_INTERNAL, "grouped weight gradient: built without CUTLASS (configure --with-cutlass)");
 }
 

@@ -45,13 +45,12 @@ int mk_gg_cutlass_rows(mk_gg_cutlass *g, void *C, int c_bf16, int ldc, const voi
                        const void *B, size_t b_stride, int ldb, int trans_b, const int *offs_host,
                        int E, int K, int N, float beta);
 
-/* For each expert e: dW_e += A_e^T dC_e (accumulate), or dW_e = A_e^T dC_e (0: dW is not
- * read, and experts without rows get zeros), reducing over its rows: A [R, K] (rows of
- * lda), dC [R, N] (rows of ldc), both bf16; dW [E, K, N] fp32. An expert of many more rows
- * than the mean is reduced in chunks whose partial sums are added in chunk order (the same
+/* For each expert e: dW_e += A_e^T dC_e, reducing over its rows: A [R, K] (rows of lda),
+ * dC [R, N] (rows of ldc), both bf16; dW [E, K, N] fp32. An expert of many more rows than
+ * the mean is reduced in chunks whose partial sums are added in chunk order (the same
  * order every call). */
 int mk_gg_cutlass_wgrad(mk_gg_cutlass *g, float *dW, const void *A, int lda, const void *dC, int ldc,
-                        const int *offs_host, int E, int K, int N, int accumulate);
+                        const int *offs_host, int E, int K, int N);
 
 #ifdef __cplusplus
 }

@@ -84,8 +84,8 @@ static int c_a13(const bufs *g) { return mk_gg_cutlass_rows(g->cl, g->a13b, 1, 2
 static int c_down(const bufs *g) { return mk_gg_cutlass_rows(g->cl, g->y, 1, DM, g->hb, FF, g->w2b, (size_t)FF * DM, DM, 0, g->offs, E, FF, DM, 0.f); }
 static int c_dh(const bufs *g) { return mk_gg_cutlass_rows(g->cl, g->hb, 1, FF, g->yb, DM, g->w2b, (size_t)FF * DM, DM, 1, g->offs, E, DM, FF, 0.f); }
 static int c_dx(const bufs *g) { return mk_gg_cutlass_rows(g->cl, g->y, 1, DM, g->da13b, 2 * FF, g->w13b, (size_t)DM * 2 * FF, 2 * FF, 1, g->offs, E, 2 * FF, DM, 0.f); }
-static int c_dw2(const bufs *g) { return mk_gg_cutlass_wgrad(g->cl, g->dw, g->hb, FF, g->yb, DM, g->offs, E, FF, DM, 1); }
-static int c_dw1(const bufs *g) { return mk_gg_cutlass_wgrad(g->cl, g->dw, g->xb, DM, g->da13b, 2 * FF, g->offs, E, DM, FF, 1); }
+static int c_dw2(const bufs *g) { return mk_gg_cutlass_wgrad(g->cl, g->dw, g->hb, FF, g->yb, DM, g->offs, E, FF, DM); }
+static int c_dw1(const bufs *g) { return mk_gg_cutlass_wgrad(g->cl, g->dw, g->xb, DM, g->da13b, 2 * FF, g->offs, E, DM, FF); }
 static int j_att_f(const bufs *g) { return mk_flash_attn_forward(g->out, g->state, g->qkv, NULL, B, T, DM, H); }
 static int j_att_f16(const bufs *g) { return mk_flash_attn_forward_bf16(g->outb, g->state, g->qkvb, NULL, B, T, DM, H, 0); }
 static int j_att_f16w(const bufs *g) { return mk_flash_attn_forward_bf16(g->outb, g->state, g->qkvb, NULL, B, T, DM, H, 1); }
