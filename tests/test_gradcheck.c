@@ -298,6 +298,37 @@ static void check_block_hook(const char *label, const char *const *sets)
     teardown(&fx);
 }
 
+/* A second step's gradients after mk_model_zero_grad are the first's, bit for bit: nothing
+ * of the step before stays in any gradient, the experts' included (also with a capacity
+ * that drops choices). */
+static void check_zero_grad(const char *label, const char *const *sets)
+{
+    fixture fx;
+    setup(&fx, sets);
+    const size_t np = mk_model_param_count(fx.m);
+    mk_real *first = malloc(np * sizeof *first);
+    int rc = MK_OK, same = 1;
+    for (int step = 0; step < 2 && rc == MK_OK; step++) {
+        mk_forward_stats st;
+        rc = mk_model_zero_grad(fx.m);
+        mk_lbl_reset(fx.lbl);
+        if (rc == MK_OK) rc = mk_model_forward(fx.m, fx.tokens, fx.targets, fx.B, fx.lbl, 1, &st);
+        if (rc == MK_OK) rc = mk_model_backward(fx.m, 1.0 / st.targets, 1.0);
+        if (step == 0) memcpy(first, mk_model_grads(fx.m), np * sizeof *first);
+        else same = memcmp(first, mk_model_grads(fx.m), np * sizeof *first) == 0;
+    }
+    double expert_sq = 0;
+    for (size_t i = 0; i < mk_model_tensor_count(fx.m); i++) {
+        const mk_tensor *t = mk_model_tensor(fx.m, i);
+        for (size_t j = 0; t->expert && j < t->numel; j++) expert_sq += (double)first[t->offset + j] * first[t->offset + j];
+    }
+    tap_ok(rc == MK_OK && same && expert_sq > 0,
+           "%s: zero_grad, forward, backward twice: the same gradients, bit for bit (experts' sum of squares %.3g)",
+           label, expert_sq);
+    free(first);
+    teardown(&fx);
+}
+
 int main(void)
 {
     const char *v_default[] = { NULL };
@@ -314,5 +345,7 @@ int main(void)
     check_accumulation();
     check_block_hook("tied", v_default);
     check_block_hook("untied, shared expert", v_shared);
+    check_zero_grad("tied", v_default);
+    check_zero_grad("capacity factor 0.75, top-1", v_capacity);
     return tap_done();
 }
