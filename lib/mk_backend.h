@@ -119,6 +119,12 @@ typedef struct mk_backend_ops {
     int (*scale)(mk_backend *be, mk_real *x, size_t n, mk_real s);
     /* *out_host = sum_i x[i]^2, accumulated in double. */
     int (*sumsq)(mk_backend *be, const mk_real *x, size_t n, double *out_host);
+    /* Optional: out_host[i] = sumsq of the len[i] values at base + off[i], for i < count,
+     * the bits of count sumsq calls with one wait for the device instead of count (the
+     * gradient norm under expert parallelism sums two kinds of tensor in 25 runs at
+     * bench-s). NULL: the caller calls sumsq per range. */
+    int (*sumsq_ranges)(mk_backend *be, const mk_real *base, const size_t *off, const size_t *len, int count,
+                        double *out_host);
     /* *out_host = 1 if any x[i] is NaN or Inf, else 0. */
     int (*nonfinite)(mk_backend *be, const mk_real *x, size_t n, int *out_host);
     /* Optional (NULL: nonfinite is used): *flag (int32 backend memory) becomes 1 if any

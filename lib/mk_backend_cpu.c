@@ -188,6 +188,13 @@ static int cpu_sumsq(mk_backend *be, const mk_real *x, size_t n, double *out_hos
     return MK_OK;
 }
 
+static int cpu_sumsq_ranges(mk_backend *be, const mk_real *base, const size_t *off, const size_t *len, int count,
+                            double *out_host)
+{
+    for (int i = 0; i < count; i++) MK_CHECK(cpu_sumsq(be, base + off[i], len[i], &out_host[i]));
+    return MK_OK;
+}
+
 static int cpu_nonfinite(mk_backend *be, const mk_real *x, size_t n, int *out_host)
 {
     int bad = 0;
@@ -853,6 +860,7 @@ static const mk_backend_ops cpu_ops = {
     .add = cpu_add,
     .scale = cpu_scale,
     .sumsq = cpu_sumsq,
+    .sumsq_ranges = cpu_sumsq_ranges,
     .nonfinite = cpu_nonfinite,
     .embedding_forward = cpu_embedding_forward,
     .embedding_backward = cpu_embedding_backward,

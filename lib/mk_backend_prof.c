@@ -39,6 +39,7 @@ enum {    OP_alloc,
     OP_add,
     OP_scale,
     OP_sumsq,
+    OP_sumsq_ranges,
     OP_nonfinite,
     OP_nonfinite_flag,
     OP_embedding_forward,
@@ -90,6 +91,7 @@ static const char *const op_names[OP_COUNT] = {
     "add",
     "scale",
     "sumsq",
+    "sumsq_ranges",
     "nonfinite",
     "nonfinite_flag",
     "embedding_forward",
@@ -280,6 +282,13 @@ static int p_sumsq(mk_backend *be, const mk_real *x, size_t n, double *out_host)
 {
     const double t0 = begin(P(be));
     return done(P(be), OP_sumsq, t0, P(be)->inner->ops->sumsq(P(be)->inner, x, n, out_host));
+}
+
+static int p_sumsq_ranges(mk_backend *be, const mk_real *base, const size_t *off, const size_t *len, int count,
+                          double *out_host)
+{
+    const double t0 = begin(P(be));
+    return done(P(be), OP_sumsq_ranges, t0, P(be)->inner->ops->sumsq_ranges(P(be)->inner, base, off, len, count, out_host));
 }
 
 static int p_nonfinite(mk_backend *be, const mk_real *x, size_t n, int *out_host)
@@ -543,6 +552,7 @@ int mk_backend_prof_create(mk_backend *inner, int timeline, mk_backend **out)
     p->ops.add = p_add;
     p->ops.scale = p_scale;
     p->ops.sumsq = p_sumsq;
+    p->ops.sumsq_ranges = inner->ops->sumsq_ranges ? p_sumsq_ranges : NULL;
     p->ops.nonfinite = p_nonfinite;
     p->ops.nonfinite_flag = inner->ops->nonfinite_flag ? p_nonfinite_flag : NULL;
     p->ops.embedding_forward = p_embedding_forward;

@@ -591,24 +591,40 @@ static int global_grad_norm(mk_trainer *tr, double *norm)
 {
     mk_backend *be = mk_model_backend(tr->model);
     const mk_real *g = mk_model_grads(tr->model);
-    double ss[2] = { 0, 0 };
-    /* One sumsq per run of neighbouring tensors of the same kind (the whole gradient
-     * without expert parallelism): each call returns its sum to the host. */
+    /* One sum per run of neighbouring tensors of the same kind (the whole gradient without
+     * expert parallelism), all with one wait where the backend has sumsq_ranges. */
     const size_t nt = mk_model_tensor_count(tr->model);
+    size_t *off = malloc(3 * (nt ? nt : 1) * sizeof *off);
+    double *v = malloc((nt ? nt : 1) * sizeof *v);
+    if (!off || !v) {
+        free(off);
+        free(v);
+        return MK_FAIL(MK_ERR_NOMEM, "gradient norm: %zu tensors", nt);
+    }
+    size_t *len = off + nt, *kind = off + 2 * nt;
+    int runs = 0;
     for (size_t i = 0; i < nt;) {
         const mk_tensor *first = mk_model_tensor(tr->model, i);
-        const int kind = first->expert && tr->ep;
+        const int k = first->expert && tr->ep;
         size_t end = first->offset + first->numel, j = i + 1;
         for (; j < nt; j++) {
             const mk_tensor *nx = mk_model_tensor(tr->model, j);
-            if ((nx->expert && tr->ep) != kind || nx->offset != end) break;
+            if ((nx->expert && tr->ep) != k || nx->offset != end) break;
             end += nx->numel;
         }
-        double v;
-        MK_CHECK(be->ops->sumsq(be, g + first->offset, end - first->offset, &v));
-        ss[kind] += v;
+        off[runs] = first->offset, len[runs] = end - first->offset, kind[runs] = (size_t)k;
+        runs++;
         i = j;
     }
+    int rc = MK_OK;
+    if (be->ops->sumsq_ranges) rc = be->ops->sumsq_ranges(be, g, off, len, runs, v);
+    else
+        for (int r = 0; rc == MK_OK && r < runs; r++) rc = be->ops->sumsq(be, g + off[r], len[r], &v[r]);
+    double ss[2] = { 0, 0 };
+    for (int r = 0; rc == MK_OK && r < runs; r++) ss[kind[r]] += v[r];
+    free(off);
+    free(v);
+    MK_CHECK(rc);
     if (tr->ep) MK_CHECK(mk_comm_allreduce_f64(tr->ep, &ss[1], 1));
     *norm = sqrt(ss[0] + ss[1]);
     return MK_OK;

@@ -240,6 +240,14 @@ static void test_elementwise(mk_backend *be3)
     double s0 = -1;
     CALL(be->ops->sumsq(be, a, 0, &s0));
     tap_ok(s0 == 0, "sumsq of nothing is 0");
+    {
+        /* ranges: the bits of one sumsq call each (an empty range included) */
+        const size_t off[4] = { 0, 3, 50000, 7 }, len[4] = { 3, 49997, 0, n - 7 };
+        double want[4], got[4] = { -1, -1, -1, -1 };
+        for (int i = 0; i < 4; i++) CALL(be->ops->sumsq(be, a + off[i], len[i], &want[i]));
+        CALL(be->ops->sumsq_ranges(be, a, off, len, 4, got));
+        tap_ok(same_bits(want, got, sizeof want), "sumsq_ranges: the bits of sumsq per range (4 ranges, one empty)");
+    }
 
     int bad = -1;
     CALL(be->ops->nonfinite(be, a, n, &bad));

@@ -391,6 +391,17 @@ static void test_elementwise(void)
     if (both_ok(r1, r2, "sumsq small")) tap_close(s2, s1, 1e-12, 0, "sumsq of 7 elements");
     r2 = gpu->ops->sumsq(gpu, gx, 0, &s2);
     tap_ok(r2 == MK_OK && s2 == 0, "sumsq of 0 elements is 0");
+    {
+        /* ranges in one wait: the bits of a sumsq call each (unaligned starts, an empty range) */
+        const size_t off[5] = { 0, 1, 4099, big / 2, 9 }, len[5] = { big, 4098, big / 2 - 4099, 0, 13 };
+        double want[5], got[5] = { -1, -1, -1, -1, -1 };
+        r2 = MK_OK;
+        for (int i = 0; r2 == MK_OK && i < 5; i++) r2 = gpu->ops->sumsq(gpu, gx + off[i], len[i], &want[i]);
+        if (r2 == MK_OK) r2 = gpu->ops->sumsq_ranges(gpu, gx, off, len, 5, got);
+        tap_ok(r2 == MK_OK && memcmp(want, got, sizeof want) == 0,
+               "sumsq_ranges: the bits of sumsq per range (5 ranges of up to %zu elements, unaligned starts, one empty)",
+               big);
+    }
 
     int f1 = -1, f2 = -1;
     r1 = cpu->ops->nonfinite(cpu, x, big, &f1);

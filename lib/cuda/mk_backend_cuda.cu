@@ -587,6 +587,40 @@ static int cuda_sumsq(mk_backend *be, const mk_real *x, size_t n, double *out_ho
     return MK_OK;
 }
 
+/* The partials of every range in one buffer, one copy to the host, then each range's
+ * partials added in block order: the bits of cuda_sumsq per range. */
+static int cuda_sumsq_ranges(mk_backend *be, const mk_real *base, const size_t *off, const size_t *len, int count,
+                             double *out_host)
+{
+    cuda_impl *im = impl_of(be);
+    if (count <= 0) return MK_OK;
+    const size_t per = SUMSQ_BLOCKS * sizeof(double);
+    void *sp;
+    MK_CHECK(scratch_get(im, (size_t)count * per, &sp));
+    double *part = (double *)malloc((size_t)count * per);
+    if (!part) return MK_FAIL(MK_ERR_NOMEM, "sumsq_ranges: %d ranges", count);
+    int rc = MK_OK;
+    for (int i = 0; rc == MK_OK && i < count; i++) {
+        if (len[i] == 0) continue;
+        const mk_real *x = base + off[i];
+        const size_t n4 = ((uintptr_t)x & 15) == 0 ? len[i] / 4 : 0;
+        const cudaError_t e = mk_launch(k_sumsq, dim3(SUMSQ_BLOCKS), dim3(TPB), 0, x, len[i], n4,
+                                        (double *)((char *)sp + (size_t)i * per));
+        if (e != cudaSuccess) rc = MK_FAIL(MK_ERR_INTERNAL, "cuda: sumsq_ranges: %s", cudaGetErrorString(e));
+    }
+    if (rc == MK_OK) {
+        const cudaError_t e = cudaMemcpy(part, sp, (size_t)count * per, cudaMemcpyDeviceToHost);
+        if (e != cudaSuccess) rc = MK_FAIL(MK_ERR_INTERNAL, "cuda: sumsq_ranges: partials: %s", cudaGetErrorString(e));
+    }
+    for (int i = 0; rc == MK_OK && i < count; i++) {
+        double s = 0;
+        for (int b = 0; len[i] && b < SUMSQ_BLOCKS; b++) s += part[(size_t)i * SUMSQ_BLOCKS + b];
+        out_host[i] = s;
+    }
+    free(part);
+    return rc;
+}
+
 /* Every thread that sees a bad value stores the same 1: the result does not depend on
  * which thread wins, so this plain store is deterministic. */
 __global__ static void k_nonfinite(const float *x, size_t n, size_t n4, int *flag)
@@ -2727,6 +2761,7 @@ static void fill_ops(mk_backend_ops *o)
     o->add = cuda_add;
     o->scale = cuda_scale;
     o->sumsq = cuda_sumsq;
+    o->sumsq_ranges = cuda_sumsq_ranges;
     o->nonfinite = cuda_nonfinite;
     o->nonfinite_flag = cuda_nonfinite_flag;
     o->embedding_forward = cuda_embedding_forward;
