@@ -16,7 +16,7 @@
 #      wrote report.md;
 #   d. moe-submit refuses a malformed schedule, a missing dataset and a rank count that does
 #      not divide the experts, before anything is queued.
-# Needs root and Slurm (slurm-wlm, munge); skips otherwise. Takes about 2.5 minutes.
+# Needs root and Slurm (slurm-wlm, munge); skips otherwise. Takes about 2.5 minutes (5 under sanitizers and load).
 # MOEKIT_SLURM_KEEP=1 keeps the temporary directory (cluster logs, job output).
 : "${top_builddir:=.}" "${srcdir:=.}" "${MPIEXEC:=mpirun}"
 PATH=$PATH:/usr/sbin:/sbin; export PATH
@@ -71,9 +71,15 @@ ok $rc "slurm-up.sh: munged, slurmctld, slurmd n1 and n2 up on port $SLURM_CI_PO
 export OMP_NUM_THREADS=1
 
 jfield() { scontrol show job -o "$1" 2>/dev/null | tr ' ' '\n' | sed -n "s/^$2=//p" | head -n 1; }
-# waitfor SECONDS COMMAND...: run COMMAND every 0.5 s until it succeeds; 1 on timeout
+# waitfor SECONDS COMMAND...: run COMMAND every 0.5 s until it succeeds; 1 on timeout.
+# SECONDS is what an idle 2-core machine needs with room to spare; the limit is 4 times it
+# (MOEKIT_SLURM_WAIT_SCALE): under `make -j2 check` with sanitizers the training shares 2
+# cores with the reference run and other MPI tests and runs 2-3 times slower. One CI run
+# failed a test here, most likely on the 120 s it then had for the 116 training steps before
+# the step-160 checkpoint. Only a failing run waits the longer limits out.
+wait_scale=${MOEKIT_SLURM_WAIT_SCALE:-4}
 waitfor() {
-  lim=$(( $(date +%s) + $1 )); shift
+  lim=$(( $(date +%s) + $1 * wait_scale )); shift
   until "$@"; do [ "$(date +%s)" -lt $lim ] || return 1; sleep 0.5; done
 }
 state_is() { case " $2 " in *" $(jfield "$1" JobState) "*) return 0 ;; esac; return 1; }
@@ -245,7 +251,9 @@ tail -n 2 "$work/diff.out" | diag
 ok $r "final checkpoint: every /model and /optim dataset equals the uninterrupted run's (moe-ckpt diff --optim, tolerance 0)"
 counts=$(sed -n 's/^train.sbatch: job .* restart \([0-9]*\),.*/\1/p' "$trainout" | tr '\n' ' ')
 [ "$counts" = "0 1 2 3 " ]
-ok $? "SLURM_RESTART_COUNT logged at each start: $counts"
+r=$?
+[ $r -eq 0 ] || grep -n 'train\.sbatch\|slurmstepd\|resuming from\|stopped by' "$trainout" | diag
+ok $r "SLURM_RESTART_COUNT logged at each start: $counts"
 # Each resume takes the data position of its checkpoint (samples = step x 64, the global
 # batch 8 x 4 x 2 ranks) at a step the run had reached; the log has every step 1..200.
 sed -n 's/^moe-train: resuming from .* (step \([0-9]*\), \([0-9]*\) samples consumed.*/\1 \2/p' "$trainout" >"$work/resumes"
@@ -255,7 +263,9 @@ echo "# resumed at steps:$steps"
 awk -F '\t' -v res="$steps" -v bad=$bad 'FNR > 1 { seen[$1 + 0] = 1; if ($1 + 0 > top) top = $1 + 0 }
   END { k = split(res, r, " "); for (i = 1; i <= 200; i++) if (!seen[i]) bad = 1
         exit !(k == 3 && top == 200 && !bad) }' "$run/log.tsv"
-ok $? "consumed samples: 3 resumes, each at its checkpoint's step with samples = step x 64; log.tsv has every step 1..200"
+r=$?
+[ $r -eq 0 ] || { cat "$work/resumes"; awk -F '\t' 'FNR > 1 { c[$1 + 0]++ } END { for (i = 1; i <= 200; i++) if (c[i] != 1) printf "step %d: %d log rows\n", i, c[i] }' "$run/log.tsv"; } | diag
+ok $r "consumed samples: 3 resumes, each at its checkpoint's step with samples = step x 64; log.tsv has every step 1..200"
 
 # ------------------------------------------------------------------ (d) refused at submit time
 refuse() {  # refuse DESCRIPTION SCHEDULE [moe-submit options]
