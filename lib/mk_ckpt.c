@@ -42,26 +42,29 @@ static void quiet_off(quiet q) { H5Eset_auto2(H5E_DEFAULT, q.func, q.data); }
 
 /* ------------------------------------------------------------------ small HDF5 helpers */
 
+/* Every call is checked: a failed H5Tset_size once left the step attribute out of a
+ * checkpoint that was then published (tests/fault/h5_loop). */
 static int attr_str(hid_t obj, const char *name, const char *value)
 {
     hid_t t = H5Tcopy(H5T_C_S1);
-    H5Tset_size(t, strlen(value) + 1);
     hid_t s = H5Screate(H5S_SCALAR);
-    hid_t a = H5Acreate2(obj, name, t, s, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t a = t >= 0 && s >= 0 && H5Tset_size(t, strlen(value) + 1) >= 0
+                  ? H5Acreate2(obj, name, t, s, H5P_DEFAULT, H5P_DEFAULT)
+                  : H5I_INVALID_HID;
     int ok = a >= 0 && H5Awrite(a, t, value) >= 0;
     if (a >= 0) H5Aclose(a);
-    H5Sclose(s);
-    H5Tclose(t);
+    if (s >= 0) H5Sclose(s);
+    if (t >= 0) H5Tclose(t);
     return ok ? MK_OK : MK_ERR_IO;
 }
 
 static int attr_i64(hid_t obj, const char *name, int64_t v)
 {
     hid_t s = H5Screate(H5S_SCALAR);
-    hid_t a = H5Acreate2(obj, name, H5T_STD_I64LE, s, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t a = s >= 0 ? H5Acreate2(obj, name, H5T_STD_I64LE, s, H5P_DEFAULT, H5P_DEFAULT) : H5I_INVALID_HID;
     int ok = a >= 0 && H5Awrite(a, H5T_NATIVE_INT64, &v) >= 0;
     if (a >= 0) H5Aclose(a);
-    H5Sclose(s);
+    if (s >= 0) H5Sclose(s);
     return ok ? MK_OK : MK_ERR_IO;
 }
 
@@ -82,20 +85,19 @@ static int read_attr_str(hid_t obj, const char *name, char *buf, size_t n)
     if (a < 0) return MK_ERR_INPUT;
     hid_t ft = H5Aget_type(a);
     int rc = MK_ERR_INPUT;
-    if (H5Tget_class(ft) == H5T_STRING && !H5Tis_variable_str(ft)) {
-        size_t sz = H5Tget_size(ft);
+    size_t sz = ft >= 0 ? H5Tget_size(ft) : 0;
+    if (sz > 0 && H5Tget_class(ft) == H5T_STRING && H5Tis_variable_str(ft) == 0) {
         char *tmp = calloc(sz + 1, 1);
         hid_t mt = H5Tcopy(H5T_C_S1);
-        H5Tset_size(mt, sz);
         if (!tmp) rc = MK_ERR_NOMEM;
-        else if (H5Aread(a, mt, tmp) >= 0) {
+        else if (mt >= 0 && H5Tset_size(mt, sz) >= 0 && H5Aread(a, mt, tmp) >= 0) {
             snprintf(buf, n, "%s", tmp);
             rc = MK_OK;
         }
-        H5Tclose(mt);
+        if (mt >= 0) H5Tclose(mt);
         free(tmp);
     }
-    H5Tclose(ft);
+    if (ft >= 0) H5Tclose(ft);
     H5Aclose(a);
     return rc;
 }
@@ -134,22 +136,27 @@ static herr_t integ_attr(hid_t loc, const char *name, const H5A_info_t *info, vo
     (void)info;
     integ *g = op;
     if (strcmp(g->obj, ".") == 0 && strcmp(name, "integrity") == 0) return 0;
+    /* Every query is checked: a failed H5Tget_class or H5Tget_size once put another line
+     * into the digest, and the writer sealed a file that then failed verify. */
     hid_t a = H5Aopen(loc, name, H5P_DEFAULT);
     hid_t t = a >= 0 ? H5Aget_type(a) : -1, sp = a >= 0 ? H5Aget_space(a) : -1;
     hssize_t np = sp >= 0 ? H5Sget_simple_extent_npoints(sp) : -1;
     size_t sz = t >= 0 ? H5Tget_size(t) : 0, n = sz * (size_t)(np > 0 ? np : 0);
-    unsigned char *buf = n > 0 && n < ((size_t)1 << 26) ? calloc(n, 1) : NULL;
-    hid_t mt = t >= 0 ? H5Tget_native_type(t, H5T_DIR_ASCEND) : -1;
-    if (a < 0 || t < 0 || np <= 0 || H5Tis_variable_str(t) > 0) {
+    const H5T_class_t cls = t >= 0 ? H5Tget_class(t) : H5T_NO_CLASS;
+    const htri_t vstr = t >= 0 ? H5Tis_variable_str(t) : -1;
+    const int readable = a >= 0 && t >= 0 && np > 0 && sz > 0 && cls >= 0 && vstr == 0 && n < ((size_t)1 << 26);
+    unsigned char *buf = readable ? calloc(n, 1) : NULL;
+    hid_t mt = readable && buf && cls != H5T_STRING ? H5Tget_native_type(t, H5T_DIR_ASCEND) : -1;
+    if (!readable) {
         if (!g->rc) g->rc = MK_ERR_INPUT;
     } else if (!buf) {
-        if (!g->rc) g->rc = n < ((size_t)1 << 26) ? MK_ERR_NOMEM : MK_ERR_INPUT;
-    } else if (mt < 0 || H5Aread(a, H5Tget_class(t) == H5T_STRING ? t : mt, buf) < 0) {
+        if (!g->rc) g->rc = MK_ERR_NOMEM;
+    } else if ((cls != H5T_STRING && mt < 0) || H5Aread(a, cls == H5T_STRING ? t : mt, buf) < 0) {
         if (!g->rc) g->rc = MK_ERR_INPUT;
     } else {
         char hex[65], what[128];
         mk_sha256_hex(buf, n, hex);
-        snprintf(what, sizeof what, "A:%d:%zu:%s", (int)H5Tget_class(t), sz, hex);
+        snprintf(what, sizeof what, "A:%d:%zu:%s", (int)cls, sz, hex);
         char obj[512];
         snprintf(obj, sizeof obj, "%s@%s", g->obj, name);
         integ_add(g, "attr", obj, what);
@@ -176,13 +183,16 @@ static herr_t integ_obj(hid_t root, const char *name, const H5O_info_t *info, vo
         hid_t t = d >= 0 ? H5Dget_type(d) : -1, sp = d >= 0 ? H5Dget_space(d) : -1, dcpl = d >= 0 ? H5Dget_create_plist(d) : -1;
         hsize_t dims[8] = { 0 };
         int nd = sp >= 0 ? H5Sget_simple_extent_ndims(sp) : -1;
-        if (nd < 0 || nd > 8 || t < 0 || dcpl < 0 || H5Sget_simple_extent_dims(sp, dims, NULL) < 0) {
+        const H5T_class_t cls = t >= 0 ? H5Tget_class(t) : H5T_NO_CLASS;
+        const size_t tsz = t >= 0 ? H5Tget_size(t) : 0;
+        const int nfilters = dcpl >= 0 ? H5Pget_nfilters(dcpl) : -1;
+        if (nd < 0 || nd > 8 || cls < 0 || tsz == 0 || nfilters < 0 || H5Sget_simple_extent_dims(sp, dims, NULL) < 0) {
             if (!g->rc) g->rc = MK_ERR_INPUT;
         } else {
-            int len = snprintf(what, sizeof what, "D:%d:%zu:", (int)H5Tget_class(t), H5Tget_size(t));
+            int len = snprintf(what, sizeof what, "D:%d:%zu:", (int)cls, tsz);
             for (int i = 0; i < nd && len < (int)sizeof what - 24; i++)
                 len += snprintf(what + len, sizeof what - (size_t)len, "%llu,", (unsigned long long)dims[i]);
-            if (H5Pget_nfilters(dcpl) == 0 && H5Tget_class(t) == H5T_INTEGER && H5Tget_size(t) == 1) {
+            if (nfilters == 0 && cls == H5T_INTEGER && tsz == 1) {
                 size_t n = 1;
                 for (int i = 0; i < nd; i++) n *= (size_t)dims[i];
                 unsigned char *b = malloc(n ? n : 1);
@@ -270,13 +280,14 @@ static int write_f32(hid_t group, const char *name, int ndim, const hsize_t *dim
     for (int i = 1; i < ndim; i++) row *= chunk[i];
     const hsize_t max_rows = (hsize_t)((1u << 30) / 4 / row);
     if (chunk[0] > max_rows && max_rows > 0) chunk[0] = max_rows;
-    H5Pset_chunk(dcpl, ndim, chunk);
-    H5Pset_fletcher32(dcpl);
-    hid_t d = H5Dcreate2(group, name, H5T_IEEE_F32LE, s, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+    /* a dataset without its Fletcher32 would verify as "no checksum", so no step may fail */
+    hid_t d = s >= 0 && dcpl >= 0 && H5Pset_chunk(dcpl, ndim, chunk) >= 0 && H5Pset_fletcher32(dcpl) >= 0
+                  ? H5Dcreate2(group, name, H5T_IEEE_F32LE, s, H5P_DEFAULT, dcpl, H5P_DEFAULT)
+                  : H5I_INVALID_HID;
     int ok = d >= 0 && H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) >= 0;
     if (d >= 0) H5Dclose(d);
-    H5Pclose(dcpl);
-    H5Sclose(s);
+    if (dcpl >= 0) H5Pclose(dcpl);
+    if (s >= 0) H5Sclose(s);
     return ok ? MK_OK : MK_ERR_IO;
 }
 
@@ -310,7 +321,9 @@ static void global_dims(const mk_tensor *t, hsize_t *dims)
     dims[0] = (hsize_t)t->dim0_global;
 }
 
-static int write_tensors(mk_trainer *tr, hid_t file, int is_writer)
+/* is_writer 0: only take part in the gathers (another rank writes, or this rank's writing
+ * already failed and it must not leave the others waiting). */
+static int write_tensors(mk_trainer *tr, hid_t file, const char *path, int is_writer)
 {
     mk_model *m = mk_trainer_model(tr);
     size_t maxg = 0;
@@ -321,27 +334,32 @@ static int write_tensors(mk_trainer *tr, hid_t file, int is_writer)
     }
     float *buf = malloc(maxg * sizeof *buf);
     mk_real *scratch = malloc(maxg * sizeof *scratch);
-    int rc = buf && scratch ? MK_OK : MK_FAIL(MK_ERR_NOMEM, "checkpoint: out of memory");
+    int rc = buf && scratch ? MK_OK : MK_FAIL(MK_ERR_NOMEM, "%s: out of memory for the tensors", path);
     const char *groups[3] = { "/model", "/optim/m", "/optim/v" };
     mk_real *blocks[3] = { mk_model_params(m), mk_model_adam_m(m), mk_model_adam_v(m) };
     hid_t g[3] = { -1, -1, -1 };
+    /* A failed write stops the writing, not the gathers: the other ranks of the
+     * expert-parallel group are in them too (wrc keeps the write's error). */
+    int wrc = MK_OK;
     if (rc == MK_OK && is_writer) {
         hid_t optim = H5Gcreate2(file, "/optim", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
         for (int k = 0; k < 3; k++) g[k] = H5Gcreate2(file, groups[k], H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-        if (optim < 0 || g[0] < 0 || g[1] < 0 || g[2] < 0) rc = MK_FAIL(MK_ERR_IO, "checkpoint: cannot create groups");
+        if (optim < 0 || g[0] < 0 || g[1] < 0 || g[2] < 0)
+            wrc = MK_FAIL(MK_ERR_IO, "%s: cannot create the /model and /optim groups", path);
         if (optim >= 0) H5Gclose(optim);
     }
     for (int k = 0; k < 3 && rc == MK_OK; k++)
         for (size_t i = 0; i < mk_model_tensor_count(m) && rc == MK_OK; i++) {
             const mk_tensor *t = mk_model_tensor(m, i);
             rc = gather_tensor(tr, t, blocks[k], buf, scratch);
-            if (rc == MK_OK && is_writer) {
+            if (rc == MK_OK && is_writer && wrc == MK_OK) {
                 hsize_t dims[3];
                 global_dims(t, dims);
                 if (write_f32(g[k], t->name, t->ndim, dims, buf) != MK_OK)
-                    rc = MK_FAIL(MK_ERR_IO, "checkpoint: cannot write %s/%s", groups[k], t->name);
+                    wrc = MK_FAIL(MK_ERR_IO, "%s: cannot write %s/%s", path, groups[k], t->name);
             }
         }
+    if (rc == MK_OK) rc = wrc;
     for (int k = 0; k < 3; k++)
         if (g[k] >= 0) H5Gclose(g[k]);
     free(buf);
@@ -388,11 +406,11 @@ static int write_ranks(hid_t f, const char *tmp, const char *ranks_path)
         hid_t tg = H5Gcreate2(f, "/tokenizer", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
         hsize_t dim = (hsize_t)n;
         hid_t s = H5Screate_simple(1, &dim, NULL);
-        hid_t d = tg >= 0 ? H5Dcreate2(tg, "ranks", H5T_STD_U8LE, s, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT) : -1;
+        hid_t d = tg >= 0 && s >= 0 ? H5Dcreate2(tg, "ranks", H5T_STD_U8LE, s, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT) : -1;
         if (d < 0 || H5Dwrite(d, H5T_NATIVE_UCHAR, H5S_ALL, H5S_ALL, H5P_DEFAULT, bytes) < 0)
             rc = MK_FAIL(MK_ERR_IO, "%s: cannot write /tokenizer/ranks", tmp);
         if (d >= 0) H5Dclose(d);
-        H5Sclose(s);
+        if (s >= 0) H5Sclose(s);
         if (tg >= 0) H5Gclose(tg);
     } else {
         rc = MK_FAIL(MK_ERR_INPUT, "%s: cannot read the tokenizer ranks to embed", ranks_path);
@@ -503,7 +521,9 @@ static int write_file(mk_trainer *tr, const char *tmp, const mk_ckpt_meta *meta,
     if (f < 0) return MK_FAIL(MK_ERR_NOMEM, "%s: cannot create the checkpoint in memory", tmp);
     int rc = write_meta(tr, f, tmp, meta);
     if (rc == MK_OK && ranks_path) rc = write_ranks(f, tmp, ranks_path);
-    int trc = write_tensors(tr, f, 1);
+    /* after a failure the gathers still run (the other ranks wait in them), with no writes
+     * and no second error line */
+    int trc = write_tensors(tr, rc == MK_OK ? f : -1, tmp, rc == MK_OK);
     if (rc == MK_OK) rc = trc;
     if (rc == MK_OK) rc = integrity_seal(f, tmp);
     ssize_t size = -1; /* the image's length: called without a buffer it copies nothing */
@@ -619,7 +639,7 @@ static int publish(const char *dir, const char *tmp, const char *final, long ste
  * what it alone owns with collective I/O (required for checksummed, chunked datasets):
  * replicated tensors come from world rank 0, expert shards from the ranks of the first
  * expert-parallel group, each its own hyperslab of the global-shape dataset. */
-static int write_tensors_parallel(mk_trainer *tr, hid_t file, hid_t dxpl)
+static int write_tensors_parallel(mk_trainer *tr, hid_t file, const char *path, hid_t dxpl)
 {
     mk_model *m = mk_trainer_model(tr);
     mk_backend *be = mk_model_backend(m);
@@ -630,14 +650,14 @@ static int write_tensors_parallel(mk_trainer *tr, hid_t file, hid_t dxpl)
         if (mk_model_tensor(m, i)->numel > maxn) maxn = mk_model_tensor(m, i)->numel;
     float *buf = malloc((maxn ? maxn : 1) * sizeof *buf);
     mk_real *scratch = malloc((maxn ? maxn : 1) * sizeof *scratch);
-    int rc = buf && scratch ? MK_OK : MK_FAIL(MK_ERR_NOMEM, "checkpoint: out of memory");
+    int rc = buf && scratch ? MK_OK : MK_FAIL(MK_ERR_NOMEM, "%s: out of memory for the tensors", path);
     const char *groups[3] = { "/model", "/optim/m", "/optim/v" };
     mk_real *blocks[3] = { mk_model_params(m), mk_model_adam_m(m), mk_model_adam_v(m) };
     hid_t optim = H5Gcreate2(file, "/optim", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
     if (optim >= 0) H5Gclose(optim);
     for (int k = 0; k < 3 && rc == MK_OK; k++) {
         hid_t g = H5Gcreate2(file, groups[k], H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-        if (g < 0) rc = MK_FAIL(MK_ERR_IO, "checkpoint: cannot create %s", groups[k]);
+        if (g < 0) rc = MK_FAIL(MK_ERR_IO, "%s: cannot create %s", path, groups[k]);
         for (size_t i = 0; rc == MK_OK && i < mk_model_tensor_count(m); i++) {
             const mk_tensor *t = mk_model_tensor(m, i);
             hsize_t dims[3], start[3] = { (hsize_t)t->dim0_offset, 0, 0 }, count[3], chunk[3];
@@ -660,7 +680,7 @@ static int write_tensors_parallel(mk_trainer *tr, hid_t file, hid_t dxpl)
                 H5Sselect_none(ms);
             }
             if (d < 0 || H5Dwrite(d, H5T_NATIVE_FLOAT, ms, fs, dxpl, buf) < 0)
-                rc = MK_FAIL(MK_ERR_IO, "checkpoint: cannot write %s/%s", groups[k], t->name);
+                rc = MK_FAIL(MK_ERR_IO, "%s: cannot write %s/%s", path, groups[k], t->name);
             H5Sclose(ms);
             if (d >= 0) H5Dclose(d);
             H5Pclose(dcpl);
@@ -690,7 +710,7 @@ static int write_file_parallel(mk_trainer *tr, const char *tmp, const mk_ckpt_me
     hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
     H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE);
     int rc = write_meta(tr, f, tmp, meta);
-    int trc = write_tensors_parallel(tr, f, dxpl);
+    int trc = write_tensors_parallel(tr, f, tmp, dxpl);
     if (rc == MK_OK) rc = trc;
     H5Pclose(dxpl);
     if (H5Fclose(f) < 0 && rc == MK_OK) rc = MK_FAIL(MK_ERR_IO, "%s: close failed", tmp);
@@ -736,7 +756,7 @@ int mk_ckpt_save(mk_trainer *tr, const char *run_dir, const mk_ckpt_meta *meta, 
     } else if (writer) {
         rc = write_file(tr, tmp, meta, ranks_path);
     } else {
-        rc = write_tensors(tr, -1, 0); /* take part in the gathers */
+        rc = write_tensors(tr, -1, tmp, 0); /* take part in the gathers */
     }
     quiet_off(q);
     if (writer && rc == MK_OK) rc = publish(dir, tmp, final, meta->step, keep);
