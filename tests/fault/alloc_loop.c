@@ -32,6 +32,8 @@
 #include "mk_model.h"
 #include "mk_trainer.h"
 #include "../tap.h"
+#include "capture.h"
+#include "fixture.h"
 
 /* ------------------------------------------------------------------ the hook */
 void *__real_malloc(size_t n);
@@ -132,34 +134,8 @@ void __wrap_free(void *p)
     __real_free(p);
 }
 
-/* ------------------------------------------------------------------ stderr capture */
-static int saved_err = -1;
-static char errpath[4096];
-static void capture_begin(void)
-{
-    fflush(stderr);
-    saved_err = dup(2);
-    int fd = open(errpath, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    dup2(fd, 2);
-    close(fd);
-}
-/* the captured text: its "moekit: error:" line count, and the first such line */
-static int capture_end(char *first, size_t n)
-{
-    fflush(stderr);
-    dup2(saved_err, 2);
-    close(saved_err);
-    first[0] = 0;
-    FILE *f = fopen(errpath, "r");
-    int lines = 0;
-    char line[2048];
-    while (f && fgets(line, sizeof line, f))
-        if (strncmp(line, "moekit: error:", 14) == 0 && lines++ == 0) snprintf(first, n, "%s", line);
-    if (f) fclose(f);
-    size_t l = strlen(first);
-    if (l && first[l - 1] == '\n') first[l - 1] = 0;
-    return lines;
-}
+/* stderr capture: capture.h */
+static capture cap;
 
 /* ------------------------------------------------------------------ the operations */
 static char dir[3000], ds[4200], idx_prefix[4300], ranks[4300], jsonl[4300], ini[4300], ckdir[4300], ckfile[4400];
@@ -269,10 +245,10 @@ static void loop(const op *o, int persist)
     unsigned long sum = 0;
     counted = 0;
     fail_at = 0;
-    capture_begin();
+    capture_begin(&cap);
     int rc0 = o->fn(&ref_sum);
     char line[2048];
-    capture_end(line, sizeof line);
+    capture_end(&cap, line, sizeof line);
     const long total = counted;
     if (!tap_ok(rc0 == MK_OK, "%s: undisturbed run succeeds (%ld allocations)", o->name, total)) {
         printf("# %s\n", line);
@@ -285,10 +261,10 @@ static void loop(const op *o, int persist)
         counted = hits = 0;
         const long before = live_n;
         fail_at = k;
-        capture_begin();
+        capture_begin(&cap);
         int rc = o->fn(&sum);
         fail_at = 0;
-        const int lines = capture_end(line, sizeof line);
+        const int lines = capture_end(&cap, line, sizeof line);
         runs++;
         if (live_n != before) {
             leaks++;
@@ -340,7 +316,7 @@ int main(int argc, char **argv)
     snprintf(ini, sizeof ini, "%s/schedules/tiny.ini", srcdir);
     snprintf(ckdir, sizeof ckdir, "%s/ckpt", dir);
     snprintf(ckfile, sizeof ckfile, "%s/ckpt/step_00000003.h5", dir);
-    snprintf(errpath, sizeof errpath, "%s/stderr.txt", dir);
+    snprintf(cap.path, sizeof cap.path, "%s/stderr.txt", dir);
 
     /* the hook sees this file's allocations too: a self-check that the leak count can fail */
     static void *volatile probe; /* volatile: the compiler may not drop the pair */
@@ -352,14 +328,8 @@ int main(int argc, char **argv)
 
     /* a trainer of a small model, and its checkpoint to load back */
     mk_config c;
-    mk_config_defaults(&c);
-    const char *sets[] = { "model.d_model=32", "model.ffn=32", "model.seq_len=32", "model.experts=4",
-                           "train.threads=1", NULL };
-    int rc = mk_config_load_ini(&c, ini);
-    for (int i = 0; rc == MK_OK && sets[i]; i++) rc = mk_config_set(&c, sets[i], "test");
     mk_comm *self = NULL;
-    if (rc == MK_OK) rc = mk_comm_self(&self);
-    if (rc == MK_OK) rc = mk_trainer_create(&c, self, &tr);
+    int rc = fixture_trainer(srcdir, &c, &self, &tr);
     mk_ckpt_meta meta = { .step = 3, .tokens_seen = 99, .samples_consumed = 12 };
     snprintf(meta.tokenizer, sizeof meta.tokenizer, "byte");
     if (rc == MK_OK) rc = mk_ckpt_save(tr, dir, &meta, 1, NULL, NULL, 0);

@@ -40,6 +40,8 @@
 #include "mk_model.h"
 #include "mk_trainer.h"
 #include "../tap.h"
+#include "capture.h"
+#include "fixture.h"
 
 /* ------------------------------------------------------------------ the hook */
 /* One process, one thread through the checkpoint code: plain globals are enough here. */
@@ -156,34 +158,8 @@ static long open_ids(void)
     return n;
 }
 
-/* ------------------------------------------------------------------ stderr capture */
-static int saved_err = -1;
-static char errpath[4096];
-static void capture_begin(void)
-{
-    fflush(stderr);
-    saved_err = dup(2);
-    int fd = open(errpath, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    dup2(fd, 2);
-    close(fd);
-}
-/* the captured text: its "moekit: error:" line count, and the first such line */
-static int capture_end(char *first, size_t n)
-{
-    fflush(stderr);
-    dup2(saved_err, 2);
-    close(saved_err);
-    first[0] = 0;
-    FILE *f = fopen(errpath, "r");
-    int lines = 0;
-    char line[2048];
-    while (f && fgets(line, sizeof line, f))
-        if (strncmp(line, "moekit: error:", 14) == 0 && lines++ == 0) snprintf(first, n, "%s", line);
-    if (f) fclose(f);
-    size_t l = strlen(first);
-    if (l && first[l - 1] == '\n') first[l - 1] = 0;
-    return lines;
-}
+/* stderr capture: capture.h */
+static capture cap;
 
 /* ------------------------------------------------------------------ files */
 static int read_all(const char *path, char **buf, size_t *n)
@@ -365,10 +341,10 @@ static void loop(const op *o, int persist)
     counted = 0;
     fail_at = 0;
     recording = 1;
-    capture_begin();
+    capture_begin(&cap);
     int rc0 = o->fn(&ref, why, sizeof why);
     recording = 0;
-    capture_end(line, sizeof line);
+    capture_end(&cap, line, sizeof line);
     const long total = counted;
     if (!tap_ok(rc0 == MK_OK && !why[0] && ref != 0, "%s: undisturbed run succeeds (%ld HDF5 calls counted)",
                 o->name, total)) {
@@ -390,10 +366,10 @@ static void loop(const op *o, int persist)
         first_failed = NULL;
         made_n = 0;
         fail_at = k;
-        capture_begin();
+        capture_begin(&cap);
         int rc = o->fn(&sum, why, sizeof why);
         fail_at = 0;
-        const int lines = capture_end(line, sizeof line);
+        const int lines = capture_end(&cap, line, sizeof line);
         const long leaked = open_ids();
         runs++;
         if (hits == 0) { /* the operation did not reach call k: done */
@@ -445,20 +421,12 @@ int main(int argc, char **argv)
     snprintf(ck2, sizeof ck2, "%s/step_00000002.h5", ckdir);
     snprintf(ck3, sizeof ck3, "%s/step_00000003.h5", ckdir);
     snprintf(latest, sizeof latest, "%s/latest", ckdir);
-    snprintf(errpath, sizeof errpath, "%s/stderr.txt", dir);
-    char ini[4300];
-    snprintf(ini, sizeof ini, "%s/schedules/tiny.ini", srcdir);
+    snprintf(cap.path, sizeof cap.path, "%s/stderr.txt", dir);
 
     /* a trainer of a small model, and its step-2 checkpoint */
     mk_config c;
-    mk_config_defaults(&c);
-    const char *sets[] = { "model.d_model=32", "model.ffn=32", "model.seq_len=32", "model.experts=4",
-                           "train.threads=1", NULL };
-    int rc = mk_config_load_ini(&c, ini);
-    for (int i = 0; rc == MK_OK && sets[i]; i++) rc = mk_config_set(&c, sets[i], "test");
     mk_comm *self = NULL;
-    if (rc == MK_OK) rc = mk_comm_self(&self);
-    if (rc == MK_OK) rc = mk_trainer_create(&c, self, &tr);
+    int rc = fixture_trainer(srcdir, &c, &self, &tr);
     mk_ckpt_meta meta = { .step = 2, .tokens_seen = 64, .samples_consumed = 8 };
     snprintf(meta.tokenizer, sizeof meta.tokenizer, "byte");
     if (rc == MK_OK) rc = mk_ckpt_save(tr, dir, &meta, 2, NULL, NULL, 0);
@@ -470,12 +438,12 @@ int main(int argc, char **argv)
     /* the hook reaches the library's HDF5 calls: a save whose first one fails must fail */
     fail_at = 1;
     counted = hits = 0;
-    capture_begin();
+    capture_begin(&cap);
     unsigned long s;
     char why[1100], line[2048];
     rc = op_save(&s, why, sizeof why);
     fail_at = 0;
-    capture_end(line, sizeof line);
+    capture_end(&cap, line, sizeof line);
     tap_ok(hits == 1 && rc != MK_OK, "the hook fails the library's HDF5 calls (the first, %s: status %d)",
            first_failed ? first_failed : "none", rc);
 
