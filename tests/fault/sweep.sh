@@ -8,7 +8,7 @@ export top_builddir srcdir
 log=${1:-fault-sweep.log}
 : >"$log"
 t0=$(date +%s)
-# SWEEP_SKIP: names of parts to leave out (T2a T2b T4 T3 T6 kill), e.g. SWEEP_SKIP="T2a"
+# SWEEP_SKIP: names of parts to leave out (T2a T2b T4 T4h T4s T3 T6 kill), e.g. SWEEP_SKIP="T2a"
 skip() { case " ${SWEEP_SKIP:-} " in *" $1 "*) return 0 ;; esac; return 1; }
 run() { # ID NAME SCRIPT [VAR=VALUE]...
   skip "$1" && return; shift
@@ -24,6 +24,8 @@ run() { # ID NAME SCRIPT [VAR=VALUE]...
 run T2a "T2 crash points, one save (every k, torn 1/8..7/8)" test_crash_points.sh
 run T2b "T2 crash points, ten saves (every k, torn 1/2)" test_crash_points.sh FINAL=12 "EXTRA=--set ckpt.every=1" TEARS=4
 run T4 "T4 I/O errors (every k x ENOSPC/EIO x transient/persistent)" test_io_errors.sh
+run T4h "T4 HDF5 calls (every k of save/load/verify/find, both modes)" test_h5_errors.sh H5LOOP_FULL=1
+run T4s "T4 moe-shard I/O errors (every k x ENOSPC/EIO x both modes)" test_shard_errors.sh
 run T3 "T3 power loss (100 crash points x 10 damage patterns)" test_power_loss.sh
 run T6 "T6 corruption (1000 data / 100 meta flips, 100 cuts; dataset)" test_corrupt.sh
 
