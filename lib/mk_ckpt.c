@@ -244,7 +244,12 @@ static int integrity_of(hid_t f, char hex[65])
  * reason in why. */
 static int integrity_check(hid_t f, const char *path, char *why, size_t n)
 {
-    if (H5Aexists(f, "integrity") <= 0) return MK_OK;
+    const htri_t has = H5Aexists(f, "integrity");
+    if (has == 0) return MK_OK;
+    if (has < 0) { /* not "absent": the check would be skipped on a read error */
+        snprintf(why, n, "%s: cannot read the root attributes (damaged file)", path);
+        return MK_ERR_INPUT;
+    }
     char want[80] = "", have[65];
     int rc = read_attr_str(f, "integrity", want, sizeof want);
     if (rc == MK_OK) rc = integrity_of(f, have);
@@ -854,8 +859,12 @@ int mk_ckpt_load(mk_trainer *tr, const char *path, mk_ckpt_meta *meta)
         read_attr_i64(st, "samples_consumed", &samples))
         rc = MK_FAIL(MK_ERR_INPUT, "%s: step, tokens_seen or /state/samples_consumed missing", path);
     if (st >= 0) H5Gclose(st);
-    if (read_attr_str(f, "tokenizer", meta->tokenizer, sizeof meta->tokenizer) == MK_ERR_NOMEM && rc == MK_OK)
-        rc = MK_FAIL(MK_ERR_NOMEM, "%s: out of memory", path);
+    /* absent in files before the attribute existed; a read error must not pass for that */
+    const htri_t has_tok = rc == MK_OK ? H5Aexists(f, "tokenizer") : 0;
+    const int tr_rc = has_tok > 0 ? read_attr_str(f, "tokenizer", meta->tokenizer, sizeof meta->tokenizer) : MK_OK;
+    if (rc == MK_OK && tr_rc == MK_ERR_NOMEM) rc = MK_FAIL(MK_ERR_NOMEM, "%s: out of memory", path);
+    else if (rc == MK_OK && (has_tok < 0 || tr_rc != MK_OK))
+        rc = MK_FAIL(MK_ERR_INPUT, "%s: cannot read the tokenizer attribute", path);
     size_t maxn = 0;
     for (size_t i = 0; i < mk_model_tensor_count(m); i++)
         if (mk_model_tensor(m, i)->numel > maxn) maxn = mk_model_tensor(m, i)->numel;
@@ -894,8 +903,12 @@ static int verify_group(hid_t f, const char *gname, const char *path, char *why,
         snprintf(why, n, "%s: group %s is missing", path, gname);
         return MK_ERR_INPUT;
     }
-    H5G_info_t info;
-    H5Gget_info(g, &info);
+    H5G_info_t info = { 0 };
+    if (H5Gget_info(g, &info) < 0) {
+        snprintf(why, n, "%s: cannot list %s", path, gname);
+        H5Gclose(g);
+        return MK_ERR_INPUT;
+    }
     int rc = MK_OK;
     for (hsize_t i = 0; rc == MK_OK && i < info.nlinks; i++) {
         char name[256];
@@ -919,17 +932,23 @@ static int verify_group(hid_t f, const char *gname, const char *path, char *why,
          * file, which also bounds the buffer; a dataset with other filters only has to fit
          * size_t. */
         hsize_t stored = H5Dget_storage_size(d);
+        /* an unreadable filter list is an error, not "no filters": it decides the bound */
         hid_t dcpl = H5Dget_create_plist(d);
-        int raw = 1, nf = dcpl >= 0 ? H5Pget_nfilters(dcpl) : 0;
+        int raw = 1, nf = dcpl >= 0 ? H5Pget_nfilters(dcpl) : -1;
         for (int k = 0; k < nf; k++) {
             unsigned flags;
             size_t ncd = 0;
-            if (H5Pget_filter2(dcpl, (unsigned)k, &flags, &ncd, NULL, 0, NULL, NULL) != H5Z_FILTER_FLETCHER32) raw = 0;
+            const H5Z_filter_t id = H5Pget_filter2(dcpl, (unsigned)k, &flags, &ncd, NULL, 0, NULL, NULL);
+            if (id < 0) nf = -1;
+            else if (id != H5Z_FILTER_FLETCHER32) raw = 0;
         }
         if (dcpl >= 0) H5Pclose(dcpl);
         float *buf = NULL;
         if (nd < 0 || cnt < 0) {
             snprintf(why, n, "%s: %s/%s has an unreadable shape or more than 8 dimensions", path, gname, name);
+            rc = MK_ERR_INPUT;
+        } else if (nf < 0) {
+            snprintf(why, n, "%s: %s/%s: cannot read its filter list", path, gname, name);
             rc = MK_ERR_INPUT;
         } else if ((uint64_t)cnt > (raw ? stored : SIZE_MAX) / sizeof *buf) {
             snprintf(why, n, "%s: %s/%s has %lld elements but %llu bytes in the file (unwritten or truncated)",
@@ -995,6 +1014,10 @@ int mk_ckpt_verify(const char *path, char *why, size_t n)
     } else {
         rc = verify_group(f, "/model", path, why, n, -1);
         hid_t model = rc == MK_OK ? H5Gopen2(f, "/model", H5P_DEFAULT) : -1;
+        if (rc == MK_OK && model < 0) {
+            snprintf(why, n, "%s: cannot open /model again", path);
+            rc = MK_ERR_INPUT;
+        }
         if (rc == MK_OK) rc = verify_group(f, "/optim/m", path, why, n, model);
         if (rc == MK_OK) rc = verify_group(f, "/optim/v", path, why, n, model);
         if (model >= 0) H5Gclose(model);

@@ -200,6 +200,25 @@ static int op_bpe(unsigned long *sum)
     mk_bpe_free(&b);
     return rc;
 }
+/* BPE training on three short documents, then the atomic save of its ranks file. */
+static int op_bpe_train(unsigned long *sum)
+{
+    static const char *const docs[] = {
+        "the quick brown fox jumps over the lazy dog, then the dog sleeps and the fox runs",
+        "def f(x):\n    return x * x + 2 * x  # the square and twice the value\n",
+        "Der schnelle braune Fuchs springt ueber den faulen Hund; the the the fox fox",
+    };
+    size_t lens[3];
+    for (int i = 0; i < 3; i++) lens[i] = strlen(docs[i]);
+    mk_bpe *b = NULL;
+    int rc = mk_bpe_train(docs, lens, 3, 300, &b);
+    char path[4400];
+    snprintf(path, sizeof path, "%s/trained.ranks", dir);
+    if (rc == MK_OK) rc = mk_bpe_save(b, path);
+    *sum = rc == MK_OK ? mix(14695981039346656037ul, mk_bpe_sha256_hex(b), 64) : 0;
+    mk_bpe_free(&b);
+    return rc;
+}
 static int op_corpus(unsigned long *sum)
 {
     mk_corpus_file f;
@@ -339,6 +358,7 @@ int main(int argc, char **argv)
                        { ".idx/.bin reader (mk_indexed_open + read)", op_idx },
                        { "dataset manifest (mk_dataset_open + samples)", op_manifest },
                        { "BPE ranks file (mk_bpe_load + encode)", op_bpe },
+                       { "BPE training (mk_bpe_train + save)", op_bpe_train },
                        { "JSONL corpus (mk_corpus_load)", op_corpus },
                        { "checkpoint loader (mk_ckpt_load)", op_ckpt_load },
                        { "checkpoint verify (mk_ckpt_verify)", op_ckpt_verify },

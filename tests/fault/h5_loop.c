@@ -213,7 +213,7 @@ static void list_dir(const char *path, char *out, size_t n)
 }
 
 /* ------------------------------------------------------------------ the operations */
-static char dir[3000], ckdir[3100], ck2[3200], ck3[3200], latest[3200];
+static char dir[3000], ckdir[3100], ck2[3200], ck3[3200], latest[3200], ranks[3200];
 static char *ck2_bytes, *latest_bytes;
 static size_t ck2_n, latest_n;
 static mk_trainer *tr;
@@ -262,11 +262,12 @@ typedef struct op {
     int absorb_persistent; /* may it succeed under a persistent failure? */
 } op;
 
-static int op_save(unsigned long *sum, char *why, size_t n)
+/* A save of step 3 next to step 2, with the BPE ranks file embedded or not. */
+static int save_step3(const char *ranks_path, unsigned long *sum, char *why, size_t n)
 {
     mk_ckpt_meta meta = { .step = 3, .tokens_seen = 99, .samples_consumed = 12 };
-    snprintf(meta.tokenizer, sizeof meta.tokenizer, "byte");
-    const int rc = mk_ckpt_save(tr, dir, &meta, 2, NULL, NULL, 0);
+    snprintf(meta.tokenizer, sizeof meta.tokenizer, "%s", ranks_path ? "bpe" : "byte");
+    const int rc = mk_ckpt_save(tr, dir, &meta, 2, ranks_path, NULL, 0);
     const long save_calls = counted; /* the checks below are not the save's */
     const long saved = fail_at;
     fail_at = 0;
@@ -299,6 +300,8 @@ static int op_save(unsigned long *sum, char *why, size_t n)
     counted = save_calls;
     return rc;
 }
+static int op_save(unsigned long *sum, char *why, size_t n) { return save_step3(NULL, sum, why, n); }
+static int op_save_ranks(unsigned long *sum, char *why, size_t n) { return save_step3(ranks, sum, why, n); }
 static int op_load(unsigned long *sum, char *why, size_t n)
 {
     (void)why, (void)n;
@@ -386,6 +389,7 @@ static void loop(const op *o, int persist)
             snprintf(bad, sizeof bad, "%s", why);
         else if (rc == MK_OK) {
             absorbed++;
+            if (getenv("H5LOOP_SHOW_ABSORBED")) printf("# %s k=%ld: absorbed a failed %s\n", o->name, k, first_failed);
             if (sum != ref) snprintf(bad, sizeof bad, "status 0 with another result");
             else if (persist && !o->absorb_persistent) snprintf(bad, sizeof bad, "persistent failure ignored");
         } else if (rc < MK_ERR_USAGE || rc > MK_ERR_COMM)
@@ -421,6 +425,7 @@ int main(int argc, char **argv)
     snprintf(ck2, sizeof ck2, "%s/step_00000002.h5", ckdir);
     snprintf(ck3, sizeof ck3, "%s/step_00000003.h5", ckdir);
     snprintf(latest, sizeof latest, "%s/latest", ckdir);
+    snprintf(ranks, sizeof ranks, "%s/tokenizer.ranks", dir);
     snprintf(cap.path, sizeof cap.path, "%s/stderr.txt", dir);
 
     /* a trainer of a small model, and its step-2 checkpoint */
@@ -447,7 +452,28 @@ int main(int argc, char **argv)
     tap_ok(hits == 1 && rc != MK_OK, "the hook fails the library's HDF5 calls (the first, %s: status %d)",
            first_failed ? first_failed : "none", rc);
 
+    /* two refusals before any HDF5 call */
+    char nowhere[3300], file_dir[3300];
+    snprintf(nowhere, sizeof nowhere, "%s/no-such.ranks", dir);
+    capture_begin(&cap);
+    rc = save_step3(nowhere, &s, why, sizeof why);
+    int lines = capture_end(&cap, line, sizeof line);
+    tap_ok(rc == MK_ERR_INPUT && lines == 1 && strstr(line, nowhere) && !why[0],
+           "a save whose BPE ranks file is missing fails with status %d, one line naming it: %s", rc, line);
+    snprintf(file_dir, sizeof file_dir, "%s/ranks-as-run-dir", dir);
+    FILE *rf = fopen(ranks, "wb"), *ff = fopen(file_dir, "wb");
+    const int made = rf && ff && fputs("Zm9v 0\nYmFy 1\n", rf) >= 0;
+    if (rf) fclose(rf);
+    if (ff) fclose(ff);
+    mk_ckpt_meta m3 = { .step = 3 };
+    capture_begin(&cap);
+    rc = made ? mk_ckpt_save(tr, file_dir, &m3, 2, NULL, NULL, 0) : MK_ERR_IO;
+    lines = capture_end(&cap, line, sizeof line);
+    tap_ok(made && rc == MK_ERR_IO && lines == 1 && strstr(line, file_dir),
+           "a save into a run.dir that is a file fails with status %d, one line naming it: %s", rc, line);
+
     const op ops[] = { { "checkpoint save (mk_ckpt_save)", ckdir, op_save, 0 },
+                       { "checkpoint save with BPE ranks (mk_ckpt_save)", ckdir, op_save_ranks, 0 },
                        { "checkpoint load (mk_ckpt_load)", ck2, op_load, 0 },
                        { "checkpoint verify (mk_ckpt_verify)", ck2, op_verify, 0 },
                        { "checkpoint search (mk_ckpt_find)", dir, op_find, 1 } };
