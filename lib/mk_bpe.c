@@ -718,17 +718,16 @@ int mk_bpe_load(const char *path, mk_bpe **out)
 
 /* ------------------------------------------------------------------- ranks file: save */
 
+/* O_EXCL | O_NOFOLLOW through mk_fs_create_tmp: a link planted at path.tmp is refused,
+ * not followed (as for checkpoints). */
 static int write_synced(const char *path, const char *buf, size_t len)
 {
-    FILE *f = fopen(path, "wb");
-    if (!f) return MK_FAIL(MK_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
-    int ok = fwrite(buf, 1, len, f) == len && fflush(f) == 0 && fsync(fileno(f)) == 0;
-    int err = errno;
-    if (fclose(f) != 0 && ok) {
-        ok = 0;
-        err = errno;
-    }
-    return ok ? MK_OK : MK_FAIL(MK_ERR_IO, "%s: write failed: %s", path, strerror(err));
+    int fd;
+    MK_CHECK(mk_fs_create_tmp(path, &fd));
+    int rc = mk_fs_write_all(fd, buf, len, path);
+    if (rc == MK_OK && fsync(fd) != 0) rc = MK_FAIL(MK_ERR_IO, "%s: fsync failed: %s", path, strerror(errno));
+    if (close(fd) != 0 && rc == MK_OK) rc = MK_FAIL(MK_ERR_IO, "%s: close failed: %s", path, strerror(errno));
+    return rc;
 }
 
 int mk_bpe_save(const mk_bpe *b, const char *path)

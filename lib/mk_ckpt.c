@@ -485,16 +485,9 @@ static int write_image(const char *path, const unsigned char *b, size_t n)
      * a link planted there. */
     int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
     if (fd < 0) return MK_FAIL(MK_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
-    size_t done = 0;
-    while (done < n) {
-        ssize_t w = write(fd, b + done, n - done);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) {
-            int e = w < 0 ? errno : EIO;
-            close(fd);
-            return MK_FAIL(MK_ERR_IO, "%s: write failed: %s", path, strerror(e));
-        }
-        done += (size_t)w;
+    if (mk_fs_write_all(fd, b, n, path) != MK_OK) {
+        close(fd);
+        return MK_ERR_IO;
     }
     /* NFS reports some write errors only at close */
     if (close(fd) != 0) return MK_FAIL(MK_ERR_IO, "%s: write failed at close: %s", path, strerror(errno));

@@ -81,6 +81,19 @@ int mk_fs_create_tmp(const char *path, int *fd)
     return MK_OK;
 }
 
+int mk_fs_write_all(int fd, const void *buf, size_t n, const char *path)
+{
+    const unsigned char *b = buf;
+    size_t done = 0;
+    while (done < n) {
+        ssize_t w = write(fd, b + done, n - done);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return MK_FAIL(MK_ERR_IO, "%s: write failed: %s", path, strerror(w < 0 ? errno : EIO));
+        done += (size_t)w;
+    }
+    return MK_OK;
+}
+
 int mk_fs_safe_name(const char *name)
 {
     size_t n = strlen(name);

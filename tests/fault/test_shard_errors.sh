@@ -1,7 +1,7 @@
 #!/bin/sh
 # test_shard_errors.sh - T4 for datasets: ENOSPC and EIO at I/O op k of moe-shard writing a
-# dataset (mkdir, create, write, fsync, rename of the .bin/.idx shards, the manifest and the
-# final rename of the temporary directory), transient (op k only) and persistent (op k and
+# BPE dataset (mkdir, create, write, fsync, rename of the trained BPE ranks file, the
+# .bin/.idx shards, the manifest and the final rename of the temporary directory), transient (op k only) and persistent (op k and
 # every later one; ENOSPC never fails an unlink, so persistent ENOSPC leaves unlinks alone),
 # 8 sampled k per variant (FAULT_FULL=1: every k).
 # Rule: moe-shard exits 4 with one error line holding the errno text and nothing is left in
@@ -18,12 +18,13 @@ tmp=$(mktemp -d) || exit 99
 trap 'rm -rf "$tmp"' EXIT
 head -c 40000 "$srcdir/data/demo/english.txt" >"$tmp/en.txt"
 head -c 30000 "$srcdir/data/demo/code.txt" >"$tmp/code.txt"
-# shard_to DIR [VAR=VALUE]...: moe-shard the two files into DIR/ds with the shim watching DIR
+# shard_to DIR [VAR=VALUE]...: moe-shard the two files into DIR/ds (a 300-rank BPE trained on
+# them) with the shim watching DIR
 shard_to() {
   d=$1; shift
   rm -rf "$d" && mkdir -p "$d" &&
     env LD_PRELOAD="$shim" FAULTINJ_PREFIX="$d" "$@" \
-      "$shard" -q -d english="$tmp/en.txt" -d code="$tmp/code.txt" -o "$d/ds" >"$tmp/shard.out" 2>&1
+      "$shard" -q -d english="$tmp/en.txt" -d code="$tmp/code.txt" --bpe-train 300 -o "$d/ds" >"$tmp/shard.out" 2>&1
 }
 # the dataset's files and their bytes, one line each (the manifest records no time or pid)
 digest() { (cd "$1" && find . -type f | sort | xargs sha256sum); }
